@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command). Installs what the
+# tests need on a fresh Debian machine, idempotently, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+# command -> Debian package providing it, for what the test suite uses.
+declare -A pkgs=( )
+for cmd in "${!pkgs[@]}"; do have "$cmd" || need+=("${pkgs[$cmd]}"); done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "warning: missing ${need[*]} and not root: tests that need them will skip and say so" >&2
+  fi
+fi
+
+cargo test --workspace --locked "$@"
