@@ -1,0 +1,9 @@
+//! Management API of cstor daemons (gRPC, tonic): the replica daemon's
+//! `ReplicaManager` service and its messages, generated at build time from
+//! `proto/cstor/v1/*.proto`. Clients: `cstor ctl`, the CSI controller.
+
+/// Version 1 of the API.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
+    tonic::include_proto!("cstor.v1");
+}
