@@ -8,6 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod ctl;
+mod size;
+
 /// Replicated block storage for Kubernetes: an iSCSI target per volume that
 /// writes every block to N replica daemons and acknowledges at quorum.
 #[derive(Debug, Parser)]
@@ -22,6 +25,9 @@ enum Command {
     /// Run replicas and a target on loopback with file-backed pools (the
     /// embedded default for a first try).
     Up(UpArgs),
+    /// Operate pools and volume replicas through a replica daemon's
+    /// management API.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +51,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => up(&args),
+        Command::Ctl(args) => block_on(ctl::run(args)),
+    }
+}
+
+/// Runs an async command to completion on a fresh runtime and turns its
+/// error into a message and exit code 1.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
