@@ -1,8 +1,8 @@
 //! `cstor ctl` and `cstor up` as a user meets them before any daemon runs:
 //! clear errors, non-zero exits, nothing pretended.
 
-
 #![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn cstor() -> Command {
