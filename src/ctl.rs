@@ -12,7 +12,7 @@ use cstor_mgmt::v1::{
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use crate::size::{format_size, parse_size};
+use cstor_mgmt::size::{format_size, parse_size};
 
 /// Bound on connecting to a daemon, so an unreachable one is a clear error
 /// rather than a hang.
@@ -94,7 +94,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 .map_err(|s| rpc_error(addr, s))?
                 .into_inner();
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&pool_json(&pool))?);
+                emit(&serde_json::to_string_pretty(&pool_json(&pool))?);
             } else {
                 print_pool(&pool);
             }
@@ -137,9 +137,9 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 .await
                 .map_err(|s| rpc_error(addr, s))?;
             if args.json {
-                println!("{}", json!({ "deleted": name }));
+                emit(&json!({ "deleted": name }).to_string());
             } else {
-                println!("deleted volume replica {name}");
+                emit(&format!("deleted volume replica {name}"));
             }
         }
         CtlCommand::Volume(VolumeCommand::Grow { name, size }) => {
@@ -172,7 +172,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&snaps)?);
+                emit(&serde_json::to_string_pretty(&snaps)?);
             } else {
                 let rows = list
                     .snapshots
@@ -186,7 +186,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                         ]
                     })
                     .collect::<Vec<_>>();
-                print_table(&["NAME", "IO_SEQ", "CREATED", "UNIQUE"], &rows);
+                emit(&table(&["NAME", "IO_SEQ", "CREATED", "UNIQUE"], &rows));
             }
         }
     }
@@ -278,7 +278,7 @@ fn pool_json(p: &Pool) -> Value {
 fn print_volumes(volumes: &[VolumeReplica], as_json: bool) -> Result<()> {
     if as_json {
         let list: Vec<Value> = volumes.iter().map(volume_json).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        emit(&serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     let rows = volumes
@@ -296,7 +296,7 @@ fn print_volumes(volumes: &[VolumeReplica], as_json: bool) -> Result<()> {
             ]
         })
         .collect::<Vec<_>>();
-    print_table(
+    emit(&table(
         &[
             "NAME",
             "SIZE",
@@ -308,7 +308,7 @@ fn print_volumes(volumes: &[VolumeReplica], as_json: bool) -> Result<()> {
             "SNAPSHOTS",
         ],
         &rows,
-    );
+    ));
     Ok(())
 }
 
@@ -322,11 +322,11 @@ fn print_pool(p: &Pool) {
         format_size(u64::from(p.chunk_size_bytes)),
         p.io_backend.clone(),
     ]];
-    print_table(
+    let mut out = table(
         &["POOL", "GUID", "CAPACITY", "USED", "FREE", "CHUNK", "IO"],
         &rows,
     );
-    println!();
+    out.push('\n');
     let rows = p
         .devices
         .iter()
@@ -338,11 +338,29 @@ fn print_pool(p: &Pool) {
             ]
         })
         .collect::<Vec<_>>();
-    print_table(&["DEVICE", "SIZE", "MODE"], &rows);
+    out.push_str(&table(&["DEVICE", "SIZE", "MODE"], &rows));
+    emit(&out);
 }
 
-/// Prints rows under headers, each column as wide as its widest cell.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+/// Writes a command's output to stdout. A closed pipe (`| head`) is not
+/// an error worth a panic: the reader has what it wanted.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(text.as_bytes())
+        .and_then(|()| {
+            if text.ends_with('\n') {
+                Ok(())
+            } else {
+                out.write_all(b"\n")
+            }
+        })
+        .and_then(|()| out.flush());
+}
+
+/// Rows under headers, each column as wide as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -356,10 +374,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ");
-        println!("{}", text.trim_end());
+        format!("{}\n", text.trim_end())
     };
-    line(headers.to_vec());
+    let mut out = line(headers.to_vec());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
+    out
 }

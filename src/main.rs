@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ctl;
-mod size;
 
 /// Replicated block storage for Kubernetes: an iSCSI target per volume that
 /// writes every block to N replica daemons and acknowledges at quorum.
@@ -25,6 +24,8 @@ enum Command {
     /// Run replicas and a target on loopback with file-backed pools (the
     /// embedded default for a first try).
     Up(UpArgs),
+    /// Replica daemon: create a pool (`init`) or serve one (`run`).
+    Replica(cstor_replica::cli::ReplicaArgs),
     /// Operate pools and volume replicas through a replica daemon's
     /// management API.
     Ctl(ctl::CtlArgs),
@@ -47,11 +48,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => up(&args),
         Command::Ctl(args) => block_on(ctl::run(args)),
+        Command::Replica(args) => block_on(replica(args)),
     }
 }
 
@@ -73,6 +76,46 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn replica(args: cstor_replica::cli::ReplicaArgs) -> anyhow::Result<()> {
+    use cstor_replica::cli::ReplicaCommand;
+    use cstor_replica::daemon::{init, Daemon};
+    match args.command {
+        ReplicaCommand::Init(init_args) => {
+            let guid = init(&init_args.config()?).await?;
+            println!("created pool {} (guid {guid:032x})", init_args.pool);
+            Ok(())
+        }
+        ReplicaCommand::Run(run_args) => {
+            let daemon = Daemon::start(&run_args.config()).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_termination().await;
+                on_signal.cancel();
+            });
+            daemon.serve(shutdown).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, `cstor up`) or SIGINT (Ctrl-C).
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -1,4 +1,23 @@
 //! The pool store: a thin-provisioned, copy-on-write block store with
 //! snapshots and clones, on files or block devices.
+//!
+//! A [`Pool`] concatenates its backing devices into one space of fixed-size
+//! chunks; volumes map logical chunks to physical ones through layered chunk
+//! maps (snapshots freeze a layer); metadata is journaled and checkpointed
+//! on device 0 and committed on flush and on a timer. The on-disk format is
+//! drawn in `engine/FORMAT.md`.
 
+pub mod error;
+pub mod format;
 pub mod io;
+pub mod limits;
+pub mod meta;
+
+pub use error::{Error, ErrorKind, Result};
+pub mod layout;
+mod locks;
+pub mod pool;
+pub mod volume;
+
+pub use pool::{DeviceRef, Pool, PoolOptions, PoolStats, Provisioning, VolumeInfo};
+pub use volume::{ChangeKind, ChangesPage, ChunkChange, SnapshotInfo, Volume, VolumeStats};

@@ -1,6 +1,9 @@
 //! Management API of cstor daemons (gRPC, tonic): the replica daemon's
 //! `ReplicaManager` service and its messages, generated at build time from
 //! `proto/cstor/v1/*.proto`. Clients: `cstor ctl`, the CSI controller.
+//! Also the size syntax (`10GiB`) every command line shares.
+
+pub mod size;
 
 /// Version 1 of the API.
 pub mod v1 {

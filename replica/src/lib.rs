@@ -1,5 +1,19 @@
 //! The cstor replica daemon: serves the volume replicas of one pool to
 //! targets over the replication protocol (`cstor-proto`), and the pool's
 //! management API over gRPC (`cstor-mgmt`).
+//!
+//! - [`daemon`]: `init` (create a pool) and [`daemon::Daemon`] (serve it,
+//!   shut down gracefully);
+//! - [`session`]: one target connection (handshake, fencing, pipelined IO);
+//! - [`registry`]: which session owns which volume (epochs);
+//! - [`ordering`]: overlapping IOs never overtake each other;
+//! - [`mgmt`]: the gRPC management service.
 
+pub mod cli;
+pub mod daemon;
+pub mod limits;
+pub mod mgmt;
 pub mod ordering;
+pub mod registry;
+pub mod session;
+mod status;

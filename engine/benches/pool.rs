@@ -1,0 +1,279 @@
+//! Pool benches: 4 KiB random writes and reads at queue depth 32 through the
+//! engine on a 1 GiB file, beside fio (io_uring, O_DIRECT) on the same file
+//! in the same run, ratio printed (goal: engine ≥ 0.8 × fio); and snapshot
+//! create time on a 1 GiB and a 1 TiB thin volume holding data (goal: the
+//! same for both). Prints the in-memory metadata bytes per TiB allocated.
+//!
+//! `cargo bench -p cstor-engine --bench pool`. Environment: `CSTOR_BENCH_DIR`
+//! (where the file goes; default the target tmp dir), `CSTOR_BENCH_SECS`
+//! (seconds per IOPS comparison run, default 5), `CSTOR_IO_BACKEND`.
+//! fio is skipped with a message when it is not installed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use cstor_engine::io::{test_backend, DeviceOptions};
+use cstor_engine::{DeviceRef, Pool, PoolOptions, Provisioning, Volume};
+
+const FILE_LEN: u64 = 1 << 30;
+const VOL_LEN: u64 = 768 << 20;
+const BLOCK: usize = 4096;
+const QUEUE_DEPTH: usize = 32;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rw {
+    RandWrite,
+    RandRead,
+}
+
+impl Rw {
+    fn fio_name(self) -> &'static str {
+        match self {
+            Rw::RandWrite => "randwrite",
+            Rw::RandRead => "randread",
+        }
+    }
+    fn fio_key(self) -> &'static str {
+        match self {
+            Rw::RandWrite => "write",
+            Rw::RandRead => "read",
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn bench_file() -> PathBuf {
+    let dir = std::env::var_os("CSTOR_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cstor-pool-bench.img");
+    let _ = std::fs::remove_file(&path);
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(FILE_LEN).unwrap();
+    // fio reads need allocated blocks: fill the file once.
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "conv=notrunc", "status=none"])
+        .arg(format!("of={}", path.display()))
+        .arg(format!("count={}", FILE_LEN >> 20))
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("dd failed: fio reads may hit holes");
+    }
+    path
+}
+
+fn fio_iops(path: &Path, rw: Rw, secs: u64) -> Option<f64> {
+    let out = Command::new("fio")
+        .args([
+            "--name=cstor-pool-cmp",
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--bs=4k",
+            "--iodepth=32",
+            "--numjobs=1",
+            "--time_based",
+            "--output-format=json",
+        ])
+        .arg(format!("--rw={}", rw.fio_name()))
+        .arg(format!("--size={VOL_LEN}"))
+        .arg(format!("--runtime={secs}"))
+        .arg(format!("--filename={}", path.display()))
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "fio failed, skipped: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("fio not found, skipped ({e}); install it with `apt-get install -y fio`");
+            return None;
+        }
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    json["jobs"][0][rw.fio_key()]["iops"].as_f64()
+}
+
+/// `QUEUE_DEPTH` tasks doing random 4 KiB IOs until `ops` are done or the
+/// deadline passes; returns (ops done, elapsed).
+async fn drive(
+    v: &Arc<Volume>,
+    rw: Rw,
+    ops: Option<u64>,
+    until: Option<Instant>,
+) -> (u64, Duration) {
+    let done = Arc::new(AtomicU64::new(0));
+    let blocks = VOL_LEN / BLOCK as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..QUEUE_DEPTH {
+        let v = v.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
+            let mut buf = vec![t as u8; BLOCK];
+            loop {
+                let n = done.fetch_add(1, Ordering::Relaxed);
+                if ops.is_some_and(|o| n >= o) || until.is_some_and(|u| Instant::now() >= u) {
+                    break;
+                }
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % blocks) * BLOCK as u64;
+                match rw {
+                    Rw::RandWrite => v.write(off, &buf, n + 1).await.unwrap(),
+                    Rw::RandRead => v.read(off, &mut buf).await.unwrap(),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done
+        .load(Ordering::Relaxed)
+        .saturating_sub(QUEUE_DEPTH as u64);
+    (ops.map_or(n, |o| o.min(n)), start.elapsed())
+}
+
+async fn make_pool(path: &Path) -> (Pool, Arc<Volume>) {
+    let dev: DeviceRef = test_backend()
+        .open(path, &DeviceOptions::existing())
+        .unwrap();
+    let pool = Pool::create(vec![dev], &PoolOptions::default())
+        .await
+        .unwrap();
+    let v = pool
+        .create_volume("bench", VOL_LEN, 4096, Provisioning::Thin)
+        .await
+        .unwrap();
+    // Allocate every chunk so the write bench measures steady-state
+    // overwrites and reads hit data.
+    let mb = vec![0x5Au8; 1 << 20];
+    for i in 0..VOL_LEN >> 20 {
+        v.write(i << 20, &mb, 1).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    (pool, v)
+}
+
+fn main() {
+    let secs: u64 = std::env::var("CSTOR_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let path = bench_file();
+    // fio first: it overwrites whatever the file holds.
+    let fio: Vec<(Rw, Option<f64>)> = [Rw::RandWrite, Rw::RandRead]
+        .into_iter()
+        .map(|rw| (rw, fio_iops(&path, rw, secs)))
+        .collect();
+    let rt = runtime();
+    let (pool, v) = rt.block_on(make_pool(&path));
+    println!(
+        "\n{:<10} {:>12} {:>12} {:>8}",
+        "rw", "engine IOPS", "fio IOPS", "ratio"
+    );
+    for (rw, fio) in fio {
+        let until = Instant::now() + Duration::from_secs(secs);
+        let (ops, elapsed) = rt.block_on(drive(&v, rw, None, Some(until)));
+        let iops = ops as f64 / elapsed.as_secs_f64();
+        let (fio_text, ratio) = match fio {
+            Some(f) if f > 0.0 => (format!("{f:.0}"), format!("{:.2}", iops / f)),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        println!(
+            "{:<10} {:>12.0} {:>12} {:>8}",
+            rw.fio_name(),
+            iops,
+            fio_text,
+            ratio
+        );
+    }
+    let s = pool.stats();
+    println!(
+        "metadata in memory: {} bytes for {} allocated bytes = {} bytes per TiB ({:.4} %)\n",
+        s.metadata_memory_bytes,
+        s.used_bytes,
+        s.metadata_bytes_per_tib,
+        s.metadata_bytes_per_tib as f64 * 100.0 / (1u64 << 40) as f64
+    );
+
+    let mut c = Criterion::default().configure_from_args().sample_size(10);
+    {
+        let mut g = c.benchmark_group("pool_4k_qd32");
+        g.throughput(Throughput::Elements(1));
+        for rw in [Rw::RandWrite, Rw::RandRead] {
+            g.bench_function(rw.fio_name(), |b| {
+                b.iter_custom(|iters| rt.block_on(drive(&v, rw, Some(iters), None)).1);
+            });
+        }
+        g.finish();
+    }
+    drop(v);
+    rt.block_on(pool.close()).unwrap();
+    drop(pool);
+
+    // Snapshot create on 1 GiB and 1 TiB thin volumes holding data.
+    let dev: DeviceRef = test_backend()
+        .open(&path, &DeviceOptions::existing())
+        .unwrap();
+    let pool = rt
+        .block_on(Pool::create(vec![dev], &PoolOptions::default()))
+        .unwrap();
+    let chunk = u64::from(pool.chunk_bytes());
+    let mut g = c.benchmark_group("snapshot_create");
+    for (name, size, stride) in [
+        ("1GiB", 1u64 << 30, chunk),
+        ("1TiB", 1u64 << 40, (1u64 << 40) / 8192),
+    ] {
+        let v = rt
+            .block_on(pool.create_volume(name, size, 4096, Provisioning::Thin))
+            .unwrap();
+        // Data in 8192 chunks spread over each volume (every other chunk of
+        // the 1 GiB one).
+        rt.block_on(async {
+            let mut off = 0;
+            while off < size {
+                v.write(off, &[1u8; BLOCK], 1).await.unwrap();
+                off += stride;
+            }
+            v.flush().await.unwrap();
+        });
+        let mut n = 0u64;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let s = format!("s{n}");
+                    let t = Instant::now();
+                    rt.block_on(v.create_snapshot(&s)).unwrap();
+                    total += t.elapsed();
+                    rt.block_on(v.delete_snapshot(&s)).unwrap();
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+    c.final_summary();
+    drop(pool);
+    let _ = std::fs::remove_file(&path);
+}

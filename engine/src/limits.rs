@@ -1,0 +1,36 @@
+//! Every bound of the pool store, named in one place (TigerStyle: put a
+//! limit on everything). On-disk sizes are in `format`; these are the
+//! limits on what callers may ask for and on what the store keeps.
+
+/// Smallest chunk size a pool may be created with.
+pub const MIN_CHUNK_BYTES: u32 = 4096;
+/// Largest chunk size a pool may be created with.
+pub const MAX_CHUNK_BYTES: u32 = 1 << 20;
+/// Chunk size when the caller does not choose one.
+pub const DEFAULT_CHUNK_BYTES: u32 = 64 * 1024;
+/// Backing devices per pool (the superblock's device table is this long).
+pub const MAX_DEVICES: usize = 64;
+/// Length of a volume or snapshot name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Opaque per-volume attribute blob (membership / config), in bytes.
+pub const MAX_ATTRS_BYTES: usize = 4096;
+/// Volumes + snapshots + hidden layers in a pool.
+pub const MAX_LAYERS: usize = 4096;
+/// Snapshots in one volume's ancestry (a read walks at most this many maps).
+pub const MAX_CHAIN_DEPTH: usize = 256;
+/// Largest single read / write / unmap, in bytes.
+pub const MAX_IO_BYTES: u64 = 16 * 1024 * 1024;
+/// Stripes of the per-chunk IO lock table.
+pub const IO_LOCK_STRIPES: usize = 4096;
+/// Group-commit timer: metadata is committed at least this often.
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
+/// Journal region size bounds (default: 1/64 of device 0, clamped).
+pub const MIN_JOURNAL_BYTES: u64 = 64 * 1024;
+/// See [`MIN_JOURNAL_BYTES`].
+pub const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest volume, in bytes (keeps every chunk index and byte offset far
+/// from overflow: 2^50 = 1 PiB).
+pub const MAX_VOLUME_BYTES: u64 = 1 << 50;
+/// Chunks changed since an io_seq returned per page by
+/// `Volume::changed_chunks`.
+pub const MAX_CHANGES_PER_PAGE: usize = 4096;

@@ -1,0 +1,299 @@
+//! Checkpoint: the whole [`State`] (without the allocator, which is derived)
+//! encoded in one blob, written to the checkpoint region the current
+//! superblock does not use and made current by a superblock flip. Its crc32c
+//! and length live in the superblock. See FORMAT.md "Checkpoint".
+
+use std::collections::BTreeMap;
+
+use super::chunk_map::{ChunkMap, Entry, Target};
+use super::record::{id_opt, name, opt_id};
+use super::state::{Layer, Mode, SnapshotMeta, State, VolumeMeta};
+use crate::format::codec::{Reader, Writer};
+use crate::format::FormatError;
+use crate::limits::{MAX_ATTRS_BYTES, MAX_LAYERS, MAX_NAME_BYTES};
+
+/// Magic at byte 0 of a checkpoint.
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CSTORCK1";
+/// Bytes per encoded chunk entry.
+pub const ENTRY_BYTES: u64 = 24;
+/// Fixed bytes (header).
+const HEADER_BYTES: u64 = 8 + 4 + 8 + 4 * 3;
+/// Upper bound of the bytes one layer's header takes.
+const LAYER_BYTES: u64 = 8 + 8 + 1 + 8;
+/// Upper bound of one volume record.
+const VOLUME_BYTES: u64 =
+    8 + 2 + MAX_NAME_BYTES as u64 + 8 + 8 + 4 + 1 + 16 + 8 + 2 + MAX_ATTRS_BYTES as u64 + 8 + 8;
+/// Upper bound of one snapshot record.
+const SNAPSHOT_BYTES: u64 = 8 + 2 + MAX_NAME_BYTES as u64 + 8 + 8 + 8 + 8;
+/// Encoded phys of a zeros tombstone.
+const ZERO_PHYS: u64 = u64::MAX;
+
+/// An upper bound of the encoded size of `st`, plus `extra_entries` chunk
+/// entries and `extra_layers` volumes/snapshots (for admission checks).
+pub fn encoded_len_bound(st: &State, extra_entries: u64, extra_layers: u64) -> u64 {
+    let layers = (st.layers.len() as u64).saturating_add(extra_layers);
+    let volumes = (st.volumes.len() as u64).saturating_add(extra_layers);
+    let snapshots = (st.snapshots.len() as u64).saturating_add(extra_layers);
+    HEADER_BYTES
+        .saturating_add(layers.saturating_mul(LAYER_BYTES))
+        .saturating_add(volumes.saturating_mul(VOLUME_BYTES))
+        .saturating_add(snapshots.saturating_mul(SNAPSHOT_BYTES))
+        .saturating_add(
+            st.entries_total
+                .saturating_add(extra_entries)
+                .saturating_mul(ENTRY_BYTES),
+        )
+}
+
+/// Encodes the state.
+pub fn encode(st: &State) -> Vec<u8> {
+    let cap = usize::try_from(encoded_len_bound(st, 0, 0)).unwrap_or(0);
+    let mut w = Writer::with_capacity(cap.min(1 << 30));
+    let n32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    w.raw(&CHECKPOINT_MAGIC)
+        .u32(st.chunk_bytes)
+        .u64(st.next_id)
+        .u32(n32(st.layers.len()))
+        .u32(n32(st.volumes.len()))
+        .u32(n32(st.snapshots.len()));
+    for (id, l) in &st.layers {
+        w.u64(*id)
+            .u64(opt_id(l.parent))
+            .u8(u8::from(l.named))
+            .u64(l.map.len());
+        for (chunk, e) in l.map.iter() {
+            let phys = match e.target {
+                Target::Data(p) => p,
+                Target::Zero => ZERO_PHYS,
+            };
+            w.u64(chunk).u64(phys).u64(e.io_seq);
+        }
+    }
+    for v in st.volumes.values() {
+        w.u64(v.id)
+            .bytes16(v.name.as_bytes())
+            .u64(v.live)
+            .u64(v.size_bytes)
+            .u32(v.block_bytes)
+            .u8(u8::from(v.thick))
+            .u128(v.replica_id)
+            .u64(v.epoch)
+            .bytes16(&v.attrs)
+            .u64(v.created_io_seq)
+            .u64(v.max_io_seq);
+    }
+    for s in st.snapshots.values() {
+        w.u64(s.id)
+            .bytes16(s.name.as_bytes())
+            .u64(s.volume)
+            .u64(s.layer)
+            .u64(s.io_seq)
+            .u64(s.size_bytes);
+    }
+    w.into_vec()
+}
+
+fn bad(what: impl Into<String>) -> FormatError {
+    FormatError::Invalid(what.into())
+}
+
+/// Decodes a checkpoint into a state over `total_chunks` physical chunks,
+/// checking every reference (parents, owners, names) so that a state that
+/// decodes is one the live code could have built.
+pub fn decode(bytes: &[u8], chunk_bytes: u32, total_chunks: u64) -> Result<State, FormatError> {
+    let mut r = Reader::new(bytes);
+    if r.take(8)? != CHECKPOINT_MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    if r.u32()? != chunk_bytes {
+        return Err(bad("chunk size differs from the superblock's"));
+    }
+    let mut st = State::new(chunk_bytes, total_chunks);
+    st.next_id = r.u64()?;
+    let n_layers = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+    let n_volumes = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+    let n_snapshots = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+    if n_layers > MAX_LAYERS || n_volumes > MAX_LAYERS || n_snapshots > MAX_LAYERS {
+        return Err(bad("too many layers"));
+    }
+    let mut layers = BTreeMap::new();
+    for _ in 0..n_layers {
+        let id = r.u64()?;
+        let parent = id_opt(r.u64()?);
+        let named = r.u8()? != 0;
+        let count = r.u64()?;
+        let mut map = ChunkMap::new();
+        for _ in 0..count {
+            let chunk = r.u64()?;
+            let phys = r.u64()?;
+            let io_seq = r.u64()?;
+            let target = if phys == ZERO_PHYS {
+                Target::Zero
+            } else {
+                if !st.alloc.mark_used(phys) {
+                    return Err(bad(format!(
+                        "physical chunk {phys} out of range or owned twice"
+                    )));
+                }
+                Target::Data(phys)
+            };
+            if map.insert(chunk, Entry { target, io_seq }).is_some() {
+                return Err(bad(format!("layer {id} maps chunk {chunk} twice")));
+            }
+        }
+        st.entries_total = st.entries_total.saturating_add(map.len());
+        let layer = Layer {
+            parent,
+            map,
+            children: 0,
+            named,
+        };
+        if id == 0 || id >= st.next_id || layers.insert(id, layer).is_some() {
+            return Err(bad(format!("layer id {id}")));
+        }
+    }
+    let parents: Vec<Option<u64>> = layers.values().map(|l: &Layer| l.parent).collect();
+    for p in parents.into_iter().flatten() {
+        let pl = layers
+            .get_mut(&p)
+            .ok_or_else(|| bad(format!("missing parent layer {p}")))?;
+        pl.children = pl.children.saturating_add(1);
+    }
+    st.layers = layers;
+    for _ in 0..n_volumes {
+        let v = VolumeMeta {
+            id: r.u64()?,
+            name: name(r.bytes16()?)?,
+            live: r.u64()?,
+            size_bytes: r.u64()?,
+            block_bytes: r.u32()?,
+            thick: r.u8()? != 0,
+            replica_id: r.u128()?,
+            epoch: r.u64()?,
+            attrs: r.bytes16()?.to_vec(),
+            created_io_seq: r.u64()?,
+            max_io_seq: r.u64()?,
+        };
+        if !st.layers.contains_key(&v.live) || v.id == 0 || v.id >= st.next_id {
+            return Err(bad(format!("volume {}", v.id)));
+        }
+        st.volumes.insert(v.id, v);
+    }
+    for _ in 0..n_snapshots {
+        let s = SnapshotMeta {
+            id: r.u64()?,
+            name: name(r.bytes16()?)?,
+            volume: r.u64()?,
+            layer: r.u64()?,
+            io_seq: r.u64()?,
+            size_bytes: r.u64()?,
+        };
+        if !st.layers.contains_key(&s.layer) || !st.volumes.contains_key(&s.volume) {
+            return Err(bad(format!("snapshot {}", s.id)));
+        }
+        st.snapshots.insert(s.id, s);
+    }
+    // Chains must end (no cycles) within the depth bound.
+    for id in st.layers.keys() {
+        let chain = st.chain(*id);
+        if chain.len() > crate::limits::MAX_CHAIN_DEPTH + 1 {
+            return Err(bad(format!("layer {id}: chain too deep or cyclic")));
+        }
+    }
+    let audit = st.audit(&Default::default());
+    if !audit.problems.is_empty() {
+        return Err(bad(audit.problems.join("; ")));
+    }
+    // Replay applies `Map` records in replay mode from here.
+    let _ = Mode::Replay;
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::record::Record;
+
+    fn sample() -> State {
+        let mut st = State::new(4096, 32);
+        let (id, layer) = (st.take_id(), st.take_id());
+        st.apply(
+            &Record::CreateVolume {
+                id,
+                layer,
+                parent: None,
+                name: "v".into(),
+                size_bytes: 1 << 20,
+                block_bytes: 512,
+                thick: false,
+                replica_id: 77,
+                io_seq: 3,
+            },
+            Mode::Live,
+        )
+        .unwrap();
+        let p = st.alloc.alloc().unwrap();
+        st.apply(
+            &Record::Map {
+                layer,
+                chunk: 5,
+                phys: p,
+                io_seq: 9,
+            },
+            Mode::Live,
+        )
+        .unwrap();
+        let (sid, nl) = (st.take_id(), st.take_id());
+        st.apply(
+            &Record::CreateSnapshot {
+                volume: id,
+                id: sid,
+                new_layer: nl,
+                name: "s".into(),
+                io_seq: 9,
+            },
+            Mode::Live,
+        )
+        .unwrap();
+        st.apply(
+            &Record::Zero {
+                layer: nl,
+                chunk: 5,
+                io_seq: 10,
+            },
+            Mode::Live,
+        )
+        .unwrap();
+        st.apply(
+            &Record::SetAttrs {
+                volume: id,
+                attrs: vec![1, 2],
+            },
+            Mode::Live,
+        )
+        .unwrap();
+        st
+    }
+
+    #[test]
+    fn checkpoint_round_trips_the_state() {
+        let st = sample();
+        let bytes = encode(&st);
+        assert!((bytes.len() as u64) <= encoded_len_bound(&st, 0, 0));
+        let back = decode(&bytes, 4096, 32).unwrap();
+        assert_eq!(encode(&back), bytes);
+        assert_eq!(back.volumes, st.volumes);
+        assert_eq!(back.snapshots, st.snapshots);
+        assert_eq!(back.alloc.free_count(), st.alloc.free_count());
+    }
+
+    #[test]
+    fn truncated_or_inconsistent_checkpoint_is_rejected() {
+        let bytes = encode(&sample());
+        for cut in (0..bytes.len()).step_by(7) {
+            assert!(decode(&bytes[..cut], 4096, 32).is_err(), "cut at {cut}");
+        }
+        assert!(decode(&bytes, 8192, 32).is_err(), "chunk size mismatch");
+        assert!(decode(&bytes, 4096, 0).is_err(), "chunk beyond the pool");
+    }
+}

@@ -1,0 +1,997 @@
+//! The pool: its devices, its metadata ([`State`] behind a mutex, never held
+//! across IO), and the commit machinery that makes metadata durable.
+//!
+//! Commit protocol (FORMAT.md "Commit"), one at a time under the commit
+//! mutex, shared by every flush waiting for it (group commit):
+//! 1. under the metadata lock, take the pending records and the chunks they
+//!    free (and, when checkpointing, encode the whole state);
+//! 2. fdatasync every device — all data whose mapping is in the taken
+//!    records was written before its record existed, so it is now durable;
+//! 3. append the records as one checksummed journal batch and fdatasync
+//!    device 0 — or write a checkpoint to the unused region, fdatasync,
+//!    write the next superblock slot, fdatasync;
+//! 4. only now hand the freed chunks back to the allocator (a chunk is never
+//!    reused before the commit that frees it is durable).
+//!
+//! Any write or sync error in 2–3 poisons the pool (never retry fsync).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{corrupt, invalid, no_space, not_found, Error, ErrorKind, Result};
+use crate::format::codec::Writer;
+use crate::format::journal::{encode_batch, BatchHeader, BATCH_HEADER_BYTES};
+use crate::format::label::Label;
+use crate::format::superblock::Superblock;
+use crate::format::{crc, round_up, FormatError, META_BLOCK_BYTES};
+use crate::io::{AlignedBuf, Device, BUF_ALIGN};
+use crate::layout::{device_entry, other_data_offset, plan_meta, ChunkSpace};
+use crate::limits::{
+    DEFAULT_CHUNK_BYTES, DEFAULT_COMMIT_INTERVAL_MS, MAX_CHUNK_BYTES, MAX_DEVICES, MIN_CHUNK_BYTES,
+};
+use crate::locks::ChunkLocks;
+use crate::meta::checkpoint;
+use crate::meta::record::{Record, VolumeId};
+use crate::meta::state::{Audit, Mode, State, StateError};
+use crate::volume::Volume;
+
+/// A backing device as the pool holds it.
+pub type DeviceRef = Arc<dyn Device>;
+
+/// How a new pool is laid out, and how an opened one commits.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Chunk size (power of two, 4 KiB–1 MiB). Creation only.
+    pub chunk_bytes: u32,
+    /// Journal region size; default 1/64 of device 0, clamped. Creation only.
+    pub journal_bytes: Option<u64>,
+    /// Capacity the checkpoint regions are sized for (adding devices beyond
+    /// it is refused); default twice the initial capacity. Creation only.
+    pub max_data_bytes: Option<u64>,
+    /// Group-commit timer; `None` commits only on flush (tests).
+    pub commit_interval: Option<Duration>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            journal_bytes: None,
+            max_data_bytes: None,
+            commit_interval: Some(Duration::from_millis(DEFAULT_COMMIT_INTERVAL_MS)),
+        }
+    }
+}
+
+/// Thin (allocate on write) or thick (space reserved at creation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// Allocate on first write.
+    Thin,
+    /// Reserve the whole size at creation; refused when it does not fit.
+    Thick,
+}
+
+/// Space and memory of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Pool identity.
+    pub pool_guid: u128,
+    /// Chunk size.
+    pub chunk_bytes: u32,
+    /// Backing devices.
+    pub devices: usize,
+    /// Data capacity.
+    pub total_bytes: u64,
+    /// Data chunks in use (owned, being written, or freed by a commit not
+    /// yet durable).
+    pub used_bytes: u64,
+    /// Free data space.
+    pub free_bytes: u64,
+    /// Free space held back for thick volumes.
+    pub reserved_bytes: u64,
+    /// Heap bytes of the in-memory metadata (maps + allocator bitmap).
+    pub metadata_memory_bytes: u64,
+    /// `metadata_memory_bytes` per TiB of allocated data (0 when empty).
+    pub metadata_bytes_per_tib: u64,
+}
+
+/// A volume as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Logical size.
+    pub size_bytes: u64,
+    /// Block size.
+    pub block_bytes: u32,
+    /// Thin or thick.
+    pub provisioning: Provisioning,
+    /// Stable replica id.
+    pub replica_id: u128,
+    /// Snapshots of it.
+    pub snapshots: usize,
+}
+
+/// A pool. Cheap to clone; all clones share it.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+pub(crate) struct Devices {
+    pub(crate) devs: Vec<DeviceRef>,
+    pub(crate) space: ChunkSpace,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct VolRuntime {
+    pub(crate) poisoned: Option<String>,
+    pub(crate) durable_io_seq: u64,
+    /// Block → io_seq of live writes since a rebuild began.
+    pub(crate) rebuild: Option<HashMap<u64, u64>>,
+}
+
+pub(crate) struct Meta {
+    pub(crate) state: State,
+    pending: Vec<Record>,
+    pending_free: Vec<u64>,
+    pub(crate) change: u64,
+    pub(crate) in_flight: BTreeSet<u64>,
+    pub(crate) vols: HashMap<VolumeId, VolRuntime>,
+    recorded_seq: HashMap<VolumeId, u64>,
+}
+
+pub(crate) fn state_err(e: StateError) -> Error {
+    match e {
+        StateError::NotFound(s) => Error::new(ErrorKind::NotFound, s),
+        StateError::AlreadyExists(s) => Error::new(ErrorKind::AlreadyExists, s),
+        StateError::Invalid(s) => Error::new(ErrorKind::InvalidArgument, s),
+    }
+}
+
+impl Meta {
+    fn new(state: State) -> Self {
+        let mut vols = HashMap::new();
+        let mut recorded_seq = HashMap::new();
+        for v in state.volumes.values() {
+            vols.insert(
+                v.id,
+                VolRuntime {
+                    durable_io_seq: v.max_io_seq,
+                    ..VolRuntime::default()
+                },
+            );
+            recorded_seq.insert(v.id, v.max_io_seq);
+        }
+        Self {
+            state,
+            pending: Vec::new(),
+            pending_free: Vec::new(),
+            change: 0,
+            in_flight: BTreeSet::new(),
+            vols,
+            recorded_seq,
+        }
+    }
+
+    /// Applies a live record and queues it (and what it frees) for commit.
+    pub(crate) fn record(&mut self, rec: Record) -> Result<()> {
+        let freed = self.state.apply(&rec, Mode::Live).map_err(state_err)?;
+        self.pending.push(rec);
+        self.pending_free.extend(freed);
+        self.change = self.change.saturating_add(1);
+        Ok(())
+    }
+
+    /// True when freed chunks wait for a commit (a NoSpace may go away).
+    pub(crate) fn frees_pending(&self) -> bool {
+        !self.pending_free.is_empty()
+    }
+}
+
+struct CommitState {
+    sb: Superblock,
+    journal_pos: u64,
+    next_seq: u64,
+    durable_change: u64,
+}
+
+pub(crate) struct PoolInner {
+    pub(crate) guid: u128,
+    pub(crate) chunk_bytes: u32,
+    pub(crate) devices: RwLock<Devices>,
+    pub(crate) meta: Mutex<Meta>,
+    commit: tokio::sync::Mutex<CommitState>,
+    /// Held shared by every IO, exclusively by snapshot / clone / delete /
+    /// add-device, so those never run under an IO.
+    pub(crate) structure: tokio::sync::RwLock<()>,
+    pub(crate) locks: ChunkLocks,
+    poison: Mutex<Option<String>>,
+    closed: AtomicBool,
+    checkpoint_capacity: u64,
+    max_data_chunks: u64,
+}
+
+fn format_err(what: &str, e: FormatError) -> Error {
+    corrupt(format!("{what}: {e}"))
+}
+
+fn to_usize(v: u64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| invalid(format!("{v} does not fit in memory")))
+}
+
+/// A random u128 from the OS-seeded hasher keys, the clock and a counter
+/// (pool guids and replica ids need uniqueness, not secrecy).
+pub(crate) fn random_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut out = 0u128;
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(nanos);
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        out = (out << 64) | u128::from(h.finish());
+    }
+    out
+}
+
+async fn write_all(dev: &DeviceRef, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    let (res, _) = dev.write_at(AlignedBuf::from_slice(bytes), offset).await;
+    res
+}
+
+async fn read_exact(dev: &DeviceRef, offset: u64, len: usize) -> io::Result<AlignedBuf> {
+    let (res, buf) = dev.read_at(AlignedBuf::zeroed(len), offset).await;
+    res.map(|()| buf)
+}
+
+fn check_device(dev: &DeviceRef, chunk_bytes: u32) -> Result<()> {
+    let align = dev.alignment();
+    if align == 0 || align > BUF_ALIGN || !align.is_power_of_two() {
+        return Err(invalid(format!("device alignment {align}")));
+    }
+    if u64::from(chunk_bytes) % (align as u64) != 0 {
+        return Err(invalid(format!(
+            "chunk size {chunk_bytes} is not a multiple of the device alignment {align}"
+        )));
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Creates a pool on `devices` (their contents are overwritten).
+    pub async fn create(devices: Vec<DeviceRef>, opts: &PoolOptions) -> Result<Self> {
+        let chunk = opts.chunk_bytes;
+        if !chunk.is_power_of_two() || !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&chunk) {
+            return Err(invalid(format!("chunk size {chunk}")));
+        }
+        if devices.is_empty() || devices.len() > MAX_DEVICES {
+            return Err(invalid(format!(
+                "{} devices (1..={MAX_DEVICES})",
+                devices.len()
+            )));
+        }
+        for d in &devices {
+            check_device(d, chunk)?;
+        }
+        let lens: Vec<u64> = devices.iter().map(|d| d.len_bytes()).collect();
+        let plan = plan_meta(&lens, chunk, opts.journal_bytes, opts.max_data_bytes)?;
+        let mut entries = Vec::with_capacity(devices.len());
+        for (i, len) in lens.iter().enumerate() {
+            let off = if i == 0 {
+                plan.data_offset
+            } else {
+                other_data_offset()
+            };
+            entries.push(device_entry(*len, off, chunk)?);
+        }
+        let space = ChunkSpace::new(&entries, chunk)?;
+        if space.total_chunks() > plan.max_data_chunks {
+            return Err(invalid("max_data_bytes is below the pool's capacity"));
+        }
+        let guid = random_u128();
+        let io_err = |what: &str, e: io::Error| Error::io(format!("create pool: {what}"), e);
+        for (i, (d, e)) in devices.iter().zip(&entries).enumerate() {
+            let label = Label {
+                pool_guid: guid,
+                device_index: u32::try_from(i).unwrap_or(u32::MAX),
+                len_bytes: e.len_bytes,
+                data_offset: e.data_offset,
+                data_chunks: e.data_chunks,
+            };
+            write_all(d, 0, &label.encode())
+                .await
+                .map_err(|e| io_err("write label", e))?;
+        }
+        let dev0 = devices
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid("no devices"))?;
+        let state = State::new(chunk, space.total_chunks());
+        let ck = checkpoint::encode(&state);
+        let ck_padded = pad(&ck)?;
+        write_all(&dev0, plan.checkpoints[0].offset, &ck_padded)
+            .await
+            .map_err(|e| io_err("write checkpoint", e))?;
+        // Slot 0 may hold an older pool's superblock: clear it.
+        let zero = vec![0u8; to_usize(META_BLOCK_BYTES)?];
+        write_all(&dev0, Superblock::slot_offset(0), &zero)
+            .await
+            .map_err(|e| io_err("clear superblock", e))?;
+        for d in &devices {
+            d.sync_data().await.map_err(|e| io_err("sync", e))?;
+        }
+        let sb = Superblock {
+            pool_guid: guid,
+            generation: 1,
+            chunk_bytes: chunk,
+            journal: plan.journal,
+            checkpoints: plan.checkpoints,
+            active_checkpoint: 0,
+            checkpoint_len: ck.len() as u64,
+            checkpoint_crc: crc(&ck),
+            journal_seq: 1,
+            max_data_chunks: plan.max_data_chunks,
+            devices: entries,
+        };
+        write_all(&dev0, Superblock::slot_offset(sb.slot()), &sb.encode())
+            .await
+            .map_err(|e| io_err("write superblock", e))?;
+        dev0.sync_data().await.map_err(|e| io_err("sync", e))?;
+        tracing::info!(pool = %format!("{guid:032x}"), chunk_bytes = chunk, devices = devices.len(), "pool created");
+        Ok(Self::start(guid, devices, space, state, sb, 0, opts))
+    }
+
+    fn start(
+        guid: u128,
+        devs: Vec<DeviceRef>,
+        space: ChunkSpace,
+        state: State,
+        sb: Superblock,
+        journal_pos: u64,
+        opts: &PoolOptions,
+    ) -> Self {
+        let inner = Arc::new(PoolInner {
+            guid,
+            chunk_bytes: sb.chunk_bytes,
+            devices: RwLock::new(Devices { devs, space }),
+            meta: Mutex::new(Meta::new(state)),
+            checkpoint_capacity: sb.checkpoints[0].len_bytes,
+            max_data_chunks: sb.max_data_chunks,
+            commit: tokio::sync::Mutex::new(CommitState {
+                next_seq: sb.journal_seq,
+                sb,
+                journal_pos,
+                durable_change: 0,
+            }),
+            structure: tokio::sync::RwLock::new(()),
+            locks: ChunkLocks::new(),
+            poison: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        if let Some(interval) = opts.commit_interval {
+            spawn_timer(Arc::downgrade(&inner), interval);
+        }
+        Self { inner }
+    }
+
+    /// Opens the pool on `devices` (any order; labels give it), replays the
+    /// journal and writes a fresh checkpoint so the journal restarts empty.
+    pub async fn open(devices: Vec<DeviceRef>, opts: &PoolOptions) -> Result<Self> {
+        if devices.is_empty() || devices.len() > MAX_DEVICES {
+            return Err(invalid(format!("{} devices", devices.len())));
+        }
+        let block = to_usize(META_BLOCK_BYTES)?;
+        let mut labelled = Vec::with_capacity(devices.len());
+        for d in devices {
+            let b = read_exact(&d, 0, block)
+                .await
+                .map_err(|e| Error::io("read label", e))?;
+            let label = Label::decode(b.as_slice()).map_err(|e| format_err("device label", e))?;
+            labelled.push((label, d));
+        }
+        labelled.sort_by_key(|(l, _)| l.device_index);
+        let guid = labelled.first().map(|(l, _)| l.pool_guid).unwrap_or(0);
+        let dev0 = labelled
+            .first()
+            .map(|(_, d)| d.clone())
+            .ok_or_else(|| invalid("no devices"))?;
+        let s0 = read_exact(&dev0, Superblock::slot_offset(0), block)
+            .await
+            .map_err(|e| Error::io("read superblock", e))?;
+        let s1 = read_exact(&dev0, Superblock::slot_offset(1), block)
+            .await
+            .map_err(|e| Error::io("read superblock", e))?;
+        let sb = Superblock::pick(s0.as_slice(), s1.as_slice())
+            .ok_or_else(|| corrupt("no valid superblock on device 0"))?;
+        if sb.devices.len() != labelled.len() {
+            return Err(invalid(format!(
+                "pool has {} devices, {} given",
+                sb.devices.len(),
+                labelled.len()
+            )));
+        }
+        for (i, ((label, dev), entry)) in labelled.iter().zip(&sb.devices).enumerate() {
+            if label.pool_guid != sb.pool_guid || label.device_index as usize != i {
+                return Err(invalid(format!(
+                    "device {i} belongs to another pool or slot"
+                )));
+            }
+            if label.data_offset != entry.data_offset
+                || label.data_chunks != entry.data_chunks
+                || dev.len_bytes() < entry.len_bytes
+            {
+                return Err(corrupt(format!(
+                    "device {i} label disagrees with the superblock"
+                )));
+            }
+            check_device(dev, sb.chunk_bytes)?;
+        }
+        let space = ChunkSpace::new(&sb.devices, sb.chunk_bytes)?;
+        let active = sb
+            .checkpoints
+            .get(usize::from(sb.active_checkpoint))
+            .copied()
+            .ok_or_else(|| corrupt("active checkpoint"))?;
+        let ck_len = to_usize(sb.checkpoint_len)?;
+        let ck_read = to_usize(round_up(sb.checkpoint_len, META_BLOCK_BYTES).unwrap_or(0))?;
+        let ck = read_exact(&dev0, active.offset, ck_read)
+            .await
+            .map_err(|e| Error::io("read checkpoint", e))?;
+        let ck_bytes = ck
+            .as_slice()
+            .get(..ck_len)
+            .ok_or_else(|| corrupt("checkpoint length"))?;
+        if crc(ck_bytes) != sb.checkpoint_crc {
+            return Err(corrupt("checkpoint checksum mismatch"));
+        }
+        let mut state = checkpoint::decode(ck_bytes, sb.chunk_bytes, space.total_chunks())
+            .map_err(|e| format_err("checkpoint", e))?;
+        let (journal_pos, batches) = replay(&dev0, &sb, &mut state).await?;
+        tracing::info!(pool = %format!("{:032x}", sb.pool_guid), batches, "journal replayed");
+        let devs = labelled.into_iter().map(|(_, d)| d).collect();
+        let guid = if guid == sb.pool_guid {
+            guid
+        } else {
+            sb.pool_guid
+        };
+        let pool = Self::start(guid, devs, space, state, sb, journal_pos, opts);
+        pool.inner.commit(true).await?;
+        Ok(pool)
+    }
+
+    /// Pool identity.
+    pub fn guid(&self) -> u128 {
+        self.inner.guid
+    }
+
+    /// Chunk size.
+    pub fn chunk_bytes(&self) -> u32 {
+        self.inner.chunk_bytes
+    }
+
+    /// Space and memory figures.
+    pub fn stats(&self) -> PoolStats {
+        let devices = self.inner.devices.read().devs.len();
+        let m = self.inner.meta.lock();
+        let chunk = u64::from(self.inner.chunk_bytes);
+        let total = m.state.alloc.total();
+        let free = m.state.alloc.free_count();
+        let used = total.saturating_sub(free);
+        let mem: u64 = m
+            .state
+            .layers
+            .values()
+            .map(|l| l.map.memory_bytes())
+            .fold(total.div_ceil(8), u64::saturating_add);
+        let owned: u64 = m.state.layers.values().map(|l| l.map.data_len()).sum();
+        let allocated = owned.saturating_mul(chunk);
+        let per_tib = if allocated == 0 {
+            0
+        } else {
+            u64::try_from(u128::from(mem) * (1u128 << 40) / u128::from(allocated))
+                .unwrap_or(u64::MAX)
+        };
+        PoolStats {
+            pool_guid: self.inner.guid,
+            chunk_bytes: self.inner.chunk_bytes,
+            devices,
+            total_bytes: total.saturating_mul(chunk),
+            used_bytes: used.saturating_mul(chunk),
+            free_bytes: free.saturating_mul(chunk),
+            reserved_bytes: m.state.reserved_chunks().saturating_mul(chunk),
+            metadata_memory_bytes: mem,
+            metadata_bytes_per_tib: per_tib,
+        }
+    }
+
+    /// Creates a volume; durable when this returns.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_bytes: u32,
+        provisioning: Provisioning,
+    ) -> Result<Arc<Volume>> {
+        self.inner.check_usable()?;
+        let _s = self.inner.structure.write().await;
+        {
+            let mut m = self.inner.meta.lock();
+            let thick = provisioning == Provisioning::Thick;
+            if thick && m.state.available_chunks() < m.state.chunks_of(size_bytes) {
+                return Err(no_space(format!(
+                    "thick volume {name} of {size_bytes} bytes does not fit"
+                )));
+            }
+            self.inner.admit(&m.state, 0, 1)?;
+            let id = m.state.take_id();
+            let layer = m.state.take_id();
+            m.record(Record::CreateVolume {
+                id,
+                layer,
+                parent: None,
+                name: name.to_owned(),
+                size_bytes,
+                block_bytes,
+                thick,
+                replica_id: random_u128(),
+                io_seq: 0,
+            })?;
+            m.vols.insert(id, VolRuntime::default());
+        }
+        self.inner.flush_all().await?;
+        self.volume(name)
+    }
+
+    /// Deletes a volume and its snapshots, freeing every chunk no clone
+    /// still reads; durable when this returns.
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.inner.check_usable()?;
+        let _s = self.inner.structure.write().await;
+        {
+            let mut m = self.inner.meta.lock();
+            let id = m
+                .state
+                .volume_by_name(name)
+                .map(|v| v.id)
+                .ok_or_else(|| not_found(format!("volume {name}")))?;
+            m.record(Record::DeleteVolume { id })?;
+            m.vols.remove(&id);
+            m.recorded_seq.remove(&id);
+        }
+        self.inner.flush_all().await
+    }
+
+    /// Grows a volume to `size_bytes`; durable when this returns.
+    pub async fn grow_volume(&self, name: &str, size_bytes: u64) -> Result<()> {
+        self.inner.check_usable()?;
+        let _s = self.inner.structure.write().await;
+        {
+            let mut m = self.inner.meta.lock();
+            let v = m
+                .state
+                .volume_by_name(name)
+                .cloned()
+                .ok_or_else(|| not_found(format!("volume {name}")))?;
+            if v.thick {
+                let extra = m
+                    .state
+                    .chunks_of(size_bytes)
+                    .saturating_sub(m.state.chunks_of(v.size_bytes));
+                if m.state.available_chunks() < extra {
+                    return Err(no_space(format!("growing thick volume {name}")));
+                }
+            }
+            m.record(Record::GrowVolume {
+                id: v.id,
+                size_bytes,
+            })?;
+        }
+        self.inner.flush_all().await
+    }
+
+    /// Every volume.
+    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let m = self.inner.meta.lock();
+        m.state
+            .volumes
+            .values()
+            .map(|v| VolumeInfo {
+                name: v.name.clone(),
+                size_bytes: v.size_bytes,
+                block_bytes: v.block_bytes,
+                provisioning: if v.thick {
+                    Provisioning::Thick
+                } else {
+                    Provisioning::Thin
+                },
+                replica_id: v.replica_id,
+                snapshots: m
+                    .state
+                    .snapshots
+                    .values()
+                    .filter(|s| s.volume == v.id)
+                    .count(),
+            })
+            .collect()
+    }
+
+    /// A handle on a volume.
+    pub fn volume(&self, name: &str) -> Result<Arc<Volume>> {
+        let m = self.inner.meta.lock();
+        let v = m
+            .state
+            .volume_by_name(name)
+            .ok_or_else(|| not_found(format!("volume {name}")))?;
+        Ok(Arc::new(Volume::new(
+            self.inner.clone(),
+            v.id,
+            v.name.clone(),
+            v.block_bytes,
+        )))
+    }
+
+    /// Adds a backing device: its chunks join the pool. Durable when this
+    /// returns (label written, then a checkpoint and superblock naming it).
+    pub async fn add_device(&self, dev: DeviceRef) -> Result<()> {
+        self.inner.check_usable()?;
+        check_device(&dev, self.inner.chunk_bytes)?;
+        let _s = self.inner.structure.write().await;
+        let mut cs = self.inner.commit.lock().await;
+        let (index, entries) = {
+            let d = self.inner.devices.read();
+            (d.devs.len(), d.space.entries().to_vec())
+        };
+        if index >= MAX_DEVICES {
+            return Err(invalid(format!(
+                "a pool holds at most {MAX_DEVICES} devices"
+            )));
+        }
+        let entry = device_entry(dev.len_bytes(), other_data_offset(), self.inner.chunk_bytes)?;
+        let mut all = entries;
+        all.push(entry);
+        let space = ChunkSpace::new(&all, self.inner.chunk_bytes)?;
+        if space.total_chunks() > self.inner.max_data_chunks {
+            return Err(no_space(format!(
+                "the metadata area was sized for {} chunks",
+                self.inner.max_data_chunks
+            )));
+        }
+        let label = Label {
+            pool_guid: self.inner.guid,
+            device_index: u32::try_from(index).unwrap_or(u32::MAX),
+            len_bytes: entry.len_bytes,
+            data_offset: entry.data_offset,
+            data_chunks: entry.data_chunks,
+        };
+        write_all(&dev, 0, &label.encode())
+            .await
+            .map_err(|e| Error::io("write label of new device", e))?;
+        dev.sync_data()
+            .await
+            .map_err(|e| Error::io("sync new device", e))?;
+        {
+            let mut d = self.inner.devices.write();
+            d.devs.push(dev);
+            d.space = space.clone();
+        }
+        self.inner
+            .meta
+            .lock()
+            .state
+            .alloc
+            .grow(space.total_chunks());
+        self.inner.commit_locked(&mut cs, true).await
+    }
+
+    /// Commits all metadata (every write completed so far is durable).
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.check_usable()?;
+        self.inner.flush_all().await
+    }
+
+    /// Clean shutdown: commit and checkpoint, then refuse further use.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.check_usable()?;
+        let _s = self.inner.structure.write().await;
+        let res = self.inner.commit(true).await;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        res
+    }
+
+    /// Checks the space-accounting invariants (every chunk owned once, the
+    /// allocator agrees); meaningful when no IO is in flight.
+    pub fn audit(&self) -> Audit {
+        let m = self.inner.meta.lock();
+        let mut extra = m.in_flight.clone();
+        extra.extend(m.pending_free.iter().copied());
+        m.state.audit(&extra)
+    }
+
+    /// The poison message, if the pool is poisoned.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.poison.lock().clone()
+    }
+}
+
+fn spawn_timer(pool: Weak<PoolInner>, interval: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(p) = pool.upgrade() else { break };
+            if p.closed.load(Ordering::SeqCst) || p.poison.lock().is_some() {
+                break;
+            }
+            if let Err(e) = p.flush_all().await {
+                tracing::warn!(error = %e, "timed commit failed");
+            }
+        }
+    });
+}
+
+fn pad(bytes: &[u8]) -> Result<Vec<u8>> {
+    let len = round_up(bytes.len() as u64, META_BLOCK_BYTES).ok_or_else(|| invalid("size"))?;
+    let mut v = bytes.to_vec();
+    v.resize(to_usize(len)?, 0);
+    Ok(v)
+}
+
+/// Replays journal batches after the checkpoint; returns the byte position
+/// after the last valid batch and how many were applied.
+async fn replay(dev0: &DeviceRef, sb: &Superblock, state: &mut State) -> Result<(u64, u64)> {
+    let journal = read_exact(dev0, sb.journal.offset, to_usize(sb.journal.len_bytes)?)
+        .await
+        .map_err(|e| Error::io("read journal", e))?;
+    let bytes = journal.as_slice();
+    let mut pos = 0u64;
+    let mut seq = sb.journal_seq;
+    let mut batches = 0u64;
+    while let Some(rest) = bytes.get(to_usize(pos)?..) {
+        let Ok(h) = BatchHeader::decode(rest) else {
+            break;
+        };
+        if h.pool_guid != sb.pool_guid || h.sb_generation != sb.generation || h.seq != seq {
+            break;
+        }
+        let Some(len) = h.padded_len() else { break };
+        if pos
+            .checked_add(len)
+            .is_none_or(|end| end > sb.journal.len_bytes)
+        {
+            break;
+        }
+        let Ok(payload) = h.check_payload(rest.get(BATCH_HEADER_BYTES..).unwrap_or(&[])) else {
+            break;
+        };
+        let mut r = crate::format::codec::Reader::new(payload);
+        for _ in 0..h.record_count {
+            let rec = crate::meta::record::Record::decode(&mut r)
+                .map_err(|e| format_err(&format!("journal batch {seq}"), e))?;
+            let freed = state
+                .apply(&rec, Mode::Replay)
+                .map_err(|e| corrupt(format!("journal batch {seq}: {e}")))?;
+            for p in freed {
+                state.alloc.release(p);
+            }
+        }
+        pos += len;
+        seq += 1;
+        batches += 1;
+    }
+    Ok((pos, batches))
+}
+
+impl PoolInner {
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Closed, "pool is closed"));
+        }
+        if let Some(p) = self.poison.lock().as_ref() {
+            return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn poison_pool(&self, why: String) {
+        tracing::error!(pool = %format!("{:032x}", self.guid), reason = %why, "pool poisoned");
+        let mut p = self.poison.lock();
+        if p.is_none() {
+            *p = Some(why);
+        }
+    }
+
+    /// Refuses a metadata change when the checkpoint could no longer hold
+    /// the state after it.
+    pub(crate) fn admit(&self, st: &State, entries: u64, layers: u64) -> Result<()> {
+        if checkpoint::encoded_len_bound(st, entries, layers) > self.checkpoint_capacity {
+            return Err(no_space("pool metadata area is full"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn locate(&self, phys: u64) -> Result<(DeviceRef, u64)> {
+        let d = self.devices.read();
+        let (idx, off) = d
+            .space
+            .locate(phys)
+            .ok_or_else(|| corrupt(format!("physical chunk {phys} outside the pool")))?;
+        let dev = d
+            .devs
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("device {idx}")))?;
+        Ok((dev, off))
+    }
+
+    /// Commits if anything changed since the last durable commit, sharing a
+    /// commit with concurrent callers (group commit).
+    pub(crate) async fn flush_all(&self) -> Result<()> {
+        let target = self.meta.lock().change;
+        let mut cs = self.commit.lock().await;
+        if cs.durable_change >= target {
+            return self.check_usable();
+        }
+        self.commit_locked(&mut cs, false).await
+    }
+
+    pub(crate) async fn commit(&self, checkpoint: bool) -> Result<()> {
+        let mut cs = self.commit.lock().await;
+        self.commit_locked(&mut cs, checkpoint).await
+    }
+
+    async fn commit_locked(&self, cs: &mut CommitState, force_checkpoint: bool) -> Result<()> {
+        if let Some(p) = self.poison.lock().as_ref() {
+            return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
+        }
+        let (records, frees, change, ck, seqs) = {
+            let mut m = self.meta.lock();
+            let seqs: Vec<(VolumeId, u64)> = m
+                .state
+                .volumes
+                .values()
+                .map(|v| (v.id, v.max_io_seq))
+                .collect();
+            for (id, s) in &seqs {
+                if m.recorded_seq.get(id).copied().unwrap_or(0) < *s {
+                    m.pending.push(Record::VolumeSeq {
+                        volume: *id,
+                        io_seq: *s,
+                    });
+                    m.recorded_seq.insert(*id, *s);
+                }
+            }
+            if m.pending.is_empty() && m.pending_free.is_empty() && !force_checkpoint {
+                cs.durable_change = cs.durable_change.max(m.change);
+                return Ok(());
+            }
+            let records = std::mem::take(&mut m.pending);
+            let frees = std::mem::take(&mut m.pending_free);
+            let mut w = Writer::new();
+            for r in &records {
+                r.encode(&mut w);
+            }
+            let payload = w.into_vec();
+            let batch = (BATCH_HEADER_BYTES + payload.len()) as u64;
+            let end = round_up(batch, META_BLOCK_BYTES)
+                .and_then(|b| b.checked_add(cs.journal_pos))
+                .unwrap_or(u64::MAX);
+            let checkpoint = force_checkpoint || end > cs.sb.journal.len_bytes / 2;
+            let ck = checkpoint.then(|| checkpoint::encode(&m.state));
+            ((records.len(), payload), frees, m.change, ck, seqs)
+        };
+        let devs = self.devices.read().devs.clone();
+        for (i, d) in devs.iter().enumerate() {
+            if let Err(e) = d.sync_data().await {
+                let why = format!("fdatasync of device {i} failed: {e}");
+                self.poison_pool(why.clone());
+                return Err(Error::new(ErrorKind::Poisoned, why));
+            }
+        }
+        let dev0 = devs
+            .first()
+            .cloned()
+            .ok_or_else(|| corrupt("no device 0"))?;
+        let res = match ck {
+            Some(bytes) => self.write_checkpoint(cs, &dev0, &bytes).await,
+            None => self.append_batch(cs, &dev0, records.0, &records.1).await,
+        };
+        if let Err(why) = res {
+            self.poison_pool(why.clone());
+            return Err(Error::new(ErrorKind::Poisoned, why));
+        }
+        for p in &frees {
+            if let Ok((dev, off)) = self.locate(*p) {
+                // Advisory (thin backing gets its space back); ignore errors.
+                let _ = dev.discard(off, u64::from(self.chunk_bytes)).await;
+            }
+        }
+        {
+            let mut m = self.meta.lock();
+            for p in frees {
+                m.state.alloc.release(p);
+            }
+            for (id, s) in seqs {
+                if let Some(rt) = m.vols.get_mut(&id) {
+                    rt.durable_io_seq = rt.durable_io_seq.max(s);
+                }
+            }
+        }
+        cs.durable_change = change;
+        Ok(())
+    }
+
+    async fn append_batch(
+        &self,
+        cs: &mut CommitState,
+        dev0: &DeviceRef,
+        count: usize,
+        payload: &[u8],
+    ) -> std::result::Result<(), String> {
+        let count = u32::try_from(count).map_err(|_| "too many records".to_string())?;
+        let bytes = encode_batch(self.guid, cs.sb.generation, cs.next_seq, count, payload);
+        let off = cs.sb.journal.offset + cs.journal_pos;
+        write_all(dev0, off, &bytes)
+            .await
+            .map_err(|e| format!("journal write failed: {e}"))?;
+        dev0.sync_data()
+            .await
+            .map_err(|e| format!("journal fdatasync failed: {e}"))?;
+        cs.journal_pos += bytes.len() as u64;
+        cs.next_seq += 1;
+        Ok(())
+    }
+
+    async fn write_checkpoint(
+        &self,
+        cs: &mut CommitState,
+        dev0: &DeviceRef,
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        let slot = 1 - cs.sb.active_checkpoint.min(1);
+        let region = cs.sb.checkpoints[usize::from(slot)];
+        if bytes.len() as u64 > region.len_bytes {
+            return Err(format!(
+                "checkpoint of {} bytes exceeds its {}-byte region",
+                bytes.len(),
+                region.len_bytes
+            ));
+        }
+        let padded = pad(bytes).map_err(|e| e.to_string())?;
+        write_all(dev0, region.offset, &padded)
+            .await
+            .map_err(|e| format!("checkpoint write failed: {e}"))?;
+        dev0.sync_data()
+            .await
+            .map_err(|e| format!("checkpoint fdatasync failed: {e}"))?;
+        let mut sb = cs.sb.clone();
+        sb.generation += 1;
+        sb.active_checkpoint = slot;
+        sb.checkpoint_len = bytes.len() as u64;
+        sb.checkpoint_crc = crc(bytes);
+        sb.journal_seq = cs.next_seq;
+        sb.devices = self.devices.read().space.entries().to_vec();
+        write_all(dev0, Superblock::slot_offset(sb.slot()), &sb.encode())
+            .await
+            .map_err(|e| format!("superblock write failed: {e}"))?;
+        dev0.sync_data()
+            .await
+            .map_err(|e| format!("superblock fdatasync failed: {e}"))?;
+        cs.sb = sb;
+        cs.journal_pos = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! Opening backing files: sizes, modes, exclusivity and errors, on both
+//! backends; and IO in flight surviving the drop of every handle.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use cstor_engine::io::{
+    test_backend, AlignedBuf, Backend, BackendKind, Device, DeviceKind, DeviceOptions, DirectIo,
+    IoError,
+};
+
+fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::threads().unwrap()];
+    match Backend::uring() {
+        Ok(b) => all.push(b),
+        Err(e) => eprintln!("skipped io_uring half: {e}"),
+    }
+    all
+}
+
+fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+#[tokio::test]
+async fn created_file_reopens_with_its_size_and_data() {
+    for backend in backends() {
+        let dir = tmpdir();
+        let path = dir.path().join("dev");
+        {
+            let dev = backend
+                .open(&path, &DeviceOptions::create(1 << 20))
+                .unwrap();
+            assert_eq!(dev.len_bytes(), 1 << 20);
+            assert_eq!(dev.kind(), DeviceKind::File);
+            let (r, _) = dev
+                .write_at(AlignedBuf::from_slice(&[0xab; 4096]), 8192)
+                .await;
+            r.unwrap();
+            dev.sync_data().await.unwrap();
+        }
+        let dev = backend.open(&path, &DeviceOptions::existing()).unwrap();
+        assert_eq!(dev.len_bytes(), 1 << 20);
+        let (r, buf) = dev.read_at(AlignedBuf::zeroed(4096), 8192).await;
+        r.unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 0xab), "{:?}", backend);
+    }
+}
+
+#[test]
+fn create_refuses_an_existing_path() {
+    let dir = tmpdir();
+    let path = dir.path().join("dev");
+    std::fs::write(&path, b"keep me").unwrap();
+    let err = test_backend()
+        .open(&path, &DeviceOptions::create(1 << 20))
+        .unwrap_err();
+    match err {
+        IoError::Open { source, .. } => assert_eq!(source.kind(), ErrorKind::AlreadyExists),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_file_in_use_by_another_device_is_refused_until_closed() {
+    let dir = tmpdir();
+    let path = dir.path().join("dev");
+    let backend = test_backend();
+    let first = backend
+        .open(&path, &DeviceOptions::create(1 << 20))
+        .unwrap();
+    let err = backend.open(&path, &DeviceOptions::existing()).unwrap_err();
+    assert!(matches!(err, IoError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    backend.open(&path, &DeviceOptions::existing()).unwrap();
+}
+
+#[test]
+fn missing_paths_and_directories_are_refused() {
+    let dir = tmpdir();
+    let err = test_backend()
+        .open(&dir.path().join("nope"), &DeviceOptions::existing())
+        .unwrap_err();
+    assert!(matches!(&err, IoError::Open { source, .. } if source.kind() == ErrorKind::NotFound));
+    let err = test_backend()
+        .open(dir.path(), &DeviceOptions::existing())
+        .unwrap_err();
+    assert!(
+        matches!(err, IoError::NotFileOrBlockDevice { .. }),
+        "{err:?}"
+    );
+}
+
+fn assert_mode_consistent(dev: &cstor_engine::io::FileDevice) {
+    let text = dev.describe();
+    if dev.direct_io() {
+        assert_eq!(dev.alignment(), cstor_engine::io::FILE_DIRECT_ALIGN);
+        assert!(text.contains("O_DIRECT"), "{text}");
+    } else {
+        assert_eq!(dev.alignment(), 1);
+        assert!(text.contains("buffered"), "{text}");
+    }
+}
+
+#[test]
+fn direct_off_is_buffered_with_byte_alignment() {
+    let dir = tmpdir();
+    let opts = DeviceOptions::create(1 << 20).with_direct(DirectIo::Off);
+    let dev = test_backend().open(&dir.path().join("dev"), &opts).unwrap();
+    assert!(!dev.direct_io());
+    assert_mode_consistent(&dev);
+}
+
+#[test]
+fn auto_direct_reports_the_mode_it_got() {
+    let dir = tmpdir();
+    let dev = test_backend()
+        .open(&dir.path().join("dev"), &DeviceOptions::create(1 << 20))
+        .unwrap();
+    assert_mode_consistent(&dev);
+    assert!(dev.describe().contains(&test_backend().kind().to_string()));
+}
+
+/// tmpfs refuses O_DIRECT on older kernels and accepts it since 6.6: either
+/// way `Auto` opens, and `Require` opens with O_DIRECT or says why not.
+#[test]
+fn tmpfs_opens_in_auto_and_require_is_honest() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let dev = test_backend()
+        .open(&dir.path().join("auto"), &DeviceOptions::create(1 << 20))
+        .unwrap();
+    assert_mode_consistent(&dev);
+    let opts = DeviceOptions::create(1 << 20).with_direct(DirectIo::Require);
+    match test_backend().open(&dir.path().join("require"), &opts) {
+        Ok(dev) => assert!(dev.direct_io()),
+        Err(IoError::DirectIoUnsupported { .. }) => assert!(!dev.direct_io()),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+}
+
+#[test]
+fn backend_kinds_name_themselves() {
+    assert_eq!(Backend::threads().unwrap().kind(), BackendKind::Threads);
+    assert_eq!(BackendKind::Uring.to_string(), "io_uring");
+    let auto = Backend::auto().unwrap();
+    if Backend::uring().is_ok() {
+        assert_eq!(auto.kind(), BackendKind::Uring);
+    } else {
+        assert_eq!(auto.kind(), BackendKind::Threads);
+    }
+}
+
+/// Every handle (backend, device) is dropped while IOs are in flight: the
+/// IOs still complete and hand their buffers back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_in_flight_completes_after_every_handle_is_dropped() {
+    for backend in backends() {
+        let dir = tmpdir();
+        let dev = backend
+            .open(&dir.path().join("dev"), &DeviceOptions::create(1 << 20))
+            .unwrap();
+        let futs: Vec<_> = (0..64u64)
+            .map(|i| dev.write_at(AlignedBuf::from_slice(&[i as u8; 4096]), i * 4096))
+            .collect();
+        let sync = dev.sync_data();
+        drop(dev);
+        drop(backend);
+        for (i, f) in futs.into_iter().enumerate() {
+            let (r, buf) = f.await;
+            r.unwrap();
+            assert_eq!(buf.as_slice()[0], i as u8);
+        }
+        sync.await.unwrap();
+    }
+}

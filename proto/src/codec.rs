@@ -1,0 +1,128 @@
+//! `tokio_util::codec` glue: [`FrameCodec`] decodes [`Frame`]s and encodes
+//! frames and [`Packet`]s, with a hard bound on the payload length.
+//!
+//! The codec yields frames, not packets, on purpose: a frame error is fatal
+//! (`Framed` ends the stream), while a frame the message layer cannot read
+//! must still reach the connection so that it can answer it
+//! ([`crate::MessageError::reply_to`]) and carry on. The connection calls
+//! [`Packet::decode`] on each frame.
+
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{EncodeError, Frame, FrameError};
+use crate::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::message::Packet;
+
+/// The replication protocol codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCodec {
+    max_payload_bytes: u32,
+}
+
+impl FrameCodec {
+    /// A codec bounded at [`DEFAULT_MAX_PAYLOAD_BYTES`].
+    pub fn new() -> FrameCodec {
+        FrameCodec::with_max_payload(DEFAULT_MAX_PAYLOAD_BYTES)
+    }
+
+    /// A codec refusing (on decode) and never producing (on encode) a
+    /// payload longer than `max_payload_bytes`.
+    pub fn with_max_payload(max_payload_bytes: u32) -> FrameCodec {
+        FrameCodec { max_payload_bytes }
+    }
+
+    /// The bound.
+    pub fn max_payload_bytes(&self) -> u32 {
+        self.max_payload_bytes
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> FrameCodec {
+        FrameCodec::new()
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        Frame::decode(src, self.max_payload_bytes)
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        frame.encode(dst, self.max_payload_bytes)
+    }
+}
+
+impl Encoder<&Packet> for FrameCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        packet.encode(dst, self.max_payload_bytes)
+    }
+}
+
+impl Encoder<Packet> for FrameCodec {
+    type Error = EncodeError;
+
+    fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        packet.encode(dst, self.max_payload_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn heartbeat(io_seq: u64) -> Packet {
+        Packet {
+            session_id: 1,
+            epoch: 2,
+            io_seq,
+            message: Message::Heartbeat,
+        }
+    }
+
+    #[test]
+    fn codec_round_trips_packets_through_frames() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        codec.encode(heartbeat(5), &mut buf).unwrap();
+        codec.encode(&heartbeat(6), &mut buf).unwrap();
+        for io_seq in [5, 6] {
+            let frame = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(Packet::decode(frame).unwrap(), heartbeat(io_seq));
+        }
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn codec_bound_applies_to_decoding() {
+        let mut buf = BytesMut::new();
+        let write = Packet {
+            message: Message::Write(crate::message::Write {
+                offset: 0,
+                data: bytes::Bytes::from(vec![1u8; 4096]),
+                fua: false,
+            }),
+            ..heartbeat(1)
+        };
+        FrameCodec::new().encode(&write, &mut buf).unwrap();
+        let mut small = FrameCodec::with_max_payload(4095);
+        assert!(matches!(
+            small.decode(&mut buf),
+            Err(FrameError::PayloadTooLarge {
+                len: 4096,
+                max: 4095
+            })
+        ));
+    }
+}

@@ -1,0 +1,243 @@
+//! Message-layer behaviour: strictness, error replies, version handling.
+//! Round trips of every message are property-tested in `tests/`.
+
+use super::*;
+use crate::limits::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_DETAIL_BYTES, MAX_IO_BYTES, MAX_NAME_BYTES};
+use crate::wire::put_prefixed;
+
+fn packet(message: Message) -> Packet {
+    Packet {
+        session_id: 0xabc,
+        epoch: 7,
+        io_seq: 1000,
+        message,
+    }
+}
+
+fn frame_of(packet: &Packet) -> Frame {
+    let mut buf = BytesMut::new();
+    packet.encode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES).unwrap();
+    Frame::decode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES)
+        .unwrap()
+        .unwrap()
+}
+
+fn write(len: usize) -> Message {
+    Message::Write(Write {
+        offset: 4096,
+        data: Bytes::from(vec![0x5a; len]),
+        fua: true,
+    })
+}
+
+#[test]
+fn write_travels_in_header_and_payload() {
+    let frame = frame_of(&packet(write(512)));
+    assert_eq!(frame.header.opcode, Opcode::Write.to_u16());
+    assert_eq!(frame.header.offset, 4096);
+    assert_eq!(frame.header.length, 512);
+    assert_eq!(frame.header.flags, FLAG_FUA);
+    assert_eq!(frame.payload.len(), 512);
+}
+
+#[test]
+fn unknown_request_opcode_is_answered_with_unknown_opcode_and_same_io_seq() {
+    let mut frame = frame_of(&packet(Message::Heartbeat));
+    frame.header.opcode = 0x0777;
+    let err = Packet::decode(frame.clone()).unwrap_err();
+    assert_eq!(err, MessageError::UnknownOpcode { opcode: 0x0777 });
+    let reply = err.reply_to(&frame.header).unwrap();
+    assert_eq!(reply.io_seq, 1000);
+    assert_eq!(reply.session_id, 0xabc);
+    let Message::Error(error) = &reply.message else {
+        panic!("not an error reply: {reply:?}");
+    };
+    assert_eq!(error.request_opcode, 0x0777);
+    assert_eq!(error.status, Status::UnknownOpcode);
+    // The reply itself encodes and decodes, though its opcode is unknown.
+    assert_eq!(Packet::decode(frame_of(&reply)).unwrap(), reply);
+}
+
+#[test]
+fn errors_on_replies_are_never_answered() {
+    let mut frame = frame_of(&packet(Message::Ack(Opcode::Write)));
+    frame.header.opcode = 0x0777 | REPLY_BIT;
+    let err = Packet::decode(frame.clone()).unwrap_err();
+    assert_eq!(err.status(), Status::UnknownOpcode);
+    assert_eq!(err.reply_to(&frame.header), None);
+}
+
+#[test]
+fn malformed_payload_is_a_bad_request() {
+    let mut frame = frame_of(&packet(Message::Resize {
+        new_size_bytes: 1 << 30,
+    }));
+    frame.payload = frame.payload.slice(..7);
+    let err = Packet::decode(frame.clone()).unwrap_err();
+    assert!(matches!(err, MessageError::Malformed { .. }));
+    let reply = err.reply_to(&frame.header).unwrap();
+    assert!(matches!(
+        reply.message,
+        Message::Error(ErrorReply {
+            status: Status::BadRequest,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn unused_header_fields_must_be_zero() {
+    let base = frame_of(&packet(Message::Flush));
+    let mut with_offset = base.clone();
+    with_offset.header.offset = 1;
+    let mut with_flags = base.clone();
+    with_flags.header.flags = FLAG_FUA;
+    let mut with_status = base;
+    with_status.header.status = Status::IoError;
+    for frame in [with_offset, with_flags, with_status] {
+        assert!(matches!(
+            Packet::decode(frame),
+            Err(MessageError::Malformed { .. })
+        ));
+    }
+}
+
+#[test]
+fn unknown_write_flag_is_refused() {
+    let mut frame = frame_of(&packet(write(512)));
+    frame.header.flags |= 0x0100;
+    assert!(matches!(
+        Packet::decode(frame),
+        Err(MessageError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn other_frame_version_is_a_version_mismatch() {
+    let mut frame = frame_of(&packet(Message::Flush));
+    frame.header.version = 2;
+    let err = Packet::decode(frame.clone()).unwrap_err();
+    assert_eq!(err.status(), Status::VersionMismatch);
+    let reply = err.reply_to(&frame.header).unwrap();
+    assert!(matches!(
+        reply.message,
+        Message::Error(ErrorReply {
+            status: Status::VersionMismatch,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn hello_in_another_version_is_answered_with_the_supported_range() {
+    let hello = Message::Hello(Hello {
+        versions: VersionRange { min: 2, max: 3 },
+        volume: Name::new("pvc-1").unwrap(),
+        next_io_seq: 1,
+        auth: Auth::None,
+    });
+    let mut frame = frame_of(&packet(hello));
+    frame.header.version = 2;
+    let reply = Packet::decode(frame.clone())
+        .unwrap_err()
+        .reply_to(&frame.header)
+        .unwrap();
+    assert_eq!(
+        reply.message,
+        Message::VersionMismatch(VersionRange::SUPPORTED)
+    );
+    let reply_frame = frame_of(&reply);
+    assert_eq!(reply_frame.header.status, Status::VersionMismatch);
+    assert_eq!(
+        reply_frame.header.opcode,
+        Opcode::Hello.to_u16() | REPLY_BIT
+    );
+}
+
+#[test]
+fn unknown_status_in_a_reply_decodes_as_an_error_reply() {
+    let reply = packet(Message::Error(ErrorReply::new(
+        Opcode::Write.to_u16(),
+        Status::Unknown(999),
+        "from the future",
+    )));
+    assert_eq!(Packet::decode(frame_of(&reply)).unwrap(), reply);
+}
+
+#[test]
+fn ambiguous_or_invalid_messages_are_refused_by_the_encoder() {
+    let invalid = [
+        Message::Error(ErrorReply::new(0x10, Status::Ok, "")),
+        Message::Error(ErrorReply::new(
+            Opcode::Hello.to_u16(),
+            Status::VersionMismatch,
+            "",
+        )),
+        Message::Ack(Opcode::Read),
+        Message::Ack(Opcode::RebuildChunk),
+        Message::Read(Extent {
+            offset: 0,
+            len_bytes: 0,
+        }),
+        Message::ReadData(Bytes::new()),
+        write(MAX_IO_BYTES as usize + 1),
+        Message::Hello(Hello {
+            versions: VersionRange { min: 2, max: 1 },
+            volume: Name::new("v").unwrap(),
+            next_io_seq: 0,
+            auth: Auth::None,
+        }),
+    ];
+    for message in invalid {
+        let mut buf = BytesMut::new();
+        let result = packet(message.clone()).encode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES);
+        assert!(
+            matches!(result, Err(EncodeError::Invalid { .. })),
+            "{message:?}"
+        );
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn reply_to_a_one_way_message_is_refused() {
+    let mut frame = frame_of(&packet(Message::Ack(Opcode::Flush)));
+    frame.header.opcode = Opcode::RebuildDone.to_u16() | REPLY_BIT;
+    assert!(matches!(
+        Packet::decode(frame),
+        Err(MessageError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn error_detail_is_cut_on_a_character_boundary() {
+    let long = "é".repeat(MAX_DETAIL_BYTES);
+    let error = ErrorReply::new(0x10, Status::IoError, long);
+    assert!(error.detail.len() <= MAX_DETAIL_BYTES);
+    assert!(error.detail.len() >= MAX_DETAIL_BYTES - 1);
+}
+
+#[test]
+fn snapshot_name_over_the_bound_is_malformed() {
+    let mut payload = BytesMut::new();
+    put_prefixed(&mut payload, "x".repeat(MAX_NAME_BYTES + 1).as_bytes());
+    let mut frame = frame_of(&packet(Message::SnapshotCreate(Name::new("s").unwrap())));
+    frame.payload = payload.freeze();
+    assert!(matches!(
+        Packet::decode(frame),
+        Err(MessageError::Malformed {
+            source: PayloadError::TooLong { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn reply_echoes_the_request_ids() {
+    let request = packet(Message::Flush);
+    let reply = request.reply(Message::Ack(Opcode::Flush));
+    assert_eq!(
+        (reply.session_id, reply.epoch, reply.io_seq),
+        (0xabc, 7, 1000)
+    );
+}

@@ -1,0 +1,103 @@
+//! `cstor replica …` command line: `init` creates a pool, `run` serves it.
+//! Every flag can also be set through the environment variable its help
+//! names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::daemon::{DaemonError, InitConfig, RunConfig};
+
+#[derive(Debug, Args)]
+pub struct ReplicaArgs {
+    #[command(subcommand)]
+    pub command: ReplicaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Create a pool on new files and/or existing block devices.
+    Init(InitArgs),
+    /// Serve a pool: the replication protocol for targets and the
+    /// management API.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Name of the pool (for logs and `cstor ctl`).
+    #[arg(long, env = "CSTOR_POOL")]
+    pub pool: String,
+    /// A new file to create as a backing device (sparse); give --size after
+    /// each --file. Repeat to add more files.
+    #[arg(long = "file", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// Size of the --file before it, e.g. 10GiB.
+    #[arg(long = "size", value_name = "SIZE", value_parser = cstor_mgmt::size::parse_size)]
+    pub sizes: Vec<u64>,
+    /// An existing block device (ZFS zvol, LVM volume, disk) or file to use
+    /// whole. Repeat to add more. Refused if it already holds a pool.
+    #[arg(long = "device", value_name = "PATH")]
+    pub devices: Vec<PathBuf>,
+    /// Chunk size: the unit of allocation and copy-on-write (4KiB to 1MiB,
+    /// a power of two).
+    #[arg(long, value_parser = cstor_mgmt::size::parse_size, default_value = "64KiB")]
+    pub chunk_size: u64,
+}
+
+impl InitArgs {
+    pub fn config(&self) -> Result<InitConfig, DaemonError> {
+        if self.files.len() != self.sizes.len() {
+            return Err(DaemonError::FileSizeMismatch {
+                files: self.files.len(),
+                sizes: self.sizes.len(),
+            });
+        }
+        let chunk_bytes = u32::try_from(self.chunk_size).map_err(|_| {
+            DaemonError::Pool(format!("chunk size {} is too large", self.chunk_size))
+        })?;
+        Ok(InitConfig {
+            files: self.files.iter().cloned().zip(self.sizes.clone()).collect(),
+            devices: self.devices.clone(),
+            chunk_bytes: Some(chunk_bytes),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of the pool (for logs and `cstor ctl`).
+    #[arg(long, env = "CSTOR_POOL", default_value = "pool")]
+    pub pool: String,
+    /// The pool's backing devices (files or block devices), in the order
+    /// they were added. Repeat, or separate with commas in the variable.
+    #[arg(
+        long = "pool-path",
+        env = "CSTOR_POOL_PATH",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub pool_paths: Vec<PathBuf>,
+    /// Address for targets (replication protocol).
+    #[arg(long, env = "CSTOR_REPLICA_LISTEN", default_value = "0.0.0.0:7600")]
+    pub listen: SocketAddr,
+    /// Address of the management API (gRPC).
+    #[arg(
+        long,
+        env = "CSTOR_REPLICA_MGMT_LISTEN",
+        default_value = "127.0.0.1:7601"
+    )]
+    pub mgmt_listen: SocketAddr,
+}
+
+impl RunArgs {
+    pub fn config(&self) -> RunConfig {
+        RunConfig {
+            pool_name: self.pool.clone(),
+            devices: self.pool_paths.clone(),
+            listen: self.listen,
+            mgmt_listen: self.mgmt_listen,
+        }
+    }
+}

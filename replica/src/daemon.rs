@@ -1,0 +1,325 @@
+//! Creating a pool (`cstor replica init`) and serving one (`cstor replica
+//! run`): open the devices and the pool, bind both listeners (a clear error
+//! for an address in use), serve until SIGTERM/SIGINT, then shut down
+//! gracefully: stop accepting, cut sessions, let in-flight requests finish
+//! (bounded by [`SHUTDOWN_GRACE`]), and close the pool (commit + checkpoint).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cstor_engine::io::{Backend, BackendKind, DeviceKind, DeviceOptions, FileDevice, IoError};
+use cstor_engine::{DeviceRef, Pool, PoolOptions};
+use cstor_mgmt::v1::replica_manager_server::ReplicaManagerServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::limits::{IN_USE_WAIT, MAX_CONNECTIONS, SHUTDOWN_GRACE};
+use crate::mgmt::{DeviceInfo, PoolInfo, Service};
+use crate::registry::Registry;
+
+/// Why the daemon could not start or stop cleanly. Each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("no backing device given")]
+    NoDevices,
+    #[error("--file and --size must come in pairs ({files} files, {sizes} sizes)")]
+    FileSizeMismatch { files: usize, sizes: usize },
+    #[error("cannot start the IO backend: {0}")]
+    Backend(String),
+    #[error("cannot open {path}: {reason}")]
+    Device { path: String, reason: String },
+    #[error("{0}")]
+    Pool(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("management API failed: {0}")]
+    Mgmt(String),
+}
+
+/// A pool to create.
+#[derive(Debug, Clone)]
+pub struct InitConfig {
+    /// New files to create as devices, with their sizes.
+    pub files: Vec<(PathBuf, u64)>,
+    /// Existing block devices (or files) to use whole.
+    pub devices: Vec<PathBuf>,
+    pub chunk_bytes: Option<u32>,
+}
+
+/// Creates a pool on new files and/or existing devices. Refuses to touch a
+/// path that exists when asked to create a file, and a device that already
+/// holds a pool.
+pub async fn init(config: &InitConfig) -> Result<u128, DaemonError> {
+    if config.files.is_empty() && config.devices.is_empty() {
+        return Err(DaemonError::NoDevices);
+    }
+    let backend = backend()?;
+    let mut devices: Vec<DeviceRef> = Vec::new();
+    for (path, size) in &config.files {
+        let dev = open(&backend, path, &DeviceOptions::create(*size))?;
+        devices.push(dev);
+    }
+    for path in &config.devices {
+        let dev = open(&backend, path, &DeviceOptions::existing())?;
+        let probe: Vec<DeviceRef> = vec![dev.clone()];
+        if let Ok(existing) = Pool::open(probe, &no_timer()).await {
+            let guid = existing.guid();
+            drop(existing);
+            return Err(DaemonError::Device {
+                path: path.display().to_string(),
+                reason: format!("it already holds pool {guid:032x}; refusing to overwrite it"),
+            });
+        }
+        devices.push(dev);
+    }
+    let mut options = PoolOptions::default();
+    if let Some(chunk) = config.chunk_bytes {
+        options.chunk_bytes = chunk;
+    }
+    let pool = Pool::create(devices, &options)
+        .await
+        .map_err(|e| DaemonError::Pool(format!("cannot create the pool: {e}")))?;
+    let guid = pool.guid();
+    pool.close()
+        .await
+        .map_err(|e| DaemonError::Pool(format!("cannot close the new pool: {e}")))?;
+    Ok(guid)
+}
+
+/// A pool to serve.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub pool_name: String,
+    /// The pool's devices, in the order they were added.
+    pub devices: Vec<PathBuf>,
+    pub listen: SocketAddr,
+    pub mgmt_listen: SocketAddr,
+}
+
+/// The daemon, bound and ready to serve.
+pub struct Daemon {
+    pool: Arc<Pool>,
+    registry: Arc<Registry>,
+    data: TcpListener,
+    mgmt: TcpListener,
+    info: PoolInfo,
+}
+
+impl Daemon {
+    /// Opens the pool and binds both listeners.
+    pub async fn start(config: &RunConfig) -> Result<Daemon, DaemonError> {
+        if config.devices.is_empty() {
+            return Err(DaemonError::NoDevices);
+        }
+        let backend = backend()?;
+        let mut devices: Vec<DeviceRef> = Vec::new();
+        let mut infos = Vec::new();
+        for path in &config.devices {
+            let dev = open_waiting_for_release(&backend, path).await?;
+            infos.push(DeviceInfo {
+                path: path.display().to_string(),
+                size_bytes: cstor_engine::io::Device::len_bytes(dev.as_ref()),
+                direct_io: dev.direct_io(),
+            });
+            if dev.kind() == DeviceKind::Block {
+                info!(device = %path.display(), "block device");
+            }
+            devices.push(dev);
+        }
+        let pool = Pool::open(devices, &PoolOptions::default())
+            .await
+            .map_err(|e| {
+                DaemonError::Pool(format!(
+                    "cannot open the pool on {}: {e}",
+                    paths(&config.devices)
+                ))
+            })?;
+        let data = bind(config.listen).await?;
+        let mgmt = bind(config.mgmt_listen).await?;
+        let pool = Arc::new(pool);
+        let info = PoolInfo {
+            name: config.pool_name.clone(),
+            devices: infos,
+            io_backend: match backend.kind() {
+                BackendKind::Uring => "io_uring".into(),
+                BackendKind::Threads => "threads".into(),
+            },
+            format_version: cstor_engine::format::FORMAT_VERSION,
+        };
+        Ok(Daemon {
+            registry: Arc::new(Registry::new(Arc::clone(&pool))),
+            pool,
+            data,
+            mgmt,
+            info,
+        })
+    }
+
+    /// The data (replication protocol) address actually bound.
+    pub fn data_addr(&self) -> std::io::Result<SocketAddr> {
+        self.data.local_addr()
+    }
+
+    /// The management address actually bound.
+    pub fn mgmt_addr(&self) -> std::io::Result<SocketAddr> {
+        self.mgmt.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then shuts down gracefully.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
+        let Daemon {
+            pool,
+            registry,
+            data,
+            mgmt,
+            info,
+        } = self;
+        info!(
+            pool = %info.name,
+            guid = format!("{:032x}", pool.guid()),
+            data = ?data.local_addr().ok(),
+            mgmt = ?mgmt.local_addr().ok(),
+            io = %info.io_backend,
+            "replica daemon serving"
+        );
+        let service = ReplicaManagerServer::new(Service::new(Arc::clone(&registry), info));
+        let mgmt_shutdown = shutdown.clone();
+        let mgmt_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(mgmt),
+                    mgmt_shutdown.cancelled_owned(),
+                )
+                .await
+        });
+        let connections = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = data.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
+                        continue;
+                    }
+                    connections.spawn(crate::session::serve(
+                        stream,
+                        peer,
+                        Arc::clone(&registry),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        info!("shutting down: no new connections; finishing requests in flight");
+        drop(data);
+        registry.cut_all();
+        connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?SHUTDOWN_GRACE, "requests still running after the grace period");
+        }
+        let mgmt_result = mgmt_task.await;
+        pool.close()
+            .await
+            .map_err(|e| DaemonError::Pool(format!("cannot close the pool cleanly: {e}")))?;
+        info!("pool closed cleanly");
+        match mgmt_result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(DaemonError::Mgmt(e.to_string())),
+            Err(e) => Err(DaemonError::Mgmt(e.to_string())),
+        }
+    }
+}
+
+fn backend() -> Result<Backend, DaemonError> {
+    Backend::from_env().map_err(|e| DaemonError::Backend(e.to_string()))
+}
+
+fn open_file(
+    backend: &Backend,
+    path: &std::path::Path,
+    options: &DeviceOptions,
+) -> Result<Arc<FileDevice>, DaemonError> {
+    backend
+        .open(path, options)
+        .map_err(|e| DaemonError::Device {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Opens an existing device, waiting up to [`IN_USE_WAIT`] while it is in
+/// use. A daemon restarted right after a crash (SIGKILL, OOM) finds its
+/// pool still locked for a moment: the kernel tears a dead process's
+/// io_uring down asynchronously, and the ring holds the file until then.
+async fn open_waiting_for_release(
+    backend: &Backend,
+    path: &std::path::Path,
+) -> Result<Arc<FileDevice>, DaemonError> {
+    let deadline = tokio::time::Instant::now() + IN_USE_WAIT;
+    let mut logged = false;
+    loop {
+        match backend.open(path, &DeviceOptions::existing()) {
+            Ok(dev) => return Ok(dev),
+            Err(IoError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                if !logged {
+                    info!(device = %path.display(), wait = ?IN_USE_WAIT, "device in use; waiting for it to be released");
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(DaemonError::Device {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+fn open(
+    backend: &Backend,
+    path: &std::path::Path,
+    options: &DeviceOptions,
+) -> Result<DeviceRef, DaemonError> {
+    Ok(open_file(backend, path, options)?)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen { addr, source })
+}
+
+fn paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn no_timer() -> PoolOptions {
+    PoolOptions {
+        commit_interval: None,
+        ..PoolOptions::default()
+    }
+}

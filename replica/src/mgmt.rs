@@ -1,0 +1,306 @@
+//! The management API (gRPC `cstor.v1.ReplicaManager`): pool capacity,
+//! volume replicas and their snapshots. Used by `cstor ctl` and the CSI
+//! controller. Create and delete are idempotent, as CSI needs them to be.
+
+use std::sync::Arc;
+
+use cstor_engine::{ErrorKind, Provisioning as EngineProvisioning, VolumeInfo};
+use cstor_mgmt::v1::replica_manager_server::ReplicaManager;
+use cstor_mgmt::v1::{
+    CreateVolumeRequest, DeleteVolumeRequest, DeleteVolumeResponse, Device, GetPoolRequest,
+    GetVolumeRequest, GrowVolumeRequest, ListSnapshotsRequest, ListSnapshotsResponse,
+    ListVolumesRequest, ListVolumesResponse, Pool, Provisioning, ReplicaState, Snapshot,
+    VolumeReplica,
+};
+use cstor_proto::Name;
+use tonic::{Request, Response, Status};
+
+use crate::registry::Registry;
+use crate::status::grpc_status;
+
+/// What the daemon knows about its pool beyond the engine's figures.
+#[derive(Debug, Clone)]
+pub struct PoolInfo {
+    pub name: String,
+    pub devices: Vec<DeviceInfo>,
+    pub io_backend: String,
+    pub format_version: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub path: String,
+    pub size_bytes: u64,
+    pub direct_io: bool,
+}
+
+pub struct Service {
+    registry: Arc<Registry>,
+    info: PoolInfo,
+}
+
+impl Service {
+    pub fn new(registry: Arc<Registry>, info: PoolInfo) -> Self {
+        Self { registry, info }
+    }
+
+    fn replica(&self, info: &VolumeInfo) -> Result<VolumeReplica, Status> {
+        let pool = self.registry.pool();
+        let volume = pool.volume(&info.name).map_err(|e| grpc_status(&e))?;
+        let (state, stats) = match volume.stats() {
+            Ok(stats) => {
+                let attached = self.registry.get(&info.name).is_some_and(|e| e.has_owner());
+                let state = if attached {
+                    ReplicaState::Healthy
+                } else {
+                    ReplicaState::Offline
+                };
+                (state, Some(stats))
+            }
+            Err(e) if e.kind() == ErrorKind::Poisoned => (ReplicaState::Poisoned, None),
+            Err(e) => return Err(grpc_status(&e)),
+        };
+        Ok(VolumeReplica {
+            name: info.name.clone(),
+            size_bytes: info.size_bytes,
+            block_size: info.block_bytes,
+            provisioning: provisioning_to_api(info.provisioning).into(),
+            allocated_bytes: stats.as_ref().map_or(0, |s| s.allocated_bytes),
+            replica_id: format!("{:032x}", info.replica_id),
+            state: state.into(),
+            last_durable_io_seq: stats.as_ref().map_or(0, |s| s.last_durable_io_seq),
+            epoch: volume.epoch().unwrap_or(0),
+            rebuild: None,
+            snapshot_count: u32::try_from(info.snapshots).unwrap_or(u32::MAX),
+            origin: String::new(),
+        })
+    }
+
+    fn find(&self, name: &str) -> Option<VolumeInfo> {
+        self.registry
+            .pool()
+            .list_volumes()
+            .into_iter()
+            .find(|v| v.name == name)
+    }
+}
+
+fn provisioning_to_api(p: EngineProvisioning) -> Provisioning {
+    match p {
+        EngineProvisioning::Thin => Provisioning::Thin,
+        EngineProvisioning::Thick => Provisioning::Thick,
+    }
+}
+
+/// Names travel in the replication protocol too: the same rules apply.
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} name is empty")));
+    }
+    if name.contains('@') || name.contains('/') {
+        return Err(Status::invalid_argument(format!(
+            "{what} name {name:?} must not contain '@' or '/'"
+        )));
+    }
+    Name::new(name)
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(format!("{what} name {name:?}: {e}")))
+}
+
+#[tonic::async_trait]
+impl ReplicaManager for Service {
+    async fn get_pool(&self, _: Request<GetPoolRequest>) -> Result<Response<Pool>, Status> {
+        let stats = self.registry.pool().stats();
+        Ok(Response::new(Pool {
+            name: self.info.name.clone(),
+            guid: format!("{:032x}", stats.pool_guid),
+            capacity_bytes: stats.total_bytes,
+            used_bytes: stats.used_bytes,
+            free_bytes: stats.free_bytes,
+            chunk_size_bytes: stats.chunk_bytes,
+            devices: self
+                .info
+                .devices
+                .iter()
+                .map(|d| Device {
+                    path: d.path.clone(),
+                    size_bytes: d.size_bytes,
+                    direct_io: d.direct_io,
+                })
+                .collect(),
+            format_version: self.info.format_version,
+            io_backend: self.info.io_backend.clone(),
+        }))
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<VolumeReplica>, Status> {
+        let req = request.into_inner();
+        check_name("volume", &req.name)?;
+        let block_size = match req.block_size {
+            0 => 4096,
+            512 | 4096 => req.block_size,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "block size must be 512 or 4096, not {other}"
+                )))
+            }
+        };
+        if req.size_bytes == 0 || !req.size_bytes.is_multiple_of(u64::from(block_size)) {
+            return Err(Status::invalid_argument(format!(
+                "size {} is not a positive multiple of the block size {block_size}",
+                req.size_bytes
+            )));
+        }
+        let provisioning = match Provisioning::try_from(req.provisioning) {
+            Ok(Provisioning::Thick) => EngineProvisioning::Thick,
+            Ok(Provisioning::Thin | Provisioning::Unspecified) => EngineProvisioning::Thin,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown provisioning {}",
+                    req.provisioning
+                )))
+            }
+        };
+        if let Some(existing) = self.find(&req.name) {
+            let same = existing.size_bytes == req.size_bytes
+                && existing.block_bytes == block_size
+                && existing.provisioning == provisioning
+                && req.clone_of.is_empty();
+            return if same {
+                Ok(Response::new(self.replica(&existing)?))
+            } else {
+                Err(Status::already_exists(format!(
+                    "volume {} exists with size {}, block size {}, {:?}",
+                    req.name, existing.size_bytes, existing.block_bytes, existing.provisioning
+                )))
+            };
+        }
+        let pool = self.registry.pool();
+        if req.clone_of.is_empty() {
+            pool.create_volume(&req.name, req.size_bytes, block_size, provisioning)
+                .await
+                .map_err(|e| grpc_status(&e))?;
+        } else {
+            let Some((origin, snapshot)) = req.clone_of.split_once('@') else {
+                return Err(Status::invalid_argument(format!(
+                    "clone_of {:?} is not volume@snapshot",
+                    req.clone_of
+                )));
+            };
+            let source = pool.volume(origin).map_err(|e| grpc_status(&e))?;
+            source
+                .clone_snapshot(snapshot, &req.name)
+                .await
+                .map_err(|e| grpc_status(&e))?;
+        }
+        tracing::info!(volume = %req.name, size = req.size_bytes, ?provisioning, "volume replica created");
+        let created = self
+            .find(&req.name)
+            .ok_or_else(|| Status::internal(format!("volume {} vanished", req.name)))?;
+        Ok(Response::new(self.replica(&created)?))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let name = request.into_inner().name;
+        check_name("volume", &name)?;
+        self.registry.forget(&name);
+        match self.registry.pool().delete_volume(&name).await {
+            Ok(()) => tracing::info!(volume = %name, "volume replica deleted"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(grpc_status(&e)),
+        }
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn grow_volume(
+        &self,
+        request: Request<GrowVolumeRequest>,
+    ) -> Result<Response<VolumeReplica>, Status> {
+        let req = request.into_inner();
+        check_name("volume", &req.name)?;
+        let existing = self
+            .find(&req.name)
+            .ok_or_else(|| Status::not_found(format!("volume {}", req.name)))?;
+        if req.size_bytes < existing.size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "volume {} cannot shrink from {} to {} bytes",
+                req.name, existing.size_bytes, req.size_bytes
+            )));
+        }
+        if !req
+            .size_bytes
+            .is_multiple_of(u64::from(existing.block_bytes))
+        {
+            return Err(Status::invalid_argument(format!(
+                "size {} is not a multiple of the block size {}",
+                req.size_bytes, existing.block_bytes
+            )));
+        }
+        if req.size_bytes > existing.size_bytes {
+            self.registry
+                .pool()
+                .grow_volume(&req.name, req.size_bytes)
+                .await
+                .map_err(|e| grpc_status(&e))?;
+        }
+        let grown = self
+            .find(&req.name)
+            .ok_or_else(|| Status::not_found(format!("volume {}", req.name)))?;
+        Ok(Response::new(self.replica(&grown)?))
+    }
+
+    async fn get_volume(
+        &self,
+        request: Request<GetVolumeRequest>,
+    ) -> Result<Response<VolumeReplica>, Status> {
+        let name = request.into_inner().name;
+        let info = self
+            .find(&name)
+            .ok_or_else(|| Status::not_found(format!("volume {name}")))?;
+        Ok(Response::new(self.replica(&info)?))
+    }
+
+    async fn list_volumes(
+        &self,
+        _: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let mut volumes = Vec::new();
+        let mut infos = self.registry.pool().list_volumes();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        for info in &infos {
+            volumes.push(self.replica(info)?);
+        }
+        Ok(Response::new(ListVolumesResponse { volumes }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        let name = request.into_inner().volume;
+        let volume = self
+            .registry
+            .pool()
+            .volume(&name)
+            .map_err(|e| grpc_status(&e))?;
+        let mut snapshots: Vec<Snapshot> = volume
+            .list_snapshots()
+            .map_err(|e| grpc_status(&e))?
+            .into_iter()
+            .map(|s| Snapshot {
+                name: s.name,
+                io_seq: s.io_seq,
+                created_unix_seconds: 0,
+                unique_bytes: 0,
+            })
+            .collect();
+        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListSnapshotsResponse { snapshots }))
+    }
+}

@@ -1,0 +1,600 @@
+//! One target connection: handshake, then pipelined requests.
+//!
+//! The read loop is the only reader of the socket and a writer task the only
+//! writer. Each request is admitted in arrival order (`ordering`), then runs
+//! in its own task once every earlier conflicting request has finished;
+//! replies go back in completion order, matched by io_seq. At most
+//! [`MAX_IN_FLIGHT_PER_CONNECTION`] requests run at once: past that the read
+//! loop stops reading and TCP pushes back on the target.
+//!
+//! Errors: a frame error (bad magic, checksum, oversize length) closes the
+//! connection — the stream is out of sync; a message error (unknown opcode,
+//! malformed payload, wrong version) is answered with an error reply carrying
+//! the request's io_seq and the connection goes on (DESIGN.md invariant 8).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cstor_engine::Error as EngineError;
+use cstor_proto::limits::MAX_SNAPSHOTS_PER_LISTING;
+use cstor_proto::{
+    Auth, ErrorReply, Frame, FrameCodec, Hello, HelloAck, Message, Name, Opcode, Packet,
+    RebuildProgress, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing, Status,
+    StatusReport, VersionRange,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::limits::{
+    HANDSHAKE_TIMEOUT, MAX_IN_FLIGHT_PER_CONNECTION, REPLY_QUEUE, SESSION_IDLE_TIMEOUT,
+};
+use crate::ordering::IoKind;
+use crate::registry::{ClaimError, Registry, VolumeEntry};
+use crate::status::proto_status;
+
+/// Serves one accepted connection until it ends, is fenced, or `shutdown`.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
+    let conn_id = registry.next_conn_id();
+    let span = tracing::info_span!("conn", conn = conn_id, %peer);
+    async move {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        match serve_inner(stream, conn_id, &registry, &shutdown).await {
+            Ok(()) => debug!("connection closed"),
+            Err(reason) => info!(%reason, "connection closed"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+async fn serve_inner(
+    stream: TcpStream,
+    conn_id: u64,
+    registry: &Arc<Registry>,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let mut conn = Framed::new(stream, FrameCodec::new());
+    let Some(session) = handshake(&mut conn, conn_id, registry).await? else {
+        return Ok(());
+    };
+    let entry = Arc::clone(&session.entry);
+    let span = tracing::info_span!(
+        "session",
+        volume = %entry.name,
+        epoch = session.epoch,
+        session = session.session_id
+    );
+    let result = run_session(conn, session, shutdown).instrument(span).await;
+    entry.release(conn_id);
+    result
+}
+
+/// A session after its handshake.
+struct Session {
+    conn_id: u64,
+    session_id: u64,
+    epoch: u64,
+    entry: Arc<VolumeEntry>,
+    /// Cancelled when a newer target takes the volume over; `None` for a
+    /// probe session (epoch 0), which owns nothing.
+    fenced: Option<CancellationToken>,
+}
+
+/// Reads the `Hello`, answers it, and returns the session, or `None` when
+/// the connection ended before a handshake or the handshake was refused
+/// (after the refusal was sent).
+async fn handshake(
+    conn: &mut Conn,
+    conn_id: u64,
+    registry: &Registry,
+) -> Result<Option<Session>, String> {
+    let frame = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
+        Err(_) => return Err(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")),
+        Ok(None) => return Ok(None),
+        Ok(Some(Err(e))) => return Err(format!("bad frame before handshake: {e}")),
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let packet = match decode(conn, frame).await? {
+        Some(packet) => packet,
+        None => return Err("undecodable first message".into()),
+    };
+    let Message::Hello(hello) = &packet.message else {
+        refuse(
+            conn,
+            &packet,
+            Status::NotAuthenticated,
+            "the first message of a connection must be Hello".into(),
+        )
+        .await?;
+        return Ok(None);
+    };
+    let Some(version) = hello.versions.negotiate(VersionRange::SUPPORTED) else {
+        send(
+            conn,
+            packet.reply(Message::VersionMismatch(VersionRange::SUPPORTED)),
+        )
+        .await?;
+        return Err(format!(
+            "no common protocol version: target speaks {}..={}, we speak {}..={}",
+            hello.versions.min,
+            hello.versions.max,
+            VersionRange::SUPPORTED.min,
+            VersionRange::SUPPORTED.max
+        ));
+    };
+    if let Err(detail) = authenticate(hello) {
+        refuse(conn, &packet, Status::NotAuthenticated, detail.clone()).await?;
+        return Err(detail);
+    }
+    let entry = match registry.entry(hello.volume.as_str()) {
+        Ok(entry) => entry,
+        Err(e) => {
+            let detail = format!("volume {}: {e}", hello.volume.as_str());
+            refuse(conn, &packet, proto_status(&e), detail.clone()).await?;
+            return Err(detail);
+        }
+    };
+    let fenced = if packet.epoch == 0 {
+        None
+    } else {
+        match entry.claim(packet.epoch, conn_id).await {
+            Ok(token) => Some(token),
+            Err(e) => {
+                let status = match &e {
+                    ClaimError::Stale { .. } => Status::StaleEpoch,
+                    ClaimError::Busy { .. } => Status::Busy,
+                    ClaimError::Engine(err) => proto_status(err),
+                };
+                let detail = e.to_string();
+                refuse(conn, &packet, status, detail.clone()).await?;
+                return Err(detail);
+            }
+        }
+    };
+    let ack = match hello_ack(&entry, version) {
+        Ok(ack) => ack,
+        Err(e) => {
+            entry.release(conn_id);
+            let detail = format!("volume {}: {e}", entry.name);
+            refuse(conn, &packet, proto_status(&e), detail.clone()).await?;
+            return Err(detail);
+        }
+    };
+    send(conn, packet.reply(Message::HelloAck(ack))).await?;
+    info!(
+        volume = %entry.name,
+        epoch = packet.epoch,
+        probe = fenced.is_none(),
+        "session opened"
+    );
+    Ok(Some(Session {
+        conn_id,
+        session_id: packet.session_id,
+        epoch: packet.epoch,
+        entry,
+        fenced,
+    }))
+}
+
+/// The authentication hook. Replica links will be authenticated with a
+/// per-volume pre-shared key (DESIGN.md); until that is configured, only
+/// unauthenticated targets are accepted and a proof is refused rather than
+/// silently ignored.
+fn authenticate(hello: &Hello) -> Result<(), String> {
+    match hello.auth {
+        Auth::None => Ok(()),
+        Auth::PreSharedKey { .. } => {
+            Err("pre-shared-key authentication is not configured on this replica".into())
+        }
+    }
+}
+
+fn hello_ack(entry: &VolumeEntry, version: u16) -> Result<HelloAck, EngineError> {
+    let volume = &entry.volume;
+    let stats = volume.stats()?;
+    Ok(HelloAck {
+        version,
+        replica_id: volume.replica_id()?,
+        pool_guid: entry.pool.guid(),
+        state: replica_state(entry)?,
+        last_durable_io_seq: stats.last_durable_io_seq,
+        volume_size_bytes: stats.size_bytes,
+        block_size_bytes: stats.block_bytes,
+        highest_epoch_seen: volume.epoch()?,
+    })
+}
+
+/// The replica's own view of its copy. It cannot know alone whether it
+/// missed writes (the target decides that from io_seqs); it knows whether it
+/// ever held any.
+fn replica_state(entry: &VolumeEntry) -> Result<ReplicaState, EngineError> {
+    let stats = entry.volume.stats()?;
+    Ok(
+        if stats.last_durable_io_seq == 0 && stats.allocated_bytes == 0 {
+            ReplicaState::NewEmpty
+        } else {
+            ReplicaState::Healthy
+        },
+    )
+}
+
+async fn run_session(
+    conn: Conn,
+    session: Session,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let (mut sink, mut stream) = conn.split();
+    let (replies, mut queue) = mpsc::channel::<Packet>(REPLY_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(packet) = queue.recv().await {
+            sink.feed(packet).await?;
+            while let Ok(packet) = queue.try_recv() {
+                sink.feed(packet).await?;
+            }
+            sink.flush().await?;
+        }
+        Ok::<_, cstor_proto::EncodeError>(())
+    });
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let session = Arc::new(session);
+    let fenced = session.fenced.clone().unwrap_or_default();
+    let outcome = loop {
+        let next = tokio::select! {
+            () = fenced.cancelled() => break Err("fenced: a newer target took the volume over".to_string()),
+            () = shutdown.cancelled() => break Err("daemon shutting down".to_string()),
+            next = tokio::time::timeout(SESSION_IDLE_TIMEOUT, stream.next()) => next,
+        };
+        let frame = match next {
+            Err(_) => break Err(format!("idle for {SESSION_IDLE_TIMEOUT:?}")),
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => break Err(format!("bad frame: {e}")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let header = frame.header;
+        let packet = match Packet::decode(frame) {
+            Ok(packet) => packet,
+            Err(e) => {
+                warn!(error = %e, io_seq = header.io_seq, "refusing a malformed request");
+                if let Some(reply) = e.reply_to(&header) {
+                    if replies.send(reply).await.is_err() {
+                        break Err("writer gone".into());
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break Err("request slots closed".into());
+        };
+        match classify(&session, &packet) {
+            Route::Immediate(reply) => {
+                drop(permit);
+                if let Some(reply) = reply {
+                    if replies.send(reply).await.is_err() {
+                        break Err("writer gone".into());
+                    }
+                }
+            }
+            Route::Io(kind) => {
+                if mutates(&packet.message) {
+                    session.entry.note_received(packet.io_seq);
+                }
+                let mut ticket = session.entry.order.admit(kind);
+                let session = Arc::clone(&session);
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    ticket.ready().await;
+                    let reply = if session.entry.is_owner(session.conn_id) {
+                        execute(&session.entry, &packet).await
+                    } else {
+                        error_reply(
+                            &packet,
+                            Status::StaleEpoch,
+                            "the session was fenced by a newer target".into(),
+                        )
+                    };
+                    drop(ticket);
+                    // The connection may be gone; the IO is done either way.
+                    let _ = replies.send(reply).await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+    drop(replies);
+    // Requests already running finish and their replies are flushed (or
+    // dropped with the socket if it is gone).
+    match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(Err(e))) => debug!(error = %e, "writer stopped"),
+        Ok(Err(e)) => warn!(error = %e, "writer task failed"),
+        Err(_) => debug!("writer did not drain in time"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    outcome
+}
+
+/// Where a request goes.
+enum Route {
+    /// Answered by the read loop (or not at all, for a stray reply).
+    Immediate(Option<Packet>),
+    /// Runs as an admitted IO.
+    Io(IoKind),
+}
+
+fn classify(session: &Session, packet: &Packet) -> Route {
+    if packet.session_id != session.session_id || packet.epoch != session.epoch {
+        return Route::Immediate(Some(error_reply(
+            packet,
+            Status::BadRequest,
+            format!(
+                "frame of session {} epoch {} on session {} epoch {}",
+                packet.session_id, packet.epoch, session.session_id, session.epoch
+            ),
+        )));
+    }
+    let kind = match &packet.message {
+        Message::Heartbeat => {
+            return Route::Immediate(Some(packet.reply(Message::Ack(Opcode::Heartbeat))))
+        }
+        Message::Status => {
+            return Route::Immediate(Some(match status_report(&session.entry) {
+                Ok(report) => packet.reply(Message::StatusReport(report)),
+                Err(e) => engine_error_reply(packet, &e),
+            }))
+        }
+        Message::SnapshotList(request) => {
+            return Route::Immediate(Some(match snapshot_listing(&session.entry, request) {
+                Ok(listing) => packet.reply(Message::SnapshotListing(listing)),
+                Err(e) => engine_error_reply(packet, &e),
+            }))
+        }
+        Message::Hello(_) => {
+            return Route::Immediate(Some(error_reply(
+                packet,
+                Status::BadRequest,
+                "the session is already open".into(),
+            )))
+        }
+        Message::RebuildStart(_)
+        | Message::RebuildChunk(_)
+        | Message::RebuildProgress(_)
+        | Message::RebuildDone(_)
+        | Message::RebuildAbort(_) => {
+            return Route::Immediate(Some(error_reply(
+                packet,
+                Status::BadRequest,
+                "rebuild is not implemented by this replica version".into(),
+            )))
+        }
+        // Replies from the target are never answered (no error ping-pong).
+        Message::HelloAck(_)
+        | Message::VersionMismatch(_)
+        | Message::ReadData(_)
+        | Message::SnapshotListing(_)
+        | Message::StatusReport(_)
+        | Message::Ack(_)
+        | Message::Error(_) => {
+            warn!(
+                opcode = packet.message.wire_opcode(),
+                "ignoring a reply sent to the replica"
+            );
+            return Route::Immediate(None);
+        }
+        Message::Write(w) => IoKind::Write(byte_range(w.offset, w.data.len() as u64)),
+        Message::Read(e) => IoKind::Read(byte_range(e.offset, u64::from(e.len_bytes))),
+        Message::Unmap(e) | Message::WriteZeroes(e) => {
+            IoKind::Write(byte_range(e.offset, u64::from(e.len_bytes)))
+        }
+        Message::Flush => IoKind::Flush,
+        Message::SnapshotCreate(_) | Message::SnapshotDestroy(_) | Message::Resize { .. } => {
+            IoKind::Barrier
+        }
+    };
+    if session.fenced.is_none() {
+        return Route::Immediate(Some(error_reply(
+            packet,
+            Status::StaleEpoch,
+            "a probe session (epoch 0) cannot do IO".into(),
+        )));
+    }
+    Route::Io(kind)
+}
+
+/// `offset..offset+len`, saturating: the engine rejects out-of-range IO;
+/// here the range only orders requests.
+fn byte_range(offset: u64, len: u64) -> std::ops::Range<u64> {
+    offset..offset.saturating_add(len)
+}
+
+fn mutates(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Write(_)
+            | Message::Unmap(_)
+            | Message::WriteZeroes(_)
+            | Message::SnapshotCreate(_)
+            | Message::SnapshotDestroy(_)
+            | Message::Resize { .. }
+    )
+}
+
+async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
+    let volume = &entry.volume;
+    let io_seq = packet.io_seq;
+    let result: Result<Message, EngineError> = async {
+        Ok(match &packet.message {
+            Message::Write(w) => {
+                volume.write(w.offset, &w.data, io_seq).await?;
+                if w.fua {
+                    volume.flush().await?;
+                }
+                Message::Ack(Opcode::Write)
+            }
+            Message::Read(e) => {
+                let mut buf = vec![0u8; e.len_bytes as usize];
+                volume.read(e.offset, &mut buf).await?;
+                Message::ReadData(Bytes::from(buf))
+            }
+            Message::Flush => {
+                volume.flush().await?;
+                Message::Ack(Opcode::Flush)
+            }
+            Message::Unmap(e) => {
+                volume
+                    .unmap(e.offset, u64::from(e.len_bytes), io_seq)
+                    .await?;
+                Message::Ack(Opcode::Unmap)
+            }
+            Message::WriteZeroes(e) => {
+                volume
+                    .write_zeroes(e.offset, u64::from(e.len_bytes), io_seq)
+                    .await?;
+                Message::Ack(Opcode::WriteZeroes)
+            }
+            Message::SnapshotCreate(name) => {
+                volume.create_snapshot(name.as_str()).await?;
+                Message::Ack(Opcode::SnapshotCreate)
+            }
+            Message::SnapshotDestroy(name) => {
+                volume.delete_snapshot(name.as_str()).await?;
+                Message::Ack(Opcode::SnapshotDestroy)
+            }
+            Message::Resize { new_size_bytes } => {
+                let current = volume.size_bytes()?;
+                if *new_size_bytes < current {
+                    return Err(EngineError::new(
+                        cstor_engine::ErrorKind::InvalidArgument,
+                        format!(
+                            "volume {} cannot shrink from {current} to {new_size_bytes} bytes",
+                            entry.name
+                        ),
+                    ));
+                }
+                if *new_size_bytes > current {
+                    entry.pool.grow_volume(&entry.name, *new_size_bytes).await?;
+                }
+                Message::Ack(Opcode::Resize)
+            }
+            other => {
+                return Err(EngineError::new(
+                    cstor_engine::ErrorKind::InvalidArgument,
+                    format!("opcode {:#06x} is not an IO", other.wire_opcode()),
+                ))
+            }
+        })
+    }
+    .await;
+    match result {
+        Ok(message) => packet.reply(message),
+        Err(e) => {
+            warn!(io_seq, error = %e, "request failed");
+            engine_error_reply(packet, &e)
+        }
+    }
+}
+
+fn status_report(entry: &VolumeEntry) -> Result<StatusReport, EngineError> {
+    let stats = entry.volume.stats()?;
+    Ok(StatusReport {
+        state: replica_state(entry)?,
+        last_durable_io_seq: stats.last_durable_io_seq,
+        last_received_io_seq: entry.last_received_io_seq(),
+        volume_size_bytes: stats.size_bytes,
+        highest_epoch_seen: entry.volume.epoch()?,
+        rebuild: RebuildProgress {
+            done_bytes: 0,
+            total_bytes: 0,
+        },
+    })
+}
+
+fn snapshot_listing(
+    entry: &VolumeEntry,
+    request: &SnapshotListRequest,
+) -> Result<SnapshotListing, EngineError> {
+    let mut all = entry.volume.list_snapshots()?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let after = request.after.as_ref().map(Name::as_str);
+    let mut page = all
+        .into_iter()
+        .filter(|s| after.is_none_or(|a| s.name.as_str() > a))
+        .map(|s| {
+            Name::new(s.name.clone())
+                .map(|name| SnapshotInfo {
+                    name,
+                    io_seq: s.io_seq,
+                    created_unix_secs: 0,
+                })
+                .map_err(|e| {
+                    EngineError::new(
+                        cstor_engine::ErrorKind::Corrupt,
+                        format!("snapshot name {:?}: {e}", s.name),
+                    )
+                })
+        })
+        .take(MAX_SNAPSHOTS_PER_LISTING + 1)
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = page.len() > MAX_SNAPSHOTS_PER_LISTING;
+    page.truncate(MAX_SNAPSHOTS_PER_LISTING);
+    Ok(SnapshotListing {
+        snapshots: page,
+        more,
+    })
+}
+
+fn error_reply(packet: &Packet, status: Status, detail: String) -> Packet {
+    packet.reply(Message::Error(ErrorReply::new(
+        packet.message.wire_opcode(),
+        status,
+        detail,
+    )))
+}
+
+fn engine_error_reply(packet: &Packet, err: &EngineError) -> Packet {
+    error_reply(packet, proto_status(err), err.to_string())
+}
+
+/// Decodes a frame; a message error is answered (when the frame was a
+/// request) and `None` returned.
+async fn decode(conn: &mut Conn, frame: Frame) -> Result<Option<Packet>, String> {
+    let header = frame.header;
+    match Packet::decode(frame) {
+        Ok(packet) => Ok(Some(packet)),
+        Err(e) => {
+            if let Some(reply) = e.reply_to(&header) {
+                send(conn, reply).await?;
+            }
+            Err(format!("bad handshake message: {e}"))
+        }
+    }
+}
+
+async fn refuse(
+    conn: &mut Conn,
+    packet: &Packet,
+    status: Status,
+    detail: String,
+) -> Result<(), String> {
+    send(conn, error_reply(packet, status, detail)).await
+}
+
+async fn send(conn: &mut Conn, packet: Packet) -> Result<(), String> {
+    conn.send(packet)
+        .await
+        .map_err(|e| format!("cannot send reply: {e}"))
+}
