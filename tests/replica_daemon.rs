@@ -383,7 +383,7 @@ async fn every_flushed_write_survives_sigkill_under_load() {
 #[tokio::test]
 async fn sigterm_closes_the_pool_cleanly_and_keeps_acknowledged_writes() {
     let (_dir, mut replica) = setup("16MiB");
-    let (mut client, _) = Client::open(replica.data, "vol1", 1).await;
+    let (mut client, first) = Client::open(replica.data, "vol1", 1).await;
     for lba in 0..20u64 {
         client
             .write(lba * BLOCK, pattern(lba, 3, BLOCK as usize))
@@ -395,6 +395,16 @@ async fn sigterm_closes_the_pool_cleanly_and_keeps_acknowledged_writes() {
     replica.start();
     let (mut reader, ack) = Client::open(replica.data, "vol1", 2).await;
     assert!(ack.last_durable_io_seq >= 20);
+    // Identity survives a restart and matches what the management API says.
+    assert_eq!(ack.replica_id, first.replica_id);
+    assert_eq!(ack.pool_guid, first.pool_guid);
+    let pool: serde_json::Value =
+        serde_json::from_str(&replica.ctl(&["--json", "pool", "status"])).unwrap();
+    assert_eq!(pool["guid"], format!("{:032x}", ack.pool_guid));
+    let volumes: serde_json::Value =
+        serde_json::from_str(&replica.ctl(&["--json", "volume", "list"])).unwrap();
+    assert_eq!(volumes[0]["replica_id"], format!("{:032x}", ack.replica_id));
+    assert_eq!(volumes[0]["state"], "healthy");
     for lba in 0..20u64 {
         assert_eq!(
             reader.read(lba * BLOCK, BLOCK as u32).await,
