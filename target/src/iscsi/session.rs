@@ -1,0 +1,729 @@
+//! Full feature phase of one connection (our sessions have exactly one:
+//! MaxConnections=1), sans-IO (RFC 7143 §3.2, §4.2.2, §11).
+//!
+//! [`FullFeature::on_pdu`] takes each decoded initiator PDU and
+//! [`FullFeature::complete`] each finished SCSI task; both return
+//! [`Action`]s: PDUs to send (already numbered), tasks to execute on the
+//! logical unit, tasks to abort, or "close the connection".
+//!
+//! Invariants:
+//! - every command goes through the CmdSN window ([`CmdWindow`]): out of
+//!   window it is dropped silently, in window it runs in CmdSN order;
+//! - StatSN advances once per status-bearing PDU ([`Pdu::stamp`]);
+//! - write data is only solicited within `MAX_WRITE_BUFFER_BYTES` per
+//!   connection, and no command moves more than `MAX_COMMAND_DATA_BYTES`;
+//! - the number of live tasks is bounded by the window depth plus
+//!   `MAX_IMMEDIATE_COMMANDS`;
+//! - a discovery session accepts only Text, NOP-Out and Logout (§4.3);
+//!   everything else is answered with Reject "protocol error".
+//!
+//! Write residuals need the CDB's own transfer length, which the SCSI
+//! layer knows: it passes it back in [`TaskResult::data_out_wanted`].
+//! Nothing of ErrorRecoveryLevel > 0 (SNACK, task reassignment) is done:
+//! we never negotiate it.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use super::bhs::Bhs;
+use super::discovery::{TextContext, TextExchange};
+use super::keepalive::answer_ping;
+use super::limits::{MAX_COMMAND_DATA_BYTES, MAX_WRITE_BUFFER_BYTES};
+use super::login::{LoggedIn, SessionType, TargetConfig};
+use super::pdu::{
+    tmf_response, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject,
+    RejectReason, Residual, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
+    TextRequest, TmfFunction,
+};
+use super::transfer::{data_in_plan, WriteTransfer};
+use super::window::{CmdWindow, WindowError};
+
+/// SCSI status GOOD (SAM-5).
+const STATUS_GOOD: u8 = 0x00;
+/// iSCSI response "target failure" (RFC 7143 §11.4.3).
+const RESPONSE_TARGET_FAILURE: u8 = 0x01;
+/// Logout response codes, RFC 7143 §11.15.1.
+const LOGOUT_CLOSED: u8 = 0;
+const LOGOUT_RECOVERY_NOT_SUPPORTED: u8 = 2;
+/// Logout reason "remove the connection for recovery" (§11.14.1).
+const LOGOUT_REASON_RECOVERY: u8 = 2;
+
+/// A SCSI command ready for the logical unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub itt: u32,
+    pub lun: u64,
+    pub cdb: Bytes,
+    /// All write data, contiguous from offset 0.
+    pub data_out: Bytes,
+    /// Data-In the initiator expects (Expected Data Transfer Length of a
+    /// read).
+    pub expected_data_in: u32,
+}
+
+/// A logical unit's answer to a [`Task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskResult {
+    pub status: u8,
+    pub data_in: Bytes,
+    /// Sense data for CHECK CONDITION.
+    pub sense: Option<Bytes>,
+    /// For a write: the bytes of write data the CDB asked for, so that a
+    /// mismatch with the Expected Data Transfer Length is reported as a
+    /// residual (RFC 7143 §11.4.5.1). `None` reports none.
+    pub data_out_wanted: Option<u32>,
+}
+
+impl TaskResult {
+    /// GOOD status with `data_in`.
+    pub fn good(data_in: Bytes) -> Self {
+        Self {
+            status: STATUS_GOOD,
+            data_in,
+            sense: None,
+            data_out_wanted: None,
+        }
+    }
+}
+
+/// The residual of a transfer the initiator expected `expected` bytes of
+/// and the command wanted `wanted` bytes of.
+fn residual_of(expected: u32, wanted: u32) -> Residual {
+    if wanted > expected {
+        Residual::Overflow(wanted - expected)
+    } else if wanted < expected {
+        Residual::Underflow(expected - wanted)
+    } else {
+        Residual::None
+    }
+}
+
+/// What a task management function asks of the logical unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetKind {
+    AbortTaskSet,
+    ClearTaskSet,
+    LogicalUnitReset,
+    TargetWarmReset,
+}
+
+/// What the connection shell does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Encode and send this PDU.
+    Send(Pdu),
+    /// Run this task on the logical unit; answer with
+    /// [`FullFeature::complete`].
+    Execute(Task),
+    /// Stop these tasks; their results, if they come, are ignored.
+    Abort { itts: Vec<u32> },
+    /// Reset state on the logical unit (after aborting the listed tasks).
+    Reset { kind: ResetKind, lun: u64 },
+    /// Close the connection once the PDUs before this action are sent.
+    Close,
+}
+
+#[derive(Debug)]
+enum TaskState {
+    /// Write data still arriving.
+    Receiving {
+        transfer: WriteTransfer,
+        buffer: BytesMut,
+        /// R2Ts wait for buffer budget.
+        budgeted: bool,
+    },
+    /// Handed to the logical unit.
+    Executing,
+}
+
+#[derive(Debug)]
+struct LiveTask {
+    immediate: bool,
+    lun: u64,
+    cdb: Bytes,
+    write: bool,
+    /// Expected Data Transfer Length (write data for writes).
+    expected_len: u32,
+    /// Data-In expected: EDTL of a read, the bidirectional read length of a
+    /// write with the R bit.
+    expected_in: u32,
+    state: TaskState,
+}
+
+/// Full feature phase state of one connection.
+#[derive(Debug)]
+pub struct FullFeature<'a> {
+    cfg: &'a TargetConfig,
+    session: LoggedIn,
+    window: CmdWindow<Pdu>,
+    stat_sn: u32,
+    tasks: HashMap<u32, LiveTask>,
+    /// Writes waiting for buffer budget, oldest first.
+    waiting: VecDeque<u32>,
+    buffered_bytes: u32,
+    text: TextExchange,
+    next_ttt: u32,
+    closing: bool,
+}
+
+impl<'a> FullFeature<'a> {
+    /// Starts full feature phase after a successful login.
+    pub fn new(cfg: &'a TargetConfig, session: LoggedIn) -> Self {
+        Self {
+            cfg,
+            window: CmdWindow::new(session.exp_cmd_sn, cfg.queue_depth),
+            stat_sn: session.next_stat_sn,
+            session,
+            tasks: HashMap::new(),
+            waiting: VecDeque::new(),
+            buffered_bytes: 0,
+            text: TextExchange::new(),
+            next_ttt: 0,
+            closing: false,
+        }
+    }
+
+    /// The logged-in session this connection serves.
+    pub fn session(&self) -> &LoggedIn {
+        &self.session
+    }
+
+    /// Live tasks (received and not completed or aborted).
+    pub fn live_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Numbers and queues one target PDU.
+    fn send(&mut self, out: &mut Vec<Action>, mut pdu: Pdu) {
+        let exp = self.window.exp_cmd_sn();
+        let max = self.window.max_cmd_sn();
+        if pdu.stamp(self.stat_sn, exp, max) {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        out.push(Action::Send(pdu));
+    }
+
+    fn reject(&mut self, out: &mut Vec<Action>, reason: RejectReason, header: &Bhs) {
+        self.send(out, Pdu::Reject(Reject::of(reason, header)));
+    }
+
+    /// Answers a PDU the codec refused but consumed (data digest error,
+    /// unknown opcode, invalid field).
+    pub fn on_rejected(&mut self, reason: RejectReason, header: &Bhs) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.reject(&mut out, reason, header);
+        out
+    }
+
+    /// A keepalive ping: NOP-In with `ttt` (from
+    /// [`Keepalive::poll`](super::keepalive::Keepalive::poll)), ITT
+    /// 0xffffffff, carrying but not taking the next StatSN (§11.19).
+    pub fn ping(&mut self, ttt: u32) -> Vec<Action> {
+        let mut out = Vec::new();
+        let nop = NopIn {
+            lun: 0,
+            itt: u32::MAX,
+            ttt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            data: Bytes::new(),
+        };
+        self.send(&mut out, Pdu::NopIn(nop));
+        out
+    }
+
+    /// Handles one PDU from the initiator.
+    pub fn on_pdu(&mut self, pdu: Pdu) -> Vec<Action> {
+        let mut out = Vec::new();
+        // Rejects echo the header; re-encoding gives it back up to
+        // reserved bits.
+        let header = &pdu.bhs();
+        if self.closing {
+            return out;
+        }
+        let discovery = self.session.session_type == SessionType::Discovery;
+        let (cmd_sn, immediate) = match &pdu {
+            Pdu::NopOut(p) if p.itt == u32::MAX => {
+                // The answer to our ping: nothing to send.
+                return out;
+            }
+            Pdu::NopOut(p) => (p.cmd_sn, p.immediate),
+            Pdu::TextRequest(p) => (p.cmd_sn, p.immediate),
+            Pdu::LogoutRequest(p) => (p.cmd_sn, p.immediate),
+            Pdu::ScsiCommand(p) if !discovery => (p.cmd_sn, p.immediate),
+            Pdu::TaskMgmtRequest(p) if !discovery => (p.cmd_sn, p.immediate),
+            Pdu::DataOut(d) if !discovery => {
+                self.on_data_out(&mut out, d, header);
+                return out;
+            }
+            Pdu::SnackRequest(_) if !discovery => {
+                // ErrorRecoveryLevel 0: no SNACK (RFC 7143 §11.16).
+                self.reject(&mut out, RejectReason::SnackReject, header);
+                return out;
+            }
+            _ => {
+                // Target opcodes, a Login in full feature phase, or a
+                // command a discovery session may not send.
+                self.reject(&mut out, RejectReason::ProtocolError, header);
+                return out;
+            }
+        };
+        match self.window.admit(cmd_sn, immediate, pdu) {
+            Ok(ready) => {
+                for p in ready {
+                    self.run(&mut out, p, immediate);
+                }
+            }
+            Err(WindowError::ImmediateRefused) => {
+                self.reject(&mut out, RejectReason::ImmediateCommandReject, header);
+            }
+            Err(e @ WindowError::OutOfWindow { .. }) => {
+                // RFC 7143 §4.2.2.1: silently ignored.
+                tracing::debug!(initiator = %self.session.initiator_name, "dropped: {e}");
+            }
+        }
+        out
+    }
+
+    /// Runs a command the window released.
+    fn run(&mut self, out: &mut Vec<Action>, pdu: Pdu, immediate: bool) {
+        match pdu {
+            Pdu::NopOut(p) => {
+                self.window.finish(immediate);
+                self.on_ping(out, &p);
+            }
+            Pdu::TextRequest(p) => {
+                self.window.finish(immediate);
+                self.on_text(out, &p);
+            }
+            Pdu::LogoutRequest(p) => {
+                self.window.finish(immediate);
+                self.on_logout(out, &p);
+            }
+            Pdu::TaskMgmtRequest(p) => {
+                self.window.finish(immediate);
+                self.on_tmf(out, &p);
+            }
+            Pdu::ScsiCommand(p) => self.on_command(out, p),
+            _ => {}
+        }
+    }
+
+    fn on_ping(&mut self, out: &mut Vec<Action>, p: &NopOut) {
+        if let Some(answer) = answer_ping(p) {
+            self.send(out, Pdu::NopIn(answer));
+        }
+    }
+
+    fn on_text(&mut self, out: &mut Vec<Action>, p: &TextRequest) {
+        let ctx = TextContext {
+            cfg: self.cfg,
+            session_type: self.session.session_type,
+            local_addr: self.session.local_addr,
+            max_send_segment: self.session.params.initiator_max_recv_data_segment,
+        };
+        match self.text.on_request(p, &ctx) {
+            Ok(rsp) => self.send(out, Pdu::TextResponse(rsp)),
+            Err(e) => {
+                tracing::debug!("text request rejected: {e}");
+                let h = Pdu::TextRequest(p.clone()).bhs();
+                self.reject(out, RejectReason::ProtocolError, &h);
+            }
+        }
+    }
+
+    fn on_logout(&mut self, out: &mut Vec<Action>, p: &LogoutRequest) {
+        let response = if p.reason == LOGOUT_REASON_RECOVERY {
+            LOGOUT_RECOVERY_NOT_SUPPORTED
+        } else {
+            LOGOUT_CLOSED
+        };
+        let itts = self.abort_where(|_| true);
+        if !itts.is_empty() {
+            out.push(Action::Abort { itts });
+        }
+        let rsp = LogoutResponse {
+            response,
+            itt: p.itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            time2wait: self.session.params.default_time2wait,
+            time2retain: self.session.params.default_time2retain,
+        };
+        self.send(out, Pdu::LogoutResponse(rsp));
+        self.closing = true;
+        out.push(Action::Close);
+    }
+
+    /// Drops every live task matching `pred`, returning their ITTs.
+    fn abort_where(&mut self, pred: impl Fn(&LiveTask) -> bool) -> Vec<u32> {
+        let mut itts: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| pred(t))
+            .map(|(itt, _)| *itt)
+            .collect();
+        itts.sort_unstable();
+        for itt in &itts {
+            self.drop_task(*itt);
+        }
+        itts
+    }
+
+    fn drop_task(&mut self, itt: u32) {
+        if let Some(t) = self.tasks.remove(&itt) {
+            if let TaskState::Receiving { budgeted: true, .. } = t.state {
+                self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
+            }
+            self.waiting.retain(|w| *w != itt);
+            self.window.finish(t.immediate);
+        }
+    }
+
+    fn on_tmf(&mut self, out: &mut Vec<Action>, p: &TaskMgmtRequest) {
+        let (response, reset) = match p.function {
+            TmfFunction::AbortTask => {
+                if self.tasks.contains_key(&p.referenced_task_tag) {
+                    self.drop_task(p.referenced_task_tag);
+                    out.push(Action::Abort {
+                        itts: vec![p.referenced_task_tag],
+                    });
+                    (tmf_response::FUNCTION_COMPLETE, None)
+                } else {
+                    (tmf_response::TASK_DOES_NOT_EXIST, None)
+                }
+            }
+            TmfFunction::AbortTaskSet => (
+                tmf_response::FUNCTION_COMPLETE,
+                Some(ResetKind::AbortTaskSet),
+            ),
+            TmfFunction::ClearTaskSet => (
+                tmf_response::FUNCTION_COMPLETE,
+                Some(ResetKind::ClearTaskSet),
+            ),
+            TmfFunction::LogicalUnitReset => (
+                tmf_response::FUNCTION_COMPLETE,
+                Some(ResetKind::LogicalUnitReset),
+            ),
+            TmfFunction::TargetWarmReset => (
+                tmf_response::FUNCTION_COMPLETE,
+                Some(ResetKind::TargetWarmReset),
+            ),
+            TmfFunction::TaskReassign => (tmf_response::REASSIGNMENT_NOT_SUPPORTED, None),
+            TmfFunction::ClearAca | TmfFunction::TargetColdReset | TmfFunction::Other(_) => {
+                (tmf_response::NOT_SUPPORTED, None)
+            }
+        };
+        if let Some(kind) = reset {
+            let lun = p.lun;
+            let itts = if kind == ResetKind::TargetWarmReset {
+                self.abort_where(|_| true)
+            } else {
+                self.abort_where(|t| t.lun == lun)
+            };
+            if !itts.is_empty() {
+                out.push(Action::Abort { itts });
+            }
+            out.push(Action::Reset { kind, lun });
+        }
+        let rsp = TaskMgmtResponse {
+            response,
+            itt: p.itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        };
+        self.send(out, Pdu::TaskMgmtResponse(rsp));
+    }
+
+    fn target_failure(&mut self, out: &mut Vec<Action>, itt: u32) {
+        let rsp = ScsiResponse {
+            response: RESPONSE_TARGET_FAILURE,
+            status: 0,
+            residual: Residual::None,
+            bidi_read_residual: Residual::None,
+            itt,
+            snack_tag: 0,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            exp_data_sn: 0,
+            data: Bytes::new(),
+        };
+        self.send(out, Pdu::ScsiResponse(rsp));
+    }
+
+    fn on_command(&mut self, out: &mut Vec<Action>, c: ScsiCommand) {
+        let header = Pdu::ScsiCommand(c.clone()).bhs();
+        if self.tasks.contains_key(&c.itt) {
+            self.window.finish(c.immediate);
+            self.reject(out, RejectReason::TaskInProgress, &header);
+            return;
+        }
+        if c.expected_data_len > MAX_COMMAND_DATA_BYTES {
+            self.window.finish(c.immediate);
+            self.target_failure(out, c.itt);
+            return;
+        }
+        let mut task = LiveTask {
+            immediate: c.immediate,
+            lun: c.lun,
+            cdb: c.cdb.clone(),
+            write: c.write,
+            expected_len: c.expected_data_len,
+            expected_in: match (c.read, c.write) {
+                (true, false) => c.expected_data_len,
+                (true, true) => c.bidi_read_len.unwrap_or(0),
+                _ => 0,
+            },
+            state: TaskState::Executing,
+        };
+        if !c.write {
+            if !c.data.is_empty() {
+                self.window.finish(c.immediate);
+                self.reject(out, RejectReason::ProtocolError, &header);
+                return;
+            }
+            let expected_data_in = task.expected_in;
+            self.tasks.insert(c.itt, task);
+            out.push(Action::Execute(Task {
+                itt: c.itt,
+                lun: c.lun,
+                cdb: c.cdb,
+                data_out: Bytes::new(),
+                expected_data_in,
+            }));
+            return;
+        }
+        let immediate_len = u32::try_from(c.data.len()).unwrap_or(u32::MAX);
+        let transfer = match WriteTransfer::new(
+            c.expected_data_len,
+            immediate_len,
+            c.final_,
+            &self.session.params,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(itt = c.itt, "write refused: {e}");
+                self.window.finish(c.immediate);
+                self.reject(out, RejectReason::ProtocolError, &header);
+                return;
+            }
+        };
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&c.data);
+        task.state = TaskState::Receiving {
+            transfer,
+            buffer,
+            budgeted: false,
+        };
+        self.tasks.insert(c.itt, task);
+        self.waiting.push_back(c.itt);
+        self.advance_writes(out);
+    }
+
+    /// Sends R2Ts for writes that have budget, and executes completed
+    /// writes.
+    fn advance_writes(&mut self, out: &mut Vec<Action>) {
+        // Grant budget in arrival order.
+        while let Some(&itt) = self.waiting.front() {
+            let Some(t) = self.tasks.get_mut(&itt) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            let need = t.expected_len;
+            if self.buffered_bytes.saturating_add(need) > MAX_WRITE_BUFFER_BYTES {
+                break;
+            }
+            if let TaskState::Receiving { budgeted, .. } = &mut t.state {
+                *budgeted = true;
+            }
+            self.buffered_bytes += need;
+            self.waiting.pop_front();
+        }
+        let mut itts: Vec<u32> = self.tasks.keys().copied().collect();
+        itts.sort_unstable();
+        for itt in itts {
+            self.advance_write(out, itt);
+        }
+    }
+
+    fn advance_write(&mut self, out: &mut Vec<Action>, itt: u32) {
+        let mut r2ts = Vec::new();
+        let mut done = None;
+        let mut next = self.next_ttt;
+        let Some(t) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if let TaskState::Receiving {
+            transfer,
+            buffer,
+            budgeted,
+        } = &mut t.state
+        {
+            if transfer.is_complete() {
+                done = Some(std::mem::take(buffer).freeze());
+            } else if *budgeted {
+                r2ts = transfer.next_r2ts(|| next_tag(&mut next));
+            }
+        }
+        self.next_ttt = next;
+        let lun = t.lun;
+        for r in r2ts {
+            let pdu = Pdu::R2t(R2t {
+                lun,
+                itt,
+                ttt: r.ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                r2t_sn: r.r2t_sn,
+                buffer_offset: r.buffer_offset,
+                desired_len: r.desired_len,
+            });
+            self.send(out, pdu);
+        }
+        if let Some(data_out) = done {
+            let Some(t) = self.tasks.get_mut(&itt) else {
+                return;
+            };
+            if let TaskState::Receiving { budgeted: true, .. } = t.state {
+                self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
+            }
+            t.state = TaskState::Executing;
+            out.push(Action::Execute(Task {
+                itt,
+                lun: t.lun,
+                cdb: t.cdb.clone(),
+                data_out,
+                expected_data_in: t.expected_in,
+            }));
+            self.waiting.retain(|w| *w != itt);
+        }
+    }
+
+    fn on_data_out(&mut self, out: &mut Vec<Action>, d: &DataOut, header: &Bhs) {
+        let Some(t) = self.tasks.get_mut(&d.itt) else {
+            self.reject(out, RejectReason::InvalidPduField, header);
+            return;
+        };
+        let TaskState::Receiving {
+            transfer, buffer, ..
+        } = &mut t.state
+        else {
+            self.reject(out, RejectReason::ProtocolError, header);
+            return;
+        };
+        match transfer.on_data_out(d) {
+            Ok(at) => {
+                // Validated: the range lies within the expected length.
+                let start = at.buffer_offset as usize;
+                let end = start + at.len as usize;
+                if buffer.len() < end {
+                    buffer.resize(end, 0);
+                }
+                if let Some(slot) = buffer.get_mut(start..end) {
+                    slot.copy_from_slice(&d.data);
+                }
+                self.advance_write(out, d.itt);
+            }
+            Err(e) => {
+                tracing::debug!(itt = d.itt, "Data-Out refused: {e}");
+                self.reject(out, RejectReason::ProtocolError, header);
+            }
+        }
+    }
+
+    /// The logical unit finished task `itt`: send its data and status.
+    /// A result for an aborted or unknown task is ignored.
+    pub fn complete(&mut self, itt: u32, result: TaskResult) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(task) = self.tasks.get(&itt) else {
+            return out;
+        };
+        let (lun, write, expected_len, expected_in) =
+            (task.lun, task.write, task.expected_len, task.expected_in);
+        // Frees the window slot and any write budget.
+        self.drop_task(itt);
+        let data_len = u32::try_from(result.data_in.len()).unwrap_or(u32::MAX);
+        let sent_len = data_len.min(expected_in);
+        // RFC 7143 §11.4.5: the residual of the command's direction (for a
+        // bidirectional command, of its write part; its read residual is
+        // not reported).
+        let residual = match (write, result.data_out_wanted) {
+            (true, Some(wanted)) => residual_of(expected_len, wanted),
+            (true, None) => Residual::None,
+            (false, _) => residual_of(expected_in, data_len),
+        };
+        let collapse = result.status == STATUS_GOOD && result.sense.is_none() && sent_len > 0;
+        let p = &self.session.params;
+        let plan: Vec<_> = data_in_plan(
+            sent_len,
+            p.initiator_max_recv_data_segment,
+            p.max_burst_length,
+        )
+        .collect();
+        for seg in &plan {
+            let start = seg.buffer_offset as usize;
+            let data = result.data_in.slice(start..start + seg.len as usize);
+            let with_status = collapse && seg.last;
+            let pdu = DataIn {
+                final_: seg.final_,
+                ack: false,
+                status: with_status.then_some(result.status),
+                residual: if with_status {
+                    residual
+                } else {
+                    Residual::None
+                },
+                lun,
+                itt,
+                ttt: u32::MAX,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                data_sn: seg.data_sn,
+                buffer_offset: seg.buffer_offset,
+                data,
+            };
+            self.send(&mut out, Pdu::DataIn(pdu));
+        }
+        if !collapse {
+            let rsp = ScsiResponse {
+                response: 0,
+                status: result.status,
+                residual,
+                bidi_read_residual: Residual::None,
+                itt,
+                snack_tag: 0,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                exp_data_sn: u32::try_from(plan.len()).unwrap_or(u32::MAX),
+                data: result
+                    .sense
+                    .as_deref()
+                    .map(ScsiResponse::sense_segment)
+                    .unwrap_or_default(),
+            };
+            self.send(&mut out, Pdu::ScsiResponse(rsp));
+        }
+        self.advance_writes(&mut out);
+        out
+    }
+}
+
+/// The next Target Transfer Tag, skipping the reserved 0xffffffff.
+fn next_tag(counter: &mut u32) -> u32 {
+    *counter = counter.wrapping_add(1);
+    if *counter == u32::MAX {
+        *counter = 1;
+    }
+    *counter
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,6 @@
+//! The cstor iSCSI target: RFC 7143 PDUs and login, SCSI block commands, and
+//! the volume controller that replicates every write.
+
+pub mod iscsi;
+pub mod scsi;
+pub mod volume;

@@ -1,0 +1,770 @@
+//! The volume controller: quorum replication as a pure state machine.
+//!
+//! It does no IO (STYLE.md, the raft-rs model): the async shell feeds it
+//! requests from the SCSI layer and events from the replica links, with the
+//! current time, and performs the [`Action`]s it returns (send a packet to a
+//! replica, complete a request, drop a link). That makes every rule below
+//! testable by a deterministic simulation (`tests` at the bottom).
+//!
+//! Rules (DESIGN.md invariants):
+//! 1. **Acknowledged means replicated.** Every mutating request gets the
+//!    next io_seq and goes to every connected replica, in io_seq order per
+//!    replica; it completes once `cf` *healthy* replicas acknowledged it
+//!    (a flush or FUA write: made it durable, which the replica does before
+//!    it acknowledges).
+//! 2. **Reads come from healthy replicas only**, spread round-robin; a read
+//!    error drops that replica and the read is retried on another.
+//! 3. **Below quorum** mutating requests are held; once quorum has been
+//!    lost for longer than the grace period they fail with
+//!    [`VolumeError::ReadOnly`] (the SCSI layer reports DATA PROTECT /
+//!    WRITE PROTECTED) and new ones fail at once, while reads go on from any
+//!    healthy replica. Quorum back → read-write again, by itself.
+//! 9. **A slow replica is dropped**: a healthy replica that has not
+//!    acknowledged a request within `ack_timeout` leaves the healthy set
+//!    (its link is dropped) instead of stalling the volume.
+//!
+//! Who may count again after a disconnect: a replica that comes back is
+//! healthy again only if it missed nothing, i.e. no mutating request it did
+//! not acknowledge was acknowledged by another replica. Requests still
+//! pending when it comes back are sent to it again (same io_seq, same data:
+//! idempotent), so a replica restart shorter than the grace period is
+//! invisible. A replica that missed writes is [`ReplicaState::Degraded`]:
+//! it gets live writes but serves no reads and counts for no quorum until a
+//! rebuild makes it whole (the rebuild orchestration is not implemented yet;
+//! until then a degraded replica stays degraded, and says so in status).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cstor_proto::{Extent, Message, Opcode, Packet, Status, Write};
+
+/// Index of a replica in the volume's replica list.
+pub type ReplicaIndex = usize;
+
+/// Identifies a request of the SCSI layer.
+pub type Tag = u64;
+
+/// Settings of a volume controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Number of replicas.
+    pub replicas: usize,
+    /// Consistency factor: healthy acknowledgements a mutating request
+    /// needs (1..=replicas).
+    pub cf: usize,
+    /// A healthy replica slower than this to acknowledge is dropped.
+    pub ack_timeout: Duration,
+    /// How long mutating requests are held below quorum before they fail.
+    pub hold: Duration,
+    /// Session id sent in every frame (chosen by the target at start).
+    pub session_id: u64,
+    /// The target's epoch (fencing).
+    pub epoch: u64,
+    /// First io_seq to use: above anything any replica may have seen.
+    pub first_io_seq: u64,
+    /// Volume size in bytes (from the replicas' handshakes).
+    pub size_bytes: u64,
+}
+
+impl ControllerConfig {
+    /// The default consistency factor for `replicas`: a majority.
+    pub fn majority(replicas: usize) -> usize {
+        replicas / 2 + 1
+    }
+}
+
+/// A request of the SCSI layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Read { offset: u64, len_bytes: u32 },
+    Write { offset: u64, data: Bytes, fua: bool },
+    Flush,
+    Unmap { offset: u64, len_bytes: u32 },
+    WriteZeroes { offset: u64, len_bytes: u32 },
+}
+
+impl Op {
+    fn mutates(&self) -> bool {
+        !matches!(self, Op::Read { .. })
+    }
+
+    fn message(&self) -> Message {
+        match self {
+            Op::Read { offset, len_bytes } => Message::Read(Extent {
+                offset: *offset,
+                len_bytes: *len_bytes,
+            }),
+            Op::Write { offset, data, fua } => Message::Write(Write {
+                offset: *offset,
+                data: data.clone(),
+                fua: *fua,
+            }),
+            Op::Flush => Message::Flush,
+            Op::Unmap { offset, len_bytes } => Message::Unmap(Extent {
+                offset: *offset,
+                len_bytes: *len_bytes,
+            }),
+            Op::WriteZeroes { offset, len_bytes } => Message::WriteZeroes(Extent {
+                offset: *offset,
+                len_bytes: *len_bytes,
+            }),
+        }
+    }
+
+    fn opcode(&self) -> Opcode {
+        match self {
+            Op::Read { .. } => Opcode::Read,
+            Op::Write { .. } => Opcode::Write,
+            Op::Flush => Opcode::Flush,
+            Op::Unmap { .. } => Opcode::Unmap,
+            Op::WriteZeroes { .. } => Opcode::WriteZeroes,
+        }
+    }
+}
+
+/// Why a request failed, as the SCSI layer maps it to sense data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeError {
+    /// Below quorum for longer than the grace period: DATA PROTECT.
+    #[error("volume is read-only: fewer than {cf} healthy replicas")]
+    ReadOnly { cf: usize },
+    /// No healthy replica to read from within the grace period.
+    #[error("no healthy replica can serve the read")]
+    Unavailable,
+    /// Outside the volume.
+    #[error("offset/length outside the volume")]
+    OutOfRange,
+    /// The pools are full.
+    #[error("no space left on the replicas")]
+    NoSpace,
+    /// A newer target took the volume over.
+    #[error("fenced: a newer target owns the volume")]
+    Fenced,
+    /// The replicas refused the request (e.g. a malformed extent).
+    #[error("replicas refused the request: {0}")]
+    Refused(String),
+}
+
+/// What a completed request yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    Done,
+    Data(Bytes),
+}
+
+/// An effect for the shell to carry out, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a packet on the replica's link (links keep FIFO order).
+    Send {
+        replica: ReplicaIndex,
+        packet: Packet,
+    },
+    /// Complete a request of the SCSI layer.
+    Complete {
+        tag: Tag,
+        result: Result<Completion, VolumeError>,
+    },
+    /// Close the replica's link (it will be redialled by the shell).
+    Drop {
+        replica: ReplicaIndex,
+        reason: String,
+    },
+}
+
+/// A replica as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// No link.
+    Offline,
+    /// Linked and complete: counts for quorum, serves reads.
+    Healthy,
+    /// Linked but missed writes: gets live writes, needs a rebuild.
+    Degraded,
+}
+
+#[derive(Debug)]
+struct Replica {
+    state: ReplicaState,
+    /// Lowest io_seq of a mutating request that another replica
+    /// acknowledged and this one did not: it must be rebuilt from there.
+    missed_from: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    tag: Tag,
+    op: Op,
+    submitted: Instant,
+    /// Replica → when the request was sent to it.
+    sent: BTreeMap<ReplicaIndex, Instant>,
+    /// Replicas that acknowledged it (whatever their state at the time).
+    acked: BTreeSet<ReplicaIndex>,
+    /// Replicas that failed it (and were dropped for it, or were gone).
+    failed: BTreeSet<ReplicaIndex>,
+    /// The SCSI layer has its answer; the entry stays until every replica
+    /// it was sent to acknowledged it or was dropped, so that a replica that
+    /// never does is known to have missed it.
+    completed: bool,
+}
+
+impl Pending {
+    /// Replicas it was sent to that still owe an answer.
+    fn owed(&self) -> impl Iterator<Item = &ReplicaIndex> {
+        self.sent
+            .keys()
+            .filter(|r| !self.acked.contains(r) && !self.failed.contains(r))
+    }
+}
+
+/// The controller of one volume. See the module doc for its rules.
+#[derive(Debug)]
+pub struct Controller {
+    config: ControllerConfig,
+    replicas: Vec<Replica>,
+    next_io_seq: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// When the number of healthy replicas fell below `cf`.
+    quorum_lost_at: Option<Instant>,
+    next_reader: usize,
+    fenced: bool,
+}
+
+impl Controller {
+    /// A controller whose replicas are all offline; `initially_current`
+    /// names the replicas known to hold every acknowledged write (decided by
+    /// the shell from the replicas' handshakes): they may be healthy as soon
+    /// as they connect.
+    pub fn new(config: ControllerConfig, initially_current: &[bool], now: Instant) -> Self {
+        let replicas = (0..config.replicas)
+            .map(|i| Replica {
+                state: ReplicaState::Offline,
+                missed_from: if initially_current.get(i).copied().unwrap_or(false) {
+                    None
+                } else {
+                    Some(0)
+                },
+            })
+            .collect();
+        Controller {
+            next_io_seq: config.first_io_seq,
+            config,
+            replicas,
+            pending: BTreeMap::new(),
+            quorum_lost_at: Some(now),
+            next_reader: 0,
+            fenced: false,
+        }
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// The state of every replica.
+    pub fn replica_states(&self) -> Vec<ReplicaState> {
+        self.replicas.iter().map(|r| r.state).collect()
+    }
+
+    /// Where a degraded replica must be rebuilt from (io_seq), if it is.
+    pub fn missed_from(&self, replica: ReplicaIndex) -> Option<u64> {
+        self.replicas.get(replica).and_then(|r| r.missed_from)
+    }
+
+    /// Healthy replicas.
+    pub fn healthy(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Healthy)
+            .count()
+    }
+
+    /// Is a quorum of healthy replicas present?
+    pub fn has_quorum(&self) -> bool {
+        self.healthy() >= self.config.cf
+    }
+
+    /// Is the volume refusing writes (quorum lost for longer than the
+    /// grace period)?
+    pub fn is_read_only(&self, now: Instant) -> bool {
+        self.quorum_lost_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.config.hold)
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Requests the SCSI layer still waits for.
+    pub fn in_flight(&self) -> usize {
+        self.pending.values().filter(|p| !p.completed).count()
+    }
+
+    /// The next io_seq the controller will assign.
+    pub fn next_io_seq(&self) -> u64 {
+        self.next_io_seq
+    }
+
+    /// A new request from the SCSI layer.
+    pub fn submit(&mut self, now: Instant, tag: Tag, op: Op) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.fenced {
+            actions.push(complete(tag, Err(VolumeError::Fenced)));
+            return actions;
+        }
+        if let Some(err) = self.check_range(&op) {
+            actions.push(complete(tag, Err(err)));
+            return actions;
+        }
+        if op.mutates() && self.is_read_only(now) {
+            actions.push(complete(
+                tag,
+                Err(VolumeError::ReadOnly { cf: self.config.cf }),
+            ));
+            return actions;
+        }
+        let io_seq = self.next_io_seq;
+        self.next_io_seq += 1;
+        let mut pending = Pending {
+            tag,
+            op,
+            submitted: now,
+            sent: BTreeMap::new(),
+            acked: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            completed: false,
+        };
+        if pending.op.mutates() {
+            for (index, replica) in self.replicas.iter().enumerate() {
+                if replica.state != ReplicaState::Offline {
+                    pending.sent.insert(index, now);
+                    actions.push(self.send(index, io_seq, &pending.op));
+                }
+            }
+        } else if let Some(reader) = self.pick_reader(&pending.failed) {
+            pending.sent.insert(reader, now);
+            actions.push(self.send(reader, io_seq, &pending.op));
+        }
+        self.pending.insert(io_seq, pending);
+        actions
+    }
+
+    /// A replica's link is up and its session claimed.
+    pub fn on_connected(&mut self, now: Instant, replica: ReplicaIndex) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return actions;
+        };
+        r.state = if r.missed_from.is_none() {
+            ReplicaState::Healthy
+        } else {
+            ReplicaState::Degraded
+        };
+        tracing::info!(replica, state = ?r.state, "replica connected");
+        // Everything still pending that it has not acknowledged goes to it
+        // again, in io_seq order, before any new request.
+        let resend: Vec<(u64, Op)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.op.mutates() && !p.completed && !p.acked.contains(&replica))
+            .map(|(seq, p)| (*seq, p.op.clone()))
+            .collect();
+        for (seq, op) in resend {
+            if let Some(p) = self.pending.get_mut(&seq) {
+                p.sent.insert(replica, now);
+            }
+            actions.push(self.send(replica, seq, &op));
+        }
+        // Reads waiting for a healthy replica can go now.
+        self.dispatch_waiting_reads(now, &mut actions);
+        self.update_quorum(now);
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    /// A replica's link is gone.
+    pub fn on_disconnected(&mut self, now: Instant, replica: ReplicaIndex) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.mark_offline(now, replica, &mut actions);
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    /// The shell could not (re)claim a replica because a newer target owns
+    /// the volume: stop for good.
+    pub fn on_fenced(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.fence(now, &mut actions);
+        actions
+    }
+
+    /// A reply from a replica.
+    pub fn on_reply(&mut self, now: Instant, replica: ReplicaIndex, packet: Packet) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if packet.epoch != self.config.epoch || packet.session_id != self.config.session_id {
+            return actions;
+        }
+        let io_seq = packet.io_seq;
+        let Some(pending) = self.pending.get_mut(&io_seq) else {
+            // A late reply to something completed already (e.g. a slow
+            // replica's ack): nothing to do.
+            return actions;
+        };
+        if !pending.sent.contains_key(&replica) {
+            return actions;
+        }
+        match packet.message {
+            Message::Ack(opcode) if opcode == pending.op.opcode() => {
+                pending.acked.insert(replica);
+            }
+            Message::ReadData(data) if matches!(pending.op, Op::Read { .. }) => {
+                let expected = match pending.op {
+                    Op::Read { len_bytes, .. } => len_bytes as usize,
+                    _ => 0,
+                };
+                if data.len() == expected {
+                    let tag = pending.tag;
+                    self.pending.remove(&io_seq);
+                    actions.push(complete(tag, Ok(Completion::Data(data))));
+                } else {
+                    pending.failed.insert(replica);
+                    self.drop_replica(
+                        now,
+                        replica,
+                        format!("read reply of {} bytes, expected {expected}", data.len()),
+                        &mut actions,
+                    );
+                }
+            }
+            Message::Error(error) => {
+                self.on_error_reply(
+                    now,
+                    replica,
+                    io_seq,
+                    error.status,
+                    error.detail,
+                    &mut actions,
+                );
+            }
+            other => {
+                self.drop_replica(
+                    now,
+                    replica,
+                    format!("unexpected reply {:#06x}", other.wire_opcode()),
+                    &mut actions,
+                );
+            }
+        }
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    /// Time passes: drop slow replicas, fail requests held too long.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let timeout = self.config.ack_timeout;
+        let slow: BTreeSet<ReplicaIndex> = self
+            .pending
+            .values()
+            .flat_map(|p| {
+                p.sent.iter().filter(move |(r, at)| {
+                    !p.acked.contains(r)
+                        && !p.failed.contains(r)
+                        && now.saturating_duration_since(**at) >= timeout
+                })
+            })
+            .map(|(r, _)| *r)
+            .filter(|r| {
+                self.replicas
+                    .get(*r)
+                    .is_some_and(|x| x.state != ReplicaState::Offline)
+            })
+            .collect();
+        for replica in slow {
+            self.drop_replica(
+                now,
+                replica,
+                format!("no acknowledgement within {timeout:?}"),
+                &mut actions,
+            );
+        }
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    fn on_error_reply(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        io_seq: u64,
+        status: Status,
+        detail: String,
+        actions: &mut Vec<Action>,
+    ) {
+        let request_error = match status {
+            Status::OutOfRange => Some(VolumeError::OutOfRange),
+            Status::NoSpace => Some(VolumeError::NoSpace),
+            Status::BadRequest => Some(VolumeError::Refused(detail.clone())),
+            Status::StaleEpoch => {
+                self.fence(now, actions);
+                return;
+            }
+            _ => None,
+        };
+        match request_error {
+            // The request itself is wrong (the same on every replica): fail
+            // it, keep the replica.
+            Some(err) => {
+                if let Some(p) = self.pending.remove(&io_seq) {
+                    actions.push(complete(p.tag, Err(err)));
+                }
+            }
+            // The replica is in trouble (IO error, poisoned, busy...): it
+            // leaves the healthy set; the request goes on with the others.
+            None => {
+                if let Some(p) = self.pending.get_mut(&io_seq) {
+                    p.failed.insert(replica);
+                }
+                self.drop_replica(now, replica, format!("{status:?}: {detail}"), actions);
+            }
+        }
+    }
+
+    /// Completes whatever can complete, retries reads, fails what waited
+    /// too long, and forgets what every replica has answered. Called after
+    /// every event.
+    fn settle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.update_quorum(now);
+        let cf = self.config.cf;
+        let read_only = self.is_read_only(now);
+        let mut answers = Vec::new();
+        for (seq, p) in &self.pending {
+            if p.completed {
+                continue;
+            }
+            if p.op.mutates() {
+                let healthy_acks = p
+                    .acked
+                    .iter()
+                    .filter(|r| {
+                        self.replicas
+                            .get(**r)
+                            .is_some_and(|x| x.state == ReplicaState::Healthy)
+                    })
+                    .count();
+                if healthy_acks >= cf {
+                    answers.push((*seq, Ok(Completion::Done)));
+                } else if read_only {
+                    answers.push((*seq, Err(VolumeError::ReadOnly { cf })));
+                }
+            } else if p.sent.keys().all(|r| p.failed.contains(r))
+                && self.healthy() == 0
+                && now.saturating_duration_since(p.submitted) >= self.config.hold
+            {
+                answers.push((*seq, Err(VolumeError::Unavailable)));
+            }
+        }
+        for (seq, result) in answers {
+            let Some(p) = self.pending.get_mut(&seq) else {
+                continue;
+            };
+            p.completed = true;
+            actions.push(complete(p.tag, result));
+            if !p.op.mutates() {
+                self.pending.remove(&seq);
+                continue;
+            }
+            // Offline replicas will never get it (it is not resent once
+            // answered).
+            let acked = p.acked.clone();
+            let unreached: Vec<ReplicaIndex> = (0..self.replicas.len())
+                .filter(|r| !p.acked.contains(r) && !p.sent.contains_key(r))
+                .collect();
+            self.note_missed(seq, &acked, &unreached);
+        }
+        let finished: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.completed && p.owed().next().is_none())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in finished {
+            if let Some(p) = self.pending.remove(&seq) {
+                let lacking: Vec<ReplicaIndex> = (0..self.replicas.len())
+                    .filter(|r| !p.acked.contains(r))
+                    .collect();
+                self.note_missed(seq, &p.acked, &lacking);
+            }
+        }
+        self.dispatch_waiting_reads(now, actions);
+    }
+
+    /// Request `seq` is held by the replicas in `acked`; those in `lacking`
+    /// do not have it: they must be rebuilt from `seq` before they may
+    /// count again.
+    fn note_missed(&mut self, seq: u64, acked: &BTreeSet<ReplicaIndex>, lacking: &[ReplicaIndex]) {
+        if acked.is_empty() {
+            return;
+        }
+        for index in lacking {
+            let Some(replica) = self.replicas.get_mut(*index) else {
+                continue;
+            };
+            replica.missed_from = Some(replica.missed_from.map_or(seq, |m| m.min(seq)));
+            if replica.state == ReplicaState::Healthy {
+                tracing::warn!(
+                    replica = index,
+                    io_seq = seq,
+                    "replica missed a write: degraded"
+                );
+                replica.state = ReplicaState::Degraded;
+            }
+        }
+    }
+
+    /// Sends reads that have no live attempt to a healthy replica.
+    fn dispatch_waiting_reads(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let waiting: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.op.mutates() && p.sent.keys().all(|r| p.failed.contains(r)))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in waiting {
+            let Some(failed) = self.pending.get(&seq).map(|p| p.failed.clone()) else {
+                continue;
+            };
+            let Some(reader) = self.pick_reader(&failed) else {
+                continue;
+            };
+            if let Some(p) = self.pending.get_mut(&seq) {
+                p.sent.insert(reader, now);
+                let op = p.op.clone();
+                actions.push(self.send(reader, seq, &op));
+            }
+        }
+    }
+
+    fn pick_reader(&mut self, exclude: &BTreeSet<ReplicaIndex>) -> Option<ReplicaIndex> {
+        let n = self.replicas.len();
+        for step in 0..n {
+            let index = (self.next_reader + step) % n;
+            if self.replicas[index].state == ReplicaState::Healthy && !exclude.contains(&index) {
+                self.next_reader = (index + 1) % n;
+                return Some(index);
+            }
+        }
+        // Every healthy replica failed this read once: try them again.
+        (0..n).find(|i| self.replicas[*i].state == ReplicaState::Healthy)
+    }
+
+    fn drop_replica(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        reason: String,
+        actions: &mut Vec<Action>,
+    ) {
+        if self
+            .replicas
+            .get(replica)
+            .is_none_or(|r| r.state == ReplicaState::Offline)
+        {
+            return;
+        }
+        tracing::warn!(replica, %reason, "dropping replica");
+        actions.push(Action::Drop { replica, reason });
+        self.mark_offline(now, replica, actions);
+    }
+
+    fn mark_offline(&mut self, now: Instant, replica: ReplicaIndex, actions: &mut Vec<Action>) {
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        r.state = ReplicaState::Offline;
+        for p in self.pending.values_mut() {
+            if !p.sent.contains_key(&replica) || p.acked.contains(&replica) {
+                continue;
+            }
+            if p.op.mutates() && !p.completed {
+                // Sent again when it reconnects, if still unanswered.
+                p.sent.remove(&replica);
+            } else {
+                // A read to retry elsewhere, or an answered write this
+                // replica now certainly lacks (noted when the entry goes).
+                p.failed.insert(replica);
+            }
+        }
+        self.update_quorum(now);
+        self.dispatch_waiting_reads(now, actions);
+    }
+
+    fn fence(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if !self.fenced {
+            tracing::error!("a newer target owns the volume: this target is fenced");
+        }
+        self.fenced = true;
+        for (_, p) in std::mem::take(&mut self.pending) {
+            actions.push(complete(p.tag, Err(VolumeError::Fenced)));
+        }
+        for index in 0..self.replicas.len() {
+            if self.replicas[index].state != ReplicaState::Offline {
+                actions.push(Action::Drop {
+                    replica: index,
+                    reason: "fenced".into(),
+                });
+                self.replicas[index].state = ReplicaState::Offline;
+            }
+        }
+        self.update_quorum(now);
+    }
+
+    fn update_quorum(&mut self, now: Instant) {
+        if self.has_quorum() {
+            if self.quorum_lost_at.take().is_some() {
+                tracing::info!(healthy = self.healthy(), "quorum: volume is read-write");
+            }
+        } else if self.quorum_lost_at.is_none() {
+            tracing::warn!(
+                healthy = self.healthy(),
+                cf = self.config.cf,
+                "quorum lost: writes are held"
+            );
+            self.quorum_lost_at = Some(now);
+        }
+    }
+
+    fn check_range(&self, op: &Op) -> Option<VolumeError> {
+        let (offset, len) = match op {
+            Op::Read { offset, len_bytes }
+            | Op::Unmap { offset, len_bytes }
+            | Op::WriteZeroes { offset, len_bytes } => (*offset, u64::from(*len_bytes)),
+            Op::Write { offset, data, .. } => (*offset, data.len() as u64),
+            Op::Flush => return None,
+        };
+        match offset.checked_add(len) {
+            Some(end) if end <= self.config.size_bytes && len > 0 => None,
+            _ => Some(VolumeError::OutOfRange),
+        }
+    }
+
+    fn send(&self, replica: ReplicaIndex, io_seq: u64, op: &Op) -> Action {
+        Action::Send {
+            replica,
+            packet: Packet {
+                session_id: self.config.session_id,
+                epoch: self.config.epoch,
+                io_seq,
+                message: op.message(),
+            },
+        }
+    }
+}
+
+fn complete(tag: Tag, result: Result<Completion, VolumeError>) -> Action {
+    Action::Complete { tag, result }
+}
+
+#[cfg(test)]
+mod tests;
