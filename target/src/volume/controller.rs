@@ -187,6 +187,9 @@ pub enum ReplicaState {
 #[derive(Debug)]
 struct Replica {
     state: ReplicaState,
+    /// Highest io_seq of a mutating request it acknowledged: if it comes
+    /// back reporting less, it lost acknowledged (unflushed) writes.
+    acked_max: u64,
     /// Lowest io_seq of a mutating request that another replica
     /// acknowledged and this one did not: it must be rebuilt from there.
     missed_from: Option<u64>,
@@ -232,19 +235,16 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A controller whose replicas are all offline; `initially_current`
-    /// names the replicas known to hold every acknowledged write (decided by
-    /// the shell from the replicas' handshakes): they may be healthy as soon
-    /// as they connect.
-    pub fn new(config: ControllerConfig, initially_current: &[bool], now: Instant) -> Self {
+    /// A controller whose replicas are all offline. `missed_from[i]` is
+    /// `None` for a replica known (from the handshakes, by the shell) to
+    /// hold every acknowledged write — it is healthy as soon as it connects
+    /// — and the io_seq it must be rebuilt from otherwise.
+    pub fn new(config: ControllerConfig, missed_from: &[Option<u64>], now: Instant) -> Self {
         let replicas = (0..config.replicas)
             .map(|i| Replica {
                 state: ReplicaState::Offline,
-                missed_from: if initially_current.get(i).copied().unwrap_or(false) {
-                    None
-                } else {
-                    Some(0)
-                },
+                acked_max: 0,
+                missed_from: missed_from.get(i).copied().unwrap_or(Some(0)),
             })
             .collect();
         Controller {
@@ -350,6 +350,22 @@ impl Controller {
         actions
     }
 
+    /// Highest io_seq of a mutating request `replica` acknowledged.
+    pub fn acked_max(&self, replica: ReplicaIndex) -> u64 {
+        self.replicas.get(replica).map_or(0, |r| r.acked_max)
+    }
+
+    /// The shell learnt that `replica` lacks writes from `io_seq` on (e.g.
+    /// it was unreachable at start and reports less than the others did).
+    pub fn mark_missed(&mut self, replica: ReplicaIndex, io_seq: u64) {
+        if let Some(r) = self.replicas.get_mut(replica) {
+            r.missed_from = Some(r.missed_from.map_or(io_seq, |m| m.min(io_seq)));
+            if r.state == ReplicaState::Healthy {
+                r.state = ReplicaState::Degraded;
+            }
+        }
+    }
+
     /// A replica's link is up and its session claimed.
     pub fn on_connected(&mut self, now: Instant, replica: ReplicaIndex) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -417,6 +433,9 @@ impl Controller {
         match packet.message {
             Message::Ack(opcode) if opcode == pending.op.opcode() => {
                 pending.acked.insert(replica);
+                if let Some(r) = self.replicas.get_mut(replica) {
+                    r.acked_max = r.acked_max.max(io_seq);
+                }
             }
             Message::ReadData(data) if matches!(pending.op, Op::Read { .. }) => {
                 let expected = match pending.op {

@@ -42,7 +42,7 @@ impl Sim {
     fn new(replicas: usize, cf: usize) -> Sim {
         let now = Instant::now();
         let mut sim = Sim {
-            ctl: Controller::new(config(replicas, cf), &vec![true; replicas], now),
+            ctl: Controller::new(config(replicas, cf), &vec![None; replicas], now),
             now,
             disks: vec![BTreeMap::new(); replicas],
             links: vec![VecDeque::new(); replicas],

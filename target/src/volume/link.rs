@@ -1,0 +1,335 @@
+//! One replica link: the target's TCP connection to one replica, redialled
+//! with backoff for as long as the volume is open.
+//!
+//! The link task dials, claims the volume with the target's epoch (`Hello`),
+//! then forwards packets from the controller to the replica and replies back
+//! as [`LinkEvent`]s, in order. It sends a heartbeat when the connection has
+//! been idle so that the replica does not close it. On any error it reports
+//! `Down`, discards whatever was queued for the dead connection (the
+//! controller sends what is still pending again once it is `Up`), waits, and
+//! dials again. A claim refused for a stale epoch is final: `Fenced`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cstor_proto::{
+    Auth, FrameCodec, Hello, HelloAck, Message, Name, Opcode, Packet, Status, StatusReport,
+    VersionRange,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::controller::ReplicaIndex;
+
+/// Dialling and handshake must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two dials of a replica that is down (doubles up to the max).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A heartbeat goes out after this long without traffic (the replica closes
+/// a session silent for 15 s).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a link tells the volume driver.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Claimed: IO may flow.
+    Up {
+        replica: ReplicaIndex,
+        ack: HelloAck,
+        status: StatusReport,
+    },
+    /// A reply on the current connection.
+    Reply {
+        replica: ReplicaIndex,
+        packet: Packet,
+    },
+    /// The connection is gone (or was never made).
+    Down {
+        replica: ReplicaIndex,
+        reason: String,
+    },
+    /// The replica has accepted a newer epoch: this target is fenced.
+    Fenced {
+        replica: ReplicaIndex,
+        detail: String,
+    },
+}
+
+/// What the driver tells a link.
+#[derive(Debug)]
+pub enum LinkCommand {
+    Send(Packet),
+    /// Close the connection (the controller dropped the replica); dial again
+    /// after the backoff.
+    Reset,
+}
+
+/// The session parameters every connection of the volume uses.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub volume: String,
+    pub epoch: u64,
+    pub session_id: u64,
+    pub first_io_seq: u64,
+}
+
+/// Runs the link of `replica` until `stop` is cancelled or the target is
+/// fenced.
+pub async fn run(
+    replica: ReplicaIndex,
+    addr: SocketAddr,
+    params: SessionParams,
+    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    stop: CancellationToken,
+) {
+    let span = tracing::info_span!("link", replica, %addr, volume = %params.volume);
+    async move {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            // Whatever was queued for a previous connection is stale.
+            while commands.try_recv().is_ok() {}
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = tokio::time::timeout(CONNECT_TIMEOUT, claim(addr, &params)) => outcome,
+            };
+            match outcome {
+                Ok(Ok((conn, ack, status))) => {
+                    info!(state = ?ack.state, durable = ack.last_durable_io_seq, "replica claimed");
+                    backoff = BACKOFF_MIN;
+                    if events
+                        .send(LinkEvent::Up {
+                            replica,
+                            ack,
+                            status,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let reason = pump(replica, conn, &params, &mut commands, &events, &stop).await;
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    warn!(%reason, "replica link down");
+                    if events.send(LinkEvent::Down { replica, reason }).is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(ClaimError::Fenced(detail))) => {
+                    let _ = events.send(LinkEvent::Fenced { replica, detail });
+                    return;
+                }
+                Ok(Err(ClaimError::Other(reason))) => {
+                    debug!(%reason, "cannot claim the replica");
+                    if events.send(LinkEvent::Down { replica, reason }).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let reason = format!("no handshake within {CONNECT_TIMEOUT:?}");
+                    if events.send(LinkEvent::Down { replica, reason }).is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+enum ClaimError {
+    Fenced(String),
+    Other(String),
+}
+
+/// Dials and opens a session; also asks for the replica's status.
+async fn claim(
+    addr: SocketAddr,
+    params: &SessionParams,
+) -> Result<(Conn, HelloAck, StatusReport), ClaimError> {
+    let other = |e: String| ClaimError::Other(e);
+    let mut conn = dial(addr).await.map_err(other)?;
+    let ack = hello(&mut conn, params, params.epoch).await?;
+    let status = status(&mut conn, params, params.epoch)
+        .await
+        .map_err(other)?;
+    Ok((conn, ack, status))
+}
+
+/// Asks a replica for its state without claiming anything (epoch 0).
+pub async fn probe(addr: SocketAddr, volume: &str) -> Result<(HelloAck, StatusReport), String> {
+    let params = SessionParams {
+        volume: volume.to_owned(),
+        epoch: 0,
+        session_id: 0,
+        first_io_seq: 0,
+    };
+    let mut conn = dial(addr).await?;
+    let ack = hello(&mut conn, &params, 0).await.map_err(|e| match e {
+        ClaimError::Fenced(d) | ClaimError::Other(d) => d,
+    })?;
+    let status = status(&mut conn, &params, 0).await?;
+    Ok((ack, status))
+}
+
+async fn dial(addr: SocketAddr) -> Result<Conn, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    Ok(Framed::new(stream, FrameCodec::new()))
+}
+
+async fn hello(
+    conn: &mut Conn,
+    params: &SessionParams,
+    epoch: u64,
+) -> Result<HelloAck, ClaimError> {
+    let other = |e: String| ClaimError::Other(e);
+    let volume = Name::new(params.volume.clone())
+        .map_err(|e| other(format!("volume name {:?}: {e}", params.volume)))?;
+    let request = Packet {
+        session_id: params.session_id,
+        epoch,
+        io_seq: 0,
+        message: Message::Hello(Hello {
+            versions: VersionRange::SUPPORTED,
+            volume,
+            next_io_seq: params.first_io_seq,
+            auth: Auth::None,
+        }),
+    };
+    match call(conn, request).await.map_err(other)? {
+        Message::HelloAck(ack) => Ok(ack),
+        Message::VersionMismatch(range) => Err(other(format!(
+            "no common protocol version: replica speaks {}..={}",
+            range.min, range.max
+        ))),
+        Message::Error(e) if e.status == Status::StaleEpoch => Err(ClaimError::Fenced(e.detail)),
+        Message::Error(e) => Err(other(format!("{:?}: {}", e.status, e.detail))),
+        m => Err(other(format!(
+            "unexpected answer to Hello: {:#06x}",
+            m.wire_opcode()
+        ))),
+    }
+}
+
+async fn status(
+    conn: &mut Conn,
+    params: &SessionParams,
+    epoch: u64,
+) -> Result<StatusReport, String> {
+    let request = Packet {
+        session_id: params.session_id,
+        epoch,
+        io_seq: 0,
+        message: Message::Status,
+    };
+    match call(conn, request).await? {
+        Message::StatusReport(report) => Ok(report),
+        Message::Error(e) => Err(format!("status: {:?}: {}", e.status, e.detail)),
+        m => Err(format!(
+            "unexpected answer to Status: {:#06x}",
+            m.wire_opcode()
+        )),
+    }
+}
+
+async fn call(conn: &mut Conn, request: Packet) -> Result<Message, String> {
+    conn.send(request)
+        .await
+        .map_err(|e| format!("cannot send: {e}"))?;
+    match conn.next().await {
+        Some(Ok(frame)) => Packet::decode(frame)
+            .map(|p| p.message)
+            .map_err(|e| format!("bad answer: {e}")),
+        Some(Err(e)) => Err(format!("bad frame: {e}")),
+        None => Err("connection closed".into()),
+    }
+}
+
+/// Moves packets both ways until the connection fails, a reset, or stop.
+async fn pump(
+    replica: ReplicaIndex,
+    conn: Conn,
+    params: &SessionParams,
+    commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    stop: &CancellationToken,
+) -> String {
+    let (mut sink, mut stream) = conn.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return "volume closed".into(),
+            command = commands.recv() => match command {
+                Some(LinkCommand::Send(packet)) => {
+                    if let Err(e) = sink.feed(packet).await {
+                        return format!("cannot send: {e}");
+                    }
+                    // Batch whatever else is queued into one flush.
+                    while let Ok(next) = commands.try_recv() {
+                        match next {
+                            LinkCommand::Send(packet) => {
+                                if let Err(e) = sink.feed(packet).await {
+                                    return format!("cannot send: {e}");
+                                }
+                            }
+                            LinkCommand::Reset => return "reset by the controller".into(),
+                        }
+                    }
+                    if let Err(e) = sink.flush().await {
+                        return format!("cannot send: {e}");
+                    }
+                    heartbeat.reset();
+                }
+                Some(LinkCommand::Reset) => return "reset by the controller".into(),
+                None => return "volume closed".into(),
+            },
+            frame = stream.next() => match frame {
+                Some(Ok(frame)) => match Packet::decode(frame) {
+                    Ok(packet) if packet.message == Message::Ack(Opcode::Heartbeat) => {}
+                    Ok(packet) => {
+                        if events.send(LinkEvent::Reply { replica, packet }).is_err() {
+                            return "volume closed".into();
+                        }
+                    }
+                    Err(e) => return format!("undecodable reply: {e}"),
+                },
+                Some(Err(e)) => return format!("bad frame: {e}"),
+                None => return "connection closed by the replica".into(),
+            },
+            _ = heartbeat.tick() => {
+                let ping = Packet {
+                    session_id: params.session_id,
+                    epoch: params.epoch,
+                    io_seq: 0,
+                    message: Message::Heartbeat,
+                };
+                if let Err(e) = sink.send(ping).await {
+                    return format!("cannot send heartbeat: {e}");
+                }
+            }
+        }
+    }
+}
