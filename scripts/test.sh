@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 # command -> Debian package providing it, for what the test suite uses.
-declare -A pkgs=( )
+declare -A pkgs=(
+  [iscsi-test-cu]=libiscsi-bin   # the iSCSI conformance suite
+  [losetup]=mount                # block-device pools on loop devices
+)
 for cmd in "${!pkgs[@]}"; do have "$cmd" || need+=("${pkgs[$cmd]}"); done
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -24,6 +24,8 @@ enum Command {
     /// Run replicas and a target on loopback with file-backed pools (the
     /// embedded default for a first try).
     Up(UpArgs),
+    /// iSCSI target for one volume, replicating to its replica daemons.
+    Target(cstor_target::cli::TargetArgs),
     /// Replica daemon: create a pool (`init`) or serve one (`run`).
     Replica(cstor_replica::cli::ReplicaArgs),
     /// Operate pools and volume replicas through a replica daemon's
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up(&args),
         Command::Ctl(args) => block_on(ctl::run(args)),
         Command::Replica(args) => block_on(replica(args)),
+        Command::Target(args) => block_on(target(args)),
     }
 }
 
@@ -101,6 +104,17 @@ async fn replica(args: cstor_replica::cli::ReplicaArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn target(args: cstor_target::cli::TargetArgs) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        on_signal.cancel();
+    });
+    cstor_target::cli::run(args, shutdown).await?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM (Kubernetes, `cstor up`) or SIGINT (Ctrl-C).

@@ -24,6 +24,8 @@ const FILE_LEN: u64 = 1 << 30;
 const VOL_LEN: u64 = 768 << 20;
 const BLOCK: usize = 4096;
 const QUEUE_DEPTH: usize = 32;
+/// Chunks holding data in each snapshot-bench volume (both fit the file).
+const DATA_CHUNKS: u64 = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rw {
@@ -152,10 +154,23 @@ async fn drive(
     (ops.map_or(n, |o| o.min(n)), start.elapsed())
 }
 
+/// Opens the bench file, waiting while the backend still releases a
+/// previous handle on it (its flock goes with the last reference).
+fn open_file(path: &Path) -> DeviceRef {
+    for _ in 0..400 {
+        match test_backend().open(path, &DeviceOptions::existing()) {
+            Ok(d) => return d,
+            Err(e) if e.to_string().contains("in use") => {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    }
+    panic!("{} stayed in use", path.display());
+}
+
 async fn make_pool(path: &Path) -> (Pool, Arc<Volume>) {
-    let dev: DeviceRef = test_backend()
-        .open(path, &DeviceOptions::existing())
-        .unwrap();
+    let dev = open_file(path);
     let pool = Pool::create(vec![dev], &PoolOptions::default())
         .await
         .unwrap();
@@ -231,23 +246,18 @@ fn main() {
     drop(pool);
 
     // Snapshot create on 1 GiB and 1 TiB thin volumes holding data.
-    let dev: DeviceRef = test_backend()
-        .open(&path, &DeviceOptions::existing())
-        .unwrap();
+    let dev = open_file(&path);
     let pool = rt
         .block_on(Pool::create(vec![dev], &PoolOptions::default()))
         .unwrap();
     let chunk = u64::from(pool.chunk_bytes());
     let mut g = c.benchmark_group("snapshot_create");
-    for (name, size, stride) in [
-        ("1GiB", 1u64 << 30, chunk),
-        ("1TiB", 1u64 << 40, (1u64 << 40) / 8192),
-    ] {
+    for (name, size) in [("1GiB", 1u64 << 30), ("1TiB", 1u64 << 40)] {
+        let stride = (size / DATA_CHUNKS).max(chunk);
         let v = rt
             .block_on(pool.create_volume(name, size, 4096, Provisioning::Thin))
             .unwrap();
-        // Data in 8192 chunks spread over each volume (every other chunk of
-        // the 1 GiB one).
+        // The same amount of data in both volumes, spread over each.
         rt.block_on(async {
             let mut off = 0;
             while off < size {

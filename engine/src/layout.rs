@@ -49,8 +49,9 @@ pub fn plan_meta(
         Some(j) => j,
         None => (dev0 / 64).clamp(MIN_JOURNAL_BYTES, MAX_JOURNAL_BYTES),
     };
-    let journal_len = round_up(journal_len.max(MIN_JOURNAL_BYTES), META_BLOCK_BYTES)
-        .ok_or_else(|| invalid("journal size"))?;
+    let journal_len = journal_len.clamp(MIN_JOURNAL_BYTES, MAX_JOURNAL_BYTES);
+    let journal_len =
+        round_up(journal_len, META_BLOCK_BYTES).ok_or_else(|| invalid("journal size"))?;
     let total: u64 = device_lens.iter().fold(0u64, |a, l| a.saturating_add(*l));
     let max_data = max_data_bytes.unwrap_or(total.saturating_mul(2)).max(total);
     let max_data_chunks = max_data / chunk;

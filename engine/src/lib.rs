@@ -6,18 +6,23 @@
 //! maps (snapshots freeze a layer); metadata is journaled and checkpointed
 //! on device 0 and committed on flush and on a timer. The on-disk format is
 //! drawn in `engine/FORMAT.md`.
+//!
+//! Modules: `format` (bytes on disk), `meta` (the metadata state machine,
+//! no IO), `layout` (where things are), `pool` (the pool and volume
+//! lifecycle), `volume` (the IO path), `commit` (durability), `io`
+//! (devices).
 
+mod commit;
 pub mod error;
 pub mod format;
 pub mod io;
-pub mod limits;
-pub mod meta;
-
-pub use error::{Error, ErrorKind, Result};
 pub mod layout;
+pub mod limits;
 mod locks;
+pub mod meta;
 pub mod pool;
 pub mod volume;
 
+pub use error::{Error, ErrorKind, Result};
 pub use pool::{DeviceRef, Pool, PoolOptions, PoolStats, Provisioning, VolumeInfo};
 pub use volume::{ChangeKind, ChangesPage, ChunkChange, SnapshotInfo, Volume, VolumeStats};

@@ -1,38 +1,30 @@
-//! The pool: its devices, its metadata ([`State`] behind a mutex, never held
-//! across IO), and the commit machinery that makes metadata durable.
+//! The pool: its devices and its metadata ([`State`] behind a mutex, never
+//! held across IO); creating, opening, growing and closing it; volumes'
+//! lifecycle. How metadata becomes durable is in `commit`; the IO path is in
+//! `volume`.
 //!
-//! Commit protocol (FORMAT.md "Commit"), one at a time under the commit
-//! mutex, shared by every flush waiting for it (group commit):
-//! 1. under the metadata lock, take the pending records and the chunks they
-//!    free (and, when checkpointing, encode the whole state);
-//! 2. fdatasync every device — all data whose mapping is in the taken
-//!    records was written before its record existed, so it is now durable;
-//! 3. append the records as one checksummed journal batch and fdatasync
-//!    device 0 — or write a checkpoint to the unused region, fdatasync,
-//!    write the next superblock slot, fdatasync;
-//! 4. only now hand the freed chunks back to the allocator (a chunk is never
-//!    reused before the commit that frees it is durable).
-//!
-//! Any write or sync error in 2–3 poisons the pool (never retry fsync).
+//! Invariants: structural changes (volume / snapshot / clone create and
+//! delete, add-device, close) hold the structure lock exclusively, so no IO
+//! runs under them, and are durable when they return.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::commit::{pad, read_exact, replay, spawn_timer, write_all, CommitState};
 use crate::error::{corrupt, invalid, no_space, not_found, Error, ErrorKind, Result};
-use crate::format::codec::Writer;
-use crate::format::journal::{encode_batch, BatchHeader, BATCH_HEADER_BYTES};
 use crate::format::label::Label;
 use crate::format::superblock::Superblock;
 use crate::format::{crc, round_up, FormatError, META_BLOCK_BYTES};
-use crate::io::{AlignedBuf, Device, BUF_ALIGN};
+use crate::io::{Device, BUF_ALIGN};
 use crate::layout::{device_entry, other_data_offset, plan_meta, ChunkSpace};
 use crate::limits::{
-    DEFAULT_CHUNK_BYTES, DEFAULT_COMMIT_INTERVAL_MS, MAX_CHUNK_BYTES, MAX_DEVICES, MIN_CHUNK_BYTES,
+    DEFAULT_CHUNK_BYTES, DEFAULT_COMMIT_INTERVAL_MS, MAX_CHUNK_BYTES, MAX_DEVICES,
+    MAX_JOURNAL_BYTES, MIN_CHUNK_BYTES,
 };
 use crate::locks::ChunkLocks;
 use crate::meta::checkpoint;
@@ -48,7 +40,8 @@ pub type DeviceRef = Arc<dyn Device>;
 pub struct PoolOptions {
     /// Chunk size (power of two, 4 KiB–1 MiB). Creation only.
     pub chunk_bytes: u32,
-    /// Journal region size; default 1/64 of device 0, clamped. Creation only.
+    /// Journal region size, clamped to [64 KiB, 64 MiB]; default 1/64 of
+    /// device 0. Creation only.
     pub journal_bytes: Option<u64>,
     /// Capacity the checkpoint regions are sized for (adding devices beyond
     /// it is refused); default twice the initial capacity. Creation only.
@@ -99,6 +92,10 @@ pub struct PoolStats {
     pub metadata_memory_bytes: u64,
     /// `metadata_memory_bytes` per TiB of allocated data (0 when empty).
     pub metadata_bytes_per_tib: u64,
+    /// Metadata commits since open (journal batches + checkpoints).
+    pub commits: u64,
+    /// Checkpoints written since open.
+    pub checkpoints: u64,
 }
 
 /// A volume as listed.
@@ -139,12 +136,12 @@ pub(crate) struct VolRuntime {
 
 pub(crate) struct Meta {
     pub(crate) state: State,
-    pending: Vec<Record>,
-    pending_free: Vec<u64>,
+    pub(crate) pending: Vec<Record>,
+    pub(crate) pending_free: Vec<u64>,
     pub(crate) change: u64,
     pub(crate) in_flight: BTreeSet<u64>,
     pub(crate) vols: HashMap<VolumeId, VolRuntime>,
-    recorded_seq: HashMap<VolumeId, u64>,
+    pub(crate) recorded_seq: HashMap<VolumeId, u64>,
 }
 
 pub(crate) fn state_err(e: StateError) -> Error {
@@ -195,34 +192,29 @@ impl Meta {
     }
 }
 
-struct CommitState {
-    sb: Superblock,
-    journal_pos: u64,
-    next_seq: u64,
-    durable_change: u64,
-}
-
 pub(crate) struct PoolInner {
     pub(crate) guid: u128,
     pub(crate) chunk_bytes: u32,
     pub(crate) devices: RwLock<Devices>,
     pub(crate) meta: Mutex<Meta>,
-    commit: tokio::sync::Mutex<CommitState>,
+    pub(crate) commit: tokio::sync::Mutex<CommitState>,
     /// Held shared by every IO, exclusively by snapshot / clone / delete /
     /// add-device, so those never run under an IO.
     pub(crate) structure: tokio::sync::RwLock<()>,
     pub(crate) locks: ChunkLocks,
-    poison: Mutex<Option<String>>,
-    closed: AtomicBool,
-    checkpoint_capacity: u64,
+    pub(crate) poison: Mutex<Option<String>>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) commits: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) checkpoint_capacity: u64,
     max_data_chunks: u64,
 }
 
-fn format_err(what: &str, e: FormatError) -> Error {
+pub(crate) fn format_err(what: &str, e: FormatError) -> Error {
     corrupt(format!("{what}: {e}"))
 }
 
-fn to_usize(v: u64) -> Result<usize> {
+pub(crate) fn to_usize(v: u64) -> Result<usize> {
     usize::try_from(v).map_err(|_| invalid(format!("{v} does not fit in memory")))
 }
 
@@ -230,7 +222,6 @@ fn to_usize(v: u64) -> Result<usize> {
 /// (pool guids and replica ids need uniqueness, not secrecy).
 pub(crate) fn random_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -246,16 +237,6 @@ pub(crate) fn random_u128() -> u128 {
     out
 }
 
-async fn write_all(dev: &DeviceRef, offset: u64, bytes: &[u8]) -> io::Result<()> {
-    let (res, _) = dev.write_at(AlignedBuf::from_slice(bytes), offset).await;
-    res
-}
-
-async fn read_exact(dev: &DeviceRef, offset: u64, len: usize) -> io::Result<AlignedBuf> {
-    let (res, buf) = dev.read_at(AlignedBuf::zeroed(len), offset).await;
-    res.map(|()| buf)
-}
-
 fn check_device(dev: &DeviceRef, chunk_bytes: u32) -> Result<()> {
     let align = dev.alignment();
     if align == 0 || align > BUF_ALIGN || !align.is_power_of_two() {
@@ -265,6 +246,30 @@ fn check_device(dev: &DeviceRef, chunk_bytes: u32) -> Result<()> {
         return Err(invalid(format!(
             "chunk size {chunk_bytes} is not a multiple of the device alignment {align}"
         )));
+    }
+    Ok(())
+}
+
+/// Checks that the superblock's regions are sane before reading them: the
+/// journal within its bound, and journal, checkpoints and data of device 0
+/// in that order without overlap.
+fn check_layout(sb: &Superblock) -> Result<()> {
+    let bad = |what: &str| corrupt(format!("superblock: {what}"));
+    if !sb.chunk_bytes.is_power_of_two()
+        || !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&sb.chunk_bytes)
+    {
+        return Err(bad("chunk size"));
+    }
+    if sb.journal.len_bytes > MAX_JOURNAL_BYTES || sb.journal.len_bytes < META_BLOCK_BYTES {
+        return Err(bad("journal size"));
+    }
+    let [c0, c1] = sb.checkpoints;
+    let ends = |r: crate::format::superblock::Region| r.offset.checked_add(r.len_bytes);
+    let ordered = ends(sb.journal).is_some_and(|e| e <= c0.offset)
+        && ends(c0).is_some_and(|e| e <= c1.offset)
+        && ends(c1).is_some_and(|e| sb.devices.first().is_some_and(|d| e <= d.data_offset));
+    if !ordered {
+        return Err(bad("metadata regions overlap"));
     }
     Ok(())
 }
@@ -379,6 +384,8 @@ impl Pool {
             locks: ChunkLocks::new(),
             poison: Mutex::new(None),
             closed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
         });
         if let Some(interval) = opts.commit_interval {
             spawn_timer(Arc::downgrade(&inner), interval);
@@ -438,6 +445,7 @@ impl Pool {
             }
             check_device(dev, sb.chunk_bytes)?;
         }
+        check_layout(&sb)?;
         let space = ChunkSpace::new(&sb.devices, sb.chunk_bytes)?;
         let active = sb
             .checkpoints
@@ -513,6 +521,8 @@ impl Pool {
             reserved_bytes: m.state.reserved_chunks().saturating_mul(chunk),
             metadata_memory_bytes: mem,
             metadata_bytes_per_tib: per_tib,
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -725,76 +735,6 @@ impl Pool {
     }
 }
 
-fn spawn_timer(pool: Weak<PoolInner>, interval: Duration) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            let Some(p) = pool.upgrade() else { break };
-            if p.closed.load(Ordering::SeqCst) || p.poison.lock().is_some() {
-                break;
-            }
-            if let Err(e) = p.flush_all().await {
-                tracing::warn!(error = %e, "timed commit failed");
-            }
-        }
-    });
-}
-
-fn pad(bytes: &[u8]) -> Result<Vec<u8>> {
-    let len = round_up(bytes.len() as u64, META_BLOCK_BYTES).ok_or_else(|| invalid("size"))?;
-    let mut v = bytes.to_vec();
-    v.resize(to_usize(len)?, 0);
-    Ok(v)
-}
-
-/// Replays journal batches after the checkpoint; returns the byte position
-/// after the last valid batch and how many were applied.
-async fn replay(dev0: &DeviceRef, sb: &Superblock, state: &mut State) -> Result<(u64, u64)> {
-    let journal = read_exact(dev0, sb.journal.offset, to_usize(sb.journal.len_bytes)?)
-        .await
-        .map_err(|e| Error::io("read journal", e))?;
-    let bytes = journal.as_slice();
-    let mut pos = 0u64;
-    let mut seq = sb.journal_seq;
-    let mut batches = 0u64;
-    while let Some(rest) = bytes.get(to_usize(pos)?..) {
-        let Ok(h) = BatchHeader::decode(rest) else {
-            break;
-        };
-        if h.pool_guid != sb.pool_guid || h.sb_generation != sb.generation || h.seq != seq {
-            break;
-        }
-        let Some(len) = h.padded_len() else { break };
-        if pos
-            .checked_add(len)
-            .is_none_or(|end| end > sb.journal.len_bytes)
-        {
-            break;
-        }
-        let Ok(payload) = h.check_payload(rest.get(BATCH_HEADER_BYTES..).unwrap_or(&[])) else {
-            break;
-        };
-        let mut r = crate::format::codec::Reader::new(payload);
-        for _ in 0..h.record_count {
-            let rec = crate::meta::record::Record::decode(&mut r)
-                .map_err(|e| format_err(&format!("journal batch {seq}"), e))?;
-            let freed = state
-                .apply(&rec, Mode::Replay)
-                .map_err(|e| corrupt(format!("journal batch {seq}: {e}")))?;
-            for p in freed {
-                state.alloc.release(p);
-            }
-        }
-        pos += len;
-        seq += 1;
-        batches += 1;
-    }
-    Ok((pos, batches))
-}
-
 impl PoolInner {
     pub(crate) fn check_usable(&self) -> Result<()> {
         if self.closed.load(Ordering::SeqCst) {
@@ -836,162 +776,73 @@ impl PoolInner {
             .ok_or_else(|| corrupt(format!("device {idx}")))?;
         Ok((dev, off))
     }
+}
 
-    /// Commits if anything changed since the last durable commit, sharing a
-    /// commit with concurrent callers (group commit).
-    pub(crate) async fn flush_all(&self) -> Result<()> {
-        let target = self.meta.lock().change;
-        let mut cs = self.commit.lock().await;
-        if cs.durable_change >= target {
-            return self.check_usable();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Superblock {
+        use crate::format::superblock::DeviceEntry;
+        let plan = plan_meta(&[16 << 20], 65536, None, None).unwrap();
+        Superblock {
+            pool_guid: 1,
+            generation: 1,
+            chunk_bytes: 65536,
+            journal: plan.journal,
+            checkpoints: plan.checkpoints,
+            active_checkpoint: 0,
+            checkpoint_len: 0,
+            checkpoint_crc: 0,
+            journal_seq: 1,
+            max_data_chunks: plan.max_data_chunks,
+            devices: vec![DeviceEntry {
+                len_bytes: 16 << 20,
+                data_offset: plan.data_offset,
+                data_chunks: 10,
+            }],
         }
-        self.commit_locked(&mut cs, false).await
     }
 
-    pub(crate) async fn commit(&self, checkpoint: bool) -> Result<()> {
-        let mut cs = self.commit.lock().await;
-        self.commit_locked(&mut cs, checkpoint).await
+    #[test]
+    fn layout_check_accepts_a_planned_pool_and_refuses_overlaps() {
+        assert!(check_layout(&layout()).is_ok());
+        let mut sb = layout();
+        sb.checkpoints[1].offset = sb.checkpoints[0].offset + 4096;
+        assert_eq!(check_layout(&sb).unwrap_err().kind(), ErrorKind::Corrupt);
+        let mut sb = layout();
+        sb.journal.len_bytes = u64::MAX;
+        assert_eq!(check_layout(&sb).unwrap_err().kind(), ErrorKind::Corrupt);
+        let mut sb = layout();
+        sb.devices[0].data_offset = sb.checkpoints[1].offset;
+        assert_eq!(check_layout(&sb).unwrap_err().kind(), ErrorKind::Corrupt);
     }
 
-    async fn commit_locked(&self, cs: &mut CommitState, force_checkpoint: bool) -> Result<()> {
-        if let Some(p) = self.poison.lock().as_ref() {
-            return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
-        }
-        let (records, frees, change, ck, seqs) = {
-            let mut m = self.meta.lock();
-            let seqs: Vec<(VolumeId, u64)> = m
-                .state
-                .volumes
-                .values()
-                .map(|v| (v.id, v.max_io_seq))
-                .collect();
-            for (id, s) in &seqs {
-                if m.recorded_seq.get(id).copied().unwrap_or(0) < *s {
-                    m.pending.push(Record::VolumeSeq {
-                        volume: *id,
-                        io_seq: *s,
-                    });
-                    m.recorded_seq.insert(*id, *s);
-                }
-            }
-            if m.pending.is_empty() && m.pending_free.is_empty() && !force_checkpoint {
-                cs.durable_change = cs.durable_change.max(m.change);
-                return Ok(());
-            }
-            let records = std::mem::take(&mut m.pending);
-            let frees = std::mem::take(&mut m.pending_free);
-            let mut w = Writer::new();
-            for r in &records {
-                r.encode(&mut w);
-            }
-            let payload = w.into_vec();
-            let batch = (BATCH_HEADER_BYTES + payload.len()) as u64;
-            let end = round_up(batch, META_BLOCK_BYTES)
-                .and_then(|b| b.checked_add(cs.journal_pos))
-                .unwrap_or(u64::MAX);
-            let checkpoint = force_checkpoint || end > cs.sb.journal.len_bytes / 2;
-            let ck = checkpoint.then(|| checkpoint::encode(&m.state));
-            ((records.len(), payload), frees, m.change, ck, seqs)
-        };
-        let devs = self.devices.read().devs.clone();
-        for (i, d) in devs.iter().enumerate() {
-            if let Err(e) = d.sync_data().await {
-                let why = format!("fdatasync of device {i} failed: {e}");
-                self.poison_pool(why.clone());
-                return Err(Error::new(ErrorKind::Poisoned, why));
-            }
-        }
-        let dev0 = devs
-            .first()
-            .cloned()
-            .ok_or_else(|| corrupt("no device 0"))?;
-        let res = match ck {
-            Some(bytes) => self.write_checkpoint(cs, &dev0, &bytes).await,
-            None => self.append_batch(cs, &dev0, records.0, &records.1).await,
-        };
-        if let Err(why) = res {
-            self.poison_pool(why.clone());
-            return Err(Error::new(ErrorKind::Poisoned, why));
-        }
-        for p in &frees {
-            if let Ok((dev, off)) = self.locate(*p) {
-                // Advisory (thin backing gets its space back); ignore errors.
-                let _ = dev.discard(off, u64::from(self.chunk_bytes)).await;
-            }
-        }
-        {
-            let mut m = self.meta.lock();
-            for p in frees {
-                m.state.alloc.release(p);
-            }
-            for (id, s) in seqs {
-                if let Some(rt) = m.vols.get_mut(&id) {
-                    rt.durable_io_seq = rt.durable_io_seq.max(s);
-                }
-            }
-        }
-        cs.durable_change = change;
-        Ok(())
+    #[test]
+    fn random_ids_differ() {
+        let ids: BTreeSet<u128> = (0..1000).map(|_| random_u128()).collect();
+        assert_eq!(ids.len(), 1000);
     }
 
-    async fn append_batch(
-        &self,
-        cs: &mut CommitState,
-        dev0: &DeviceRef,
-        count: usize,
-        payload: &[u8],
-    ) -> std::result::Result<(), String> {
-        let count = u32::try_from(count).map_err(|_| "too many records".to_string())?;
-        let bytes = encode_batch(self.guid, cs.sb.generation, cs.next_seq, count, payload);
-        let off = cs.sb.journal.offset + cs.journal_pos;
-        write_all(dev0, off, &bytes)
-            .await
-            .map_err(|e| format!("journal write failed: {e}"))?;
-        dev0.sync_data()
-            .await
-            .map_err(|e| format!("journal fdatasync failed: {e}"))?;
-        cs.journal_pos += bytes.len() as u64;
-        cs.next_seq += 1;
-        Ok(())
+    #[test]
+    fn pad_rounds_up_to_whole_metadata_blocks() {
+        assert_eq!(pad(&[1; 10]).unwrap().len(), 4096);
+        assert_eq!(pad(&[1; 4096]).unwrap().len(), 4096);
+        assert_eq!(pad(&[1; 4097]).unwrap().len(), 8192);
+        assert!(pad(&[]).unwrap().is_empty());
     }
 
-    async fn write_checkpoint(
-        &self,
-        cs: &mut CommitState,
-        dev0: &DeviceRef,
-        bytes: &[u8],
-    ) -> std::result::Result<(), String> {
-        let slot = 1 - cs.sb.active_checkpoint.min(1);
-        let region = cs.sb.checkpoints[usize::from(slot)];
-        if bytes.len() as u64 > region.len_bytes {
-            return Err(format!(
-                "checkpoint of {} bytes exceeds its {}-byte region",
-                bytes.len(),
-                region.len_bytes
-            ));
-        }
-        let padded = pad(bytes).map_err(|e| e.to_string())?;
-        write_all(dev0, region.offset, &padded)
-            .await
-            .map_err(|e| format!("checkpoint write failed: {e}"))?;
-        dev0.sync_data()
-            .await
-            .map_err(|e| format!("checkpoint fdatasync failed: {e}"))?;
-        let mut sb = cs.sb.clone();
-        sb.generation += 1;
-        sb.active_checkpoint = slot;
-        sb.checkpoint_len = bytes.len() as u64;
-        sb.checkpoint_crc = crc(bytes);
-        sb.journal_seq = cs.next_seq;
-        sb.devices = self.devices.read().space.entries().to_vec();
-        write_all(dev0, Superblock::slot_offset(sb.slot()), &sb.encode())
-            .await
-            .map_err(|e| format!("superblock write failed: {e}"))?;
-        dev0.sync_data()
-            .await
-            .map_err(|e| format!("superblock fdatasync failed: {e}"))?;
-        cs.sb = sb;
-        cs.journal_pos = 0;
-        Ok(())
+    #[test]
+    fn state_errors_map_to_their_public_kinds() {
+        let k = |e| state_err(e).kind();
+        assert_eq!(k(StateError::NotFound("x".into())), ErrorKind::NotFound);
+        assert_eq!(
+            k(StateError::AlreadyExists("x".into())),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            k(StateError::Invalid("x".into())),
+            ErrorKind::InvalidArgument
+        );
     }
 }

@@ -453,9 +453,10 @@ impl Volume {
         self.unmap(offset, len, io_seq).await
     }
 
-    /// Unmaps `len` bytes at `offset`: whole chunks are freed (or hidden by
-    /// a zeros tombstone where a snapshot below holds data); partial chunks
-    /// are zeroed. Reads of the range return zeros afterwards.
+    /// Unmaps `len` bytes at `offset`: a whole chunk is replaced by a zeros
+    /// tombstone carrying `io_seq` (its physical chunk, if the volume owned
+    /// one, is freed; a snapshot's stays); partial chunks are zeroed. Reads
+    /// of the range return zeros afterwards.
     pub async fn unmap(&self, offset: u64, len: u64, io_seq: u64) -> Result<()> {
         let _s = self.pool.structure.read().await;
         let (_, size) = self.usable()?;
@@ -493,7 +494,10 @@ impl Volume {
                 Some(e) => matches!(e.target, Target::Data(_)),
                 None => below_data,
             };
-            if full && below_data {
+            if full && (below_data || own.is_some()) {
+                // A tombstone (not a removal) even with nothing below: it
+                // carries the unmap's io_seq, so `changed_chunks` reports
+                // the chunk to a rebuild. It frees the chunk it replaces.
                 if own.is_none() {
                     self.pool.admit(&m.state, 1, 0)?;
                 }
@@ -502,8 +506,6 @@ impl Volume {
                     chunk,
                     io_seq,
                 })
-            } else if full && own.is_some() {
-                ZeroPlan::Record(Record::Remove { layer: live, chunk })
             } else if !full && visible_data {
                 ZeroPlan::WriteZeros
             } else {

@@ -181,3 +181,57 @@ async fn io_in_flight_completes_after_every_handle_is_dropped() {
         sync.await.unwrap();
     }
 }
+
+/// The backing store is closed (its lock released) by the time the last
+/// IO's future has resolved and the device is dropped: reopening at once
+/// never finds it in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_device_after_its_last_io_releases_the_file_at_once() {
+    for backend in backends() {
+        let dir = tmpdir();
+        let path = dir.path().join("dev");
+        drop(
+            backend
+                .open(&path, &DeviceOptions::create(1 << 20))
+                .unwrap(),
+        );
+        for round in 0..50u8 {
+            let dev = backend.open(&path, &DeviceOptions::existing()).unwrap();
+            let (r, _) = dev
+                .write_at(AlignedBuf::from_slice(&[round; 4096]), 0)
+                .await;
+            r.unwrap();
+            dev.sync_data().await.unwrap();
+            drop(dev);
+        }
+    }
+}
+
+#[test]
+fn a_failed_create_leaves_no_file_behind() {
+    let dir = tmpdir();
+    let path = dir.path().join("dev");
+    // Larger than any filesystem allows: set_len fails with EFBIG/EINVAL.
+    let err = test_backend()
+        .open(&path, &DeviceOptions::create(u64::MAX))
+        .unwrap_err();
+    assert!(matches!(err, IoError::Open { .. }), "{err:?}");
+    assert!(!path.exists());
+}
+
+/// The fault-injection wrapper composes with a real device through the
+/// `Arc` impl: the armed sync fails with EIO, the others reach the file.
+#[tokio::test]
+async fn faulty_wrapper_over_a_file_device_fails_the_armed_sync_only() {
+    let dir = tmpdir();
+    let dev = test_backend()
+        .open(&dir.path().join("dev"), &DeviceOptions::create(1 << 20))
+        .unwrap();
+    let faulty = cstor_engine::io::FaultyDevice::new(dev);
+    faulty.fail_nth_sync(2);
+    faulty.sync_data().await.unwrap();
+    let err = faulty.sync_data().await.unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    faulty.sync_data().await.unwrap();
+    assert_eq!(faulty.counts().syncs, 3);
+}

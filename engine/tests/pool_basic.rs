@@ -441,9 +441,19 @@ async fn file_backed_pool_works_on_the_selected_backend() {
     v.flush().await.unwrap();
     pool.close().await.unwrap();
     drop((v, pool));
-    let dev: DeviceRef = test_backend()
-        .open(&path, &DeviceOptions::existing())
-        .unwrap();
+    // The backend may release the file (and its flock) a moment after the
+    // last handle is dropped (a worker or the ring still holding it).
+    let mut tries = 0;
+    let dev: DeviceRef = loop {
+        match test_backend().open(&path, &DeviceOptions::existing()) {
+            Ok(d) => break d,
+            Err(e) if tries < 400 && e.to_string().contains("in use") => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
     let pool = Pool::open(vec![dev], &opts()).await.unwrap();
     let v = pool.volume("v").unwrap();
     assert_eq!(read(&v, 0, 1024).await[512..], pattern(3, 512)[..]);
@@ -472,5 +482,82 @@ async fn metadata_memory_stays_under_a_tenth_of_a_percent_of_allocated_data() {
         s.metadata_bytes_per_tib > 0 && s.metadata_bytes_per_tib <= tenth_of_a_percent,
         "{} bytes per TiB",
         s.metadata_bytes_per_tib
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev: DeviceRef = test_backend()
+        .open(&dir.path().join("p.img"), &DeviceOptions::create(32 << 20))
+        .unwrap();
+    let pool = Pool::create(vec![dev], &opts()).await.unwrap();
+    let v = pool
+        .create_volume("v", 8 << 20, 4096, Provisioning::Thin)
+        .await
+        .unwrap();
+    let before = pool.stats().commits;
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                v.write(i * 65536, &[i as u8; 4096], i + 1).await.unwrap();
+                v.flush().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = pool.stats().commits - before;
+    assert!(
+        (1..32).contains(&commits),
+        "{commits} commits for 64 flushes"
+    );
+    assert_eq!(v.last_durable_io_seq().unwrap(), 64);
+}
+
+#[tokio::test]
+async fn the_timer_commits_without_a_flush() {
+    let (_, d) = mem(4 << 20);
+    let o = PoolOptions {
+        commit_interval: Some(std::time::Duration::from_millis(20)),
+        ..opts()
+    };
+    let pool = Pool::create(vec![d], &o).await.unwrap();
+    let v = pool
+        .create_volume("v", 1 << 20, 512, Provisioning::Thin)
+        .await
+        .unwrap();
+    v.write(0, &[1; 512], 77).await.unwrap();
+    // Bounded wait for the timer (not a timing assertion: it only has to
+    // happen at some point).
+    for _ in 0..1000 {
+        if v.last_durable_io_seq().unwrap() == 77 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no timed commit happened");
+}
+
+#[tokio::test]
+async fn unmap_frees_the_chunk_and_reports_it_to_rebuild() {
+    let (_, d) = mem(4 << 20);
+    let pool = Pool::create(vec![d], &opts()).await.unwrap();
+    let v = pool
+        .create_volume("v", 1 << 20, 512, Provisioning::Thin)
+        .await
+        .unwrap();
+    v.write(0, &pattern(1, CHUNK as usize), 5).await.unwrap();
+    v.unmap(0, u64::from(CHUNK), 10).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(v.stats().unwrap().allocated_bytes, 0);
+    assert_eq!(pool.stats().used_bytes, 0, "space really freed");
+    let page = v.changed_chunks(None, 7, 0).unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(
+        (page.changes[0].kind, page.changes[0].io_seq),
+        (ChangeKind::Zero, 10)
     );
 }

@@ -280,9 +280,12 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
     m
 }
 
-async fn verify(image: Vec<u8>, m: &Model, what: &str) {
-    let dev: DeviceRef = Arc::new(MemDevice::from_image(image, 4096).unwrap());
-    let pool = Pool::open(vec![dev], &opts())
+async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
+    let devs: Vec<DeviceRef> = images
+        .into_iter()
+        .map(|i| -> DeviceRef { Arc::new(MemDevice::from_image(i, 4096).unwrap()) })
+        .collect();
+    let pool = Pool::open(devs, &opts())
         .await
         .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
     let a = pool.audit();
@@ -334,29 +337,47 @@ async fn verify(image: Vec<u8>, m: &Model, what: &str) {
     }
 }
 
-async fn crash_every_point(seed: u64, len: usize) -> usize {
+/// Device sizes of a one-device pool and of a two-device pool whose first
+/// device fills up early, so data lands on both and a commit must sync both.
+const ONE_DEVICE: &[usize] = &[DEV_BYTES];
+const TWO_DEVICES: &[usize] = &[780 * 1024, DEV_BYTES];
+
+async fn create(sizes: &[usize]) -> (Vec<Arc<CrashDevice>>, Pool) {
+    let devs: Vec<Arc<CrashDevice>> = sizes
+        .iter()
+        .map(|s| Arc::new(CrashDevice::new(*s)))
+        .collect();
+    let refs: Vec<DeviceRef> = devs.iter().map(|d| Arc::clone(d) as DeviceRef).collect();
+    let pool = Pool::create(refs, &opts()).await.unwrap();
+    (devs, pool)
+}
+
+/// Cuts the power of device `victim` after each of its operations in turn
+/// (the other devices keep running until the pool is poisoned, then lose
+/// whatever they had not synced too).
+async fn crash_every_point(seed: u64, len: usize, sizes: &[usize], victim: usize) -> usize {
     let ops = workload(seed, len);
     // A dry run counts the device operations of the whole workload.
-    let dry = Arc::new(CrashDevice::new(DEV_BYTES));
-    let d: DeviceRef = dry.clone();
-    let pool = Pool::create(vec![d], &opts()).await.unwrap();
-    let create_ops = dry.op_count();
+    let (dry, pool) = create(sizes).await;
+    let create_ops = dry[victim].op_count();
     run(&pool, &ops).await;
-    let total = dry.op_count();
+    let total = dry[victim].op_count();
     let mut points = 0;
     for k in create_ops..=total {
-        let dev = Arc::new(CrashDevice::new(DEV_BYTES));
-        let d: DeviceRef = dev.clone();
-        let pool = Pool::create(vec![d], &opts()).await.unwrap();
-        dev.cut_power_after(k);
+        let (devs, pool) = create(sizes).await;
+        devs[victim].cut_power_after(k);
         let m = run(&pool, &ops).await;
         drop(pool);
         for policy in [
             CrashPolicy::torn(seed ^ k),
             CrashPolicy::whole(seed.wrapping_mul(31) ^ k),
         ] {
-            let what = format!("workload {seed} crash after op {k}/{total} ({policy:?})");
-            verify(dev.crash_image(policy), &m, &what).await;
+            let what = format!(
+                "workload {seed} on {} devices, device {victim} cut after op {k}/{total} ({policy:?})",
+                sizes.len()
+            );
+            let images = devs.iter().map(|d| d.crash_image(policy)).collect();
+            verify(images, &m, &what).await;
         }
         points += 1;
     }
@@ -367,7 +388,7 @@ fn workloads() -> u64 {
     std::env::var("CSTOR_CRASH_WORKLOADS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(24)
+        .unwrap_or(16)
 }
 
 #[test]
@@ -379,7 +400,35 @@ fn every_crash_point_of_random_workloads_recovers_flushed_data() {
     rt.block_on(async {
         let mut points = 0;
         for seed in 0..workloads() {
-            points += crash_every_point(seed, 40).await;
+            points += crash_every_point(seed, 40, ONE_DEVICE, 0).await;
+        }
+        eprintln!("checked {points} crash points");
+        assert!(
+            points > 100,
+            "workloads too short to mean anything: {points}"
+        );
+    });
+}
+
+#[test]
+fn every_crash_point_of_a_two_device_pool_recovers_flushed_data() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The workload really uses the second device.
+        let (devs, pool) = create(TWO_DEVICES).await;
+        run(&pool, &workload(1, 40)).await;
+        assert!(
+            devs[1].live_image()[4096..].iter().any(|b| *b != 0),
+            "no data on device 1"
+        );
+        let mut points = 0;
+        for seed in 100..100 + workloads() / 2 {
+            for victim in [0, 1] {
+                points += crash_every_point(seed, 40, TWO_DEVICES, victim).await;
+            }
         }
         eprintln!("checked {points} crash points");
         assert!(

@@ -58,10 +58,19 @@ impl LoopDev {
         }
     }
 
+    /// Opens the device, waiting out a short-lived holder (udev probing a
+    /// new loop device, or the previous pool's backend releasing it).
     fn open(&self) -> DeviceRef {
-        test_backend()
-            .open(&self.dev, &DeviceOptions::existing())
-            .unwrap()
+        for _ in 0..400 {
+            match test_backend().open(&self.dev, &DeviceOptions::existing()) {
+                Ok(d) => return d,
+                Err(e) if e.to_string().contains("in use") => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => panic!("open {}: {e}", self.dev.display()),
+            }
+        }
+        panic!("{} stayed in use", self.dev.display());
     }
 }
 

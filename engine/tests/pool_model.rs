@@ -1,6 +1,7 @@
 //! Model-based property test: random sequences of every pool operation
 //! (create, write, write-zeroes, unmap, read, flush, snapshot, delete
-//! snapshot, clone, delete volume, grow, reopen clean and by journal replay)
+//! snapshot, clone, delete volume, grow, add device, reopen clean and by
+//! journal replay)
 //! against an in-memory model of each volume's and snapshot's bytes. After
 //! every operation the pool's space accounting is audited (every chunk
 //! owned once, the allocator agrees) and at the end every volume and
@@ -67,6 +68,7 @@ enum Op {
     Reopen {
         clean: bool,
     },
+    AddDevice,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -84,6 +86,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => vol.clone().prop_map(|vol| Op::DeleteVolume { vol }),
         1 => (vol, 1u64..64).prop_map(|(vol, blocks)| Op::Grow { vol, blocks }),
         1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+        1 => Just(Op::AddDevice),
     ]
 }
 
@@ -94,7 +97,7 @@ struct ModelVolume {
 }
 
 struct Harness {
-    dev: Arc<MemDevice>,
+    devs: Vec<DeviceRef>,
     pool: Option<Pool>,
     vols: Vec<ModelVolume>,
     next_name: u32,
@@ -331,6 +334,14 @@ impl Harness {
                     Err(e) => prop_assert_eq!(e.kind(), ErrorKind::NoSpace),
                 }
             }
+            Op::AddDevice => {
+                let dev: DeviceRef = Arc::new(MemDevice::new(1 << 20));
+                match self.pool().add_device(dev.clone()).await {
+                    Ok(()) => self.devs.push(dev),
+                    // The metadata area was sized for twice the start.
+                    Err(e) => prop_assert_eq!(e.kind(), ErrorKind::NoSpace),
+                }
+            }
             Op::Reopen { clean } => {
                 let pool = self.pool.take().unwrap();
                 if clean {
@@ -340,8 +351,9 @@ impl Harness {
                     pool.flush().await.unwrap();
                 }
                 drop(pool);
-                let dev: DeviceRef = self.dev.clone();
-                self.pool = Some(Pool::open(vec![dev], &opts()).await.unwrap());
+                // Devices in reverse order: labels put them back.
+                let devs: Vec<DeviceRef> = self.devs.iter().rev().cloned().collect();
+                self.pool = Some(Pool::open(devs, &opts()).await.unwrap());
             }
         }
         self.audit()
@@ -354,11 +366,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let dev = Arc::new(MemDevice::new(DEV_BYTES));
-        let d: DeviceRef = dev.clone();
-        let pool = Pool::create(vec![d], &opts()).await.unwrap();
+        let dev: DeviceRef = Arc::new(MemDevice::new(DEV_BYTES));
+        let pool = Pool::create(vec![dev.clone()], &opts()).await.unwrap();
         let mut h = Harness {
-            dev,
+            devs: vec![dev],
             pool: Some(pool),
             vols: Vec::new(),
             next_name: 0,

@@ -1,6 +1,8 @@
 //! The cstor iSCSI target: RFC 7143 PDUs and login, SCSI block commands, and
 //! the volume controller that replicates every write.
 
+pub mod cli;
 pub mod iscsi;
 pub mod scsi;
+pub mod server;
 pub mod volume;

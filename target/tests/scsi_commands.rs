@@ -369,6 +369,42 @@ fn descriptor_sense_when_d_sense_is_set() {
 }
 
 #[test]
+fn software_write_protect_refuses_writes_until_cleared() {
+    let (mut lu, mut vol) = ready_unit(64);
+    let (n, other) = (nexus(1), nexus(2));
+    assert_good(&run(&mut lu, &mut vol, &other, &tur(), &[]));
+    let r = run(&mut lu, &mut vol, &n, &[0x1a, 0, 0x0a, 0, 255, 0], &[]);
+    let mut list = r.data_in.to_vec();
+    list[0] = 0;
+    list[2] = 0;
+    list[4 + 8 + 4] |= 0x08; // control page, SWP
+    let select = [0x15, 0x10, 0, 0, list.len() as u8, 0];
+    assert_good(&run(&mut lu, &mut vol, &n, &select, &list));
+    // Every nexus is refused writes; the other one first hears of the change.
+    let r = run(&mut lu, &mut vol, &n, &write10(0, 1), &[7; BS]);
+    let s = sense_of(&r);
+    assert_eq!(
+        (s.key, s.asc),
+        (SenseKey::DataProtect, Asc::SOFTWARE_WRITE_PROTECTED)
+    );
+    let r = run(&mut lu, &mut vol, &other, &tur(), &[]);
+    assert_eq!(sense_of(&r).asc, Asc::MODE_PARAMETERS_CHANGED);
+    let r = run(&mut lu, &mut vol, &other, &write10(0, 1), &[7; BS]);
+    assert_eq!(sense_of(&r).key, SenseKey::DataProtect);
+    assert!(vol
+        .log
+        .iter()
+        .all(|r| !matches!(r, BlockRequest::Write { .. })));
+    // MODE SENSE shows WP; reads go on; clearing SWP lets writes in again.
+    let r = run(&mut lu, &mut vol, &n, &[0x1a, 0, 0x0a, 0, 255, 0], &[]);
+    assert_eq!(r.data_in[2] & 0x80, 0x80);
+    assert_good(&run(&mut lu, &mut vol, &n, &read10(0, 1), &[]));
+    list[4 + 8 + 4] &= !0x08;
+    assert_good(&run(&mut lu, &mut vol, &n, &select, &list));
+    assert_good(&run(&mut lu, &mut vol, &n, &write10(0, 1), &[7; BS]));
+}
+
+#[test]
 fn stopped_unit_is_not_ready_until_started() {
     let (mut lu, mut vol) = ready_unit(64);
     let n = nexus(1);

@@ -77,6 +77,33 @@ impl ReplicaProcess {
     /// (Re)starts the daemon on the same pool and addresses and waits
     /// until both ports accept connections.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Kills the daemon, replaces its pool by a new empty one of `size` at
+    /// the same path holding an empty volume `volume` of `volume_size`, and
+    /// starts it again on the same addresses (a replaced disk).
+    pub fn replace_pool(&mut self, size: &str, volume: &str, volume_size: &str) {
+        if self.child.is_some() {
+            self.kill9();
+        }
+        std::fs::remove_file(&self.pool_file).unwrap();
+        cstor(&[
+            "replica",
+            "init",
+            "--pool",
+            "test",
+            "--file",
+            self.pool_file.to_str().unwrap(),
+            "--size",
+            size,
+        ]);
+        self.start();
+        self.ctl(&["volume", "create", volume, "--size", volume_size]);
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -97,6 +124,7 @@ impl ReplicaProcess {
                 &self.mgmt.to_string(),
             ])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -183,6 +211,78 @@ impl Drop for ReplicaProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A `cstor target` child process serving one volume.
+pub struct TargetProcess {
+    pub portal: SocketAddr,
+    pub iqn: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl TargetProcess {
+    /// Starts a target for `volume` over `replicas` on `portal` and waits
+    /// until it accepts iSCSI connections.
+    pub fn start(dir: &Path, portal: SocketAddr, volume: &str, replicas: &[SocketAddr]) -> Self {
+        let log = dir.join(format!("target-{}.log", portal.port()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut args = vec![
+            "target".to_string(),
+            "--listen".into(),
+            portal.to_string(),
+            "--volume".into(),
+            volume.into(),
+        ];
+        for r in replicas {
+            args.push("--replica".into());
+            args.push(r.to_string());
+        }
+        let child = Command::new(cstor_bin())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut target = TargetProcess {
+            portal,
+            iqn: format!("iqn.2016-09.com.openebs.cstor:{volume}"),
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(portal).is_err() {
+            if let Some(status) = target.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("target exited with {status}: {}", target.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "target did not start: {}",
+                target.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        target
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TargetProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 

@@ -124,15 +124,15 @@ impl Backend {
     /// The backend [`BACKEND_ENV`] asks for: `uring` (an error if refused),
     /// `threads`, or `auto`/unset ([`Backend::auto`]).
     pub fn from_env() -> Result<Self, IoError> {
-        match std::env::var(BACKEND_ENV) {
-            Err(std::env::VarError::NotPresent) => Self::auto(),
-            Ok(v) if v.is_empty() || v == "auto" => Self::auto(),
-            Ok(v) if v == "uring" || v == "io_uring" => Self::uring(),
-            Ok(v) if v == "threads" => Self::threads(),
-            Ok(v) => Err(IoError::InvalidConfig(format!(
-                "{BACKEND_ENV}={v:?}: expected uring, threads or auto"
-            ))),
-            Err(e) => Err(IoError::InvalidConfig(format!("{BACKEND_ENV}: {e}"))),
+        let value = match std::env::var(BACKEND_ENV) {
+            Ok(v) => Some(v),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(e) => return Err(IoError::InvalidConfig(format!("{BACKEND_ENV}: {e}"))),
+        };
+        match parse_choice(value.as_deref())? {
+            None => Self::auto(),
+            Some(BackendKind::Uring) => Self::uring(),
+            Some(BackendKind::Threads) => Self::threads(),
         }
     }
 
@@ -226,6 +226,18 @@ impl Backend {
     }
 }
 
+/// What [`BACKEND_ENV`] asks for: a kind, or `None` for automatic choice.
+fn parse_choice(value: Option<&str>) -> Result<Option<BackendKind>, IoError> {
+    match value.map(str::trim) {
+        None | Some("") | Some("auto") => Ok(None),
+        Some("uring") | Some("io_uring") => Ok(Some(BackendKind::Uring)),
+        Some("threads") => Ok(Some(BackendKind::Threads)),
+        Some(other) => Err(IoError::InvalidConfig(format!(
+            "{BACKEND_ENV}={other:?}: expected uring, threads or auto"
+        ))),
+    }
+}
+
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Backend({})", self.kind())
@@ -247,4 +259,42 @@ pub fn test_backend() -> Backend {
             Err(e) => panic!("cannot start the IO backend for tests: {e}"),
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_choice_parses_the_documented_values_only() {
+        assert_eq!(parse_choice(None).unwrap(), None);
+        assert_eq!(parse_choice(Some("auto")).unwrap(), None);
+        assert_eq!(parse_choice(Some("")).unwrap(), None);
+        assert_eq!(
+            parse_choice(Some("uring")).unwrap(),
+            Some(BackendKind::Uring)
+        );
+        assert_eq!(
+            parse_choice(Some("io_uring")).unwrap(),
+            Some(BackendKind::Uring)
+        );
+        assert_eq!(
+            parse_choice(Some("threads")).unwrap(),
+            Some(BackendKind::Threads)
+        );
+        assert!(matches!(
+            parse_choice(Some("aio")),
+            Err(IoError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn test_backend_honours_the_environment() {
+        let expected = parse_choice(std::env::var(BACKEND_ENV).ok().as_deref()).unwrap();
+        let got = test_backend().kind();
+        match expected {
+            Some(kind) => assert_eq!(got, kind),
+            None => assert_eq!(got, Backend::auto().unwrap().kind()),
+        }
+    }
 }

@@ -143,8 +143,24 @@ impl BackingFile {
                 .create_new(true)
                 .open(path)
                 .map_err(open_err)?;
-            file.set_len(len_bytes).map_err(open_err)?;
+            let opened = file
+                .set_len(len_bytes)
+                .map_err(open_err)
+                .and_then(|()| Self::open_existing(path, opts.direct));
+            if opened.is_err() {
+                // Best effort: leave no half-made backing file behind.
+                let _ = std::fs::remove_file(path);
+            }
+            return opened;
         }
+        Self::open_existing(path, opts.direct)
+    }
+
+    fn open_existing(path: &Path, direct: DirectIo) -> Result<Self, IoError> {
+        let open_err = |source| IoError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let file_type = std::fs::metadata(path).map_err(open_err)?.file_type();
         let kind = if file_type.is_block_device() {
             DeviceKind::Block
@@ -155,7 +171,7 @@ impl BackingFile {
                 path: path.to_owned(),
             });
         };
-        let (file, direct) = open_fd(path, kind, opts.direct)?;
+        let (file, direct) = open_fd(path, kind, direct)?;
         // Re-check on the fd: the path may have been swapped meanwhile.
         let meta = file.metadata().map_err(open_err)?;
         let kind_now = if meta.file_type().is_block_device() {

@@ -17,6 +17,15 @@
 //!   later `sync_data` completes successfully.
 //! - After any failed write or sync the caller must assume the device state
 //!   is unknown (see the engine's poisoning rule: never retry fsync).
+//!
+//! Map of the module:
+//! - [`Backend`] (`backend.rs`): io_uring (`uring.rs`) or blocking threads
+//!   (`threads.rs`), chosen by [`Backend::auto`] / `CSTOR_IO_BACKEND`;
+//!   [`Backend::open`] gives a [`FileDevice`] (`file.rs`) on a regular file
+//!   or block device. Tests take [`test_backend`].
+//! - [`MemDevice`] (`mem.rs`), [`FaultyDevice`] (`faulty.rs`, EIO on the
+//!   N-th op) and [`CrashDevice`] (`crash.rs`, power loss) for tests.
+//! - [`check_request`]: the one validation every implementation runs.
 
 use std::future::Future;
 use std::io;

@@ -6,8 +6,9 @@
 //! volume's block size.
 
 /// Largest READ/WRITE/VERIFY/WRITE AND VERIFY transfer per command: bounds
-/// the memory one command may pin in the target (4 MiB).
-pub const MAX_TRANSFER_BYTES: u32 = 4 << 20;
+/// the memory one command may pin in the target (16 MiB, the iSCSI layer's
+/// per-command bound; the connection's write buffer bound caps the sum).
+pub const MAX_TRANSFER_BYTES: u32 = crate::iscsi::limits::MAX_COMMAND_DATA_BYTES;
 
 /// Transfer size the volume handles best (one replication frame batch).
 pub const OPTIMAL_TRANSFER_BYTES: u32 = 1 << 20;

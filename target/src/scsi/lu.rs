@@ -340,6 +340,10 @@ impl LogicalUnit {
         if self.read_only && command.writes_medium() {
             return Outcome::Done(self.check_condition(Sense::write_protected()));
         }
+        if self.mode.current.swp && command.writes_medium() {
+            let sense = Sense::new(SenseKey::DataProtect, Asc::SOFTWARE_WRITE_PROTECTED);
+            return Outcome::Done(self.check_condition(sense));
+        }
         self.dispatch(nexus, command, data_out)
     }
 
@@ -409,7 +413,11 @@ impl LogicalUnit {
             Command::ModeSense(request) => {
                 let data = self
                     .mode
-                    .sense(&request, self.geometry, self.read_only)
+                    .sense(
+                        &request,
+                        self.geometry,
+                        self.read_only || self.mode.current.swp,
+                    )
                     .map_err(Failure::from);
                 answer(self, data, request.alloc_len)
             }

@@ -107,7 +107,9 @@ pub(crate) fn plan(
                 Err(sense) => Plan::Check(sense),
             }
         }
-        Command::CompareAndWrite { blocks: 0, .. } => Plan::Good,
+        // SBC-3 §5.2: zero blocks is no operation, not an error -- unless the
+        // initiator sent data for it, which no zero-block command can take.
+        Command::CompareAndWrite { blocks: 0, .. } if data_out.is_empty() => Plan::Good,
         Command::CompareAndWrite { lba, blocks, fua } => {
             // SBC-3 §5.2: the data-out is exactly the verify instance then
             // the write instance; any other size is refused, not guessed at.

@@ -2,7 +2,9 @@
 //! §6.14, §7.5) over the pages we keep: caching (08h, SBC-3 §6.4.5),
 //! control (0Ah, SPC-4 §7.5.8) and informational exceptions control (1Ch).
 //!
-//! Changeable: WCE in the caching page and D_SENSE in the control page;
+//! Changeable: WCE in the caching page, D_SENSE and SWP (software write
+//! protect: the unit refuses every write until it is cleared) in the
+//! control page;
 //! everything else is fixed, and a MODE SELECT that changes a fixed bit is
 //! refused with INVALID FIELD IN PARAMETER LIST pointing at it. Saved pages
 //! do not exist (SAVING PARAMETERS NOT SUPPORTED).
@@ -25,12 +27,15 @@ pub struct ModeParams {
     pub wce: bool,
     /// Descriptor-format sense data.
     pub d_sense: bool,
+    /// Software write protect (control page byte 4 bit 3).
+    pub swp: bool,
 }
 
 impl ModeParams {
     pub const DEFAULT: ModeParams = ModeParams {
         wce: true,
         d_sense: false,
+        swp: false,
     };
 }
 
@@ -72,6 +77,9 @@ impl ModePages {
                 p[1] = 0x0a;
                 if changeable || params.d_sense {
                     p[2] = 0x04; // D_SENSE
+                }
+                if changeable || params.swp {
+                    p[4] = 0x08; // SWP
                 }
                 if !changeable {
                     p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted
@@ -229,7 +237,10 @@ impl ModePages {
             let changeable = page.get(2).copied().unwrap_or_default();
             match code {
                 PAGE_CACHING => next.wce = changeable & 0x04 != 0,
-                PAGE_CONTROL => next.d_sense = changeable & 0x04 != 0,
+                PAGE_CONTROL => {
+                    next.d_sense = changeable & 0x04 != 0;
+                    next.swp = page.get(4).copied().unwrap_or_default() & 0x08 != 0;
+                }
                 _ => {}
             }
             offset += page_len;
@@ -325,6 +336,7 @@ mod tests {
         let mut p = ModePages::new(ModeParams {
             wce: false,
             d_sense: false,
+            swp: false,
         });
         p.current.wce = true;
         let d = sense6(&p, PAGE_CACHING, PageControl::Default).unwrap();

@@ -97,6 +97,7 @@ impl Asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = Asc::new(0x26, 0x00);
     pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: Asc = Asc::new(0x26, 0x04);
     pub const WRITE_PROTECTED: Asc = Asc::new(0x27, 0x00);
+    pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc::new(0x27, 0x02);
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const POWER_ON_RESET: Asc = Asc::new(0x29, 0x00);
     /// BUS DEVICE RESET FUNCTION OCCURRED (after a LOGICAL UNIT RESET).

@@ -1,0 +1,291 @@
+//! Commit: how metadata becomes durable, and journal replay on open.
+//!
+//! Protocol (FORMAT.md "Commit"), one commit at a time under the commit
+//! mutex, shared by every flush waiting for it (group commit):
+//! 1. under the metadata lock, take the pending records and the chunks they
+//!    free (and, when checkpointing, encode the whole state);
+//! 2. fdatasync every device — all data whose mapping is in the taken
+//!    records was written before its record existed, so it is now durable;
+//! 3. append the records as one checksummed journal batch and fdatasync
+//!    device 0 — or write a checkpoint to the unused region, fdatasync,
+//!    write the next superblock slot, fdatasync;
+//! 4. only now hand the freed chunks back to the allocator (a chunk is never
+//!    reused before the commit that frees it is durable).
+//!
+//! Any write or sync error in 2–3 poisons the pool (never retry fsync). A
+//! timer task commits at least every `commit_interval` without a flush.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::error::{corrupt, invalid, Error, ErrorKind, Result};
+use crate::format::codec::Writer;
+use crate::format::journal::{encode_batch, BatchHeader, BATCH_HEADER_BYTES};
+use crate::format::superblock::Superblock;
+use crate::format::{crc, round_up, META_BLOCK_BYTES};
+use crate::io::AlignedBuf;
+use crate::meta::checkpoint;
+use crate::meta::record::{Record, VolumeId};
+use crate::meta::state::{Mode, State};
+use crate::pool::{format_err, to_usize, DeviceRef, PoolInner};
+
+pub(crate) struct CommitState {
+    pub(crate) sb: Superblock,
+    pub(crate) journal_pos: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) durable_change: u64,
+}
+
+pub(crate) async fn write_all(dev: &DeviceRef, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    let (res, _) = dev.write_at(AlignedBuf::from_slice(bytes), offset).await;
+    res
+}
+
+pub(crate) async fn read_exact(dev: &DeviceRef, offset: u64, len: usize) -> io::Result<AlignedBuf> {
+    let (res, buf) = dev.read_at(AlignedBuf::zeroed(len), offset).await;
+    res.map(|()| buf)
+}
+
+pub(crate) fn spawn_timer(pool: Weak<PoolInner>, interval: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(p) = pool.upgrade() else { break };
+            if p.closed.load(Ordering::SeqCst) || p.poison.lock().is_some() {
+                break;
+            }
+            if let Err(e) = p.flush_all().await {
+                tracing::warn!(error = %e, "timed commit failed");
+            }
+        }
+    });
+}
+
+pub(crate) fn pad(bytes: &[u8]) -> Result<Vec<u8>> {
+    let len = round_up(bytes.len() as u64, META_BLOCK_BYTES).ok_or_else(|| invalid("size"))?;
+    let mut v = bytes.to_vec();
+    v.resize(to_usize(len)?, 0);
+    Ok(v)
+}
+
+/// Replays journal batches after the checkpoint; returns the byte position
+/// after the last valid batch and how many were applied.
+pub(crate) async fn replay(
+    dev0: &DeviceRef,
+    sb: &Superblock,
+    state: &mut State,
+) -> Result<(u64, u64)> {
+    let journal = read_exact(dev0, sb.journal.offset, to_usize(sb.journal.len_bytes)?)
+        .await
+        .map_err(|e| Error::io("read journal", e))?;
+    let bytes = journal.as_slice();
+    let mut pos = 0u64;
+    let mut seq = sb.journal_seq;
+    let mut batches = 0u64;
+    while let Some(rest) = bytes.get(to_usize(pos)?..) {
+        let Ok(h) = BatchHeader::decode(rest) else {
+            break;
+        };
+        if h.pool_guid != sb.pool_guid || h.sb_generation != sb.generation || h.seq != seq {
+            break;
+        }
+        let Some(len) = h.padded_len() else { break };
+        if pos
+            .checked_add(len)
+            .is_none_or(|end| end > sb.journal.len_bytes)
+        {
+            break;
+        }
+        let Ok(payload) = h.check_payload(rest.get(BATCH_HEADER_BYTES..).unwrap_or(&[])) else {
+            break;
+        };
+        let mut r = crate::format::codec::Reader::new(payload);
+        for _ in 0..h.record_count {
+            let rec = crate::meta::record::Record::decode(&mut r)
+                .map_err(|e| format_err(&format!("journal batch {seq}"), e))?;
+            let freed = state
+                .apply(&rec, Mode::Replay)
+                .map_err(|e| corrupt(format!("journal batch {seq}: {e}")))?;
+            for p in freed {
+                state.alloc.release(p);
+            }
+        }
+        pos += len;
+        seq += 1;
+        batches += 1;
+    }
+    Ok((pos, batches))
+}
+
+impl PoolInner {
+    /// Commits if anything changed since the last durable commit, sharing a
+    /// commit with concurrent callers (group commit).
+    pub(crate) async fn flush_all(&self) -> Result<()> {
+        let target = self.meta.lock().change;
+        let mut cs = self.commit.lock().await;
+        if cs.durable_change >= target {
+            return self.check_usable();
+        }
+        self.commit_locked(&mut cs, false).await
+    }
+
+    pub(crate) async fn commit(&self, checkpoint: bool) -> Result<()> {
+        let mut cs = self.commit.lock().await;
+        self.commit_locked(&mut cs, checkpoint).await
+    }
+
+    pub(crate) async fn commit_locked(
+        &self,
+        cs: &mut CommitState,
+        force_checkpoint: bool,
+    ) -> Result<()> {
+        if let Some(p) = self.poison.lock().as_ref() {
+            return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
+        }
+        let (records, frees, change, ck, seqs) = {
+            let mut m = self.meta.lock();
+            let seqs: Vec<(VolumeId, u64)> = m
+                .state
+                .volumes
+                .values()
+                .map(|v| (v.id, v.max_io_seq))
+                .collect();
+            for (id, s) in &seqs {
+                if m.recorded_seq.get(id).copied().unwrap_or(0) < *s {
+                    m.pending.push(Record::VolumeSeq {
+                        volume: *id,
+                        io_seq: *s,
+                    });
+                    m.recorded_seq.insert(*id, *s);
+                }
+            }
+            if m.pending.is_empty() && m.pending_free.is_empty() && !force_checkpoint {
+                cs.durable_change = cs.durable_change.max(m.change);
+                return Ok(());
+            }
+            let records = std::mem::take(&mut m.pending);
+            let frees = std::mem::take(&mut m.pending_free);
+            let mut w = Writer::new();
+            for r in &records {
+                r.encode(&mut w);
+            }
+            let payload = w.into_vec();
+            let batch = (BATCH_HEADER_BYTES + payload.len()) as u64;
+            let end = round_up(batch, META_BLOCK_BYTES)
+                .and_then(|b| b.checked_add(cs.journal_pos))
+                .unwrap_or(u64::MAX);
+            let checkpoint = force_checkpoint || end > cs.sb.journal.len_bytes / 2;
+            let ck = checkpoint.then(|| checkpoint::encode(&m.state));
+            ((records.len(), payload), frees, m.change, ck, seqs)
+        };
+        let devs = self.devices.read().devs.clone();
+        for (i, d) in devs.iter().enumerate() {
+            if let Err(e) = d.sync_data().await {
+                let why = format!("fdatasync of device {i} failed: {e}");
+                self.poison_pool(why.clone());
+                return Err(Error::new(ErrorKind::Poisoned, why));
+            }
+        }
+        let dev0 = devs
+            .first()
+            .cloned()
+            .ok_or_else(|| corrupt("no device 0"))?;
+        let res = match ck {
+            Some(bytes) => {
+                self.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.write_checkpoint(cs, &dev0, &bytes).await
+            }
+            None => self.append_batch(cs, &dev0, records.0, &records.1).await,
+        };
+        if let Err(why) = res {
+            self.poison_pool(why.clone());
+            return Err(Error::new(ErrorKind::Poisoned, why));
+        }
+        for p in &frees {
+            if let Ok((dev, off)) = self.locate(*p) {
+                // Advisory (thin backing gets its space back); ignore errors.
+                let _ = dev.discard(off, u64::from(self.chunk_bytes)).await;
+            }
+        }
+        {
+            let mut m = self.meta.lock();
+            for p in frees {
+                m.state.alloc.release(p);
+            }
+            for (id, s) in seqs {
+                if let Some(rt) = m.vols.get_mut(&id) {
+                    rt.durable_io_seq = rt.durable_io_seq.max(s);
+                }
+            }
+        }
+        cs.durable_change = change;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn append_batch(
+        &self,
+        cs: &mut CommitState,
+        dev0: &DeviceRef,
+        count: usize,
+        payload: &[u8],
+    ) -> std::result::Result<(), String> {
+        let count = u32::try_from(count).map_err(|_| "too many records".to_string())?;
+        let bytes = encode_batch(self.guid, cs.sb.generation, cs.next_seq, count, payload);
+        let off = cs.sb.journal.offset + cs.journal_pos;
+        write_all(dev0, off, &bytes)
+            .await
+            .map_err(|e| format!("journal write failed: {e}"))?;
+        dev0.sync_data()
+            .await
+            .map_err(|e| format!("journal fdatasync failed: {e}"))?;
+        cs.journal_pos += bytes.len() as u64;
+        cs.next_seq += 1;
+        Ok(())
+    }
+
+    async fn write_checkpoint(
+        &self,
+        cs: &mut CommitState,
+        dev0: &DeviceRef,
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        let slot = 1 - cs.sb.active_checkpoint.min(1);
+        let region = cs.sb.checkpoints[usize::from(slot)];
+        if bytes.len() as u64 > region.len_bytes {
+            return Err(format!(
+                "checkpoint of {} bytes exceeds its {}-byte region",
+                bytes.len(),
+                region.len_bytes
+            ));
+        }
+        let padded = pad(bytes).map_err(|e| e.to_string())?;
+        write_all(dev0, region.offset, &padded)
+            .await
+            .map_err(|e| format!("checkpoint write failed: {e}"))?;
+        dev0.sync_data()
+            .await
+            .map_err(|e| format!("checkpoint fdatasync failed: {e}"))?;
+        let mut sb = cs.sb.clone();
+        sb.generation += 1;
+        sb.active_checkpoint = slot;
+        sb.checkpoint_len = bytes.len() as u64;
+        sb.checkpoint_crc = crc(bytes);
+        sb.journal_seq = cs.next_seq;
+        sb.devices = self.devices.read().space.entries().to_vec();
+        write_all(dev0, Superblock::slot_offset(sb.slot()), &sb.encode())
+            .await
+            .map_err(|e| format!("superblock write failed: {e}"))?;
+        dev0.sync_data()
+            .await
+            .map_err(|e| format!("superblock fdatasync failed: {e}"))?;
+        cs.sb = sb;
+        cs.journal_pos = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! `cstor target` command line: one iSCSI target for one volume. Every
+//! flag can also be set through the environment variable its help names.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::iscsi::chap::{ChapConfig, Credentials};
+use crate::iscsi::login::{target_name_for, TargetConfig};
+use crate::server::{self, Shared};
+use crate::volume::{Volume, VolumeSpec};
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// iSCSI portal address.
+    #[arg(long, env = "CSTOR_TARGET_LISTEN", default_value = "0.0.0.0:3260")]
+    pub listen: SocketAddr,
+    /// The volume to serve (its replicas hold a volume replica of this name).
+    #[arg(long, env = "CSTOR_VOLUME")]
+    pub volume: String,
+    /// A replica daemon's data address; repeat for every replica (1 to 5).
+    #[arg(
+        long = "replica",
+        env = "CSTOR_REPLICAS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub replicas: Vec<SocketAddr>,
+    /// Consistency factor: healthy replicas that must acknowledge a write
+    /// (default: a majority).
+    #[arg(long, env = "CSTOR_CF")]
+    pub cf: Option<usize>,
+    /// Target name (default iqn.2016-09.com.openebs.cstor:VOLUME).
+    #[arg(long, env = "CSTOR_TARGET_NAME")]
+    pub target_name: Option<String>,
+    /// Only these initiators may log in (repeat); default: any.
+    #[arg(
+        long = "allow-initiator",
+        env = "CSTOR_ALLOWED_INITIATORS",
+        value_delimiter = ','
+    )]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP user the initiator must authenticate as (with
+    /// CSTOR_CHAP_SECRET, 12 to 255 bytes).
+    #[arg(long, env = "CSTOR_CHAP_USER")]
+    pub chap_user: Option<String>,
+    /// Mutual CHAP: the user the target answers as (with
+    /// CSTOR_CHAP_TARGET_SECRET).
+    #[arg(long, env = "CSTOR_CHAP_TARGET_USER")]
+    pub chap_target_user: Option<String>,
+    /// Drop a replica that takes longer than this to acknowledge (seconds).
+    #[arg(long, env = "CSTOR_ACK_TIMEOUT", default_value_t = 5)]
+    pub ack_timeout_seconds: u64,
+    /// Below quorum, hold writes this long before failing them (seconds;
+    /// keep it under the initiator's SCSI command timeout, 30 s on Linux).
+    #[arg(long, env = "CSTOR_HOLD", default_value_t = 20)]
+    pub hold_seconds: u64,
+    /// Commands an initiator may have outstanding (MaxCmdSN window).
+    #[arg(long, env = "CSTOR_QUEUE_DEPTH", default_value_t = 128)]
+    pub queue_depth: u32,
+}
+
+/// Why `cstor target` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("CHAP: {0}")]
+    Chap(String),
+    #[error("cannot open volume {volume}: {source}")]
+    Open {
+        volume: String,
+        source: crate::volume::OpenError,
+    },
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}
+
+impl TargetArgs {
+    fn chap(&self) -> Result<Option<ChapConfig>, TargetError> {
+        let secret = |var: &str| {
+            std::env::var(var).map_err(|_| TargetError::Chap(format!("{var} must hold the secret")))
+        };
+        let Some(user) = &self.chap_user else {
+            return Ok(None);
+        };
+        let initiator = Credentials::new(user, secret("CSTOR_CHAP_SECRET")?.as_bytes())
+            .map_err(|e| TargetError::Chap(e.to_string()))?;
+        let target = match &self.chap_target_user {
+            Some(user) => Some(
+                Credentials::new(user, secret("CSTOR_CHAP_TARGET_SECRET")?.as_bytes())
+                    .map_err(|e| TargetError::Chap(e.to_string()))?,
+            ),
+            None => None,
+        };
+        ChapConfig::new(initiator, target)
+            .map(Some)
+            .map_err(|e| TargetError::Chap(e.to_string()))
+    }
+
+    fn config(&self) -> Result<TargetConfig, TargetError> {
+        let mut config = TargetConfig::for_volume(&self.volume);
+        config.target_name = self
+            .target_name
+            .clone()
+            .unwrap_or_else(|| target_name_for(&self.volume));
+        config.allowed_initiators =
+            (!self.allowed_initiators.is_empty()).then(|| self.allowed_initiators.clone());
+        config.chap = self.chap()?;
+        config.queue_depth = self.queue_depth;
+        Ok(config)
+    }
+}
+
+/// Runs the target until `shutdown`.
+pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), TargetError> {
+    let config = args.config()?;
+    let listener = server::bind(args.listen).await?;
+    let mut spec = VolumeSpec::new(args.volume.clone(), args.replicas.clone());
+    spec.cf = args.cf;
+    spec.ack_timeout = Duration::from_secs(args.ack_timeout_seconds);
+    spec.hold = Duration::from_secs(args.hold_seconds);
+    tracing::info!(volume = %args.volume, replicas = ?args.replicas, "waiting for the replicas");
+    let volume = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        opened = Volume::open(spec) => opened.map_err(|source| TargetError::Open {
+            volume: args.volume.clone(),
+            source,
+        })?,
+    };
+    let shared = Arc::new(Shared::new(config, volume.clone(), &args.volume)?);
+    server::serve(listener, shared, shutdown).await;
+    volume.close();
+    Ok(())
+}

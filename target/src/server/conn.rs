@@ -1,0 +1,290 @@
+//! One iSCSI connection: the thin async shell around the sans-IO cores.
+//!
+//! Login ([`LoginMachine`]) until full feature phase, then a loop over three
+//! sources: PDUs from the initiator ([`FullFeature::on_pdu`]), finished SCSI
+//! tasks ([`FullFeature::complete`]), and the keepalive clock. Every action
+//! the cores return is carried out in order: PDUs are queued to the socket
+//! (and flushed once the batch is done), tasks go to the logical unit, and
+//! block IO runs in its own tokio task so that many commands are in flight
+//! (bounded by the session's command window).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::block;
+use super::Shared;
+use crate::iscsi::codec::IscsiCodec;
+use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
+use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
+use crate::iscsi::pdu::Pdu;
+use crate::iscsi::session::{Action, FullFeature, ResetKind, Task, TaskResult};
+use crate::scsi::{respond_without_lu, Nexus, Outcome, Pending, Response};
+
+/// A connection must finish logging in within this.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ping a quiet initiator after this long (NOP-In).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// …and close the connection if it does not answer within this.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+type Conn = Framed<TcpStream, IscsiCodec>;
+
+/// A task that finished its block IO.
+struct Finished {
+    itt: u32,
+    pending: Pending,
+    result: crate::scsi::IoResult,
+    cdb: Bytes,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tsih: NonZeroU16,
+    shutdown: CancellationToken,
+) {
+    let local = match stream.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot read the local address");
+            return;
+        }
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let mut conn = Framed::new(stream, IscsiCodec::new());
+    let logged_in =
+        match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut conn, &shared, tsih, local)).await {
+            Ok(Ok(Some(session))) => session,
+            Ok(Ok(None)) => return,
+            Ok(Err(reason)) => {
+                info!(%peer, %reason, "login failed");
+                return;
+            }
+            Err(_) => {
+                info!(%peer, "login did not finish within {LOGIN_TIMEOUT:?}");
+                return;
+            }
+        };
+    let nexus = Nexus::iscsi(
+        &logged_in.initiator_name,
+        logged_in.isid,
+        shared.config.portal_group_tag,
+    );
+    let discovery = logged_in.session_type == SessionType::Discovery;
+    info!(
+        %peer,
+        initiator = %logged_in.initiator_name,
+        discovery,
+        "logged in"
+    );
+    let result = full_feature(conn, &shared, *logged_in, &nexus, shutdown).await;
+    if !discovery {
+        shared.lu.lock().nexus_lost(&nexus);
+    }
+    match result {
+        Ok(()) => info!(%peer, "connection closed"),
+        Err(reason) => info!(%peer, %reason, "connection closed"),
+    }
+}
+
+/// Runs the login phase; `None` when it failed (after the failure response
+/// was sent) or the initiator went away.
+async fn login(
+    conn: &mut Conn,
+    shared: &Shared,
+    tsih: NonZeroU16,
+    local: SocketAddr,
+) -> Result<Option<Box<crate::iscsi::login::LoggedIn>>, String> {
+    let mut machine = LoginMachine::new(&shared.config, tsih, local);
+    loop {
+        let pdu = match conn.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(format!("during login: {e}")),
+            Some(Ok(Err(rejected))) => {
+                return Err(format!("malformed PDU during login: {rejected}"));
+            }
+            Some(Ok(Ok(pdu))) => pdu,
+        };
+        let Pdu::LoginRequest(request) = pdu else {
+            // RFC 7143 §6.3: only Login Requests before full feature phase.
+            return Err("a PDU other than Login Request during login".into());
+        };
+        match machine.on_request(&request) {
+            LoginAction::Continue(response) => send(conn, Pdu::LoginResponse(response)).await?,
+            LoginAction::Fail(response, failure) => {
+                send(conn, Pdu::LoginResponse(response)).await?;
+                info!(?failure, "login refused");
+                return Ok(None);
+            }
+            LoginAction::Complete(response, session) => {
+                conn.codec_mut()
+                    .arm_full_feature(session.full_feature_config());
+                send(conn, Pdu::LoginResponse(response)).await?;
+                return Ok(Some(session));
+            }
+        }
+    }
+}
+
+async fn send(conn: &mut Conn, pdu: Pdu) -> Result<(), String> {
+    conn.send(pdu)
+        .await
+        .map_err(|e| format!("cannot send: {e}"))
+}
+
+async fn full_feature(
+    conn: Conn,
+    shared: &Arc<Shared>,
+    session: crate::iscsi::login::LoggedIn,
+    nexus: &Nexus,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let (mut sink, mut stream) = conn.split();
+    let mut ff = FullFeature::new(&shared.config, session);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let epoch = Instant::now();
+    let now_ms = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut keepalive = Keepalive::new(
+        KEEPALIVE_INTERVAL.as_millis() as u64,
+        KEEPALIVE_TIMEOUT.as_millis() as u64,
+        now_ms(),
+    );
+    let mut aborted: HashSet<u32> = HashSet::new();
+    let mut clock = tokio::time::interval(Duration::from_secs(1));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let actions = tokio::select! {
+            () = shutdown.cancelled() => return Err("target shutting down".into()),
+            frame = stream.next() => match frame {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(Ok(pdu))) => {
+                    keepalive.heard(now_ms());
+                    ff.on_pdu(pdu)
+                }
+                Some(Ok(Err(rejected))) => {
+                    keepalive.heard(now_ms());
+                    warn!(error = %rejected, "rejecting a PDU");
+                    ff.on_rejected(rejected.reason, &rejected.header)
+                }
+            },
+            finished = done_rx.recv() => match finished {
+                Some(f) => {
+                    let response = shared.lu.lock().complete(f.pending, f.result);
+                    if aborted.remove(&f.itt) {
+                        Vec::new()
+                    } else {
+                        let result = task_result(shared, &f.cdb, response);
+                        ff.complete(f.itt, result)
+                    }
+                }
+                None => Vec::new(),
+            },
+            _ = clock.tick() => match keepalive.poll(now_ms()) {
+                KeepaliveAction::Wait { .. } => Vec::new(),
+                KeepaliveAction::Ping { ttt } => ff.ping(ttt),
+                KeepaliveAction::Dead => return Err(format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}")),
+            },
+        };
+        let mut close = false;
+        let mut pending_actions = std::collections::VecDeque::from(actions);
+        while let Some(action) = pending_actions.pop_front() {
+            match action {
+                Action::Send(pdu) => sink
+                    .feed(pdu)
+                    .await
+                    .map_err(|e| format!("cannot send: {e}"))?,
+                Action::Execute(task) => {
+                    if let Some((itt, result)) = execute(shared, nexus, task, &done_tx) {
+                        pending_actions.extend(ff.complete(itt, result));
+                    }
+                }
+                Action::Abort { itts } => {
+                    aborted.extend(itts);
+                }
+                Action::Reset { kind, lun } => {
+                    if lun == 0
+                        && matches!(
+                            kind,
+                            ResetKind::LogicalUnitReset | ResetKind::TargetWarmReset
+                        )
+                    {
+                        shared.lu.lock().lun_reset();
+                    }
+                }
+                Action::Close => close = true,
+            }
+        }
+        sink.flush()
+            .await
+            .map_err(|e| format!("cannot send: {e}"))?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Starts a task: answered at once (`Some`), or its block IO spawned and
+/// answered through `done` later (`None`).
+fn execute(
+    shared: &Arc<Shared>,
+    nexus: &Nexus,
+    task: Task,
+    done: &mpsc::UnboundedSender<Finished>,
+) -> Option<(u32, TaskResult)> {
+    if task.lun != 0 {
+        let response = respond_without_lu(&task.cdb);
+        return Some((task.itt, task_result(shared, &task.cdb, response)));
+    }
+    let outcome = shared.lu.lock().execute(nexus, &task.cdb, task.data_out);
+    match outcome {
+        Outcome::Done(response) => Some((task.itt, task_result(shared, &task.cdb, response))),
+        Outcome::Io(pending) => {
+            let shared = Arc::clone(shared);
+            let done = done.clone();
+            let itt = task.itt;
+            let cdb = task.cdb;
+            tokio::spawn(async move {
+                let result = block::perform(
+                    &shared.volume,
+                    &shared.gate,
+                    shared.block_size,
+                    pending.request(),
+                )
+                .await;
+                let _ = done.send(Finished {
+                    itt,
+                    pending,
+                    result,
+                    cdb,
+                });
+            });
+            None
+        }
+    }
+}
+
+fn task_result(shared: &Shared, cdb: &[u8], response: Response) -> TaskResult {
+    let wanted = shared.lu.lock().data_out_len(cdb);
+    TaskResult {
+        status: response.status.code(),
+        data_in: response.data_in,
+        sense: response.sense.map(Bytes::from),
+        data_out_wanted: (wanted > 0).then(|| u32::try_from(wanted).unwrap_or(u32::MAX)),
+    }
+}

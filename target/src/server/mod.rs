@@ -1,0 +1,151 @@
+//! The target process: accepts iSCSI connections for one volume and serves
+//! them from the SCSI logical unit and the replicated volume.
+//!
+//! One [`LogicalUnit`] (LUN 0) is shared by every session of the target (its
+//! unit attentions and reservations are per I_T nexus); its block requests
+//! go to the [`Volume`]. Connections run in their own tasks ([`conn`]).
+
+pub mod block;
+pub mod conn;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::iscsi::login::TargetConfig;
+use crate::scsi::{BlockSize, Identity, LogicalUnit, LuConfig, LuError};
+use crate::volume::Volume;
+use block::WriteGate;
+
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What every connection of the target shares.
+pub struct Shared {
+    pub config: TargetConfig,
+    pub lu: Mutex<LogicalUnit>,
+    pub volume: Volume,
+    pub gate: WriteGate,
+    pub block_size: u32,
+    next_tsih: AtomicU16,
+}
+
+/// Why a target could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the replicas report a block size of {0} bytes; only 512 and 4096 are served")]
+    BlockSize(u32),
+    #[error("cannot create the logical unit: {0}")]
+    LogicalUnit(#[from] LuError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Shared {
+    /// The target of `volume` (opened already), configured by `config`.
+    pub fn new(
+        config: TargetConfig,
+        volume: Volume,
+        volume_name: &str,
+    ) -> Result<Self, ServerError> {
+        let block_size = volume.block_size();
+        let (size, exponent) = match block_size {
+            512 => (BlockSize::B512, 3),
+            4096 => (BlockSize::B4096, 0),
+            other => return Err(ServerError::BlockSize(other)),
+        };
+        let lu = LogicalUnit::new(LuConfig {
+            identity: identity(volume_name),
+            blocks: volume.size_bytes() / u64::from(block_size),
+            block_size: size,
+            physical_block_exponent: exponent,
+            unmap_granularity_blocks: (64 * 1024) / block_size,
+            write_cache: true,
+        })?;
+        Ok(Shared {
+            config,
+            lu: Mutex::new(lu),
+            volume,
+            gate: WriteGate::default(),
+            block_size,
+            next_tsih: AtomicU16::new(1),
+        })
+    }
+
+    /// A fresh session handle (never 0).
+    fn tsih(&self) -> NonZeroU16 {
+        loop {
+            if let Some(tsih) = NonZeroU16::new(self.next_tsih.fetch_add(1, Ordering::Relaxed)) {
+                return tsih;
+            }
+        }
+    }
+}
+
+/// A stable identity for the volume's LU: the same name gives the same
+/// NAA designator and serial number on every target that serves it, so an
+/// initiator (multipath, udev by-id links) recognises the disk after a
+/// target restart or move.
+pub fn identity(volume: &str) -> Identity {
+    let digest = Sha256::digest(volume.as_bytes());
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    let serial: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+    Identity { uuid, serial }
+}
+
+/// Binds the iSCSI portal.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
+/// Accepts and serves connections until `shutdown`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let connections = TaskTracker::new();
+    info!(
+        portal = ?listener.local_addr().ok(),
+        target = %shared.config.target_name,
+        "iSCSI target serving"
+    );
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if connections.len() >= MAX_CONNECTIONS {
+                    warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
+                    continue;
+                }
+                let tsih = shared.tsih();
+                connections.spawn(conn::serve(
+                    stream,
+                    peer,
+                    Arc::clone(&shared),
+                    tsih,
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
+}
