@@ -181,16 +181,24 @@ impl Volume {
         Ok((v.live, v.size_bytes))
     }
 
+    /// Validates a data transfer (read, write, rebuild): block-aligned, at
+    /// most [`MAX_IO_BYTES`], inside the volume.
     fn check_range(&self, size: u64, offset: u64, len: u64) -> Result<()> {
+        if len > MAX_IO_BYTES {
+            return Err(invalid(format!("{len} bytes exceeds {MAX_IO_BYTES}")));
+        }
+        self.check_extent(size, offset, len)
+    }
+
+    /// Validates an extent that moves no data (unmap, write zeroes): any
+    /// length, block-aligned, inside the volume.
+    fn check_extent(&self, size: u64, offset: u64, len: u64) -> Result<()> {
         let block = u64::from(self.block_bytes);
         if !offset.is_multiple_of(block) || !len.is_multiple_of(block) {
             return Err(invalid(format!(
                 "{}: {len} bytes not aligned to {block}-byte blocks",
                 self.ctx("IO on", offset)
             )));
-        }
-        if len > MAX_IO_BYTES {
-            return Err(invalid(format!("{len} bytes exceeds {MAX_IO_BYTES}")));
         }
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
@@ -460,7 +468,7 @@ impl Volume {
     pub async fn unmap(&self, offset: u64, len: u64, io_seq: u64) -> Result<()> {
         let _s = self.pool.structure.read().await;
         let (_, size) = self.usable()?;
-        self.check_range(size, offset, len)?;
+        self.check_extent(size, offset, len)?;
         for p in pieces(offset, len, self.chunk_bytes()) {
             let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
             self.zero_locked(p.chunk, p.off, p.len, io_seq).await?;

@@ -19,8 +19,12 @@ pub const MAX_UNMAP_LBA_COUNT: u32 = 1 << 20;
 /// Largest number of block descriptors in one UNMAP parameter list.
 pub const MAX_UNMAP_BLOCK_DESCRIPTORS: u32 = 256;
 
-/// Largest NUMBER OF LOGICAL BLOCKS of one WRITE SAME (with or without UNMAP).
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 20;
+/// Largest NUMBER OF LOGICAL BLOCKS of one WRITE SAME (with or without
+/// UNMAP): what WRITE SAME(10)'s 16-bit field can carry, so both CDB sizes
+/// share one bound and one command's work stays small (256 MiB at 4 KiB).
+/// Larger ranges are split by the initiator (Linux reads it from the Block
+/// Limits page) or deallocated with UNMAP.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xffff;
 
 /// Largest NUMBER OF LOGICAL BLOCKS of one COMPARE AND WRITE.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 16;
