@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ctl;
+mod up;
 
 /// Replicated block storage for Kubernetes: an iSCSI target per volume that
 /// writes every block to N replica daemons and acknowledges at quorum.
@@ -23,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run replicas and a target on loopback with file-backed pools (the
     /// embedded default for a first try).
-    Up(UpArgs),
+    Up(up::UpArgs),
     /// iSCSI target for one volume, replicating to its replica daemons.
     Target(cstor_target::cli::TargetArgs),
     /// Replica daemon: create a pool (`init`) or serve one (`run`).
@@ -31,16 +32,6 @@ enum Command {
     /// Operate pools and volume replicas through a replica daemon's
     /// management API.
     Ctl(ctl::CtlArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct UpArgs {
-    /// Directory holding the pools and cluster.json.
-    #[arg(long, env = "CSTOR_STATE_DIR")]
-    state_dir: Option<std::path::PathBuf>,
-    /// Number of replica daemons (1 to 5).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
-    replicas: u8,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +45,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Up(args) => up(&args),
+        Command::Up(args) => block_on(with_signals(|shutdown| up::run(args, shutdown))),
         Command::Ctl(args) => block_on(ctl::run(args)),
         Command::Replica(args) => block_on(replica(args)),
         Command::Target(args) => block_on(target(args)),
@@ -94,27 +85,36 @@ async fn replica(args: cstor_replica::cli::ReplicaArgs) -> anyhow::Result<()> {
         }
         ReplicaCommand::Run(run_args) => {
             let daemon = Daemon::start(&run_args.config()).await?;
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                wait_for_termination().await;
-                on_signal.cancel();
-            });
-            daemon.serve(shutdown).await?;
-            Ok(())
+            with_signals(|shutdown| async move {
+                daemon.serve(shutdown).await?;
+                Ok(())
+            })
+            .await
         }
     }
 }
 
 async fn target(args: cstor_target::cli::TargetArgs) -> anyhow::Result<()> {
+    with_signals(|shutdown| async move {
+        cstor_target::cli::run(args, shutdown).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `f` with a token cancelled on SIGTERM or SIGINT.
+async fn with_signals<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_termination().await;
         on_signal.cancel();
     });
-    cstor_target::cli::run(args, shutdown).await?;
-    Ok(())
+    f(shutdown).await
 }
 
 /// Resolves on SIGTERM (Kubernetes, `cstor up`) or SIGINT (Ctrl-C).
@@ -132,21 +132,4 @@ async fn wait_for_termination() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn up(args: &UpArgs) -> ExitCode {
-    eprintln!(
-        "cstor up will create {} file-backed pools{}, start one replica daemon per pool and an \
-         iSCSI target on 127.0.0.1:3260, and print the iscsiadm commands to attach the volume.",
-        args.replicas,
-        args.state_dir
-            .as_ref()
-            .map(|d| format!(" under {}", d.display()))
-            .unwrap_or_default(),
-    );
-    eprintln!(
-        "error: not available yet: the replica daemon and the iSCSI target are still being \
-         built (see README, \"Status\"). Nothing was started."
-    );
-    ExitCode::from(2)
 }

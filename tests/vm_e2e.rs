@@ -37,7 +37,11 @@ fn linux_initiator_logs_in_makes_ext4_and_reads_it_back() {
         return;
     }
     let script = vm_script();
-    assert!(script.exists(), "{} not found (set CSTOR_SHARED_DIR)", script.display());
+    assert!(
+        script.exists(),
+        "{} not found (set CSTOR_SHARED_DIR)",
+        script.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let replica = ReplicaProcess::create(dir.path(), "2GiB");
     replica.ctl(&["volume", "create", "vmvol", "--size", "512MiB"]);

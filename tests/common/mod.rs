@@ -452,3 +452,63 @@ pub fn rand_u64() -> u64 {
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     h.finish()
 }
+
+impl TargetProcess {
+    /// `start` with extra command-line arguments and environment variables
+    /// (CHAP, initiator allowlist, …).
+    pub fn start_with(
+        dir: &Path,
+        portal: SocketAddr,
+        volume: &str,
+        replicas: &[SocketAddr],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log = dir.join(format!("target-{}.log", portal.port()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(cstor_bin());
+        command
+            .args([
+                "target",
+                "--listen",
+                &portal.to_string(),
+                "--volume",
+                volume,
+            ])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for r in replicas {
+            command.args(["--replica", &r.to_string()]);
+        }
+        let mut target = TargetProcess {
+            portal,
+            iqn: format!("iqn.2016-09.com.openebs.cstor:{volume}"),
+            child: Some(command.spawn().unwrap()),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(portal).is_err() {
+            if let Some(status) = target.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("target exited with {status}: {}", target.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "target did not start: {}",
+                target.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        target
+    }
+
+    /// Whether the target process is still alive (it has not crashed).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
