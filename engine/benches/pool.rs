@@ -1,6 +1,7 @@
 //! Pool benches: 4 KiB random writes and reads at queue depth 32 through the
 //! engine on a 1 GiB file, beside fio (io_uring, O_DIRECT) on the same file
-//! in the same run, ratio printed (goal: engine ≥ 0.8 × fio); and snapshot
+//! (its data area) in the same run, alternating, ratio printed (goal:
+//! engine ≥ 0.8 × fio); and snapshot
 //! create time on a 1 GiB and a 1 TiB thin volume holding data (goal: the
 //! same for both). Prints the in-memory metadata bytes per TiB allocated.
 //!
@@ -18,12 +19,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use cstor_engine::io::{test_backend, DeviceOptions};
+use cstor_engine::layout::plan_meta;
 use cstor_engine::{DeviceRef, Pool, PoolOptions, Provisioning, Volume};
 
 const FILE_LEN: u64 = 1 << 30;
 const VOL_LEN: u64 = 768 << 20;
 const BLOCK: usize = 4096;
 const QUEUE_DEPTH: usize = 32;
+/// Alternating engine / fio runs per comparison; the best of each counts
+/// (the machine is shared: the best run is the least disturbed one).
+const ROUNDS: usize = 2;
 /// Chunks holding data in each snapshot-bench volume (both fit the file).
 const DATA_CHUNKS: u64 = 4096;
 
@@ -76,7 +81,9 @@ fn bench_file() -> PathBuf {
     path
 }
 
-fn fio_iops(path: &Path, rw: Rw, secs: u64) -> Option<f64> {
+/// fio on `path`, confined to the `VOL_LEN` bytes from `offset` (the
+/// pool's data area: fio's writes then never touch the pool's metadata).
+fn fio_iops(path: &Path, rw: Rw, secs: u64, offset: u64) -> Option<f64> {
     let out = Command::new("fio")
         .args([
             "--name=cstor-pool-cmp",
@@ -90,6 +97,7 @@ fn fio_iops(path: &Path, rw: Rw, secs: u64) -> Option<f64> {
         ])
         .arg(format!("--rw={}", rw.fio_name()))
         .arg(format!("--size={VOL_LEN}"))
+        .arg(format!("--offset={offset}"))
         .arg(format!("--runtime={secs}"))
         .arg(format!("--filename={}", path.display()))
         .output();
@@ -194,29 +202,33 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let path = bench_file();
-    // fio first: it overwrites whatever the file holds.
-    let fio: Vec<(Rw, Option<f64>)> = [Rw::RandWrite, Rw::RandRead]
-        .into_iter()
-        .map(|rw| (rw, fio_iops(&path, rw, secs)))
-        .collect();
     let rt = runtime();
     let (pool, v) = rt.block_on(make_pool(&path));
+    let data_offset = plan_meta(&[FILE_LEN], pool.chunk_bytes(), None, None)
+        .unwrap()
+        .data_offset;
     println!(
-        "\n{:<10} {:>12} {:>12} {:>8}",
+        "\n{:<10} {:>12} {:>12} {:>8}   (best of {ROUNDS} alternating runs of {secs} s each)",
         "rw", "engine IOPS", "fio IOPS", "ratio"
     );
-    for (rw, fio) in fio {
-        let until = Instant::now() + Duration::from_secs(secs);
-        let (ops, elapsed) = rt.block_on(drive(&v, rw, None, Some(until)));
-        let iops = ops as f64 / elapsed.as_secs_f64();
+    for rw in [Rw::RandWrite, Rw::RandRead] {
+        let (mut engine, mut fio) = (0f64, None::<f64>);
+        for _ in 0..ROUNDS {
+            if let Some(f) = fio_iops(&path, rw, secs, data_offset) {
+                fio = Some(fio.map_or(f, |b| b.max(f)));
+            }
+            let until = Instant::now() + Duration::from_secs(secs);
+            let (ops, elapsed) = rt.block_on(drive(&v, rw, None, Some(until)));
+            engine = engine.max(ops as f64 / elapsed.as_secs_f64());
+        }
         let (fio_text, ratio) = match fio {
-            Some(f) if f > 0.0 => (format!("{f:.0}"), format!("{:.2}", iops / f)),
+            Some(f) if f > 0.0 => (format!("{f:.0}"), format!("{:.2}", engine / f)),
             _ => ("-".to_owned(), "-".to_owned()),
         };
         println!(
             "{:<10} {:>12.0} {:>12} {:>8}",
             rw.fio_name(),
-            iops,
+            engine,
             fio_text,
             ratio
         );
@@ -244,6 +256,8 @@ fn main() {
     drop(v);
     rt.block_on(pool.close()).unwrap();
     drop(pool);
+    // Let the runtime retire the aborted commit timer (it may hold the pool).
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
 
     // Snapshot create on 1 GiB and 1 TiB thin volumes holding data.
     let dev = open_file(&path);

@@ -89,6 +89,16 @@ pub struct RunArgs {
         default_value = "127.0.0.1:7601"
     )]
     pub mgmt_listen: SocketAddr,
+    /// Rebuild throttle: bytes per second a volume rebuilding here may pull
+    /// from its peer, e.g. 100MiB; 0 for no limit. Changeable at runtime
+    /// through the management API.
+    #[arg(
+        long,
+        env = "CSTOR_REBUILD_LIMIT",
+        value_parser = cstor_mgmt::size::parse_size,
+        default_value = "0"
+    )]
+    pub rebuild_limit: u64,
 }
 
 impl RunArgs {
@@ -98,6 +108,7 @@ impl RunArgs {
             devices: self.pool_paths.clone(),
             listen: self.listen,
             mgmt_listen: self.mgmt_listen,
+            rebuild_limit_bytes_per_sec: self.rebuild_limit,
         }
     }
 }

@@ -100,6 +100,8 @@ pub struct RunConfig {
     pub devices: Vec<PathBuf>,
     pub listen: SocketAddr,
     pub mgmt_listen: SocketAddr,
+    /// Rebuild throttle at start (0: none).
+    pub rebuild_limit_bytes_per_sec: u64,
 }
 
 /// The daemon, bound and ready to serve.
@@ -152,13 +154,22 @@ impl Daemon {
             },
             format_version: cstor_engine::format::FORMAT_VERSION,
         };
+        let registry = Arc::new(Registry::new(Arc::clone(&pool)));
+        registry
+            .rebuild_settings()
+            .set_limit_bytes_per_sec(config.rebuild_limit_bytes_per_sec);
         Ok(Daemon {
-            registry: Arc::new(Registry::new(Arc::clone(&pool))),
+            registry,
             pool,
             data,
             mgmt,
             info,
         })
+    }
+
+    /// The pool served (in-process tests and tools).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// The data (replication protocol) address actually bound.

@@ -7,6 +7,7 @@
 //! - [`session`]: one target connection (handshake, fencing, pipelined IO);
 //! - [`registry`]: which session owns which volume (epochs);
 //! - [`ordering`]: overlapping IOs never overtake each other;
+//! - [`rebuild`]: replica-to-replica rebuild, as source and as sink;
 //! - [`mgmt`]: the gRPC management service.
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod limits;
 pub mod mgmt;
 pub mod ordering;
+pub mod rebuild;
 pub mod registry;
 pub mod session;
 mod status;

@@ -29,3 +29,21 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// crashed predecessor's io_uring is torn down asynchronously by the
 /// kernel) before giving up with a clear error.
 pub const IN_USE_WAIT: Duration = Duration::from_secs(5);
+
+/// Data of one `RebuildChunk` the source sends (and so the most the sink
+/// holds of a stream at once, besides the codec's buffer). Smaller than a
+/// frame's bound so that a stream interleaves well with live IO.
+pub const REBUILD_PIECE_BYTES: u64 = 256 * 1024;
+
+/// The sink's dial and handshake with the rebuild source.
+pub const REBUILD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sink gives up on a source that sends nothing for this long.
+pub const REBUILD_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the sink reports `RebuildProgress` to its target.
+pub const REBUILD_PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The sink persists its resume point (and so flushes what it applied)
+/// after this many bytes.
+pub const REBUILD_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;

@@ -8,8 +8,9 @@ use cstor_engine::{ErrorKind, Provisioning as EngineProvisioning, VolumeInfo};
 use cstor_mgmt::v1::replica_manager_server::ReplicaManager;
 use cstor_mgmt::v1::{
     CreateVolumeRequest, DeleteVolumeRequest, DeleteVolumeResponse, Device, GetPoolRequest,
-    GetVolumeRequest, GrowVolumeRequest, ListSnapshotsRequest, ListSnapshotsResponse,
-    ListVolumesRequest, ListVolumesResponse, Pool, Provisioning, ReplicaState, Snapshot,
+    GetRebuildThrottleRequest, GetVolumeRequest, GrowVolumeRequest, ListSnapshotsRequest,
+    ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, Pool, Provisioning,
+    RebuildProgress, RebuildThrottle, ReplicaState, SetRebuildThrottleRequest, Snapshot,
     VolumeReplica,
 };
 use cstor_proto::Name;
@@ -47,10 +48,19 @@ impl Service {
     fn replica(&self, info: &VolumeInfo) -> Result<VolumeReplica, Status> {
         let pool = self.registry.pool();
         let volume = pool.volume(&info.name).map_err(|e| grpc_status(&e))?;
+        let entry = self.registry.get(&info.name);
+        let rebuild = entry.as_ref().and_then(|e| e.rebuild.status());
         let (state, stats) = match volume.stats() {
             Ok(stats) => {
-                let attached = self.registry.get(&info.name).is_some_and(|e| e.has_owner());
-                let state = if attached {
+                let attached = entry.as_ref().is_some_and(|e| e.has_owner());
+                let unfinished = crate::rebuild::sink::unfinished(&volume)
+                    .map_err(|e| grpc_status(&e))?
+                    .is_some();
+                let state = if rebuild.as_ref().is_some_and(|r| r.running) {
+                    ReplicaState::Rebuilding
+                } else if unfinished {
+                    ReplicaState::Degraded
+                } else if attached {
                     ReplicaState::Healthy
                 } else {
                     ReplicaState::Offline
@@ -70,7 +80,13 @@ impl Service {
             state: state.into(),
             last_durable_io_seq: stats.as_ref().map_or(0, |s| s.last_durable_io_seq),
             epoch: volume.epoch().unwrap_or(0),
-            rebuild: None,
+            rebuild: rebuild.map(|r| RebuildProgress {
+                done_bytes: r.done_bytes,
+                total_bytes: r.total_bytes,
+                rate_bytes_per_second: r.rate_bytes_per_sec,
+                eta_seconds: r.eta.map_or(0, |eta| eta.as_secs().max(1)),
+                source: r.source,
+            }),
             snapshot_count: u32::try_from(info.snapshots).unwrap_or(u32::MAX),
             origin: String::new(),
         })
@@ -109,6 +125,28 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl ReplicaManager for Service {
+    async fn set_rebuild_throttle(
+        &self,
+        request: Request<SetRebuildThrottleRequest>,
+    ) -> Result<Response<RebuildThrottle>, Status> {
+        let limit = request.into_inner().bytes_per_second;
+        let settings = self.registry.rebuild_settings();
+        settings.set_limit_bytes_per_sec(limit);
+        tracing::info!(bytes_per_second = limit, "rebuild throttle set");
+        Ok(Response::new(RebuildThrottle {
+            bytes_per_second: settings.limit_bytes_per_sec(),
+        }))
+    }
+
+    async fn get_rebuild_throttle(
+        &self,
+        _: Request<GetRebuildThrottleRequest>,
+    ) -> Result<Response<RebuildThrottle>, Status> {
+        Ok(Response::new(RebuildThrottle {
+            bytes_per_second: self.registry.rebuild_settings().limit_bytes_per_sec(),
+        }))
+    }
+
     async fn get_pool(&self, _: Request<GetPoolRequest>) -> Result<Response<Pool>, Status> {
         let stats = self.registry.pool().stats();
         Ok(Response::new(Pool {

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::ordering::{IoKind, IoOrder};
+use crate::rebuild::state::{RebuildSettings, RebuildSlot};
 
 /// Why a claim was refused.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,7 @@ pub struct Registry {
     pool: Arc<Pool>,
     volumes: Mutex<HashMap<String, Arc<VolumeEntry>>>,
     next_conn_id: AtomicU64,
+    rebuild_settings: Arc<RebuildSettings>,
 }
 
 impl Registry {
@@ -52,7 +54,13 @@ impl Registry {
             pool,
             volumes: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
+            rebuild_settings: Arc::new(RebuildSettings::default()),
         }
+    }
+
+    /// The daemon-wide rebuild settings (throttle).
+    pub fn rebuild_settings(&self) -> &Arc<RebuildSettings> {
+        &self.rebuild_settings
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -79,6 +87,8 @@ impl Registry {
             owner: Mutex::new(None),
             claim_lock: tokio::sync::Mutex::new(()),
             last_received_io_seq: AtomicU64::new(0),
+            rebuild: RebuildSlot::default(),
+            rebuild_settings: Arc::clone(&self.rebuild_settings),
         });
         volumes.insert(name.to_owned(), Arc::clone(&entry));
         Ok(entry)
@@ -89,17 +99,20 @@ impl Registry {
         self.volumes.lock().get(name).cloned()
     }
 
-    /// Forgets a volume (before it is deleted): its owner is cut.
+    /// Forgets a volume (before it is deleted): its owner and its rebuild
+    /// are cut.
     pub fn forget(&self, name: &str) {
         if let Some(entry) = self.volumes.lock().remove(name) {
             entry.cut_owner();
+            entry.rebuild.cancel();
         }
     }
 
-    /// Cuts every session (shutdown).
+    /// Cuts every session and rebuild (shutdown).
     pub fn cut_all(&self) {
         for entry in self.volumes.lock().values() {
             entry.cut_owner();
+            entry.rebuild.cancel();
         }
     }
 }
@@ -116,6 +129,10 @@ pub struct VolumeEntry {
     /// Highest io_seq of a mutating request received (not necessarily
     /// durable); the target starts above it after a restart.
     last_received_io_seq: AtomicU64,
+    /// The sink side of a rebuild of this volume replica.
+    pub rebuild: RebuildSlot,
+    /// The daemon's rebuild settings (shared by every volume).
+    pub rebuild_settings: Arc<RebuildSettings>,
 }
 
 struct Owner {

@@ -7,6 +7,13 @@
 //! [`MAX_IN_FLIGHT_PER_CONNECTION`] requests run at once: past that the read
 //! loop stops reading and TCP pushes back on the target.
 //!
+//! Rebuild (`rebuild`): a `RebuildStart` on a probe session (epoch 0) ends
+//! the read loop and turns the connection into a rebuild stream this
+//! replica serves as the source; on the owning session it starts this
+//! replica's own rebuild (sink), whose reports go out with the replies. Every
+//! live mutating request marks its blocks for a running sink before it
+//! touches the engine.
+//!
 //! Errors: a frame error (bad magic, checksum, oversize length) closes the
 //! connection — the stream is out of sync; a message error (unknown opcode,
 //! malformed payload, wrong version) is answered with an error reply carrying
@@ -21,8 +28,8 @@ use cstor_engine::Error as EngineError;
 use cstor_proto::limits::MAX_SNAPSHOTS_PER_LISTING;
 use cstor_proto::{
     Auth, ErrorReply, Frame, FrameCodec, Hello, HelloAck, Message, Name, Opcode, Packet,
-    RebuildProgress, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing, Status,
-    StatusReport, VersionRange,
+    RebuildProgress, RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest,
+    SnapshotListing, Status, StatusReport, VersionRange,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -35,6 +42,7 @@ use crate::limits::{
     HANDSHAKE_TIMEOUT, MAX_IN_FLIGHT_PER_CONNECTION, REPLY_QUEUE, SESSION_IDLE_TIMEOUT,
 };
 use crate::ordering::IoKind;
+use crate::rebuild;
 use crate::registry::{ClaimError, Registry, VolumeEntry};
 use crate::status::proto_status;
 
@@ -212,17 +220,32 @@ fn hello_ack(entry: &VolumeEntry, version: u16) -> Result<HelloAck, EngineError>
         replica_id: volume.replica_id()?,
         pool_guid: entry.pool.guid(),
         state: replica_state(entry)?,
-        last_durable_io_seq: stats.last_durable_io_seq,
+        last_durable_io_seq: complete_through(entry, stats.last_durable_io_seq)?,
         volume_size_bytes: stats.size_bytes,
         block_size_bytes: stats.block_bytes,
         highest_epoch_seen: volume.epoch()?,
     })
 }
 
+/// The io_seq through which the copy is complete: the durable one, or
+/// while a rebuild is unfinished the io_seq it started from (rebuilt blocks
+/// carry newer io_seqs that say nothing about the blocks not copied yet).
+fn complete_through(entry: &VolumeEntry, durable: u64) -> Result<u64, EngineError> {
+    Ok(rebuild::sink::unfinished(&entry.volume)?.map_or(durable, |p| p.from_io_seq.min(durable)))
+}
+
 /// The replica's own view of its copy. It cannot know alone whether it
 /// missed writes (the target decides that from io_seqs); it knows whether it
-/// ever held any.
+/// ever held any, and whether a rebuild of it is unfinished.
 fn replica_state(entry: &VolumeEntry) -> Result<ReplicaState, EngineError> {
+    if rebuild::sink::unfinished(&entry.volume)?.is_some() {
+        let running = entry.rebuild.status().is_some_and(|s| s.running);
+        return Ok(if running {
+            ReplicaState::Rebuilding
+        } else {
+            ReplicaState::Degraded
+        });
+    }
     let stats = entry.volume.stats()?;
     Ok(
         if stats.last_durable_io_seq == 0 && stats.allocated_bytes == 0 {
@@ -240,6 +263,8 @@ async fn run_session(
 ) -> Result<(), String> {
     let (mut sink, mut stream) = conn.split();
     let (replies, mut queue) = mpsc::channel::<Packet>(REPLY_QUEUE);
+    // The writer hands the socket back when every reply sender is gone, so
+    // that a rebuild source can stream on it directly.
     let writer = tokio::spawn(async move {
         while let Some(packet) = queue.recv().await {
             sink.feed(packet).await?;
@@ -248,11 +273,14 @@ async fn run_session(
             }
             sink.flush().await?;
         }
-        Ok::<_, cstor_proto::EncodeError>(())
+        Ok::<_, cstor_proto::EncodeError>(sink)
     });
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let session = Arc::new(session);
     let fenced = session.fenced.clone().unwrap_or_default();
+    // Ends with the read loop: stops a rebuild this session started.
+    let session_end = fenced.child_token();
+    let mut source_request = None;
     let outcome = loop {
         let next = tokio::select! {
             () = fenced.cancelled() => break Err("fenced: a newer target took the volume over".to_string()),
@@ -282,6 +310,35 @@ async fn run_session(
             break Err("request slots closed".into());
         };
         match classify(&session, &packet) {
+            Route::RebuildSource(start) => {
+                drop(permit);
+                source_request = Some((packet, start));
+                break Ok(());
+            }
+            Route::RebuildSink(start) => {
+                drop(permit);
+                let reports = rebuild::sink::Reports {
+                    request: packet.clone(),
+                    replies: replies.clone(),
+                };
+                let settings = Arc::clone(&session.entry.rebuild_settings);
+                let reply = match rebuild::sink::start(
+                    &session.entry,
+                    settings,
+                    start,
+                    reports,
+                    &session_end,
+                ) {
+                    Ok(()) => packet.reply(Message::Ack(Opcode::RebuildStart)),
+                    Err(e) => {
+                        warn!(error = %e, "refusing a rebuild");
+                        error_reply(&packet, e.status(), e.to_string())
+                    }
+                };
+                if replies.send(reply).await.is_err() {
+                    break Err("writer gone".into());
+                }
+            }
             Route::Immediate(reply) => {
                 drop(permit);
                 if let Some(reply) = reply {
@@ -316,16 +373,33 @@ async fn run_session(
             }
         }
     };
+    session_end.cancel();
     drop(replies);
     // Requests already running finish and their replies are flushed (or
     // dropped with the socket if it is gone).
-    match tokio::time::timeout(Duration::from_secs(5), writer).await {
-        Ok(Ok(Err(e))) => debug!(error = %e, "writer stopped"),
-        Ok(Err(e)) => warn!(error = %e, "writer task failed"),
-        Err(_) => debug!("writer did not drain in time"),
-        Ok(Ok(Ok(()))) => {}
+    let sink = match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(Err(e))) => {
+            debug!(error = %e, "writer stopped");
+            None
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "writer task failed");
+            None
+        }
+        Err(_) => {
+            debug!("writer did not drain in time");
+            None
+        }
+        Ok(Ok(Ok(sink))) => Some(sink),
+    };
+    match (source_request, sink) {
+        (Some((request, start)), Some(mut sink)) => {
+            rebuild::source::serve(&mut sink, &session.entry, &request, &start, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        _ => outcome,
     }
-    outcome
 }
 
 /// Where a request goes.
@@ -334,6 +408,11 @@ enum Route {
     Immediate(Option<Packet>),
     /// Runs as an admitted IO.
     Io(IoKind),
+    /// A peer asks this replica to stream a rebuild (probe session): the
+    /// read loop ends and the connection carries the stream.
+    RebuildSource(RebuildStart),
+    /// The owning target asks this replica to rebuild itself.
+    RebuildSink(RebuildStart),
 }
 
 fn classify(session: &Session, packet: &Packet) -> Route {
@@ -370,15 +449,20 @@ fn classify(session: &Session, packet: &Packet) -> Route {
                 "the session is already open".into(),
             )))
         }
-        Message::RebuildStart(_)
-        | Message::RebuildChunk(_)
+        Message::RebuildStart(start) => {
+            return match session.fenced {
+                None => Route::RebuildSource(start.clone()),
+                Some(_) => Route::RebuildSink(start.clone()),
+            }
+        }
+        Message::RebuildChunk(_)
         | Message::RebuildProgress(_)
         | Message::RebuildDone(_)
         | Message::RebuildAbort(_) => {
             return Route::Immediate(Some(error_reply(
                 packet,
                 Status::BadRequest,
-                "rebuild is not implemented by this replica version".into(),
+                "rebuild stream messages are only valid on a rebuild stream".into(),
             )))
         }
         // Replies from the target are never answered (no error ping-pong).
@@ -439,6 +523,7 @@ async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
     let result: Result<Message, EngineError> = async {
         Ok(match &packet.message {
             Message::Write(w) => {
+                entry.rebuild.note_live(w.offset, w.data.len() as u64);
                 volume.write(w.offset, &w.data, io_seq).await?;
                 if w.fua {
                     volume.flush().await?;
@@ -455,12 +540,14 @@ async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
                 Message::Ack(Opcode::Flush)
             }
             Message::Unmap(e) => {
+                entry.rebuild.note_live(e.offset, u64::from(e.len_bytes));
                 volume
                     .unmap(e.offset, u64::from(e.len_bytes), io_seq)
                     .await?;
                 Message::Ack(Opcode::Unmap)
             }
             Message::WriteZeroes(e) => {
+                entry.rebuild.note_live(e.offset, u64::from(e.len_bytes));
                 volume
                     .write_zeroes(e.offset, u64::from(e.len_bytes), io_seq)
                     .await?;
@@ -512,14 +599,17 @@ fn status_report(entry: &VolumeEntry) -> Result<StatusReport, EngineError> {
     let stats = entry.volume.stats()?;
     Ok(StatusReport {
         state: replica_state(entry)?,
-        last_durable_io_seq: stats.last_durable_io_seq,
+        last_durable_io_seq: complete_through(entry, stats.last_durable_io_seq)?,
         last_received_io_seq: entry.last_received_io_seq(),
         volume_size_bytes: stats.size_bytes,
         highest_epoch_seen: entry.volume.epoch()?,
-        rebuild: RebuildProgress {
-            done_bytes: 0,
-            total_bytes: 0,
-        },
+        rebuild: entry.rebuild.status().filter(|s| s.running).map_or_else(
+            RebuildProgress::default,
+            |s| RebuildProgress {
+                done_bytes: s.done_bytes.min(s.total_bytes),
+                total_bytes: s.total_bytes,
+            },
+        ),
     })
 }
 

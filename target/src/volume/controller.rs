@@ -30,14 +30,40 @@
 //! idempotent), so a replica restart shorter than the grace period is
 //! invisible. A replica that missed writes is [`ReplicaState::Degraded`]:
 //! it gets live writes but serves no reads and counts for no quorum until a
-//! rebuild makes it whole (the rebuild orchestration is not implemented yet;
-//! until then a degraded replica stays degraded, and says so in status).
+//! rebuild makes it whole.
+//!
+//! Rebuild orchestration (invariant 6; the replica side is documented in
+//! `cstor_replica::rebuild`):
+//! - a rebuild starts only as the *first* thing on a fresh link
+//!   ([`Action::StartRebuild`] comes before the resent pending writes and
+//!   before any new write), because the sink tracks live writes from that
+//!   frame on and keeps them over rebuilt data. Its io_seq `J` is the
+//!   controller's next io_seq at connect: the first io_seq sent live;
+//! - the source must be healthy and have acknowledged every pending
+//!   mutating request that is completed or that the sink already holds:
+//!   the sink keeps only what it gets live from the `RebuildStart` on, so
+//!   the source's copy must be at least as new everywhere else. Requests
+//!   neither completed nor held by the sink are resent to it live, and a
+//!   completed write is older than any pending write to the same block;
+//! - no such source at connect, or a rebuild aborted: the replica stays
+//!   degraded and its link is dropped after [`REBUILD_RETRY`] so that the
+//!   next connect tries again (a retry needs a fresh link, see the first
+//!   rule);
+//! - the replica is [`ReplicaState::Rebuilding`] once it accepted
+//!   (`Ack(RebuildStart)`), follows `RebuildProgress`, and on `RebuildDone`
+//!   becomes healthy: `missed_from` is cleared, it counts for quorum and
+//!   serves reads. Rebuild reports carry `J` as io_seq: a report of another
+//!   run is ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cstor_proto::{Extent, Message, Opcode, Packet, Status, Write};
+use cstor_proto::{Extent, Message, Opcode, Packet, RebuildProgress, Status, Write};
+
+/// A degraded replica without a rebuild is dropped (and so redialled, and
+/// offered a rebuild again) after this long.
+pub const REBUILD_RETRY: Duration = Duration::from_secs(2);
 
 /// Index of a replica in the volume's replica list.
 pub type ReplicaIndex = usize;
@@ -171,6 +197,15 @@ pub enum Action {
         replica: ReplicaIndex,
         reason: String,
     },
+    /// Send `RebuildStart` on the replica's link: pull every block written
+    /// after `from_io_seq` from `source`'s data address; the packet's io_seq
+    /// is `first_live_io_seq` (module doc).
+    StartRebuild {
+        replica: ReplicaIndex,
+        source: ReplicaIndex,
+        from_io_seq: u64,
+        first_live_io_seq: u64,
+    },
 }
 
 /// A replica as the controller sees it.
@@ -182,11 +217,30 @@ pub enum ReplicaState {
     Healthy,
     /// Linked but missed writes: gets live writes, needs a rebuild.
     Degraded,
+    /// Degraded and pulling the missing range from a healthy peer: gets
+    /// live writes, serves no reads, counts for no quorum.
+    Rebuilding,
+}
+
+/// A rebuild the controller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildRun {
+    pub source: ReplicaIndex,
+    pub from_io_seq: u64,
+    /// io_seq of the `RebuildStart` (and of every report of this run).
+    pub first_live_io_seq: u64,
+    /// The sink accepted it.
+    pub accepted: bool,
+    pub progress: RebuildProgress,
 }
 
 #[derive(Debug)]
 struct Replica {
     state: ReplicaState,
+    /// The current rebuild, while degraded or rebuilding.
+    rebuild: Option<RebuildRun>,
+    /// A degraded replica without a rebuild is redialled at this time.
+    retry_at: Option<Instant>,
     /// Highest io_seq of a mutating request it acknowledged: if it comes
     /// back reporting less, it lost acknowledged (unflushed) writes.
     acked_max: u64,
@@ -243,6 +297,8 @@ impl Controller {
         let replicas = (0..config.replicas)
             .map(|i| Replica {
                 state: ReplicaState::Offline,
+                rebuild: None,
+                retry_at: None,
                 acked_max: 0,
                 missed_from: missed_from.get(i).copied().unwrap_or(Some(0)),
             })
@@ -378,6 +434,9 @@ impl Controller {
             ReplicaState::Degraded
         };
         tracing::info!(replica, state = ?r.state, "replica connected");
+        if r.state == ReplicaState::Degraded {
+            self.start_rebuild(now, replica, &mut actions);
+        }
         // Everything still pending that it has not acknowledged goes to it
         // again, in io_seq order, before any new request.
         let resend: Vec<(u64, Op)> = self
@@ -419,6 +478,11 @@ impl Controller {
     pub fn on_reply(&mut self, now: Instant, replica: ReplicaIndex, packet: Packet) -> Vec<Action> {
         let mut actions = Vec::new();
         if packet.epoch != self.config.epoch || packet.session_id != self.config.session_id {
+            return actions;
+        }
+        if is_rebuild_report(&packet.message) {
+            self.on_rebuild_report(now, replica, packet, &mut actions);
+            self.settle(now, &mut actions);
             return actions;
         }
         let io_seq = packet.io_seq;
@@ -508,8 +572,124 @@ impl Controller {
                 &mut actions,
             );
         }
+        let retry: Vec<ReplicaIndex> = (0..self.replicas.len())
+            .filter(|i| {
+                self.replicas[*i].state == ReplicaState::Degraded
+                    && self.replicas[*i].rebuild.is_none()
+                    && self.replicas[*i].retry_at.is_some_and(|t| now >= t)
+            })
+            .collect();
+        for replica in retry {
+            self.drop_replica(
+                now,
+                replica,
+                "degraded without a rebuild: reconnecting to start one".into(),
+                &mut actions,
+            );
+        }
         self.settle(now, &mut actions);
         actions
+    }
+
+    /// The current rebuild of `replica`, if one was started.
+    pub fn rebuild(&self, replica: ReplicaIndex) -> Option<RebuildRun> {
+        self.replicas.get(replica).and_then(|r| r.rebuild)
+    }
+
+    /// On connect of a degraded replica: start its rebuild from an
+    /// eligible source, or schedule a retry (module doc).
+    fn start_rebuild(&mut self, now: Instant, replica: ReplicaIndex, actions: &mut Vec<Action>) {
+        let Some(missed_from) = self.replicas.get(replica).and_then(|r| r.missed_from) else {
+            return;
+        };
+        let source = (0..self.replicas.len()).find(|s| {
+            *s != replica
+                && self.replicas[*s].state == ReplicaState::Healthy
+                && self
+                    .pending
+                    .values()
+                    .filter(|p| p.op.mutates() && (p.completed || p.acked.contains(&replica)))
+                    .all(|p| p.acked.contains(s))
+        });
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        let Some(source) = source else {
+            tracing::info!(replica, "no rebuild source yet: retrying later");
+            r.retry_at = Some(now + REBUILD_RETRY);
+            return;
+        };
+        let run = RebuildRun {
+            source,
+            from_io_seq: missed_from.saturating_sub(1),
+            first_live_io_seq: self.next_io_seq,
+            accepted: false,
+            progress: RebuildProgress::default(),
+        };
+        tracing::info!(
+            replica,
+            source,
+            from_io_seq = run.from_io_seq,
+            "starting a rebuild"
+        );
+        r.rebuild = Some(run);
+        r.retry_at = None;
+        actions.push(Action::StartRebuild {
+            replica,
+            source,
+            from_io_seq: run.from_io_seq,
+            first_live_io_seq: run.first_live_io_seq,
+        });
+    }
+
+    fn on_rebuild_report(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        packet: Packet,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        let Some(run) = r.rebuild.as_mut() else {
+            return;
+        };
+        if run.first_live_io_seq != packet.io_seq || r.state == ReplicaState::Offline {
+            return;
+        }
+        match packet.message {
+            Message::Ack(Opcode::RebuildStart) => {
+                run.accepted = true;
+                r.state = ReplicaState::Rebuilding;
+            }
+            Message::RebuildProgress(progress) => run.progress = progress,
+            Message::RebuildDone(done) => {
+                tracing::info!(
+                    replica,
+                    through_io_seq = done.through_io_seq,
+                    "rebuild done: replica healthy"
+                );
+                r.state = ReplicaState::Healthy;
+                r.rebuild = None;
+                r.missed_from = None;
+                self.update_quorum(now);
+                self.dispatch_waiting_reads(now, actions);
+            }
+            Message::RebuildAbort(abort) => {
+                tracing::warn!(replica, status = ?abort.status, detail = %abort.detail, "rebuild aborted");
+                r.state = ReplicaState::Degraded;
+                r.rebuild = None;
+                r.retry_at = Some(now + REBUILD_RETRY);
+            }
+            Message::Error(error) => {
+                tracing::warn!(replica, status = ?error.status, detail = %error.detail, "rebuild refused");
+                r.state = ReplicaState::Degraded;
+                r.rebuild = None;
+                r.retry_at = Some(now + REBUILD_RETRY);
+            }
+            _ => {}
+        }
     }
 
     fn on_error_reply(
@@ -702,6 +882,8 @@ impl Controller {
             return;
         };
         r.state = ReplicaState::Offline;
+        r.rebuild = None;
+        r.retry_at = None;
         for p in self.pending.values_mut() {
             if !p.sent.contains_key(&replica) || p.acked.contains(&replica) {
                 continue;
@@ -778,6 +960,19 @@ impl Controller {
                 message: op.message(),
             },
         }
+    }
+}
+
+/// Replies about a rebuild, matched by the run's io_seq rather than by a
+/// pending request.
+fn is_rebuild_report(message: &Message) -> bool {
+    match message {
+        Message::Ack(Opcode::RebuildStart)
+        | Message::RebuildProgress(_)
+        | Message::RebuildDone(_)
+        | Message::RebuildAbort(_) => true,
+        Message::Error(e) => e.request_opcode == Opcode::RebuildStart.to_u16(),
+        _ => false,
     }
 }
 

@@ -14,6 +14,11 @@
 //! io_seq any of them received, so nothing written but unreported can be
 //! outnumbered. Replicas that reported less than the most advanced one are
 //! degraded from the start.
+//!
+//! Rebuild: the controller decides (see [`controller`]); the driver turns
+//! its `StartRebuild` into a `RebuildStart` naming the source's data
+//! address. A replica whose replica id changed since the driver last saw it
+//! (its pool was replaced) is rebuilt in full.
 
 pub mod controller;
 pub mod link;
@@ -22,12 +27,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use cstor_proto::{Message, Name, Packet, RebuildSource, RebuildStart};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use controller::{Action, Controller, ControllerConfig, Tag};
-pub use controller::{Completion, Op, ReplicaState, VolumeError};
+pub use controller::{Completion, Op, RebuildRun, ReplicaState, VolumeError};
 use link::{LinkCommand, LinkEvent, SessionParams};
 
 /// The first io_seq of a new target is this far above the highest io_seq
@@ -98,6 +104,8 @@ pub struct VolumeStatus {
     pub fenced: bool,
     pub epoch: u64,
     pub next_io_seq: u64,
+    /// Per replica: its rebuild, while one runs (progress included).
+    pub rebuilds: Vec<Option<RebuildRun>>,
 }
 
 /// An open volume. Cloning shares it.
@@ -143,7 +151,8 @@ impl Volume {
             .iter()
             .map(|p| match p {
                 Some((ack, status))
-                    if status.last_received_io_seq.max(ack.last_durable_io_seq) < max_received =>
+                    if status.last_received_io_seq.max(ack.last_durable_io_seq) < max_received
+                        || rebuild_unfinished(ack) =>
                 {
                     Some(ack.last_durable_io_seq.saturating_add(1))
                 }
@@ -200,6 +209,13 @@ impl Volume {
             next_tag: 1,
             start_max_received: max_received,
             seen: vec![false; n],
+            replica_ids: probes
+                .iter()
+                .map(|p| p.as_ref().map(|(ack, _)| ack.replica_id))
+                .collect(),
+            volume: spec.name.clone(),
+            session_id: params.session_id,
+            epoch: params.epoch,
             status: status_tx,
         };
         tokio::spawn(driver.run(request_rx, events, stop.clone()));
@@ -333,6 +349,11 @@ struct Driver {
     next_tag: Tag,
     start_max_received: u64,
     seen: Vec<bool>,
+    /// Per replica: the replica id it last reported.
+    replica_ids: Vec<Option<u128>>,
+    volume: String,
+    session_id: u64,
+    epoch: u64,
     status: watch::Sender<VolumeStatus>,
 }
 
@@ -394,6 +415,19 @@ impl Driver {
                     );
                     self.controller.mark_missed(replica, 0);
                 }
+                let previous_id = self
+                    .replica_ids
+                    .get_mut(replica)
+                    .and_then(|id| id.replace(ack.replica_id));
+                if previous_id.is_some_and(|id| id != ack.replica_id) {
+                    warn!(replica, "replica id changed (new pool?): full rebuild");
+                    self.controller.mark_missed(replica, 0);
+                }
+                if rebuild_unfinished(&ack) {
+                    warn!(replica, "replica has an unfinished rebuild");
+                    self.controller
+                        .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
+                }
                 let received = status.last_received_io_seq.max(ack.last_durable_io_seq);
                 let first_contact = !std::mem::replace(&mut self.seen[replica], true);
                 // Unreachable at open and behind the others, or restarted and
@@ -446,6 +480,34 @@ impl Driver {
                         let _ = link.send(LinkCommand::Reset);
                     }
                 }
+                Action::StartRebuild {
+                    replica,
+                    source,
+                    from_io_seq,
+                    first_live_io_seq,
+                } => {
+                    let (Some(link), Some(source_addr)) =
+                        (self.links.get(replica), self.addrs.get(source))
+                    else {
+                        continue;
+                    };
+                    let Ok(volume) = Name::new(self.volume.clone()) else {
+                        warn!(volume = %self.volume, "volume name cannot travel: no rebuild");
+                        continue;
+                    };
+                    let packet = Packet {
+                        session_id: self.session_id,
+                        epoch: self.epoch,
+                        io_seq: first_live_io_seq,
+                        message: Message::RebuildStart(RebuildStart {
+                            peer_address: source_addr.to_string(),
+                            volume,
+                            from_io_seq,
+                            source: RebuildSource::Live,
+                        }),
+                    };
+                    let _ = link.send(LinkCommand::Send(packet));
+                }
             }
         }
     }
@@ -465,7 +527,17 @@ fn status_of(controller: &Controller, addrs: &[SocketAddr]) -> VolumeStatus {
         fenced: controller.is_fenced(),
         epoch: controller.config().epoch,
         next_io_seq: controller.next_io_seq(),
+        rebuilds: (0..addrs.len()).map(|i| controller.rebuild(i)).collect(),
     }
+}
+
+/// The replica says a rebuild of it did not finish: it is complete only
+/// through its reported durable io_seq, whatever else it holds.
+fn rebuild_unfinished(ack: &cstor_proto::HelloAck) -> bool {
+    matches!(
+        ack.state,
+        cstor_proto::ReplicaState::Degraded | cstor_proto::ReplicaState::Rebuilding
+    )
 }
 
 fn random_u64() -> u64 {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use proptest::prelude::*;
 
 use super::*;
+use cstor_proto::RebuildProgress;
 
 const BLOCK: u64 = 4096;
 
@@ -23,6 +24,17 @@ struct Sim {
     last_seq: Vec<u64>,
     results: BTreeMap<Tag, Result<Completion, VolumeError>>,
     next_tag: Tag,
+    /// Per replica: the rebuild it accepted, as its daemon would run it.
+    rebuilding: Vec<Option<SimRebuild>>,
+}
+
+/// A sink's rebuild in the simulation: live writes since `RebuildStart`
+/// win over the source's data (the replica's rule).
+#[derive(Debug, Clone)]
+struct SimRebuild {
+    source: usize,
+    io_seq: u64,
+    live: std::collections::BTreeSet<u64>,
 }
 
 fn config(replicas: usize, cf: usize) -> ControllerConfig {
@@ -50,6 +62,7 @@ impl Sim {
             last_seq: vec![0; replicas],
             results: BTreeMap::new(),
             next_tag: 1,
+            rebuilding: vec![None; replicas],
         };
         for r in 0..replicas {
             sim.connect(r);
@@ -62,7 +75,7 @@ impl Sim {
             match action {
                 Action::Send { replica, packet } => {
                     assert!(self.up[replica], "sent to a replica that is down");
-                    if !matches!(packet.message, Message::Read(_)) {
+                    if !matches!(packet.message, Message::Read(_) | Message::RebuildStart(_)) {
                         assert!(
                             packet.io_seq > self.last_seq[replica],
                             "replica {replica} got io_seq {} after {}",
@@ -80,6 +93,30 @@ impl Sim {
                     );
                 }
                 Action::Drop { replica, .. } => self.down(replica),
+                Action::StartRebuild {
+                    replica,
+                    source,
+                    from_io_seq,
+                    first_live_io_seq,
+                } => {
+                    assert!(self.up[replica], "rebuild of a replica that is down");
+                    assert!(
+                        self.links[replica].is_empty() && self.last_seq[replica] == 0,
+                        "a rebuild must be the first thing on a fresh link"
+                    );
+                    assert_ne!(replica, source);
+                    self.links[replica].push_back(Packet {
+                        session_id: 7,
+                        epoch: 3,
+                        io_seq: first_live_io_seq,
+                        message: Message::RebuildStart(cstor_proto::RebuildStart {
+                            peer_address: source.to_string(),
+                            volume: cstor_proto::Name::new("v").unwrap(),
+                            from_io_seq,
+                            source: cstor_proto::RebuildSource::Live,
+                        }),
+                    });
+                }
             }
         }
     }
@@ -87,6 +124,52 @@ impl Sim {
     fn down(&mut self, r: usize) {
         self.up[r] = false;
         self.links[r].clear();
+        self.rebuilding[r] = None;
+    }
+
+    /// The sink's daemon finishes its rebuild: every block no live write
+    /// touched takes the source's current content; the target hears Done.
+    fn finish_rebuild(&mut self, r: usize) {
+        let Some(run) = self.rebuilding[r].take() else {
+            return;
+        };
+        let source = self.disks[run.source].clone();
+        let blocks: std::collections::BTreeSet<u64> =
+            source.keys().chain(self.disks[r].keys()).copied().collect();
+        for block in blocks.difference(&run.live) {
+            match source.get(block) {
+                Some(data) => self.disks[r].insert(*block, data.clone()),
+                None => self.disks[r].remove(block),
+            };
+        }
+        self.rebuild_report(
+            r,
+            run.io_seq,
+            Message::RebuildDone(cstor_proto::RebuildDone { through_io_seq: 0 }),
+        );
+    }
+
+    /// The sink's daemon gives its rebuild up.
+    fn abort_rebuild(&mut self, r: usize) {
+        let Some(run) = self.rebuilding[r].take() else {
+            return;
+        };
+        let abort = Message::RebuildAbort(cstor_proto::RebuildAbort {
+            status: Status::IoError,
+            detail: "source gone".into(),
+        });
+        self.rebuild_report(r, run.io_seq, abort);
+    }
+
+    fn rebuild_report(&mut self, r: usize, io_seq: u64, message: Message) {
+        let packet = Packet {
+            session_id: 7,
+            epoch: 3,
+            io_seq,
+            message,
+        };
+        let actions = self.ctl.on_reply(self.now, r, packet);
+        self.apply(actions);
     }
 
     fn connect(&mut self, r: usize) {
@@ -129,7 +212,22 @@ impl Sim {
     /// the controller.
     fn deliver(&mut self, r: usize) {
         while let Some(packet) = self.links[r].pop_front() {
+            if let (Some(run), Message::Write(Write { offset, .. }))
+            | (Some(run), Message::Unmap(Extent { offset, .. }))
+            | (Some(run), Message::WriteZeroes(Extent { offset, .. })) =
+                (self.rebuilding[r].as_mut(), &packet.message)
+            {
+                run.live.insert(*offset);
+            }
             let reply = match &packet.message {
+                Message::RebuildStart(start) => {
+                    self.rebuilding[r] = Some(SimRebuild {
+                        source: start.peer_address.parse().unwrap(),
+                        io_seq: packet.io_seq,
+                        live: Default::default(),
+                    });
+                    Message::Ack(Opcode::RebuildStart)
+                }
                 Message::Write(w) => {
                     self.disks[r].insert(w.offset, w.data.clone());
                     Message::Ack(Opcode::Write)
@@ -356,9 +454,177 @@ fn reads_never_go_to_a_degraded_replica() {
     assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Degraded);
     for _ in 0..8 {
         sim.read(0);
-        assert!(sim.links[1].is_empty(), "read sent to the degraded replica");
+        assert!(
+            !sim.links[1]
+                .iter()
+                .any(|p| matches!(p.message, Message::Read(_))),
+            "read sent to the degraded replica"
+        );
         sim.deliver_all();
     }
+}
+
+/// The first packet on replica `r`'s link, if it is a `RebuildStart`:
+/// (source, from_io_seq, io_seq).
+fn rebuild_start(sim: &Sim, r: usize) -> Option<(usize, u64, u64)> {
+    sim.links[r].front().and_then(|p| match &p.message {
+        Message::RebuildStart(start) => Some((
+            start.peer_address.parse().unwrap(),
+            start.from_io_seq,
+            p.io_seq,
+        )),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_rebuild_completes_and_the_replica_becomes_healthy_and_serves_reads() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    let missed = sim.write(1, 0x11);
+    sim.deliver_all();
+    assert_eq!(sim.result(missed), Some(&Ok(Completion::Done)));
+    let next = sim.ctl.next_io_seq();
+    sim.connect(2);
+    // Degraded until it accepts; the rebuild is the first thing it gets and
+    // starts right after its last durable write.
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    let (source, from, io_seq) = rebuild_start(&sim, 2).expect("no RebuildStart");
+    assert!(source < 2);
+    assert_eq!((from, io_seq), (999, next));
+    sim.deliver(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    assert_eq!(
+        sim.ctl.healthy(),
+        2,
+        "a rebuilding replica counts for no quorum"
+    );
+    // Progress is followed.
+    sim.rebuild_report(
+        2,
+        io_seq,
+        Message::RebuildProgress(RebuildProgress {
+            done_bytes: 4096,
+            total_bytes: 8192,
+        }),
+    );
+    assert_eq!(sim.ctl.rebuild(2).unwrap().progress.done_bytes, 4096);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+    assert_eq!(sim.ctl.missed_from(2), None);
+    assert_eq!(sim.disks[2], sim.disks[0]);
+    // It counts again: replica 2 alone with one other makes quorum.
+    sim.disconnect(0);
+    let w = sim.write(2, 0x22);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_write_during_a_rebuild_reaches_the_rebuilding_replica_and_wins() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    let old = sim.write(5, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(old), Some(&Ok(Completion::Done)));
+    sim.connect(2);
+    sim.deliver(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    let new = sim.write(5, 2);
+    assert!(
+        sim.links[2]
+            .iter()
+            .any(|p| matches!(&p.message, Message::Write(w) if w.data[0] == 2)),
+        "the live write was not sent to the rebuilding replica"
+    );
+    // The sink applies it before the (older) rebuilt data arrives.
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    sim.deliver_all();
+    assert_eq!(sim.result(new), Some(&Ok(Completion::Done)));
+    for r in 0..3 {
+        assert_eq!(sim.disks[r].get(&(5 * BLOCK)).unwrap()[0], 2, "replica {r}");
+    }
+}
+
+#[test]
+fn a_rebuild_never_starts_from_a_source_that_owes_a_completed_write() {
+    // cf 1: a write completes with one ack while another healthy replica
+    // still owes it.
+    let mut sim = Sim::new(3, 1);
+    sim.disconnect(2);
+    let w = sim.write(3, 3);
+    sim.deliver(1);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    sim.connect(2);
+    let (source, _, _) = rebuild_start(&sim, 2).expect("no RebuildStart");
+    assert_eq!(source, 1, "replica 0 has not acknowledged the write yet");
+
+    // No healthy replica has it but the one that went away: no rebuild;
+    // retried on a fresh link after the backoff.
+    let mut sim = Sim::new(3, 1);
+    sim.disconnect(2);
+    let w = sim.write(3, 3);
+    sim.deliver(1);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    sim.disconnect(1);
+    sim.connect(2);
+    assert_eq!(rebuild_start(&sim, 2), None);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    sim.deliver_all();
+    sim.advance(REBUILD_RETRY);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    sim.connect(1);
+    sim.connect(2);
+    let (source, _, _) = rebuild_start(&sim, 2).expect("no RebuildStart on retry");
+    assert!(source < 2, "replica 0 has caught up, replica 1 is back");
+}
+
+#[test]
+fn an_aborted_rebuild_is_retried_on_a_fresh_link_and_old_reports_are_ignored() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    sim.write(1, 1);
+    sim.deliver_all();
+    sim.connect(2);
+    let (_, _, first) = rebuild_start(&sim, 2).unwrap();
+    sim.deliver(2);
+    sim.abort_rebuild(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    assert_eq!(sim.ctl.rebuild(2), None);
+    sim.advance(REBUILD_RETRY);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    sim.write(2, 2);
+    sim.deliver_all();
+    sim.connect(2);
+    let (_, _, second) = rebuild_start(&sim, 2).unwrap();
+    assert_ne!(first, second);
+    sim.deliver(2);
+    // A late Done of the first run changes nothing.
+    sim.rebuild_report(
+        2,
+        first,
+        Message::RebuildDone(cstor_proto::RebuildDone { through_io_seq: 0 }),
+    );
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+    assert_eq!(sim.disks[2], sim.disks[0]);
+}
+
+#[test]
+fn a_replica_that_disconnects_mid_rebuild_starts_over_when_it_returns() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    sim.write(1, 1);
+    sim.deliver_all();
+    sim.connect(2);
+    sim.deliver(2);
+    sim.disconnect(2);
+    assert_eq!(sim.ctl.rebuild(2), None);
+    sim.connect(2);
+    assert!(rebuild_start(&sim, 2).is_some());
+    assert_eq!(sim.ctl.missed_from(2), Some(1000));
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +636,8 @@ enum Step {
     Disconnect(u8),
     Connect(u8),
     Advance(u8),
+    FinishRebuild(u8),
+    AbortRebuild(u8),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -381,6 +649,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u8..3).prop_map(Step::Disconnect),
         2 => (0u8..3).prop_map(Step::Connect),
         1 => (0u8..30).prop_map(Step::Advance),
+        2 => (0u8..3).prop_map(Step::FinishRebuild),
+        1 => (0u8..3).prop_map(Step::AbortRebuild),
     ]
 }
 
@@ -435,6 +705,25 @@ proptest! {
                     }
                 }
                 Step::Advance(s) => sim.advance(Duration::from_secs(u64::from(s))),
+                Step::FinishRebuild(r) => sim.finish_rebuild(usize::from(r)),
+                Step::AbortRebuild(r) => sim.abort_rebuild(usize::from(r)),
+            }
+            // Invariant 6: a healthy replica that has been sent everything
+            // holds the newest acknowledged data of every block whose writes
+            // were all answered OK (a rebuilt one included).
+            let states = sim.ctl.replica_states();
+            for (block, history) in &writes {
+                let answered_ok = history.iter().all(|(t, _)| matches!(sim.result(*t), Some(Ok(_))));
+                let Some((_, fill)) = history.last() else { continue };
+                if !answered_ok {
+                    continue;
+                }
+                for (r, state) in states.iter().enumerate() {
+                    if *state == ReplicaState::Healthy && sim.links[r].is_empty() {
+                        let have = sim.disks[r].get(&(block * BLOCK)).map(|d| d[0]);
+                        prop_assert_eq!(have, Some(*fill), "healthy replica {} block {}", r, block);
+                    }
+                }
             }
             // Invariant 1: every acknowledged write is on >= cf disks, unless
             // a newer write to the same block replaced it.

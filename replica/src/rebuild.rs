@@ -1,0 +1,102 @@
+//! Replica-to-replica rebuild (DESIGN.md invariant 6): this daemon as the
+//! *source* that streams a volume's changed chunks to a peer ([`source`]),
+//! and as the *sink* that pulls them into its own copy ([`sink`]), with the
+//! per-volume state both share ([`state`]).
+//!
+//! Protocol (`cstor_proto::message::rebuild`):
+//!
+//! ```text
+//!  target ──RebuildStart{source addr, from_io_seq} io_seq=J──▶ sink ──Ack──▶ target
+//!  sink ──Hello(epoch 0)──▶ source ──HelloAck──▶ sink
+//!  sink ──RebuildStart{sink addr, from_io_seq}──▶ source ──Ack──▶ sink
+//!  source ──RebuildProgress{0, total}, RebuildChunk…, RebuildDone──▶ sink
+//!  sink ──RebuildProgress… (periodic), RebuildDone | RebuildAbort──▶ target
+//! ```
+//!
+//! Why rebuilt data can never overwrite newer live data: the target sends
+//! `RebuildStart` as the first frame of a fresh session, before it resends
+//! pending writes and before any new write. The sink starts tracking, per
+//! block, every live write from that frame on (synchronously, in the read
+//! loop), and applies a rebuilt piece only inside the volume's IO order (so
+//! no overlapping live write is running) and only to blocks no live write
+//! touched since. A block that got a live write holds the newest data from
+//! live writes alone: every write the sink did not get live completed before
+//! it rejoined, and a completed write is older than any pending or new write
+//! to the same block (replicas apply overlapping writes in io_seq order).
+//!
+//! The target picks a source that acknowledged every completed write the sink
+//! lacks (the packet's io_seq `J` is the first io_seq the sink got live), so
+//! the source's scan sees them all; the source reads each piece inside its
+//! own IO order, so a write it received earlier is applied before the read.
+//!
+//! Bounded memory: the source reads one piece ([`REBUILD_PIECE_BYTES`]) at a
+//! time and writes it straight to the socket, so it reads at the pace the
+//! sink consumes (TCP backpressure); the sink holds one decoded chunk. The
+//! live-write tracker is one bit per block of the volume.
+//!
+//! Resumable: every [`REBUILD_CHECKPOINT_BYTES`] the sink flushes and
+//! persists a [`state::ResumePoint`] in the volume attributes. A new rebuild
+//! with the same `from_io_seq` skips a chunk below the saved offset when the
+//! source's io_seq for it is below both the interrupted run's `J` (the
+//! interrupted run copied it, and the source has not changed it since) and
+//! the sink's durable io_seq (the target makes the same assumption when it
+//! computes `from_io_seq` from a replica's durable io_seq). The frozen
+//! `RebuildStart` has no start offset, so the source still streams the
+//! skipped range; the sink only skips the writes.
+//!
+//! Not yet: snapshots taken while a replica was away are not rebuilt (a
+//! snapshot freezes the live layer; copying into it while live writes land
+//! needs engine support). A source asked for `RebuildSource::Snapshot`
+//! answers `RebuildAbort`.
+//!
+//! [`REBUILD_PIECE_BYTES`]: crate::limits::REBUILD_PIECE_BYTES
+//! [`REBUILD_CHECKPOINT_BYTES`]: crate::limits::REBUILD_CHECKPOINT_BYTES
+
+pub mod sink;
+pub mod source;
+pub mod state;
+
+use cstor_proto::Status;
+
+/// Why a rebuild stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("volume {volume}: {source}")]
+    Engine {
+        volume: String,
+        #[source]
+        source: cstor_engine::Error,
+    },
+    #[error("rebuild peer {peer}: {detail}")]
+    Peer { peer: String, detail: String },
+    #[error("rebuild source {peer} aborted: {status:?}: {detail}")]
+    SourceAborted {
+        peer: String,
+        status: Status,
+        detail: String,
+    },
+    #[error("rebuild of volume {volume} is not supported: {detail}")]
+    Unsupported { volume: String, detail: String },
+    #[error("rebuild cancelled (session cut, volume deleted or shutdown)")]
+    Cancelled,
+}
+
+impl RebuildError {
+    /// The status a `RebuildAbort` carries for this error.
+    pub fn status(&self) -> Status {
+        match self {
+            RebuildError::Engine { source, .. } => crate::status::proto_status(source),
+            RebuildError::Peer { .. } => Status::IoError,
+            RebuildError::SourceAborted { status, .. } => *status,
+            RebuildError::Unsupported { .. } => Status::BadRequest,
+            RebuildError::Cancelled => Status::Busy,
+        }
+    }
+
+    fn engine(volume: &str, source: cstor_engine::Error) -> Self {
+        RebuildError::Engine {
+            volume: volume.to_owned(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The rebuild sink: on the owning session's `RebuildStart`, track live
+//! writes at once, then pull the missing range from the named source in a
+//! background task and report to the target.
+//!
+//! The task dials the source, probes it (epoch 0), asks for the stream and
+//! applies each chunk inside the volume's IO order, to the blocks no live
+//! write touched since the start (module doc of `rebuild`). It paces itself
+//! to the daemon's throttle, reports `RebuildProgress` to the target every
+//! [`REBUILD_PROGRESS_INTERVAL`], checkpoints a resume point every
+//! [`REBUILD_CHECKPOINT_BYTES`], and at the end flushes and sends
+//! `RebuildDone` (or `RebuildAbort`). Cancelled with the owning session (a
+//! newer target, a disconnect), on volume delete and on shutdown.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cstor_proto::{
+    Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk,
+    RebuildDone, RebuildProgress, RebuildSource, RebuildStart, VersionRange,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::source::truncate;
+use super::state::{BlockSet, Pacer, RebuildSettings, RebuildStatus, ResumePoint};
+use super::RebuildError;
+use crate::limits::{
+    REBUILD_CHECKPOINT_BYTES, REBUILD_CONNECT_TIMEOUT, REBUILD_PROGRESS_INTERVAL,
+    REBUILD_STREAM_IDLE_TIMEOUT,
+};
+use crate::ordering::IoKind;
+use crate::registry::VolumeEntry;
+
+/// Where the sink's reports to the target go: the owning session.
+pub struct Reports {
+    /// The target's `RebuildStart`; reports carry its session, epoch and
+    /// io_seq (the first io_seq this session got live, `J`).
+    pub request: Packet,
+    pub replies: mpsc::Sender<Packet>,
+}
+
+/// Starts a sink run for `entry` (called by the session's read loop, so
+/// tracking begins before the next request is admitted). Errors are
+/// refusals to start, answered to the target as an error reply.
+pub fn start(
+    entry: &Arc<VolumeEntry>,
+    settings: Arc<RebuildSettings>,
+    start: RebuildStart,
+    reports: Reports,
+    stop: &CancellationToken,
+) -> Result<(), RebuildError> {
+    let volume = &entry.volume;
+    let unsupported = |detail: String| RebuildError::Unsupported {
+        volume: entry.name.clone(),
+        detail,
+    };
+    if start.volume.as_str() != entry.name {
+        return Err(unsupported(format!(
+            "asked to rebuild volume {} on a session of it",
+            start.volume.as_str()
+        )));
+    }
+    if start.source != RebuildSource::Live {
+        return Err(unsupported("snapshots cannot be rebuilt yet".into()));
+    }
+    let size = volume
+        .size_bytes()
+        .map_err(|e| RebuildError::engine(&entry.name, e))?;
+    let cancel = stop.child_token();
+    let status = RebuildStatus {
+        source: start.peer_address.clone(),
+        from_io_seq: start.from_io_seq,
+        done_bytes: 0,
+        total_bytes: 0,
+        rate_bytes_per_sec: 0,
+        eta: None,
+        running: true,
+    };
+    let generation = entry.rebuild.begin(
+        BlockSet::new(size, volume.block_bytes()),
+        cancel.clone(),
+        status,
+    );
+    if let Err(e) = volume.begin_rebuild() {
+        entry.rebuild.end(generation, false);
+        return Err(RebuildError::engine(&entry.name, e));
+    }
+    let run = Run {
+        entry: Arc::clone(entry),
+        settings,
+        start,
+        first_live_io_seq: reports.request.io_seq,
+        generation,
+    };
+    let span =
+        tracing::info_span!("rebuild", volume = %entry.name, source = %run.start.peer_address);
+    tokio::spawn(
+        async move {
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => Err(RebuildError::Cancelled),
+                outcome = run.pull(&reports) => outcome,
+            };
+            if run.entry.rebuild.end(run.generation, false) {
+                run.entry.volume.end_rebuild();
+            }
+            let message = match outcome {
+                Ok(through_io_seq) => {
+                    info!(through_io_seq, "rebuild done");
+                    Message::RebuildDone(RebuildDone { through_io_seq })
+                }
+                Err(e) => {
+                    warn!(error = %e, "rebuild failed");
+                    Message::RebuildAbort(RebuildAbort {
+                        status: e.status(),
+                        detail: truncate(e.to_string()),
+                    })
+                }
+            };
+            // The session may be gone; the target learns it from that.
+            let _ = reports.replies.send(reports.request.reply(message)).await;
+        }
+        .instrument(span),
+    );
+    Ok(())
+}
+
+/// The resume point of a rebuild that has not finished on this volume
+/// replica (interrupted, or running), if any.
+pub fn unfinished(
+    volume: &cstor_engine::Volume,
+) -> Result<Option<ResumePoint>, cstor_engine::Error> {
+    Ok(ResumePoint::decode(&volume.attrs()?))
+}
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+struct Run {
+    entry: Arc<VolumeEntry>,
+    settings: Arc<RebuildSettings>,
+    start: RebuildStart,
+    first_live_io_seq: u64,
+    generation: u64,
+}
+
+/// Counters of one run.
+struct Progress {
+    started: Instant,
+    done_bytes: u64,
+    total_bytes: u64,
+    since_checkpoint: u64,
+    last_report: Instant,
+}
+
+impl Run {
+    fn engine(&self, e: cstor_engine::Error) -> RebuildError {
+        RebuildError::engine(&self.entry.name, e)
+    }
+
+    fn peer(&self, detail: String) -> RebuildError {
+        RebuildError::Peer {
+            peer: self.start.peer_address.clone(),
+            detail,
+        }
+    }
+
+    /// The whole run; returns the `through_io_seq` of the source's done.
+    async fn pull(&self, reports: &Reports) -> Result<u64, RebuildError> {
+        let volume = &self.entry.volume;
+        let resume = unfinished(volume)
+            .map_err(|e| self.engine(e))?
+            .filter(|p| p.from_io_seq == self.start.from_io_seq);
+        let durable = volume.last_durable_io_seq().map_err(|e| self.engine(e))?;
+        // Durable before any rebuilt block lands: after a crash the replica
+        // reports itself degraded, complete only through `from_io_seq`
+        // (rebuilt blocks raise the engine's durable io_seq).
+        self.checkpoint(resume, 0).await?;
+        let mut conn = self.connect().await?;
+        info!(
+            from_io_seq = self.start.from_io_seq,
+            resume_offset = resume.map_or(0, |p| p.next_offset),
+            "rebuild started"
+        );
+        let mut progress = Progress {
+            started: Instant::now(),
+            done_bytes: 0,
+            total_bytes: 0,
+            since_checkpoint: 0,
+            last_report: Instant::now(),
+        };
+        let mut pacer = Pacer::new(Instant::now());
+        loop {
+            let packet = self.next(&mut conn).await?;
+            match packet.message {
+                Message::RebuildProgress(p) => progress.total_bytes = p.total_bytes,
+                Message::RebuildChunk(chunk) => {
+                    let len = chunk.data.len() as u64;
+                    let end = self.apply(&chunk, resume, durable).await?;
+                    progress.done_bytes = progress.done_bytes.saturating_add(len);
+                    progress.since_checkpoint = progress.since_checkpoint.saturating_add(len);
+                    if progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES {
+                        self.checkpoint(resume, end).await?;
+                        progress.since_checkpoint = 0;
+                    }
+                    self.report(reports, &mut progress, false).await?;
+                    let limit = self.settings.limit_bytes_per_sec();
+                    let pause = pacer.delay(Instant::now(), len, limit);
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                Message::RebuildDone(done) => {
+                    volume.flush().await.map_err(|e| self.engine(e))?;
+                    // The resume point is spent; `set_attrs` is durable.
+                    volume.set_attrs(&[]).await.map_err(|e| self.engine(e))?;
+                    progress.total_bytes = progress.total_bytes.max(progress.done_bytes);
+                    self.report(reports, &mut progress, true).await?;
+                    return Ok(done.through_io_seq);
+                }
+                Message::RebuildAbort(abort) => {
+                    return Err(RebuildError::SourceAborted {
+                        peer: self.start.peer_address.clone(),
+                        status: abort.status,
+                        detail: abort.detail,
+                    })
+                }
+                Message::Error(e) => {
+                    return Err(RebuildError::SourceAborted {
+                        peer: self.start.peer_address.clone(),
+                        status: e.status,
+                        detail: e.detail,
+                    })
+                }
+                other => {
+                    return Err(self.peer(format!(
+                        "unexpected message {:#06x} in the stream",
+                        other.wire_opcode()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Dials the source, probes the volume and asks for the stream.
+    async fn connect(&self) -> Result<Conn, RebuildError> {
+        let connecting = async {
+            let stream = TcpStream::connect(self.start.peer_address.as_str())
+                .await
+                .map_err(|e| self.peer(format!("cannot connect: {e}")))?;
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let local = stream
+                .local_addr()
+                .map_or_else(|_| "sink".to_owned(), |a| a.to_string());
+            let mut conn = Framed::new(stream, FrameCodec::new());
+            let volume = Name::new(self.entry.name.clone())
+                .map_err(|e| self.peer(format!("volume name: {e}")))?;
+            let hello = Message::Hello(Hello {
+                versions: VersionRange::SUPPORTED,
+                volume: volume.clone(),
+                next_io_seq: 0,
+                auth: Auth::None,
+            });
+            match self.call(&mut conn, 0, hello).await? {
+                Message::HelloAck(ack)
+                    if ack.block_size_bytes == self.entry.volume.block_bytes() => {}
+                Message::HelloAck(ack) => {
+                    return Err(self.peer(format!(
+                        "source has {}-byte blocks, this replica {}",
+                        ack.block_size_bytes,
+                        self.entry.volume.block_bytes()
+                    )))
+                }
+                other => return Err(self.refused("Hello", other)),
+            }
+            let request = Message::RebuildStart(RebuildStart {
+                peer_address: local,
+                volume,
+                from_io_seq: self.start.from_io_seq,
+                source: RebuildSource::Live,
+            });
+            match self.call(&mut conn, 1, request).await? {
+                Message::Ack(Opcode::RebuildStart) => Ok(conn),
+                other => Err(self.refused("RebuildStart", other)),
+            }
+        };
+        tokio::time::timeout(REBUILD_CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| self.peer(format!("no answer within {REBUILD_CONNECT_TIMEOUT:?}")))?
+    }
+
+    fn refused(&self, what: &str, answer: Message) -> RebuildError {
+        match answer {
+            Message::Error(e) => RebuildError::SourceAborted {
+                peer: self.start.peer_address.clone(),
+                status: e.status,
+                detail: format!("{what} refused: {}", e.detail),
+            },
+            Message::RebuildAbort(a) => RebuildError::SourceAborted {
+                peer: self.start.peer_address.clone(),
+                status: a.status,
+                detail: a.detail,
+            },
+            other => self.peer(format!(
+                "unexpected answer {:#06x} to {what}",
+                other.wire_opcode()
+            )),
+        }
+    }
+
+    async fn call(
+        &self,
+        conn: &mut Conn,
+        io_seq: u64,
+        message: Message,
+    ) -> Result<Message, RebuildError> {
+        let packet = Packet {
+            session_id: 0,
+            epoch: 0,
+            io_seq,
+            message,
+        };
+        conn.send(packet)
+            .await
+            .map_err(|e| self.peer(format!("cannot send: {e}")))?;
+        Ok(self.next(conn).await?.message)
+    }
+
+    async fn next(&self, conn: &mut Conn) -> Result<Packet, RebuildError> {
+        match tokio::time::timeout(REBUILD_STREAM_IDLE_TIMEOUT, conn.next()).await {
+            Err(_) => Err(self.peer(format!("silent for {REBUILD_STREAM_IDLE_TIMEOUT:?}"))),
+            Ok(None) => Err(self.peer("connection closed".into())),
+            Ok(Some(Err(e))) => Err(self.peer(format!("bad frame: {e}"))),
+            Ok(Some(Ok(frame))) => {
+                Packet::decode(frame).map_err(|e| self.peer(format!("undecodable message: {e}")))
+            }
+        }
+    }
+
+    /// Applies one chunk to the blocks no live write touched; returns its
+    /// end offset.
+    async fn apply(
+        &self,
+        chunk: &RebuildChunk,
+        resume: Option<ResumePoint>,
+        durable: u64,
+    ) -> Result<u64, RebuildError> {
+        let volume = &self.entry.volume;
+        let block = volume.block_bytes();
+        let bad = |detail: String| self.peer(detail);
+        if chunk.block_size_bytes != block {
+            return Err(bad(format!(
+                "chunk of {}-byte blocks for a volume of {block}-byte blocks",
+                chunk.block_size_bytes
+            )));
+        }
+        let block_len = usize::try_from(block).map_err(|_| bad("block size".into()))?;
+        let end = chunk
+            .offset
+            .checked_add(chunk.data.len() as u64)
+            .ok_or_else(|| bad(format!("chunk at {} overflows", chunk.offset)))?;
+        let newest = chunk.block_io_seqs.iter().copied().max().unwrap_or(0);
+        if resume.is_some_and(|p| p.skips(end, newest, durable)) {
+            return Ok(end);
+        }
+        let mut ticket = self.entry.order.admit(IoKind::Write(chunk.offset..end));
+        ticket.ready().await;
+        let first_block = chunk.offset / u64::from(block);
+        let accept = self
+            .entry
+            .rebuild
+            .rebuildable(first_block, chunk.block_io_seqs.len());
+        let mut i = 0;
+        while i < accept.len() {
+            if !accept.get(i).copied().unwrap_or(false) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while accept.get(j).copied().unwrap_or(false) {
+                j += 1;
+            }
+            let data = chunk
+                .data
+                .get(i * block_len..j * block_len)
+                .ok_or_else(|| bad("chunk data shorter than its blocks".into()))?;
+            let seqs = chunk
+                .block_io_seqs
+                .get(i..j)
+                .ok_or_else(|| bad("chunk io_seqs".into()))?;
+            let offset = chunk.offset + (i * block_len) as u64;
+            volume
+                .apply_rebuild(offset, data, seqs)
+                .await
+                .map_err(|e| self.engine(e))?;
+            i = j;
+        }
+        drop(ticket);
+        Ok(end)
+    }
+
+    /// Persists the resume point (durable, with everything applied so far).
+    async fn checkpoint(
+        &self,
+        resume: Option<ResumePoint>,
+        next_offset: u64,
+    ) -> Result<(), RebuildError> {
+        if !self.entry.rebuild.is_current(self.generation) {
+            return Err(RebuildError::Cancelled);
+        }
+        let point = ResumePoint {
+            from_io_seq: self.start.from_io_seq,
+            first_live_io_seq: resume.map_or(self.first_live_io_seq, |p| {
+                p.first_live_io_seq.min(self.first_live_io_seq)
+            }),
+            next_offset: resume.map_or(next_offset, |p| p.next_offset.max(next_offset)),
+        };
+        self.entry
+            .volume
+            .set_attrs(&point.encode())
+            .await
+            .map_err(|e| self.engine(e))
+    }
+
+    /// Updates the status and, every interval (or when `last`), tells the
+    /// target.
+    async fn report(
+        &self,
+        reports: &Reports,
+        progress: &mut Progress,
+        last: bool,
+    ) -> Result<(), RebuildError> {
+        let total = progress.total_bytes.max(progress.done_bytes);
+        let (rate, eta) =
+            RebuildStatus::estimate(progress.done_bytes, total, progress.started.elapsed());
+        self.entry.rebuild.update(self.generation, |s| {
+            s.done_bytes = progress.done_bytes;
+            s.total_bytes = total;
+            s.rate_bytes_per_sec = rate;
+            s.eta = eta;
+        });
+        if !last && progress.last_report.elapsed() < REBUILD_PROGRESS_INTERVAL {
+            return Ok(());
+        }
+        progress.last_report = Instant::now();
+        let message = Message::RebuildProgress(RebuildProgress {
+            done_bytes: progress.done_bytes,
+            total_bytes: total,
+        });
+        reports
+            .replies
+            .send(reports.request.reply(message))
+            .await
+            .map_err(|_| RebuildError::Cancelled)
+    }
+}

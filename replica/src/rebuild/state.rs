@@ -1,0 +1,445 @@
+//! Rebuild state shared by a volume's sessions and its sink task: the
+//! daemon-wide throttle, the per-volume slot (which sink run is current, the
+//! live-write tracker, progress), the persisted resume point, and the pacer.
+//!
+//! Invariants:
+//! - at most one sink run per volume is *current* (its generation equals the
+//!   slot's); only the current run may end the tracking or checkpoint;
+//! - while a run is current, every live mutating request executed on the
+//!   volume marks its blocks in the tracker before it touches the engine
+//!   (`note_live`), and the tracker is only read by a rebuilt write that
+//!   holds an IO-order ticket covering the same range.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Daemon-wide rebuild settings, changeable at runtime (management API).
+#[derive(Debug, Default)]
+pub struct RebuildSettings {
+    /// Bytes per second a sink may apply; 0: unlimited.
+    limit_bytes_per_sec: AtomicU64,
+}
+
+impl RebuildSettings {
+    pub fn new(limit_bytes_per_sec: u64) -> Self {
+        Self {
+            limit_bytes_per_sec: AtomicU64::new(limit_bytes_per_sec),
+        }
+    }
+
+    /// Bytes per second; 0: unlimited.
+    pub fn limit_bytes_per_sec(&self) -> u64 {
+        self.limit_bytes_per_sec.load(Ordering::Relaxed)
+    }
+
+    /// Takes effect on the next chunk of every running rebuild.
+    pub fn set_limit_bytes_per_sec(&self, limit: u64) {
+        self.limit_bytes_per_sec.store(limit, Ordering::Relaxed);
+    }
+}
+
+/// What a running (or finished) sink reports through the management API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildStatus {
+    /// Address of the source replica.
+    pub source: String,
+    pub from_io_seq: u64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Average since the run started.
+    pub rate_bytes_per_sec: u64,
+    /// `None` while unknown (nothing copied yet).
+    pub eta: Option<Duration>,
+    pub running: bool,
+}
+
+impl RebuildStatus {
+    /// Rate and ETA of `done_bytes` of `total_bytes` after `elapsed`.
+    pub fn estimate(
+        done_bytes: u64,
+        total_bytes: u64,
+        elapsed: Duration,
+    ) -> (u64, Option<Duration>) {
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 || done_bytes == 0 {
+            return (0, None);
+        }
+        let rate =
+            u64::try_from(u128::from(done_bytes) * 1000 / u128::from(ms)).unwrap_or(u64::MAX);
+        if rate == 0 {
+            return (0, None);
+        }
+        let left = total_bytes.saturating_sub(done_bytes);
+        (
+            rate,
+            Some(Duration::from_millis(left.saturating_mul(1000) / rate)),
+        )
+    }
+}
+
+/// One bit per block: blocks written live since the current run started.
+#[derive(Debug)]
+pub struct BlockSet {
+    block_bytes: u64,
+    bits: Vec<u64>,
+}
+
+impl BlockSet {
+    /// A set for a volume of `size_bytes` in `block_bytes` blocks.
+    pub fn new(size_bytes: u64, block_bytes: u32) -> Self {
+        let block_bytes = u64::from(block_bytes).max(1);
+        let blocks = size_bytes.div_ceil(block_bytes);
+        let words = usize::try_from(blocks.div_ceil(64)).unwrap_or(0);
+        Self {
+            block_bytes,
+            bits: vec![0; words],
+        }
+    }
+
+    /// Marks every block `offset..offset+len` touches. Blocks past the
+    /// end are ignored (the engine refuses such IO anyway).
+    pub fn mark(&mut self, offset: u64, len: u64) {
+        let first = offset / self.block_bytes;
+        let end = offset.saturating_add(len).div_ceil(self.block_bytes);
+        for block in first..end {
+            let Ok(word) = usize::try_from(block / 64) else {
+                return;
+            };
+            match self.bits.get_mut(word) {
+                Some(w) => *w |= 1 << (block % 64),
+                None => return,
+            }
+        }
+    }
+
+    /// Was block `block` written live? Out-of-range blocks were not.
+    pub fn contains(&self, block: u64) -> bool {
+        usize::try_from(block / 64)
+            .ok()
+            .and_then(|w| self.bits.get(w))
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+}
+
+/// The rebuild state of one volume replica.
+#[derive(Debug, Default)]
+pub struct RebuildSlot {
+    inner: Mutex<SlotInner>,
+}
+
+#[derive(Debug, Default)]
+struct SlotInner {
+    generation: u64,
+    cancel: Option<CancellationToken>,
+    live: Option<BlockSet>,
+    status: Option<RebuildStatus>,
+}
+
+impl RebuildSlot {
+    /// Starts a new run: the previous one (if any) is cancelled and stops
+    /// being current; live writes are tracked from now on. Returns the new
+    /// run's generation.
+    pub fn begin(&self, live: BlockSet, cancel: CancellationToken, status: RebuildStatus) -> u64 {
+        let mut inner = self.inner.lock();
+        if let Some(previous) = inner.cancel.replace(cancel) {
+            previous.cancel();
+        }
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.live = Some(live);
+        inner.status = Some(status);
+        inner.generation
+    }
+
+    /// Ends run `generation` if it is still current: tracking stops.
+    /// Returns whether it was current.
+    pub fn end(&self, generation: u64, running: bool) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation {
+            return false;
+        }
+        inner.live = None;
+        inner.cancel = None;
+        if let Some(status) = inner.status.as_mut() {
+            status.running = running;
+        }
+        true
+    }
+
+    /// Cancels the current run (volume deleted, daemon shutting down).
+    pub fn cancel(&self) {
+        if let Some(cancel) = self.inner.lock().cancel.as_ref() {
+            cancel.cancel();
+        }
+    }
+
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.inner.lock().generation == generation
+    }
+
+    /// A live mutating request is about to touch `offset..offset+len`.
+    pub fn note_live(&self, offset: u64, len: u64) {
+        if let Some(live) = self.inner.lock().live.as_mut() {
+            live.mark(offset, len);
+        }
+    }
+
+    /// For each of `blocks` blocks from `first_block`: may rebuilt data be
+    /// written there (no live write since the run began)?
+    pub fn rebuildable(&self, first_block: u64, blocks: usize) -> Vec<bool> {
+        let inner = self.inner.lock();
+        (0..blocks as u64)
+            .map(|i| {
+                inner
+                    .live
+                    .as_ref()
+                    .is_none_or(|live| !live.contains(first_block.saturating_add(i)))
+            })
+            .collect()
+    }
+
+    /// Progress of run `generation` (ignored if it is no longer current).
+    pub fn update(&self, generation: u64, f: impl FnOnce(&mut RebuildStatus)) {
+        let mut inner = self.inner.lock();
+        if inner.generation == generation {
+            if let Some(status) = inner.status.as_mut() {
+                f(status);
+            }
+        }
+    }
+
+    /// The last run's status, if any run happened in this process.
+    pub fn status(&self) -> Option<RebuildStatus> {
+        self.inner.lock().status.clone()
+    }
+}
+
+/// Where an interrupted rebuild may resume, persisted in the volume's
+/// attribute blob. Layout (little endian): magic `b"RBLD"`, version u8 = 1,
+/// from_io_seq u64, first_live_io_seq u64, next_offset u64 (33 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The rebuild it belongs to.
+    pub from_io_seq: u64,
+    /// The `J` of the run that copied up to `next_offset` (lowest of the
+    /// runs that contributed).
+    pub first_live_io_seq: u64,
+    /// Every chunk below this was applied and is durable.
+    pub next_offset: u64,
+}
+
+const RESUME_MAGIC: &[u8; 4] = b"RBLD";
+const RESUME_VERSION: u8 = 1;
+const RESUME_LEN: usize = 4 + 1 + 8 * 3;
+
+impl ResumePoint {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RESUME_LEN);
+        out.extend_from_slice(RESUME_MAGIC);
+        out.push(RESUME_VERSION);
+        out.extend_from_slice(&self.from_io_seq.to_le_bytes());
+        out.extend_from_slice(&self.first_live_io_seq.to_le_bytes());
+        out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything that is not a resume point of this version
+    /// (empty attributes, another layout): start from scratch.
+    pub fn decode(bytes: &[u8]) -> Option<ResumePoint> {
+        if bytes.len() != RESUME_LEN || bytes.get(..4)? != RESUME_MAGIC {
+            return None;
+        }
+        if *bytes.get(4)? != RESUME_VERSION {
+            return None;
+        }
+        let u64_at = |at: usize| -> Option<u64> {
+            let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+            Some(u64::from_le_bytes(raw))
+        };
+        Some(ResumePoint {
+            from_io_seq: u64_at(5)?,
+            first_live_io_seq: u64_at(13)?,
+            next_offset: u64_at(21)?,
+        })
+    }
+
+    /// May a chunk that ends at `end` and whose source io_seq is `io_seq`
+    /// be skipped, the sink's durable io_seq being `durable`? (module doc
+    /// of `rebuild`: copied before, unchanged since, durable here.)
+    pub fn skips(&self, end: u64, io_seq: u64, durable: u64) -> bool {
+        end <= self.next_offset && io_seq < self.first_live_io_seq && io_seq <= durable
+    }
+}
+
+/// Holds a sink to `limit` bytes per second over a window that restarts
+/// whenever the limit changes.
+#[derive(Debug)]
+pub struct Pacer {
+    window_start: Instant,
+    window_bytes: u64,
+    limit: u64,
+}
+
+impl Pacer {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            window_bytes: 0,
+            limit: 0,
+        }
+    }
+
+    /// `bytes` more were applied at `now` under `limit`: how long to wait
+    /// before the next chunk.
+    pub fn delay(&mut self, now: Instant, bytes: u64, limit: u64) -> Duration {
+        if limit != self.limit {
+            self.limit = limit;
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        if limit == 0 {
+            return Duration::ZERO;
+        }
+        self.window_bytes = self.window_bytes.saturating_add(bytes);
+        let due_ms = u128::from(self.window_bytes) * 1000 / u128::from(limit);
+        let due = Duration::from_millis(u64::try_from(due_ms).unwrap_or(u64::MAX));
+        due.saturating_sub(now.saturating_duration_since(self.window_start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn resume_point_round_trips_and_rejects_other_blobs() {
+        let p = ResumePoint {
+            from_io_seq: 7,
+            first_live_io_seq: 1 << 40,
+            next_offset: 64 << 20,
+        };
+        assert_eq!(ResumePoint::decode(&p.encode()), Some(p));
+        assert_eq!(ResumePoint::decode(&[]), None);
+        let mut bad = p.encode();
+        bad[4] = 2;
+        assert_eq!(ResumePoint::decode(&bad), None);
+        assert_eq!(ResumePoint::decode(&p.encode()[..20]), None);
+    }
+
+    #[test]
+    fn resume_skips_only_copied_unchanged_durable_chunks() {
+        let p = ResumePoint {
+            from_io_seq: 0,
+            first_live_io_seq: 100,
+            next_offset: 1 << 20,
+        };
+        assert!(p.skips(1 << 20, 99, 99));
+        assert!(!p.skips((1 << 20) + 1, 99, 99), "beyond the saved offset");
+        assert!(!p.skips(4096, 100, 200), "written after the run began");
+        assert!(!p.skips(4096, 50, 49), "not durable on the sink");
+    }
+
+    #[test]
+    fn pacer_holds_the_limit_and_restarts_when_it_changes() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(t0);
+        assert_eq!(pacer.delay(t0, 1 << 20, 0), Duration::ZERO);
+        // 1 MiB at 1 MiB/s: one second after the window started.
+        assert_eq!(pacer.delay(t0, 1 << 20, 1 << 20), Duration::from_secs(1));
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(
+            pacer.delay(later, 1 << 20, 1 << 20),
+            Duration::from_millis(500)
+        );
+        // A new limit starts a new window.
+        assert_eq!(
+            pacer.delay(later, 1 << 20, 2 << 20),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn estimate_gives_rate_and_eta() {
+        let (rate, eta) = RebuildStatus::estimate(10 << 20, 30 << 20, Duration::from_secs(2));
+        assert_eq!(rate, 5 << 20);
+        assert_eq!(eta, Some(Duration::from_secs(4)));
+        assert_eq!(
+            RebuildStatus::estimate(0, 10, Duration::from_secs(1)),
+            (0, None)
+        );
+    }
+
+    #[test]
+    fn slot_tracks_live_writes_only_for_the_current_run() {
+        let slot = RebuildSlot::default();
+        let status = RebuildStatus {
+            source: "a".into(),
+            from_io_seq: 0,
+            done_bytes: 0,
+            total_bytes: 0,
+            rate_bytes_per_sec: 0,
+            eta: None,
+            running: true,
+        };
+        slot.note_live(0, 4096);
+        assert_eq!(
+            slot.rebuildable(0, 1),
+            vec![true],
+            "no run: nothing tracked"
+        );
+        let first_cancel = CancellationToken::new();
+        let first = slot.begin(
+            BlockSet::new(1 << 20, 4096),
+            first_cancel.clone(),
+            status.clone(),
+        );
+        slot.note_live(4096, 8192);
+        assert_eq!(slot.rebuildable(0, 4), vec![true, false, false, true]);
+        let second = slot.begin(
+            BlockSet::new(1 << 20, 4096),
+            CancellationToken::new(),
+            status,
+        );
+        assert!(first_cancel.is_cancelled());
+        assert!(
+            !slot.end(first, false),
+            "a superseded run cannot end tracking"
+        );
+        assert_eq!(
+            slot.rebuildable(1, 1),
+            vec![true],
+            "a new run tracks afresh"
+        );
+        slot.note_live(0, 4096);
+        assert!(slot.end(second, false));
+        assert_eq!(slot.rebuildable(0, 1), vec![true]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The block set agrees with a model set of marked blocks.
+        #[test]
+        fn block_set_matches_a_model(
+            marks in proptest::collection::vec((0u64..300, 1u64..5), 0..20),
+        ) {
+            let block = 512u64;
+            let mut set = BlockSet::new(256 * block, 512);
+            let mut model = std::collections::BTreeSet::new();
+            for (first, count) in marks {
+                set.mark(first * block, count * block);
+                for b in first..first + count {
+                    if b < 256 {
+                        model.insert(b);
+                    }
+                }
+            }
+            for b in 0..300 {
+                prop_assert_eq!(set.contains(b), model.contains(&b), "block {}", b);
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The rebuild stream between two in-process replica daemons on loopback:
+//! a sink told by its (simulated) target to rebuild pulls the source's
+//! blocks, keeps a live write that arrived meanwhile, reports progress and
+//! done; a sink whose source is unreachable aborts and stays degraded; a
+//! source refuses a snapshot rebuild with an abort.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cstor_engine::{Pool, Provisioning};
+use cstor_proto::{
+    Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildSource, RebuildStart,
+    ReplicaState, VersionRange, Write,
+};
+use cstor_replica::daemon::{init, Daemon, InitConfig, RunConfig};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+const BLOCK: u64 = 4096;
+const VOLUME_BYTES: u64 = 16 << 20;
+
+struct Replica {
+    data: SocketAddr,
+    pool: Arc<Pool>,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn replica() -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.img");
+    init(&InitConfig {
+        files: vec![(path.clone(), 128 << 20)],
+        devices: vec![],
+        chunk_bytes: None,
+    })
+    .await
+    .unwrap();
+    let daemon = Daemon::start(&RunConfig {
+        pool_name: "test".into(),
+        devices: vec![path],
+        listen: "127.0.0.1:0".parse().unwrap(),
+        mgmt_listen: "127.0.0.1:0".parse().unwrap(),
+        rebuild_limit_bytes_per_sec: 0,
+    })
+    .await
+    .unwrap();
+    let data = daemon.data_addr().unwrap();
+    let pool = Arc::clone(daemon.pool());
+    pool.create_volume("v", VOLUME_BYTES, BLOCK as u32, Provisioning::Thin)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(daemon.serve(stop.clone()));
+    Replica {
+        data,
+        pool,
+        _dir: dir,
+        stop,
+    }
+}
+
+fn block(tag: u8, lba: u64) -> Bytes {
+    let mut data = vec![tag; BLOCK as usize];
+    data[..8].copy_from_slice(&lba.to_le_bytes());
+    Bytes::from(data)
+}
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+/// Opens a session on volume `v` at `epoch` (0: probe).
+async fn session(addr: SocketAddr, epoch: u64) -> (Conn, ReplicaState, u64) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Framed::new(stream, FrameCodec::new());
+    conn.send(packet(epoch, 0, hello())).await.unwrap();
+    match next(&mut conn).await.message {
+        Message::HelloAck(ack) => (conn, ack.state, ack.last_durable_io_seq),
+        other => panic!("hello refused: {other:?}"),
+    }
+}
+
+fn hello() -> Message {
+    Message::Hello(Hello {
+        versions: VersionRange::SUPPORTED,
+        volume: Name::new("v").unwrap(),
+        next_io_seq: 1,
+        auth: Auth::None,
+    })
+}
+
+fn packet(epoch: u64, io_seq: u64, message: Message) -> Packet {
+    Packet {
+        session_id: 9,
+        epoch,
+        io_seq,
+        message,
+    }
+}
+
+fn start(peer: SocketAddr, source: RebuildSource) -> Message {
+    Message::RebuildStart(RebuildStart {
+        peer_address: peer.to_string(),
+        volume: Name::new("v").unwrap(),
+        from_io_seq: 0,
+        source,
+    })
+}
+
+async fn next(conn: &mut Conn) -> Packet {
+    let frame = tokio::time::timeout(Duration::from_secs(20), conn.next())
+        .await
+        .expect("nothing within 20 s")
+        .expect("connection closed")
+        .unwrap();
+    Packet::decode(frame).unwrap()
+}
+
+#[tokio::test]
+async fn a_sink_pulls_every_block_but_keeps_a_live_write_that_came_meanwhile() {
+    let source = replica().await;
+    let sink = replica().await;
+    let src = source.pool.volume("v").unwrap();
+    // 256 blocks (1 MiB) spread over 4 MiB.
+    for lba in (0..1024).step_by(4) {
+        src.write(lba * BLOCK, &block(1, lba), 10 + lba)
+            .await
+            .unwrap();
+    }
+    let live_lba = 8;
+    // The source holds a newer write next to the live block (same chunk)
+    // but not yet the live write itself (still in flight to it): the
+    // chunk's io_seq is above the live write's, so only the sink's
+    // tracking of live writes can keep it.
+    src.write((live_lba + 1) * BLOCK, &block(1, live_lba + 1), 6000)
+        .await
+        .unwrap();
+    src.flush().await.unwrap();
+
+    let (mut target, _, _) = session(sink.data, 1).await;
+    let first_live = 5000;
+    target
+        .send(packet(
+            1,
+            first_live,
+            start(source.data, RebuildSource::Live),
+        ))
+        .await
+        .unwrap();
+    // A live write right behind the RebuildStart: tracked, so the older
+    // rebuilt block must not overwrite it.
+    target
+        .send(packet(
+            1,
+            first_live,
+            Message::Write(Write {
+                offset: live_lba * BLOCK,
+                data: block(2, live_lba),
+                fua: false,
+            }),
+        ))
+        .await
+        .unwrap();
+    let mut accepted = false;
+    let mut progress = Vec::new();
+    let through = loop {
+        let reply = next(&mut target).await;
+        assert_eq!(reply.io_seq, first_live, "{reply:?}");
+        match reply.message {
+            Message::Ack(Opcode::RebuildStart) => accepted = true,
+            Message::Ack(Opcode::Write) => {}
+            Message::RebuildProgress(p) => progress.push(p),
+            Message::RebuildDone(done) => break done.through_io_seq,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(accepted);
+    assert!(through >= 6000, "through_io_seq {through}");
+    let last = progress.last().expect("no progress reported");
+    assert_eq!(last.done_bytes, last.total_bytes);
+    // 257 written blocks in 64 chunks of 64 KiB.
+    assert_eq!(last.total_bytes, 4 << 20);
+
+    let dst = sink.pool.volume("v").unwrap();
+    let mut want = vec![0u8; BLOCK as usize];
+    let mut got = vec![0u8; BLOCK as usize];
+    for lba in 0..1024 {
+        src.read(lba * BLOCK, &mut want).await.unwrap();
+        dst.read(lba * BLOCK, &mut got).await.unwrap();
+        if lba == live_lba {
+            assert_eq!(got, block(2, lba), "the live write was overwritten");
+        } else {
+            assert!(got == want, "block {lba} differs from the source");
+        }
+    }
+    // Finished: no unfinished marker, the replica reports itself healthy.
+    drop(target);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, state, _) = session(sink.data, 0).await;
+    assert_eq!(state, ReplicaState::Healthy);
+}
+
+#[tokio::test]
+async fn a_sink_whose_source_is_unreachable_aborts_and_stays_degraded() {
+    let sink = replica().await;
+    let dst = sink.pool.volume("v").unwrap();
+    dst.write(0, &block(1, 0), 7).await.unwrap();
+    dst.flush().await.unwrap();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (mut target, _, _) = session(sink.data, 1).await;
+    target
+        .send(packet(1, 77, start(nobody, RebuildSource::Live)))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut target).await.message,
+        Message::Ack(Opcode::RebuildStart)
+    );
+    match next(&mut target).await.message {
+        Message::RebuildAbort(abort) => assert!(abort.detail.contains("connect"), "{abort:?}"),
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    // Complete only through where the rebuild started (0), whatever it
+    // holds: a target must rebuild it again.
+    let (_, state, durable) = session(sink.data, 0).await;
+    assert_eq!((state, durable), (ReplicaState::Degraded, 0));
+}
+
+#[tokio::test]
+async fn a_source_refuses_a_snapshot_rebuild_with_an_abort() {
+    let source = replica().await;
+    let (mut probe, _, _) = session(source.data, 0).await;
+    let snapshot = RebuildSource::Snapshot(Name::new("s1").unwrap());
+    probe
+        .send(packet(
+            0,
+            1,
+            start("127.0.0.1:1".parse().unwrap(), snapshot),
+        ))
+        .await
+        .unwrap();
+    match next(&mut probe).await.message {
+        Message::RebuildAbort(abort) => {
+            assert!(abort.detail.contains("snapshot"), "{abort:?}")
+        }
+        other => panic!("expected an abort, got {other:?}"),
+    }
+}

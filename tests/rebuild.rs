@@ -1,0 +1,356 @@
+//! Rebuild across real processes (DESIGN.md invariant 6): three `cstor
+//! replica run` daemons on loopback behind the target's volume layer. A
+//! replica killed under load, or whose pool is replaced by an empty one,
+//! comes back, pulls what it lacks from a healthy peer and becomes healthy;
+//! a rebuild cut by a crash of its sink resumes. Afterwards every replica,
+//! read alone through the replication protocol, holds exactly the last
+//! acknowledged generation of every block.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::{pattern, Client, ReplicaProcess};
+use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
+use cstor_mgmt::v1::{
+    GetVolumeRequest, ReplicaState as MgmtReplicaState, SetRebuildThrottleRequest,
+};
+use cstor_target::volume::{Completion, Op, ReplicaState, Volume, VolumeSpec};
+
+const BLOCK: u64 = 4096;
+/// Blocks of a 64 KiB write (one engine chunk).
+const RUN: u64 = 16;
+
+fn replicas(n: usize, dir: &std::path::Path) -> Vec<ReplicaProcess> {
+    (0..n)
+        .map(|i| {
+            let sub = dir.join(format!("r{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let r = ReplicaProcess::create(&sub, "256MiB");
+            r.ctl(&["volume", "create", "vol", "--size", "64MiB"]);
+            r
+        })
+        .collect()
+}
+
+/// The rebuild lines of a replica's log (shown with `--nocapture`).
+fn show_rebuild_log(r: &ReplicaProcess) {
+    for line in r.log_text().lines().filter(|l| l.contains("rebuild")) {
+        eprintln!("{line}");
+    }
+}
+
+fn spec(replicas: &[ReplicaProcess]) -> VolumeSpec {
+    let mut spec = VolumeSpec::new("vol", replicas.iter().map(|r| r.data).collect());
+    spec.ack_timeout = Duration::from_secs(3);
+    spec.hold = Duration::from_secs(6);
+    spec.open_timeout = Duration::from_secs(20);
+    spec
+}
+
+async fn all_healthy(volume: &Volume, within: Duration) {
+    tokio::time::timeout(within, volume.wait_for(|s| s.healthy == s.replicas.len()))
+        .await
+        .unwrap_or_else(|_| panic!("not all healthy: {:?}", volume.status()));
+}
+
+/// `RUN` blocks from `lba`, each the pattern of its generation.
+fn run_data(lba: u64, generations: &[u64]) -> Bytes {
+    let mut data = BytesMut::new();
+    for (i, generation) in generations.iter().enumerate() {
+        data.extend_from_slice(&pattern(lba + i as u64, *generation, BLOCK as usize));
+    }
+    data.freeze()
+}
+
+/// Writes generation `generation` to every block of `0..blocks`, 64 KiB at
+/// a time.
+async fn fill(volume: &Volume, blocks: u64, generation: u64, acked: &Mutex<Vec<u64>>) {
+    for lba in (0..blocks).step_by(RUN as usize) {
+        let data = run_data(lba, &[generation; RUN as usize]);
+        let result = volume
+            .submit(Op::Write {
+                offset: lba * BLOCK,
+                data,
+                fua: false,
+            })
+            .await;
+        assert_eq!(result, Ok(Completion::Done), "write at block {lba}");
+        let mut acked = acked.lock().unwrap();
+        for b in lba..lba + RUN {
+            acked[b as usize] = generation;
+        }
+    }
+}
+
+/// Writers that keep overwriting single blocks of `0..blocks` until told to
+/// stop; each owns the blocks `lba % writers == k`, so the last generation
+/// it got acknowledged for a block is the block's truth.
+struct Load {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(volume: &Volume, blocks: u64, writers: u64, acked: &Arc<Mutex<Vec<u64>>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let tasks = (0..writers)
+            .map(|k| {
+                let (volume, stop, writes, acked) = (
+                    volume.clone(),
+                    Arc::clone(&stop),
+                    Arc::clone(&writes),
+                    Arc::clone(acked),
+                );
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    let own = blocks / writers;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        // 97 is coprime with `own` (a power of two): every
+                        // block of this writer is visited.
+                        let lba = (i * 97 % own) * writers + k;
+                        let generation = 100 + i;
+                        let result = volume
+                            .submit(Op::Write {
+                                offset: lba * BLOCK,
+                                data: pattern(lba, generation, BLOCK as usize),
+                                fua: false,
+                            })
+                            .await;
+                        assert_eq!(result, Ok(Completion::Done), "write of block {lba}");
+                        acked.lock().unwrap()[lba as usize] = generation;
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            writes,
+            tasks,
+        }
+    }
+
+    async fn wait_writes(&self, more: u64) {
+        let target = self.writes.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.writes.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "writes stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Reads every block of `0..blocks` from each replica alone (a fresh
+/// session at a newer epoch) and checks it holds generation `acked[lba]`
+/// (zeros for 0).
+async fn check_replicas(reps: &[ReplicaProcess], epoch: u64, acked: &[u64]) {
+    let per_read = 256u64;
+    for (i, r) in reps.iter().enumerate() {
+        let (mut client, _) = Client::open(r.data, "vol", epoch).await;
+        for first in (0..acked.len() as u64).step_by(per_read as usize) {
+            let data = client.read(first * BLOCK, (per_read * BLOCK) as u32).await;
+            for b in 0..per_read {
+                let lba = first + b;
+                let Some(generation) = acked.get(lba as usize) else {
+                    break;
+                };
+                let got = &data[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize];
+                let want = if *generation == 0 {
+                    Bytes::from(vec![0u8; BLOCK as usize])
+                } else {
+                    pattern(lba, *generation, BLOCK as usize)
+                };
+                assert!(
+                    got == want,
+                    "replica {i} block {lba}: want generation {generation}, got generation {}",
+                    u64::from_le_bytes(got[8..16].try_into().unwrap())
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_rebuilds_and_all_three_end_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = replicas(3, dir.path());
+    let volume = Volume::open(spec(&reps)).await.unwrap();
+    all_healthy(&volume, Duration::from_secs(20)).await;
+    let blocks = 4096; // 16 MiB
+    let acked = Arc::new(Mutex::new(vec![0u64; blocks as usize]));
+    fill(&volume, blocks, 1, &acked).await;
+    // Durable everywhere: the replica that dies comes back with this much,
+    // and pulls only what was written after (a delta rebuild).
+    assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
+
+    let load = Load::start(&volume, blocks, 4, &acked);
+    load.wait_writes(300).await;
+    reps[2].kill9();
+    // Writes go on at quorum 2 while it is away.
+    load.wait_writes(1500).await;
+    assert_eq!(volume.status().replicas[2].1, ReplicaState::Offline);
+    reps[2].start();
+    all_healthy(&volume, Duration::from_secs(30)).await;
+    load.wait_writes(300).await;
+    load.finish().await;
+    assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
+    let epoch = volume.status().epoch;
+    volume.close();
+
+    let log = reps[2].log_text();
+    assert!(
+        log.contains("rebuild done"),
+        "replica 2 became healthy without a rebuild"
+    );
+    assert!(
+        !log.contains("from_io_seq=0 "),
+        "a full rebuild, not a delta"
+    );
+    show_rebuild_log(&reps[2]);
+    let acked = acked.lock().unwrap().clone();
+    check_replicas(&reps, epoch + 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_a_new_empty_pool_gets_a_full_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = replicas(3, dir.path());
+    let volume = Volume::open(spec(&reps)).await.unwrap();
+    all_healthy(&volume, Duration::from_secs(20)).await;
+    let blocks = 8192; // 32 MiB
+    let acked = Arc::new(Mutex::new(vec![0u64; blocks as usize]));
+    fill(&volume, blocks, 1, &acked).await;
+    assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
+
+    reps[2].replace_pool("256MiB", "vol", "64MiB");
+    // Time the rebuild itself: from the sink accepting it to healthy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut started = None;
+    loop {
+        let status = volume.status();
+        if started.is_none() && status.replicas[2].1 == ReplicaState::Rebuilding {
+            started = Some(Instant::now());
+        }
+        if status.healthy == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no full rebuild: {status:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.map(|s| s.elapsed());
+    let epoch = volume.status().epoch;
+    volume.close();
+    if let Some(elapsed) = elapsed {
+        let mib = (blocks * BLOCK) as f64 / f64::from(1 << 20);
+        eprintln!(
+            "full rebuild of {mib} MiB in {elapsed:?}: {:.1} MiB/s",
+            mib / elapsed.as_secs_f64().max(1e-6)
+        );
+    }
+    let log = reps[2].log_text();
+    assert!(log.contains("rebuild done"), "no rebuild on the new pool");
+    assert!(log.contains("from_io_seq=0"), "not a full rebuild");
+    show_rebuild_log(&reps[2]);
+    let acked = acked.lock().unwrap().clone();
+    check_replicas(&reps, epoch + 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_cut_by_a_crash_of_its_sink_resumes_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = replicas(3, dir.path());
+    let volume = Volume::open(spec(&reps)).await.unwrap();
+    all_healthy(&volume, Duration::from_secs(20)).await;
+    let blocks = 8192; // 32 MiB
+    let acked = Arc::new(Mutex::new(vec![0u64; blocks as usize]));
+    fill(&volume, blocks, 1, &acked).await;
+    reps[2].kill9();
+    fill(&volume, blocks, 2, &acked).await;
+    assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
+
+    // A slow rebuild (8 MiB/s) is cut by a crash once a checkpoint (every
+    // 8 MiB) was taken...
+    reps[2].start_with_env(&[("CSTOR_REBUILD_LIMIT", "8MiB")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = volume
+            .status()
+            .rebuilds
+            .get(2)
+            .copied()
+            .flatten()
+            .map_or(0, |r| r.progress.done_bytes);
+        if done >= 12 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuild did not progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reps[2].kill9();
+    // ...and resumes from it after a restart, crawling at 256 KiB/s (the
+    // rest would take 90 s) until the throttle is lifted at runtime.
+    reps[2].start_with_env(&[("CSTOR_REBUILD_LIMIT", "256KiB")]);
+    let mut mgmt = ReplicaManagerClient::connect(format!("http://{}", reps[2].mgmt))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replica = loop {
+        let replica = mgmt
+            .get_volume(GetVolumeRequest { name: "vol".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if replica.rebuild.as_ref().is_some_and(|r| r.done_bytes > 0) {
+            break replica;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rebuild progress: {replica:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(replica.state(), MgmtReplicaState::Rebuilding);
+    let progress = replica.rebuild.unwrap();
+    assert!(
+        [reps[0].data.to_string(), reps[1].data.to_string()].contains(&progress.source),
+        "{progress:?}"
+    );
+    assert!(progress.total_bytes >= 32 << 20, "{progress:?}");
+    let throttle = mgmt
+        .set_rebuild_throttle(SetRebuildThrottleRequest {
+            bytes_per_second: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(throttle.bytes_per_second, 0);
+    all_healthy(&volume, Duration::from_secs(30)).await;
+    let epoch = volume.status().epoch;
+    volume.close();
+    let log = reps[2].log_text();
+    let resumed = log.lines().any(|l| {
+        l.contains("rebuild started")
+            && l.contains("resume_offset=")
+            && !l.contains("resume_offset=0")
+    });
+    assert!(resumed, "the second rebuild did not resume: {log}");
+    show_rebuild_log(&reps[2]);
+    let acked = acked.lock().unwrap().clone();
+    check_replicas(&reps, epoch + 1, &acked).await;
+}
