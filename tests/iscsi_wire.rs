@@ -8,7 +8,7 @@
 //! | input | answer | RFC 7143 |
 //! | --- | --- | --- |
 //! | garbage instead of a BHS, truncated PDU | connection closed | §7.8, §11.2 |
-//! | data segment above MaxRecvDataSegmentLength | connection closed | §13.12 |
+//! | data segment above MaxRecvDataSegmentLength (declared, or 8192 in login) | connection closed | §13.12 |
 //! | bad header digest | connection closed, nothing executed | §7.8 |
 //! | bad data digest on immediate data | Reject 0x02, header echoed, CmdSN hole left for the retry | §7.8, §11.17 |
 //! | bad data digest on a Data-Out | Reject 0x02, then CHECK CONDITION "protocol service CRC error" once all data came | §7.8, §11.4.7.2 |
@@ -868,6 +868,31 @@ async fn data_segment_above_max_recv_data_segment_length_closes_the_connection()
     let wire = conn.wire(&Pdu::NopOut(nop));
     conn.send_raw(&wire[..BHS_LEN + 1024]).await.unwrap();
     conn.expect_closed().await;
+
+    // During login the limit is the default 8192 bytes, whatever the
+    // target declares later (RFC 7143 §13.12).
+    let mut conn = Initiator::connect(fx.portal()).await;
+    let mut data = text(&[("InitiatorName", INITIATOR)]).to_vec();
+    data.resize(8192 + 4, 0);
+    let login = Pdu::LoginRequest(LoginRequest {
+        transit: true,
+        continue_: false,
+        csg: 1,
+        nsg: 3,
+        version_max: 0,
+        version_min: 0,
+        isid: conn.isid,
+        tsih: 0,
+        itt: 1,
+        cid: 1,
+        cmd_sn: conn.cmd_sn,
+        exp_stat_sn: 0,
+        data: Bytes::from(data),
+    });
+    let wire = conn.wire(&login);
+    conn.send_raw(&wire[..BHS_LEN + 1024]).await.unwrap();
+    conn.expect_closed().await;
+
     fx.assert_serves(&mut bystander, 14).await;
 }
 

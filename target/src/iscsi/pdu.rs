@@ -16,7 +16,8 @@
 //! - the header digest is verified before any header field is trusted, so a
 //!   corrupted DataSegmentLength is reported as a digest error;
 //! - a DataSegmentLength above the receiver's MaxRecvDataSegmentLength is
-//!   refused before waiting for (or buffering) the data;
+//!   refused before waiting for (or buffering) the data, and without a
+//!   header digest before waiting for the AHS too;
 //! - every error after framing carries the offending header, so the
 //!   connection can answer with a Reject (RFC 7143 §11.17) and go on; only
 //!   header digest and length errors mean "close the connection".
@@ -250,6 +251,18 @@ pub fn check(buf: &[u8], cfg: &FrameConfig) -> Result<Option<usize>, PduError> {
         return Ok(None);
     };
     let at = layout(&bhs, cfg.digests);
+    let len = bhs.data_segment_len();
+    let too_long = len > cfg.max_data_segment_bytes;
+    let refuse = || PduError::DataSegmentTooLong {
+        header: bhs,
+        len,
+        max: cfg.max_data_segment_bytes,
+    };
+    // Without a header digest the BHS is all there is to trust: refuse at
+    // once rather than wait for the (up to 1020-byte) AHS garbage may claim.
+    if too_long && !cfg.digests.header {
+        return Err(refuse());
+    }
     if buf.len() < at.header_end {
         return Ok(None);
     }
@@ -261,13 +274,8 @@ pub fn check(buf: &[u8], cfg: &FrameConfig) -> Result<Option<usize>, PduError> {
             return Err(PduError::HeaderDigest { computed, received });
         }
     }
-    let len = bhs.data_segment_len();
-    if len > cfg.max_data_segment_bytes {
-        return Err(PduError::DataSegmentTooLong {
-            header: bhs,
-            len,
-            max: cfg.max_data_segment_bytes,
-        });
+    if too_long {
+        return Err(refuse());
     }
     Ok((buf.len() >= at.total).then_some(at.total))
 }

@@ -15,7 +15,11 @@
 //! - the number of live tasks is bounded by the window depth plus
 //!   `MAX_IMMEDIATE_COMMANDS`;
 //! - a discovery session accepts only Text, NOP-Out and Logout (§4.3);
-//!   everything else is answered with Reject "protocol error".
+//!   everything else is answered with Reject "protocol error";
+//! - a write never runs on data that failed its digest: a Data-Out with a
+//!   data digest error is rejected, the transfer goes on, and the task ends
+//!   with CHECK CONDITION "protocol service CRC error" once all its data
+//!   has come (§7.8 option b, as ErrorRecoveryLevel 0 has no recovery R2T).
 //!
 //! Write residuals need the CDB's own transfer length, which the SCSI
 //! layer knows: it passes it back in [`TaskResult::data_out_wanted`].
@@ -32,8 +36,8 @@ use super::keepalive::answer_ping;
 use super::limits::{MAX_COMMAND_DATA_BYTES, MAX_WRITE_BUFFER_BYTES};
 use super::login::{LoggedIn, SessionType, TargetConfig};
 use super::pdu::{
-    tmf_response, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject,
-    RejectReason, Residual, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
+    opcode, tmf_response, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t,
+    Reject, RejectReason, Residual, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
     TextRequest, TmfFunction,
 };
 use super::transfer::{data_in_plan, WriteTransfer};
@@ -43,6 +47,14 @@ use super::window::{CmdWindow, WindowError};
 const STATUS_GOOD: u8 = 0x00;
 /// iSCSI response "target failure" (RFC 7143 §11.4.3).
 const RESPONSE_TARGET_FAILURE: u8 = 0x01;
+/// SCSI status CHECK CONDITION (SAM-5).
+const STATUS_CHECK_CONDITION: u8 = 0x02;
+/// The iSCSI condition "protocol service CRC error" (RFC 7143 §11.4.7.2):
+/// fixed-format sense (SPC-4 §4.5.3), current error, ABORTED COMMAND,
+/// additional length 10, ASC/ASCQ 0x47/0x05.
+const PROTOCOL_SERVICE_CRC_ERROR_SENSE: [u8; 18] = [
+    0x70, 0, 0x0b, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0,
+];
 /// Logout response codes, RFC 7143 §11.15.1.
 const LOGOUT_CLOSED: u8 = 0;
 const LOGOUT_RECOVERY_NOT_SUPPORTED: u8 = 2;
@@ -132,6 +144,9 @@ enum TaskState {
         buffer: BytesMut,
         /// R2Ts wait for buffer budget.
         budgeted: bool,
+        /// Some of the data failed its digest: fail the task once the
+        /// transfer completes.
+        corrupt: bool,
     },
     /// Handed to the logical unit.
     Executing,
@@ -213,7 +228,53 @@ impl<'a> FullFeature<'a> {
     pub fn on_rejected(&mut self, reason: RejectReason, header: &Bhs) -> Vec<Action> {
         let mut out = Vec::new();
         self.reject(&mut out, reason, header);
+        if reason == RejectReason::DataDigestError && header.opcode_raw() == opcode::DATA_OUT {
+            self.on_corrupt_data_out(&mut out, header);
+        }
         out
+    }
+
+    /// A Data-Out whose data failed its digest and was discarded (RFC 7143
+    /// §7.8). Its header is sound (digest-checked or trusted as every
+    /// header is without HeaderDigest), so it still counts as the data it
+    /// announces: the transfer goes on as the initiator sees it, and the
+    /// task fails once all the data has come instead of hanging on a range
+    /// that will never be sent again.
+    fn on_corrupt_data_out(&mut self, out: &mut Vec<Action>, header: &Bhs) {
+        // The codec refused longer segments before this point, so the
+        // stand-in for the discarded data is bounded by our
+        // MaxRecvDataSegmentLength.
+        let len = header.data_segment_len() as usize;
+        let d = DataOut {
+            final_: header.flags() & 0x80 != 0,
+            lun: header.u64_at(8),
+            itt: header.itt(),
+            ttt: header.u32_at(20),
+            exp_stat_sn: header.u32_at(28),
+            data_sn: header.u32_at(36),
+            buffer_offset: header.u32_at(40),
+            data: Bytes::from(vec![0u8; len]),
+        };
+        let Some(t) = self.tasks.get_mut(&d.itt) else {
+            return;
+        };
+        let TaskState::Receiving {
+            transfer, corrupt, ..
+        } = &mut t.state
+        else {
+            return;
+        };
+        match transfer.on_data_out(&d) {
+            Ok(_) => {
+                *corrupt = true;
+                self.advance_write(out, d.itt);
+                // The failed task's budget may let a waiting write go on.
+                self.advance_writes(out);
+            }
+            // Out of sequence as well: the Reject already sent is all the
+            // initiator gets, as for any bad Data-Out.
+            Err(e) => tracing::debug!(itt = d.itt, "corrupt Data-Out also out of sequence: {e}"),
+        }
     }
 
     /// A keepalive ping: NOP-In with `ttt` (from
@@ -518,6 +579,7 @@ impl<'a> FullFeature<'a> {
         task.state = TaskState::Receiving {
             transfer,
             buffer,
+            corrupt: false,
             budgeted: false,
         };
         self.tasks.insert(c.itt, task);
@@ -554,6 +616,7 @@ impl<'a> FullFeature<'a> {
     fn advance_write(&mut self, out: &mut Vec<Action>, itt: u32) {
         let mut r2ts = Vec::new();
         let mut done = None;
+        let mut failed = false;
         let mut next = self.next_ttt;
         let Some(t) = self.tasks.get_mut(&itt) else {
             return;
@@ -562,9 +625,12 @@ impl<'a> FullFeature<'a> {
             transfer,
             buffer,
             budgeted,
+            corrupt,
         } = &mut t.state
         {
-            if transfer.is_complete() {
+            if transfer.is_complete() && *corrupt {
+                failed = true;
+            } else if transfer.is_complete() {
                 done = Some(std::mem::take(buffer).freeze());
             } else if *budgeted {
                 r2ts = transfer.next_r2ts(|| next_tag(&mut next));
@@ -585,6 +651,24 @@ impl<'a> FullFeature<'a> {
                 desired_len: r.desired_len,
             });
             self.send(out, pdu);
+        }
+        if failed {
+            self.drop_task(itt);
+            let rsp = ScsiResponse {
+                response: 0,
+                status: STATUS_CHECK_CONDITION,
+                residual: Residual::None,
+                bidi_read_residual: Residual::None,
+                itt,
+                snack_tag: 0,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                exp_data_sn: 0,
+                data: ScsiResponse::sense_segment(&PROTOCOL_SERVICE_CRC_ERROR_SENSE),
+            };
+            self.send(out, Pdu::ScsiResponse(rsp));
+            return;
         }
         if let Some(data_out) = done {
             let Some(t) = self.tasks.get_mut(&itt) else {

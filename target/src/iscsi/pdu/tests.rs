@@ -131,6 +131,27 @@ fn oversized_data_segment_is_refused_before_the_data_arrives() {
 }
 
 #[test]
+fn oversized_data_segment_is_refused_before_a_claimed_ahs_arrives() {
+    let small = FrameConfig {
+        digests: Digests::default(),
+        max_data_segment_bytes: 8,
+    };
+    // Garbage: TotalAHSLength 255 words, DataSegmentLength 2^24 - 1.
+    let garbage = [0xffu8; BHS_LEN];
+    let err = check(&garbage, &small).unwrap_err();
+    assert!(
+        matches!(err, PduError::DataSegmentTooLong { .. }),
+        "{err:?}"
+    );
+    // With a header digest the length is not trusted before the digest.
+    let digested = FrameConfig {
+        digests: BOTH,
+        ..small
+    };
+    assert_eq!(check(&garbage, &digested), Ok(None));
+}
+
+#[test]
 fn encode_refuses_data_beyond_the_peers_limit() {
     let small = FrameConfig {
         digests: Digests::default(),

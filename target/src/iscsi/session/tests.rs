@@ -228,6 +228,53 @@ fn bad_data_out_is_rejected() {
 }
 
 #[test]
+fn data_out_failing_its_digest_ends_the_write_with_crc_error_once_all_data_came() {
+    // RFC 7143 §7.8: Reject 0x02, then (option b) CHECK CONDITION "protocol
+    // service CRC error" after the data of every outstanding R2T.
+    let cfg = TargetConfig::for_volume("v");
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let a = ff.on_pdu(cmd(1, FIRST_CMD_SN, false, true, 8192, vec![]));
+    let [Pdu::R2t(r2t)] = sent(&a)[..] else {
+        panic!("{a:?}");
+    };
+    let dout = |data_sn, offset: u32, final_| DataOut {
+        final_,
+        lun: 0,
+        itt: 1,
+        ttt: r2t.ttt,
+        exp_stat_sn: FIRST_STAT_SN,
+        data_sn,
+        buffer_offset: offset,
+        data: Bytes::from(vec![5; 4096]),
+    };
+    let corrupt = Pdu::DataOut(dout(0, 0, false)).bhs();
+    let a = ff.on_rejected(RejectReason::DataDigestError, &corrupt);
+    let [Pdu::Reject(reject)] = sent(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert_eq!(reject.reason, RejectReason::DataDigestError as u8);
+    assert_eq!(
+        ff.live_tasks(),
+        1,
+        "the task waits for the rest of its data"
+    );
+    let a = ff.on_pdu(Pdu::DataOut(dout(1, 4096, true)));
+    assert!(executed(&a).is_empty(), "a write ran on corrupt data");
+    let [Pdu::ScsiResponse(rsp)] = sent(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert_eq!((rsp.itt, rsp.status), (1, 0x02));
+    let sense = rsp.sense().unwrap();
+    assert_eq!((sense[2] & 0x0f, sense[12], sense[13]), (0x0b, 0x47, 0x05));
+    assert_eq!(ff.live_tasks(), 0);
+    assert_eq!(
+        rsp.max_cmd_sn,
+        FIRST_CMD_SN + cfg.queue_depth,
+        "window slot freed"
+    );
+}
+
+#[test]
 fn commands_outside_the_window_are_dropped_silently() {
     // RFC 7143 §4.2.2.1.
     let cfg = TargetConfig::for_volume("v");
