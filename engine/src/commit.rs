@@ -48,11 +48,14 @@ pub(crate) async fn read_exact(dev: &DeviceRef, offset: u64, len: usize) -> io::
     res.map(|()| buf)
 }
 
-pub(crate) fn spawn_timer(pool: Weak<PoolInner>, interval: Duration) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
+/// Spawns the group-commit timer on the current runtime (none outside one);
+/// it holds the pool only weakly and only while committing.
+pub(crate) fn spawn_timer(
+    pool: Weak<PoolInner>,
+    interval: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let task = rt.spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
             let Some(p) = pool.upgrade() else { break };
@@ -64,6 +67,7 @@ pub(crate) fn spawn_timer(pool: Weak<PoolInner>, interval: Duration) {
             }
         }
     });
+    Some(task)
 }
 
 pub(crate) fn pad(bytes: &[u8]) -> Result<Vec<u8>> {

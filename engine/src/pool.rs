@@ -207,6 +207,8 @@ pub(crate) struct PoolInner {
     pub(crate) commits: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) checkpoint_capacity: u64,
+    /// The group-commit timer task, stopped by `close`.
+    timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     max_data_chunks: u64,
 }
 
@@ -386,9 +388,10 @@ impl Pool {
             closed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            timer: Mutex::new(None),
         });
         if let Some(interval) = opts.commit_interval {
-            spawn_timer(Arc::downgrade(&inner), interval);
+            *inner.timer.lock() = spawn_timer(Arc::downgrade(&inner), interval);
         }
         Self { inner }
     }
@@ -717,6 +720,9 @@ impl Pool {
         let _s = self.inner.structure.write().await;
         let res = self.inner.commit(true).await;
         self.inner.closed.store(true, Ordering::SeqCst);
+        if let Some(timer) = self.inner.timer.lock().take() {
+            timer.abort();
+        }
         res
     }
 

@@ -112,27 +112,31 @@ struct Piece {
     buf_off: usize,
 }
 
-fn pieces(offset: u64, len: u64, chunk_bytes: u64) -> Vec<Piece> {
-    let mut out = Vec::new();
-    let mut pos = offset;
+/// The request `[offset, offset + len)` cut at chunk boundaries, lazily (an
+/// unmap may span a whole volume). Each piece is at most one chunk, so its
+/// length fits a `usize`.
+fn pieces(offset: u64, len: u64, chunk_bytes: u64) -> impl Iterator<Item = Piece> {
     let end = offset.saturating_add(len);
+    let mut pos = offset;
     let mut buf_off = 0usize;
-    while pos < end && chunk_bytes > 0 {
+    std::iter::from_fn(move || {
+        if pos >= end || chunk_bytes == 0 {
+            return None;
+        }
         let chunk = pos / chunk_bytes;
         let off = pos % chunk_bytes;
         let n = (chunk_bytes - off).min(end - pos);
-        // `n` ≤ MAX_IO_BYTES, validated before splitting.
-        let n_usize = usize::try_from(n).unwrap_or(0);
-        out.push(Piece {
+        let n_usize = usize::try_from(n).ok()?;
+        let piece = Piece {
             chunk,
             off,
             len: n_usize,
             buf_off,
-        });
-        buf_off += n_usize;
+        };
+        buf_off = buf_off.saturating_add(n_usize);
         pos += n;
-    }
-    out
+        Some(piece)
+    })
 }
 
 impl Volume {
@@ -937,17 +941,17 @@ mod tests {
 
     #[test]
     fn pieces_split_at_chunk_boundaries_and_cover_the_request() {
-        let p = pieces(4096 - 512, 4096 + 1024, 4096);
-        let got: Vec<_> = p
-            .iter()
+        let got: Vec<_> = pieces(4096 - 512, 4096 + 1024, 4096)
             .map(|p| (p.chunk, p.off, p.len, p.buf_off))
             .collect();
         assert_eq!(
             got,
             vec![(0, 3584, 512, 0), (1, 0, 4096, 512), (2, 0, 512, 4608)]
         );
-        assert!(pieces(0, 0, 4096).is_empty());
-        let one = pieces(8192, 4096, 4096);
+        assert_eq!(pieces(0, 0, 4096).count(), 0);
+        // Lazy: a 64 GiB unmap does not build a million-entry vector first.
+        assert_eq!(pieces(0, 1 << 36, 65536).count(), 1 << 20);
+        let one: Vec<_> = pieces(8192, 4096, 4096).collect();
         assert_eq!((one.len(), one[0].chunk, one[0].off), (1, 2, 0));
     }
 }

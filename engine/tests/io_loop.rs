@@ -123,8 +123,22 @@ async fn check_block_device(sector_size: u32) {
         assert!(buf.as_slice() == &data[..] || buf.as_slice().iter().all(|&b| b == 0));
 
         drop(dev);
-        // Closed: the device can be opened again.
-        backend.open(lo.path(), &DeviceOptions::existing()).unwrap();
+        // Closed: the device can be opened again. The kernel releases an
+        // exclusive block-device claim when the last file reference goes,
+        // and io_uring's deferred completion work may hold one until the
+        // ring is next entered: allow that moment, not more.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match backend.open(lo.path(), &DeviceOptions::existing()) {
+                Ok(_) => break,
+                Err(cstor_engine::io::IoError::InUse { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("reopen after close: {e}"),
+            }
+        }
     }
 }
 
