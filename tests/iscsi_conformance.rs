@@ -9,17 +9,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{free_addr, ReplicaProcess, TargetProcess};
-
-fn conformance_script() -> PathBuf {
-    let shared = std::env::var_os("CSTOR_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    shared.join("tools/conformance.sh")
-}
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -44,7 +36,7 @@ fn libiscsi_conformance_suite_passes_with_no_failure() {
         eprintln!("skipped: iscsi-test-cu not installed (apt-get install libiscsi-bin; scripts/test.sh does)");
         return;
     }
-    let script = conformance_script();
+    let script = common::shared_tool("conformance.sh");
     assert!(
         script.exists(),
         "{} not found (set CSTOR_SHARED_DIR)",

@@ -11,17 +11,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{free_addr, ReplicaProcess, TargetProcess};
-
-fn vm_script() -> PathBuf {
-    let shared = std::env::var_os("CSTOR_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    shared.join("tools/vm/run-e2e.sh")
-}
 
 fn is_root() -> bool {
     Command::new("id")
@@ -36,7 +28,7 @@ fn linux_initiator_logs_in_makes_ext4_and_reads_it_back() {
         eprintln!("skipped: the VM harness needs root");
         return;
     }
-    let script = vm_script();
+    let script = common::shared_tool("vm/run-e2e.sh");
     assert!(
         script.exists(),
         "{} not found (set CSTOR_SHARED_DIR)",

@@ -214,6 +214,15 @@ impl Drop for ReplicaProcess {
     }
 }
 
+/// A tool of the team's `../shared/tools` (or `$CSTOR_SHARED_DIR/tools`).
+pub fn shared_tool(relative: &str) -> PathBuf {
+    std::env::var_os("CSTOR_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .join("tools")
+        .join(relative)
+}
+
 /// A `cstor target` child process serving one volume.
 pub struct TargetProcess {
     pub portal: SocketAddr,
@@ -226,45 +235,7 @@ impl TargetProcess {
     /// Starts a target for `volume` over `replicas` on `portal` and waits
     /// until it accepts iSCSI connections.
     pub fn start(dir: &Path, portal: SocketAddr, volume: &str, replicas: &[SocketAddr]) -> Self {
-        let log = dir.join(format!("target-{}.log", portal.port()));
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut args = vec![
-            "target".to_string(),
-            "--listen".into(),
-            portal.to_string(),
-            "--volume".into(),
-            volume.into(),
-        ];
-        for r in replicas {
-            args.push("--replica".into());
-            args.push(r.to_string());
-        }
-        let child = Command::new(cstor_bin())
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let mut target = TargetProcess {
-            portal,
-            iqn: format!("iqn.2016-09.com.openebs.cstor:{volume}"),
-            child: Some(child),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(portal).is_err() {
-            if let Some(status) = target.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("target exited with {status}: {}", target.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "target did not start: {}",
-                target.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        target
+        Self::start_with(dir, portal, volume, replicas, &[], &[])
     }
 
     pub fn log_text(&self) -> String {
