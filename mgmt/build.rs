@@ -2,7 +2,10 @@
 //! protobuf compiler: the build needs no system protoc).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/cstor/v1/replica.proto"];
+    let protos = [
+        "proto/cstor/v1/replica.proto",
+        "proto/cstor/v1/target.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,13 +1,16 @@
 //! `cstor ctl`: the operator's command line for replica daemons (pools and
-//! volume replicas). Talks to a daemon's management API (gRPC) and prints a
-//! table, or JSON with `--json`.
+//! volume replicas) and targets (volume status, snapshots, resize). Talks
+//! to a daemon's or a target's management API (gRPC) and prints a table,
+//! or JSON with `--json`.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use cstor_mgmt::v1::{
-    replica_manager_client::ReplicaManagerClient, CreateVolumeRequest, DeleteVolumeRequest,
-    GetPoolRequest, GrowVolumeRequest, ListSnapshotsRequest, ListVolumesRequest, Pool,
-    Provisioning, ReplicaState, VolumeReplica,
+    replica_manager_client::ReplicaManagerClient, target_manager_client::TargetManagerClient,
+    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
+    GetPoolRequest, GetTargetStatusRequest, GrowVolumeRequest, ListSnapshotsRequest,
+    ListTargetSnapshotsRequest, ListVolumesRequest, Pool, Provisioning, ReplicaState,
+    ResizeRequest, TargetReplicaState, TargetStatus, VolumeReplica,
 };
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -23,6 +26,10 @@ pub struct CtlArgs {
     /// Management address of the replica daemon (host:port).
     #[arg(long, env = "CSTOR_MGMT", default_value = "127.0.0.1:7601")]
     mgmt: String,
+    /// Management address of the target (host:port), for `status`,
+    /// `snapshot` and `resize`.
+    #[arg(long, env = "CSTOR_TARGET_MGMT", default_value = "127.0.0.1:7700")]
+    target: String,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -38,6 +45,29 @@ enum CtlCommand {
     /// The daemon's pool.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// The target's volume: quorum, epoch, io_seq and every replica as the
+    /// target sees it (state, acknowledged io_seq, in-flight, rebuild).
+    Status,
+    /// Snapshots of the target's volume, taken and destroyed at quorum.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Grow the target's volume at quorum (initiators see the new
+    /// capacity).
+    Resize {
+        /// New size, e.g. 20GiB; never smaller than now.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Take a snapshot holding every write acknowledged before it.
+    Create { name: String },
+    /// Destroy a snapshot.
+    Delete { name: String },
+    /// List the volume's snapshots.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,9 +114,16 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
+    if matches!(
+        args.command,
+        CtlCommand::Status | CtlCommand::Snapshot(_) | CtlCommand::Resize { .. }
+    ) {
+        return run_target(args).await;
+    }
     let mut client = connect(&args.mgmt).await?;
     let addr = &args.mgmt;
     match args.command {
+        CtlCommand::Status | CtlCommand::Snapshot(_) | CtlCommand::Resize { .. } => {}
         CtlCommand::Pool(PoolCommand::Status) => {
             let pool = client
                 .get_pool(GetPoolRequest {})
@@ -193,12 +230,199 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     Ok(())
 }
 
+/// The target's subcommands.
+async fn run_target(args: CtlArgs) -> Result<()> {
+    let addr = &args.target;
+    let mut client = TargetManagerClient::new(channel(addr, "target").await?);
+    let err = |s| target_rpc_error(addr, s);
+    match args.command {
+        CtlCommand::Status => {
+            let status = client
+                .get_status(GetTargetStatusRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_target_status(&status, args.json)?;
+        }
+        CtlCommand::Resize { size } => {
+            let status = client
+                .resize(ResizeRequest { size_bytes: size })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_target_status(&status, args.json)?;
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Create { name }) => {
+            client
+                .create_snapshot(CreateSnapshotRequest { name: name.clone() })
+                .await
+                .map_err(err)?;
+            if args.json {
+                emit(&json!({ "created": name }).to_string());
+            } else {
+                emit(&format!("created snapshot {name}"));
+            }
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Delete { name }) => {
+            client
+                .delete_snapshot(DeleteSnapshotRequest { name: name.clone() })
+                .await
+                .map_err(err)?;
+            if args.json {
+                emit(&json!({ "deleted": name }).to_string());
+            } else {
+                emit(&format!("deleted snapshot {name}"));
+            }
+        }
+        CtlCommand::Snapshot(SnapshotCommand::List) => {
+            let list = client
+                .list_snapshots(ListTargetSnapshotsRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            if args.json {
+                let snaps: Vec<Value> = list
+                    .snapshots
+                    .iter()
+                    .map(|s| json!({ "name": s.name, "io_seq": s.io_seq }))
+                    .collect();
+                emit(&serde_json::to_string_pretty(&snaps)?);
+            } else {
+                let rows = list
+                    .snapshots
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.io_seq.to_string()])
+                    .collect::<Vec<_>>();
+                emit(&table(&["NAME", "IO_SEQ"], &rows));
+            }
+        }
+        CtlCommand::Volume(_) | CtlCommand::Pool(_) => {}
+    }
+    Ok(())
+}
+
+fn target_rpc_error(addr: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "target at {addr}: {} ({:?})",
+        status.message(),
+        status.code()
+    )
+}
+
+fn target_state_name(state: i32) -> &'static str {
+    match TargetReplicaState::try_from(state) {
+        Ok(TargetReplicaState::Healthy) => "healthy",
+        Ok(TargetReplicaState::Degraded) => "degraded",
+        Ok(TargetReplicaState::Rebuilding) => "rebuilding",
+        Ok(TargetReplicaState::Offline) => "offline",
+        Ok(TargetReplicaState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn target_status_json(s: &TargetStatus) -> Value {
+    json!({
+        "volume": s.volume,
+        "size_bytes": s.size_bytes,
+        "block_size": s.block_size_bytes,
+        "epoch": s.epoch,
+        "consistency_factor": s.consistency_factor,
+        "healthy": s.healthy,
+        "read_only": s.read_only,
+        "fenced": s.fenced,
+        "next_io_seq": s.next_io_seq,
+        "in_flight": s.in_flight,
+        "snapshot_or_resize_in_progress": s.barrier,
+        "replicas": s.replicas.iter().map(|r| json!({
+            "address": r.address,
+            "state": target_state_name(r.state),
+            "acked_io_seq": r.acked_io_seq,
+            "in_flight": r.in_flight,
+            "rebuild": r.rebuild.as_ref().map(|b| json!({
+                "source": b.source,
+                "from_io_seq": b.from_io_seq,
+                "done_bytes": b.done_bytes,
+                "total_bytes": b.total_bytes,
+            })),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()> {
+    if as_json {
+        emit(&serde_json::to_string_pretty(&target_status_json(s))?);
+        return Ok(());
+    }
+    let mode = if s.fenced {
+        "fenced"
+    } else if s.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    let mut out = table(
+        &[
+            "VOLUME",
+            "SIZE",
+            "MODE",
+            "HEALTHY",
+            "CF",
+            "EPOCH",
+            "NEXT_IO_SEQ",
+            "IN_FLIGHT",
+        ],
+        &[vec![
+            s.volume.clone(),
+            format_size(s.size_bytes),
+            mode.to_string(),
+            format!("{}/{}", s.healthy, s.replicas.len()),
+            s.consistency_factor.to_string(),
+            s.epoch.to_string(),
+            s.next_io_seq.to_string(),
+            s.in_flight.to_string(),
+        ]],
+    );
+    out.push('\n');
+    let rows = s
+        .replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.address.clone(),
+                target_state_name(r.state).to_string(),
+                r.acked_io_seq.to_string(),
+                r.in_flight.to_string(),
+                r.rebuild.as_ref().map_or_else(String::new, |b| {
+                    format!(
+                        "{}/{} from #{}",
+                        format_size(b.done_bytes),
+                        format_size(b.total_bytes),
+                        b.source
+                    )
+                }),
+            ]
+        })
+        .collect::<Vec<_>>();
+    out.push_str(&table(
+        &["REPLICA", "STATE", "ACKED_IO_SEQ", "IN_FLIGHT", "REBUILD"],
+        &rows,
+    ));
+    emit(&out);
+    Ok(())
+}
+
 async fn connect(addr: &str) -> Result<ReplicaManagerClient<Channel>> {
+    Ok(ReplicaManagerClient::new(
+        channel(addr, "replica daemon").await?,
+    ))
+}
+
+/// A channel to a management API; `what` names the peer in errors.
+async fn channel(addr: &str, what: &str) -> Result<Channel> {
     let endpoint = Channel::from_shared(format!("http://{addr}"))
         .with_context(|| format!("invalid management address {addr:?}"))?
         .connect_timeout(CONNECT_TIMEOUT);
     let channel = endpoint.connect().await.map_err(|e| {
-        let mut msg = format!("cannot reach the replica daemon at {addr}");
+        let mut msg = format!("cannot reach the {what} at {addr}");
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(err) = source {
             msg.push_str(": ");
@@ -207,7 +431,7 @@ async fn connect(addr: &str) -> Result<ReplicaManagerClient<Channel>> {
         }
         anyhow::anyhow!(msg)
     })?;
-    Ok(ReplicaManagerClient::new(channel))
+    Ok(channel)
 }
 
 fn rpc_error(addr: &str, status: tonic::Status) -> anyhow::Error {

@@ -29,8 +29,8 @@ enum Command {
     Target(cstor_target::cli::TargetArgs),
     /// Replica daemon: create a pool (`init`) or serve one (`run`).
     Replica(cstor_replica::cli::ReplicaArgs),
-    /// Operate pools and volume replicas through a replica daemon's
-    /// management API.
+    /// Operate a volume through its target (status, snapshots, resize) and
+    /// pools and volume replicas through a replica daemon.
     Ctl(ctl::CtlArgs),
 }
 

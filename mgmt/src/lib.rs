@@ -1,5 +1,6 @@
 //! Management API of cstor daemons (gRPC, tonic): the replica daemon's
-//! `ReplicaManager` service and its messages, generated at build time from
+//! `ReplicaManager` service, the target's `TargetManager` service and
+//! their messages, generated at build time from
 //! `proto/cstor/v1/*.proto`. Clients: `cstor ctl`, the CSI controller.
 //! Also the size syntax (`10GiB`) every command line shares.
 

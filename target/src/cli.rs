@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::iscsi::chap::{ChapConfig, Credentials};
 use crate::iscsi::login::{target_name_for, TargetConfig};
+use crate::mgmt;
 use crate::server::{self, Shared};
 use crate::volume::{Volume, VolumeSpec};
 
@@ -18,6 +19,12 @@ pub struct TargetArgs {
     /// iSCSI portal address.
     #[arg(long, env = "CSTOR_TARGET_LISTEN", default_value = "0.0.0.0:3260")]
     pub listen: SocketAddr,
+    /// Management API address (gRPC: status, snapshots, resize; used by
+    /// `cstor ctl --target`). Default 127.0.0.1:7700; if that is taken
+    /// (another target on this host) the API is off, with a warning. An
+    /// address given here must be free.
+    #[arg(long, env = "CSTOR_TARGET_MGMT_LISTEN")]
+    pub mgmt_listen: Option<SocketAddr>,
     /// The volume to serve (its replicas hold a volume replica of this name).
     #[arg(long, env = "CSTOR_VOLUME")]
     pub volume: String,
@@ -75,6 +82,8 @@ pub enum TargetError {
     },
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Mgmt(#[from] mgmt::MgmtError),
 }
 
 impl TargetArgs {
@@ -117,6 +126,16 @@ impl TargetArgs {
 pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), TargetError> {
     let config = args.config()?;
     let listener = server::bind(args.listen).await?;
+    let mgmt_listener = match args.mgmt_listen {
+        Some(addr) => Some(mgmt::bind(addr).await?),
+        None => match mgmt::bind(mgmt::DEFAULT_LISTEN).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, "management API off: pass --mgmt-listen");
+                None
+            }
+        },
+    };
     let mut spec = VolumeSpec::new(args.volume.clone(), args.replicas.clone());
     spec.cf = args.cf;
     spec.ack_timeout = Duration::from_secs(args.ack_timeout_seconds);
@@ -130,7 +149,21 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
         })?,
     };
     let shared = Arc::new(Shared::new(config, volume.clone(), &args.volume)?);
-    server::serve(listener, shared, shutdown).await;
+    let api_task = mgmt_listener.map(|listener| {
+        let api = mgmt::Service::new(volume.clone(), args.volume.clone());
+        tokio::spawn(mgmt::serve(listener, api, shutdown.clone()))
+    });
+    server::serve(listener, shared, shutdown.clone()).await;
+    shutdown.cancel();
     volume.close();
-    Ok(())
+    let Some(task) = api_task else {
+        return Ok(());
+    };
+    match task.await {
+        Ok(result) => result.map_err(TargetError::from),
+        Err(e) => {
+            tracing::warn!(error = %e, "management API task ended abnormally");
+            Ok(())
+        }
+    }
 }

@@ -4,6 +4,9 @@
 //! One [`LogicalUnit`] (LUN 0) is shared by every session of the target (its
 //! unit attentions and reservations are per I_T nexus); its block requests
 //! go to the [`Volume`]. Connections run in their own tasks ([`conn`]).
+//! When the volume grows (a resize acknowledged at quorum) the LU grows
+//! with it and raises CAPACITY DATA HAS CHANGED (SPC-4 §5.14,
+//! SBC-3 §4.7) on every nexus, so initiators re-read the capacity.
 
 pub mod block;
 pub mod conn;
@@ -115,6 +118,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// Accepts and serves connections until `shutdown`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
+    connections.spawn(follow_size(Arc::clone(&shared), shutdown.clone()));
     info!(
         portal = ?listener.local_addr().ok(),
         target = %shared.config.target_name,
@@ -148,4 +152,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
     connections.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
+}
+
+/// Grows the logical unit whenever the volume's size grows, until
+/// `shutdown` or the volume closes.
+async fn follow_size(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut status = shared.volume.subscribe();
+    let block_size = u64::from(shared.block_size.max(1));
+    loop {
+        let blocks = status.borrow_and_update().size_bytes / block_size;
+        {
+            let mut lu = shared.lu.lock();
+            if blocks > lu.geometry().blocks {
+                match lu.grow(blocks) {
+                    Ok(()) => info!(blocks, "volume grew: capacity data has changed"),
+                    Err(e) => warn!(error = %e, "cannot grow the logical unit"),
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = status.changed() => if changed.is_err() {
+                return;
+            },
+        }
+    }
 }

@@ -19,6 +19,34 @@
 //!    [`VolumeError::ReadOnly`] (the SCSI layer reports DATA PROTECT /
 //!    WRITE PROTECTED) and new ones fail at once, while reads go on from any
 //!    healthy replica. Quorum back → read-write again, by itself.
+//! 4. **Snapshots only at quorum** (and resize, the same shape): a
+//!    snapshot, snapshot destroy or grow is a *barrier*. One at a time (a
+//!    second one is refused while one is in progress). From its submission,
+//!    new mutating requests are held (at most [`MAX_HELD`]); it starts once
+//!    every earlier mutating request has been answered to the SCSI layer
+//!    and a quorum is healthy, so "acknowledged before the snapshot" is
+//!    exactly "io_seq below the snapshot's": it gets its own io_seq and goes
+//!    to every *healthy* replica, behind the earlier requests on each link
+//!    (a replica runs a barrier after everything that arrived before it).
+//!    It is resolved once every replica it went to answered or was dropped
+//!    (a slow one is dropped at `ack_timeout`):
+//!    - `cf` or more healthy successes: done. Healthy replicas that failed
+//!      it are dropped; every replica without it (failed, offline,
+//!      degraded) must be rebuilt from its io_seq. Rebuild moves live data
+//!      only (`cstor_replica::rebuild`): such a replica comes back without
+//!      the snapshot. A grow changes the volume's size here; a replica that
+//!      missed it is grown first thing when it connects
+//!      ([`Controller::on_connected_sized`]), and one that still answers
+//!      an in-range request with OutOfRange is dropped, not the request.
+//!    - fewer: the request fails with a message naming each replica's
+//!      error; a snapshot that some replicas took is destroyed on them
+//!      (best effort, its own io_seq, answers ignored). A grow cannot be
+//!      undone: replicas that grew stay larger than the volume, harmlessly.
+//!    - without quorum it waits up to the grace period from its
+//!      submission, then fails with [`VolumeError::ReadOnly`].
+//!
+//!    Held requests then go on in their order.
+//!
 //! 9. **A slow replica is dropped**: a healthy replica that has not
 //!    acknowledged a request within `ack_timeout` leaves the healthy set
 //!    (its link is dropped) instead of stalling the volume.
@@ -55,15 +83,24 @@
 //!   serves reads. Rebuild reports carry `J` as io_seq: a report of another
 //!   run is ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cstor_proto::{Extent, Message, Opcode, Packet, RebuildProgress, Status, Write};
+
+use cstor_proto::{
+    Extent, Message, Name, Opcode, Packet, RebuildProgress, SnapshotListRequest, SnapshotListing,
+    Status, Write,
+};
 
 /// A degraded replica without a rebuild is dropped (and so redialled, and
 /// offered a rebuild again) after this long.
 pub const REBUILD_RETRY: Duration = Duration::from_secs(2);
+
+/// Mutating requests held behind a snapshot or resize at most; beyond,
+/// they fail as [`VolumeError::Unavailable`] (NOT READY: the initiator
+/// retries). The SCSI layer's command window keeps this far from full.
+pub const MAX_HELD: usize = 1024;
 
 /// Index of a replica in the volume's replica list.
 pub type ReplicaIndex = usize;
@@ -103,16 +140,53 @@ impl ControllerConfig {
 /// A request of the SCSI layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Read { offset: u64, len_bytes: u32 },
-    Write { offset: u64, data: Bytes, fua: bool },
+    Read {
+        offset: u64,
+        len_bytes: u32,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
     Flush,
-    Unmap { offset: u64, len_bytes: u32 },
-    WriteZeroes { offset: u64, len_bytes: u32 },
+    Unmap {
+        offset: u64,
+        len_bytes: u32,
+    },
+    WriteZeroes {
+        offset: u64,
+        len_bytes: u32,
+    },
+    /// Take a snapshot of every write acknowledged before (a barrier).
+    SnapshotCreate {
+        name: Name,
+    },
+    /// Destroy a snapshot (a barrier).
+    SnapshotDestroy {
+        name: Name,
+    },
+    /// Grow the volume (a barrier); smaller than now is refused.
+    Resize {
+        size_bytes: u64,
+    },
+    /// One page of the snapshots of a healthy replica.
+    ListSnapshots {
+        after: Option<Name>,
+    },
 }
 
 impl Op {
     fn mutates(&self) -> bool {
-        !matches!(self, Op::Read { .. })
+        !matches!(self, Op::Read { .. } | Op::ListSnapshots { .. })
+    }
+
+    /// Runs alone, between the requests before and after it (module doc).
+    fn is_barrier(&self) -> bool {
+        matches!(
+            self,
+            Op::SnapshotCreate { .. } | Op::SnapshotDestroy { .. } | Op::Resize { .. }
+        )
     }
 
     fn message(&self) -> Message {
@@ -135,6 +209,14 @@ impl Op {
                 offset: *offset,
                 len_bytes: *len_bytes,
             }),
+            Op::SnapshotCreate { name } => Message::SnapshotCreate(name.clone()),
+            Op::SnapshotDestroy { name } => Message::SnapshotDestroy(name.clone()),
+            Op::Resize { size_bytes } => Message::Resize {
+                new_size_bytes: *size_bytes,
+            },
+            Op::ListSnapshots { after } => Message::SnapshotList(SnapshotListRequest {
+                after: after.clone(),
+            }),
         }
     }
 
@@ -145,6 +227,10 @@ impl Op {
             Op::Flush => Opcode::Flush,
             Op::Unmap { .. } => Opcode::Unmap,
             Op::WriteZeroes { .. } => Opcode::WriteZeroes,
+            Op::SnapshotCreate { .. } => Opcode::SnapshotCreate,
+            Op::SnapshotDestroy { .. } => Opcode::SnapshotDestroy,
+            Op::Resize { .. } => Opcode::Resize,
+            Op::ListSnapshots { .. } => Opcode::SnapshotList,
         }
     }
 }
@@ -177,6 +263,7 @@ pub enum VolumeError {
 pub enum Completion {
     Done,
     Data(Bytes),
+    Snapshots(SnapshotListing),
 }
 
 /// An effect for the shell to carry out, in order.
@@ -275,6 +362,18 @@ impl Pending {
     }
 }
 
+/// The snapshot, snapshot destroy or resize in progress.
+#[derive(Debug)]
+struct Barrier {
+    tag: Tag,
+    op: Op,
+    submitted: Instant,
+    /// Its io_seq, once sent (its `Pending` is then in `pending`).
+    io_seq: Option<u64>,
+    /// What the replicas that failed it said.
+    errors: Vec<String>,
+}
+
 /// The controller of one volume. See the module doc for its rules.
 #[derive(Debug)]
 pub struct Controller {
@@ -286,6 +385,9 @@ pub struct Controller {
     quorum_lost_at: Option<Instant>,
     next_reader: usize,
     fenced: bool,
+    barrier: Option<Barrier>,
+    /// Mutating requests submitted after the barrier, in order.
+    held: VecDeque<(Tag, Op)>,
 }
 
 impl Controller {
@@ -311,6 +413,8 @@ impl Controller {
             quorum_lost_at: Some(now),
             next_reader: 0,
             fenced: false,
+            barrier: None,
+            held: VecDeque::new(),
         }
     }
 
@@ -373,12 +477,43 @@ impl Controller {
             actions.push(complete(tag, Err(err)));
             return actions;
         }
+        if op.is_barrier() {
+            if self.barrier.is_some() {
+                let busy = "another snapshot or resize of the volume is in progress";
+                actions.push(complete(tag, Err(VolumeError::Refused(busy.into()))));
+                return actions;
+            }
+            self.barrier = Some(Barrier {
+                tag,
+                op,
+                submitted: now,
+                io_seq: None,
+                errors: Vec::new(),
+            });
+            self.settle(now, &mut actions);
+            return actions;
+        }
+        if op.mutates() && self.barrier.is_some() {
+            if self.held.len() >= MAX_HELD {
+                actions.push(complete(tag, Err(VolumeError::Unavailable)));
+            } else {
+                self.held.push_back((tag, op));
+            }
+            return actions;
+        }
+        self.dispatch(now, tag, op, &mut actions);
+        actions
+    }
+
+    /// Sends a request that may go now: numbered, to every linked replica
+    /// (mutating) or to one healthy replica (reads).
+    fn dispatch(&mut self, now: Instant, tag: Tag, op: Op, actions: &mut Vec<Action>) {
         if op.mutates() && self.is_read_only(now) {
             actions.push(complete(
                 tag,
                 Err(VolumeError::ReadOnly { cf: self.config.cf }),
             ));
-            return actions;
+            return;
         }
         let io_seq = self.next_io_seq;
         self.next_io_seq += 1;
@@ -403,7 +538,24 @@ impl Controller {
             actions.push(self.send(reader, io_seq, &pending.op));
         }
         self.pending.insert(io_seq, pending);
-        actions
+    }
+
+    /// The volume's size now (grows with an acknowledged resize).
+    pub fn size_bytes(&self) -> u64 {
+        self.config.size_bytes
+    }
+
+    /// Is a snapshot or resize in progress?
+    pub fn barrier_in_progress(&self) -> bool {
+        self.barrier.is_some()
+    }
+
+    /// Mutating requests `replica` was sent and has not answered yet.
+    pub fn owed_by(&self, replica: ReplicaIndex) -> usize {
+        self.pending
+            .values()
+            .filter(|p| p.owed().any(|r| *r == replica))
+            .count()
     }
 
     /// Highest io_seq of a mutating request `replica` acknowledged.
@@ -420,6 +572,35 @@ impl Controller {
                 r.state = ReplicaState::Degraded;
             }
         }
+    }
+
+    /// A replica's link is up and its session claimed; it reported
+    /// `size_bytes`. One smaller than the volume (it missed a grow) is
+    /// grown first: a `Resize` with its own io_seq, answer not awaited (if
+    /// it fails, the replica's out-of-range answers drop it again).
+    pub fn on_connected_sized(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        size_bytes: u64,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if size_bytes < self.config.size_bytes && replica < self.replicas.len() {
+            tracing::info!(
+                replica,
+                have = size_bytes,
+                want = self.config.size_bytes,
+                "growing a replica that missed a resize"
+            );
+            let io_seq = self.next_io_seq;
+            self.next_io_seq += 1;
+            let grow = Op::Resize {
+                size_bytes: self.config.size_bytes,
+            };
+            actions.push(self.send(replica, io_seq, &grow));
+        }
+        actions.extend(self.on_connected(now, replica));
+        actions
     }
 
     /// A replica's link is up and its session claimed.
@@ -442,7 +623,9 @@ impl Controller {
         let resend: Vec<(u64, Op)> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.op.mutates() && !p.completed && !p.acked.contains(&replica))
+            .filter(|(_, p)| {
+                p.op.mutates() && !p.op.is_barrier() && !p.completed && !p.acked.contains(&replica)
+            })
             .map(|(seq, p)| (*seq, p.op.clone()))
             .collect();
         for (seq, op) in resend {
@@ -519,6 +702,11 @@ impl Controller {
                         &mut actions,
                     );
                 }
+            }
+            Message::SnapshotListing(listing) if matches!(pending.op, Op::ListSnapshots { .. }) => {
+                let tag = pending.tag;
+                self.pending.remove(&io_seq);
+                actions.push(complete(tag, Ok(Completion::Snapshots(listing))));
             }
             Message::Error(error) => {
                 self.on_error_reply(
@@ -701,8 +889,22 @@ impl Controller {
         detail: String,
         actions: &mut Vec<Action>,
     ) {
+        if status != Status::StaleEpoch && self.barrier_io_seq() == Some(io_seq) {
+            // Judged when every replica has answered (module doc).
+            if let Some(p) = self.pending.get_mut(&io_seq) {
+                p.failed.insert(replica);
+            }
+            if let Some(b) = self.barrier.as_mut() {
+                b.errors
+                    .push(format!("replica {replica}: {status:?}: {detail}"));
+            }
+            return;
+        }
         let request_error = match status {
-            Status::OutOfRange => Some(VolumeError::OutOfRange),
+            // Every request was checked against the volume's size before it
+            // went out: a replica that finds it out of range is smaller than
+            // the volume (it missed a grow), which is its trouble.
+            Status::OutOfRange => None,
             Status::NoSpace => Some(VolumeError::NoSpace),
             Status::BadRequest => Some(VolumeError::Refused(detail.clone())),
             Status::StaleEpoch => {
@@ -739,7 +941,7 @@ impl Controller {
         let read_only = self.is_read_only(now);
         let mut answers = Vec::new();
         for (seq, p) in &self.pending {
-            if p.completed {
+            if p.completed || p.op.is_barrier() {
                 continue;
             }
             if p.op.mutates() {
@@ -797,6 +999,160 @@ impl Controller {
             }
         }
         self.dispatch_waiting_reads(now, actions);
+        self.advance_barrier(now, actions);
+    }
+
+    fn barrier_io_seq(&self) -> Option<u64> {
+        self.barrier.as_ref().and_then(|b| b.io_seq)
+    }
+
+    /// Starts the barrier when it may go, fails it when quorum stayed away
+    /// too long, and resolves it once every replica it went to answered.
+    fn advance_barrier(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(barrier) = self.barrier.as_ref() else {
+            return;
+        };
+        match barrier.io_seq {
+            None => {
+                let earlier_unanswered = self
+                    .pending
+                    .values()
+                    .any(|p| p.op.mutates() && !p.completed);
+                if self.has_quorum() && !earlier_unanswered {
+                    self.start_barrier(now, actions);
+                } else if !self.has_quorum()
+                    && now.saturating_duration_since(barrier.submitted) >= self.config.hold
+                {
+                    let tag = barrier.tag;
+                    tracing::warn!(op = ?barrier.op, "no quorum within the grace period: failing");
+                    self.barrier = None;
+                    actions.push(complete(
+                        tag,
+                        Err(VolumeError::ReadOnly { cf: self.config.cf }),
+                    ));
+                    self.release_held(now, actions);
+                }
+            }
+            Some(seq) => {
+                let answered = self
+                    .pending
+                    .get(&seq)
+                    .is_none_or(|p| p.owed().next().is_none());
+                if answered {
+                    self.resolve_barrier(now, seq, actions);
+                }
+            }
+        }
+    }
+
+    fn start_barrier(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(barrier) = self.barrier.as_mut() else {
+            return;
+        };
+        let io_seq = self.next_io_seq;
+        self.next_io_seq += 1;
+        barrier.io_seq = Some(io_seq);
+        let pending = Pending {
+            tag: barrier.tag,
+            op: barrier.op.clone(),
+            submitted: now,
+            sent: self
+                .replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.state == ReplicaState::Healthy)
+                .map(|(i, _)| (i, now))
+                .collect(),
+            acked: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            completed: false,
+        };
+        tracing::info!(io_seq, op = ?pending.op, replicas = pending.sent.len(), "barrier sent");
+        for replica in pending.sent.keys() {
+            actions.push(self.send(*replica, io_seq, &pending.op));
+        }
+        self.pending.insert(io_seq, pending);
+    }
+
+    fn resolve_barrier(&mut self, now: Instant, seq: u64, actions: &mut Vec<Action>) {
+        let Some(barrier) = self.barrier.take() else {
+            return;
+        };
+        let Some(p) = self.pending.remove(&seq) else {
+            // Failed already (fenced).
+            self.release_held(now, actions);
+            return;
+        };
+        let healthy_acks = p
+            .acked
+            .iter()
+            .filter(|r| {
+                self.replicas
+                    .get(**r)
+                    .is_some_and(|x| x.state == ReplicaState::Healthy)
+            })
+            .count();
+        let cf = self.config.cf;
+        if healthy_acks >= cf {
+            tracing::info!(io_seq = seq, op = ?p.op, acks = healthy_acks, "barrier done at quorum");
+            for replica in &p.failed {
+                self.drop_replica(
+                    now,
+                    *replica,
+                    format!("failed {:?} that a quorum took", p.op.opcode()),
+                    actions,
+                );
+            }
+            let lacking: Vec<ReplicaIndex> = (0..self.replicas.len())
+                .filter(|r| !p.acked.contains(r))
+                .collect();
+            self.note_missed(seq, &p.acked, &lacking);
+            if let Op::Resize { size_bytes } = p.op {
+                self.config.size_bytes = size_bytes;
+            }
+            actions.push(complete(p.tag, Ok(Completion::Done)));
+        } else {
+            let what = match &p.op {
+                Op::SnapshotCreate { name } => format!("snapshot {:?}", name.as_str()),
+                Op::SnapshotDestroy { name } => {
+                    format!("destroying snapshot {:?}", name.as_str())
+                }
+                Op::Resize { size_bytes } => format!("resize to {size_bytes} bytes"),
+                other => format!("{other:?}"),
+            };
+            let errors = if barrier.errors.is_empty() {
+                "no other answer".to_owned()
+            } else {
+                barrier.errors.join("; ")
+            };
+            let detail = format!(
+                "{what} failed: {healthy_acks} of the {cf} healthy replicas needed took it ({errors})"
+            );
+            tracing::warn!(io_seq = seq, %detail, "barrier failed");
+            if let Op::SnapshotCreate { name } = &p.op {
+                let undo = Op::SnapshotDestroy { name: name.clone() };
+                let undo_seq = self.next_io_seq;
+                self.next_io_seq += 1;
+                for replica in &p.acked {
+                    if self
+                        .replicas
+                        .get(*replica)
+                        .is_some_and(|r| r.state != ReplicaState::Offline)
+                    {
+                        actions.push(self.send(*replica, undo_seq, &undo));
+                    }
+                }
+            }
+            actions.push(complete(p.tag, Err(VolumeError::Refused(detail))));
+        }
+        self.release_held(now, actions);
+    }
+
+    /// The barrier is over: held requests go on, in order.
+    fn release_held(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        while let Some((tag, op)) = self.held.pop_front() {
+            self.dispatch(now, tag, op, actions);
+        }
     }
 
     /// Request `seq` is held by the replicas in `acked`; those in `lacking`
@@ -884,7 +1240,8 @@ impl Controller {
         r.state = ReplicaState::Offline;
         r.rebuild = None;
         r.retry_at = None;
-        for p in self.pending.values_mut() {
+        let mut lacks = Vec::new();
+        for (seq, p) in self.pending.iter_mut() {
             if !p.sent.contains_key(&replica) || p.acked.contains(&replica) {
                 continue;
             }
@@ -893,9 +1250,17 @@ impl Controller {
                 p.sent.remove(&replica);
             } else {
                 // A read to retry elsewhere, or an answered write this
-                // replica now certainly lacks (noted when the entry goes).
+                // replica now certainly lacks.
                 p.failed.insert(replica);
+                if p.op.mutates() {
+                    lacks.push((*seq, p.acked.clone()));
+                }
             }
+        }
+        // Noted now, not when the entry goes (others may still owe it): a
+        // quick reconnect must not find it complete.
+        for (seq, acked) in lacks {
+            self.note_missed(seq, &acked, &[replica]);
         }
         self.update_quorum(now);
         self.dispatch_waiting_reads(now, actions);
@@ -908,6 +1273,15 @@ impl Controller {
         self.fenced = true;
         for (_, p) in std::mem::take(&mut self.pending) {
             actions.push(complete(p.tag, Err(VolumeError::Fenced)));
+        }
+        if let Some(b) = self.barrier.take() {
+            // Once sent, its entry was in `pending`, answered above.
+            if b.io_seq.is_none() {
+                actions.push(complete(b.tag, Err(VolumeError::Fenced)));
+            }
+        }
+        for (tag, _) in std::mem::take(&mut self.held) {
+            actions.push(complete(tag, Err(VolumeError::Fenced)));
         }
         for index in 0..self.replicas.len() {
             if self.replicas[index].state != ReplicaState::Offline {
@@ -942,7 +1316,17 @@ impl Controller {
             | Op::Unmap { offset, len_bytes }
             | Op::WriteZeroes { offset, len_bytes } => (*offset, u64::from(*len_bytes)),
             Op::Write { offset, data, .. } => (*offset, data.len() as u64),
-            Op::Flush => return None,
+            Op::Resize { size_bytes } if *size_bytes < self.config.size_bytes => {
+                return Some(VolumeError::Refused(format!(
+                    "a volume cannot shrink: {} bytes now, {size_bytes} asked",
+                    self.config.size_bytes
+                )))
+            }
+            Op::Flush
+            | Op::SnapshotCreate { .. }
+            | Op::SnapshotDestroy { .. }
+            | Op::Resize { .. }
+            | Op::ListSnapshots { .. } => return None,
         };
         match offset.checked_add(len) {
             Some(end) if end <= self.config.size_bytes && len > 0 => None,

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cstor_proto::{Message, Name, Packet, RebuildSource, RebuildStart};
+use cstor_proto::{Message, Name, Packet, RebuildSource, RebuildStart, SnapshotInfo};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -42,6 +42,9 @@ pub const IO_SEQ_MARGIN: u64 = 1 << 32;
 /// Requests waiting for the driver, per volume (the SCSI layer's command
 /// window bounds what is in flight beyond this).
 pub const REQUEST_QUEUE: usize = 512;
+/// Pages of a snapshot listing read at most (each holds up to
+/// `cstor_proto::limits::MAX_SNAPSHOTS_PER_LISTING`).
+pub const MAX_LISTING_PAGES: usize = 64;
 /// How often the driver checks timeouts.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -106,6 +109,17 @@ pub struct VolumeStatus {
     pub next_io_seq: u64,
     /// Per replica: its rebuild, while one runs (progress included).
     pub rebuilds: Vec<Option<RebuildRun>>,
+    /// Per replica: the highest io_seq of a mutating request it
+    /// acknowledged on this target.
+    pub acked_io_seqs: Vec<u64>,
+    /// Per replica: mutating requests sent to it and not yet answered.
+    pub owed: Vec<usize>,
+    /// Requests the SCSI layer waits for.
+    pub in_flight: usize,
+    /// The volume's size now (grows with an acknowledged resize).
+    pub size_bytes: u64,
+    /// A snapshot or resize is in progress (writes are held).
+    pub barrier: bool,
 }
 
 /// An open volume. Cloning shares it.
@@ -114,7 +128,6 @@ pub struct Volume {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<VolumeStatus>,
     stop: CancellationToken,
-    size_bytes: u64,
     block_size: u32,
 }
 
@@ -223,7 +236,6 @@ impl Volume {
             requests,
             status,
             stop,
-            size_bytes,
             block_size,
         })
     }
@@ -238,8 +250,64 @@ impl Volume {
         answer.await.unwrap_or(Err(VolumeError::Unavailable))
     }
 
+    /// The size now: it grows once a resize was acknowledged at quorum.
     pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.status.borrow().size_bytes
+    }
+
+    /// Takes a snapshot holding every write acknowledged before this call
+    /// and none submitted after it (controller module doc, invariant 4).
+    pub async fn create_snapshot(&self, name: &str) -> Result<(), VolumeError> {
+        let name = snapshot_name(name)?;
+        self.submit(Op::SnapshotCreate { name }).await.map(drop)
+    }
+
+    /// Destroys a snapshot on the replicas, at quorum.
+    pub async fn destroy_snapshot(&self, name: &str) -> Result<(), VolumeError> {
+        let name = snapshot_name(name)?;
+        self.submit(Op::SnapshotDestroy { name }).await.map(drop)
+    }
+
+    /// Every snapshot, as a healthy replica lists them (name order).
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, VolumeError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        for _ in 0..MAX_LISTING_PAGES {
+            let listing = match self.submit(Op::ListSnapshots { after }).await? {
+                Completion::Snapshots(listing) => listing,
+                other => {
+                    return Err(VolumeError::Refused(format!(
+                        "unexpected answer to a snapshot listing: {other:?}"
+                    )))
+                }
+            };
+            after = listing.snapshots.last().map(|s| s.name.clone());
+            all.extend(listing.snapshots);
+            if !listing.more || after.is_none() {
+                return Ok(all);
+            }
+        }
+        Err(VolumeError::Refused(format!(
+            "more than {MAX_LISTING_PAGES} pages of snapshots"
+        )))
+    }
+
+    /// Grows the volume to `size_bytes` on a quorum of replicas; the new
+    /// size shows in [`Volume::size_bytes`] and the status once done.
+    pub async fn resize(&self, size_bytes: u64) -> Result<(), VolumeError> {
+        let block = u64::from(self.block_size);
+        if block == 0 || !size_bytes.is_multiple_of(block) {
+            return Err(VolumeError::Refused(format!(
+                "{size_bytes} bytes is not a multiple of the {block}-byte block"
+            )));
+        }
+        self.submit(Op::Resize { size_bytes }).await.map(drop)
+    }
+
+    /// The status, as a receiver that sees every change (the server
+    /// follows the size with it).
+    pub fn subscribe(&self) -> watch::Receiver<VolumeStatus> {
+        self.status.clone()
     }
 
     pub fn block_size(&self) -> u32 {
@@ -384,13 +452,15 @@ impl Driver {
                 },
                 _ = tick.tick() => self.controller.tick(Instant::now()),
             };
-            self.perform(actions);
+            // Status first: whoever a completion wakes sees its effect
+            // (a grown size) in the status.
             self.status.send_if_modified(|s| {
                 let new = status_of(&self.controller, &self.addrs);
                 let changed = *s != new;
                 *s = new;
                 changed
             });
+            self.perform(actions);
         }
         for (_, waiter) in self.waiters.drain() {
             let _ = waiter.send(Err(VolumeError::Unavailable));
@@ -451,7 +521,8 @@ impl Driver {
                     self.controller
                         .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
                 }
-                self.controller.on_connected(now, replica)
+                self.controller
+                    .on_connected_sized(now, replica, ack.volume_size_bytes)
             }
             LinkEvent::Reply { replica, packet } => self.controller.on_reply(now, replica, packet),
             LinkEvent::Down { replica, .. } => self.controller.on_disconnected(now, replica),
@@ -528,7 +599,17 @@ fn status_of(controller: &Controller, addrs: &[SocketAddr]) -> VolumeStatus {
         epoch: controller.config().epoch,
         next_io_seq: controller.next_io_seq(),
         rebuilds: (0..addrs.len()).map(|i| controller.rebuild(i)).collect(),
+        acked_io_seqs: (0..addrs.len()).map(|i| controller.acked_max(i)).collect(),
+        owed: (0..addrs.len()).map(|i| controller.owed_by(i)).collect(),
+        in_flight: controller.in_flight(),
+        size_bytes: controller.size_bytes(),
+        barrier: controller.barrier_in_progress(),
     }
+}
+
+fn snapshot_name(name: &str) -> Result<Name, VolumeError> {
+    Name::new(name.to_owned())
+        .map_err(|e| VolumeError::Refused(format!("snapshot name {name:?}: {e}")))
 }
 
 /// The replica says a rebuild of it did not finish: it is complete only

@@ -26,6 +26,10 @@ struct Sim {
     next_tag: Tag,
     /// Per replica: the rebuild it accepted, as its daemon would run it.
     rebuilding: Vec<Option<SimRebuild>>,
+    /// Per replica: snapshot name → the disk as it was.
+    snapshots: Vec<BTreeMap<String, BTreeMap<u64, Bytes>>>,
+    /// Per replica: it fails snapshots and resizes (e.g. its pool is full).
+    refuse_barriers: Vec<bool>,
 }
 
 /// A sink's rebuild in the simulation: live writes since `RebuildStart`
@@ -63,6 +67,8 @@ impl Sim {
             results: BTreeMap::new(),
             next_tag: 1,
             rebuilding: vec![None; replicas],
+            snapshots: vec![BTreeMap::new(); replicas],
+            refuse_barriers: vec![false; replicas],
         };
         for r in 0..replicas {
             sim.connect(r);
@@ -247,6 +253,33 @@ impl Sim {
                     self.disks[r].remove(&e.offset);
                     Message::Ack(Opcode::WriteZeroes)
                 }
+                Message::SnapshotCreate(_) | Message::Resize { .. } if self.refuse_barriers[r] => {
+                    Message::Error(cstor_proto::ErrorReply::new(
+                        packet.message.wire_opcode(),
+                        Status::NoSpace,
+                        "pool full",
+                    ))
+                }
+                Message::SnapshotCreate(name) => {
+                    self.snapshots[r].insert(name.as_str().to_owned(), self.disks[r].clone());
+                    Message::Ack(Opcode::SnapshotCreate)
+                }
+                Message::SnapshotDestroy(name) => {
+                    self.snapshots[r].remove(name.as_str());
+                    Message::Ack(Opcode::SnapshotDestroy)
+                }
+                Message::Resize { .. } => Message::Ack(Opcode::Resize),
+                Message::SnapshotList(_) => Message::SnapshotListing(SnapshotListing {
+                    snapshots: self.snapshots[r]
+                        .keys()
+                        .map(|name| cstor_proto::SnapshotInfo {
+                            name: Name::new(name.clone()).unwrap(),
+                            io_seq: 0,
+                            created_unix_secs: 0,
+                        })
+                        .collect(),
+                    more: false,
+                }),
                 other => panic!("unexpected {other:?}"),
             };
             let actions = self.ctl.on_reply(self.now, r, packet.reply(reply));
@@ -747,4 +780,381 @@ proptest! {
             }
         }
     }
+}
+
+fn snapshot(name: &str) -> Op {
+    Op::SnapshotCreate {
+        name: Name::new(name).unwrap(),
+    }
+}
+
+fn sent_anywhere(sim: &Sim, pred: impl Fn(&Message) -> bool) -> bool {
+    sim.links.iter().flatten().any(|p| pred(&p.message))
+}
+
+/// Invariant 4: the snapshot holds every write acknowledged before it was
+/// asked for and none asked for after it.
+#[test]
+fn a_snapshot_waits_for_earlier_writes_and_holds_later_ones() {
+    let mut sim = Sim::new(3, 2);
+    let before = sim.write(0, 1);
+    let snap = sim.submit(snapshot("s"));
+    assert!(
+        !sent_anywhere(&sim, |m| matches!(m, Message::SnapshotCreate(_))),
+        "the snapshot went out before an earlier write was answered"
+    );
+    let after = sim.write(1, 2);
+    assert!(
+        !sent_anywhere(
+            &sim,
+            |m| matches!(m, Message::Write(w) if w.offset == BLOCK)
+        ),
+        "a write asked for after the snapshot went out before it"
+    );
+    assert!(sim.ctl.barrier_in_progress());
+    sim.deliver_all();
+    sim.deliver_all();
+    for tag in [before, snap, after] {
+        assert_eq!(sim.result(tag), Some(&Ok(Completion::Done)));
+    }
+    for r in 0..3 {
+        let taken = &sim.snapshots[r]["s"];
+        assert_eq!(taken.get(&0), Some(&Bytes::from(vec![1; 4096])));
+        assert_eq!(
+            taken.get(&BLOCK),
+            None,
+            "replica {r} snapshot has a later write"
+        );
+        assert_eq!(sim.disks[r].get(&BLOCK), Some(&Bytes::from(vec![2; 4096])));
+    }
+    assert!(!sim.ctl.barrier_in_progress());
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+}
+
+#[test]
+fn a_snapshot_fewer_than_cf_replicas_took_fails_and_is_destroyed_where_taken() {
+    let mut sim = Sim::new(3, 2);
+    sim.refuse_barriers[1] = true;
+    sim.refuse_barriers[2] = true;
+    let snap = sim.submit(snapshot("s"));
+    let held = sim.write(0, 5);
+    sim.deliver_all();
+    sim.deliver_all();
+    match sim.result(snap) {
+        Some(Err(VolumeError::Refused(detail))) => {
+            assert!(detail.contains("snapshot \"s\" failed"), "{detail}");
+            assert!(detail.contains("1 of the 2"), "{detail}");
+            assert!(detail.contains("NoSpace"), "{detail}");
+        }
+        other => panic!("snapshot answered {other:?}"),
+    }
+    assert!(sim.snapshots.iter().all(|s| s.is_empty()), "left behind");
+    // Replicas that refused stay: the request was wrong, not the replica.
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+    assert_eq!(sim.result(held), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_replica_that_failed_a_snapshot_a_quorum_took_is_dropped_and_must_rebuild() {
+    let mut sim = Sim::new(3, 2);
+    sim.refuse_barriers[2] = true;
+    let snap = sim.submit(snapshot("s"));
+    let snapshot_seq = sim.links[0].front().unwrap().io_seq;
+    sim.deliver_all();
+    assert_eq!(sim.result(snap), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    sim.connect(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    assert_eq!(sim.ctl.missed_from(2), Some(snapshot_seq));
+}
+
+#[test]
+fn without_quorum_a_snapshot_waits_the_grace_period_then_fails() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(1);
+    sim.disconnect(2);
+    let snap = sim.submit(snapshot("s"));
+    sim.advance(Duration::from_secs(19));
+    sim.deliver_all();
+    assert_eq!(sim.result(snap), None, "gave up before the grace period");
+    assert!(!sent_anywhere(&sim, |m| matches!(
+        m,
+        Message::SnapshotCreate(_)
+    )));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(
+        sim.result(snap),
+        Some(&Err(VolumeError::ReadOnly { cf: 2 }))
+    );
+    assert!(!sim.ctl.barrier_in_progress());
+}
+
+#[test]
+fn a_snapshot_waiting_for_quorum_goes_on_when_quorum_returns() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(1);
+    sim.disconnect(2);
+    let snap = sim.submit(snapshot("s"));
+    sim.advance(Duration::from_secs(19));
+    sim.connect(1);
+    sim.deliver_all();
+    assert_eq!(sim.result(snap), Some(&Ok(Completion::Done)));
+    assert!(sim.snapshots[0].contains_key("s") && sim.snapshots[1].contains_key("s"));
+}
+
+#[test]
+fn a_resize_acked_at_quorum_grows_the_volume_and_shrinking_is_refused() {
+    let mut sim = Sim::new(3, 2);
+    let old = 1u64 << 20;
+    let beyond = sim.write(old / BLOCK, 1);
+    assert_eq!(sim.result(beyond), Some(&Err(VolumeError::OutOfRange)));
+    let grow = sim.submit(Op::Resize {
+        size_bytes: 2 * old,
+    });
+    assert_eq!(sim.ctl.size_bytes(), old, "grew before any replica did");
+    sim.deliver(0);
+    assert_eq!(
+        sim.ctl.size_bytes(),
+        old,
+        "grew before the other replicas answered"
+    );
+    sim.deliver(1);
+    sim.deliver(2);
+    assert_eq!(sim.result(grow), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.size_bytes(), 2 * old);
+    let now_inside = sim.write(old / BLOCK, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(now_inside), Some(&Ok(Completion::Done)));
+    let shrink = sim.submit(Op::Resize { size_bytes: old });
+    assert!(matches!(
+        sim.result(shrink),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    assert_eq!(sim.ctl.size_bytes(), 2 * old);
+}
+
+#[test]
+fn a_resize_fewer_than_cf_replicas_took_leaves_the_size_alone() {
+    let mut sim = Sim::new(2, 2);
+    sim.refuse_barriers[1] = true;
+    let grow = sim.submit(Op::Resize {
+        size_bytes: 4 << 20,
+    });
+    sim.deliver_all();
+    assert!(matches!(
+        sim.result(grow),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    assert_eq!(sim.ctl.size_bytes(), 1 << 20);
+}
+
+#[test]
+fn a_second_barrier_is_refused_while_one_is_in_progress() {
+    let mut sim = Sim::new(1, 1);
+    let first = sim.submit(snapshot("a"));
+    let second = sim.submit(Op::Resize {
+        size_bytes: 2 << 20,
+    });
+    assert!(matches!(
+        sim.result(second),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    sim.deliver_all();
+    assert_eq!(sim.result(first), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn snapshots_are_listed_by_a_healthy_replica_and_destroyed_at_quorum() {
+    let mut sim = Sim::new(2, 1);
+    sim.submit(snapshot("a"));
+    sim.deliver_all();
+    let list = sim.submit(Op::ListSnapshots { after: None });
+    sim.deliver_all();
+    match sim.result(list) {
+        Some(Ok(Completion::Snapshots(listing))) => {
+            assert_eq!(listing.snapshots.len(), 1);
+            assert_eq!(listing.snapshots[0].name.as_str(), "a");
+        }
+        other => panic!("list answered {other:?}"),
+    }
+    let destroy = sim.submit(Op::SnapshotDestroy {
+        name: Name::new("a").unwrap(),
+    });
+    sim.deliver_all();
+    assert_eq!(sim.result(destroy), Some(&Ok(Completion::Done)));
+    assert!(sim.snapshots.iter().all(|s| s.is_empty()));
+}
+
+#[test]
+fn a_fenced_target_fails_a_waiting_barrier_and_the_writes_it_held() {
+    let mut sim = Sim::new(2, 2);
+    let before = sim.write(0, 1);
+    let snap = sim.submit(snapshot("s"));
+    let held = sim.write(1, 1);
+    let actions = sim.ctl.on_fenced(sim.now);
+    sim.apply(actions);
+    for tag in [before, snap, held] {
+        assert_eq!(sim.result(tag), Some(&Err(VolumeError::Fenced)));
+    }
+}
+
+/// Block → (tag, fill) of the writes to it, in submission order.
+type History = BTreeMap<u64, Vec<(Tag, u8)>>;
+
+#[derive(Debug, Clone)]
+enum SnapStep {
+    Write(u8, u8),
+    Snapshot,
+    Deliver(u8),
+    Disconnect(u8),
+    Connect(u8),
+    Advance(u8),
+    FinishRebuild(u8),
+}
+
+fn snap_step() -> impl Strategy<Value = SnapStep> {
+    prop_oneof![
+        5 => (0u8..6, any::<u8>()).prop_map(|(b, f)| SnapStep::Write(b, f)),
+        1 => Just(SnapStep::Snapshot),
+        6 => (0u8..3).prop_map(SnapStep::Deliver),
+        1 => (0u8..3).prop_map(SnapStep::Disconnect),
+        2 => (0u8..3).prop_map(SnapStep::Connect),
+        1 => (0u8..30).prop_map(SnapStep::Advance),
+        1 => (0u8..3).prop_map(SnapStep::FinishRebuild),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Invariant 4 under any interleaving: a snapshot answered OK was taken
+    /// by at least `cf` replicas, and on every replica that holds it each
+    /// block is exactly the newest write asked for before the snapshot (all
+    /// of them answered OK), never one asked for after it.
+    #[test]
+    fn a_snapshot_holds_exactly_the_writes_asked_for_before_it(steps in prop::collection::vec(snap_step(), 1..100)) {
+        let mut sim = Sim::new(3, 2);
+        // block → (tag, fill) of writes in submission order
+        let mut writes: History = BTreeMap::new();
+        // (tag, name, the write history when it was asked for)
+        let mut snapshots: Vec<(Tag, String, History)> = Vec::new();
+        for step in steps {
+            match step {
+                SnapStep::Write(b, fill) => {
+                    let tag = sim.write(u64::from(b), fill);
+                    writes.entry(u64::from(b)).or_default().push((tag, fill));
+                }
+                SnapStep::Snapshot => {
+                    let name = format!("s{}", snapshots.len());
+                    let tag = sim.submit(snapshot(&name));
+                    snapshots.push((tag, name, writes.clone()));
+                }
+                SnapStep::Deliver(r) => sim.deliver(usize::from(r)),
+                SnapStep::Disconnect(r) => {
+                    if sim.up[usize::from(r)] {
+                        sim.disconnect(usize::from(r));
+                    }
+                }
+                SnapStep::Connect(r) => {
+                    if !sim.up[usize::from(r)] {
+                        sim.connect(usize::from(r));
+                    }
+                }
+                SnapStep::Advance(s) => sim.advance(Duration::from_secs(u64::from(s))),
+                SnapStep::FinishRebuild(r) => sim.finish_rebuild(usize::from(r)),
+            }
+        }
+        for (tag, name, before) in &snapshots {
+            if !matches!(sim.result(*tag), Some(Ok(_))) {
+                continue;
+            }
+            let holders: Vec<usize> = (0..3).filter(|r| sim.snapshots[*r].contains_key(name)).collect();
+            prop_assert!(holders.len() >= 2, "snapshot {} on {} replicas", name, holders.len());
+            for r in holders {
+                let taken = &sim.snapshots[r][name];
+                for block in 0..6u64 {
+                    let history = before.get(&block).cloned().unwrap_or_default();
+                    if !history.iter().all(|(t, _)| matches!(sim.result(*t), Some(Ok(_)))) {
+                        continue;
+                    }
+                    let want = history.last().map(|(_, f)| *f);
+                    let have = taken.get(&(block * BLOCK)).map(|d| d[0]);
+                    prop_assert_eq!(have, want, "replica {} snapshot {} block {}", r, name, block);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_replica_that_drops_an_answered_write_comes_back_degraded_while_others_still_owe_it() {
+    let mut sim = Sim::new(3, 1);
+    let w = sim.write(0, 1);
+    sim.deliver(0);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    // Replica 1 still owes the write; replica 2 loses it and comes back
+    // before the entry is forgotten: it must not count as complete.
+    sim.disconnect(2);
+    sim.connect(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    let snap = sim.submit(snapshot("s"));
+    assert!(
+        !sim.links[2]
+            .iter()
+            .any(|p| matches!(p.message, Message::SnapshotCreate(_))),
+        "a snapshot went to a replica lacking an acknowledged write"
+    );
+    sim.deliver_all();
+    assert_eq!(sim.result(snap), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_replica_too_small_for_an_in_range_write_is_dropped_and_the_write_goes_on() {
+    let mut sim = Sim::new(3, 2);
+    let w = sim.write(3, 1);
+    let packet = sim.links[2].pop_front().unwrap();
+    let too_small = packet.reply(Message::Error(cstor_proto::ErrorReply::new(
+        Opcode::Write.to_u16(),
+        Status::OutOfRange,
+        "beyond the end of a 1 MiB volume",
+    )));
+    let actions = sim.ctl.on_reply(sim.now, 2, too_small);
+    sim.apply(actions);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_replica_that_missed_a_grow_is_grown_first_when_it_connects() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    let grow = sim.submit(Op::Resize {
+        size_bytes: 2 << 20,
+    });
+    sim.deliver_all();
+    assert_eq!(sim.result(grow), Some(&Ok(Completion::Done)));
+    sim.up[2] = true;
+    sim.last_seq[2] = 0;
+    let actions = sim.ctl.on_connected_sized(sim.now, 2, 1 << 20);
+    match actions.first() {
+        Some(Action::Send { replica: 2, packet }) => assert_eq!(
+            packet.message,
+            Message::Resize {
+                new_size_bytes: 2 << 20
+            }
+        ),
+        other => panic!("first action {other:?}"),
+    }
+    // It lacks the grow's io_seq on: degraded until rebuilt.
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    // A replica of the right size gets no resize.
+    sim.disconnect(1);
+    sim.up[1] = true;
+    sim.last_seq[1] = 0;
+    let actions = sim.ctl.on_connected_sized(sim.now, 1, 2 << 20);
+    assert!(!actions.iter().any(|a| matches!(
+        a,
+        Action::Send { packet, .. } if matches!(packet.message, Message::Resize { .. })
+    )));
 }

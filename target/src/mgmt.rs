@@ -1,0 +1,296 @@
+//! The target's management API (gRPC `cstor.v1.TargetManager`): the
+//! volume's status per replica, snapshots and resize, each carried out by
+//! the volume controller at quorum (see `volume::controller`, invariant 4).
+//!
+//! A thin shell: every call turns into one [`Volume`] call; errors map to
+//! gRPC codes as `target.proto` documents them.
+
+use std::net::SocketAddr;
+
+use cstor_mgmt::v1::target_manager_server::{TargetManager, TargetManagerServer};
+use cstor_mgmt::v1::{
+    CreateSnapshotRequest, CreateSnapshotResponse, DeleteSnapshotRequest, DeleteSnapshotResponse,
+    GetTargetStatusRequest, ListTargetSnapshotsRequest, ListTargetSnapshotsResponse, ResizeRequest,
+    TargetRebuild, TargetReplica, TargetReplicaState, TargetSnapshot, TargetStatus,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::volume::{ReplicaState, Volume, VolumeError, VolumeStatus};
+
+/// Where `cstor target` serves the API unless told otherwise (and where
+/// `cstor ctl --target` looks by default).
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7700,
+));
+
+/// Why the management API could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("management API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// The `TargetManager` service of one volume.
+pub struct Service {
+    volume: Volume,
+    name: String,
+}
+
+impl Service {
+    pub fn new(volume: Volume, name: impl Into<String>) -> Self {
+        Service {
+            volume,
+            name: name.into(),
+        }
+    }
+
+    fn status(&self) -> TargetStatus {
+        status_message(&self.name, self.volume.block_size(), &self.volume.status())
+    }
+}
+
+/// Binds `addr` (before the volume is opened, so that a port conflict shows
+/// at once).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MgmtError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MgmtError::Listen { addr, source })
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    service: Service,
+    shutdown: CancellationToken,
+) -> Result<(), MgmtError> {
+    tracing::info!(mgmt = ?listener.local_addr().ok(), volume = %service.name, "target management API serving");
+    tonic::transport::Server::builder()
+        .add_service(TargetManagerServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The status as the API shows it.
+pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> TargetStatus {
+    let replicas = s
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, (addr, state))| TargetReplica {
+            address: addr.to_string(),
+            state: replica_state(*state) as i32,
+            acked_io_seq: s.acked_io_seqs.get(i).copied().unwrap_or(0),
+            in_flight: s.owed.get(i).map_or(0, |n| *n as u64),
+            rebuild: s
+                .rebuilds
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|run| TargetRebuild {
+                    source: u32::try_from(run.source).unwrap_or(u32::MAX),
+                    from_io_seq: run.from_io_seq,
+                    done_bytes: run.progress.done_bytes,
+                    total_bytes: run.progress.total_bytes,
+                }),
+        })
+        .collect();
+    TargetStatus {
+        volume: volume.to_owned(),
+        size_bytes: s.size_bytes,
+        block_size_bytes: block_size,
+        epoch: s.epoch,
+        consistency_factor: u32::try_from(s.cf).unwrap_or(u32::MAX),
+        healthy: u32::try_from(s.healthy).unwrap_or(u32::MAX),
+        read_only: s.read_only,
+        fenced: s.fenced,
+        next_io_seq: s.next_io_seq,
+        in_flight: s.in_flight as u64,
+        barrier: s.barrier,
+        replicas,
+    }
+}
+
+fn replica_state(state: ReplicaState) -> TargetReplicaState {
+    match state {
+        ReplicaState::Offline => TargetReplicaState::Offline,
+        ReplicaState::Healthy => TargetReplicaState::Healthy,
+        ReplicaState::Degraded => TargetReplicaState::Degraded,
+        ReplicaState::Rebuilding => TargetReplicaState::Rebuilding,
+    }
+}
+
+/// gRPC code of a failed volume request (target.proto's table).
+fn grpc_status(err: VolumeError) -> Status {
+    let msg = err.to_string();
+    match err {
+        VolumeError::OutOfRange => Status::invalid_argument(msg),
+        VolumeError::Refused(_) => Status::failed_precondition(msg),
+        VolumeError::NoSpace => Status::resource_exhausted(msg),
+        VolumeError::ReadOnly { .. } | VolumeError::Unavailable | VolumeError::Fenced => {
+            Status::unavailable(msg)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TargetManager for Service {
+    async fn get_status(
+        &self,
+        _: Request<GetTargetStatusRequest>,
+    ) -> Result<Response<TargetStatus>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        let name = request.into_inner().name;
+        check_name(&name)?;
+        tracing::info!(volume = %self.name, snapshot = %name, "snapshot requested");
+        self.volume
+            .create_snapshot(&name)
+            .await
+            .map_err(grpc_status)?;
+        Ok(Response::new(CreateSnapshotResponse { name }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        let name = request.into_inner().name;
+        check_name(&name)?;
+        tracing::info!(volume = %self.name, snapshot = %name, "snapshot deletion requested");
+        self.volume
+            .destroy_snapshot(&name)
+            .await
+            .map_err(grpc_status)?;
+        Ok(Response::new(DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<ListTargetSnapshotsRequest>,
+    ) -> Result<Response<ListTargetSnapshotsResponse>, Status> {
+        let snapshots = self
+            .volume
+            .list_snapshots()
+            .await
+            .map_err(grpc_status)?
+            .into_iter()
+            .map(|s| TargetSnapshot {
+                name: s.name.as_str().to_owned(),
+                io_seq: s.io_seq,
+            })
+            .collect();
+        Ok(Response::new(ListTargetSnapshotsResponse { snapshots }))
+    }
+
+    async fn resize(
+        &self,
+        request: Request<ResizeRequest>,
+    ) -> Result<Response<TargetStatus>, Status> {
+        let size_bytes = request.into_inner().size_bytes;
+        let current = self.volume.size_bytes();
+        if size_bytes < current {
+            return Err(Status::invalid_argument(format!(
+                "volume {} cannot shrink from {current} to {size_bytes} bytes",
+                self.name
+            )));
+        }
+        if !size_bytes.is_multiple_of(u64::from(self.volume.block_size().max(1))) {
+            return Err(Status::invalid_argument(format!(
+                "{size_bytes} bytes is not a multiple of the {}-byte block",
+                self.volume.block_size()
+            )));
+        }
+        tracing::info!(volume = %self.name, size_bytes, "resize requested");
+        self.volume.resize(size_bytes).await.map_err(grpc_status)?;
+        Ok(Response::new(self.status()))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Status> {
+    cstor_proto::Name::new(name.to_owned())
+        .map(drop)
+        .map_err(|e| Status::invalid_argument(format!("snapshot name {name:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_message_carries_every_replica_and_its_rebuild() {
+        let status = VolumeStatus {
+            replicas: vec![
+                ("127.0.0.1:1".parse().unwrap(), ReplicaState::Healthy),
+                ("127.0.0.1:2".parse().unwrap(), ReplicaState::Rebuilding),
+            ],
+            cf: 1,
+            healthy: 1,
+            read_only: false,
+            fenced: false,
+            epoch: 4,
+            next_io_seq: 99,
+            rebuilds: vec![
+                None,
+                Some(crate::volume::RebuildRun {
+                    source: 0,
+                    from_io_seq: 10,
+                    first_live_io_seq: 50,
+                    accepted: true,
+                    progress: cstor_proto::RebuildProgress {
+                        done_bytes: 3,
+                        total_bytes: 8,
+                    },
+                }),
+            ],
+            acked_io_seqs: vec![98, 97],
+            owed: vec![0, 2],
+            in_flight: 1,
+            size_bytes: 1 << 20,
+            barrier: true,
+        };
+        let m = status_message("v", 4096, &status);
+        assert_eq!(m.replicas.len(), 2);
+        assert_eq!(m.replicas[0].address, "127.0.0.1:1");
+        assert_eq!(m.replicas[0].state, TargetReplicaState::Healthy as i32);
+        assert_eq!(m.replicas[1].state, TargetReplicaState::Rebuilding as i32);
+        assert_eq!(m.replicas[1].in_flight, 2);
+        assert_eq!(m.replicas[0].acked_io_seq, 98);
+        let rebuild = m.replicas[1].rebuild.unwrap();
+        assert_eq!((rebuild.done_bytes, rebuild.total_bytes), (3, 8));
+        assert!(m.replicas[0].rebuild.is_none());
+        assert_eq!((m.size_bytes, m.epoch, m.next_io_seq), (1 << 20, 4, 99));
+        assert!(m.barrier);
+    }
+
+    #[test]
+    fn failed_volume_requests_map_to_the_documented_codes() {
+        let code = |e| grpc_status(e).code();
+        assert_eq!(
+            code(VolumeError::Refused("x".into())),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(VolumeError::ReadOnly { cf: 2 }),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(code(VolumeError::Fenced), tonic::Code::Unavailable);
+        assert_eq!(code(VolumeError::OutOfRange), tonic::Code::InvalidArgument);
+    }
+}
