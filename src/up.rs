@@ -52,9 +52,16 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:3260")]
     iscsi_listen: SocketAddr,
     /// First port of the replicas: replica i serves data on BASE+10i and
-    /// its management API on BASE+10i+1 (loopback).
+    /// its management API on BASE+10i+1, the target its management API on
+    /// BASE+100 (all loopback).
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
+}
+
+impl UpArgs {
+    fn target_mgmt(&self) -> Result<SocketAddr> {
+        loopback(u32::from(self.base_port) + 100)
+    }
 }
 
 /// One supervised child process.
@@ -239,6 +246,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         "target".to_string(),
         "--listen".into(),
         args.iscsi_listen.to_string(),
+        "--mgmt-listen".into(),
+        args.target_mgmt()?.to_string(),
         "--volume".into(),
         args.volume.clone(),
     ];
@@ -364,6 +373,7 @@ fn write_cluster(
         "portal": args.iscsi_listen.to_string(),
         "target": {
             "pid": target.and_then(Proc::pid),
+            "mgmt": args.target_mgmt()?.to_string(),
             "log": target.map(|t| t.log.display().to_string()),
             "restarts": target.map_or(0, |t| t.restarts),
         },
@@ -380,6 +390,10 @@ fn write_cluster(
 fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr, SocketAddr)]) {
     let iqn = cstor_target::iscsi::login::target_name_for(&args.volume);
     let portal = args.iscsi_listen;
+    let target_mgmt = args
+        .target_mgmt()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let first_mgmt = replicas
         .first()
         .map(|r| r.3.to_string())
@@ -396,7 +410,8 @@ fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr
          \x20 lsblk   # the new disk; detach with: sudo iscsiadm -m node -T {iqn} -p {portal} --logout\n\
          \n\
          Inspect it:\n\
-         \x20 cstor ctl --mgmt {first_mgmt} volume list\n\
+         \x20 cstor ctl --target {target_mgmt} status      # replicas, quorum, rebuilds\n\
+         \x20 cstor ctl --mgmt {first_mgmt} volume list    # one replica's pool\n\
          \x20 cat {dir}/cluster.json; logs in {dir}/logs/\n\
          \n\
          Ctrl-C stops everything cleanly.",

@@ -105,6 +105,19 @@ fn up_runs_restarts_stops_and_comes_back_with_the_same_volume() {
     assert_eq!(listed[0]["name"], "vol1");
     assert_eq!(listed[0]["size_bytes"], 64 << 20);
     let replica_id = listed[0]["replica_id"].clone();
+    // The target's view: three healthy replicas, read-write.
+    let target_mgmt = c["target"]["mgmt"].as_str().unwrap().to_string();
+    wait_until("three healthy replicas", || {
+        let out = std::process::Command::new(cstor_bin())
+            .args(["ctl", "--target", &target_mgmt, "--json", "status"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        status["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["state"] == "healthy"))
+    });
 
     // Kill one replica: it is restarted under a new pid and the count shows.
     let victim = replicas[1]["pid"].as_u64().unwrap();
