@@ -20,6 +20,10 @@ use super::uring::Ring;
 use super::{AlignedBuf, BufResult, DeviceOptions, IoError, IoFuture};
 
 /// Environment variable forcing a backend: `uring`, `threads` or `auto`.
+/// How long [`Backend::open`] keeps trying a store that is in use before
+/// it reports [`IoError::InUse`] (see there).
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub const BACKEND_ENV: &str = "CSTOR_IO_BACKEND";
 
 /// Blocking workers of the thread backend: enough to keep a queue depth of
@@ -146,9 +150,23 @@ impl Backend {
 
     /// Opens a backing file or block device (see [`DeviceOptions`]) served
     /// by this backend.
+    ///
+    /// A store found in use is tried again for up to [`RELEASE_WAIT`]: the
+    /// kernel drops a closed fd's lock (or a block device's exclusive claim)
+    /// when the last reference to the open file goes, and an io_uring
+    /// request may hold one for a moment after its completion was reaped.
+    /// Only a store still in use after that is [`IoError::InUse`].
     pub fn open(&self, path: &Path, opts: &DeviceOptions) -> Result<Arc<FileDevice>, IoError> {
-        let backing = BackingFile::open(path, opts)?;
-        Ok(Arc::new(FileDevice::new(backing, self.clone())))
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            match BackingFile::open(path, opts) {
+                Ok(backing) => return Ok(Arc::new(FileDevice::new(backing, self.clone()))),
+                Err(IoError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(crate) fn read(
