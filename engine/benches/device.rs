@@ -9,8 +9,12 @@
 //! fio is skipped with a message when it is not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/fio.rs"]
+mod fio;
+
+use fio::{fio_iops, Rw};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,27 +26,6 @@ const FILE_LEN: u64 = 1 << 30;
 const BLOCK: usize = 4096;
 const QUEUE_DEPTH: usize = 32;
 const FILL_CHUNK: usize = 1 << 20;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rw {
-    RandWrite,
-    RandRead,
-}
-
-impl Rw {
-    fn fio_name(self) -> &'static str {
-        match self {
-            Rw::RandWrite => "randwrite",
-            Rw::RandRead => "randread",
-        }
-    }
-    fn fio_key(self) -> &'static str {
-        match self {
-            Rw::RandWrite => "write",
-            Rw::RandRead => "read",
-        }
-    }
-}
 
 fn backends() -> Vec<(&'static str, Backend)> {
     let mut all = Vec::new();
@@ -139,41 +122,6 @@ fn engine_iops(backend: &Backend, path: &Path, rw: Rw, secs: u64) -> f64 {
     ops as f64 / took.as_secs_f64()
 }
 
-fn fio_iops(path: &Path, rw: Rw, secs: u64) -> Option<f64> {
-    let out = Command::new("fio")
-        .args([
-            "--name=cstor-cmp",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--bs=4k",
-            "--iodepth=32",
-            "--numjobs=1",
-            "--time_based",
-            "--output-format=json",
-        ])
-        .arg(format!("--rw={}", rw.fio_name()))
-        .arg(format!("--size={FILE_LEN}"))
-        .arg(format!("--runtime={secs}"))
-        .arg(format!("--filename={}", path.display()))
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "fio failed, skipped: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("fio not found, skipped ({e}); install it with `apt-get install -y fio`");
-            return None;
-        }
-    };
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    json["jobs"][0][rw.fio_key()]["iops"].as_f64()
-}
-
 /// Best of `rounds` for fio and for each backend, interleaved, so that a
 /// burst of load from elsewhere on the machine hits every contender.
 fn compare(path: &Path, secs: u64, rounds: u32) {
@@ -189,7 +137,7 @@ fn compare(path: &Path, secs: u64, rounds: u32) {
         let mut fio: Option<f64> = None;
         let mut best = vec![0.0f64; backends.len()];
         for _ in 0..rounds {
-            if let Some(f) = fio_iops(path, rw, secs) {
+            if let Some(f) = fio_iops(path, rw, secs, 0, FILE_LEN) {
                 fio = Some(fio.map_or(f, |b| b.max(f)));
             }
             for (i, (_, backend)) in backends.iter().enumerate() {

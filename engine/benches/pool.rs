@@ -11,6 +11,11 @@
 //! fio is skipped with a message when it is not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/fio.rs"]
+mod fio;
+
+use fio::{fio_iops, Rw};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,27 +36,6 @@ const QUEUE_DEPTH: usize = 32;
 const ROUNDS: usize = 2;
 /// Chunks holding data in each snapshot-bench volume (both fit the file).
 const DATA_CHUNKS: u64 = 4096;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rw {
-    RandWrite,
-    RandRead,
-}
-
-impl Rw {
-    fn fio_name(self) -> &'static str {
-        match self {
-            Rw::RandWrite => "randwrite",
-            Rw::RandRead => "randread",
-        }
-    }
-    fn fio_key(self) -> &'static str {
-        match self {
-            Rw::RandWrite => "write",
-            Rw::RandRead => "read",
-        }
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -79,44 +63,6 @@ fn bench_file() -> PathBuf {
         eprintln!("dd failed: fio reads may hit holes");
     }
     path
-}
-
-/// fio on `path`, confined to the `VOL_LEN` bytes from `offset` (the
-/// pool's data area: fio's writes then never touch the pool's metadata).
-fn fio_iops(path: &Path, rw: Rw, secs: u64, offset: u64) -> Option<f64> {
-    let out = Command::new("fio")
-        .args([
-            "--name=cstor-pool-cmp",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--bs=4k",
-            "--iodepth=32",
-            "--numjobs=1",
-            "--time_based",
-            "--output-format=json",
-        ])
-        .arg(format!("--rw={}", rw.fio_name()))
-        .arg(format!("--size={VOL_LEN}"))
-        .arg(format!("--offset={offset}"))
-        .arg(format!("--runtime={secs}"))
-        .arg(format!("--filename={}", path.display()))
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "fio failed, skipped: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("fio not found, skipped ({e}); install it with `apt-get install -y fio`");
-            return None;
-        }
-    };
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    json["jobs"][0][rw.fio_key()]["iops"].as_f64()
 }
 
 /// `QUEUE_DEPTH` tasks doing random 4 KiB IOs until `ops` are done or the
@@ -214,7 +160,7 @@ fn main() {
     for rw in [Rw::RandWrite, Rw::RandRead] {
         let (mut engine, mut fio) = (0f64, None::<f64>);
         for _ in 0..ROUNDS {
-            if let Some(f) = fio_iops(&path, rw, secs, data_offset) {
+            if let Some(f) = fio_iops(&path, rw, secs, data_offset, VOL_LEN) {
                 fio = Some(fio.map_or(f, |b| b.max(f)));
             }
             let until = Instant::now() + Duration::from_secs(secs);
