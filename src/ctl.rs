@@ -1,16 +1,19 @@
-//! `cstor ctl`: the operator's command line for replica daemons (pools and
-//! volume replicas) and targets (volume status, snapshots, resize). Talks
+//! `cstor ctl`: the operator's command line for replica daemons (pools,
+//! volume replicas, rebuild throttle) and targets (volume status with
+//! rebuild progress and ETA, snapshots, resize, replica membership). Talks
 //! to a daemon's or a target's management API (gRPC) and prints a table,
-//! or JSON with `--json`.
+//! or JSON with `--json`. An unreachable daemon or target is an error
+//! naming its address (connecting is bounded by [`CONNECT_TIMEOUT`]).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use cstor_mgmt::v1::{
     replica_manager_client::ReplicaManagerClient, target_manager_client::TargetManagerClient,
-    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
-    GetPoolRequest, GetTargetStatusRequest, GrowVolumeRequest, ListSnapshotsRequest,
-    ListTargetSnapshotsRequest, ListVolumesRequest, Pool, Provisioning, ReplicaState,
-    ResizeRequest, TargetReplicaState, TargetStatus, VolumeReplica,
+    AddReplicaRequest, CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest,
+    DeleteVolumeRequest, GetPoolRequest, GetTargetStatusRequest, GrowVolumeRequest,
+    ListSnapshotsRequest, ListTargetSnapshotsRequest, ListVolumesRequest, Membership, Pool,
+    Provisioning, RemoveReplicaRequest, ReplicaState, ResizeRequest, SetConsistencyFactorRequest,
+    SetRebuildThrottleRequest, TargetReplicaState, TargetStatus, VolumeReplica,
 };
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -23,11 +26,12 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// Management address of the replica daemon (host:port).
+    /// Management address of the replica daemon (host:port). `pool list`
+    /// and `rebuild throttle` take it several times (every daemon named).
     #[arg(long, env = "CSTOR_MGMT", default_value = "127.0.0.1:7601")]
-    mgmt: String,
+    mgmt: Vec<String>,
     /// Management address of the target (host:port), for `status`,
-    /// `snapshot` and `resize`.
+    /// `snapshot`, `resize` and `replica`.
     #[arg(long, env = "CSTOR_TARGET_MGMT", default_value = "127.0.0.1:7700")]
     target: String,
     /// Print JSON instead of a table.
@@ -57,6 +61,40 @@ enum CtlCommand {
         /// New size, e.g. 20GiB; never smaller than now.
         #[arg(long, value_parser = parse_size)]
         size: u64,
+    },
+    /// The target's replica set: add (scale up; full rebuild, counts for
+    /// quorum once healthy), remove (scale down), consistency factor. A
+    /// replace is a remove then an add.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+    /// Rebuilds of the daemons named by --mgmt.
+    #[command(subcommand)]
+    Rebuild(RebuildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicaCommand {
+    /// Add the replica daemon at ADDRESS (its data address, host:port; the
+    /// volume replica must exist there, e.g. `cstor ctl volume create`).
+    Add { address: String },
+    /// Remove a member, named by data address or by replica id (32 hex
+    /// digits, as `status --json` shows it).
+    Remove { replica: String },
+    /// Set the consistency factor: healthy acknowledgements a write needs
+    /// (1..=members). Lowering it below a majority is a knowing choice
+    /// (DESIGN.md "RF=2 is honest").
+    SetCf { consistency_factor: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+enum RebuildCommand {
+    /// Limit the bytes per second every rebuild pulls into the daemons
+    /// named by --mgmt (the sink paces itself); 0: no limit. Takes effect
+    /// on the next chunk of running rebuilds.
+    Throttle {
+        /// e.g. 50MiB, or 0.
+        #[arg(value_parser = parse_size)]
+        bytes_per_sec: u64,
     },
 }
 
@@ -103,6 +141,8 @@ enum VolumeCommand {
 enum PoolCommand {
     /// Capacity, usage and devices of the pool.
     Status,
+    /// One line per pool of every daemon named by --mgmt.
+    List,
 }
 
 fn parse_block_size(text: &str) -> Result<u32, String> {
@@ -114,16 +154,29 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
-    if matches!(
-        args.command,
-        CtlCommand::Status | CtlCommand::Snapshot(_) | CtlCommand::Resize { .. }
-    ) {
-        return run_target(args).await;
+    match &args.command {
+        CtlCommand::Status
+        | CtlCommand::Snapshot(_)
+        | CtlCommand::Resize { .. }
+        | CtlCommand::Replica(_) => return run_target(args).await,
+        CtlCommand::Pool(PoolCommand::List) => return pool_list(&args.mgmt, args.json).await,
+        CtlCommand::Rebuild(RebuildCommand::Throttle { bytes_per_sec }) => {
+            return rebuild_throttle(&args.mgmt, *bytes_per_sec, args.json).await
+        }
+        CtlCommand::Volume(_) | CtlCommand::Pool(PoolCommand::Status) => {}
     }
-    let mut client = connect(&args.mgmt).await?;
-    let addr = &args.mgmt;
+    let addr = match args.mgmt.as_slice() {
+        [one] => one.as_str(),
+        _ => anyhow::bail!("this command talks to one replica daemon: give --mgmt once"),
+    };
+    let mut client = connect(addr).await?;
     match args.command {
-        CtlCommand::Status | CtlCommand::Snapshot(_) | CtlCommand::Resize { .. } => {}
+        CtlCommand::Status
+        | CtlCommand::Snapshot(_)
+        | CtlCommand::Resize { .. }
+        | CtlCommand::Replica(_)
+        | CtlCommand::Rebuild(_)
+        | CtlCommand::Pool(PoolCommand::List) => {}
         CtlCommand::Pool(PoolCommand::Status) => {
             let pool = client
                 .get_pool(GetPoolRequest {})
@@ -296,7 +349,167 @@ async fn run_target(args: CtlArgs) -> Result<()> {
                 emit(&table(&["NAME", "IO_SEQ"], &rows));
             }
         }
-        CtlCommand::Volume(_) | CtlCommand::Pool(_) => {}
+        CtlCommand::Replica(ReplicaCommand::Add { address }) => {
+            let record = client
+                .add_replica(AddReplicaRequest { address })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_membership(&record, args.json)?;
+        }
+        CtlCommand::Replica(ReplicaCommand::Remove { replica }) => {
+            let record = client
+                .remove_replica(RemoveReplicaRequest { replica })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_membership(&record, args.json)?;
+        }
+        CtlCommand::Replica(ReplicaCommand::SetCf { consistency_factor }) => {
+            let record = client
+                .set_consistency_factor(SetConsistencyFactorRequest { consistency_factor })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_membership(&record, args.json)?;
+        }
+        CtlCommand::Volume(_) | CtlCommand::Pool(_) | CtlCommand::Rebuild(_) => {}
+    }
+    Ok(())
+}
+
+fn membership_json(m: &Membership) -> Value {
+    json!({
+        "generation": m.generation,
+        "consistency_factor": m.consistency_factor,
+        "members": m.members.iter().map(|r| json!({
+            "replica_id": r.replica_id,
+            "address": r.address,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_membership(m: &Membership, as_json: bool) -> Result<()> {
+    if as_json {
+        emit(&serde_json::to_string_pretty(&membership_json(m))?);
+        return Ok(());
+    }
+    let rows = m
+        .members
+        .iter()
+        .map(|r| vec![r.address.clone(), r.replica_id.clone()])
+        .collect::<Vec<_>>();
+    let mut out = format!(
+        "membership generation {}, consistency factor {}\n",
+        m.generation, m.consistency_factor
+    );
+    out.push_str(&table(&["MEMBER", "REPLICA_ID"], &rows));
+    emit(&out);
+    Ok(())
+}
+
+/// `pool list`: every daemon's pool, one line each; an unreachable daemon
+/// is a line saying so, and makes the command fail once all are listed.
+async fn pool_list(daemons: &[String], as_json: bool) -> Result<()> {
+    let mut pools = Vec::new();
+    let mut failures = Vec::new();
+    for addr in daemons {
+        let answer = async {
+            let mut client = connect(addr).await?;
+            client
+                .get_pool(GetPoolRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| rpc_error(addr, s))
+        }
+        .await;
+        match answer {
+            Ok(pool) => pools.push((addr.clone(), pool)),
+            Err(e) => failures.push((addr.clone(), format!("{e:#}"))),
+        }
+    }
+    if as_json {
+        let mut list: Vec<Value> = pools
+            .iter()
+            .map(|(addr, p)| {
+                let mut v = pool_json(p);
+                v["mgmt"] = json!(addr);
+                v
+            })
+            .collect();
+        list.extend(
+            failures
+                .iter()
+                .map(|(addr, e)| json!({ "mgmt": addr, "error": e })),
+        );
+        emit(&serde_json::to_string_pretty(&list)?);
+    } else {
+        let mut rows: Vec<Vec<String>> = pools
+            .iter()
+            .map(|(addr, p)| {
+                vec![
+                    addr.clone(),
+                    p.name.clone(),
+                    format_size(p.capacity_bytes),
+                    format_size(p.used_bytes),
+                    format_size(p.free_bytes),
+                    p.devices.len().to_string(),
+                    p.io_backend.clone(),
+                ]
+            })
+            .collect();
+        rows.extend(failures.iter().map(|(addr, _)| {
+            let mut row = vec![addr.clone(), "unreachable".to_string()];
+            row.resize(7, String::new());
+            row
+        }));
+        emit(&table(
+            &[
+                "DAEMON", "POOL", "CAPACITY", "USED", "FREE", "DEVICES", "IO",
+            ],
+            &rows,
+        ));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        let all: Vec<String> = failures.into_iter().map(|(_, e)| e).collect();
+        anyhow::bail!("{}", all.join("; "))
+    }
+}
+
+/// `rebuild throttle`: sets the limit on every daemon named; stops at the
+/// first that fails (the ones before it keep the new limit).
+async fn rebuild_throttle(daemons: &[String], bytes_per_second: u64, as_json: bool) -> Result<()> {
+    let mut set = Vec::new();
+    for addr in daemons {
+        let mut client = connect(addr).await?;
+        let throttle = client
+            .set_rebuild_throttle(SetRebuildThrottleRequest { bytes_per_second })
+            .await
+            .map_err(|s| rpc_error(addr, s))?
+            .into_inner();
+        set.push((addr.clone(), throttle.bytes_per_second));
+    }
+    if as_json {
+        let list: Vec<Value> = set
+            .iter()
+            .map(|(addr, bps)| json!({ "mgmt": addr, "bytes_per_second": bps }))
+            .collect();
+        emit(&serde_json::to_string_pretty(&list)?);
+    } else {
+        let rows = set
+            .iter()
+            .map(|(addr, bps)| {
+                let limit = if *bps == 0 {
+                    "unlimited".to_string()
+                } else {
+                    format!("{}/s", format_size(*bps))
+                };
+                vec![addr.clone(), limit]
+            })
+            .collect::<Vec<_>>();
+        emit(&table(&["DAEMON", "REBUILD_THROTTLE"], &rows));
     }
     Ok(())
 }
@@ -315,6 +528,7 @@ fn target_state_name(state: i32) -> &'static str {
         Ok(TargetReplicaState::Degraded) => "degraded",
         Ok(TargetReplicaState::Rebuilding) => "rebuilding",
         Ok(TargetReplicaState::Offline) => "offline",
+        Ok(TargetReplicaState::Removed) => "removed",
         Ok(TargetReplicaState::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -332,19 +546,59 @@ fn target_status_json(s: &TargetStatus) -> Value {
         "next_io_seq": s.next_io_seq,
         "in_flight": s.in_flight,
         "snapshot_or_resize_in_progress": s.barrier,
+        "membership_generation": s.membership_generation,
         "replicas": s.replicas.iter().map(|r| json!({
             "address": r.address,
+            "replica_id": r.replica_id,
             "state": target_state_name(r.state),
             "acked_io_seq": r.acked_io_seq,
             "in_flight": r.in_flight,
             "rebuild": r.rebuild.as_ref().map(|b| json!({
                 "source": b.source,
                 "from_io_seq": b.from_io_seq,
+                "source_address": b.source_address,
                 "done_bytes": b.done_bytes,
                 "total_bytes": b.total_bytes,
+                "eta_seconds": b.eta_seconds,
             })),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A rebuild as the status table shows it: done/total (percent), source,
+/// time left.
+fn rebuild_cell(b: &cstor_mgmt::v1::TargetRebuild) -> String {
+    let percent = if b.total_bytes == 0 {
+        0.0
+    } else {
+        b.done_bytes.min(b.total_bytes) as f64 * 100.0 / b.total_bytes as f64
+    };
+    let eta = b.eta_seconds.map_or_else(
+        || "ETA unknown".to_string(),
+        |s| format!("ETA {}", format_eta(s)),
+    );
+    let source = if b.source_address.is_empty() {
+        format!("#{}", b.source)
+    } else {
+        b.source_address.clone()
+    };
+    format!(
+        "{}/{} ({percent:.0}%) from {source}, {eta}",
+        format_size(b.done_bytes),
+        format_size(b.total_bytes),
+    )
+}
+
+/// Seconds as `1h02m03s` / `2m03s` / `3s`.
+fn format_eta(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()> {
@@ -369,6 +623,7 @@ fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()> {
             "EPOCH",
             "NEXT_IO_SEQ",
             "IN_FLIGHT",
+            "MEMBERSHIP",
         ],
         &[vec![
             s.volume.clone(),
@@ -379,6 +634,7 @@ fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()> {
             s.epoch.to_string(),
             s.next_io_seq.to_string(),
             s.in_flight.to_string(),
+            format!("gen {}", s.membership_generation),
         ]],
     );
     out.push('\n');
@@ -388,22 +644,23 @@ fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()> {
         .map(|r| {
             vec![
                 r.address.clone(),
+                r.replica_id.get(..8).unwrap_or_default().to_string(),
                 target_state_name(r.state).to_string(),
                 r.acked_io_seq.to_string(),
                 r.in_flight.to_string(),
-                r.rebuild.as_ref().map_or_else(String::new, |b| {
-                    format!(
-                        "{}/{} from #{}",
-                        format_size(b.done_bytes),
-                        format_size(b.total_bytes),
-                        b.source
-                    )
-                }),
+                r.rebuild.as_ref().map_or_else(String::new, rebuild_cell),
             ]
         })
         .collect::<Vec<_>>();
     out.push_str(&table(
-        &["REPLICA", "STATE", "ACKED_IO_SEQ", "IN_FLIGHT", "REBUILD"],
+        &[
+            "REPLICA",
+            "ID",
+            "STATE",
+            "ACKED_IO_SEQ",
+            "IN_FLIGHT",
+            "REBUILD",
+        ],
         &rows,
     ));
     emit(&out);
@@ -605,4 +862,39 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_reads_in_hours_minutes_seconds() {
+        assert_eq!(format_eta(0), "0s");
+        assert_eq!(format_eta(59), "59s");
+        assert_eq!(format_eta(61), "1m01s");
+        assert_eq!(format_eta(3723), "1h02m03s");
+    }
+
+    #[test]
+    fn a_rebuild_cell_shows_progress_source_and_eta() {
+        let b = cstor_mgmt::v1::TargetRebuild {
+            source: 0,
+            from_io_seq: 0,
+            done_bytes: 1 << 20,
+            total_bytes: 4 << 20,
+            eta_seconds: Some(90),
+            source_address: "127.0.0.1:7000".into(),
+        };
+        assert_eq!(
+            rebuild_cell(&b),
+            "1.0 MiB/4.0 MiB (25%) from 127.0.0.1:7000, ETA 1m30s"
+        );
+        let unknown = cstor_mgmt::v1::TargetRebuild {
+            eta_seconds: None,
+            total_bytes: 0,
+            ..b
+        };
+        assert!(rebuild_cell(&unknown).ends_with("ETA unknown"));
+    }
 }

@@ -32,6 +32,9 @@ enum Command {
     /// Operate a volume through its target (status, snapshots, resize) and
     /// pools and volume replicas through a replica daemon.
     Ctl(ctl::CtlArgs),
+    /// CSI driver (CSI spec v1): identity, controller and node services on
+    /// a unix socket for kubelet and the CSI sidecars.
+    Csi(cstor_csi::cli::CsiArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,10 @@ fn main() -> ExitCode {
         Command::Ctl(args) => block_on(ctl::run(args)),
         Command::Replica(args) => block_on(replica(args)),
         Command::Target(args) => block_on(target(args)),
+        Command::Csi(args) => block_on(with_signals(|shutdown| async move {
+            cstor_csi::cli::run(args, shutdown).await?;
+            Ok(())
+        })),
     }
 }
 

@@ -51,9 +51,10 @@ pub struct UpArgs {
     /// iSCSI portal of the target.
     #[arg(long, default_value = "127.0.0.1:3260")]
     iscsi_listen: SocketAddr,
-    /// First port of the replicas: replica i serves data on BASE+10i and
-    /// its management API on BASE+10i+1, the target its management API on
-    /// BASE+100 (all loopback).
+    /// First port of the replicas: replica i serves data on BASE+10i, its
+    /// management API on BASE+10i+1 and its metrics on BASE+10i+2, the
+    /// target its management API on BASE+100 and its metrics on BASE+101
+    /// (all loopback).
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
 }
@@ -61,6 +62,16 @@ pub struct UpArgs {
 impl UpArgs {
     fn target_mgmt(&self) -> Result<SocketAddr> {
         loopback(u32::from(self.base_port) + 100)
+    }
+
+    /// Prometheus endpoint of the target.
+    fn target_metrics(&self) -> Result<SocketAddr> {
+        loopback(u32::from(self.base_port) + 101)
+    }
+
+    /// Prometheus endpoint of replica `i`.
+    fn replica_metrics(&self, i: u32) -> Result<SocketAddr> {
+        loopback(u32::from(self.base_port) + 10 * i + 2)
     }
 }
 
@@ -210,29 +221,33 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     }
     let mut procs: Vec<Proc> = replicas
         .iter()
-        .map(|(i, pool, data, mgmt)| Proc {
-            name: format!("replica-{i}"),
-            args: vec![
-                "replica".into(),
-                "run".into(),
-                "--pool".into(),
-                format!("pool-{i}"),
-                "--pool-path".into(),
-                pool.display().to_string(),
-                "--listen".into(),
-                data.to_string(),
-                "--mgmt-listen".into(),
-                mgmt.to_string(),
-            ],
-            log: logs.join(format!("replica-{i}.log")),
-            ready_addr: *mgmt,
-            child: None,
-            started: tokio::time::Instant::now(),
-            backoff: RESTART_BACKOFF_MIN,
-            restarts: 0,
-            restart_at: None,
+        .map(|(i, pool, data, mgmt)| {
+            Ok(Proc {
+                name: format!("replica-{i}"),
+                args: vec![
+                    "replica".into(),
+                    "run".into(),
+                    "--pool".into(),
+                    format!("pool-{i}"),
+                    "--pool-path".into(),
+                    pool.display().to_string(),
+                    "--listen".into(),
+                    data.to_string(),
+                    "--mgmt-listen".into(),
+                    mgmt.to_string(),
+                    "--metrics-listen".into(),
+                    args.replica_metrics(*i)?.to_string(),
+                ],
+                log: logs.join(format!("replica-{i}.log")),
+                ready_addr: *mgmt,
+                child: None,
+                started: tokio::time::Instant::now(),
+                backoff: RESTART_BACKOFF_MIN,
+                restarts: 0,
+                restart_at: None,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for p in &mut procs {
         p.spawn().await?;
     }
@@ -248,6 +263,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         args.iscsi_listen.to_string(),
         "--mgmt-listen".into(),
         args.target_mgmt()?.to_string(),
+        "--metrics-listen".into(),
+        args.target_metrics()?.to_string(),
         "--volume".into(),
         args.volume.clone(),
     ];
@@ -350,21 +367,22 @@ fn write_cluster(
     replicas: &[(u32, PathBuf, SocketAddr, SocketAddr)],
     procs: &[Proc],
 ) -> Result<()> {
-    let replica_entries: Vec<_> = replicas
+    let replica_entries = replicas
         .iter()
         .zip(procs)
         .map(|((i, pool, data, mgmt), p)| {
-            json!({
+            Ok(json!({
                 "name": format!("replica-{i}"),
                 "pid": p.pid(),
                 "pool": pool.display().to_string(),
                 "data": data.to_string(),
                 "mgmt": mgmt.to_string(),
+                "metrics": args.replica_metrics(*i)?.to_string(),
                 "log": p.log.display().to_string(),
                 "restarts": p.restarts,
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let target = procs.last();
     let cluster = json!({
         "volume": args.volume,
@@ -374,6 +392,7 @@ fn write_cluster(
         "target": {
             "pid": target.and_then(Proc::pid),
             "mgmt": args.target_mgmt()?.to_string(),
+            "metrics": args.target_metrics()?.to_string(),
             "log": target.map(|t| t.log.display().to_string()),
             "restarts": target.map_or(0, |t| t.restarts),
         },
@@ -398,6 +417,14 @@ fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr
         .first()
         .map(|r| r.3.to_string())
         .unwrap_or_default();
+    let target_metrics = args
+        .target_metrics()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let first_metrics = args
+        .replica_metrics(0)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!(
         "cstor is up: volume {vol} ({size}, {n} replicas), state in {dir}\n\
          \n\
@@ -412,6 +439,7 @@ fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr
          Inspect it:\n\
          \x20 cstor ctl --target {target_mgmt} status      # replicas, quorum, rebuilds\n\
          \x20 cstor ctl --mgmt {first_mgmt} volume list    # one replica's pool\n\
+         \x20 curl -s http://{target_metrics}/metrics      # Prometheus: target (replicas: {first_metrics}, +10 each)\n\
          \x20 cat {dir}/cluster.json; logs in {dir}/logs/\n\
          \n\
          Ctrl-C stops everything cleanly.",

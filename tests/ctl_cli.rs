@@ -70,3 +70,66 @@ fn every_subcommand_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
     }
 }
+
+#[test]
+fn pool_list_names_every_unreachable_daemon_and_fails() {
+    let first = format!("127.0.0.1:{}", closed_port());
+    let second = format!("127.0.0.1:{}", closed_port());
+    let out = cstor()
+        .args(["ctl", "--mgmt", &first, "--mgmt", &second, "pool", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for addr in [&first, &second] {
+        assert!(
+            stdout.contains(&format!("{addr}  unreachable")),
+            "stdout: {stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("cannot reach the replica daemon at {addr}")),
+            "stderr: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn replica_add_reports_an_unreachable_target_by_address() {
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let out = cstor()
+        .args(["ctl", "--target", &addr, "replica", "add", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach the target at {addr}")),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn rebuild_throttle_rejects_a_bad_rate_before_connecting() {
+    let out = cstor()
+        .args(["ctl", "rebuild", "throttle", "fast"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn membership_and_rebuild_subcommands_have_help() {
+    for args in [
+        vec!["ctl", "replica", "--help"],
+        vec!["ctl", "replica", "add", "--help"],
+        vec!["ctl", "replica", "remove", "--help"],
+        vec!["ctl", "replica", "set-cf", "--help"],
+        vec!["ctl", "rebuild", "throttle", "--help"],
+        vec!["ctl", "pool", "list", "--help"],
+    ] {
+        let out = cstor().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    }
+}

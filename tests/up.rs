@@ -53,9 +53,13 @@ fn free_base_port() -> u16 {
         let base = free_addr().port();
         if base < 60_000
             && (0..3).all(|i| {
-                std::net::TcpListener::bind(("127.0.0.1", base + 10 * i)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + 1)).is_ok()
+                // data, mgmt and metrics ports of replica i
+                (0..3).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + k)).is_ok())
             })
+            // the target's mgmt and metrics ports
+            && [100, 101]
+                .iter()
+                .all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok())
         {
             return base;
         }

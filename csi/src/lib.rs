@@ -7,8 +7,39 @@
 //! Kubernetes Deployments + Services in a cluster). The node side drives the
 //! host's open-iscsi initiator and filesystem tools ([`node`]).
 
+pub mod kube;
+pub mod caps;
+pub mod capacity;
+pub mod cli;
+pub mod context;
+pub mod controller;
+pub mod identity;
+pub mod limits;
+pub mod local;
+pub mod mgmt;
+pub mod naming;
 pub mod node;
+pub mod paging;
+pub mod params;
 pub mod runtime;
+pub mod server;
+
+pub use limits::DRIVER_NAME;
+pub use server::{serve, Mode, ServeError, ServerConfig};
+
+/// The CSI v1 protobuf messages and the Identity, Controller and Node
+/// services (`pb::csi::v1::node_server::Node`, ...), generated at build time
+/// from `proto/csi/v1/csi.proto`.
+pub mod pb {
+    /// Package `csi`.
+    pub mod csi {
+        /// Package `csi.v1`.
+        pub mod v1 {
+            #![allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
+            tonic::include_proto!("csi.v1");
+        }
+    }
+}
 
 /// IQN prefix of the initiator names the node plugin logs in with.
 pub const NODE_INITIATOR_PREFIX: &str = "iqn.2016-09.com.openebs.cstor:node.";

@@ -82,8 +82,7 @@ pub trait TargetRuntime: Send + Sync + 'static {
 
     /// Stops the volume's target and removes what the runtime made for it.
     /// Succeeds when there is none.
-    fn delete_target(&self, volume: &str)
-        -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn delete_target(&self, volume: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// The volume's running target, if any.
     fn find_target(

@@ -14,6 +14,9 @@ pub const MAX_DEVICES: usize = 64;
 pub const MAX_NAME_BYTES: usize = 128;
 /// Opaque per-volume attribute blob (membership / config), in bytes.
 pub const MAX_ATTRS_BYTES: usize = 4096;
+/// Membership record of a volume replica (opaque to the engine; written by
+/// the replica daemon for the target), in bytes.
+pub const MAX_MEMBERSHIP_BYTES: usize = 1024;
 /// Volumes + snapshots + hidden layers in a pool.
 pub const MAX_LAYERS: usize = 4096;
 /// Snapshots in one volume's ancestry (a read walks at most this many maps).

@@ -130,6 +130,13 @@ pub(crate) struct Devices {
 pub(crate) struct VolRuntime {
     pub(crate) poisoned: Option<String>,
     pub(crate) durable_io_seq: u64,
+    /// Highest io_seq written since the pool opened (at least the recorded
+    /// one): a snapshot's io_seq.
+    pub(crate) written_io_seq: u64,
+    /// Set once the owner declared a completion watermark
+    /// (`Volume::set_complete_io_seq`): from then on the recorded io_seq
+    /// advances only with it, never with the max written.
+    pub(crate) watermarked: bool,
     /// Block → io_seq of live writes since a rebuild began.
     pub(crate) rebuild: Option<HashMap<u64, u64>>,
 }
@@ -161,6 +168,7 @@ impl Meta {
                 v.id,
                 VolRuntime {
                     durable_io_seq: v.max_io_seq,
+                    written_io_seq: v.max_io_seq,
                     ..VolRuntime::default()
                 },
             );

@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use crate::error::{invalid, no_space, not_found, Error, ErrorKind, Result};
 use crate::io::{AlignedBuf, Device};
-use crate::limits::{MAX_ATTRS_BYTES, MAX_CHANGES_PER_PAGE, MAX_IO_BYTES};
+use crate::limits::{MAX_ATTRS_BYTES, MAX_CHANGES_PER_PAGE, MAX_IO_BYTES, MAX_MEMBERSHIP_BYTES};
 use crate::meta::chunk_map::{Entry, Target};
 use crate::meta::record::{LayerId, Record, VolumeId};
-use crate::pool::{random_u128, PoolInner, Provisioning, VolRuntime};
+use crate::pool::{random_u128, Meta, PoolInner, Provisioning, VolRuntime};
 
 /// A snapshot as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,8 @@ pub struct VolumeStats {
     pub allocated_bytes: u64,
     /// Snapshots of the volume.
     pub snapshots: usize,
-    /// Highest io_seq whose write is durable.
+    /// io_seq through which every write is durable (the highest written,
+    /// or the owner's completion watermark: `Volume::set_complete_io_seq`).
     pub last_durable_io_seq: u64,
     /// Pool data space in use.
     pub pool_used_bytes: u64,
@@ -137,6 +138,24 @@ fn pieces(offset: u64, len: u64, chunk_bytes: u64) -> impl Iterator<Item = Piece
         pos += n;
         Some(piece)
     })
+}
+
+/// A live write (or unmap) of `io_seq` reached the map: it raises the
+/// highest io_seq written and, unless the owner declared a completion
+/// watermark, the io_seq the next commit records.
+fn note_written(m: &mut Meta, id: VolumeId, io_seq: u64) {
+    let watermarked = match m.vols.get_mut(&id) {
+        Some(rt) => {
+            rt.written_io_seq = rt.written_io_seq.max(io_seq);
+            rt.watermarked
+        }
+        None => false,
+    };
+    if !watermarked {
+        if let Some(v) = m.state.volumes.get_mut(&id) {
+            v.max_io_seq = v.max_io_seq.max(io_seq);
+        }
+    }
 }
 
 impl Volume {
@@ -275,19 +294,21 @@ impl Volume {
         res.map_err(|e| self.poison(format!("write at {off} failed: {e}")))
     }
 
-    fn plan_write(&self, chunk: u64) -> Result<Plan> {
+    /// Plans a write into the live layer (`into: None`) or into a rebuilt
+    /// snapshot's layer.
+    fn plan_write(&self, chunk: u64, into: Option<LayerId>) -> Result<Plan> {
         let mut m = self.pool.meta.lock();
-        let live = m
+        let dest = m
             .state
             .volumes
             .get(&self.id)
-            .map(|v| v.live)
+            .map(|v| into.unwrap_or(v.live))
             .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
         let layer = m
             .state
             .layers
-            .get(&live)
-            .ok_or_else(|| not_found(format!("layer {live}")))?;
+            .get(&dest)
+            .ok_or_else(|| not_found(format!("layer {dest}")))?;
         let source = match layer.map.get(chunk) {
             Some(Entry {
                 target: Target::Data(p),
@@ -303,32 +324,43 @@ impl Volume {
                 }),
         };
         self.pool.admit(&m.state, 1, 0)?;
-        let phys = m
-            .state
-            .alloc_for(self.id)
-            .ok_or_else(|| no_space(format!("no free chunk for volume {}", self.name)))?;
+        let phys = match into {
+            // A rebuilt snapshot's chunks are beyond a thick volume's
+            // reservation (which covers its live layer only).
+            Some(_) if m.state.available_chunks() == 0 => None,
+            _ => m.state.alloc_for(self.id),
+        }
+        .ok_or_else(|| no_space(format!("no free chunk for volume {}", self.name)))?;
         m.in_flight.insert(phys);
         Ok(Plan::Fresh { phys, source })
     }
 
-    fn map_done(&self, chunk: u64, phys: u64, io_seq: u64) -> Result<()> {
+    fn map_done(&self, chunk: u64, phys: u64, io_seq: u64, into: Option<LayerId>) -> Result<()> {
         let mut m = self.pool.meta.lock();
         m.in_flight.remove(&phys);
-        let v = m
+        let live = m
             .state
             .volumes
-            .get_mut(&self.id)
+            .get(&self.id)
+            .map(|v| v.live)
             .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
-        v.max_io_seq = v.max_io_seq.max(io_seq);
-        let live = v.live;
+        // A rebuilt snapshot's content is history: it says nothing about
+        // which live writes this replica completed.
+        let dest = match into {
+            Some(layer) => layer,
+            None => {
+                note_written(&mut m, self.id, io_seq);
+                live
+            }
+        };
         let old_seq = m
             .state
             .layers
-            .get(&live)
+            .get(&dest)
             .and_then(|l| l.map.get(chunk))
             .map_or(0, |e| e.io_seq);
         m.record(Record::Map {
-            layer: live,
+            layer: dest,
             chunk,
             phys,
             io_seq: io_seq.max(old_seq),
@@ -342,20 +374,27 @@ impl Volume {
     }
 
     /// Writes one piece; the caller holds the chunk's exclusive lock.
-    async fn write_locked(&self, chunk: u64, off: u64, data: &[u8], io_seq: u64) -> Result<()> {
-        let plan = match self.plan_write(chunk) {
+    async fn write_locked(
+        &self,
+        chunk: u64,
+        off: u64,
+        data: &[u8],
+        io_seq: u64,
+        into: Option<LayerId>,
+    ) -> Result<()> {
+        let plan = match self.plan_write(chunk, into) {
             Err(e) if e.kind() == ErrorKind::NoSpace && self.pool.meta.lock().frees_pending() => {
                 // Chunks freed by an uncommitted unmap come back once the
                 // commit is durable.
                 self.pool.flush_all().await?;
-                self.plan_write(chunk)?
+                self.plan_write(chunk, into)?
             }
             other => other?,
         };
         match plan {
             Plan::InPlace(p) => {
                 self.write_phys(p, off, data).await?;
-                self.map_done(chunk, p, io_seq)
+                self.map_done(chunk, p, io_seq, into)
             }
             Plan::Fresh { phys, source } => {
                 let chunk_bytes = self.chunk_bytes();
@@ -374,7 +413,7 @@ impl Volume {
                 }
                 .await;
                 match res {
-                    Ok(()) => self.map_done(chunk, phys, io_seq),
+                    Ok(()) => self.map_done(chunk, phys, io_seq, into),
                     Err(e) => {
                         self.release_unmapped(phys);
                         Err(e)
@@ -454,7 +493,8 @@ impl Volume {
             let piece = data
                 .get(p.buf_off..p.buf_off + p.len)
                 .ok_or_else(|| invalid("piece"))?;
-            self.write_locked(p.chunk, p.off, piece, io_seq).await?;
+            self.write_locked(p.chunk, p.off, piece, io_seq, None)
+                .await?;
             self.track(p.chunk, p.off, p.len, io_seq);
         }
         Ok(())
@@ -485,13 +525,13 @@ impl Volume {
         let full = off == 0 && len as u64 == self.chunk_bytes();
         let plan = {
             let mut m = self.pool.meta.lock();
-            let v = m
+            let live = m
                 .state
                 .volumes
-                .get_mut(&self.id)
+                .get(&self.id)
+                .map(|v| v.live)
                 .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
-            v.max_io_seq = v.max_io_seq.max(io_seq);
-            let live = v.live;
+            note_written(&mut m, self.id, io_seq);
             let layer = m
                 .state
                 .layers
@@ -529,7 +569,7 @@ impl Volume {
             ZeroPlan::Record(r) => self.pool.meta.lock().record(r),
             ZeroPlan::WriteZeros => {
                 let zeros = vec![0u8; len];
-                self.write_locked(chunk, off, &zeros, io_seq).await
+                self.write_locked(chunk, off, &zeros, io_seq, None).await
             }
         }
     }
@@ -540,6 +580,28 @@ impl Volume {
         self.usable()?;
         self.pool.flush_all().await?;
         self.usable().map(|_| ())
+    }
+
+    /// Declares that every write to this volume with an io_seq at most
+    /// `io_seq` that its owner will ever have completed has completed (the
+    /// replica's arrival-order watermark). From the first call on, a commit
+    /// records this watermark (monotonic) as the volume's durable io_seq
+    /// instead of the highest io_seq written, so a write still running below
+    /// a completed one is never claimed durable.
+    pub fn set_complete_io_seq(&self, io_seq: u64) -> Result<()> {
+        let mut m = self.pool.meta.lock();
+        let rt = m
+            .vols
+            .get_mut(&self.id)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        rt.watermarked = true;
+        let v = m
+            .state
+            .volumes
+            .get_mut(&self.id)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        v.max_io_seq = v.max_io_seq.max(io_seq);
+        Ok(())
     }
 
     /// Highest io_seq recorded by a durable commit.
@@ -622,6 +684,7 @@ impl Volume {
                 }
             }
             self.pool.admit(&m.state, 0, 1)?;
+            let written = m.vols.get(&self.id).map_or(0, |r| r.written_io_seq);
             let id = m.state.take_id();
             let new_layer = m.state.take_id();
             m.record(Record::CreateSnapshot {
@@ -629,7 +692,7 @@ impl Volume {
                 id,
                 new_layer,
                 name: name.to_owned(),
-                io_seq: v.max_io_seq,
+                io_seq: v.max_io_seq.max(written),
             })?;
         }
         self.pool.flush_all().await
@@ -666,7 +729,13 @@ impl Volume {
                 io_seq: s.io_seq,
                 size_bytes: s.size_bytes,
             })
-            .collect())
+            .collect::<Vec<_>>())
+        .map(|mut all| {
+            // Ids give creation order here; a rebuilt snapshot may be
+            // inserted after newer ones, so order by io_seq (stable).
+            all.sort_by_key(|s| s.io_seq);
+            all
+        })
     }
 
     /// Clones a snapshot into a new thin, writable volume (metadata only).
@@ -698,6 +767,7 @@ impl Volume {
                 id,
                 VolRuntime {
                     durable_io_seq: s.io_seq,
+                    written_io_seq: s.io_seq,
                     ..VolRuntime::default()
                 },
             );
@@ -862,9 +932,103 @@ impl Volume {
                     .get(p.buf_off + i * block..p.buf_off + j * block)
                     .ok_or_else(|| invalid("piece"))?;
                 let off = p.off + (i * block) as u64;
-                self.write_locked(p.chunk, off, bytes, seq).await?;
+                self.write_locked(p.chunk, off, bytes, seq, None).await?;
                 i = j;
             }
+        }
+        Ok(())
+    }
+
+    /// Creates snapshot `name` as a peer had it (rebuild only), empty, for
+    /// [`Volume::apply_rebuild_snapshot`] to fill: its layer is inserted
+    /// under the layer of the oldest snapshot taken after `io_seq`, or under
+    /// the live layer when there is none, so every layer above keeps its
+    /// own (newer) entries and live writes are never disturbed. Filled with
+    /// every chunk the peer's snapshot changed since the next older
+    /// snapshot, it reads as the peer's (FORMAT.md "Rebuilt snapshots").
+    /// Durable when this returns.
+    pub async fn insert_rebuilt_snapshot(
+        &self,
+        name: &str,
+        io_seq: u64,
+        size_bytes: u64,
+    ) -> Result<()> {
+        let _s = self.pool.structure.write().await;
+        self.usable()?;
+        {
+            let mut m = self.pool.meta.lock();
+            let live = m
+                .state
+                .volumes
+                .get(&self.id)
+                .map(|v| v.live)
+                .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+            let below = m
+                .state
+                .snapshots
+                .values()
+                .filter(|s| s.volume == self.id && s.io_seq > io_seq)
+                .min_by_key(|s| (s.io_seq, s.id))
+                .map_or(live, |s| s.layer);
+            self.pool.admit(&m.state, 0, 1)?;
+            let id = m.state.take_id();
+            let layer = m.state.take_id();
+            m.record(Record::InsertSnapshot {
+                volume: self.id,
+                id,
+                layer,
+                below,
+                name: name.to_owned(),
+                io_seq,
+                size_bytes,
+            })?;
+        }
+        self.pool.flush_all().await
+    }
+
+    /// Writes rebuilt data into snapshot `snapshot` (made by
+    /// [`Volume::insert_rebuilt_snapshot`]); `block_io_seqs` are the peer's
+    /// io_seqs of the blocks of `data`. Nothing but a rebuild writes into a
+    /// snapshot; a live write reading through the same chunk (copy-on-write)
+    /// is serialised with this one by the chunk lock.
+    pub async fn apply_rebuild_snapshot(
+        &self,
+        snapshot: &str,
+        offset: u64,
+        data: &[u8],
+        block_io_seqs: &[u64],
+    ) -> Result<()> {
+        let block = usize::try_from(self.block_bytes).map_err(|_| invalid("block"))?;
+        if data.len() != block_io_seqs.len().saturating_mul(block) {
+            return Err(invalid(format!(
+                "{} bytes of rebuild data with {} block io_seqs",
+                data.len(),
+                block_io_seqs.len()
+            )));
+        }
+        let _s = self.pool.structure.read().await;
+        self.usable()?;
+        let (layer, size) = {
+            let m = self.pool.meta.lock();
+            let s = m
+                .state
+                .snapshot_by_name(self.id, snapshot)
+                .ok_or_else(|| not_found(format!("snapshot {snapshot}")))?;
+            (s.layer, s.size_bytes)
+        };
+        self.check_range(size, offset, data.len() as u64)?;
+        for p in pieces(offset, data.len() as u64, self.chunk_bytes()) {
+            let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
+            let first = p.buf_off / block;
+            let seq = block_io_seqs
+                .get(first..first + p.len / block)
+                .and_then(|s| s.iter().max().copied())
+                .unwrap_or(0);
+            let piece = data
+                .get(p.buf_off..p.buf_off + p.len)
+                .ok_or_else(|| invalid("piece"))?;
+            self.write_locked(p.chunk, p.off, piece, seq, Some(layer))
+                .await?;
         }
         Ok(())
     }
@@ -918,6 +1082,31 @@ impl Volume {
             .get(&self.id)
             .map(|v| v.attrs.clone())
             .ok_or_else(|| not_found(format!("volume {}", self.name)))
+    }
+
+    /// The opaque membership record (empty: none was ever set).
+    pub fn membership(&self) -> Result<Vec<u8>> {
+        let m = self.pool.meta.lock();
+        m.state
+            .volumes
+            .get(&self.id)
+            .map(|v| v.membership.clone())
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))
+    }
+
+    /// Replaces the membership record (≤ `MAX_MEMBERSHIP_BYTES`); durable
+    /// when this returns. The engine does not interpret it: the replica
+    /// daemon keeps the target's replica set of the volume there.
+    pub async fn set_membership(&self, membership: &[u8]) -> Result<()> {
+        if membership.len() > MAX_MEMBERSHIP_BYTES {
+            return Err(invalid(format!("membership of {} bytes", membership.len())));
+        }
+        self.usable()?;
+        self.pool.meta.lock().record(Record::SetMembership {
+            volume: self.id,
+            membership: membership.to_vec(),
+        })?;
+        self.pool.flush_all().await
     }
 
     /// Replaces the attribute blob (≤ `MAX_ATTRS_BYTES`); durable when this

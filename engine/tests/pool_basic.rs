@@ -289,6 +289,7 @@ async fn reopen_keeps_flushed_writes_snapshots_and_attributes() {
         ErrorKind::Conflict
     );
     v.set_attrs(b"members=a,b,c").await.unwrap();
+    v.set_membership(b"gen=2").await.unwrap();
     v.flush().await.unwrap();
     assert_eq!(v.last_durable_io_seq().unwrap(), 11);
     drop(pool);
@@ -299,6 +300,7 @@ async fn reopen_keeps_flushed_writes_snapshots_and_attributes() {
     assert_eq!(v.replica_id().unwrap(), rid);
     assert_eq!(v.epoch().unwrap(), 3);
     assert_eq!(v.attrs().unwrap(), b"members=a,b,c");
+    assert_eq!(v.membership().unwrap(), b"gen=2");
     assert_eq!(v.last_durable_io_seq().unwrap(), 11);
     let mut want = pattern(5, 8192);
     want[..512].copy_from_slice(&pattern(6, 512));

@@ -61,6 +61,11 @@ enum Op {
     DeleteVolume {
         vol: usize,
     },
+    /// A snapshot as a rebuild recreates it: inserted under the live layer,
+    /// filled with the volume's content.
+    RebuiltSnapshot {
+        vol: usize,
+    },
     Grow {
         vol: usize,
         blocks: u64,
@@ -84,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (vol.clone(), 0usize..4).prop_map(|(vol, snap)| Op::DeleteSnapshot { vol, snap }),
         2 => (vol.clone(), 0usize..4).prop_map(|(vol, snap)| Op::Clone { vol, snap }),
         1 => vol.clone().prop_map(|vol| Op::DeleteVolume { vol }),
+        1 => vol.clone().prop_map(|vol| Op::RebuiltSnapshot { vol }),
         1 => (vol, 1u64..64).prop_map(|(vol, blocks)| Op::Grow { vol, blocks }),
         1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
         1 => Just(Op::AddDevice),
@@ -312,6 +318,37 @@ impl Harness {
                     data,
                     snaps: Vec::new(),
                 });
+            }
+            Op::RebuiltSnapshot { vol } => {
+                let Some(i) = self.pick(vol) else {
+                    return Ok(());
+                };
+                let name = self.name("r");
+                let data = self.vols[i].data.clone();
+                let v = self.pool().volume(&self.vols[i].name).unwrap();
+                let filled = async {
+                    v.insert_rebuilt_snapshot(&name, seq, data.len() as u64)
+                        .await?;
+                    // Pieces of at most 32 KiB (well under MAX_IO_BYTES).
+                    for (k, piece) in data.chunks(64 * BLOCK as usize).enumerate() {
+                        let seqs = vec![seq; piece.len() / BLOCK as usize];
+                        let off = (k * 64) as u64 * BLOCK;
+                        v.apply_rebuild_snapshot(&name, off, piece, &seqs).await?;
+                    }
+                    Ok::<(), cstor_engine::Error>(())
+                }
+                .await;
+                match filled {
+                    Ok(()) => self.vols[i].snaps.push((name, data)),
+                    Err(e) => {
+                        prop_assert_eq!(e.kind(), ErrorKind::NoSpace);
+                        // What a rebuild does with a snapshot it could not
+                        // fill.
+                        if let Err(e) = v.delete_snapshot(&name).await {
+                            prop_assert_eq!(e.kind(), ErrorKind::NotFound);
+                        }
+                    }
+                }
             }
             Op::DeleteVolume { vol } => {
                 let Some(i) = self.pick(vol) else {

@@ -70,6 +70,9 @@
 //! 0x0024  Status           -                                         StatusReport: state u8, durable,
 //!                                                                    received io_seq u64, size u64,
 //!                                                                    epoch u64, rebuild done/total u64
+//! 0x0025  MembershipSet    generation u64, cf u8, count u8,          Ack
+//!                          count × (replica_id u128, address str)
+//! 0x0026  MembershipGet    -                                         Membership: as MembershipSet's
 //! 0x0030  Heartbeat        - (either direction)                      Ack
 //! 0x0040  RebuildStart     from_io_seq u64, volume str, peer str,    Ack
 //!                          source u8 (0 live, 1 snapshot + name str)
@@ -110,10 +113,10 @@ pub use codec::FrameCodec;
 pub use frame::{EncodeError, Frame, FrameError};
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use message::{
-    Auth, ErrorReply, Extent, Hello, HelloAck, Message, MessageError, Packet, RebuildAbort,
-    RebuildChunk, RebuildDone, RebuildProgress, RebuildSource, RebuildStart, ReplicaState,
-    SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport, VersionRange, Write,
-    FLAG_FUA,
+    Auth, ErrorReply, Extent, Hello, HelloAck, Member, Membership, Message, MessageError, Packet,
+    RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource, RebuildStart,
+    ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport, VersionRange,
+    Write, FLAG_FUA,
 };
 pub use opcode::{Opcode, ReplyKind, REPLY_BIT};
 pub use status::Status;

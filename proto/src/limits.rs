@@ -29,6 +29,10 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// or a DNS name), in bytes.
 pub const MAX_ADDRESS_BYTES: usize = 255;
 
+/// Most members of a volume's membership record (a volume has 1 to 5
+/// replicas).
+pub const MAX_MEMBERS: usize = 5;
+
 /// Longest human-readable detail carried by an error reply or a rebuild
 /// abort, in bytes. Details are for logs; programs match on the status.
 pub const MAX_DETAIL_BYTES: usize = 256;

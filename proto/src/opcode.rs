@@ -36,6 +36,11 @@ pub enum Opcode {
     Resize = 0x0023,
     /// Ask a replica for its state. Reply: `StatusReport`.
     Status = 0x0024,
+    /// Persist the volume's membership record. Reply: `Ack`.
+    MembershipSet = 0x0025,
+    /// Read the volume's membership record (allowed on a probe). Reply:
+    /// `Membership`.
+    MembershipGet = 0x0026,
     /// Liveness probe, either direction. Reply: `Ack`.
     Heartbeat = 0x0030,
     /// Start a rebuild (target → sink, sink → source). Reply: `Ack`.
@@ -63,7 +68,7 @@ pub enum ReplyKind {
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 17] = [
+    pub const ALL: [Opcode; 19] = [
         Opcode::Hello,
         Opcode::Write,
         Opcode::Read,
@@ -75,6 +80,8 @@ impl Opcode {
         Opcode::SnapshotList,
         Opcode::Resize,
         Opcode::Status,
+        Opcode::MembershipSet,
+        Opcode::MembershipGet,
         Opcode::Heartbeat,
         Opcode::RebuildStart,
         Opcode::RebuildChunk,
@@ -96,9 +103,11 @@ impl Opcode {
     /// What a successful reply to this opcode is.
     pub fn reply_kind(self) -> ReplyKind {
         match self {
-            Opcode::Hello | Opcode::Read | Opcode::SnapshotList | Opcode::Status => {
-                ReplyKind::Typed
-            }
+            Opcode::Hello
+            | Opcode::Read
+            | Opcode::SnapshotList
+            | Opcode::Status
+            | Opcode::MembershipGet => ReplyKind::Typed,
             Opcode::Write
             | Opcode::Flush
             | Opcode::Unmap
@@ -106,6 +115,7 @@ impl Opcode {
             | Opcode::SnapshotCreate
             | Opcode::SnapshotDestroy
             | Opcode::Resize
+            | Opcode::MembershipSet
             | Opcode::Heartbeat
             | Opcode::RebuildStart => ReplyKind::Ack,
             Opcode::RebuildChunk

@@ -89,6 +89,10 @@ pub struct RunArgs {
         default_value = "127.0.0.1:7601"
     )]
     pub mgmt_listen: SocketAddr,
+    /// Prometheus metrics address (HTTP, `GET /metrics`; see
+    /// docs/metrics.md), e.g. 0.0.0.0:9501. Off unless given.
+    #[arg(long, env = "CSTOR_REPLICA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Rebuild throttle: bytes per second a volume rebuilding here may pull
     /// from its peer, e.g. 100MiB; 0 for no limit. Changeable at runtime
     /// through the management API.
@@ -108,6 +112,7 @@ impl RunArgs {
             devices: self.pool_paths.clone(),
             listen: self.listen,
             mgmt_listen: self.mgmt_listen,
+            metrics_listen: self.metrics_listen,
             rebuild_limit_bytes_per_sec: self.rebuild_limit,
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use cstor_engine::io::{Backend, BackendKind, DeviceKind, DeviceOptions, FileDevice, IoError};
 use cstor_engine::{DeviceRef, Pool, PoolOptions};
+use cstor_mgmt::metrics_http;
 use cstor_mgmt::v1::replica_manager_server::ReplicaManagerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,8 @@ pub struct RunConfig {
     pub devices: Vec<PathBuf>,
     pub listen: SocketAddr,
     pub mgmt_listen: SocketAddr,
+    /// Prometheus metrics endpoint (`GET /metrics`), off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Rebuild throttle at start (0: none).
     pub rebuild_limit_bytes_per_sec: u64,
 }
@@ -110,6 +113,7 @@ pub struct Daemon {
     registry: Arc<Registry>,
     data: TcpListener,
     mgmt: TcpListener,
+    metrics: Option<TcpListener>,
     info: PoolInfo,
 }
 
@@ -144,6 +148,10 @@ impl Daemon {
             })?;
         let data = bind(config.listen).await?;
         let mgmt = bind(config.mgmt_listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let pool = Arc::new(pool);
         let info = PoolInfo {
             name: config.pool_name.clone(),
@@ -163,6 +171,7 @@ impl Daemon {
             pool,
             data,
             mgmt,
+            metrics,
             info,
         })
     }
@@ -182,6 +191,11 @@ impl Daemon {
         self.mgmt.local_addr()
     }
 
+    /// The metrics address actually bound, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` is cancelled, then shuts down gracefully.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
         let Daemon {
@@ -189,6 +203,7 @@ impl Daemon {
             registry,
             data,
             mgmt,
+            metrics,
             info,
         } = self;
         info!(
@@ -199,6 +214,12 @@ impl Daemon {
             io = %info.io_backend,
             "replica daemon serving"
         );
+        if let Some(listener) = metrics {
+            let (registry, pool_name) = (Arc::clone(&registry), info.name.clone());
+            let render: metrics_http::Render =
+                Arc::new(move || registry.metrics().render(&pool_name, &registry));
+            tokio::spawn(metrics_http::serve(listener, render, shutdown.clone()));
+        }
         let service = ReplicaManagerServer::new(Service::new(Arc::clone(&registry), info));
         let mgmt_shutdown = shutdown.clone();
         let mgmt_task = tokio::spawn(async move {

@@ -8,11 +8,13 @@
 //! - [`registry`]: which session owns which volume (epochs);
 //! - [`ordering`]: overlapping IOs never overtake each other;
 //! - [`rebuild`]: replica-to-replica rebuild, as source and as sink;
-//! - [`mgmt`]: the gRPC management service.
+//! - [`mgmt`]: the gRPC management service;
+//! - [`metrics`]: Prometheus metrics (pool space, IO per volume).
 
 pub mod cli;
 pub mod daemon;
 pub mod limits;
+pub mod metrics;
 pub mod mgmt;
 pub mod ordering;
 pub mod rebuild;

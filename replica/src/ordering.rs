@@ -27,6 +27,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+pub mod watermark;
+
+use watermark::Watermark;
+
 /// What an IO does, for conflict purposes. Ranges are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoKind {
@@ -70,6 +74,8 @@ pub struct IoOrder {
 struct State {
     next_id: u64,
     running: BTreeMap<u64, Running>,
+    /// Completion of the mutating requests admitted with an io_seq.
+    watermark: Watermark,
 }
 
 #[derive(Debug)]
@@ -85,6 +91,10 @@ pub struct Ticket {
     id: u64,
     order: Arc<Mutex<State>>,
     wait_for: Vec<watch::Receiver<()>>,
+    /// The io_seq of a mutating request (`admit_mutation`), and whether it
+    /// succeeded (`Ticket::succeeded`): reported to the watermark on drop.
+    io_seq: Option<u64>,
+    ok: bool,
     // Dropped with the ticket: wakes every later IO waiting for this one.
     _done: watch::Sender<()>,
 }
@@ -97,8 +107,37 @@ impl IoOrder {
     /// Admits an IO after every IO admitted before it. Call in arrival
     /// order, from one task per volume stream.
     pub fn admit(&self, kind: IoKind) -> Ticket {
+        self.admit_inner(kind, None)
+    }
+
+    /// [`IoOrder::admit`] for a mutating request of the target numbered
+    /// `io_seq`: the watermark counts it running until the ticket drops,
+    /// and failed unless [`Ticket::succeeded`] was called.
+    pub fn admit_mutation(&self, kind: IoKind, io_seq: u64) -> Ticket {
+        self.admit_inner(kind, Some(io_seq))
+    }
+
+    /// The completion watermark (`watermark` module doc).
+    pub fn complete_io_seq(&self) -> u64 {
+        self.inner.lock().watermark.complete_through()
+    }
+
+    /// A rebuild of this replica from `from_io_seq` started.
+    pub fn hold_watermark(&self, from_io_seq: u64) {
+        self.inner.lock().watermark.hold(from_io_seq);
+    }
+
+    /// A rebuild of this replica finished through `through_io_seq`.
+    pub fn rebuilt_through(&self, through_io_seq: u64) {
+        self.inner.lock().watermark.rebuilt(through_io_seq);
+    }
+
+    fn admit_inner(&self, kind: IoKind, io_seq: Option<u64>) -> Ticket {
         let (tx, rx) = watch::channel(());
         let mut state = self.inner.lock();
+        if let Some(io_seq) = io_seq {
+            state.watermark.admit(io_seq);
+        }
         let wait_for = state
             .running
             .values()
@@ -112,6 +151,8 @@ impl IoOrder {
             id,
             order: Arc::clone(&self.inner),
             wait_for,
+            io_seq,
+            ok: false,
             _done: tx,
         }
     }
@@ -135,9 +176,20 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// The IO was executed and succeeded (see [`IoOrder::admit_mutation`]).
+    pub fn succeeded(&mut self) {
+        self.ok = true;
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.order.lock().running.remove(&self.id);
+        let mut state = self.order.lock();
+        state.running.remove(&self.id);
+        if let Some(io_seq) = self.io_seq {
+            state.watermark.finish(io_seq, self.ok);
+        }
     }
 }
 

@@ -37,17 +37,34 @@
 //! Resumable: every [`REBUILD_CHECKPOINT_BYTES`] the sink flushes and
 //! persists a [`state::ResumePoint`] in the volume attributes. A new rebuild
 //! with the same `from_io_seq` skips a chunk below the saved offset when the
-//! source's io_seq for it is below both the interrupted run's `J` (the
-//! interrupted run copied it, and the source has not changed it since) and
-//! the sink's durable io_seq (the target makes the same assumption when it
-//! computes `from_io_seq` from a replica's durable io_seq). The frozen
+//! source's io_seq for it is below the interrupted run's `J` (the
+//! interrupted run copied it — durably: the point is saved after a flush —
+//! and the source has not changed it since). (It no longer also asks for
+//! the chunk's io_seq to be at most the sink's durable io_seq: that is now
+//! the completion watermark, held at `from_io_seq` for the whole rebuild.)
+//! The frozen
 //! `RebuildStart` has no start offset, so the source still streams the
 //! skipped range; the sink only skips the writes.
 //!
-//! Not yet: snapshots taken while a replica was away are not rebuilt (a
-//! snapshot freezes the live layer; copying into it while live writes land
-//! needs engine support). A source asked for `RebuildSource::Snapshot`
-//! answers `RebuildAbort`.
+//! Snapshots (`sink::snapshots`): before the live stream and once more
+//! after it, the sink lists the source's snapshots on a probe session,
+//! deletes those the source no longer has (only among the ones it had when
+//! the run started, or that the run created), and recreates each one it
+//! lacks, oldest first: an empty snapshot layer with the source's name and
+//! io_seq is *inserted below* the layers newer than it
+//! (`Volume::insert_rebuilt_snapshot`; engine/FORMAT.md "Rebuilt
+//! snapshots"), then filled from a `RebuildStart{Snapshot(name), base}`
+//! stream (same shape as above) of every chunk the source's snapshot
+//! changed after `base`, the io_seq of the newest snapshot the sink already
+//! has at or below it. Live writes land in the live layer, above every
+//! inserted one, so snapshot rebuilding never touches live data and needs
+//! no live-write filter; the live stream keeps the per-block newer-wins
+//! rule. A snapshot cut short by a crash is named in the resume point and
+//! deleted and redone by the next run.
+//!
+//! Complete-through (`crate::ordering::watermark`): from `RebuildStart`
+//! until `RebuildDone` the sink's completion watermark is held at
+//! `from_io_seq`; the done raises it to the stream's `through_io_seq`.
 //!
 //! [`REBUILD_PIECE_BYTES`]: crate::limits::REBUILD_PIECE_BYTES
 //! [`REBUILD_CHECKPOINT_BYTES`]: crate::limits::REBUILD_CHECKPOINT_BYTES

@@ -13,15 +13,25 @@
 //!   targets that picked the same epoch can never both write here;
 //! - epoch 0 is a probe: it reads the state but claims nothing and may do
 //!   no IO.
+//!
+//! Membership (`VolumeEntry::store_membership`): the volume's membership
+//! record is kept for the target, which owns its meaning
+//! (`cstor_target::volume::membership`). Here only its order is enforced:
+//! a record replaces the one held only with a higher generation; the same
+//! record again is accepted (a resent request), another record of the same
+//! or a lower generation is refused (`Conflict`), so a generation once
+//! stored names one record forever.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cstor_engine::{Pool, Volume};
+use cstor_engine::{ErrorKind, Pool, Volume};
+use cstor_proto::Membership;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ReplicaMetrics;
 use crate::ordering::{IoKind, IoOrder};
 use crate::rebuild::state::{RebuildSettings, RebuildSlot};
 
@@ -46,6 +56,7 @@ pub struct Registry {
     volumes: Mutex<HashMap<String, Arc<VolumeEntry>>>,
     next_conn_id: AtomicU64,
     rebuild_settings: Arc<RebuildSettings>,
+    metrics: ReplicaMetrics,
 }
 
 impl Registry {
@@ -55,7 +66,13 @@ impl Registry {
             volumes: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             rebuild_settings: Arc::new(RebuildSettings::default()),
+            metrics: ReplicaMetrics::default(),
         }
+    }
+
+    /// IO counters of the daemon's volumes (Prometheus metrics).
+    pub fn metrics(&self) -> &ReplicaMetrics {
+        &self.metrics
     }
 
     /// The daemon-wide rebuild settings (throttle).
@@ -106,6 +123,7 @@ impl Registry {
             entry.cut_owner();
             entry.rebuild.cancel();
         }
+        self.metrics.forget(name);
     }
 
     /// Cuts every session and rebuild (shutdown).
@@ -221,6 +239,50 @@ impl VolumeEntry {
         if let Some(o) = self.owner.lock().take() {
             o.cancel.cancel();
         }
+    }
+
+    /// The membership record held (generation 0: none).
+    pub fn membership(&self) -> Result<Membership, cstor_engine::Error> {
+        Membership::from_bytes(&self.volume.membership()?).map_err(|e| {
+            cstor_engine::Error::new(
+                ErrorKind::Corrupt,
+                format!("membership record of volume {}: {e}", self.name),
+            )
+        })
+    }
+
+    /// Persists `record` (durable when this returns) if its generation is
+    /// above the one held; see the module doc. Callers run it as a barrier
+    /// of the owning session, so two stores never race.
+    pub async fn store_membership(&self, record: &Membership) -> Result<(), cstor_engine::Error> {
+        let held = self.membership()?;
+        if record.generation <= held.generation {
+            if *record == held {
+                return Ok(());
+            }
+            return Err(cstor_engine::Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "membership generation {} of volume {} is not above the {} held",
+                    record.generation, self.name, held.generation
+                ),
+            ));
+        }
+        let bytes = record.to_bytes().map_err(|e| {
+            cstor_engine::Error::new(
+                ErrorKind::InvalidArgument,
+                format!("membership record: {e}"),
+            )
+        })?;
+        self.volume.set_membership(&bytes).await?;
+        tracing::info!(
+            volume = %self.name,
+            generation = record.generation,
+            members = record.members.len(),
+            cf = record.consistency_factor,
+            "membership record stored"
+        );
+        Ok(())
     }
 
     pub fn note_received(&self, io_seq: u64) {

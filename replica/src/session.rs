@@ -14,6 +14,11 @@
 //! live mutating request marks its blocks for a running sink before it
 //! touches the engine.
 //!
+//! Membership: `MembershipGet` is answered at once, also on a probe
+//! session (a starting target reads the record before it claims anything);
+//! `MembershipSet` runs as a barrier of the owning session and is kept only
+//! with a higher generation (`registry`, `VolumeEntry::store_membership`).
+//!
 //! Errors: a frame error (bad magic, checksum, oversize length) closes the
 //! connection — the stream is out of sync; a message error (unknown opcode,
 //! malformed payload, wrong version) is answered with an error reply carrying
@@ -41,6 +46,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::limits::{
     HANDSHAKE_TIMEOUT, MAX_IN_FLIGHT_PER_CONNECTION, REPLY_QUEUE, SESSION_IDLE_TIMEOUT,
 };
+use crate::metrics::VolumeIo;
 use crate::ordering::IoKind;
 use crate::rebuild;
 use crate::registry::{ClaimError, Registry, VolumeEntry};
@@ -101,6 +107,8 @@ struct Session {
     /// Cancelled when a newer target takes the volume over; `None` for a
     /// probe session (epoch 0), which owns nothing.
     fenced: Option<CancellationToken>,
+    /// The volume's IO counters (metrics).
+    io: Arc<VolumeIo>,
 }
 
 /// Reads the `Hello`, answers it, and returns the session, or `None` when
@@ -194,6 +202,7 @@ async fn handshake(
         conn_id,
         session_id: packet.session_id,
         epoch: packet.epoch,
+        io: registry.metrics().volume(&entry.name),
         entry,
         fenced,
     }))
@@ -351,7 +360,15 @@ async fn run_session(
                 if mutates(&packet.message) {
                     session.entry.note_received(packet.io_seq);
                 }
-                let mut ticket = session.entry.order.admit(kind);
+                let mut ticket = if writes_data(&packet.message) {
+                    let ticket = session.entry.order.admit_mutation(kind, packet.io_seq);
+                    // Before it runs: from the first write on, the engine
+                    // records the watermark, not the highest io_seq.
+                    publish_watermark(&session.entry);
+                    ticket
+                } else {
+                    session.entry.order.admit(kind)
+                };
                 let session = Arc::clone(&session);
                 let replies = replies.clone();
                 tokio::spawn(async move {
@@ -365,7 +382,14 @@ async fn run_session(
                             "the session was fenced by a newer target".into(),
                         )
                     };
+                    if matches!(reply.message, Message::Ack(_)) {
+                        ticket.succeeded();
+                    }
                     drop(ticket);
+                    if writes_data(&packet.message) {
+                        publish_watermark(&session.entry);
+                    }
+                    session.io.record(&packet.message, &reply.message);
                     // The connection may be gone; the IO is done either way.
                     let _ = replies.send(reply).await;
                     drop(permit);
@@ -436,6 +460,12 @@ fn classify(session: &Session, packet: &Packet) -> Route {
                 Err(e) => engine_error_reply(packet, &e),
             }))
         }
+        Message::MembershipGet => {
+            return Route::Immediate(Some(match session.entry.membership() {
+                Ok(record) => packet.reply(Message::Membership(record)),
+                Err(e) => engine_error_reply(packet, &e),
+            }))
+        }
         Message::SnapshotList(request) => {
             return Route::Immediate(Some(match snapshot_listing(&session.entry, request) {
                 Ok(listing) => packet.reply(Message::SnapshotListing(listing)),
@@ -471,6 +501,7 @@ fn classify(session: &Session, packet: &Packet) -> Route {
         | Message::ReadData(_)
         | Message::SnapshotListing(_)
         | Message::StatusReport(_)
+        | Message::Membership(_)
         | Message::Ack(_)
         | Message::Error(_) => {
             warn!(
@@ -485,9 +516,10 @@ fn classify(session: &Session, packet: &Packet) -> Route {
             IoKind::Write(byte_range(e.offset, u64::from(e.len_bytes)))
         }
         Message::Flush => IoKind::Flush,
-        Message::SnapshotCreate(_) | Message::SnapshotDestroy(_) | Message::Resize { .. } => {
-            IoKind::Barrier
-        }
+        Message::SnapshotCreate(_)
+        | Message::SnapshotDestroy(_)
+        | Message::Resize { .. }
+        | Message::MembershipSet(_) => IoKind::Barrier,
     };
     if session.fenced.is_none() {
         return Route::Immediate(Some(error_reply(
@@ -515,6 +547,26 @@ fn mutates(message: &Message) -> bool {
             | Message::SnapshotDestroy(_)
             | Message::Resize { .. }
     )
+}
+
+/// Requests that change block data: the ones the completion watermark
+/// (`ordering::watermark`) follows.
+fn writes_data(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Write(_) | Message::Unmap(_) | Message::WriteZeroes(_)
+    )
+}
+
+/// Hands the volume's completion watermark to the engine, which records it
+/// at its next commit as the durable io_seq.
+pub(crate) fn publish_watermark(entry: &VolumeEntry) {
+    if let Err(e) = entry
+        .volume
+        .set_complete_io_seq(entry.order.complete_io_seq())
+    {
+        debug!(volume = %entry.name, error = %e, "cannot record the completion watermark");
+    }
 }
 
 async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
@@ -560,6 +612,10 @@ async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
             Message::SnapshotDestroy(name) => {
                 volume.delete_snapshot(name.as_str()).await?;
                 Message::Ack(Opcode::SnapshotDestroy)
+            }
+            Message::MembershipSet(record) => {
+                entry.store_membership(record).await?;
+                Message::Ack(Opcode::MembershipSet)
             }
             Message::Resize { new_size_bytes } => {
                 let current = volume.size_bytes()?;

@@ -2,7 +2,9 @@
 //! a sink told by its (simulated) target to rebuild pulls the source's
 //! blocks, keeps a live write that arrived meanwhile, reports progress and
 //! done; a sink whose source is unreachable aborts and stays degraded; a
-//! source refuses a snapshot rebuild with an abort.
+//! source streams a snapshot's frozen content, and aborts a stream of a
+//! snapshot it does not have; a failed write holds the durable io_seq a
+//! replica reports below it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -53,6 +55,7 @@ async fn replica() -> Replica {
         devices: vec![path],
         listen: "127.0.0.1:0".parse().unwrap(),
         mgmt_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
         rebuild_limit_bytes_per_sec: 0,
     })
     .await
@@ -241,7 +244,7 @@ async fn a_sink_whose_source_is_unreachable_aborts_and_stays_degraded() {
 }
 
 #[tokio::test]
-async fn a_source_refuses_a_snapshot_rebuild_with_an_abort() {
+async fn a_source_aborts_the_stream_of_a_snapshot_it_does_not_have() {
     let source = replica().await;
     let (mut probe, _, _) = session(source.data, 0).await;
     let snapshot = RebuildSource::Snapshot(Name::new("s1").unwrap());
@@ -259,4 +262,95 @@ async fn a_source_refuses_a_snapshot_rebuild_with_an_abort() {
         }
         other => panic!("expected an abort, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_source_streams_a_snapshot_as_it_was_taken_not_the_live_volume() {
+    let source = replica().await;
+    let v = source.pool.volume("v").unwrap();
+    v.write(0, &block(1, 0), 5).await.unwrap();
+    v.write(BLOCK, &block(1, 1), 6).await.unwrap();
+    v.create_snapshot("s1").await.unwrap();
+    v.write(0, &block(2, 0), 7).await.unwrap();
+    let (mut probe, _, _) = session(source.data, 0).await;
+    let snapshot = RebuildSource::Snapshot(Name::new("s1").unwrap());
+    probe
+        .send(packet(
+            0,
+            1,
+            start("127.0.0.1:1".parse().unwrap(), snapshot),
+        ))
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 2 * BLOCK as usize];
+    loop {
+        match next(&mut probe).await.message {
+            Message::Ack(Opcode::RebuildStart) | Message::RebuildProgress(_) => {}
+            Message::RebuildChunk(c) => {
+                assert!(
+                    c.block_io_seqs.iter().all(|s| *s <= 6),
+                    "{:?}",
+                    c.block_io_seqs
+                );
+                let at = c.offset as usize;
+                let end = (at + c.data.len()).min(got.len());
+                if at < end {
+                    got[at..end].copy_from_slice(&c.data[..end - at]);
+                }
+            }
+            Message::RebuildDone(done) => {
+                assert_eq!(
+                    done.through_io_seq, 6,
+                    "a snapshot's stream ends at its io_seq"
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        &got[..BLOCK as usize],
+        &block(1, 0)[..],
+        "the write after the snapshot leaked in"
+    );
+    assert_eq!(&got[BLOCK as usize..], &block(1, 1)[..]);
+}
+
+/// The durable io_seq a replica reports (where a delta rebuild of it
+/// starts) is its completion watermark: a write that failed holds it below,
+/// even though later writes succeeded and were flushed.
+#[tokio::test]
+async fn a_failed_write_holds_the_reported_durable_io_seq_below_it() {
+    let r = replica().await;
+    let (mut target, _, _) = session(r.data, 1).await;
+    let write = |offset: u64, lba: u64| {
+        Message::Write(Write {
+            offset,
+            data: block(3, lba),
+            fua: false,
+        })
+    };
+    target.send(packet(1, 5, write(0, 0))).await.unwrap();
+    // Past the end of the volume: refused by the engine.
+    target
+        .send(packet(1, 6, write(VOLUME_BYTES, 0)))
+        .await
+        .unwrap();
+    target.send(packet(1, 7, write(BLOCK, 1))).await.unwrap();
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        let reply = next(&mut target).await;
+        if !matches!(reply.message, Message::Ack(Opcode::Write)) {
+            failed.push(reply.io_seq);
+        }
+    }
+    assert_eq!(failed, vec![6], "only the write past the end fails");
+    target.send(packet(1, 8, Message::Flush)).await.unwrap();
+    assert!(matches!(
+        next(&mut target).await.message,
+        Message::Ack(Opcode::Flush)
+    ));
+    drop(target);
+    let (_, _, durable) = session(r.data, 2).await;
+    assert_eq!(durable, 5, "complete through 5 only: 6 is missing");
 }

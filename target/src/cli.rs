@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use cstor_mgmt::metrics_http;
 use tokio_util::sync::CancellationToken;
 
+use crate::iscsi::access::{Allowlist, InitiatorAccess};
 use crate::iscsi::chap::{ChapConfig, Credentials};
 use crate::iscsi::login::{target_name_for, TargetConfig};
-use crate::mgmt;
 use crate::server::{self, Shared};
 use crate::volume::{Volume, VolumeSpec};
+use crate::{metrics, mgmt};
 
 #[derive(Debug, Args)]
 pub struct TargetArgs {
@@ -25,10 +27,18 @@ pub struct TargetArgs {
     /// address given here must be free.
     #[arg(long, env = "CSTOR_TARGET_MGMT_LISTEN")]
     pub mgmt_listen: Option<SocketAddr>,
+    /// Prometheus metrics address (HTTP, `GET /metrics`; see
+    /// docs/metrics.md), e.g. 0.0.0.0:9500. Off unless given.
+    #[arg(long, env = "CSTOR_TARGET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The volume to serve (its replicas hold a volume replica of this name).
     #[arg(long, env = "CSTOR_VOLUME")]
     pub volume: String,
     /// A replica daemon's data address; repeat for every replica (1 to 5).
+    /// These make a new volume's membership; once the replicas hold a
+    /// membership record (any volume that was opened before), the target
+    /// follows the record and dials its members, and addresses here only
+    /// need to reach one of them.
     #[arg(
         long = "replica",
         env = "CSTOR_REPLICAS",
@@ -37,19 +47,30 @@ pub struct TargetArgs {
     )]
     pub replicas: Vec<SocketAddr>,
     /// Consistency factor: healthy replicas that must acknowledge a write
-    /// (default: a majority).
+    /// (default: a majority). Used for a new volume only; afterwards the
+    /// CF in the replicas' membership record applies (change it with
+    /// `cstor ctl replica set-cf`).
     #[arg(long, env = "CSTOR_CF")]
     pub cf: Option<usize>,
     /// Target name (default iqn.2016-09.com.openebs.cstor:VOLUME).
     #[arg(long, env = "CSTOR_TARGET_NAME")]
     pub target_name: Option<String>,
-    /// Only these initiators may log in (repeat); default: any.
+    /// Only these initiators may log in (repeat); default: any. The
+    /// management API's SetAllowedInitiators replaces the list at run time.
     #[arg(
         long = "allow-initiator",
         env = "CSTOR_ALLOWED_INITIATORS",
         value_delimiter = ','
     )]
     pub allowed_initiators: Vec<String>,
+    /// Admit no initiator until the management API's SetAllowedInitiators
+    /// names some (the CSI controller publishes the volume to a node).
+    #[arg(
+        long,
+        env = "CSTOR_DENY_INITIATORS",
+        conflicts_with = "allowed_initiators"
+    )]
+    pub deny_initiators: bool,
     /// CHAP user the initiator must authenticate as (with
     /// CSTOR_CHAP_SECRET, 12 to 255 bytes).
     #[arg(long, env = "CSTOR_CHAP_USER")]
@@ -75,6 +96,8 @@ pub struct TargetArgs {
 pub enum TargetError {
     #[error("CHAP: {0}")]
     Chap(String),
+    #[error("--allow-initiator: {0}")]
+    Initiator(#[from] crate::iscsi::access::NameError),
     #[error("cannot open volume {volume}: {source}")]
     Open {
         volume: String,
@@ -84,6 +107,8 @@ pub enum TargetError {
     Server(#[from] server::ServerError),
     #[error(transparent)]
     Mgmt(#[from] mgmt::MgmtError),
+    #[error(transparent)]
+    Metrics(#[from] cstor_mgmt::metrics_http::MetricsHttpError),
 }
 
 impl TargetArgs {
@@ -108,14 +133,24 @@ impl TargetArgs {
             .map_err(|e| TargetError::Chap(e.to_string()))
     }
 
+    /// Who may log in at start.
+    fn allowlist(&self) -> Result<Allowlist, TargetError> {
+        if self.deny_initiators {
+            return Ok(Allowlist::Only(Vec::new()));
+        }
+        if self.allowed_initiators.is_empty() {
+            return Ok(Allowlist::Any);
+        }
+        Ok(Allowlist::from_names(&self.allowed_initiators, false)?)
+    }
+
     fn config(&self) -> Result<TargetConfig, TargetError> {
         let mut config = TargetConfig::for_volume(&self.volume);
         config.target_name = self
             .target_name
             .clone()
             .unwrap_or_else(|| target_name_for(&self.volume));
-        config.allowed_initiators =
-            (!self.allowed_initiators.is_empty()).then(|| self.allowed_initiators.clone());
+        config.allowed_initiators = InitiatorAccess::new(self.allowlist()?);
         config.chap = self.chap()?;
         config.queue_depth = self.queue_depth;
         Ok(config)
@@ -136,6 +171,10 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
             }
         },
     };
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(metrics_http::bind(addr).await?),
+        None => None,
+    };
     let mut spec = VolumeSpec::new(args.volume.clone(), args.replicas.clone());
     spec.cf = args.cf;
     spec.ack_timeout = Duration::from_secs(args.ack_timeout_seconds);
@@ -149,8 +188,19 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
         })?,
     };
     let shared = Arc::new(Shared::new(config, volume.clone(), &args.volume)?);
+    tokio::spawn(metrics::follow_status(
+        Arc::clone(&shared.metrics),
+        volume.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        let (metrics, volume) = (Arc::clone(&shared.metrics), volume.clone());
+        let render: metrics_http::Render = Arc::new(move || metrics.render(&volume.status()));
+        tokio::spawn(metrics_http::serve(listener, render, shutdown.clone()));
+    }
     let api_task = mgmt_listener.map(|listener| {
-        let api = mgmt::Service::new(volume.clone(), args.volume.clone());
+        let api = mgmt::Service::new(volume.clone(), args.volume.clone())
+            .with_initiator_access(shared.config.allowed_initiators.clone());
         tokio::spawn(mgmt::serve(listener, api, shutdown.clone()))
     });
     server::serve(listener, shared, shutdown.clone()).await;

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod iscsi;
+pub mod metrics;
 pub mod mgmt;
 pub mod scsi;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The target's management API (gRPC `cstor.v1.TargetManager`): the
-//! volume's status per replica, snapshots and resize, each carried out by
+//! volume's status per replica, snapshots and resize, and membership (add,
+//! remove, consistency factor; `volume::membership`), each carried out by
 //! the volume controller at quorum (see `volume::controller`, invariant 4).
 //!
 //! A thin shell: every call turns into one [`Volume`] call; errors map to
@@ -9,6 +10,10 @@ use std::net::SocketAddr;
 
 use cstor_mgmt::v1::target_manager_server::{TargetManager, TargetManagerServer};
 use cstor_mgmt::v1::{
+    AddReplicaRequest, Member, Membership, RemoveReplicaRequest, SetConsistencyFactorRequest,
+};
+use cstor_mgmt::v1::{AllowedInitiators, GetAllowedInitiatorsRequest, SetAllowedInitiatorsRequest};
+use cstor_mgmt::v1::{
     CreateSnapshotRequest, CreateSnapshotResponse, DeleteSnapshotRequest, DeleteSnapshotResponse,
     GetTargetStatusRequest, ListTargetSnapshotsRequest, ListTargetSnapshotsResponse, ResizeRequest,
     TargetRebuild, TargetReplica, TargetReplicaState, TargetSnapshot, TargetStatus,
@@ -17,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::volume::{ReplicaState, Volume, VolumeError, VolumeStatus};
+use crate::iscsi::access::{Allowlist, InitiatorAccess};
+use crate::volume::{MemberRef, ReplicaState, Volume, VolumeError, VolumeStatus};
 
 /// Where `cstor target` serves the API unless told otherwise (and where
 /// `cstor ctl --target` looks by default).
@@ -25,6 +31,10 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
     std::net::Ipv4Addr::LOCALHOST,
     7700,
 ));
+
+/// Most initiator names a SetAllowedInitiators call may list (a volume is
+/// attached to one node, a handful while it moves).
+pub const MAX_ALLOWED_INITIATORS: usize = 64;
 
 /// Why the management API could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +52,7 @@ pub enum MgmtError {
 pub struct Service {
     volume: Volume,
     name: String,
+    access: InitiatorAccess,
 }
 
 impl Service {
@@ -49,7 +60,16 @@ impl Service {
         Service {
             volume,
             name: name.into(),
+            access: InitiatorAccess::default(),
         }
+    }
+
+    /// Serves `access` (the allowlist the target's logins read) through
+    /// Set/GetAllowedInitiators. Without it those calls govern an
+    /// allowlist no login reads.
+    pub fn with_initiator_access(mut self, access: InitiatorAccess) -> Self {
+        self.access = access;
+        self
     }
 
     fn status(&self) -> TargetStatus {
@@ -103,7 +123,18 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
                     from_io_seq: run.from_io_seq,
                     done_bytes: run.progress.done_bytes,
                     total_bytes: run.progress.total_bytes,
+                    eta_seconds: s
+                        .rebuild_etas
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map(|d| d.as_secs()),
+                    source_address: s
+                        .replicas
+                        .get(run.source)
+                        .map_or_else(String::new, |(a, _)| a.to_string()),
                 }),
+            replica_id: format!("{:032x}", s.replica_ids.get(i).copied().unwrap_or(0)),
         })
         .collect();
     TargetStatus {
@@ -119,6 +150,23 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
         in_flight: s.in_flight as u64,
         barrier: s.barrier,
         replicas,
+        membership_generation: s.membership_generation,
+    }
+}
+
+/// A committed membership record as the API shows it.
+pub fn membership_message(record: &cstor_proto::Membership) -> Membership {
+    Membership {
+        generation: record.generation,
+        consistency_factor: u32::from(record.consistency_factor),
+        members: record
+            .members
+            .iter()
+            .map(|m| Member {
+                replica_id: format!("{:032x}", m.replica_id),
+                address: m.address.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -128,6 +176,7 @@ fn replica_state(state: ReplicaState) -> TargetReplicaState {
         ReplicaState::Healthy => TargetReplicaState::Healthy,
         ReplicaState::Degraded => TargetReplicaState::Degraded,
         ReplicaState::Rebuilding => TargetReplicaState::Rebuilding,
+        ReplicaState::Removed => TargetReplicaState::Removed,
     }
 }
 
@@ -221,6 +270,97 @@ impl TargetManager for Service {
         self.volume.resize(size_bytes).await.map_err(grpc_status)?;
         Ok(Response::new(self.status()))
     }
+
+    async fn set_allowed_initiators(
+        &self,
+        request: Request<SetAllowedInitiatorsRequest>,
+    ) -> Result<Response<AllowedInitiators>, Status> {
+        let request = request.into_inner();
+        if request.initiators.len() > MAX_ALLOWED_INITIATORS {
+            return Err(Status::invalid_argument(format!(
+                "{} initiators: at most {MAX_ALLOWED_INITIATORS}",
+                request.initiators.len()
+            )));
+        }
+        let allowlist = Allowlist::from_names(&request.initiators, request.allow_any)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(volume = %self.name, ?allowlist, "allowed initiators set");
+        self.access.set(allowlist);
+        Ok(Response::new(allowed_message(&self.access.get())))
+    }
+
+    async fn get_allowed_initiators(
+        &self,
+        _: Request<GetAllowedInitiatorsRequest>,
+    ) -> Result<Response<AllowedInitiators>, Status> {
+        Ok(Response::new(allowed_message(&self.access.get())))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<AddReplicaRequest>,
+    ) -> Result<Response<Membership>, Status> {
+        let text = request.into_inner().address;
+        let address: SocketAddr = text
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("{text:?} is not host:port")))?;
+        tracing::info!(volume = %self.name, %address, "replica add requested");
+        let record = self
+            .volume
+            .add_replica(address)
+            .await
+            .map_err(grpc_status)?;
+        Ok(Response::new(membership_message(&record)))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<Membership>, Status> {
+        let text = request.into_inner().replica;
+        let which = MemberRef::parse(&text).map_err(|_| {
+            Status::invalid_argument(format!(
+                "{text:?} is neither host:port nor a 32-hex-digit replica id"
+            ))
+        })?;
+        tracing::info!(volume = %self.name, replica = %text, "replica removal requested");
+        let record = self
+            .volume
+            .remove_replica(which)
+            .await
+            .map_err(grpc_status)?;
+        Ok(Response::new(membership_message(&record)))
+    }
+
+    async fn set_consistency_factor(
+        &self,
+        request: Request<SetConsistencyFactorRequest>,
+    ) -> Result<Response<Membership>, Status> {
+        let cf = request.into_inner().consistency_factor;
+        let cf = usize::try_from(cf)
+            .map_err(|_| Status::invalid_argument(format!("consistency factor {cf}")))?;
+        tracing::info!(volume = %self.name, cf, "consistency factor change requested");
+        let record = self
+            .volume
+            .set_consistency_factor(cf)
+            .await
+            .map_err(grpc_status)?;
+        Ok(Response::new(membership_message(&record)))
+    }
+}
+
+/// The allowlist as the API shows it.
+fn allowed_message(allowlist: &Allowlist) -> AllowedInitiators {
+    match allowlist {
+        Allowlist::Any => AllowedInitiators {
+            initiators: Vec::new(),
+            allow_any: true,
+        },
+        Allowlist::Only(names) => AllowedInitiators {
+            initiators: names.clone(),
+            allow_any: false,
+        },
+    }
 }
 
 fn check_name(name: &str) -> Result<(), Status> {
@@ -264,6 +404,9 @@ mod tests {
             in_flight: 1,
             size_bytes: 1 << 20,
             barrier: true,
+            replica_ids: vec![0xab, 0xcd],
+            rebuild_etas: vec![None, Some(std::time::Duration::from_secs(42))],
+            membership_generation: 3,
         };
         let m = status_message("v", 4096, &status);
         assert_eq!(m.replicas.len(), 2);
@@ -272,8 +415,12 @@ mod tests {
         assert_eq!(m.replicas[1].state, TargetReplicaState::Rebuilding as i32);
         assert_eq!(m.replicas[1].in_flight, 2);
         assert_eq!(m.replicas[0].acked_io_seq, 98);
-        let rebuild = m.replicas[1].rebuild.unwrap();
+        let rebuild = m.replicas[1].rebuild.clone().unwrap();
         assert_eq!((rebuild.done_bytes, rebuild.total_bytes), (3, 8));
+        assert_eq!(rebuild.eta_seconds, Some(42));
+        assert_eq!(rebuild.source_address, "127.0.0.1:1");
+        assert_eq!(m.replicas[1].replica_id, format!("{:032x}", 0xcd));
+        assert_eq!(m.membership_generation, 3);
         assert!(m.replicas[0].rebuild.is_none());
         assert_eq!((m.size_bytes, m.epoch, m.next_io_seq), (1 << 20, 4, 99));
         assert!(m.barrier);

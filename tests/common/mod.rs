@@ -483,3 +483,431 @@ impl TargetProcess {
         }
     }
 }
+
+// ------------------------------------------------------------ iSCSI client
+
+/// What a SCSI command ended with, as an initiator sees it.
+#[derive(Debug)]
+pub struct ScsiOutcome {
+    pub status: u8,
+    pub data: Vec<u8>,
+    pub sense: Option<Vec<u8>>,
+}
+
+impl ScsiOutcome {
+    pub const GOOD: u8 = 0x00;
+    pub const CHECK_CONDITION: u8 = 0x02;
+
+    pub fn is_good(&self) -> bool {
+        self.status == Self::GOOD
+    }
+
+    /// The sense key (SPC-5 §4.4.2, fixed or descriptor format).
+    pub fn sense_key(&self) -> Option<u8> {
+        let sense = self.sense.as_deref()?;
+        let at = if sense.first()? & 0x7f >= 0x72 { 1 } else { 2 };
+        sense.get(at).map(|k| k & 0x0f)
+    }
+}
+
+/// A minimal iSCSI initiator for failure tests: one connection, no digests,
+/// no CHAP, queue depth 1, every write carried whole as immediate data (so
+/// at most FirstBurstLength, 64 KiB). Unlike the hand-made initiator of
+/// tests/iscsi_wire.rs it never panics on a lost connection: every call
+/// returns an `io::Error` once the target is gone (killed, restarted), so a
+/// test can log in again with a new session and go on.
+///
+/// PDUs are laid out and parsed by `cstor_target::iscsi::pdu` (what is
+/// under test here is durability, not framing; tests/iscsi_wire.rs checks
+/// the framing independently).
+pub struct IscsiSession {
+    stream: TcpStream,
+    next_itt: u32,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    pub block_size: u32,
+    pub blocks: u64,
+}
+
+/// Hang guard of one iSCSI exchange: not a timing assertion, it only turns
+/// a hung target into an error. Longer than a target's hold below quorum.
+pub const ISCSI_IO_GUARD: Duration = Duration::from_secs(40);
+
+impl IscsiSession {
+    /// Connects to `portal`, logs in to `iqn` as `initiator` (RFC 7143
+    /// §6.3: operational stage straight to full feature phase) and takes
+    /// the new nexus' unit attention (SAM-5 §5.14) and the capacity.
+    pub async fn login(
+        portal: SocketAddr,
+        iqn: &str,
+        initiator: &str,
+    ) -> std::io::Result<IscsiSession> {
+        use cstor_target::iscsi::pdu::{LoginRequest, Pdu};
+        let stream = TcpStream::connect(portal).await?;
+        stream.set_nodelay(true)?;
+        let tag = rand_u64().to_be_bytes();
+        let mut me = IscsiSession {
+            stream,
+            next_itt: 1,
+            cmd_sn: u32::from_be_bytes([tag[5], tag[6], tag[7], 0]),
+            exp_stat_sn: 0,
+            block_size: 0,
+            blocks: 0,
+        };
+        let keys: [(&str, &str); 16] = [
+            ("InitiatorName", initiator),
+            ("SessionType", "Normal"),
+            ("TargetName", iqn),
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("MaxRecvDataSegmentLength", "262144"),
+            ("InitialR2T", "Yes"),
+            ("ImmediateData", "Yes"),
+            ("MaxBurstLength", "262144"),
+            ("FirstBurstLength", "65536"),
+            ("MaxOutstandingR2T", "1"),
+            ("ErrorRecoveryLevel", "0"),
+            ("MaxConnections", "1"),
+            ("DataPDUInOrder", "Yes"),
+            ("DataSequenceInOrder", "Yes"),
+            ("DefaultTime2Wait", "0"),
+        ];
+        let mut text = Vec::new();
+        for (k, v) in keys {
+            text.extend_from_slice(format!("{k}={v}\0").as_bytes());
+        }
+        let request = Pdu::LoginRequest(LoginRequest {
+            transit: true,
+            continue_: false,
+            csg: 1,
+            nsg: 3,
+            version_max: 0,
+            version_min: 0,
+            // Type 0x80 (random) ISID, RFC 7143 §11.12.5: a new session.
+            isid: [0x80, tag[0], tag[1], tag[2], tag[3], tag[4]],
+            tsih: 0,
+            itt: me.itt(),
+            cid: 1,
+            cmd_sn: me.cmd_sn,
+            exp_stat_sn: 0,
+            data: Bytes::from(text),
+        });
+        me.send(&request).await?;
+        match me.recv().await? {
+            Pdu::LoginResponse(r) if r.status_class == 0 && r.transit && r.nsg == 3 => {}
+            other => return Err(std::io::Error::other(format!("login refused: {other:?}"))),
+        }
+        me.ready().await?;
+        Ok(me)
+    }
+
+    /// `login`, retried until it succeeds or `guard` passes (a target that
+    /// is restarting).
+    pub async fn login_retrying(
+        portal: SocketAddr,
+        iqn: &str,
+        initiator: &str,
+        guard: Duration,
+    ) -> IscsiSession {
+        let deadline = Instant::now() + guard;
+        loop {
+            match Self::login(portal, iqn, initiator).await {
+                Ok(session) => return session,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "no iSCSI session with {portal} within {guard:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn itt(&mut self) -> u32 {
+        let itt = self.next_itt;
+        self.next_itt = self.next_itt.wrapping_add(1).max(1);
+        itt
+    }
+
+    async fn send(&mut self, pdu: &cstor_target::iscsi::pdu::Pdu) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut buf = BytesMut::new();
+        pdu.encode(&mut buf, &Self::frame_config())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.stream.write_all(&buf).await
+    }
+
+    fn frame_config() -> cstor_target::iscsi::pdu::FrameConfig {
+        cstor_target::iscsi::pdu::FrameConfig {
+            digests: cstor_target::iscsi::pdu::Digests::default(),
+            max_data_segment_bytes: cstor_target::iscsi::limits::MAX_DATA_SEGMENT_FIELD,
+        }
+    }
+
+    async fn read_pdu(&mut self) -> std::io::Result<cstor_target::iscsi::pdu::Pdu> {
+        use tokio::io::AsyncReadExt;
+        const BHS_LEN: usize = 48;
+        let mut frame = vec![0u8; BHS_LEN];
+        self.stream.read_exact(&mut frame).await?;
+        let ahs_len = usize::from(frame[4]) * 4;
+        let data_len =
+            usize::from(frame[5]) << 16 | usize::from(frame[6]) << 8 | usize::from(frame[7]);
+        let total = BHS_LEN + ahs_len + data_len + cstor_target::iscsi::pdu::pad_len(data_len);
+        frame.resize(total, 0);
+        self.stream.read_exact(&mut frame[BHS_LEN..]).await?;
+        cstor_target::iscsi::pdu::parse(Bytes::from(frame), &Self::frame_config())
+            .map_err(|e| std::io::Error::other(format!("undecodable target PDU: {e}")))
+    }
+
+    /// The next PDU for us; target pings (NOP-In, RFC 7143 §11.19) are
+    /// answered and skipped.
+    async fn recv(&mut self) -> std::io::Result<cstor_target::iscsi::pdu::Pdu> {
+        use cstor_target::iscsi::pdu::{NopOut, Pdu};
+        loop {
+            let pdu = tokio::time::timeout(ISCSI_IO_GUARD, self.read_pdu())
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            let stat_sn = match &pdu {
+                Pdu::NopIn(p) => Some(p.stat_sn),
+                Pdu::ScsiResponse(p) => Some(p.stat_sn),
+                Pdu::LoginResponse(p) => Some(p.stat_sn),
+                Pdu::DataIn(p) => p.status.map(|_| p.stat_sn),
+                _ => None,
+            };
+            if let Some(sn) = stat_sn {
+                self.exp_stat_sn = sn.wrapping_add(1);
+            }
+            if let Pdu::NopIn(ping) = &pdu {
+                if ping.itt == u32::MAX {
+                    if ping.ttt != u32::MAX {
+                        let answer = Pdu::NopOut(NopOut {
+                            immediate: true,
+                            lun: ping.lun,
+                            itt: u32::MAX,
+                            ttt: ping.ttt,
+                            cmd_sn: self.cmd_sn,
+                            exp_stat_sn: self.exp_stat_sn,
+                            data: Bytes::new(),
+                        });
+                        self.send(&answer).await?;
+                    }
+                    continue;
+                }
+            }
+            return Ok(pdu);
+        }
+    }
+
+    /// Runs one SCSI command on LUN 0 and waits for its completion.
+    pub async fn run(
+        &mut self,
+        cdb: [u8; 16],
+        read_len: u32,
+        data: Bytes,
+    ) -> std::io::Result<ScsiOutcome> {
+        use cstor_target::iscsi::pdu::{Pdu, ScsiCommand, TaskAttr};
+        let write = !data.is_empty();
+        let itt = self.itt();
+        let command = ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: read_len > 0,
+            write,
+            attr: TaskAttr::Simple,
+            lun: 0,
+            itt,
+            expected_data_len: if write {
+                u32::try_from(data.len()).map_err(std::io::Error::other)?
+            } else {
+                read_len
+            },
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: Bytes::copy_from_slice(&cdb),
+            bidi_read_len: None,
+            data,
+        };
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        self.send(&Pdu::ScsiCommand(command)).await?;
+        let mut buf = vec![0u8; read_len as usize];
+        loop {
+            match self.recv().await? {
+                Pdu::DataIn(d) if d.itt == itt => {
+                    let at = d.buffer_offset as usize;
+                    let Some(dst) = buf.get_mut(at..at + d.data.len()) else {
+                        return Err(std::io::Error::other("Data-In beyond the buffer"));
+                    };
+                    dst.copy_from_slice(&d.data);
+                    if let Some(status) = d.status {
+                        return Ok(ScsiOutcome {
+                            status,
+                            data: buf,
+                            sense: None,
+                        });
+                    }
+                }
+                Pdu::ScsiResponse(r) if r.itt == itt => {
+                    if r.response != 0 {
+                        return Err(std::io::Error::other(format!("target failure: {r:?}")));
+                    }
+                    return Ok(ScsiOutcome {
+                        status: r.status,
+                        data: buf,
+                        sense: r.sense().map(<[u8]>::to_vec),
+                    });
+                }
+                Pdu::AsyncMessage(_) => {}
+                other => {
+                    return Err(std::io::Error::other(format!(
+                        "waiting for ITT {itt:#x}, got {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// TEST UNIT READY until GOOD (the first one after login may report
+    /// the power-on unit attention), then READ CAPACITY(16).
+    async fn ready(&mut self) -> std::io::Result<()> {
+        let mut ok = false;
+        for _ in 0..3 {
+            if self.run([0; 16], 0, Bytes::new()).await?.is_good() {
+                ok = true;
+                break;
+            }
+        }
+        if !ok {
+            return Err(std::io::Error::other("TEST UNIT READY never GOOD"));
+        }
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e; // SERVICE ACTION IN(16)
+        cdb[1] = 0x10; // READ CAPACITY(16), SBC-4 §5.20
+        cdb[13] = 32;
+        let cap = self.run(cdb, 32, Bytes::new()).await?;
+        if !cap.is_good() {
+            return Err(std::io::Error::other(format!("READ CAPACITY: {cap:?}")));
+        }
+        let last_lba = u64::from_be_bytes(cap.data[0..8].try_into().unwrap());
+        self.block_size = u32::from_be_bytes(cap.data[8..12].try_into().unwrap());
+        self.blocks = last_lba + 1;
+        Ok(())
+    }
+
+    /// WRITE(16) of `data` (whole blocks, at most 64 KiB) at `lba`.
+    pub async fn write(&mut self, lba: u64, data: Bytes) -> std::io::Result<ScsiOutcome> {
+        let blocks = u32::try_from(data.len() / self.block_size as usize).unwrap();
+        self.run(rw16(0x8a, lba, blocks), 0, data).await
+    }
+
+    /// READ(16) of `blocks` blocks at `lba`.
+    pub async fn read(&mut self, lba: u64, blocks: u32) -> std::io::Result<ScsiOutcome> {
+        let len = blocks * self.block_size;
+        self.run(rw16(0x88, lba, blocks), len, Bytes::new()).await
+    }
+
+    /// SYNCHRONIZE CACHE(16) of the whole LU (SBC-4 §5.27).
+    pub async fn sync_cache(&mut self) -> std::io::Result<ScsiOutcome> {
+        self.run(rw16(0x91, 0, 0), 0, Bytes::new()).await
+    }
+}
+
+/// READ(16) / WRITE(16) / SYNCHRONIZE CACHE(16) CDB (SBC-4 §5.17, §5.43,
+/// §5.27): opcode, LBA, number of blocks.
+pub fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+/// `cstor ctl --target MGMT --json status`, or `None` while the target's
+/// management API does not answer (starting, killed).
+pub fn target_status(mgmt: SocketAddr) -> Option<serde_json::Value> {
+    let out = Command::new(cstor_bin())
+        .args(["ctl", "--target", &mgmt.to_string(), "--json", "status"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The target-side state names of the replicas in a `target_status`.
+pub fn replica_states(status: &serde_json::Value) -> Vec<String> {
+    status["replicas"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|x| x["state"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `target_status` until `ok` holds for it; panics with the last
+/// status after `guard` (a hang guard, not a timing assertion).
+pub fn wait_target_status(
+    mgmt: SocketAddr,
+    what: &str,
+    guard: Duration,
+    mut ok: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + guard;
+    let mut last = None;
+    loop {
+        if let Some(status) = target_status(mgmt) {
+            if ok(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `signal` (e.g. "-STOP", "-CONT", "-9") to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+/// Whether `pid` is stopped by a signal (state T in /proc/PID/stat).
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// Whether the tests run as root (`id -u` is 0).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A `cstor up --base-port` whose ports are free: for replica i BASE+10i to
+/// BASE+10i+2 (data, management, metrics), for the target BASE+100 and
+/// BASE+101 (management, metrics).
+pub fn free_up_base_port(replicas: u16) -> u16 {
+    loop {
+        let base = free_addr().port();
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if base < 60_000
+            && free(base + 100)
+            && free(base + 101)
+            && (0..replicas).all(|i| (0..3).all(|k| free(base + 10 * i + k)))
+        {
+            return base;
+        }
+    }
+}

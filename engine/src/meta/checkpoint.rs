@@ -10,10 +10,13 @@ use super::record::{id_opt, name, opt_id};
 use super::state::{Layer, Mode, SnapshotMeta, State, VolumeMeta};
 use crate::format::codec::{Reader, Writer};
 use crate::format::FormatError;
-use crate::limits::{MAX_ATTRS_BYTES, MAX_LAYERS, MAX_NAME_BYTES};
+use crate::limits::{MAX_ATTRS_BYTES, MAX_LAYERS, MAX_MEMBERSHIP_BYTES, MAX_NAME_BYTES};
 
 /// Magic at byte 0 of a checkpoint.
-pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CSTORCK1";
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CSTORCK2";
+/// Magic of the previous layout, still read: its volume records end at
+/// `max io_seq` (no membership, read as empty).
+pub const CHECKPOINT_MAGIC_V1: [u8; 8] = *b"CSTORCK1";
 /// Bytes per encoded chunk entry.
 pub const ENTRY_BYTES: u64 = 24;
 /// Fixed bytes (header).
@@ -21,8 +24,21 @@ const HEADER_BYTES: u64 = 8 + 4 + 8 + 4 * 3;
 /// Upper bound of the bytes one layer's header takes.
 const LAYER_BYTES: u64 = 8 + 8 + 1 + 8;
 /// Upper bound of one volume record.
-const VOLUME_BYTES: u64 =
-    8 + 2 + MAX_NAME_BYTES as u64 + 8 + 8 + 4 + 1 + 16 + 8 + 2 + MAX_ATTRS_BYTES as u64 + 8 + 8;
+const VOLUME_BYTES: u64 = 8
+    + 2
+    + MAX_NAME_BYTES as u64
+    + 8
+    + 8
+    + 4
+    + 1
+    + 16
+    + 8
+    + 2
+    + MAX_ATTRS_BYTES as u64
+    + 8
+    + 8
+    + 2
+    + MAX_MEMBERSHIP_BYTES as u64;
 /// Upper bound of one snapshot record.
 const SNAPSHOT_BYTES: u64 = 8 + 2 + MAX_NAME_BYTES as u64 + 8 + 8 + 8 + 8;
 /// Encoded phys of a zeros tombstone.
@@ -80,7 +96,8 @@ pub fn encode(st: &State) -> Vec<u8> {
             .u64(v.epoch)
             .bytes16(&v.attrs)
             .u64(v.created_io_seq)
-            .u64(v.max_io_seq);
+            .u64(v.max_io_seq)
+            .bytes16(&v.membership);
     }
     for s in st.snapshots.values() {
         w.u64(s.id)
@@ -102,9 +119,11 @@ fn bad(what: impl Into<String>) -> FormatError {
 /// decodes is one the live code could have built.
 pub fn decode(bytes: &[u8], chunk_bytes: u32, total_chunks: u64) -> Result<State, FormatError> {
     let mut r = Reader::new(bytes);
-    if r.take(8)? != CHECKPOINT_MAGIC {
-        return Err(FormatError::BadMagic);
-    }
+    let with_membership = match r.take(8)? {
+        magic if magic == CHECKPOINT_MAGIC => true,
+        magic if magic == CHECKPOINT_MAGIC_V1 => false,
+        _ => return Err(FormatError::BadMagic),
+    };
     if r.u32()? != chunk_bytes {
         return Err(bad("chunk size differs from the superblock's"));
     }
@@ -173,8 +192,17 @@ pub fn decode(bytes: &[u8], chunk_bytes: u32, total_chunks: u64) -> Result<State
             attrs: r.bytes16()?.to_vec(),
             created_io_seq: r.u64()?,
             max_io_seq: r.u64()?,
+            membership: if with_membership {
+                r.bytes16()?.to_vec()
+            } else {
+                Vec::new()
+            },
         };
-        if !st.layers.contains_key(&v.live) || v.id == 0 || v.id >= st.next_id {
+        if !st.layers.contains_key(&v.live)
+            || v.id == 0
+            || v.id >= st.next_id
+            || v.membership.len() > MAX_MEMBERSHIP_BYTES
+        {
             return Err(bad(format!("volume {}", v.id)));
         }
         st.volumes.insert(v.id, v);
@@ -272,7 +300,42 @@ mod tests {
             Mode::Live,
         )
         .unwrap();
+        st.apply(
+            &Record::SetMembership {
+                volume: id,
+                membership: vec![3, 4, 5],
+            },
+            Mode::Live,
+        )
+        .unwrap();
         st
+    }
+
+    #[test]
+    fn checkpoint_of_the_previous_layout_reads_with_an_empty_membership() {
+        let mut st = State::new(4096, 32);
+        let (id, layer) = (st.take_id(), st.take_id());
+        let create = Record::CreateVolume {
+            id,
+            layer,
+            parent: None,
+            name: "v".into(),
+            size_bytes: 1 << 20,
+            block_bytes: 512,
+            thick: false,
+            replica_id: 77,
+            io_seq: 3,
+        };
+        st.apply(&create, Mode::Live).unwrap();
+        let mut bytes = encode(&st);
+        // Without snapshots the volume record ends the checkpoint: its last
+        // two bytes are the (empty) membership's length.
+        assert_eq!(bytes[bytes.len() - 2..], [0, 0]);
+        bytes.truncate(bytes.len() - 2);
+        bytes[..8].copy_from_slice(&CHECKPOINT_MAGIC_V1);
+        let back = decode(&bytes, 4096, 32).unwrap();
+        assert_eq!(back.volumes, st.volumes);
+        assert!(back.volumes[&id].membership.is_empty());
     }
 
     #[test]

@@ -68,6 +68,26 @@ pub enum Record {
         /// Snapshot.
         id: SnapshotId,
     },
+    /// A snapshot rebuilt from a peer (rebuild only): a new empty layer
+    /// named as a snapshot is inserted *below* `below` (a layer of the
+    /// volume's chain), between it and its parent, so the layers above keep
+    /// their own entries and read through the new one.
+    InsertSnapshot {
+        /// Volume.
+        volume: VolumeId,
+        /// New snapshot id.
+        id: SnapshotId,
+        /// The new snapshot's (empty) layer.
+        layer: LayerId,
+        /// The layer that gets the new one as its parent.
+        below: LayerId,
+        /// Snapshot name, unique within the volume.
+        name: String,
+        /// io_seq the snapshot was taken at (on the peer).
+        io_seq: u64,
+        /// Size of the snapshot (at most the volume's).
+        size_bytes: u64,
+    },
     /// Highest target epoch accepted.
     SetEpoch {
         /// Volume.
@@ -81,6 +101,13 @@ pub enum Record {
         volume: VolumeId,
         /// Bytes (≤ MAX_ATTRS_BYTES).
         attrs: Vec<u8>,
+    },
+    /// Opaque membership record (the target's replica set of the volume).
+    SetMembership {
+        /// Volume.
+        volume: VolumeId,
+        /// Bytes (≤ MAX_MEMBERSHIP_BYTES).
+        membership: Vec<u8>,
     },
     /// Maps a logical chunk of a layer to a physical chunk.
     Map {
@@ -109,7 +136,8 @@ pub enum Record {
         /// Logical chunk.
         chunk: u64,
     },
-    /// Highest io_seq written to the volume.
+    /// io_seq the volume is complete through: the highest written, or the
+    /// owner's completion watermark once declared (FORMAT.md).
     VolumeSeq {
         /// Volume.
         volume: VolumeId,
@@ -129,6 +157,8 @@ const T_MAP: u8 = 8;
 const T_ZERO: u8 = 9;
 const T_REMOVE: u8 = 10;
 const T_VOLUME_SEQ: u8 = 11;
+const T_SET_MEMBERSHIP: u8 = 12;
+const T_INSERT_SNAPSHOT: u8 = 13;
 
 /// Encodes an optional layer id (ids start at 1; 0 means none).
 pub(crate) fn opt_id(id: Option<u64>) -> u64 {
@@ -194,11 +224,32 @@ impl Record {
             Record::DeleteSnapshot { id } => {
                 w.u8(T_DELETE_SNAPSHOT).u64(*id);
             }
+            Record::InsertSnapshot {
+                volume,
+                id,
+                layer,
+                below,
+                name,
+                io_seq,
+                size_bytes,
+            } => {
+                w.u8(T_INSERT_SNAPSHOT)
+                    .u64(*volume)
+                    .u64(*id)
+                    .u64(*layer)
+                    .u64(*below)
+                    .bytes16(name.as_bytes())
+                    .u64(*io_seq)
+                    .u64(*size_bytes);
+            }
             Record::SetEpoch { volume, epoch } => {
                 w.u8(T_SET_EPOCH).u64(*volume).u64(*epoch);
             }
             Record::SetAttrs { volume, attrs } => {
                 w.u8(T_SET_ATTRS).u64(*volume).bytes16(attrs);
+            }
+            Record::SetMembership { volume, membership } => {
+                w.u8(T_SET_MEMBERSHIP).u64(*volume).bytes16(membership);
             }
             Record::Map {
                 layer,
@@ -252,6 +303,15 @@ impl Record {
                 io_seq: r.u64()?,
             },
             T_DELETE_SNAPSHOT => Record::DeleteSnapshot { id: r.u64()? },
+            T_INSERT_SNAPSHOT => Record::InsertSnapshot {
+                volume: r.u64()?,
+                id: r.u64()?,
+                layer: r.u64()?,
+                below: r.u64()?,
+                name: name(r.bytes16()?)?,
+                io_seq: r.u64()?,
+                size_bytes: r.u64()?,
+            },
             T_SET_EPOCH => Record::SetEpoch {
                 volume: r.u64()?,
                 epoch: r.u64()?,
@@ -259,6 +319,10 @@ impl Record {
             T_SET_ATTRS => Record::SetAttrs {
                 volume: r.u64()?,
                 attrs: r.bytes16()?.to_vec(),
+            },
+            T_SET_MEMBERSHIP => Record::SetMembership {
+                volume: r.u64()?,
+                membership: r.bytes16()?.to_vec(),
             },
             T_MAP => Record::Map {
                 layer: r.u64()?,
@@ -314,6 +378,15 @@ mod tests {
                 io_seq: 9,
             },
             Record::DeleteSnapshot { id: 3 },
+            Record::InsertSnapshot {
+                volume: 1,
+                id: 5,
+                layer: 6,
+                below: 4,
+                name: "r".into(),
+                io_seq: 7,
+                size_bytes: 1 << 30,
+            },
             Record::SetEpoch {
                 volume: 1,
                 epoch: 8,
@@ -321,6 +394,10 @@ mod tests {
             Record::SetAttrs {
                 volume: 1,
                 attrs: vec![1, 2, 3],
+            },
+            Record::SetMembership {
+                volume: 1,
+                membership: vec![4, 5],
             },
             Record::Map {
                 layer: 2,

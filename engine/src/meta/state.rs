@@ -8,7 +8,9 @@
 //! its own *live* layer; a snapshot freezes the live layer and gives the
 //! volume a new empty one above it (O(1) whatever the volume's size); a
 //! clone is a new volume whose live layer sits on a snapshot's layer. A
-//! read walks live → parent → ... and the first entry wins.
+//! snapshot rebuilt from a peer gets a new layer *inserted* under a layer
+//! of the volume's chain (`Record::InsertSnapshot`, FORMAT.md "Rebuilt
+//! snapshots"). A read walks live → parent → ... and the first entry wins.
 //!
 //! Invariants (checked by [`State::audit`]):
 //! - every physical chunk is owned by at most one layer entry, and is marked
@@ -25,7 +27,8 @@ use super::alloc::Allocator;
 use super::chunk_map::{ChunkMap, Entry, Target, MAX_PHYS};
 use super::record::{LayerId, Record, SnapshotId, VolumeId};
 use crate::limits::{
-    MAX_ATTRS_BYTES, MAX_CHAIN_DEPTH, MAX_LAYERS, MAX_NAME_BYTES, MAX_VOLUME_BYTES,
+    MAX_ATTRS_BYTES, MAX_CHAIN_DEPTH, MAX_LAYERS, MAX_MEMBERSHIP_BYTES, MAX_NAME_BYTES,
+    MAX_VOLUME_BYTES,
 };
 
 /// Why a record could not be applied.
@@ -76,6 +79,8 @@ pub struct VolumeMeta {
     pub epoch: u64,
     /// Opaque attributes.
     pub attrs: Vec<u8>,
+    /// Opaque membership record (empty: none yet).
+    pub membership: Vec<u8>,
     /// io_seq at creation.
     pub created_io_seq: u64,
     /// Highest io_seq written.
@@ -361,6 +366,7 @@ impl State {
                         replica_id: *replica_id,
                         epoch: 0,
                         attrs: Vec::new(),
+                        membership: Vec::new(),
                         created_io_seq: *io_seq,
                         max_io_seq: *io_seq,
                     },
@@ -443,6 +449,25 @@ impl State {
                     },
                 );
             }
+            Record::InsertSnapshot {
+                volume,
+                id,
+                layer,
+                below,
+                name,
+                io_seq,
+                size_bytes,
+            } => self.insert_snapshot(
+                SnapshotMeta {
+                    id: *id,
+                    name: name.clone(),
+                    volume: *volume,
+                    layer: *layer,
+                    io_seq: *io_seq,
+                    size_bytes: *size_bytes,
+                },
+                *below,
+            )?,
             Record::DeleteSnapshot { id } => {
                 let s = self
                     .snapshots
@@ -469,6 +494,16 @@ impl State {
                     .get_mut(volume)
                     .ok_or_else(|| nf(format!("volume {volume}")))?;
                 v.attrs.clone_from(attrs);
+            }
+            Record::SetMembership { volume, membership } => {
+                if membership.len() > MAX_MEMBERSHIP_BYTES {
+                    return Err(inv(format!("membership of {} bytes", membership.len())));
+                }
+                let v = self
+                    .volumes
+                    .get_mut(volume)
+                    .ok_or_else(|| nf(format!("volume {volume}")))?;
+                v.membership.clone_from(membership);
             }
             Record::Map {
                 layer,
@@ -537,6 +572,69 @@ impl State {
             }
         }
         Ok(freed)
+    }
+
+    /// Applies `InsertSnapshot`: `snap.layer` becomes the parent of
+    /// `below`, which must be the volume's live layer or one of its
+    /// snapshots' layers (the chain above keeps its entries; see FORMAT.md
+    /// "Rebuilt snapshots").
+    fn insert_snapshot(&mut self, snap: SnapshotMeta, below: LayerId) -> Result<(), StateError> {
+        Self::check_name(&snap.name)?;
+        let v = self
+            .volumes
+            .get(&snap.volume)
+            .ok_or_else(|| nf(format!("volume {}", snap.volume)))?;
+        if snap.size_bytes == 0
+            || snap.size_bytes > v.size_bytes
+            || !snap.size_bytes.is_multiple_of(u64::from(v.block_bytes))
+        {
+            return Err(inv(format!("rebuilt snapshot size {}", snap.size_bytes)));
+        }
+        let owned = v.live == below
+            || self
+                .snapshots
+                .values()
+                .any(|s| s.volume == snap.volume && s.layer == below);
+        if !owned {
+            return Err(inv(format!(
+                "layer {below} is not a layer of volume {}",
+                snap.volume
+            )));
+        }
+        if self.snapshots.contains_key(&snap.id)
+            || self.snapshot_by_name(snap.volume, &snap.name).is_some()
+        {
+            return Err(StateError::AlreadyExists(format!("snapshot {}", snap.name)));
+        }
+        let parent = self
+            .layers
+            .get(&below)
+            .ok_or_else(|| nf(format!("layer {below}")))?
+            .parent;
+        // Every chain through `below` (the volume's, its clones') gets one
+        // layer deeper.
+        let too_deep = self.layers.keys().any(|l| {
+            let chain = self.chain(*l);
+            chain.contains(&below) && chain.len() >= MAX_CHAIN_DEPTH
+        });
+        if too_deep {
+            return Err(inv(format!("chain deeper than {MAX_CHAIN_DEPTH}")));
+        }
+        self.add_layer(snap.layer, parent)?;
+        // `below` leaves its old parent (which keeps the same count: it got
+        // the new layer as a child instead) and hangs on the new layer.
+        if let Some(p) = parent.and_then(|p| self.layers.get_mut(&p)) {
+            p.children = p.children.saturating_sub(1);
+        }
+        if let Some(l) = self.layers.get_mut(&below) {
+            l.parent = Some(snap.layer);
+        }
+        if let Some(l) = self.layers.get_mut(&snap.layer) {
+            l.children = 1;
+        }
+        self.bump_ids(&[snap.id]);
+        self.snapshots.insert(snap.id, snap);
+        Ok(())
     }
 
     /// Sets (or removes) one entry, freeing a physical chunk it replaces.
@@ -778,6 +876,78 @@ mod tests {
         release(&mut st, freed);
         assert_eq!(st.layers.len(), 1);
         assert_eq!(st.layers[&live].map.data_len(), 2);
+        clean(&st);
+    }
+
+    fn insert(
+        st: &mut State,
+        volume: VolumeId,
+        below: LayerId,
+        name: &str,
+    ) -> Result<LayerId, StateError> {
+        let id = st.take_id();
+        let layer = st.take_id();
+        st.apply(
+            &Record::InsertSnapshot {
+                volume,
+                id,
+                layer,
+                below,
+                name: name.into(),
+                io_seq: 5,
+                size_bytes: 1 << 20,
+            },
+            Mode::Live,
+        )?;
+        Ok(layer)
+    }
+
+    #[test]
+    fn an_inserted_snapshot_sits_under_the_layer_above_which_keeps_its_entries() {
+        let mut st = State::new(4096, 64);
+        let (v, l0) = create(&mut st, "v", None, 1 << 20);
+        let _old = snap(&mut st, v, "old");
+        let live = st.volumes[&v].live;
+        let own = map(&mut st, live, 0);
+        let x = insert(&mut st, v, live, "rebuilt").unwrap();
+        assert_eq!(st.chain(live), vec![live, x, l0]);
+        let filled = map(&mut st, x, 1);
+        // The live layer keeps its own chunk and reads the new one through.
+        assert_eq!(
+            st.resolve(live, 0).map(|(_, e)| e.target),
+            Some(Target::Data(own))
+        );
+        assert_eq!(
+            st.resolve(live, 1).map(|(_, e)| e.target),
+            Some(Target::Data(filled))
+        );
+        assert_eq!(st.snapshot_by_name(v, "rebuilt").map(|s| s.layer), Some(x));
+        clean(&st);
+        // Under a snapshot layer too; and deleting it merges it back.
+        let y = insert(&mut st, v, x, "older").unwrap();
+        assert_eq!(st.chain(live), vec![live, x, y, l0]);
+        clean(&st);
+        let id = st.snapshot_by_name(v, "older").map(|s| s.id).unwrap();
+        let freed = st
+            .apply(&Record::DeleteSnapshot { id }, Mode::Live)
+            .unwrap();
+        release(&mut st, freed);
+        assert_eq!(st.chain(live), vec![live, x, l0]);
+        clean(&st);
+    }
+
+    #[test]
+    fn inserting_a_snapshot_under_another_volume_or_twice_is_refused() {
+        let mut st = State::new(4096, 64);
+        let (v, _) = create(&mut st, "v", None, 1 << 20);
+        let (_, other) = create(&mut st, "w", None, 1 << 20);
+        assert!(insert(&mut st, v, other, "x").is_err());
+        let live = st.volumes[&v].live;
+        insert(&mut st, v, live, "x").unwrap();
+        assert!(matches!(
+            insert(&mut st, v, live, "x"),
+            Err(StateError::AlreadyExists(_))
+        ));
         clean(&st);
     }
 

@@ -5,9 +5,9 @@
 use bytes::Bytes;
 
 use super::{
-    check_read_data, ErrorReply, Extent, Hello, HelloAck, Message, MessageError, RebuildAbort,
-    RebuildChunk, RebuildDone, RebuildProgress, RebuildStart, SnapshotListRequest, SnapshotListing,
-    StatusReport, VersionRange, Write,
+    check_read_data, ErrorReply, Extent, Hello, HelloAck, Membership, Message, MessageError,
+    RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildStart, SnapshotListRequest,
+    SnapshotListing, StatusReport, VersionRange, Write,
 };
 use crate::header::FrameHeader;
 use crate::limits::{MAX_DETAIL_BYTES, MAX_IO_BYTES};
@@ -134,6 +134,8 @@ fn decode_request(
             new_size_bytes: src.u64("new_size_bytes")?,
         },
         Opcode::Status => Message::Status,
+        Opcode::MembershipSet => Message::MembershipSet(Membership::decode(src)?),
+        Opcode::MembershipGet => Message::MembershipGet,
         Opcode::Heartbeat => Message::Heartbeat,
         Opcode::RebuildStart => Message::RebuildStart(RebuildStart::decode(src)?),
         Opcode::RebuildProgress => Message::RebuildProgress(RebuildProgress::decode(src)?),
@@ -168,6 +170,7 @@ fn decode_reply(
             }
             Opcode::SnapshotList => Ok(Message::SnapshotListing(SnapshotListing::decode(src)?)),
             Opcode::Status => Ok(Message::StatusReport(StatusReport::decode(src)?)),
+            Opcode::MembershipGet => Ok(Message::Membership(Membership::decode(src)?)),
             _ => Err(PayloadError::Invalid {
                 field: "opcode",
                 reason: "no typed reply for this opcode",

@@ -76,6 +76,11 @@ impl Message {
             Message::SnapshotList(_) => Shape::plain(Opcode::SnapshotList),
             Message::Resize { .. } => Shape::plain(Opcode::Resize),
             Message::Status => Shape::plain(Opcode::Status),
+            Message::MembershipSet(membership) => {
+                membership.check()?;
+                Shape::plain(Opcode::MembershipSet)
+            }
+            Message::MembershipGet => Shape::plain(Opcode::MembershipGet),
             Message::Heartbeat => Shape::plain(Opcode::Heartbeat),
             Message::RebuildStart(start) => {
                 start.check()?;
@@ -113,6 +118,10 @@ impl Message {
             Message::StatusReport(report) => {
                 report.check()?;
                 Shape::reply(Opcode::Status)
+            }
+            Message::Membership(membership) => {
+                membership.check()?;
+                Shape::reply(Opcode::MembershipGet)
             }
             Message::Ack(opcode) => {
                 if opcode.reply_kind() != ReplyKind::Ack {
@@ -153,6 +162,8 @@ impl Message {
             Message::SnapshotList(_) => request(Opcode::SnapshotList),
             Message::Resize { .. } => request(Opcode::Resize),
             Message::Status => request(Opcode::Status),
+            Message::MembershipSet(_) => request(Opcode::MembershipSet),
+            Message::MembershipGet => request(Opcode::MembershipGet),
             Message::Heartbeat => request(Opcode::Heartbeat),
             Message::RebuildStart(_) => request(Opcode::RebuildStart),
             Message::RebuildChunk(_) => request(Opcode::RebuildChunk),
@@ -163,6 +174,7 @@ impl Message {
             Message::ReadData(_) => reply(Opcode::Read),
             Message::SnapshotListing(_) => reply(Opcode::SnapshotList),
             Message::StatusReport(_) => reply(Opcode::Status),
+            Message::Membership(_) => reply(Opcode::MembershipGet),
             Message::Ack(opcode) => reply(*opcode),
             Message::Error(error) => error.request_opcode | REPLY_BIT,
         }
@@ -189,6 +201,7 @@ impl Message {
             | Message::Unmap(_)
             | Message::WriteZeroes(_)
             | Message::Status
+            | Message::MembershipGet
             | Message::Heartbeat
             | Message::Ack(_) => {}
             Message::SnapshotCreate(name) | Message::SnapshotDestroy(name) => name.put(dst),
@@ -207,6 +220,9 @@ impl Message {
             Message::ReadData(data) => dst.extend_from_slice(data),
             Message::SnapshotListing(listing) => listing.put(dst),
             Message::StatusReport(report) => report.put(dst),
+            Message::MembershipSet(membership) | Message::Membership(membership) => {
+                membership.put(dst)
+            }
             Message::Error(error) => put_prefixed(dst, error.detail.as_bytes()),
         }
     }

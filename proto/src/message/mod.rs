@@ -23,11 +23,13 @@ mod decode;
 mod encode;
 mod handshake;
 mod io;
+mod membership;
 mod rebuild;
 
 pub use admin::{SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport};
 pub use handshake::{Auth, Hello, HelloAck, ReplicaState, VersionRange};
 pub use io::{Extent, Write, FLAG_FUA};
+pub use membership::{Member, Membership};
 pub use rebuild::{
     RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource, RebuildStart,
 };
@@ -69,6 +71,10 @@ pub enum Message {
     },
     /// Ask for a [`StatusReport`].
     Status,
+    /// Persist this membership record (a higher generation than held).
+    MembershipSet(Membership),
+    /// Ask for the membership record held.
+    MembershipGet,
     /// Liveness probe (either direction).
     Heartbeat,
     /// Start a rebuild.
@@ -91,6 +97,8 @@ pub enum Message {
     SnapshotListing(SnapshotListing),
     /// Reply to `Status`.
     StatusReport(StatusReport),
+    /// Reply to `MembershipGet` (generation 0: none held).
+    Membership(Membership),
     /// Empty success reply to an opcode whose [`Opcode::reply_kind`] is
     /// [`ReplyKind::Ack`].
     Ack(Opcode),

@@ -28,9 +28,14 @@ use crate::wire::{check_text, put_prefixed, Name, PayloadError, Reader};
 /// What the source copies from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebuildSource {
-    /// The live volume.
+    /// The live volume; the stream's `RebuildDone` carries the source's
+    /// last received io_seq.
     Live,
-    /// A snapshot of it (rebuilding a snapshot, or a clone's origin).
+    /// A snapshot of it, frozen: the stream carries every chunk of the
+    /// snapshot last written after `from_io_seq` (the io_seq of the newest
+    /// snapshot the sink already shares, 0 for all), and its `RebuildDone`
+    /// carries the snapshot's io_seq. A sink asks for one per snapshot it
+    /// lacks (`cstor_replica::rebuild`).
     Snapshot(Name),
 }
 

@@ -189,6 +189,28 @@ fn arb_status_report() -> impl Strategy<Value = StatusReport> {
         )
 }
 
+/// A valid membership record: distinct addresses and ids (or unknown
+/// ids), CF within the member count; or the "no record" value.
+fn arb_membership() -> impl Strategy<Value = Membership> {
+    let record = (
+        1u64..,
+        1usize..=limits::MAX_MEMBERS,
+        any::<u8>(),
+        any::<bool>(),
+    )
+        .prop_map(|(generation, count, cf, ids_known)| Membership {
+            generation,
+            consistency_factor: u8::try_from(usize::from(cf) % count + 1).unwrap(),
+            members: (0..count)
+                .map(|i| Member {
+                    replica_id: if ids_known { i as u128 + 1 } else { 0 },
+                    address: format!("10.0.0.{i}:7000"),
+                })
+                .collect(),
+        });
+    prop_oneof![Just(Membership::none()), record]
+}
+
 fn arb_error_reply() -> impl Strategy<Value = ErrorReply> {
     (0u16..REPLY_BIT, 1u16..=u16::MAX, arb_text(MAX_DETAIL_BYTES))
         .prop_filter(
@@ -225,6 +247,8 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|after| Message::SnapshotList(SnapshotListRequest { after })),
         any::<u64>().prop_map(|new_size_bytes| Message::Resize { new_size_bytes }),
         Just(Message::Status),
+        arb_membership().prop_map(Message::MembershipSet),
+        Just(Message::MembershipGet),
         Just(Message::Heartbeat),
         arb_rebuild_start().prop_map(Message::RebuildStart),
         arb_rebuild_chunk().prop_map(Message::RebuildChunk),
@@ -238,6 +262,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         arb_data(4096).prop_map(Message::ReadData),
         arb_listing().prop_map(Message::SnapshotListing),
         arb_status_report().prop_map(Message::StatusReport),
+        arb_membership().prop_map(Message::Membership),
         arb_ack().prop_map(Message::Ack),
         arb_error_reply().prop_map(Message::Error),
     ]
@@ -376,7 +401,24 @@ pub fn samples() -> Vec<Packet> {
                 total_bytes: 10,
             },
         }),
+        Message::MembershipSet(Membership {
+            generation: 4,
+            consistency_factor: 2,
+            members: vec![
+                Member {
+                    replica_id: 7,
+                    address: "10.0.0.1:7000".into(),
+                },
+                Member {
+                    replica_id: 0,
+                    address: "[fd00::2]:7000".into(),
+                },
+            ],
+        }),
+        Message::MembershipGet,
+        Message::Membership(Membership::none()),
         Message::Ack(Opcode::Write),
+        Message::Ack(Opcode::MembershipSet),
         Message::Ack(Opcode::Heartbeat),
         Message::Error(ErrorReply::new(
             Opcode::Write.to_u16(),

@@ -2,15 +2,18 @@
 //! writes at once, then pull the missing range from the named source in a
 //! background task and report to the target.
 //!
-//! The task dials the source, probes it (epoch 0), asks for the stream and
-//! applies each chunk inside the volume's IO order, to the blocks no live
-//! write touched since the start (module doc of `rebuild`). It paces itself
-//! to the daemon's throttle, reports `RebuildProgress` to the target every
-//! [`REBUILD_PROGRESS_INTERVAL`], checkpoints a resume point every
-//! [`REBUILD_CHECKPOINT_BYTES`], and at the end flushes and sends
-//! `RebuildDone` (or `RebuildAbort`). Cancelled with the owning session (a
+//! The task first makes this replica's snapshots the source's
+//! (`snapshots`), then dials the source, probes it (epoch 0), asks for
+//! the live stream and applies each chunk inside the volume's IO order, to
+//! the blocks no live write touched since the start (module doc of
+//! `rebuild`). It paces itself to the daemon's throttle, reports
+//! `RebuildProgress` to the target every [`REBUILD_PROGRESS_INTERVAL`],
+//! checkpoints a resume point every [`REBUILD_CHECKPOINT_BYTES`], catches
+//! snapshots taken meanwhile (a second snapshot pass), and at the end
+//! flushes and sends `RebuildDone` (or `RebuildAbort`). Cancelled with the owning session (a
 //! newer target, a disconnect), on volume delete and on shutdown.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +37,8 @@ use crate::limits::{
 };
 use crate::ordering::IoKind;
 use crate::registry::VolumeEntry;
+
+mod snapshots;
 
 /// Where the sink's reports to the target go: the owning session.
 pub struct Reports {
@@ -65,11 +70,20 @@ pub fn start(
         )));
     }
     if start.source != RebuildSource::Live {
-        return Err(unsupported("snapshots cannot be rebuilt yet".into()));
+        // A target names the live volume; its snapshots come along.
+        return Err(unsupported(
+            "a sink rebuilds the live volume (with its snapshots), not one snapshot".into(),
+        ));
     }
     let size = volume
         .size_bytes()
         .map_err(|e| RebuildError::engine(&entry.name, e))?;
+    let pre_session_snapshots = volume
+        .list_snapshots()
+        .map_err(|e| RebuildError::engine(&entry.name, e))?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     let cancel = stop.child_token();
     let status = RebuildStatus {
         source: start.peer_address.clone(),
@@ -89,12 +103,19 @@ pub fn start(
         entry.rebuild.end(generation, false);
         return Err(RebuildError::engine(&entry.name, e));
     }
+    // Writes below the first live one come from the source: this replica
+    // is complete through `from_io_seq` only, until the run is done.
+    entry.order.hold_watermark(start.from_io_seq);
+    // And the engine follows the watermark from now on: rebuilt blocks
+    // must not raise the durable io_seq by themselves.
+    crate::session::publish_watermark(entry);
     let run = Run {
         entry: Arc::clone(entry),
         settings,
         start,
         first_live_io_seq: reports.request.io_seq,
         generation,
+        pre_session_snapshots,
     };
     let span =
         tracing::info_span!("rebuild", volume = %entry.name, source = %run.start.peer_address);
@@ -144,15 +165,29 @@ struct Run {
     start: RebuildStart,
     first_live_io_seq: u64,
     generation: u64,
+    /// The snapshots this replica had when the run started (before any
+    /// live request of the session): the only ones it may delete as gone
+    /// from the source.
+    pre_session_snapshots: BTreeSet<String>,
 }
 
-/// Counters of one run.
+/// Counters of one run (all its streams).
 struct Progress {
     started: Instant,
     done_bytes: u64,
     total_bytes: u64,
     since_checkpoint: u64,
     last_report: Instant,
+    pacer: Pacer,
+}
+
+/// Where a stream's chunks go.
+#[derive(Clone, Copy)]
+enum Dest<'a> {
+    /// The live volume, to the blocks no live write touched (resumable).
+    Live(Option<ResumePoint>),
+    /// A rebuilt snapshot being filled.
+    Snapshot(&'a str),
 }
 
 impl Run {
@@ -167,18 +202,22 @@ impl Run {
         }
     }
 
-    /// The whole run; returns the `through_io_seq` of the source's done.
+    /// The whole run; returns the `through_io_seq` of the source's live
+    /// stream.
     async fn pull(&self, reports: &Reports) -> Result<u64, RebuildError> {
         let volume = &self.entry.volume;
-        let resume = unfinished(volume)
-            .map_err(|e| self.engine(e))?
-            .filter(|p| p.from_io_seq == self.start.from_io_seq);
-        let durable = volume.last_durable_io_seq().map_err(|e| self.engine(e))?;
+        let attrs = volume.attrs().map_err(|e| self.engine(e))?;
+        let resume =
+            ResumePoint::decode(&attrs).filter(|p| p.from_io_seq == self.start.from_io_seq);
+        // A snapshot an interrupted run created but did not fill is
+        // incomplete: it goes before anything else (and is redone).
+        let mut deletable = self.pre_session_snapshots.clone();
+        if let Some(name) = ResumePoint::filling(&attrs) {
+            self.delete_snapshot(&name).await?;
+        }
         // Durable before any rebuilt block lands: after a crash the replica
-        // reports itself degraded, complete only through `from_io_seq`
-        // (rebuilt blocks raise the engine's durable io_seq).
-        self.checkpoint(resume, 0).await?;
-        let mut conn = self.connect().await?;
+        // reports itself degraded, complete only through `from_io_seq`.
+        self.checkpoint(resume, 0, None).await?;
         info!(
             from_io_seq = self.start.from_io_seq,
             resume_offset = resume.map_or(0, |p| p.next_offset),
@@ -190,36 +229,75 @@ impl Run {
             total_bytes: 0,
             since_checkpoint: 0,
             last_report: Instant::now(),
+            pacer: Pacer::new(Instant::now()),
         };
-        let mut pacer = Pacer::new(Instant::now());
+        self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
+            .await?;
+        let mut conn = self
+            .connect(RebuildSource::Live, self.start.from_io_seq)
+            .await?;
+        let through_io_seq = self
+            .stream(&mut conn, reports, &mut progress, Dest::Live(resume))
+            .await?;
+        // Snapshots the healthy replicas took while this one was rebuilding.
+        self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
+            .await?;
+        // Everything through the stream's end is here (running live writes
+        // excepted, which the watermark still waits for): the commits below
+        // record it.
+        if !self.entry.rebuild.is_current(self.generation) {
+            return Err(RebuildError::Cancelled);
+        }
+        self.entry.order.rebuilt_through(through_io_seq);
+        crate::session::publish_watermark(&self.entry);
+        volume.flush().await.map_err(|e| self.engine(e))?;
+        // The resume point is spent; `set_attrs` is durable.
+        volume.set_attrs(&[]).await.map_err(|e| self.engine(e))?;
+        progress.total_bytes = progress.total_bytes.max(progress.done_bytes);
+        self.report(reports, &mut progress, true).await?;
+        Ok(through_io_seq)
+    }
+
+    /// Applies one stream (`Ack` already received) until its
+    /// `RebuildDone`; returns that done's `through_io_seq`.
+    async fn stream(
+        &self,
+        conn: &mut Conn,
+        reports: &Reports,
+        progress: &mut Progress,
+        into: Dest<'_>,
+    ) -> Result<u64, RebuildError> {
+        // This stream's total adds to what the earlier ones did.
+        let done_before = progress.done_bytes;
         loop {
-            let packet = self.next(&mut conn).await?;
+            let packet = self.next(conn).await?;
             match packet.message {
-                Message::RebuildProgress(p) => progress.total_bytes = p.total_bytes,
+                Message::RebuildProgress(p) => {
+                    progress.total_bytes = done_before.saturating_add(p.total_bytes);
+                }
                 Message::RebuildChunk(chunk) => {
                     let len = chunk.data.len() as u64;
-                    let end = self.apply(&chunk, resume, durable).await?;
                     progress.done_bytes = progress.done_bytes.saturating_add(len);
-                    progress.since_checkpoint = progress.since_checkpoint.saturating_add(len);
-                    if progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES {
-                        self.checkpoint(resume, end).await?;
-                        progress.since_checkpoint = 0;
+                    match into {
+                        Dest::Live(resume) => {
+                            let end = self.apply(&chunk, resume).await?;
+                            progress.since_checkpoint =
+                                progress.since_checkpoint.saturating_add(len);
+                            if progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES {
+                                self.checkpoint(resume, end, None).await?;
+                                progress.since_checkpoint = 0;
+                            }
+                        }
+                        Dest::Snapshot(name) => self.apply_snapshot(&chunk, name).await?,
                     }
-                    self.report(reports, &mut progress, false).await?;
+                    self.report(reports, progress, false).await?;
                     let limit = self.settings.limit_bytes_per_sec();
-                    let pause = pacer.delay(Instant::now(), len, limit);
+                    let pause = progress.pacer.delay(Instant::now(), len, limit);
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
                     }
                 }
-                Message::RebuildDone(done) => {
-                    volume.flush().await.map_err(|e| self.engine(e))?;
-                    // The resume point is spent; `set_attrs` is durable.
-                    volume.set_attrs(&[]).await.map_err(|e| self.engine(e))?;
-                    progress.total_bytes = progress.total_bytes.max(progress.done_bytes);
-                    self.report(reports, &mut progress, true).await?;
-                    return Ok(done.through_io_seq);
-                }
+                Message::RebuildDone(done) => return Ok(done.through_io_seq),
                 Message::RebuildAbort(abort) => {
                     return Err(RebuildError::SourceAborted {
                         peer: self.start.peer_address.clone(),
@@ -244,44 +322,49 @@ impl Run {
         }
     }
 
-    /// Dials the source, probes the volume and asks for the stream.
-    async fn connect(&self) -> Result<Conn, RebuildError> {
+    /// Dials the source and opens a probe session on the volume.
+    async fn probe(&self) -> Result<(Conn, Name, String), RebuildError> {
+        let stream = TcpStream::connect(self.start.peer_address.as_str())
+            .await
+            .map_err(|e| self.peer(format!("cannot connect: {e}")))?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let local = stream
+            .local_addr()
+            .map_or_else(|_| "sink".to_owned(), |a| a.to_string());
+        let mut conn = Framed::new(stream, FrameCodec::new());
+        let volume = Name::new(self.entry.name.clone())
+            .map_err(|e| self.peer(format!("volume name: {e}")))?;
+        let hello = Message::Hello(Hello {
+            versions: VersionRange::SUPPORTED,
+            volume: volume.clone(),
+            next_io_seq: 0,
+            auth: Auth::None,
+        });
+        match self.call(&mut conn, 0, hello).await? {
+            Message::HelloAck(ack) if ack.block_size_bytes == self.entry.volume.block_bytes() => {
+                Ok((conn, volume, local))
+            }
+            Message::HelloAck(ack) => Err(self.peer(format!(
+                "source has {}-byte blocks, this replica {}",
+                ack.block_size_bytes,
+                self.entry.volume.block_bytes()
+            ))),
+            other => Err(self.refused("Hello", other)),
+        }
+    }
+
+    /// Dials the source, probes the volume and asks for the stream of
+    /// `source` (live volume or a snapshot) after `from_io_seq`.
+    async fn connect(&self, source: RebuildSource, from_io_seq: u64) -> Result<Conn, RebuildError> {
         let connecting = async {
-            let stream = TcpStream::connect(self.start.peer_address.as_str())
-                .await
-                .map_err(|e| self.peer(format!("cannot connect: {e}")))?;
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            let local = stream
-                .local_addr()
-                .map_or_else(|_| "sink".to_owned(), |a| a.to_string());
-            let mut conn = Framed::new(stream, FrameCodec::new());
-            let volume = Name::new(self.entry.name.clone())
-                .map_err(|e| self.peer(format!("volume name: {e}")))?;
-            let hello = Message::Hello(Hello {
-                versions: VersionRange::SUPPORTED,
-                volume: volume.clone(),
-                next_io_seq: 0,
-                auth: Auth::None,
-            });
-            match self.call(&mut conn, 0, hello).await? {
-                Message::HelloAck(ack)
-                    if ack.block_size_bytes == self.entry.volume.block_bytes() => {}
-                Message::HelloAck(ack) => {
-                    return Err(self.peer(format!(
-                        "source has {}-byte blocks, this replica {}",
-                        ack.block_size_bytes,
-                        self.entry.volume.block_bytes()
-                    )))
-                }
-                other => return Err(self.refused("Hello", other)),
-            }
+            let (mut conn, volume, local) = self.probe().await?;
             let request = Message::RebuildStart(RebuildStart {
                 peer_address: local,
                 volume,
-                from_io_seq: self.start.from_io_seq,
-                source: RebuildSource::Live,
+                from_io_seq,
+                source,
             });
             match self.call(&mut conn, 1, request).await? {
                 Message::Ack(Opcode::RebuildStart) => Ok(conn),
@@ -347,7 +430,6 @@ impl Run {
         &self,
         chunk: &RebuildChunk,
         resume: Option<ResumePoint>,
-        durable: u64,
     ) -> Result<u64, RebuildError> {
         let volume = &self.entry.volume;
         let block = volume.block_bytes();
@@ -364,7 +446,7 @@ impl Run {
             .checked_add(chunk.data.len() as u64)
             .ok_or_else(|| bad(format!("chunk at {} overflows", chunk.offset)))?;
         let newest = chunk.block_io_seqs.iter().copied().max().unwrap_or(0);
-        if resume.is_some_and(|p| p.skips(end, newest, durable)) {
+        if resume.is_some_and(|p| p.skips(end, newest)) {
             return Ok(end);
         }
         let mut ticket = self.entry.order.admit(IoKind::Write(chunk.offset..end));
@@ -408,6 +490,7 @@ impl Run {
         &self,
         resume: Option<ResumePoint>,
         next_offset: u64,
+        filling: Option<&str>,
     ) -> Result<(), RebuildError> {
         if !self.entry.rebuild.is_current(self.generation) {
             return Err(RebuildError::Cancelled);
@@ -421,7 +504,7 @@ impl Run {
         };
         self.entry
             .volume
-            .set_attrs(&point.encode())
+            .set_attrs(&point.encode_filling(filling))
             .await
             .map_err(|e| self.engine(e))
     }

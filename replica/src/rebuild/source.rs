@@ -1,6 +1,7 @@
 //! The rebuild source: answers a peer's `RebuildStart` on a probe session
-//! (epoch 0) by streaming every chunk of the live volume last written after
-//! `from_io_seq`, in LBA order.
+//! (epoch 0) by streaming every chunk of the live volume — or of one of its
+//! snapshots (`RebuildSource::Snapshot`) — last written after `from_io_seq`,
+//! in LBA order.
 //!
 //! Stream: `Ack`, `RebuildProgress{0, total}`, `RebuildChunk`…,
 //! `RebuildDone{through_io_seq}` — or `RebuildAbort` on an error. Each chunk
@@ -8,7 +9,9 @@
 //! recorded for its chunk on every block. Each piece is read inside the
 //! volume's IO order (a write received before is applied first) and written
 //! to the socket before the next is read: memory stays at one piece and the
-//! sink's pace sets ours (TCP backpressure).
+//! sink's pace sets ours (TCP backpressure). A snapshot is frozen: its
+//! pieces are read without taking an IO-order ticket, and its stream's
+//! `through_io_seq` is the snapshot's io_seq.
 
 use bytes::Bytes;
 use cstor_proto::limits::MAX_REBUILD_CHUNK_BLOCKS;
@@ -77,18 +80,30 @@ where
             ),
         });
     }
-    if let RebuildSource::Snapshot(name) = &start.source {
-        return Err(RebuildError::Unsupported {
-            volume: entry.name.clone(),
-            detail: format!("snapshot {} cannot be rebuilt yet", name.as_str()),
-        });
-    }
     let volume = &entry.volume;
     let engine = |e| RebuildError::engine(&entry.name, e);
-    // Every write received so far is in the stream (read after it in IO
-    // order); later ones may be too.
-    let through_io_seq = entry.last_received_io_seq();
-    let total_bytes = total(entry, start.from_io_seq)?;
+    let snapshot = match &start.source {
+        RebuildSource::Live => None,
+        RebuildSource::Snapshot(name) => Some(name.as_str()),
+    };
+    let through_io_seq = match snapshot {
+        // Every write received so far is in the stream (read after it in
+        // IO order); later ones may be too.
+        None => entry.last_received_io_seq(),
+        Some(name) => volume
+            .list_snapshots()
+            .map_err(engine)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.io_seq)
+            .ok_or_else(|| {
+                engine(cstor_engine::Error::new(
+                    cstor_engine::ErrorKind::NotFound,
+                    format!("snapshot {name}"),
+                ))
+            })?,
+    };
+    let total_bytes = total(entry, snapshot, start.from_io_seq)?;
     put(
         sink,
         request.reply(Message::Ack(Opcode::RebuildStart)),
@@ -104,7 +119,7 @@ where
         peer,
     )
     .await?;
-    info!(volume = %entry.name, sink = %peer, from_io_seq = start.from_io_seq, total_bytes, "rebuild source started");
+    info!(volume = %entry.name, sink = %peer, snapshot = ?snapshot, from_io_seq = start.from_io_seq, total_bytes, "rebuild source started");
     let block = volume.block_bytes();
     let block_len = u64::from(block);
     if block_len == 0 {
@@ -120,7 +135,7 @@ where
     let mut next = Some(0u64);
     while let Some(from) = next {
         let page = volume
-            .changed_chunks(None, start.from_io_seq, from)
+            .changed_chunks(snapshot, start.from_io_seq, from)
             .map_err(engine)?;
         for change in page.changes {
             // A zeroed chunk (`ChangeKind::Zero`) is read, and travels, as
@@ -144,7 +159,7 @@ where
             let mut offset = change.offset_bytes;
             while offset < end {
                 let len = piece_len.min(end - offset);
-                let data = read_piece(entry, offset, len).await?;
+                let data = read_piece(entry, snapshot, offset, len).await?;
                 let blocks = usize::try_from(len / block_len).unwrap_or(0);
                 let chunk = RebuildChunk {
                     offset,
@@ -188,13 +203,17 @@ where
 }
 
 /// Bytes the stream will carry: a pass over the metadata only.
-fn total(entry: &VolumeEntry, from_io_seq: u64) -> Result<u64, RebuildError> {
+fn total(
+    entry: &VolumeEntry,
+    snapshot: Option<&str>,
+    from_io_seq: u64,
+) -> Result<u64, RebuildError> {
     let mut total = 0u64;
     let mut next = Some(0u64);
     while let Some(from) = next {
         let page = entry
             .volume
-            .changed_chunks(None, from_io_seq, from)
+            .changed_chunks(snapshot, from_io_seq, from)
             .map_err(|e| RebuildError::engine(&entry.name, e))?;
         total = page
             .changes
@@ -205,21 +224,34 @@ fn total(entry: &VolumeEntry, from_io_seq: u64) -> Result<u64, RebuildError> {
     Ok(total)
 }
 
-async fn read_piece(entry: &VolumeEntry, offset: u64, len: u64) -> Result<Bytes, RebuildError> {
-    let mut ticket = entry
-        .order
-        .admit(IoKind::Read(offset..offset.saturating_add(len)));
-    ticket.ready().await;
+/// Reads one piece of the live volume inside the IO order (after every
+/// write received before), or of a (frozen) snapshot.
+async fn read_piece(
+    entry: &VolumeEntry,
+    snapshot: Option<&str>,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes, RebuildError> {
+    let _ticket = match snapshot {
+        Some(_) => None,
+        None => {
+            let mut ticket = entry
+                .order
+                .admit(IoKind::Read(offset..offset.saturating_add(len)));
+            ticket.ready().await;
+            Some(ticket)
+        }
+    };
     let len = usize::try_from(len).map_err(|_| RebuildError::Unsupported {
         volume: entry.name.clone(),
         detail: format!("piece of {len} bytes"),
     })?;
     let mut buf = vec![0u8; len];
-    entry
-        .volume
-        .read(offset, &mut buf)
-        .await
-        .map_err(|e| RebuildError::engine(&entry.name, e))?;
+    match snapshot {
+        None => entry.volume.read(offset, &mut buf).await,
+        Some(name) => entry.volume.read_snapshot(name, offset, &mut buf).await,
+    }
+    .map_err(|e| RebuildError::engine(&entry.name, e))?;
     Ok(Bytes::from(buf))
 }
 

@@ -217,8 +217,11 @@ impl RebuildSlot {
 }
 
 /// Where an interrupted rebuild may resume, persisted in the volume's
-/// attribute blob. Layout (little endian): magic `b"RBLD"`, version u8 = 1,
-/// from_io_seq u64, first_live_io_seq u64, next_offset u64 (33 bytes).
+/// attribute blob. Layout (little endian): magic `b"RBLD"`, version u8 = 2,
+/// from_io_seq u64, first_live_io_seq u64, next_offset u64, then the name
+/// of the rebuilt snapshot being filled (u8 length, 0 for none, and UTF-8
+/// bytes; see [`ResumePoint::filling`]). Version 1 (33 bytes, no name) is
+/// still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePoint {
     /// The rebuild it belongs to.
@@ -231,27 +234,60 @@ pub struct ResumePoint {
 }
 
 const RESUME_MAGIC: &[u8; 4] = b"RBLD";
-const RESUME_VERSION: u8 = 1;
+const RESUME_VERSION_1: u8 = 1;
+const RESUME_VERSION: u8 = 2;
 const RESUME_LEN: usize = 4 + 1 + 8 * 3;
 
 impl ResumePoint {
+    /// The blob with no snapshot being filled.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RESUME_LEN);
+        self.encode_filling(None)
+    }
+
+    /// The blob naming `filling`, a rebuilt snapshot created but not yet
+    /// completely filled (a name longer than 255 bytes cannot be a
+    /// snapshot name, see `cstor_proto::Name`; it is cut, which makes the
+    /// next run find no such snapshot and redo nothing wrong).
+    pub fn encode_filling(&self, filling: Option<&str>) -> Vec<u8> {
+        let name = filling.map_or(&[][..], str::as_bytes);
+        let name = name.get(..usize::from(u8::MAX)).unwrap_or(name);
+        let mut out = Vec::with_capacity(RESUME_LEN + 1 + name.len());
         out.extend_from_slice(RESUME_MAGIC);
         out.push(RESUME_VERSION);
         out.extend_from_slice(&self.from_io_seq.to_le_bytes());
         out.extend_from_slice(&self.first_live_io_seq.to_le_bytes());
         out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(name);
         out
     }
 
-    /// `None` for anything that is not a resume point of this version
+    /// The rebuilt snapshot a blob says was being filled, if any: an
+    /// interrupted run leaves it incomplete, so the next one deletes it.
+    pub fn filling(bytes: &[u8]) -> Option<String> {
+        Self::decode(bytes)?;
+        let len = usize::from(*bytes.get(RESUME_LEN)?);
+        let name = bytes.get(RESUME_LEN + 1..RESUME_LEN + 1 + len)?;
+        (len > 0)
+            .then(|| String::from_utf8(name.to_vec()).ok())
+            .flatten()
+    }
+
+    /// `None` for anything that is not a resume point of a known version
     /// (empty attributes, another layout): start from scratch.
     pub fn decode(bytes: &[u8]) -> Option<ResumePoint> {
-        if bytes.len() != RESUME_LEN || bytes.get(..4)? != RESUME_MAGIC {
+        if bytes.get(..4)? != RESUME_MAGIC {
             return None;
         }
-        if *bytes.get(4)? != RESUME_VERSION {
+        let exact = match *bytes.get(4)? {
+            RESUME_VERSION_1 => bytes.len() == RESUME_LEN,
+            RESUME_VERSION => {
+                let name = usize::from(*bytes.get(RESUME_LEN)?);
+                bytes.len() == RESUME_LEN + 1 + name
+            }
+            _ => false,
+        };
+        if !exact {
             return None;
         }
         let u64_at = |at: usize| -> Option<u64> {
@@ -266,10 +302,10 @@ impl ResumePoint {
     }
 
     /// May a chunk that ends at `end` and whose source io_seq is `io_seq`
-    /// be skipped, the sink's durable io_seq being `durable`? (module doc
-    /// of `rebuild`: copied before, unchanged since, durable here.)
-    pub fn skips(&self, end: u64, io_seq: u64, durable: u64) -> bool {
-        end <= self.next_offset && io_seq < self.first_live_io_seq && io_seq <= durable
+    /// be skipped? (module doc of `rebuild`: copied before — and durable,
+    /// the point being saved after a flush — and unchanged since.)
+    pub fn skips(&self, end: u64, io_seq: u64) -> bool {
+        end <= self.next_offset && io_seq < self.first_live_io_seq
     }
 }
 
@@ -324,22 +360,40 @@ mod tests {
         assert_eq!(ResumePoint::decode(&p.encode()), Some(p));
         assert_eq!(ResumePoint::decode(&[]), None);
         let mut bad = p.encode();
-        bad[4] = 2;
+        bad[4] = 3;
         assert_eq!(ResumePoint::decode(&bad), None);
         assert_eq!(ResumePoint::decode(&p.encode()[..20]), None);
     }
 
     #[test]
-    fn resume_skips_only_copied_unchanged_durable_chunks() {
+    fn resume_point_carries_the_snapshot_being_filled_and_reads_version_1() {
+        let p = ResumePoint {
+            from_io_seq: 7,
+            first_live_io_seq: 9,
+            next_offset: 4096,
+        };
+        let blob = p.encode_filling(Some("snap-a"));
+        assert_eq!(ResumePoint::decode(&blob), Some(p));
+        assert_eq!(ResumePoint::filling(&blob).as_deref(), Some("snap-a"));
+        assert_eq!(ResumePoint::filling(&p.encode()), None);
+        assert_eq!(ResumePoint::decode(&blob[..blob.len() - 1]), None);
+        let mut v1 = p.encode();
+        v1.truncate(RESUME_LEN);
+        v1[4] = RESUME_VERSION_1;
+        assert_eq!(ResumePoint::decode(&v1), Some(p));
+        assert_eq!(ResumePoint::filling(&v1), None);
+    }
+
+    #[test]
+    fn resume_skips_only_copied_unchanged_chunks() {
         let p = ResumePoint {
             from_io_seq: 0,
             first_live_io_seq: 100,
             next_offset: 1 << 20,
         };
-        assert!(p.skips(1 << 20, 99, 99));
-        assert!(!p.skips((1 << 20) + 1, 99, 99), "beyond the saved offset");
-        assert!(!p.skips(4096, 100, 200), "written after the run began");
-        assert!(!p.skips(4096, 50, 49), "not durable on the sink");
+        assert!(p.skips(1 << 20, 99));
+        assert!(!p.skips((1 << 20) + 1, 99), "beyond the saved offset");
+        assert!(!p.skips(4096, 100), "written after the run began");
     }
 
     #[test]

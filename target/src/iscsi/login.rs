@@ -28,6 +28,7 @@ use std::num::NonZeroU16;
 
 use bytes::Bytes;
 
+use super::access::InitiatorAccess;
 use super::chap::{ChapChallenge, ChapConfig, ChapError, ChapReply};
 use super::codec::FullFeatureConfig;
 use super::limits::{MAX_ISCSI_NAME_BYTES, MAX_LOGIN_EXCHANGES, MAX_QUEUE_DEPTH};
@@ -133,8 +134,9 @@ pub struct TargetConfig {
     pub target_name: String,
     pub target_alias: Option<String>,
     pub portal_group_tag: u16,
-    /// `None` lets every initiator in; `Some` only those listed.
-    pub allowed_initiators: Option<Vec<String>>,
+    /// Who may log in: read at each login, replaceable at run time
+    /// (shared with the management API, see [`InitiatorAccess`]).
+    pub allowed_initiators: InitiatorAccess,
     /// CHAP required for normal sessions when set.
     pub chap: Option<ChapConfig>,
     /// CHAP required for discovery sessions when set.
@@ -151,13 +153,14 @@ pub fn target_name_for(volume: &str) -> String {
 }
 
 impl TargetConfig {
-    /// A target for `volume` with default name, no CHAP and no allowlist.
+    /// A target for `volume` with default name, no CHAP, admitting every
+    /// initiator.
     pub fn for_volume(volume: &str) -> Self {
         Self {
             target_name: target_name_for(volume),
             target_alias: None,
             portal_group_tag: 1,
-            allowed_initiators: None,
+            allowed_initiators: InitiatorAccess::default(),
             chap: None,
             discovery_chap: None,
             limits: TargetLimits::default(),
@@ -505,10 +508,8 @@ impl<'a> LoginMachine<'a> {
                 ));
             }
         }
-        if let Some(allowed) = &self.cfg.allowed_initiators {
-            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(initiator)) {
-                return Err(LoginFailure::NotAllowed(initiator.to_owned()));
-            }
+        if !self.cfg.allowed_initiators.admits(initiator) {
+            return Err(LoginFailure::NotAllowed(initiator.to_owned()));
         }
         if self.stage != stage::SECURITY && self.chap_config(session_type).is_some() {
             // The initiator skipped security but we require CHAP.

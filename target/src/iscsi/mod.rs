@@ -6,8 +6,9 @@
 //!   every PDU typed, checked and parsed mini-redis style;
 //! - [`codec`]: `tokio_util::codec` over [`pdu`], digests and segment
 //!   bounds switching after the final Login Response;
-//! - [`text`], [`negotiate`], [`chap`], [`login`]: key=value text, the
-//!   RFC's negotiation rules, CHAP, and one connection's login phase;
+//! - [`text`], [`negotiate`], [`chap`], [`access`], [`login`]: key=value
+//!   text, the RFC's negotiation rules, CHAP, the initiator allowlist, and
+//!   one connection's login phase;
 //! - [`window`], [`transfer`], [`keepalive`], [`discovery`], [`session`]:
 //!   CmdSN window, R2T/Data-Out/Data-In sequencing, NOP pings, Text
 //!   Requests (SendTargets), and the full feature phase tying them up.
@@ -25,6 +26,7 @@
 //!                         complete(itt, TaskResult) ◀── SCSI logical unit
 //! ```
 
+pub mod access;
 pub mod bhs;
 pub mod chap;
 pub mod codec;

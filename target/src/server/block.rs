@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use cstor_proto::limits::MAX_IO_BYTES;
 use tokio::sync::RwLock;
 
+use crate::metrics::{IoOp, TargetMetrics};
 use crate::scsi::{BlockRequest, Extent, IoData, IoError, IoResult, LbaStatusExtent, Provisioning};
 use crate::volume::{Completion, Op, Volume, VolumeError};
 
@@ -26,6 +27,22 @@ pub struct WriteGate(RwLock<()>);
 /// Largest piece of an unmap or write-zeroes request (a u32 on the wire,
 /// kept block-aligned).
 const MAX_EXTENT_BYTES: u64 = 1 << 30;
+
+/// [`perform`], counted in `metrics` (operation, bytes, latency, error).
+pub async fn perform_measured(
+    metrics: &TargetMetrics,
+    volume: &Volume,
+    gate: &WriteGate,
+    block_size: u32,
+    request: &BlockRequest,
+) -> IoResult {
+    let started = std::time::Instant::now();
+    let result = perform(volume, gate, block_size, request).await;
+    if let Some((op, bytes)) = IoOp::of(request, block_size) {
+        metrics.record(op, bytes, started.elapsed(), &result);
+    }
+    result
+}
 
 /// Performs one block request. `block_size` is the logical block size.
 pub async fn perform(

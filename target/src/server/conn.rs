@@ -7,6 +7,10 @@
 //! (and flushed once the batch is done), tasks go to the logical unit, and
 //! block IO runs in its own tokio task so that many commands are in flight
 //! (bounded by the session's command window).
+//!
+//! A session whose initiator leaves the allowlist
+//! ([`crate::iscsi::access`]) is closed at once: no command of it is
+//! accepted after that (tasks already sent to the volume still finish).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -17,13 +21,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::block;
 use super::Shared;
+use crate::iscsi::access::{self, Allowlist};
 use crate::iscsi::codec::IscsiCodec;
 use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
 use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
@@ -67,6 +72,9 @@ pub async fn serve(
         debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let mut conn = Framed::new(stream, IscsiCodec::new());
+    // Watched from before the login reads it, so that a change while the
+    // login runs is not missed.
+    let access = shared.config.allowed_initiators.subscribe();
     let logged_in =
         match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut conn, &shared, tsih, local)).await {
             Ok(Ok(Some(session))) => session,
@@ -92,7 +100,7 @@ pub async fn serve(
         discovery,
         "logged in"
     );
-    let result = full_feature(conn, &shared, *logged_in, &nexus, shutdown).await;
+    let result = full_feature(conn, &shared, *logged_in, &nexus, access, shutdown).await;
     if !discovery {
         shared.lu.lock().nexus_lost(&nexus);
     }
@@ -152,8 +160,12 @@ async fn full_feature(
     shared: &Arc<Shared>,
     session: crate::iscsi::login::LoggedIn,
     nexus: &Nexus,
+    access: watch::Receiver<Allowlist>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
+    let initiator = session.initiator_name.clone();
+    let revoked = access::revoked(access, &initiator);
+    tokio::pin!(revoked);
     let (mut sink, mut stream) = conn.split();
     let mut ff = FullFeature::new(&shared.config, session);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
@@ -170,6 +182,8 @@ async fn full_feature(
     loop {
         let actions = tokio::select! {
             () = shutdown.cancelled() => return Err("target shutting down".into()),
+            // Fencing: the initiator was removed from the allowlist.
+            () = &mut revoked => return Err("initiator no longer allowed".into()),
             frame = stream.next() => match frame {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e.to_string()),
@@ -260,7 +274,8 @@ fn execute(
             let itt = task.itt;
             let cdb = task.cdb;
             tokio::spawn(async move {
-                let result = block::perform(
+                let result = block::perform_measured(
+                    &shared.metrics,
                     &shared.volume,
                     &shared.gate,
                     shared.block_size,

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::iscsi::login::TargetConfig;
+use crate::metrics::TargetMetrics;
 use crate::scsi::{BlockSize, Identity, LogicalUnit, LuConfig, LuError};
 use crate::volume::Volume;
 use block::WriteGate;
@@ -38,6 +39,8 @@ pub struct Shared {
     pub volume: Volume,
     pub gate: WriteGate,
     pub block_size: u32,
+    /// Counted at the SCSI → volume boundary, served by `--metrics-listen`.
+    pub metrics: Arc<TargetMetrics>,
     next_tsih: AtomicU16,
 }
 
@@ -82,6 +85,7 @@ impl Shared {
             volume,
             gate: WriteGate::default(),
             block_size,
+            metrics: Arc::new(TargetMetrics::new(volume_name)),
             next_tsih: AtomicU16::new(1),
         })
     }

@@ -32,9 +32,9 @@
 //!    (a slow one is dropped at `ack_timeout`):
 //!    - `cf` or more healthy successes: done. Healthy replicas that failed
 //!      it are dropped; every replica without it (failed, offline,
-//!      degraded) must be rebuilt from its io_seq. Rebuild moves live data
-//!      only (`cstor_replica::rebuild`): such a replica comes back without
-//!      the snapshot. A grow changes the volume's size here; a replica that
+//!      degraded) must be rebuilt from its io_seq. Its rebuild
+//!      (`cstor_replica::rebuild`) copies the snapshots it lacks from the
+//!      peer before it is healthy again. A grow changes the volume's size here; a replica that
 //!      missed it is grown first thing when it connects
 //!      ([`Controller::on_connected_sized`]), and one that still answers
 //!      an in-range request with OutOfRange is dropped, not the request.
@@ -46,6 +46,17 @@
 //!      submission, then fails with [`VolumeError::ReadOnly`].
 //!
 //!    Held requests then go on in their order.
+//!
+//! 5. **Membership changes are barriers too** ([`Op::SetMembership`],
+//!    design in `super::membership`): the record goes to every healthy
+//!    replica and commits with `min(cf, new_cf)` healthy acknowledgements;
+//!    only then does its [`MemberChange`] apply: an added replica gets the
+//!    next index and starts offline with `missed_from = 0` (a full rebuild:
+//!    it counts for no quorum and serves no reads until that rebuild is
+//!    done, rule 1); a removed one is dropped and becomes
+//!    [`ReplicaState::Removed`] for good (indices are never reused); the CF
+//!    becomes `new_cf`. A replica that lacks the record is not degraded for
+//!    it (it is not data; the shell sends it the record on connect).
 //!
 //! 9. **A slow replica is dropped**: a healthy replica that has not
 //!    acknowledged a request within `ack_timeout` leaves the healthy set
@@ -89,8 +100,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use cstor_proto::{
-    Extent, Message, Name, Opcode, Packet, RebuildProgress, SnapshotListRequest, SnapshotListing,
-    Status, Write,
+    Extent, Membership, Message, Name, Opcode, Packet, RebuildProgress, SnapshotListRequest,
+    SnapshotListing, Status, Write,
 };
 
 /// A degraded replica without a rebuild is dropped (and so redialled, and
@@ -174,6 +185,14 @@ pub enum Op {
     ListSnapshots {
         after: Option<Name>,
     },
+    /// Store a membership record on the replicas (a barrier); once
+    /// `min(cf, new_cf)` healthy replicas stored it, `change` and `new_cf`
+    /// take effect (module doc, rule 5).
+    SetMembership {
+        record: Membership,
+        change: MemberChange,
+        new_cf: usize,
+    },
 }
 
 impl Op {
@@ -185,7 +204,10 @@ impl Op {
     fn is_barrier(&self) -> bool {
         matches!(
             self,
-            Op::SnapshotCreate { .. } | Op::SnapshotDestroy { .. } | Op::Resize { .. }
+            Op::SnapshotCreate { .. }
+                | Op::SnapshotDestroy { .. }
+                | Op::Resize { .. }
+                | Op::SetMembership { .. }
         )
     }
 
@@ -217,6 +239,7 @@ impl Op {
             Op::ListSnapshots { after } => Message::SnapshotList(SnapshotListRequest {
                 after: after.clone(),
             }),
+            Op::SetMembership { record, .. } => Message::MembershipSet(record.clone()),
         }
     }
 
@@ -231,6 +254,7 @@ impl Op {
             Op::SnapshotDestroy { .. } => Opcode::SnapshotDestroy,
             Op::Resize { .. } => Opcode::Resize,
             Op::ListSnapshots { .. } => Opcode::SnapshotList,
+            Op::SetMembership { .. } => Opcode::MembershipSet,
         }
     }
 }
@@ -307,6 +331,32 @@ pub enum ReplicaState {
     /// Degraded and pulling the missing range from a healthy peer: gets
     /// live writes, serves no reads, counts for no quorum.
     Rebuilding,
+    /// No longer a member (a committed membership record left it out): no
+    /// link, gets nothing, counts for nothing. Its index is never reused.
+    Removed,
+}
+
+impl ReplicaState {
+    /// Has a link the controller sends on.
+    pub fn is_linked(self) -> bool {
+        matches!(
+            self,
+            ReplicaState::Healthy | ReplicaState::Degraded | ReplicaState::Rebuilding
+        )
+    }
+}
+
+/// What a committed membership record changes in the controller (the
+/// record itself is the shell's business, `super::membership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Nothing but the CF (or nothing at all: a record rewritten).
+    None,
+    /// A new replica joins with the next index: offline, and once linked
+    /// degraded from io_seq 0 (a full rebuild) until its rebuild is done.
+    Add,
+    /// The replica leaves: its link is dropped and it becomes `Removed`.
+    Remove(ReplicaIndex),
 }
 
 /// A rebuild the controller asked for.
@@ -479,7 +529,8 @@ impl Controller {
         }
         if op.is_barrier() {
             if self.barrier.is_some() {
-                let busy = "another snapshot or resize of the volume is in progress";
+                let busy =
+                    "another snapshot, resize or membership change of the volume is in progress";
                 actions.push(complete(tag, Err(VolumeError::Refused(busy.into()))));
                 return actions;
             }
@@ -528,7 +579,7 @@ impl Controller {
         };
         if pending.op.mutates() {
             for (index, replica) in self.replicas.iter().enumerate() {
-                if replica.state != ReplicaState::Offline {
+                if replica.state.is_linked() {
                     pending.sent.insert(index, now);
                     actions.push(self.send(index, io_seq, &pending.op));
                 }
@@ -603,12 +654,36 @@ impl Controller {
         actions
     }
 
+    /// A request to `replica` whose answer nobody waits for (the record a
+    /// member is sent on connect): its own io_seq, and a reply that matches
+    /// no pending request is ignored.
+    pub fn unawaited(&mut self, replica: ReplicaIndex, message: Message) -> Action {
+        let io_seq = self.next_io_seq;
+        self.next_io_seq += 1;
+        Action::Send {
+            replica,
+            packet: Packet {
+                session_id: self.config.session_id,
+                epoch: self.config.epoch,
+                io_seq,
+                message,
+            },
+        }
+    }
+
     /// A replica's link is up and its session claimed.
     pub fn on_connected(&mut self, now: Instant, replica: ReplicaIndex) -> Vec<Action> {
         let mut actions = Vec::new();
         let Some(r) = self.replicas.get_mut(replica) else {
             return actions;
         };
+        if r.state == ReplicaState::Removed {
+            actions.push(Action::Drop {
+                replica,
+                reason: "not a member of the volume".into(),
+            });
+            return actions;
+        }
         r.state = if r.missed_from.is_none() {
             ReplicaState::Healthy
         } else {
@@ -746,11 +821,7 @@ impl Controller {
                 })
             })
             .map(|(r, _)| *r)
-            .filter(|r| {
-                self.replicas
-                    .get(*r)
-                    .is_some_and(|x| x.state != ReplicaState::Offline)
-            })
+            .filter(|r| self.replicas.get(*r).is_some_and(|x| x.state.is_linked()))
             .collect();
         for replica in slow {
             self.drop_replica(
@@ -843,7 +914,7 @@ impl Controller {
         let Some(run) = r.rebuild.as_mut() else {
             return;
         };
-        if run.first_live_io_seq != packet.io_seq || r.state == ReplicaState::Offline {
+        if run.first_live_io_seq != packet.io_seq || !r.state.is_linked() {
             return;
         }
         match packet.message {
@@ -1018,9 +1089,10 @@ impl Controller {
                     .pending
                     .values()
                     .any(|p| p.op.mutates() && !p.completed);
-                if self.has_quorum() && !earlier_unanswered {
+                let quorum = self.healthy() >= self.barrier_cf(&barrier.op);
+                if quorum && !earlier_unanswered {
                     self.start_barrier(now, actions);
-                } else if !self.has_quorum()
+                } else if !quorum
                     && now.saturating_duration_since(barrier.submitted) >= self.config.hold
                 {
                     let tag = barrier.tag;
@@ -1092,7 +1164,7 @@ impl Controller {
                     .is_some_and(|x| x.state == ReplicaState::Healthy)
             })
             .count();
-        let cf = self.config.cf;
+        let cf = self.barrier_cf(&p.op);
         if healthy_acks >= cf {
             tracing::info!(io_seq = seq, op = ?p.op, acks = healthy_acks, "barrier done at quorum");
             for replica in &p.failed {
@@ -1103,12 +1175,19 @@ impl Controller {
                     actions,
                 );
             }
-            let lacking: Vec<ReplicaIndex> = (0..self.replicas.len())
-                .filter(|r| !p.acked.contains(r))
-                .collect();
-            self.note_missed(seq, &p.acked, &lacking);
+            // A membership record is not data: a replica without it gets it
+            // when its link comes up, and is not degraded for it.
+            if !matches!(p.op, Op::SetMembership { .. }) {
+                let lacking: Vec<ReplicaIndex> = (0..self.replicas.len())
+                    .filter(|r| !p.acked.contains(r))
+                    .collect();
+                self.note_missed(seq, &p.acked, &lacking);
+            }
             if let Op::Resize { size_bytes } = p.op {
                 self.config.size_bytes = size_bytes;
+            }
+            if let Op::SetMembership { change, new_cf, .. } = p.op {
+                self.commit_membership(now, change, new_cf, actions);
             }
             actions.push(complete(p.tag, Ok(Completion::Done)));
         } else {
@@ -1118,6 +1197,9 @@ impl Controller {
                     format!("destroying snapshot {:?}", name.as_str())
                 }
                 Op::Resize { size_bytes } => format!("resize to {size_bytes} bytes"),
+                Op::SetMembership { record, .. } => {
+                    format!("membership generation {}", record.generation)
+                }
                 other => format!("{other:?}"),
             };
             let errors = if barrier.errors.is_empty() {
@@ -1137,7 +1219,7 @@ impl Controller {
                     if self
                         .replicas
                         .get(*replica)
-                        .is_some_and(|r| r.state != ReplicaState::Offline)
+                        .is_some_and(|r| r.state.is_linked())
                     {
                         actions.push(self.send(*replica, undo_seq, &undo));
                     }
@@ -1146,6 +1228,51 @@ impl Controller {
             actions.push(complete(p.tag, Err(VolumeError::Refused(detail))));
         }
         self.release_held(now, actions);
+    }
+
+    /// Healthy acknowledgements a barrier needs: the CF, or for a
+    /// membership record the lower of the old and new CF (rule 5).
+    fn barrier_cf(&self, op: &Op) -> usize {
+        match op {
+            Op::SetMembership { new_cf, .. } => self.config.cf.min(*new_cf).max(1),
+            _ => self.config.cf,
+        }
+    }
+
+    /// A membership record committed: the member set and CF follow it.
+    fn commit_membership(
+        &mut self,
+        now: Instant,
+        change: MemberChange,
+        new_cf: usize,
+        actions: &mut Vec<Action>,
+    ) {
+        match change {
+            MemberChange::None => {}
+            MemberChange::Add => {
+                tracing::info!(replica = self.replicas.len(), "member added: full rebuild");
+                self.replicas.push(Replica {
+                    state: ReplicaState::Offline,
+                    rebuild: None,
+                    retry_at: None,
+                    acked_max: 0,
+                    missed_from: Some(0),
+                });
+                self.config.replicas = self.replicas.len();
+            }
+            MemberChange::Remove(replica) => {
+                if self.replicas.get(replica).is_some() {
+                    tracing::info!(replica, "member removed");
+                    self.drop_replica(now, replica, "removed from the volume".into(), actions);
+                    if let Some(r) = self.replicas.get_mut(replica) {
+                        r.state = ReplicaState::Removed;
+                        r.missed_from = Some(0);
+                    }
+                }
+            }
+        }
+        self.config.cf = new_cf.max(1);
+        self.update_quorum(now);
     }
 
     /// The barrier is over: held requests go on, in order.
@@ -1224,7 +1351,7 @@ impl Controller {
         if self
             .replicas
             .get(replica)
-            .is_none_or(|r| r.state == ReplicaState::Offline)
+            .is_none_or(|r| !r.state.is_linked())
         {
             return;
         }
@@ -1237,7 +1364,9 @@ impl Controller {
         let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
-        r.state = ReplicaState::Offline;
+        if r.state != ReplicaState::Removed {
+            r.state = ReplicaState::Offline;
+        }
         r.rebuild = None;
         r.retry_at = None;
         let mut lacks = Vec::new();
@@ -1284,7 +1413,7 @@ impl Controller {
             actions.push(complete(tag, Err(VolumeError::Fenced)));
         }
         for index in 0..self.replicas.len() {
-            if self.replicas[index].state != ReplicaState::Offline {
+            if self.replicas[index].state.is_linked() {
                 actions.push(Action::Drop {
                     replica: index,
                     reason: "fenced".into(),
@@ -1326,7 +1455,8 @@ impl Controller {
             | Op::SnapshotCreate { .. }
             | Op::SnapshotDestroy { .. }
             | Op::Resize { .. }
-            | Op::ListSnapshots { .. } => return None,
+            | Op::ListSnapshots { .. }
+            | Op::SetMembership { .. } => return None,
         };
         match offset.checked_add(len) {
             Some(end) if end <= self.config.size_bytes && len > 0 => None,

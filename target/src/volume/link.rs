@@ -2,8 +2,9 @@
 //! with backoff for as long as the volume is open.
 //!
 //! The link task dials, claims the volume with the target's epoch (`Hello`),
-//! then forwards packets from the controller to the replica and replies back
-//! as [`LinkEvent`]s, in order. It sends a heartbeat when the connection has
+//! reads the replica's status and membership record, then forwards packets
+//! from the controller to the replica and replies back as [`LinkEvent`]s,
+//! in order. It sends a heartbeat when the connection has
 //! been idle so that the replica does not close it. On any error it reports
 //! `Down`, discards whatever was queued for the dead connection (the
 //! controller sends what is still pending again once it is `Up`), waits, and
@@ -13,8 +14,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cstor_proto::{
-    Auth, FrameCodec, Hello, HelloAck, Message, Name, Opcode, Packet, Status, StatusReport,
-    VersionRange,
+    Auth, FrameCodec, Hello, HelloAck, Membership, Message, Name, Opcode, Packet, Status,
+    StatusReport, VersionRange,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -42,6 +43,8 @@ pub enum LinkEvent {
         replica: ReplicaIndex,
         ack: HelloAck,
         status: StatusReport,
+        /// The membership record it holds.
+        membership: Membership,
     },
     /// A reply on the current connection.
     Reply {
@@ -102,7 +105,7 @@ pub async fn run(
                 outcome = tokio::time::timeout(CONNECT_TIMEOUT, claim(addr, &params)) => outcome,
             };
             match outcome {
-                Ok(Ok((conn, ack, status))) => {
+                Ok(Ok((conn, ack, status, membership))) => {
                     info!(state = ?ack.state, durable = ack.last_durable_io_seq, "replica claimed");
                     backoff = BACKOFF_MIN;
                     if events
@@ -110,6 +113,7 @@ pub async fn run(
                             replica,
                             ack,
                             status,
+                            membership,
                         })
                         .is_err()
                     {
@@ -159,22 +163,36 @@ enum ClaimError {
     Other(String),
 }
 
-/// Dials and opens a session; also asks for the replica's status.
+/// Dials and opens a session; also asks for the replica's status and
+/// membership record.
 async fn claim(
     addr: SocketAddr,
     params: &SessionParams,
-) -> Result<(Conn, HelloAck, StatusReport), ClaimError> {
+) -> Result<(Conn, HelloAck, StatusReport, Membership), ClaimError> {
     let other = |e: String| ClaimError::Other(e);
     let mut conn = dial(addr).await.map_err(other)?;
     let ack = hello(&mut conn, params, params.epoch).await?;
     let status = status(&mut conn, params, params.epoch)
         .await
         .map_err(other)?;
-    Ok((conn, ack, status))
+    let membership = membership(&mut conn, params, params.epoch)
+        .await
+        .map_err(other)?;
+    Ok((conn, ack, status, membership))
 }
 
-/// Asks a replica for its state without claiming anything (epoch 0).
-pub async fn probe(addr: SocketAddr, volume: &str) -> Result<(HelloAck, StatusReport), String> {
+/// What a probe learns of a replica.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub ack: HelloAck,
+    pub status: StatusReport,
+    /// The membership record it holds (generation 0: none).
+    pub membership: Membership,
+}
+
+/// Asks a replica for its state and membership record without claiming
+/// anything (epoch 0).
+pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, String> {
     let params = SessionParams {
         volume: volume.to_owned(),
         epoch: 0,
@@ -186,7 +204,12 @@ pub async fn probe(addr: SocketAddr, volume: &str) -> Result<(HelloAck, StatusRe
         ClaimError::Fenced(d) | ClaimError::Other(d) => d,
     })?;
     let status = status(&mut conn, &params, 0).await?;
-    Ok((ack, status))
+    let membership = membership(&mut conn, &params, 0).await?;
+    Ok(Probe {
+        ack,
+        status,
+        membership,
+    })
 }
 
 async fn dial(addr: SocketAddr) -> Result<Conn, String> {
@@ -249,6 +272,27 @@ async fn status(
         Message::Error(e) => Err(format!("status: {:?}: {}", e.status, e.detail)),
         m => Err(format!(
             "unexpected answer to Status: {:#06x}",
+            m.wire_opcode()
+        )),
+    }
+}
+
+async fn membership(
+    conn: &mut Conn,
+    params: &SessionParams,
+    epoch: u64,
+) -> Result<Membership, String> {
+    let request = Packet {
+        session_id: params.session_id,
+        epoch,
+        io_seq: 0,
+        message: Message::MembershipGet,
+    };
+    match call(conn, request).await? {
+        Message::Membership(record) => Ok(record),
+        Message::Error(e) => Err(format!("membership: {:?}: {}", e.status, e.detail)),
+        m => Err(format!(
+            "unexpected answer to MembershipGet: {:#06x}",
             m.wire_opcode()
         )),
     }

@@ -8,12 +8,22 @@
 //!   controller and turns its actions into link commands and completions.
 //!
 //! Opening a volume (DESIGN.md "io_seq is the order of truth", invariant 5):
-//! every replica is probed (epoch 0, claims nothing); once `cf` of them
-//! answered, the target takes the epoch one above the highest any of them
+//! every replica is probed (epoch 0, claims nothing); once a read quorum of
+//! the members answered, the target takes the epoch one above the highest any of them
 //! accepted and starts numbering writes [`IO_SEQ_MARGIN`] above the highest
 //! io_seq any of them received, so nothing written but unreported can be
 //! outnumbered. Replicas that reported less than the most advanced one are
 //! degraded from the start.
+//!
+//! Membership ([`membership`] has the design): the members are those of
+//! the newest membership record the replicas hold, the command line only
+//! for a new volume; the open waits for a read quorum of them
+//! ([`membership::open_quorum`]). Adding, removing and the CF go through
+//! [`Volume::add_replica`], [`Volume::remove_replica`] and
+//! [`Volume::set_consistency_factor`]: the driver checks the change, the
+//! controller commits the new record at quorum as a barrier, then the
+//! driver starts the new member's link or stops the removed one's. Every
+//! member is sent the committed record when its link comes up.
 //!
 //! Rebuild: the controller decides (see [`controller`]); the driver turns
 //! its `StartRebuild` into a `RebuildStart` naming the source's data
@@ -22,19 +32,26 @@
 
 pub mod controller;
 pub mod link;
+pub mod membership;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cstor_proto::{Message, Name, Packet, RebuildSource, RebuildStart, SnapshotInfo};
+use cstor_proto::limits::MAX_MEMBERS;
+use cstor_proto::{
+    HelloAck, Membership, Message, Name, Packet, RebuildProgress, RebuildSource, RebuildStart,
+    SnapshotInfo, StatusReport,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use controller::{Action, Controller, ControllerConfig, Tag};
+use controller::{Action, Controller, ControllerConfig, MemberChange, Tag};
 pub use controller::{Completion, Op, RebuildRun, ReplicaState, VolumeError};
 use link::{LinkCommand, LinkEvent, SessionParams};
+pub use membership::MemberRef;
+use membership::OpenStep;
 
 /// The first io_seq of a new target is this far above the highest io_seq
 /// any replica reported.
@@ -52,8 +69,12 @@ pub const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct VolumeSpec {
     pub name: String,
+    /// The command line's replicas: the members of a new volume; once the
+    /// replicas hold a membership record, only where to look for it (the
+    /// record's members are dialled, others ignored).
     pub replicas: Vec<SocketAddr>,
-    /// Consistency factor; `None`: a majority of the replicas.
+    /// Consistency factor of a new volume; `None`: a majority of the
+    /// replicas. A volume with a record keeps the record's.
     pub cf: Option<usize>,
     /// A healthy replica slower than this to acknowledge is dropped.
     pub ack_timeout: Duration,
@@ -86,29 +107,39 @@ pub enum OpenError {
     ReplicaCount(usize),
     #[error("consistency factor {cf} is outside 1..={replicas}")]
     ConsistencyFactor { cf: usize, replicas: usize },
-    #[error("only {answered} of the {cf} replicas needed answered within {timeout:?}: {errors}")]
+    #[error(
+        "only {answered} of the {needed} replicas needed answered within {timeout:?}: {errors}"
+    )]
     NoQuorum {
         answered: usize,
-        cf: usize,
+        needed: usize,
         timeout: Duration,
         errors: String,
     },
+    #[error("membership: {0}")]
+    Membership(String),
     #[error("replicas disagree on the volume's geometry: {0}")]
     Geometry(String),
 }
 
-/// What the volume looks like now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the volume looks like now. Per-replica vectors list the members,
+/// in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VolumeStatus {
     pub replicas: Vec<(SocketAddr, ReplicaState)>,
+    /// Per replica: its replica id (0 while never reached).
+    pub replica_ids: Vec<u128>,
     pub cf: usize,
     pub healthy: usize,
     pub read_only: bool,
     pub fenced: bool,
     pub epoch: u64,
     pub next_io_seq: u64,
-    /// Per replica: its rebuild, while one runs (progress included).
+    /// Per replica: its rebuild, while one runs (progress included; its
+    /// `source` is an index in `replicas`).
     pub rebuilds: Vec<Option<RebuildRun>>,
+    /// Per replica: time left of its rebuild at the rate seen so far.
+    pub rebuild_etas: Vec<Option<Duration>>,
     /// Per replica: the highest io_seq of a mutating request it
     /// acknowledged on this target.
     pub acked_io_seqs: Vec<u64>,
@@ -118,8 +149,11 @@ pub struct VolumeStatus {
     pub in_flight: usize,
     /// The volume's size now (grows with an acknowledged resize).
     pub size_bytes: u64,
-    /// A snapshot or resize is in progress (writes are held).
+    /// A snapshot, resize or membership change is in progress (writes
+    /// are held).
     pub barrier: bool,
+    /// Generation of the committed membership record.
+    pub membership_generation: u64,
 }
 
 /// An open volume. Cloning shares it.
@@ -129,25 +163,48 @@ pub struct Volume {
     status: watch::Receiver<VolumeStatus>,
     stop: CancellationToken,
     block_size: u32,
+    name: String,
 }
 
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Completion, VolumeError>>,
+enum Request {
+    Io {
+        op: Op,
+        reply: oneshot::Sender<Result<Completion, VolumeError>>,
+    },
+    Membership {
+        change: membership::Change,
+        reply: oneshot::Sender<Result<Membership, VolumeError>>,
+    },
 }
 
 impl Volume {
-    /// Probes the replicas, claims the volume and starts serving it.
+    /// Probes the replicas, claims the volume and starts serving it. The
+    /// members are those of the newest membership record the replicas
+    /// hold, or `spec.replicas` for a new volume (`membership` module doc).
     pub async fn open(spec: VolumeSpec) -> Result<Volume, OpenError> {
         let n = spec.replicas.len();
-        if !(1..=5).contains(&n) {
+        if !(1..=MAX_MEMBERS).contains(&n) {
             return Err(OpenError::ReplicaCount(n));
         }
-        let cf = spec.cf.unwrap_or(ControllerConfig::majority(n));
-        if !(1..=n).contains(&cf) {
-            return Err(OpenError::ConsistencyFactor { cf, replicas: n });
+        let cli_cf = spec.cf.unwrap_or(ControllerConfig::majority(n));
+        if !(1..=n).contains(&cli_cf) {
+            return Err(OpenError::ConsistencyFactor {
+                cf: cli_cf,
+                replicas: n,
+            });
         }
-        let probes = probe_quorum(&spec, cf).await?;
+        let (members, cf, record, answers) = probe_quorum(&spec, cli_cf).await?;
+        for ignored in spec.replicas.iter().filter(|a| !members.contains(a)) {
+            warn!(
+                volume = %spec.name,
+                replica = %ignored,
+                "not a member of the volume (membership record): ignored; add it with `cstor ctl replica add`"
+            );
+        }
+        let probes: Vec<Option<(HelloAck, StatusReport)>> = members
+            .iter()
+            .map(|a| answers.get(a).map(|p| (p.ack, p.status)))
+            .collect();
         let answered: Vec<_> = probes.iter().flatten().collect();
         let highest_epoch = answered
             .iter()
@@ -159,10 +216,27 @@ impl Volume {
             .map(|p| p.1.last_received_io_seq.max(p.0.last_durable_io_seq))
             .max()
             .unwrap_or(0);
-        let (size_bytes, block_size) = geometry(&spec, &probes, max_received)?;
+        let (size_bytes, block_size) = geometry(&members, &probes, max_received)?;
+        // The ids the record knows: a member answering with another id had
+        // its pool replaced.
+        let recorded_ids: Vec<Option<u128>> = members
+            .iter()
+            .map(|a| {
+                record
+                    .as_ref()
+                    .and_then(|r| r.member(&a.to_string()))
+                    .map(|m| m.replica_id)
+                    .filter(|id| *id != 0)
+            })
+            .collect();
         let missed_from: Vec<Option<u64>> = probes
             .iter()
-            .map(|p| match p {
+            .zip(&recorded_ids)
+            .map(|(p, recorded)| match p {
+                Some((ack, _)) if recorded.is_some_and(|id| id != ack.replica_id) => {
+                    warn!(replica_id = %format!("{:032x}", ack.replica_id), "replica id differs from the membership record (new pool?): full rebuild");
+                    Some(0)
+                }
                 Some((ack, status))
                     if status.last_received_io_seq.max(ack.last_durable_io_seq) < max_received
                         || rebuild_unfinished(ack) =>
@@ -178,16 +252,37 @@ impl Volume {
             session_id: random_u64(),
             first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
         };
+        let replica_ids: Vec<Option<u128>> = probes
+            .iter()
+            .zip(&recorded_ids)
+            .map(|(p, recorded)| p.as_ref().map(|(ack, _)| ack.replica_id).or(*recorded))
+            .collect();
+        let (record, write_record) = match record {
+            Some(record) => (record, false),
+            None => (
+                membership::initial(&members, &replica_ids, cf)
+                    .map_err(|e| OpenError::Membership(e.to_string()))?,
+                true,
+            ),
+        };
+        let generation = answers
+            .values()
+            .map(|p| p.membership.generation)
+            .max()
+            .unwrap_or(0)
+            .max(record.generation);
         info!(
             volume = %spec.name,
             epoch = params.epoch,
             first_io_seq = params.first_io_seq,
             size_bytes,
             cf,
+            members = ?members,
+            generation = record.generation,
             "opening volume"
         );
         let config = ControllerConfig {
-            replicas: n,
+            replicas: members.len(),
             cf,
             ack_timeout: spec.ack_timeout,
             hold: spec.hold,
@@ -199,52 +294,100 @@ impl Volume {
         let controller = Controller::new(config, &missed_from, Instant::now());
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let mut links = Vec::with_capacity(n);
-        for (index, addr) in spec.replicas.iter().enumerate() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            links.push(tx);
-            tokio::spawn(link::run(
-                index,
-                *addr,
-                params.clone(),
-                rx,
-                events_tx.clone(),
-                stop.clone(),
-            ));
-        }
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
-        let (status_tx, status) = watch::channel(status_of(&controller, &spec.replicas));
-        let driver = Driver {
+        let mut driver = Driver {
             controller,
-            addrs: spec.replicas.clone(),
-            links,
+            addrs: Vec::with_capacity(members.len()),
+            links: Vec::with_capacity(members.len()),
             waiters: HashMap::new(),
+            changes: HashMap::new(),
             next_tag: 1,
             start_max_received: max_received,
-            seen: vec![false; n],
-            replica_ids: probes
-                .iter()
-                .map(|p| p.as_ref().map(|(ack, _)| ack.replica_id))
-                .collect(),
-            volume: spec.name.clone(),
-            session_id: params.session_id,
-            epoch: params.epoch,
-            status: status_tx,
+            seen: Vec::with_capacity(members.len()),
+            replica_ids: Vec::with_capacity(members.len()),
+            rebuild_clock: Vec::with_capacity(members.len()),
+            params,
+            events: events_tx,
+            stop: stop.clone(),
+            record,
+            generation,
+            status: watch::channel(VolumeStatus::default()).0,
         };
+        for (addr, id) in members.iter().zip(&replica_ids) {
+            driver.link(*addr, *id);
+        }
+        let (status_tx, status) = watch::channel(driver.status_of());
+        driver.status = status_tx;
+        if write_record {
+            // A new volume: its command line becomes the first record,
+            // written once a quorum is healthy (a barrier like any change).
+            let record = driver.record.clone();
+            let actions = driver.submit_record(record, MemberChange::None, cf, None, None);
+            driver.perform(actions);
+        }
         tokio::spawn(driver.run(request_rx, events, stop.clone()));
         Ok(Volume {
             requests,
             status,
             stop,
             block_size,
+            name: spec.name,
         })
+    }
+
+    /// Adds a replica to the volume (scale up, or the second half of a
+    /// replace): probes it (reachable, same block size), then commits a
+    /// membership record listing it at quorum; it then joins with a full
+    /// rebuild and counts for quorum once that is done. Returns the record.
+    pub async fn add_replica(&self, address: SocketAddr) -> Result<Membership, VolumeError> {
+        let probe = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(address, &self.name))
+            .await
+            .unwrap_or_else(|_| Err("probe timed out".into()))
+            .map_err(|e| VolumeError::Refused(format!("replica {address} unreachable: {e}")))?;
+        if probe.ack.block_size_bytes != self.block_size {
+            return Err(VolumeError::Refused(format!(
+                "replica {address} has {}-byte blocks, the volume {}",
+                probe.ack.block_size_bytes, self.block_size
+            )));
+        }
+        self.change_membership(membership::Change::Add {
+            address,
+            replica_id: probe.ack.replica_id,
+        })
+        .await
+    }
+
+    /// Removes a member (scale down, or the first half of a replace): once
+    /// a record without it committed at quorum, its link closes. Refused
+    /// if fewer members than the CF would stay.
+    pub async fn remove_replica(&self, which: MemberRef) -> Result<Membership, VolumeError> {
+        self.change_membership(membership::Change::Remove(which))
+            .await
+    }
+
+    /// Sets the consistency factor (1 ..= members), at quorum of the lower
+    /// of the old and the new one.
+    pub async fn set_consistency_factor(&self, cf: usize) -> Result<Membership, VolumeError> {
+        self.change_membership(membership::Change::SetCf(cf)).await
+    }
+
+    async fn change_membership(
+        &self,
+        change: membership::Change,
+    ) -> Result<Membership, VolumeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Membership { change, reply })
+            .await
+            .map_err(|_| VolumeError::Unavailable)?;
+        answer.await.unwrap_or(Err(VolumeError::Unavailable))
     }
 
     /// Performs one request.
     pub async fn submit(&self, op: Op) -> Result<Completion, VolumeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request { op, reply })
+            .send(Request::Io { op, reply })
             .await
             .map_err(|_| VolumeError::Unavailable)?;
         answer.await.unwrap_or(Err(VolumeError::Unavailable))
@@ -330,51 +473,82 @@ impl Volume {
     }
 }
 
-/// Probes every replica until `cf` answered or the open timeout passed.
-/// Replicas that did not answer are `None`.
-async fn probe_quorum(
-    spec: &VolumeSpec,
-    cf: usize,
-) -> Result<Vec<Option<(cstor_proto::HelloAck, cstor_proto::StatusReport)>>, OpenError> {
+/// Members, CF, the newest record (`None`: a new volume) and every answer.
+type Probed = (
+    Vec<SocketAddr>,
+    usize,
+    Option<Membership>,
+    BTreeMap<SocketAddr, link::Probe>,
+);
+
+/// Probes the command line's replicas and the members of the newest record
+/// found, until enough members answered ([`membership::open_step`]) or the
+/// open timeout passed.
+async fn probe_quorum(spec: &VolumeSpec, cli_cf: usize) -> Result<Probed, OpenError> {
     let deadline = tokio::time::Instant::now() + spec.open_timeout;
-    let mut results: Vec<Option<_>> = vec![None; spec.replicas.len()];
-    let mut errors: Vec<String> = vec![String::new(); spec.replicas.len()];
+    let mut answers: BTreeMap<SocketAddr, link::Probe> = BTreeMap::new();
+    let mut errors: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut targets: Vec<SocketAddr> = spec.replicas.clone();
     loop {
         let mut probes = Vec::new();
-        for (i, addr) in spec.replicas.iter().enumerate() {
-            if results[i].is_none() {
-                let name = spec.name.clone();
-                let addr = *addr;
-                probes.push(tokio::spawn(async move {
-                    let r = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(addr, &name))
-                        .await
-                        .unwrap_or_else(|_| Err("probe timed out".into()));
-                    (i, r)
-                }));
-            }
+        for addr in targets.iter().filter(|a| !answers.contains_key(a)) {
+            let name = spec.name.clone();
+            let addr = *addr;
+            probes.push(tokio::spawn(async move {
+                let r = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(addr, &name))
+                    .await
+                    .unwrap_or_else(|_| Err("probe timed out".into()));
+                (addr, r)
+            }));
         }
         for probe in probes {
-            if let Ok((i, r)) = probe.await {
+            if let Ok((addr, r)) = probe.await {
                 match r {
-                    Ok(answer) => results[i] = Some(answer),
-                    Err(e) => errors[i] = format!("{}: {e}", spec.replicas[i]),
+                    Ok(answer) => {
+                        errors.remove(&addr);
+                        answers.insert(addr, answer);
+                    }
+                    Err(e) => {
+                        errors.insert(addr, format!("{addr}: {e}"));
+                    }
                 }
             }
         }
-        let answered = results.iter().filter(|r| r.is_some()).count();
-        if answered >= cf {
-            return Ok(results);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(OpenError::NoQuorum {
-                answered,
+        let records: BTreeMap<SocketAddr, Membership> = answers
+            .iter()
+            .map(|(a, p)| (*a, p.membership.clone()))
+            .collect();
+        let step = membership::open_step(&spec.replicas, cli_cf, &records)
+            .map_err(|e| OpenError::Membership(e.to_string()))?;
+        let missing = match step {
+            OpenStep::Open {
+                members,
                 cf,
+                record,
+            } => return Ok((members, cf, record, answers)),
+            OpenStep::Probe(missing) => missing,
+        };
+        // Probe the command line too until something answers: the newest
+        // record may be on any of them.
+        targets = missing;
+        targets.extend(spec.replicas.iter().filter(|a| !answers.contains_key(a)));
+        targets.sort();
+        targets.dedup();
+        if tokio::time::Instant::now() >= deadline {
+            let record = membership::newest(records.values());
+            let (members, cf) = if record.generation == 0 {
+                (spec.replicas.clone(), cli_cf)
+            } else {
+                (
+                    membership::addresses(&record).unwrap_or_default(),
+                    usize::from(record.consistency_factor),
+                )
+            };
+            return Err(OpenError::NoQuorum {
+                answered: members.iter().filter(|a| answers.contains_key(a)).count(),
+                needed: membership::open_quorum(members.len(), cf),
                 timeout: spec.open_timeout,
-                errors: errors
-                    .into_iter()
-                    .filter(|e| !e.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                errors: errors.into_values().collect::<Vec<_>>().join("; "),
             });
         }
         tokio::time::sleep(link::BACKOFF_MAX).await;
@@ -384,8 +558,8 @@ async fn probe_quorum(
 /// Size and block size, from the most advanced replicas (a grow may have
 /// reached only some of the others).
 fn geometry(
-    spec: &VolumeSpec,
-    probes: &[Option<(cstor_proto::HelloAck, cstor_proto::StatusReport)>],
+    members: &[SocketAddr],
+    probes: &[Option<(HelloAck, StatusReport)>],
     max_received: u64,
 ) -> Result<(u64, u32), OpenError> {
     let mut current = probes.iter().enumerate().filter_map(|(i, p)| {
@@ -400,32 +574,83 @@ fn geometry(
     };
     for (i, s, b) in current {
         if s != size || b != block {
+            let addr = members.get(i).map_or_else(String::new, |a| a.to_string());
             return Err(OpenError::Geometry(format!(
-                "{} has {s} bytes in {b}-byte blocks, another {size} in {block}",
-                spec.replicas[i]
+                "{addr} has {s} bytes in {b}-byte blocks, another {size} in {block}"
             )));
         }
     }
     Ok((size, block))
 }
 
+/// Where a membership change's outcome goes, and what it is.
+type ChangeReply = (
+    oneshot::Sender<Result<Membership, VolumeError>>,
+    Result<Membership, VolumeError>,
+);
+
+/// A membership change waiting for its record to commit.
+struct PendingChange {
+    record: Membership,
+    change: MemberChange,
+    /// The address and id of an added replica.
+    added: Option<(SocketAddr, u128)>,
+    reply: Option<oneshot::Sender<Result<Membership, VolumeError>>>,
+}
+
+/// When a rebuild run was first seen making progress (for its ETA).
+#[derive(Debug, Clone, Copy)]
+struct RebuildClock {
+    first_live_io_seq: u64,
+    started: Instant,
+    done_at_start: u64,
+}
+
 struct Driver {
     controller: Controller,
+    /// Per replica index (never reused): its data address.
     addrs: Vec<SocketAddr>,
-    links: Vec<mpsc::UnboundedSender<LinkCommand>>,
+    /// Per replica index: its link's commands and stop token.
+    links: Vec<(mpsc::UnboundedSender<LinkCommand>, CancellationToken)>,
     waiters: HashMap<Tag, oneshot::Sender<Result<Completion, VolumeError>>>,
+    changes: HashMap<Tag, PendingChange>,
     next_tag: Tag,
     start_max_received: u64,
     seen: Vec<bool>,
-    /// Per replica: the replica id it last reported.
+    /// Per replica: the replica id it last reported (or the record's).
     replica_ids: Vec<Option<u128>>,
-    volume: String,
-    session_id: u64,
-    epoch: u64,
+    rebuild_clock: Vec<Option<RebuildClock>>,
+    params: SessionParams,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    stop: CancellationToken,
+    /// The committed membership record.
+    record: Membership,
+    /// The highest generation seen or sent: the next record gets one more.
+    generation: u64,
     status: watch::Sender<VolumeStatus>,
 }
 
 impl Driver {
+    /// Starts the link of a new replica index.
+    fn link(&mut self, addr: SocketAddr, replica_id: Option<u128>) {
+        let index = self.addrs.len();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = self.stop.child_token();
+        tokio::spawn(link::run(
+            index,
+            addr,
+            self.params.clone(),
+            rx,
+            self.events.clone(),
+            stop.clone(),
+        ));
+        self.addrs.push(addr);
+        self.links.push((tx, stop));
+        self.seen.push(false);
+        self.replica_ids.push(replica_id);
+        self.rebuild_clock.push(None);
+    }
+
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
@@ -438,11 +663,13 @@ impl Driver {
             let actions = tokio::select! {
                 () = stop.cancelled() => break,
                 request = requests.recv() => match request {
-                    Some(Request { op, reply }) => {
-                        let tag = self.next_tag;
-                        self.next_tag += 1;
+                    Some(Request::Io { op, reply }) => {
+                        let tag = self.take_tag();
                         self.waiters.insert(tag, reply);
                         self.controller.submit(Instant::now(), tag, op)
+                    }
+                    Some(Request::Membership { change, reply }) => {
+                        self.on_membership_request(change, reply)
                     }
                     None => break,
                 },
@@ -452,19 +679,150 @@ impl Driver {
                 },
                 _ = tick.tick() => self.controller.tick(Instant::now()),
             };
-            // Status first: whoever a completion wakes sees its effect
-            // (a grown size) in the status.
-            self.status.send_if_modified(|s| {
-                let new = status_of(&self.controller, &self.addrs);
-                let changed = *s != new;
-                *s = new;
-                changed
-            });
             self.perform(actions);
         }
         for (_, waiter) in self.waiters.drain() {
             let _ = waiter.send(Err(VolumeError::Unavailable));
         }
+        for (_, change) in self.changes.drain() {
+            if let Some(reply) = change.reply {
+                let _ = reply.send(Err(VolumeError::Unavailable));
+            }
+        }
+    }
+
+    fn take_tag(&mut self) -> Tag {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        tag
+    }
+
+    /// Validates a change against the committed record and submits the new
+    /// record as a barrier.
+    fn on_membership_request(
+        &mut self,
+        change: membership::Change,
+        reply: oneshot::Sender<Result<Membership, VolumeError>>,
+    ) -> Vec<Action> {
+        let next_generation = self.generation.saturating_add(1);
+        let record = match membership::apply(&self.record, &change, next_generation) {
+            Ok(record) => self.with_known_ids(record),
+            Err(e) => {
+                let _ = reply.send(Err(VolumeError::Refused(e.to_string())));
+                return Vec::new();
+            }
+        };
+        let (member_change, added) = match &change {
+            membership::Change::Add {
+                address,
+                replica_id,
+            } => (MemberChange::Add, Some((*address, *replica_id))),
+            membership::Change::Remove(which) => {
+                let index = which.position(&self.record).and_then(|p| {
+                    let address = self.record.members.get(p)?.address.clone();
+                    (0..self.addrs.len()).find(|i| {
+                        self.addrs[*i].to_string() == address
+                            && self.controller.replica_states().get(*i)
+                                != Some(&ReplicaState::Removed)
+                    })
+                });
+                match index {
+                    Some(i) => (MemberChange::Remove(i), None),
+                    None => {
+                        let _ = reply.send(Err(VolumeError::Refused(
+                            "the member has no link on this target".into(),
+                        )));
+                        return Vec::new();
+                    }
+                }
+            }
+            membership::Change::SetCf(_) => (MemberChange::None, None),
+        };
+        let new_cf = usize::from(record.consistency_factor);
+        info!(volume = %self.params.volume, ?change, generation = record.generation, "membership change requested");
+        self.submit_record(record, member_change, new_cf, added, Some(reply))
+    }
+
+    /// Fills in replica ids learnt since a member was recorded without one.
+    fn with_known_ids(&self, mut record: Membership) -> Membership {
+        let before = record.clone();
+        for member in record.members.iter_mut().filter(|m| m.replica_id == 0) {
+            let known = (0..self.addrs.len())
+                .filter(|i| self.addrs[*i].to_string() == member.address)
+                .find_map(|i| self.replica_ids.get(i).copied().flatten());
+            if let Some(id) = known {
+                member.replica_id = id;
+            }
+        }
+        if record.check().is_ok() {
+            record
+        } else {
+            before
+        }
+    }
+
+    /// Submits `record` as a barrier; `perform` finishes the change when
+    /// it completes.
+    fn submit_record(
+        &mut self,
+        record: Membership,
+        change: MemberChange,
+        new_cf: usize,
+        added: Option<(SocketAddr, u128)>,
+        reply: Option<oneshot::Sender<Result<Membership, VolumeError>>>,
+    ) -> Vec<Action> {
+        self.generation = self.generation.max(record.generation);
+        let tag = self.take_tag();
+        self.changes.insert(
+            tag,
+            PendingChange {
+                record: record.clone(),
+                change,
+                added,
+                reply,
+            },
+        );
+        let op = Op::SetMembership {
+            record,
+            change,
+            new_cf,
+        };
+        self.controller.submit(Instant::now(), tag, op)
+    }
+
+    /// The record committed (or not): the links follow it. Returns the
+    /// reply to deliver once the status shows the change.
+    fn finish_change(
+        &mut self,
+        tag: Tag,
+        result: Result<Completion, VolumeError>,
+    ) -> Option<ChangeReply> {
+        let pending = self.changes.remove(&tag)?;
+        let outcome = match result {
+            Ok(_) => {
+                info!(
+                    volume = %self.params.volume,
+                    generation = pending.record.generation,
+                    "membership record committed"
+                );
+                match (pending.change, pending.added) {
+                    (MemberChange::Add, Some((addr, id))) => self.link(addr, Some(id)),
+                    (MemberChange::Remove(index), _) => {
+                        if let Some((_, stop)) = self.links.get(index) {
+                            stop.cancel();
+                        }
+                    }
+                    _ => {}
+                }
+                self.record = pending.record.clone();
+                Ok(pending.record)
+            }
+            Err(e) => {
+                warn!(volume = %self.params.volume, error = %e, "membership record not committed");
+                Err(e)
+            }
+        };
+        pending.reply.map(|reply| (reply, outcome))
     }
 
     fn on_event(&mut self, event: LinkEvent) -> Vec<Action> {
@@ -474,7 +832,12 @@ impl Driver {
                 replica,
                 ack,
                 status,
+                membership,
             } => {
+                // A record this target never saw (a change of an earlier
+                // target that reached only this replica): never reuse its
+                // generation.
+                self.generation = self.generation.max(membership.generation);
                 let size = self.controller.config().size_bytes;
                 if ack.volume_size_bytes < size {
                     warn!(
@@ -499,12 +862,16 @@ impl Driver {
                         .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
                 }
                 let received = status.last_received_io_seq.max(ack.last_durable_io_seq);
-                let first_contact = !std::mem::replace(&mut self.seen[replica], true);
+                let first_contact = self
+                    .seen
+                    .get_mut(replica)
+                    .is_some_and(|seen| !std::mem::replace(seen, true));
                 // Unreachable at open and behind the others, or restarted and
                 // lost writes it had acknowledged (they were not flushed).
                 let behind = (first_contact && received < self.start_max_received)
                     || received < self.controller.acked_max(replica);
-                if behind && self.addrs.len() == 1 {
+                let members = self.record.members.len();
+                if behind && members == 1 {
                     // The only copy: what it lost was never flushed (a
                     // flushed write is durable on it), and exists nowhere
                     // else. Carry on from what it has, as a disk would
@@ -521,8 +888,24 @@ impl Driver {
                     self.controller
                         .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
                 }
-                self.controller
-                    .on_connected_sized(now, replica, ack.volume_size_bytes)
+                let mut actions =
+                    self.controller
+                        .on_connected_sized(now, replica, ack.volume_size_bytes);
+                // After the rebuild start and the resent writes: the record,
+                // so that every member holds it, unless it does already.
+                if membership != self.record
+                    && self
+                        .controller
+                        .replica_states()
+                        .get(replica)
+                        .is_some_and(|s| s.is_linked())
+                {
+                    actions.push(
+                        self.controller
+                            .unawaited(replica, Message::MembershipSet(self.record.clone())),
+                    );
+                }
+                actions
             }
             LinkEvent::Reply { replica, packet } => self.controller.on_reply(now, replica, packet),
             LinkEvent::Down { replica, .. } => self.controller.on_disconnected(now, replica),
@@ -534,20 +917,19 @@ impl Driver {
     }
 
     fn perform(&mut self, actions: Vec<Action>) {
+        // Status first: whoever a completion wakes sees its effect (a grown
+        // size, a new member) in the status.
+        let mut completions = Vec::new();
         for action in actions {
             match action {
                 Action::Send { replica, packet } => {
-                    if let Some(link) = self.links.get(replica) {
+                    if let Some((link, _)) = self.links.get(replica) {
                         let _ = link.send(LinkCommand::Send(packet));
                     }
                 }
-                Action::Complete { tag, result } => {
-                    if let Some(waiter) = self.waiters.remove(&tag) {
-                        let _ = waiter.send(result);
-                    }
-                }
+                Action::Complete { tag, result } => completions.push((tag, result)),
                 Action::Drop { replica, .. } => {
-                    if let Some(link) = self.links.get(replica) {
+                    if let Some((link, _)) = self.links.get(replica) {
                         let _ = link.send(LinkCommand::Reset);
                     }
                 }
@@ -557,18 +939,18 @@ impl Driver {
                     from_io_seq,
                     first_live_io_seq,
                 } => {
-                    let (Some(link), Some(source_addr)) =
+                    let (Some((link, _)), Some(source_addr)) =
                         (self.links.get(replica), self.addrs.get(source))
                     else {
                         continue;
                     };
-                    let Ok(volume) = Name::new(self.volume.clone()) else {
-                        warn!(volume = %self.volume, "volume name cannot travel: no rebuild");
+                    let Ok(volume) = Name::new(self.params.volume.clone()) else {
+                        warn!(volume = %self.params.volume, "volume name cannot travel: no rebuild");
                         continue;
                     };
                     let packet = Packet {
-                        session_id: self.session_id,
-                        epoch: self.epoch,
+                        session_id: self.params.session_id,
+                        epoch: self.params.epoch,
                         io_seq: first_live_io_seq,
                         message: Message::RebuildStart(RebuildStart {
                             peer_address: source_addr.to_string(),
@@ -581,30 +963,109 @@ impl Driver {
                 }
             }
         }
+        let mut change_replies = Vec::new();
+        for (tag, result) in &completions {
+            if self.changes.contains_key(tag) {
+                change_replies.extend(self.finish_change(*tag, result.clone()));
+            }
+        }
+        let new = self.status_of();
+        self.status.send_if_modified(|s| {
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+        for (tag, result) in completions {
+            if let Some(waiter) = self.waiters.remove(&tag) {
+                let _ = waiter.send(result);
+            }
+        }
+        for (reply, outcome) in change_replies {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// The status: every member (removed replicas are left out).
+    fn status_of(&mut self) -> VolumeStatus {
+        let now = Instant::now();
+        let controller = &self.controller;
+        let states = controller.replica_states();
+        let members: Vec<usize> = (0..self.addrs.len())
+            .filter(|i| states.get(*i).is_some_and(|s| *s != ReplicaState::Removed))
+            .collect();
+        for i in 0..self.addrs.len() {
+            let run = controller.rebuild(i).filter(|r| r.accepted);
+            let clock = self.rebuild_clock.get_mut(i);
+            if let Some(clock) = clock {
+                match run {
+                    Some(run)
+                        if clock.is_none_or(|c| c.first_live_io_seq != run.first_live_io_seq) =>
+                    {
+                        *clock = Some(RebuildClock {
+                            first_live_io_seq: run.first_live_io_seq,
+                            started: now,
+                            done_at_start: run.progress.done_bytes,
+                        });
+                    }
+                    Some(_) => {}
+                    None => *clock = None,
+                }
+            }
+        }
+        let position = |index: usize| members.iter().position(|m| *m == index);
+        VolumeStatus {
+            replicas: members
+                .iter()
+                .map(|i| (self.addrs[*i], states[*i]))
+                .collect(),
+            replica_ids: members
+                .iter()
+                .map(|i| self.replica_ids.get(*i).copied().flatten().unwrap_or(0))
+                .collect(),
+            cf: controller.config().cf,
+            healthy: controller.healthy(),
+            read_only: controller.is_read_only(now),
+            fenced: controller.is_fenced(),
+            epoch: controller.config().epoch,
+            next_io_seq: controller.next_io_seq(),
+            rebuilds: members
+                .iter()
+                .map(|i| {
+                    controller.rebuild(*i).map(|mut run| {
+                        run.source = position(run.source).unwrap_or(usize::MAX);
+                        run
+                    })
+                })
+                .collect(),
+            rebuild_etas: members
+                .iter()
+                .map(|i| {
+                    let run = controller.rebuild(*i)?;
+                    let clock = self.rebuild_clock.get(*i).copied().flatten()?;
+                    eta(clock, run.progress, now)
+                })
+                .collect(),
+            acked_io_seqs: members.iter().map(|i| controller.acked_max(*i)).collect(),
+            owed: members.iter().map(|i| controller.owed_by(*i)).collect(),
+            in_flight: controller.in_flight(),
+            size_bytes: controller.size_bytes(),
+            barrier: controller.barrier_in_progress(),
+            membership_generation: self.record.generation,
+        }
     }
 }
 
-fn status_of(controller: &Controller, addrs: &[SocketAddr]) -> VolumeStatus {
-    let now = Instant::now();
-    VolumeStatus {
-        replicas: addrs
-            .iter()
-            .copied()
-            .zip(controller.replica_states())
-            .collect(),
-        cf: controller.config().cf,
-        healthy: controller.healthy(),
-        read_only: controller.is_read_only(now),
-        fenced: controller.is_fenced(),
-        epoch: controller.config().epoch,
-        next_io_seq: controller.next_io_seq(),
-        rebuilds: (0..addrs.len()).map(|i| controller.rebuild(i)).collect(),
-        acked_io_seqs: (0..addrs.len()).map(|i| controller.acked_max(i)).collect(),
-        owed: (0..addrs.len()).map(|i| controller.owed_by(i)).collect(),
-        in_flight: controller.in_flight(),
-        size_bytes: controller.size_bytes(),
-        barrier: controller.barrier_in_progress(),
+/// Time left of a rebuild at the rate seen since its clock started, once
+/// it moved.
+fn eta(clock: RebuildClock, progress: RebuildProgress, now: Instant) -> Option<Duration> {
+    let moved = progress.done_bytes.checked_sub(clock.done_at_start)?;
+    if moved == 0 {
+        return None;
     }
+    let left = progress.total_bytes.saturating_sub(progress.done_bytes);
+    let elapsed = now.saturating_duration_since(clock.started).as_secs_f64();
+    let seconds = elapsed * (left as f64) / (moved as f64);
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 fn snapshot_name(name: &str) -> Result<Name, VolumeError> {
@@ -630,4 +1091,37 @@ fn random_u64() -> u64 {
             .map_or(1, |d| d.as_nanos() as u64);
     }
     u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(done_bytes: u64, total_bytes: u64) -> RebuildProgress {
+        RebuildProgress {
+            done_bytes,
+            total_bytes,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_eta_extrapolates_the_rate_seen_since_its_clock_started() {
+        let started = Instant::now();
+        let clock = RebuildClock {
+            first_live_io_seq: 1,
+            started,
+            done_at_start: 100,
+        };
+        let now = started + Duration::from_secs(10);
+        // 400 bytes in 10 s, 1200 left: 30 s.
+        assert_eq!(
+            eta(clock, progress(500, 1700), now),
+            Some(Duration::from_secs(30))
+        );
+        // Nothing moved yet (or the report went backwards): unknown.
+        assert_eq!(eta(clock, progress(100, 1700), now), None);
+        assert_eq!(eta(clock, progress(50, 1700), now), None);
+        // Done: nothing left.
+        assert_eq!(eta(clock, progress(1700, 1700), now), Some(Duration::ZERO));
+    }
 }

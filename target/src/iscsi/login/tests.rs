@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::iscsi::access::Allowlist;
 use crate::iscsi::chap::{decode_binary, encode_binary, ChapAlgorithm, Credentials};
 use crate::iscsi::text::parse;
 
@@ -259,7 +260,9 @@ fn unknown_session_type_is_02_09() {
 #[test]
 fn initiator_outside_the_allowlist_is_02_02() {
     let c = TargetConfig {
-        allowed_initiators: Some(vec!["iqn.2000-01.com.example:allowed".into()]),
+        allowed_initiators: InitiatorAccess::new(Allowlist::Only(vec![
+            "iqn.2000-01.com.example:allowed".into(),
+        ])),
         ..cfg()
     };
     let mut m = LoginMachine::new(&c, tsih(), addr());
@@ -268,7 +271,7 @@ fn initiator_outside_the_allowlist_is_02_02() {
         LoginStatus::AUTHORIZATION_FAILURE,
     );
     let c = TargetConfig {
-        allowed_initiators: Some(vec![INITIATOR.to_uppercase()]),
+        allowed_initiators: InitiatorAccess::new(Allowlist::Only(vec![INITIATOR.to_uppercase()])),
         ..cfg()
     };
     let mut m = LoginMachine::new(&c, tsih(), addr());

@@ -253,7 +253,9 @@ impl Sim {
                     self.disks[r].remove(&e.offset);
                     Message::Ack(Opcode::WriteZeroes)
                 }
-                Message::SnapshotCreate(_) | Message::Resize { .. } if self.refuse_barriers[r] => {
+                Message::SnapshotCreate(_) | Message::Resize { .. } | Message::MembershipSet(_)
+                    if self.refuse_barriers[r] =>
+                {
                     Message::Error(cstor_proto::ErrorReply::new(
                         packet.message.wire_opcode(),
                         Status::NoSpace,
@@ -269,6 +271,7 @@ impl Sim {
                     Message::Ack(Opcode::SnapshotDestroy)
                 }
                 Message::Resize { .. } => Message::Ack(Opcode::Resize),
+                Message::MembershipSet(_) => Message::Ack(Opcode::MembershipSet),
                 Message::SnapshotList(_) => Message::SnapshotListing(SnapshotListing {
                     snapshots: self.snapshots[r]
                         .keys()
@@ -304,6 +307,17 @@ impl Sim {
 
     fn result(&self, tag: Tag) -> Option<&Result<Completion, VolumeError>> {
         self.results.get(&tag)
+    }
+
+    /// Room for a replica the controller added (empty disk, no link yet).
+    fn grow(&mut self) {
+        self.disks.push(BTreeMap::new());
+        self.links.push(VecDeque::new());
+        self.up.push(false);
+        self.last_seq.push(0);
+        self.rebuilding.push(None);
+        self.snapshots.push(BTreeMap::new());
+        self.refuse_barriers.push(false);
     }
 }
 
@@ -1157,4 +1171,208 @@ fn a_replica_that_missed_a_grow_is_grown_first_when_it_connects() {
         a,
         Action::Send { packet, .. } if matches!(packet.message, Message::Resize { .. })
     )));
+}
+
+// Membership changes (module doc, rule 5; `super::membership`).
+
+fn set_membership(change: MemberChange, new_cf: usize) -> Op {
+    Op::SetMembership {
+        record: Membership::none(),
+        change,
+        new_cf,
+    }
+}
+
+#[test]
+fn an_added_replica_counts_for_quorum_only_once_its_full_rebuild_is_done() {
+    let mut sim = Sim::new(1, 1);
+    let before = sim.write(1, 0x11);
+    sim.deliver_all();
+    assert_eq!(sim.result(before), Some(&Ok(Completion::Done)));
+    let add = sim.submit(set_membership(MemberChange::Add, 2));
+    sim.deliver_all();
+    assert_eq!(sim.result(add), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.config().cf, 2);
+    assert_eq!(
+        sim.ctl.replica_states(),
+        vec![ReplicaState::Healthy, ReplicaState::Offline]
+    );
+    sim.grow();
+    sim.connect(1);
+    // A full rebuild from the only healthy replica, first thing on the link.
+    let (source, from, _) = rebuild_start(&sim, 1).expect("no RebuildStart");
+    assert_eq!((source, from), (0, 0));
+    sim.deliver(1);
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Rebuilding);
+    // Both acknowledge, but the rebuilding one does not count: with CF 2
+    // the write must wait.
+    let during = sim.write(2, 0x22);
+    sim.deliver_all();
+    assert_eq!(sim.result(during), None);
+    assert!(!sim.ctl.has_quorum());
+    sim.finish_rebuild(1);
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 2]);
+    assert_eq!(sim.result(during), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.disks[1], sim.disks[0]);
+}
+
+#[test]
+fn a_removed_replica_is_dropped_gets_nothing_and_counts_for_nothing() {
+    let mut sim = Sim::new(3, 2);
+    let remove = sim.submit(set_membership(MemberChange::Remove(2), 2));
+    sim.deliver_all();
+    assert_eq!(sim.result(remove), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Removed);
+    assert!(!sim.up[2], "its link was dropped");
+    let w = sim.write(1, 0x33);
+    assert!(sim.links[2].is_empty());
+    sim.deliver(0);
+    assert_eq!(sim.result(w), None);
+    sim.deliver(1);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    // Coming back changes nothing: it is dropped again.
+    sim.connect(2);
+    assert!(!sim.up[2]);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Removed);
+    assert_eq!(sim.ctl.healthy(), 2);
+}
+
+#[test]
+fn lowering_the_cf_commits_at_the_lower_cf_and_then_applies() {
+    let mut sim = Sim::new(2, 2);
+    sim.disconnect(1);
+    let lower = sim.submit(set_membership(MemberChange::None, 1));
+    sim.deliver_all();
+    assert_eq!(sim.result(lower), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.config().cf, 1);
+    let w = sim.write(1, 0x44);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    // The absent replica missed that write: it must rebuild to count.
+    assert!(sim.ctl.missed_from(1).is_some());
+}
+
+#[test]
+fn a_membership_record_fewer_than_cf_took_changes_nothing() {
+    let mut sim = Sim::new(3, 2);
+    sim.refuse_barriers[1] = true;
+    sim.refuse_barriers[2] = true;
+    let remove = sim.submit(set_membership(MemberChange::Remove(0), 2));
+    sim.deliver_all();
+    assert!(matches!(
+        sim.result(remove),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    assert_eq!(sim.ctl.config().cf, 2);
+    assert_ne!(sim.ctl.replica_states()[0], ReplicaState::Removed);
+}
+
+#[derive(Debug, Clone)]
+enum MemberStep {
+    Write(u8, u8),
+    Deliver(u8),
+    Disconnect(u8),
+    Connect(u8),
+    FinishRebuild(u8),
+    Add,
+    Remove(u8),
+    SetCf(u8),
+}
+
+fn member_step() -> impl Strategy<Value = MemberStep> {
+    prop_oneof![
+        4 => (0u8..8, any::<u8>()).prop_map(|(b, f)| MemberStep::Write(b, f)),
+        6 => (0u8..5).prop_map(MemberStep::Deliver),
+        1 => (0u8..5).prop_map(MemberStep::Disconnect),
+        2 => (0u8..5).prop_map(MemberStep::Connect),
+        2 => (0u8..5).prop_map(MemberStep::FinishRebuild),
+        1 => Just(MemberStep::Add),
+        1 => (0u8..5).prop_map(MemberStep::Remove),
+        1 => (1u8..4).prop_map(MemberStep::SetCf),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Rule 5 under any interleaving of writes, link failures, rebuilds and
+    /// membership changes: a healthy replica (an added one once rebuilt
+    /// included) that has been sent everything holds the newest
+    /// acknowledged data of every block; a removed replica is never sent
+    /// anything again and never counts; the CF changes only by a committed
+    /// record and stays within the member count.
+    #[test]
+    fn membership_changes_keep_healthy_replicas_complete(steps in prop::collection::vec(member_step(), 1..100)) {
+        let mut sim = Sim::new(2, 1);
+        let mut writes: BTreeMap<u64, Vec<(Tag, u8)>> = BTreeMap::new();
+        let mut changes: Vec<(Tag, MemberChange, usize)> = Vec::new();
+        for step in steps {
+            let states = sim.ctl.replica_states();
+            let members = states.iter().filter(|s| **s != ReplicaState::Removed).count();
+            let valid = |r: u8| usize::from(r) < states.len();
+            match step {
+                MemberStep::Write(b, fill) => {
+                    let tag = sim.write(u64::from(b), fill);
+                    writes.entry(u64::from(b)).or_default().push((tag, fill));
+                }
+                MemberStep::Deliver(r) if valid(r) => sim.deliver(usize::from(r)),
+                MemberStep::Disconnect(r) if valid(r) && sim.up[usize::from(r)] => {
+                    sim.disconnect(usize::from(r));
+                }
+                MemberStep::Connect(r) if valid(r) && !sim.up[usize::from(r)] => {
+                    sim.connect(usize::from(r));
+                }
+                MemberStep::FinishRebuild(r) if valid(r) => sim.finish_rebuild(usize::from(r)),
+                MemberStep::Add if members < 4 => {
+                    let cf = sim.ctl.config().cf;
+                    let tag = sim.submit(set_membership(MemberChange::Add, cf));
+                    changes.push((tag, MemberChange::Add, cf));
+                }
+                MemberStep::Remove(r)
+                    if valid(r)
+                        && states[usize::from(r)] != ReplicaState::Removed
+                        && members > sim.ctl.config().cf =>
+                {
+                    let cf = sim.ctl.config().cf;
+                    let change = MemberChange::Remove(usize::from(r));
+                    let tag = sim.submit(set_membership(change, cf));
+                    changes.push((tag, change, cf));
+                }
+                MemberStep::SetCf(cf) if usize::from(cf) <= members => {
+                    let tag = sim.submit(set_membership(MemberChange::None, usize::from(cf)));
+                    changes.push((tag, MemberChange::None, usize::from(cf)));
+                }
+                _ => {}
+            }
+            // Room for replicas an Add committed.
+            while sim.disks.len() < sim.ctl.replica_states().len() {
+                sim.grow();
+            }
+            let states = sim.ctl.replica_states();
+            let members = states.iter().filter(|s| **s != ReplicaState::Removed).count();
+            prop_assert!((1..=members).contains(&sim.ctl.config().cf));
+            for (r, state) in states.iter().enumerate() {
+                if *state == ReplicaState::Removed {
+                    prop_assert!(!sim.up[r] && sim.links[r].is_empty(), "removed replica {} still linked", r);
+                }
+            }
+            // The CF is the last committed record's.
+            if let Some((_, _, cf)) = changes.iter().rev().find(|(t, _, _)| matches!(sim.result(*t), Some(Ok(_)))) {
+                prop_assert_eq!(sim.ctl.config().cf, *cf);
+            }
+            for (block, history) in &writes {
+                let answered_ok = history.iter().all(|(t, _)| matches!(sim.result(*t), Some(Ok(_))));
+                let Some((_, fill)) = history.last() else { continue };
+                if !answered_ok {
+                    continue;
+                }
+                for (r, state) in states.iter().enumerate() {
+                    if *state == ReplicaState::Healthy && sim.links[r].is_empty() {
+                        let have = sim.disks[r].get(&(block * BLOCK)).map(|d| d[0]);
+                        prop_assert_eq!(have, Some(*fill), "healthy replica {} block {}", r, block);
+                    }
+                }
+            }
+        }
+    }
 }

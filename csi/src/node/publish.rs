@@ -1,0 +1,283 @@
+//! NodePublishVolume and NodeUnpublishVolume (CSI spec §"NodePublishVolume",
+//! §"NodeUnpublishVolume").
+//!
+//! Publish is a bind mount: of the staging mount onto the target directory
+//! (mount access), or of the device node onto a target file (block access);
+//! read-only is a second `mount -o remount,bind,ro` of that bind (the
+//! kernel ignores `ro` on the first bind call). The target path is ours to
+//! create and, on unpublish, to remove.
+
+use std::path::{Path, PathBuf};
+
+use super::host::{Cmd, Host};
+use super::mountinfo::MountEntry;
+use super::ops::{check_path, check_volume_id, NodeError, NodeOps, Result};
+use super::volume::Access;
+
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub volume_id: String,
+    pub staging_path: String,
+    pub target_path: String,
+    /// Whether the CO asked for block access (else mount).
+    pub block: bool,
+    pub read_only: bool,
+}
+
+/// What a publish bind-mounts.
+enum Source {
+    /// The staging mount (mount access), of device `dev`.
+    Staging { path: PathBuf, dev: (u32, u32) },
+    /// The device node (block access); a bind of a devtmpfs node shows in
+    /// mountinfo with the node's name (`/sdb`) as root.
+    Device { path: PathBuf, root: PathBuf },
+}
+
+impl Source {
+    fn path(&self) -> &PathBuf {
+        match self {
+            Source::Staging { path, .. } | Source::Device { path, .. } => path,
+        }
+    }
+
+    /// Whether mount `m` is a bind of this source.
+    fn shows_as(&self, m: &MountEntry) -> bool {
+        match self {
+            Source::Staging { dev, .. } => m.device() == *dev,
+            Source::Device { root, .. } => Path::new(&m.root) == root,
+        }
+    }
+}
+
+impl<H: Host> NodeOps<H> {
+    pub fn publish(&self, req: &PublishRequest) -> Result<()> {
+        check_volume_id(&req.volume_id)?;
+        let staging = check_path("staging target path", &req.staging_path)?;
+        let target = check_path("target path", &req.target_path)?;
+        let staged = self.record(&req.volume_id)?.ok_or_else(|| {
+            NodeError::not_found(format!(
+                "volume {} is not staged on this node",
+                req.volume_id
+            ))
+        })?;
+        if staged.staging_path != staging {
+            return Err(NodeError::precondition(format!(
+                "volume {} is staged at {}, not {}",
+                req.volume_id,
+                staged.staging_path.display(),
+                staging.display()
+            )));
+        }
+        let source = match staged.access {
+            Access::Mount { .. } if !req.block => {
+                let m = self.mount_at(&staging)?.ok_or_else(|| {
+                    NodeError::precondition(format!(
+                        "volume {} is not mounted at its staging path; stage it again",
+                        req.volume_id
+                    ))
+                })?;
+                Source::Staging {
+                    path: staging.clone(),
+                    dev: m.device(),
+                }
+            }
+            Access::Block if req.block => {
+                let device = staged.device();
+                let real = self.host.resolve(&device).ok_or_else(|| {
+                    NodeError::precondition(format!(
+                        "{} is gone; stage volume {} again",
+                        device.display(),
+                        req.volume_id
+                    ))
+                })?;
+                let root = real
+                    .strip_prefix("/dev")
+                    .map(|r| PathBuf::from("/").join(r))
+                    .unwrap_or(real);
+                Source::Device { path: device, root }
+            }
+            _ => {
+                return Err(NodeError::exists(format!(
+                    "volume {} was staged for {} access",
+                    req.volume_id,
+                    if req.block { "mount" } else { "block" }
+                )))
+            }
+        };
+
+        if let Some(m) = self.mount_at(&target)? {
+            return if source.shows_as(&m) && m.mount_ro() == req.read_only {
+                Ok(())
+            } else {
+                Err(NodeError::exists(format!(
+                    "{} is already mounted ({}, {})",
+                    target.display(),
+                    m.source,
+                    if m.mount_ro() { "ro" } else { "rw" }
+                )))
+            };
+        }
+        if req.block {
+            self.host.create_file(&target)?;
+        } else {
+            self.host.create_dir_all(&target)?;
+        }
+        let target_arg = target.display().to_string();
+        self.must(
+            Cmd::new("mount")
+                .arg("--bind")
+                .arg(source.path().display().to_string())
+                .arg(&target_arg),
+        )?;
+        if req.read_only {
+            self.must(Cmd::new("mount").args(["-o", "remount,bind,ro", &target_arg]))?;
+        }
+        tracing::info!(volume = %req.volume_id, target = %target_arg, ro = req.read_only, "published");
+        Ok(())
+    }
+
+    pub fn unpublish(&self, volume_id: &str, target_path: &str) -> Result<()> {
+        check_volume_id(volume_id)?;
+        let target = check_path("target path", target_path)?;
+        // Unknown here means no record: a published volume always has one
+        // (unstage refuses while it is published), and a path mounted for
+        // some other volume id must not be torn down by this call.
+        if self.record(volume_id)?.is_none() {
+            return Err(NodeError::not_found(format!(
+                "volume {volume_id} is not staged on this node"
+            )));
+        }
+        self.unmount_all(&target)?;
+        self.host.remove_path(&target)?;
+        tracing::info!(volume = volume_id, target = %target.display(), "unpublished");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::fake::*;
+    use super::super::ops::Code;
+    use super::super::stage::{AccessRequest, StageRequest};
+    use super::*;
+
+    fn target_mount(host: &FakeHost) -> Option<MountEntry> {
+        host.state()
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == Path::new(TARGET))
+            .cloned()
+    }
+
+    #[test]
+    fn publish_bind_mounts_the_staging_mount_and_is_idempotent() {
+        let (ops, host) = setup();
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        ops.publish(&publish_req(false)).unwrap();
+        let m = target_mount(&host).unwrap();
+        assert_eq!((m.device(), m.mount_ro()), ((8, 0), false));
+        host.take_commands();
+        ops.publish(&publish_req(false)).unwrap();
+        assert_eq!(host.take_changes(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn read_only_publish_is_a_read_only_bind_and_a_different_mode_already_exists() {
+        let (ops, host) = setup();
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        ops.publish(&publish_req(true)).unwrap();
+        assert!(target_mount(&host).unwrap().mount_ro());
+        ops.publish(&publish_req(true)).unwrap();
+        assert_eq!(
+            ops.publish(&publish_req(false)).unwrap_err().code,
+            Code::AlreadyExists
+        );
+    }
+
+    #[test]
+    fn publish_of_an_unstaged_volume_is_not_found_and_of_another_path_a_precondition() {
+        let (ops, _host) = setup();
+        assert_eq!(
+            ops.publish(&publish_req(false)).unwrap_err().code,
+            Code::NotFound
+        );
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        let other = PublishRequest {
+            staging_path: "/elsewhere".into(),
+            ..publish_req(false)
+        };
+        assert_eq!(
+            ops.publish(&other).unwrap_err().code,
+            Code::FailedPrecondition
+        );
+        let block = PublishRequest {
+            block: true,
+            ..publish_req(false)
+        };
+        assert_eq!(ops.publish(&block).unwrap_err().code, Code::AlreadyExists);
+        for bad in [
+            PublishRequest {
+                target_path: String::new(),
+                ..publish_req(false)
+            },
+            PublishRequest {
+                staging_path: String::new(),
+                ..publish_req(false)
+            },
+            PublishRequest {
+                volume_id: String::new(),
+                ..publish_req(false)
+            },
+        ] {
+            assert_eq!(ops.publish(&bad).unwrap_err().code, Code::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn unpublish_unmounts_removes_the_target_and_is_idempotent() {
+        let (ops, host) = setup();
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        ops.publish(&publish_req(false)).unwrap();
+        ops.unpublish("pv1", TARGET).unwrap();
+        assert!(target_mount(&host).is_none());
+        assert!(!host.exists(Path::new(TARGET)));
+        ops.unpublish("pv1", TARGET).unwrap();
+        assert_eq!(
+            ops.unpublish("ghost", TARGET).unwrap_err().code,
+            Code::NotFound
+        );
+        assert_eq!(
+            ops.unpublish("pv1", "").unwrap_err().code,
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn block_publish_binds_the_device_onto_a_file() {
+        let (ops, host) = setup();
+        ops.stage(&StageRequest {
+            access: AccessRequest::Block,
+            ..stage_req("", &[])
+        })
+        .unwrap();
+        let req = PublishRequest {
+            block: true,
+            ..publish_req(false)
+        };
+        ops.publish(&req).unwrap();
+        ops.publish(&req).unwrap();
+        let m = target_mount(&host).unwrap();
+        assert_eq!((m.fs_type.as_str(), m.root.as_str()), ("devtmpfs", "/sdb"));
+        assert!(host.state().files.contains_key(Path::new(TARGET)));
+        assert_eq!(
+            ops.unstage("pv1", STAGING).unwrap_err().code,
+            Code::FailedPrecondition
+        );
+        ops.unpublish("pv1", TARGET).unwrap();
+        assert!(!host.exists(Path::new(TARGET)));
+        ops.unstage("pv1", STAGING).unwrap();
+    }
+}

@@ -1,0 +1,662 @@
+//! The CSI Node gRPC service (CSI spec v1 §"Node Service RPC") over
+//! [`NodeOps`]: turns requests into the typed operations, runs them on the
+//! blocking pool, and maps [`NodeError`] codes to gRPC status codes.
+//!
+//! One operation per volume at a time: a second call for a volume while
+//! one runs is answered ABORTED (CSI spec §"Concurrency": "Operation
+//! pending for volume"), and the CO retries.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::pb::csi::v1 as pb;
+use pb::volume_capability::access_mode::Mode;
+use pb::volume_capability::AccessType;
+
+use super::host::{Host, RealHost};
+use super::ops::{Code, NodeError, NodeOps, DEFAULT_DEVICE_TIMEOUT};
+use super::publish::PublishRequest;
+use super::remount::{self, DEFAULT_REMOUNT_INTERVAL};
+use super::stage::{AccessRequest, StageRequest};
+
+/// Where staged-volume records live unless configured otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cstor-csi/node";
+/// The topology segment NodeGetInfo reports: the node's own name.
+pub const TOPOLOGY_KEY: &str = "topology.cstor.openebs.io/node";
+
+/// How the node service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id (the Kubernetes node name); its initiator name is
+    /// `crate::initiator_name(node_id)`.
+    pub node_id: String,
+    /// Directory of staged-volume records (must survive plugin restarts:
+    /// a hostPath in Kubernetes).
+    pub state_dir: PathBuf,
+    /// Bound on waiting for a LUN's device after login or rescan.
+    pub device_timeout: Duration,
+    /// Interval of the background remount check.
+    pub remount_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for everything but the node id.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        NodeConfig {
+            node_id: node_id.into(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            device_timeout: DEFAULT_DEVICE_TIMEOUT,
+            remount_interval: DEFAULT_REMOUNT_INTERVAL,
+        }
+    }
+}
+
+/// The CSI Node service. Cheap to clone (shared state).
+pub struct NodeService<H: Host = RealHost> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H: Host> Clone for NodeService<H> {
+    fn clone(&self) -> Self {
+        NodeService {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<H: Host> {
+    ops: NodeOps<H>,
+    config: NodeConfig,
+    /// Volumes with an operation in progress.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl NodeService<RealHost> {
+    /// The service on this machine.
+    pub fn new(config: NodeConfig) -> Self {
+        Self::with_host(config, RealHost)
+    }
+}
+
+/// Releases a volume's busy mark when the operation ends (or panics).
+struct Busy<H: Host> {
+    inner: Arc<Inner<H>>,
+    volume_id: String,
+}
+
+impl<H: Host> Drop for Busy<H> {
+    fn drop(&mut self) {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.volume_id);
+    }
+}
+
+fn status(e: NodeError) -> Status {
+    let code = match e.code {
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
+        Code::Aborted => tonic::Code::Aborted,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        Code::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, e.message)
+}
+
+impl<H: Host> NodeService<H> {
+    /// The service over any host (tests use a model of one).
+    pub fn with_host(config: NodeConfig, host: H) -> Self {
+        let ops = NodeOps::new(
+            host,
+            crate::initiator_name(&config.node_id),
+            config.state_dir.clone(),
+            config.device_timeout,
+        );
+        NodeService {
+            inner: Arc::new(Inner {
+                ops,
+                config,
+                busy: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    fn try_busy(&self, volume_id: &str) -> Option<Busy<H>> {
+        let mut busy = self
+            .inner
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        busy.insert(volume_id.to_owned()).then(|| Busy {
+            inner: Arc::clone(&self.inner),
+            volume_id: volume_id.to_owned(),
+        })
+    }
+
+    /// Runs `f` on the blocking pool with the volume marked busy.
+    async fn run<T, F>(&self, volume_id: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&NodeOps<H>) -> Result<T, NodeError> + Send + 'static,
+    {
+        if volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume id missing"));
+        }
+        let busy = self.try_busy(volume_id).ok_or_else(|| {
+            Status::aborted(format!("an operation on volume {volume_id} is in progress"))
+        })?;
+        self.run_unlocked(volume_id, move |ops| {
+            let _busy = busy;
+            f(ops)
+        })
+        .await
+    }
+
+    /// Runs `f` on the blocking pool without marking the volume busy: for
+    /// NodeGetVolumeStats, which only looks, so that a stats poll never
+    /// fails because a stage or the remount check is running.
+    async fn run_unlocked<T, F>(&self, volume_id: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&NodeOps<H>) -> Result<T, NodeError> + Send + 'static,
+    {
+        if volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume id missing"));
+        }
+        let inner = Arc::clone(&self.inner);
+        let result = tokio::task::spawn_blocking(move || f(&inner.ops))
+            .await
+            .map_err(|e| Status::internal(format!("node operation failed: {e}")))?;
+        result.map_err(|e| {
+            tracing::warn!(volume = volume_id, code = ?e.code, error = %e.message, "node operation failed");
+            status(e)
+        })
+    }
+
+    /// The background remount check ([`remount`]), until `shutdown`.
+    pub async fn run_remount_check(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.inner.config.remount_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => self.remount_pass().await,
+            }
+        }
+    }
+
+    async fn remount_pass(&self) {
+        let inner = Arc::clone(&self.inner);
+        let candidates = match tokio::task::spawn_blocking(move || inner.ops.read_only_volumes())
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return tracing::warn!(error = %e, "remount check: cannot list volumes"),
+            Err(e) => return tracing::warn!(error = %e, "remount check failed"),
+        };
+        for c in candidates {
+            let Some(addr) = c.target_mgmt.clone() else {
+                tracing::debug!(volume = %c.volume_id, "read-only filesystem, no targetMgmt: not remounted");
+                continue;
+            };
+            match remount::target_status(&addr).await {
+                Ok(s) if remount::has_quorum(&s) => {}
+                Ok(_) => {
+                    tracing::debug!(volume = %c.volume_id, "read-only filesystem; the target has no quorum yet");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(volume = %c.volume_id, error = %e, "read-only filesystem; target status unknown");
+                    continue;
+                }
+            }
+            // Skip a volume an RPC is working on; the next pass sees it.
+            let volume_id = c.volume_id.clone();
+            let _ = self.run(&volume_id, move |ops| ops.remount_rw(&c)).await;
+        }
+    }
+}
+
+/// Volume context for stage: `volume_context` with `publish_context` on top
+/// (the controller may put the portal in either).
+fn merged_context(
+    volume: &std::collections::HashMap<String, String>,
+    publish: &std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    let mut ctx = volume.clone();
+    ctx.extend(publish.iter().map(|(k, v)| (k.clone(), v.clone())));
+    ctx
+}
+
+/// The capability, flattened: block or mount (fs, flags + `ro` for a
+/// read-only access mode).
+fn access(cap: Option<&pb::VolumeCapability>) -> Result<AccessRequest, Status> {
+    let cap = cap.ok_or_else(|| Status::invalid_argument("volume capability missing"))?;
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .unwrap_or(Mode::Unknown);
+    if mode == Mode::Unknown {
+        return Err(Status::invalid_argument(
+            "volume capability has no access mode",
+        ));
+    }
+    let read_only = matches!(mode, Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly);
+    match &cap.access_type {
+        Some(AccessType::Block(_)) => Ok(AccessRequest::Block),
+        Some(AccessType::Mount(m)) => {
+            let mut flags = m.mount_flags.clone();
+            if read_only && !flags.iter().any(|f| f == "ro") {
+                flags.push("ro".into());
+            }
+            Ok(AccessRequest::Mount {
+                fs_type: m.fs_type.clone(),
+                flags,
+            })
+        }
+        None => Err(Status::invalid_argument(
+            "volume capability has no access type",
+        )),
+    }
+}
+
+fn bytes_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[tonic::async_trait]
+impl<H: Host> pb::node_server::Node for NodeService<H> {
+    async fn node_stage_volume(
+        &self,
+        request: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let req = StageRequest {
+            access: access(r.volume_capability.as_ref())?,
+            context: merged_context(&r.volume_context, &r.publish_context),
+            volume_id: r.volume_id,
+            staging_path: r.staging_target_path,
+            secrets: r.secrets,
+        };
+        let id = req.volume_id.clone();
+        self.run(&id, move |ops| ops.stage(&req)).await?;
+        Ok(Response::new(pb::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let id = r.volume_id.clone();
+        self.run(&id, move |ops| {
+            ops.unstage(&r.volume_id, &r.staging_target_path)
+        })
+        .await?;
+        Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<pb::NodePublishVolumeRequest>,
+    ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        if r.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume id missing"));
+        }
+        if r.target_path.is_empty() {
+            return Err(Status::invalid_argument("target path missing"));
+        }
+        if r.staging_target_path.is_empty() {
+            return Err(Status::failed_precondition(
+                "staging target path missing (the plugin has STAGE_UNSTAGE_VOLUME)",
+            ));
+        }
+        let block = matches!(access(r.volume_capability.as_ref())?, AccessRequest::Block);
+        let req = PublishRequest {
+            volume_id: r.volume_id,
+            staging_path: r.staging_target_path,
+            target_path: r.target_path,
+            block,
+            read_only: r.readonly,
+        };
+        let id = req.volume_id.clone();
+        self.run(&id, move |ops| ops.publish(&req)).await?;
+        Ok(Response::new(pb::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let id = r.volume_id.clone();
+        self.run(&id, move |ops| ops.unpublish(&r.volume_id, &r.target_path))
+            .await?;
+        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        use pb::volume_usage::Unit;
+        let r = request.into_inner();
+        let id = r.volume_id.clone();
+        let stats = self
+            .run_unlocked(&id, move |ops| ops.stats(&r.volume_id, &r.volume_path))
+            .await?;
+        let mut usage = Vec::new();
+        if let Some(u) = stats.usage {
+            usage.push(pb::VolumeUsage {
+                available: bytes_i64(u.available_bytes),
+                total: bytes_i64(u.total_bytes),
+                used: bytes_i64(u.used_bytes),
+                unit: Unit::Bytes as i32,
+            });
+            usage.push(pb::VolumeUsage {
+                available: bytes_i64(u.free_inodes),
+                total: bytes_i64(u.total_inodes),
+                used: bytes_i64(u.used_inodes),
+                unit: Unit::Inodes as i32,
+            });
+        }
+        if let Some(total) = stats.block_total_bytes {
+            usage.push(pb::VolumeUsage {
+                total: bytes_i64(total),
+                unit: Unit::Bytes as i32,
+                ..pb::VolumeUsage::default()
+            });
+        }
+        Ok(Response::new(pb::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(pb::VolumeCondition {
+                abnormal: stats.abnormal.is_some(),
+                message: stats.abnormal.unwrap_or_else(|| "ok".into()),
+            }),
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<pb::NodeExpandVolumeRequest>,
+    ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let required = match r.capacity_range {
+            None => None,
+            Some(c) => Some(u64::try_from(c.required_bytes).map_err(|_| {
+                Status::invalid_argument("capacity_range.required_bytes is negative")
+            })?),
+        };
+        if let Some(c) = r.capacity_range {
+            if c.limit_bytes < 0 || (c.limit_bytes > 0 && c.limit_bytes < c.required_bytes) {
+                return Err(Status::invalid_argument(
+                    "capacity_range.limit_bytes is negative or below required_bytes",
+                ));
+            }
+        }
+        let id = r.volume_id.clone();
+        let size = self
+            .run(&id, move |ops| {
+                ops.expand(&r.volume_id, &r.volume_path, required)
+            })
+            .await?;
+        Ok(Response::new(pb::NodeExpandVolumeResponse {
+            capacity_bytes: bytes_i64(size),
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
+        use pb::node_service_capability::{rpc::Type, Rpc, Type as Cap};
+        let capabilities = [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::ExpandVolume,
+            Type::VolumeCondition,
+        ]
+        .into_iter()
+        .map(|t| pb::NodeServiceCapability {
+            r#type: Some(Cap::Rpc(Rpc { r#type: t as i32 })),
+        })
+        .collect();
+        Ok(Response::new(pb::NodeGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+        let node_id = self.inner.config.node_id.clone();
+        Ok(Response::new(pb::NodeGetInfoResponse {
+            accessible_topology: Some(pb::Topology {
+                segments: [(TOPOLOGY_KEY.to_owned(), node_id.clone())].into(),
+            }),
+            node_id,
+            max_volumes_per_node: 0,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::super::fake::*;
+    use super::*;
+    use pb::node_server::Node;
+    use pb::volume_capability::{AccessMode, MountVolume};
+
+    fn service() -> (NodeService<FakeHost>, FakeHost) {
+        let host = FakeHost::new(&crate::initiator_name("n1"), &[(IQN, GIB)]);
+        host.state().dirs.insert(PathBuf::from(STAGING));
+        let mut config = NodeConfig::new("n1");
+        config.device_timeout = Duration::from_secs(1);
+        (NodeService::with_host(config, host.clone()), host)
+    }
+
+    fn mount_cap(mode: Mode, fs: &str) -> pb::VolumeCapability {
+        pb::VolumeCapability {
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                ..MountVolume::default()
+            })),
+        }
+    }
+
+    fn stage(cap: Option<pb::VolumeCapability>) -> Request<pb::NodeStageVolumeRequest> {
+        Request::new(pb::NodeStageVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: STAGING.into(),
+            volume_capability: cap,
+            volume_context: HashMap::from([("iqn".to_owned(), IQN.to_owned())]),
+            publish_context: HashMap::from([
+                ("portal".to_owned(), PORTAL.to_owned()),
+                ("lun".to_owned(), "0".to_owned()),
+            ]),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_grpc_lifecycle_works_and_errors_carry_csi_codes() {
+        let (svc, host) = service();
+        svc.node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "xfs"))))
+            .await
+            .unwrap();
+        assert_eq!(host.state().luns[IQN].fs.as_deref(), Some("xfs"));
+        let err = svc
+            .node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+        let publish = pb::NodePublishVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: STAGING.into(),
+            target_path: TARGET.into(),
+            volume_capability: Some(mount_cap(Mode::SingleNodeWriter, "xfs")),
+            readonly: true,
+            ..Default::default()
+        };
+        svc.node_publish_volume(Request::new(publish.clone()))
+            .await
+            .unwrap();
+        let no_staging = pb::NodePublishVolumeRequest {
+            staging_target_path: String::new(),
+            ..publish
+        };
+        assert_eq!(
+            svc.node_publish_volume(Request::new(no_staging))
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::FailedPrecondition
+        );
+        let stats = svc
+            .node_get_volume_stats(Request::new(pb::NodeGetVolumeStatsRequest {
+                volume_id: "pv1".into(),
+                volume_path: TARGET.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stats.usage.len(), 2);
+        assert!(stats.usage.iter().all(|u| u.total > 0));
+        assert!(!stats.volume_condition.unwrap().abnormal);
+        let unknown = svc
+            .node_unpublish_volume(Request::new(pb::NodeUnpublishVolumeRequest {
+                volume_id: "ghost".into(),
+                target_path: TARGET.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert_eq!(
+            host.state().mounts.len(),
+            2,
+            "another volume's call unmounted pv1"
+        );
+        svc.node_unpublish_volume(Request::new(pb::NodeUnpublishVolumeRequest {
+            volume_id: "pv1".into(),
+            target_path: TARGET.into(),
+        }))
+        .await
+        .unwrap();
+        svc.node_unstage_volume(Request::new(pb::NodeUnstageVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: STAGING.into(),
+        }))
+        .await
+        .unwrap();
+        assert!(host.state().sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_or_unknown_capability_parts_are_invalid_argument() {
+        let (svc, host) = service();
+        let no_type = pb::VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: None,
+        };
+        for cap in [
+            None,
+            Some(no_type),
+            Some(mount_cap(Mode::Unknown, "ext4")),
+            Some(mount_cap(Mode::SingleNodeWriter, "btrfs")),
+        ] {
+            let err = svc.node_stage_volume(stage(cap)).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        }
+        let err = svc
+            .node_expand_volume(Request::new(pb::NodeExpandVolumeRequest {
+                volume_id: "pv1".into(),
+                volume_path: TARGET.into(),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: -1,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(host.take_commands().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reader_only_access_mode_stages_read_only() {
+        let (svc, host) = service();
+        svc.node_stage_volume(stage(Some(mount_cap(Mode::MultiNodeReaderOnly, "ext4"))))
+            .await
+            .unwrap();
+        let s = host.state();
+        assert!(s.mounts[0].mount_ro());
+    }
+
+    #[tokio::test]
+    async fn a_second_operation_on_a_busy_volume_is_aborted() {
+        let (svc, _host) = service();
+        let held = svc.try_busy("pv1").unwrap();
+        let err = svc
+            .node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Aborted);
+        // Stats only looks: it is answered while the volume is busy.
+        let stats = svc
+            .node_get_volume_stats(Request::new(pb::NodeGetVolumeStatsRequest {
+                volume_id: "pv1".into(),
+                volume_path: TARGET.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(stats.code(), tonic::Code::NotFound);
+        drop(held);
+        svc.node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn get_info_reports_the_node_and_its_topology_and_capabilities() {
+        let (svc, _host) = service();
+        let info = svc
+            .node_get_info(Request::new(pb::NodeGetInfoRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.node_id, "n1");
+        assert_eq!(
+            info.accessible_topology.unwrap().segments[TOPOLOGY_KEY],
+            "n1"
+        );
+        let caps = svc
+            .node_get_capabilities(Request::new(pb::NodeGetCapabilitiesRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities;
+        assert_eq!(caps.len(), 4);
+    }
+}

@@ -1,0 +1,788 @@
+//! The target's Prometheus metrics (docs/metrics.md is the reference).
+//!
+//! Two sources:
+//! - counters and latency histograms kept at the SCSI → volume boundary
+//!   (`server::block::perform_measured`): one count per block request
+//!   the logical unit hands to the volume, by operation;
+//! - gauges read from the volume's status ([`VolumeStatus`], the same
+//!   snapshot the management API's GetStatus shows) at each scrape, plus
+//!   a rebuild byte counter ([`RebuildTally`]) fed by every status change.
+//!
+//! Every sample carries `volume`. Counters only grow while the process
+//! lives; Prometheus's rate() handles the reset of a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cstor_mgmt::exposition::{Exposition, Histogram, MetricType, LATENCY_BUCKETS_SECONDS};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::scsi::{BlockRequest, IoError};
+use crate::volume::{RebuildRun, ReplicaState, Volume, VolumeStatus};
+
+/// What a block request does to the volume, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    Read,
+    /// WRITE, WRITE SAME and COMPARE AND WRITE (its write part).
+    Write,
+    Flush,
+    /// UNMAP (WRITE SAME with a zero block is a write).
+    Unmap,
+}
+
+impl IoOp {
+    const ALL: [IoOp; 4] = [IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Flush => "flush",
+            IoOp::Unmap => "unmap",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The operation and the bytes it moves, of a request on blocks of
+    /// `block_size` bytes; `None` for requests that do no volume IO (GET
+    /// LBA STATUS). Saturating: a request out of range fails in the volume
+    /// and counts no bytes anyway.
+    pub fn of(request: &BlockRequest, block_size: u32) -> Option<(IoOp, u64)> {
+        let bs = u64::from(block_size);
+        Some(match request {
+            BlockRequest::Read { blocks, .. } => {
+                (IoOp::Read, u64::from(*blocks).saturating_mul(bs))
+            }
+            BlockRequest::Write { data, .. } => (IoOp::Write, data.len() as u64),
+            BlockRequest::WriteSame { blocks, .. } => (IoOp::Write, blocks.saturating_mul(bs)),
+            BlockRequest::CompareAndWrite { write, .. } => (IoOp::Write, write.len() as u64),
+            BlockRequest::Unmap { extents, .. } => (
+                IoOp::Unmap,
+                extents
+                    .iter()
+                    .map(|e| e.blocks.saturating_mul(bs))
+                    .fold(0, u64::saturating_add),
+            ),
+            BlockRequest::Flush => (IoOp::Flush, 0),
+            BlockRequest::LbaStatus { .. } => return None,
+        })
+    }
+}
+
+/// The `kind` label of a failed request.
+fn error_kind(error: &IoError) -> &'static str {
+    match error {
+        IoError::LbaOutOfRange => "lba_out_of_range",
+        IoError::ReadError => "read_error",
+        IoError::WriteError => "write_error",
+        IoError::WriteProtected => "write_protected",
+        IoError::NotReady => "not_ready",
+        IoError::Miscompare { .. } => "miscompare",
+        IoError::Internal => "internal",
+    }
+}
+
+const ERROR_KINDS: [&str; 7] = [
+    "lba_out_of_range",
+    "read_error",
+    "write_error",
+    "write_protected",
+    "not_ready",
+    "miscompare",
+    "internal",
+];
+
+#[derive(Debug)]
+struct OpStats {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    errors: [AtomicU64; ERROR_KINDS.len()],
+    latency: Histogram,
+}
+
+impl OpStats {
+    fn new() -> Self {
+        OpStats {
+            ops: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
+        }
+    }
+}
+
+/// The metrics of one target (one volume).
+#[derive(Debug)]
+pub struct TargetMetrics {
+    volume: String,
+    ops: [OpStats; IoOp::ALL.len()],
+    rebuild: Mutex<RebuildTally>,
+}
+
+impl TargetMetrics {
+    pub fn new(volume: impl Into<String>) -> Self {
+        TargetMetrics {
+            volume: volume.into(),
+            ops: std::array::from_fn(|_| OpStats::new()),
+            rebuild: Mutex::new(RebuildTally::default()),
+        }
+    }
+
+    /// Counts one finished request: always an op and its latency; its
+    /// bytes when it succeeded, its error kind when it failed.
+    pub fn record<T>(&self, op: IoOp, bytes: u64, elapsed: Duration, result: &Result<T, IoError>) {
+        let Some(stats) = self.ops.get(op.index()) else {
+            return;
+        };
+        stats.ops.fetch_add(1, Ordering::Relaxed);
+        stats.latency.observe(elapsed);
+        match result {
+            Ok(_) => {
+                stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let kind = error_kind(e);
+                if let Some(at) = ERROR_KINDS.iter().position(|k| *k == kind) {
+                    if let Some(count) = stats.errors.get(at) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds a status change to the rebuild byte counter.
+    pub fn observe_status(&self, status: &VolumeStatus) {
+        self.rebuild.lock().observe(status);
+    }
+
+    /// The text of a scrape, with gauges from `status`.
+    pub fn render(&self, status: &VolumeStatus) -> String {
+        let mut out = Exposition::new();
+        self.render_io(&mut out);
+        render_status(&mut out, &self.volume, status);
+        self.render_rebuild(&mut out);
+        out.finish()
+    }
+
+    fn render_io(&self, out: &mut Exposition) {
+        let v = self.volume.as_str();
+        let counter = |out: &mut Exposition, op: IoOp, what: &str, help: &str| {
+            let name = format!("cstor_target_{}_{what}_total", op.as_str());
+            out.family(&name, MetricType::Counter, help);
+            name
+        };
+        for op in IoOp::ALL {
+            let Some(stats) = self.ops.get(op.index()) else {
+                continue;
+            };
+            let name = counter(
+                out,
+                op,
+                "ops",
+                &format!(
+                    "{} requests the SCSI layer sent to the volume (failed ones included).",
+                    op.as_str()
+                ),
+            );
+            out.sample(&name, &[("volume", v)], stats.ops.load(Ordering::Relaxed));
+            if op != IoOp::Flush {
+                let name = counter(
+                    out,
+                    op,
+                    "bytes",
+                    &format!("Bytes of successful {} requests.", op.as_str()),
+                );
+                out.sample(&name, &[("volume", v)], stats.bytes.load(Ordering::Relaxed));
+            }
+        }
+        out.family(
+            "cstor_target_io_errors_total",
+            MetricType::Counter,
+            "Failed block requests by operation and SCSI error kind.",
+        );
+        for op in IoOp::ALL {
+            let Some(stats) = self.ops.get(op.index()) else {
+                continue;
+            };
+            for (kind, count) in ERROR_KINDS.iter().zip(&stats.errors) {
+                out.sample(
+                    "cstor_target_io_errors_total",
+                    &[("volume", v), ("op", op.as_str()), ("kind", kind)],
+                    count.load(Ordering::Relaxed),
+                );
+            }
+        }
+        out.family(
+            "cstor_target_io_duration_seconds",
+            MetricType::Histogram,
+            "Time from the SCSI layer handing a request to the volume to its completion (quorum acknowledgement for writes).",
+        );
+        for op in IoOp::ALL {
+            if let Some(stats) = self.ops.get(op.index()) {
+                stats.latency.encode(
+                    out,
+                    "cstor_target_io_duration_seconds",
+                    &[("volume", v), ("op", op.as_str())],
+                );
+            }
+        }
+    }
+
+    fn render_rebuild(&self, out: &mut Exposition) {
+        out.family(
+            "cstor_rebuild_bytes_total",
+            MetricType::Counter,
+            "Bytes rebuilt into each replica, as its rebuild reports progress.",
+        );
+        let tally = self.rebuild.lock();
+        for (replica, bytes) in tally.totals() {
+            let replica = replica.to_string();
+            out.sample(
+                "cstor_rebuild_bytes_total",
+                &[("volume", self.volume.as_str()), ("replica", &replica)],
+                bytes,
+            );
+        }
+    }
+}
+
+fn state_name(state: ReplicaState) -> &'static str {
+    match state {
+        ReplicaState::Offline => "offline",
+        ReplicaState::Healthy => "healthy",
+        ReplicaState::Degraded => "degraded",
+        ReplicaState::Rebuilding => "rebuilding",
+        ReplicaState::Removed => "removed",
+    }
+}
+
+const STATES: [ReplicaState; 5] = [
+    ReplicaState::Offline,
+    ReplicaState::Healthy,
+    ReplicaState::Degraded,
+    ReplicaState::Rebuilding,
+    ReplicaState::Removed,
+];
+
+fn render_status(out: &mut Exposition, volume: &str, s: &VolumeStatus) {
+    let v = [("volume", volume)];
+    let gauge = |out: &mut Exposition, name: &str, help: &str, value: u64| {
+        out.family(name, MetricType::Gauge, help);
+        out.sample(name, &v, value);
+    };
+    gauge(
+        out,
+        "cstor_volume_size_bytes",
+        "Size of the volume.",
+        s.size_bytes,
+    );
+    gauge(
+        out,
+        "cstor_volume_healthy_replicas",
+        "Replicas that count for quorum and serve reads.",
+        s.healthy as u64,
+    );
+    gauge(
+        out,
+        "cstor_volume_consistency_factor",
+        "Healthy replicas that must acknowledge a write.",
+        s.cf as u64,
+    );
+    gauge(
+        out,
+        "cstor_volume_quorum",
+        "1 while healthy replicas reach the consistency factor.",
+        u64::from(s.healthy >= s.cf),
+    );
+    gauge(
+        out,
+        "cstor_volume_read_only",
+        "1 while writes fail below quorum (DATA PROTECT).",
+        u64::from(s.read_only),
+    );
+    gauge(
+        out,
+        "cstor_volume_fenced",
+        "1 once a newer target took the volume over.",
+        u64::from(s.fenced),
+    );
+    gauge(
+        out,
+        "cstor_volume_in_flight_requests",
+        "Requests of the SCSI layer the volume has not completed.",
+        s.in_flight as u64,
+    );
+    out.family(
+        "cstor_volume_replicas",
+        MetricType::Gauge,
+        "Replicas of the volume in each state.",
+    );
+    for state in STATES {
+        let n = s.replicas.iter().filter(|(_, st)| *st == state).count();
+        out.sample(
+            "cstor_volume_replicas",
+            &[("volume", volume), ("state", state_name(state))],
+            n,
+        );
+    }
+    out.family(
+        "cstor_volume_replica_state",
+        MetricType::Gauge,
+        "1 for the state each replica is in, 0 for the others.",
+    );
+    for (addr, current) in &s.replicas {
+        let addr = addr.to_string();
+        for state in STATES {
+            out.sample(
+                "cstor_volume_replica_state",
+                &[
+                    ("volume", volume),
+                    ("replica", &addr),
+                    ("state", state_name(state)),
+                ],
+                state == *current,
+            );
+        }
+    }
+    out.family(
+        "cstor_volume_replica_info",
+        MetricType::Gauge,
+        "1 per replica, naming its data address and its stable replica id (32 hex digits).",
+    );
+    for (i, (addr, _)) in s.replicas.iter().enumerate() {
+        let id = format!("{:032x}", s.replica_ids.get(i).copied().unwrap_or(0));
+        out.sample(
+            "cstor_volume_replica_info",
+            &[
+                ("volume", volume),
+                ("replica", &addr.to_string()),
+                ("replica_id", &id),
+            ],
+            1u64,
+        );
+    }
+    out.family(
+        "cstor_volume_replica_in_flight_requests",
+        MetricType::Gauge,
+        "Mutating requests sent to each replica and not yet answered.",
+    );
+    for (i, (addr, _)) in s.replicas.iter().enumerate() {
+        let owed = s.owed.get(i).copied().unwrap_or(0);
+        out.sample(
+            "cstor_volume_replica_in_flight_requests",
+            &[("volume", volume), ("replica", &addr.to_string())],
+            owed,
+        );
+    }
+    out.family(
+        "cstor_volume_rebuild_done_bytes",
+        MetricType::Gauge,
+        "Bytes copied so far by the rebuild running into each replica.",
+    );
+    let runs = || {
+        s.replicas
+            .iter()
+            .zip(&s.rebuilds)
+            .filter_map(|((addr, _), run)| run.map(|run| (addr.to_string(), run)))
+    };
+    for (addr, run) in runs() {
+        out.sample(
+            "cstor_volume_rebuild_done_bytes",
+            &[("volume", volume), ("replica", &addr)],
+            run.progress.done_bytes,
+        );
+    }
+    out.family(
+        "cstor_volume_rebuild_total_bytes",
+        MetricType::Gauge,
+        "Bytes the rebuild running into each replica has to copy.",
+    );
+    for (addr, run) in runs() {
+        out.sample(
+            "cstor_volume_rebuild_total_bytes",
+            &[("volume", volume), ("replica", &addr)],
+            run.progress.total_bytes,
+        );
+    }
+}
+
+/// Turns the rebuild progress of successive statuses into a byte counter
+/// per replica (sans-IO): the growth of `done_bytes` within a run, a new
+/// run's `done_bytes` in full, and, when a run ends with its replica
+/// healthy, what was left of its total (the last report may not have been
+/// seen: statuses coalesce). A run that starts and ends between two
+/// observed statuses is missed entirely: exact counting needs a
+/// cumulative figure in [`VolumeStatus`] itself.
+#[derive(Debug, Default)]
+pub struct RebuildTally {
+    /// Per replica: the run last seen (if one ran) and bytes counted.
+    replicas: BTreeMap<SocketAddr, (Option<RebuildRun>, u64)>,
+}
+
+impl RebuildTally {
+    pub fn observe(&mut self, status: &VolumeStatus) {
+        for (i, (addr, state)) in status.replicas.iter().enumerate() {
+            let now = status.rebuilds.get(i).copied().flatten();
+            let (last, total) = self.replicas.entry(*addr).or_insert((None, 0));
+            let add = match (*last, now) {
+                (None, None) => 0,
+                (None, Some(run)) => run.progress.done_bytes,
+                (Some(prev), Some(run)) if same_run(&prev, &run) => run
+                    .progress
+                    .done_bytes
+                    .saturating_sub(prev.progress.done_bytes),
+                (Some(_), Some(run)) => run.progress.done_bytes,
+                (Some(prev), None) if *state == ReplicaState::Healthy => prev
+                    .progress
+                    .total_bytes
+                    .saturating_sub(prev.progress.done_bytes),
+                (Some(_), None) => 0,
+            };
+            *total = total.saturating_add(add);
+            *last = match (*last, now) {
+                // Keep the highest progress of a run (reports only grow).
+                (Some(prev), Some(run))
+                    if same_run(&prev, &run)
+                        && run.progress.done_bytes < prev.progress.done_bytes =>
+                {
+                    Some(prev)
+                }
+                _ => now,
+            };
+        }
+    }
+
+    /// Bytes counted per replica.
+    pub fn totals(&self) -> impl Iterator<Item = (SocketAddr, u64)> + '_ {
+        self.replicas
+            .iter()
+            .map(|(addr, (_, total))| (*addr, *total))
+    }
+}
+
+fn same_run(a: &RebuildRun, b: &RebuildRun) -> bool {
+    (a.source, a.from_io_seq, a.first_live_io_seq) == (b.source, b.from_io_seq, b.first_live_io_seq)
+}
+
+/// Feeds every status change of `volume` to `metrics` until `shutdown` or
+/// the volume closes.
+pub async fn follow_status(
+    metrics: Arc<TargetMetrics>,
+    volume: Volume,
+    shutdown: CancellationToken,
+) {
+    let mut status = volume.subscribe();
+    loop {
+        metrics.observe_status(&status.borrow_and_update());
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = status.changed() => if changed.is_err() {
+                return;
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use cstor_mgmt::exposition::{find, parse};
+    use cstor_proto::RebuildProgress;
+    use proptest::prelude::*;
+
+    use crate::scsi::Extent;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn status(
+        replicas: Vec<(SocketAddr, ReplicaState)>,
+        rebuilds: Vec<Option<RebuildRun>>,
+    ) -> VolumeStatus {
+        let n = replicas.len();
+        VolumeStatus {
+            healthy: replicas
+                .iter()
+                .filter(|(_, s)| *s == ReplicaState::Healthy)
+                .count(),
+            replica_ids: (1..=n as u128).collect(),
+            replicas,
+            cf: 2,
+            rebuilds,
+            size_bytes: 1 << 20,
+            ..VolumeStatus::default()
+        }
+    }
+
+    fn run(done: u64, total: u64) -> Option<RebuildRun> {
+        Some(RebuildRun {
+            source: 0,
+            from_io_seq: 5,
+            first_live_io_seq: 9,
+            accepted: true,
+            progress: RebuildProgress {
+                done_bytes: done,
+                total_bytes: total,
+            },
+        })
+    }
+
+    #[test]
+    fn requests_map_to_their_operation_and_bytes() {
+        let write = BlockRequest::Write {
+            lba: 0,
+            data: Bytes::from(vec![0; 8192]),
+            fua: false,
+        };
+        assert_eq!(IoOp::of(&write, 512), Some((IoOp::Write, 8192)));
+        let read = BlockRequest::Read { lba: 0, blocks: 3 };
+        assert_eq!(IoOp::of(&read, 4096), Some((IoOp::Read, 3 * 4096)));
+        let unmap = BlockRequest::Unmap {
+            extents: vec![Extent { lba: 0, blocks: 2 }, Extent { lba: 9, blocks: 1 }],
+            fua: false,
+        };
+        assert_eq!(IoOp::of(&unmap, 512), Some((IoOp::Unmap, 1536)));
+        assert_eq!(IoOp::of(&BlockRequest::Flush, 512), Some((IoOp::Flush, 0)));
+        let huge = BlockRequest::WriteSame {
+            lba: 0,
+            blocks: u64::MAX,
+            block: Bytes::from(vec![1; 512]),
+            fua: false,
+        };
+        assert_eq!(IoOp::of(&huge, 512), Some((IoOp::Write, u64::MAX)));
+    }
+
+    #[test]
+    fn recorded_requests_show_in_the_rendered_counters() {
+        let m = TargetMetrics::new("vol1");
+        m.record::<()>(IoOp::Write, 4096, Duration::from_micros(300), &Ok(()));
+        m.record::<()>(IoOp::Write, 4096, Duration::from_micros(300), &Ok(()));
+        m.record::<()>(
+            IoOp::Write,
+            4096,
+            Duration::from_secs(1),
+            &Err(IoError::WriteProtected),
+        );
+        m.record::<()>(IoOp::Read, 512, Duration::from_micros(80), &Ok(()));
+        let st = status(vec![(addr(1), ReplicaState::Healthy)], vec![None]);
+        let samples = parse(&m.render(&st)).unwrap();
+        let v = ("volume", "vol1");
+        assert_eq!(
+            find(&samples, "cstor_target_write_ops_total", &[v]),
+            Some(3.0)
+        );
+        assert_eq!(
+            find(&samples, "cstor_target_write_bytes_total", &[v]),
+            Some(8192.0)
+        );
+        assert_eq!(
+            find(&samples, "cstor_target_read_bytes_total", &[v]),
+            Some(512.0)
+        );
+        assert_eq!(
+            find(&samples, "cstor_target_flush_ops_total", &[v]),
+            Some(0.0)
+        );
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_target_io_errors_total",
+                &[v, ("op", "write"), ("kind", "write_protected")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_target_io_duration_seconds_count",
+                &[v, ("op", "write")]
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_target_io_duration_seconds_bucket",
+                &[v, ("op", "write"), ("le", "0.0005")]
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn status_gauges_show_replica_states_and_quorum() {
+        let m = TargetMetrics::new("v");
+        let mut st = status(
+            vec![
+                (addr(1), ReplicaState::Healthy),
+                (addr(2), ReplicaState::Rebuilding),
+                (addr(3), ReplicaState::Offline),
+            ],
+            vec![None, run(10, 40), None],
+        );
+        st.read_only = true;
+        let samples = parse(&m.render(&st)).unwrap();
+        let v = ("volume", "v");
+        assert_eq!(
+            find(&samples, "cstor_volume_healthy_replicas", &[v]),
+            Some(1.0)
+        );
+        assert_eq!(find(&samples, "cstor_volume_quorum", &[v]), Some(0.0));
+        assert_eq!(find(&samples, "cstor_volume_read_only", &[v]), Some(1.0));
+        assert_eq!(
+            find(&samples, "cstor_volume_consistency_factor", &[v]),
+            Some(2.0)
+        );
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_volume_replicas",
+                &[v, ("state", "offline")]
+            ),
+            Some(1.0)
+        );
+        let state = |r: &str, s: &str| {
+            find(
+                &samples,
+                "cstor_volume_replica_state",
+                &[v, ("replica", r), ("state", s)],
+            )
+        };
+        assert_eq!(state("127.0.0.1:2", "rebuilding"), Some(1.0));
+        let id = format!("{:032x}", 2);
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_volume_replica_info",
+                &[("replica", "127.0.0.1:2"), ("replica_id", &id)]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(state("127.0.0.1:2", "healthy"), Some(0.0));
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_volume_rebuild_total_bytes",
+                &[v, ("replica", "127.0.0.1:2")]
+            ),
+            Some(40.0)
+        );
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_volume_rebuild_done_bytes",
+                &[("replica", "127.0.0.1:1")]
+            ),
+            None
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The running run reports more progress (or the same).
+        Progress(u64),
+        /// A new run starts (replacing any), having copied this much.
+        Start(u64),
+        /// The run ends, its replica healthy (complete) or degraded.
+        End { healthy: bool },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u64..50).prop_map(Step::Progress),
+            (0u64..50).prop_map(Step::Start),
+            any::<bool>().prop_map(|healthy| Step::End { healthy }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The model: each run contributes its total if it ended with the
+        /// replica healthy, else the most progress seen; the counter never
+        /// goes down.
+        #[test]
+        fn rebuild_tally_matches_a_per_run_model(steps in proptest::collection::vec(step(), 0..40)) {
+            const TOTAL: u64 = 1000;
+            let mut tally = RebuildTally::default();
+            let mut model = 0u64;
+            let mut current: Option<(u64, u64)> = None; // (run id, done)
+            let mut next_id = 0u64;
+            let mut last_total = 0u64;
+            for s in steps {
+                let (state, run_now) = match s {
+                    Step::Progress(k) => match current.as_mut() {
+                        Some((_, done)) => {
+                            *done = (*done + k).min(TOTAL);
+                            (ReplicaState::Rebuilding, current)
+                        }
+                        None => (ReplicaState::Degraded, None),
+                    },
+                    Step::Start(done) => {
+                        if let Some((_, prev)) = current {
+                            model += prev;
+                        }
+                        next_id += 1;
+                        current = Some((next_id, done));
+                        (ReplicaState::Rebuilding, current)
+                    }
+                    Step::End { healthy } => {
+                        if let Some((_, done)) = current.take() {
+                            model += if healthy { TOTAL } else { done };
+                        }
+                        let state = if healthy { ReplicaState::Healthy } else { ReplicaState::Degraded };
+                        (state, None)
+                    }
+                };
+                let rebuild = run_now.map(|(id, done)| RebuildRun {
+                    source: 0,
+                    from_io_seq: 1,
+                    first_live_io_seq: id,
+                    accepted: true,
+                    progress: RebuildProgress { done_bytes: done, total_bytes: TOTAL },
+                });
+                tally.observe(&status(vec![(addr(1), state)], vec![rebuild]));
+                let counted = tally.totals().next().map_or(0, |(_, n)| n);
+                prop_assert!(counted >= last_total);
+                last_total = counted;
+                let running = current.map_or(0, |(_, done)| done);
+                prop_assert_eq!(counted, model + running);
+            }
+        }
+    }
+
+    #[test]
+    fn rebuild_tally_counts_progress_once_and_the_unreported_tail() {
+        let mut t = RebuildTally::default();
+        let r = |state, run| {
+            status(
+                vec![(addr(1), ReplicaState::Healthy), (addr(2), state)],
+                vec![None, run],
+            )
+        };
+        t.observe(&r(ReplicaState::Degraded, None));
+        t.observe(&r(ReplicaState::Rebuilding, run(10, 100)));
+        t.observe(&r(ReplicaState::Rebuilding, run(10, 100)));
+        t.observe(&r(ReplicaState::Rebuilding, run(60, 100)));
+        // Finished, the last report (100) coalesced away.
+        t.observe(&r(ReplicaState::Healthy, None));
+        t.observe(&r(ReplicaState::Healthy, None));
+        let totals: Vec<_> = t.totals().collect();
+        assert_eq!(totals, vec![(addr(1), 0), (addr(2), 100)]);
+        // A run that fails (replica degraded again) counts what it did.
+        t.observe(&r(ReplicaState::Rebuilding, run(30, 100)));
+        t.observe(&r(ReplicaState::Degraded, None));
+        assert_eq!(t.totals().nth(1), Some((addr(2), 130)));
+    }
+}
