@@ -201,7 +201,7 @@ impl Op {
     }
 
     /// Runs alone, between the requests before and after it (module doc).
-    fn is_barrier(&self) -> bool {
+    pub(crate) fn is_barrier(&self) -> bool {
         matches!(
             self,
             Op::SnapshotCreate { .. }

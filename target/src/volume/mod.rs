@@ -65,6 +65,11 @@ pub const MAX_LISTING_PAGES: usize = 64;
 /// How often the driver checks timeouts.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// Snapshot, resize and membership requests that may wait for the
+/// target's own membership record write (a new volume's first record) to
+/// finish, instead of being refused as "in progress"; more are refused.
+pub const MAX_DEFERRED_BARRIERS: usize = 16;
+
 /// What a volume is made of and how it behaves.
 #[derive(Debug, Clone)]
 pub struct VolumeSpec {
@@ -312,6 +317,7 @@ impl Volume {
             record,
             generation,
             status: watch::channel(VolumeStatus::default()).0,
+            deferred: std::collections::VecDeque::new(),
         };
         for (addr, id) in members.iter().zip(&replica_ids) {
             driver.link(*addr, *id);
@@ -628,6 +634,10 @@ struct Driver {
     /// The highest generation seen or sent: the next record gets one more.
     generation: u64,
     status: watch::Sender<VolumeStatus>,
+    /// Barrier requests (snapshot, resize, membership) that arrived while
+    /// the target's own record write was in progress: an operator's
+    /// request waits for it rather than being refused for it.
+    deferred: std::collections::VecDeque<Request>,
 }
 
 impl Driver {
@@ -663,14 +673,7 @@ impl Driver {
             let actions = tokio::select! {
                 () = stop.cancelled() => break,
                 request = requests.recv() => match request {
-                    Some(Request::Io { op, reply }) => {
-                        let tag = self.take_tag();
-                        self.waiters.insert(tag, reply);
-                        self.controller.submit(Instant::now(), tag, op)
-                    }
-                    Some(Request::Membership { change, reply }) => {
-                        self.on_membership_request(change, reply)
-                    }
+                    Some(request) => self.on_request(request),
                     None => break,
                 },
                 event = events.recv() => match event {
@@ -680,6 +683,23 @@ impl Driver {
                 _ = tick.tick() => self.controller.tick(Instant::now()),
             };
             self.perform(actions);
+            while !self.internal_change_pending() {
+                let Some(request) = self.deferred.pop_front() else {
+                    break;
+                };
+                let actions = self.on_request(request);
+                self.perform(actions);
+            }
+        }
+        for request in self.deferred.drain(..) {
+            match request {
+                Request::Io { reply, .. } => {
+                    let _ = reply.send(Err(VolumeError::Unavailable));
+                }
+                Request::Membership { reply, .. } => {
+                    let _ = reply.send(Err(VolumeError::Unavailable));
+                }
+            }
         }
         for (_, waiter) in self.waiters.drain() {
             let _ = waiter.send(Err(VolumeError::Unavailable));
@@ -689,6 +709,45 @@ impl Driver {
                 let _ = reply.send(Err(VolumeError::Unavailable));
             }
         }
+    }
+
+    /// A request from the Volume handle. A barrier request that arrives
+    /// while the target's own record write runs waits for it (bounded).
+    fn on_request(&mut self, request: Request) -> Vec<Action> {
+        let barrier = match &request {
+            Request::Io { op, .. } => op.is_barrier(),
+            Request::Membership { .. } => true,
+        };
+        if barrier && self.internal_change_pending() {
+            if self.deferred.len() < MAX_DEFERRED_BARRIERS {
+                self.deferred.push_back(request);
+                return Vec::new();
+            }
+            let busy = "too many snapshot, resize or membership requests waiting";
+            match request {
+                Request::Io { reply, .. } => {
+                    let _ = reply.send(Err(VolumeError::Refused(busy.into())));
+                }
+                Request::Membership { reply, .. } => {
+                    let _ = reply.send(Err(VolumeError::Refused(busy.into())));
+                }
+            }
+            return Vec::new();
+        }
+        match request {
+            Request::Io { op, reply } => {
+                let tag = self.take_tag();
+                self.waiters.insert(tag, reply);
+                self.controller.submit(Instant::now(), tag, op)
+            }
+            Request::Membership { change, reply } => self.on_membership_request(change, reply),
+        }
+    }
+
+    /// Is a record write the target started by itself (no caller waits
+    /// for it) in progress?
+    fn internal_change_pending(&self) -> bool {
+        self.changes.values().any(|c| c.reply.is_none())
     }
 
     fn take_tag(&mut self) -> Tag {
