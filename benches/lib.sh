@@ -140,7 +140,9 @@ free_port() {
     local port used
     used="$(ss -Hltn | awk '{n = split($4, a, ":"); print a[n]}')"
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        # below the kernel's ephemeral range (32768-60999), where outgoing
+        # connections take their local ports
+        port=$((10000 + RANDOM % 22000))
         grep -qx "$port" <<<"$used" && continue
         [[ " ${BENCH_PORTS[*]} " == *" $port "* ]] && continue
         BENCH_PORTS+=("$port")

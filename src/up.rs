@@ -92,7 +92,7 @@ struct Proc {
 
 impl Proc {
     async fn spawn(&mut self) -> Result<()> {
-        let exe = std::env::current_exe().context("cannot find the cstor executable")?;
+        let exe = cstor_exe()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -196,7 +196,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     };
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let exe = std::env::current_exe().context("cannot find the cstor executable")?;
+    let exe = cstor_exe()?;
     // Pools: created once, reused by every later `cstor up` on this dir.
     let pool_size = args.size.saturating_mul(2).max(256 << 20);
     let mut replicas = Vec::new();
@@ -316,7 +316,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
                 match p.spawn().await {
                     Ok(()) => info!(child = %p.name, restarts = p.restarts, "restarted"),
                     Err(e) => {
-                        warn!(child = %p.name, error = %e, "cannot restart");
+                        warn!(child = %p.name, error = format!("{e:#}"), "cannot restart");
                         p.restart_at = Some(now + p.backoff);
                     }
                 }
@@ -448,4 +448,16 @@ fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr
         n = replicas.len(),
         dir = dir.display(),
     );
+}
+
+/// The executable children run: this very binary. Through /proc/self/exe
+/// where it exists, so a child can still be restarted after the file was
+/// replaced or removed (a package upgrade, a rebuild): the running binary
+/// stays reachable there while its path names a new file or none.
+fn cstor_exe() -> Result<PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe().context("cannot find the cstor executable")
 }

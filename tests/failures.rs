@@ -43,6 +43,8 @@ const ACK_TIMEOUT_SECONDS: &str = "2";
 const BLOCKS: u64 = 4096;
 /// Blocks of one multi-block write (64 KiB, the initiator's first burst).
 const RUN: u64 = 16;
+/// Concurrent writer sessions while the target is killed.
+const WRITERS: u64 = 4;
 /// Hang guard for a state change (ejection, rebuild, restart).
 const GUARD: Duration = Duration::from_secs(90);
 
@@ -303,27 +305,32 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
     let (portal, mgmt) = (free_addr(), free_addr());
     let mut target = start_target(dir.path(), portal, mgmt, &reps);
     wait_healthy(mgmt, 3);
-    let mut session = IscsiSession::login(portal, &target.iqn, INITIATOR)
-        .await
-        .unwrap();
-    let block = session.block_size as usize;
-
-    // The writer: 64 KiB writes over the first 8 MiB, a SYNCHRONIZE CACHE
-    // after every eight, until the connection dies under it.
+    // Writers, each on its own session and region of the first 8 MiB
+    // (so several writes are in flight when the target dies): 64 KiB
+    // writes, a SYNCHRONIZE CACHE after every eight, until the connection
+    // dies under them.
     let history = Arc::new(Mutex::new(vec![
         BlockHistory::default();
         (BLOCKS / 2) as usize
     ]));
     let syncs = Arc::new(AtomicU64::new(0));
-    let writer = {
+    let region = BLOCKS / 2 / WRITERS;
+    let mut writers = Vec::new();
+    for k in 0..WRITERS {
+        let mut session = IscsiSession::login(portal, &target.iqn, INITIATOR)
+            .await
+            .unwrap();
         let (history, syncs) = (Arc::clone(&history), Arc::clone(&syncs));
-        tokio::spawn(async move {
-            let runs = BLOCKS / 2 / RUN;
+        let mine = (k * region) as usize..((k + 1) * region) as usize;
+        writers.push(tokio::spawn(async move {
+            let block = session.block_size as usize;
+            let runs = region / RUN;
             let mut i = 0u64;
             loop {
                 i += 1;
-                let lba = (i * 37 % runs) * RUN;
-                let generation = i;
+                // 37 is coprime with `runs` (a power of two).
+                let lba = k * region + (i * 37 % runs) * RUN;
+                let generation = i * WRITERS + k;
                 // Recorded before it is sent: once sent it may land.
                 for h in &mut history.lock().unwrap()[lba as usize..(lba + RUN) as usize] {
                     h.since.insert(generation);
@@ -336,16 +343,18 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
                     Err(e) => return (i, e),
                 }
                 if i.is_multiple_of(8) {
-                    // What is written before the SYNCHRONIZE CACHE is sent
-                    // is durable once it is GOOD; the newest generation of
-                    // each block is then its flushed one.
-                    let before: Vec<BlockHistory> = history.lock().unwrap().clone();
+                    // What this writer got GOOD before it sends the
+                    // SYNCHRONIZE CACHE is durable once that is GOOD: the
+                    // newest generation of each of its blocks is then the
+                    // flushed one. (Other writers' blocks may have a write
+                    // in flight: they are theirs to account.)
+                    let before: Vec<BlockHistory> = history.lock().unwrap()[mine.clone()].to_vec();
                     match session.sync_cache().await {
                         Ok(done) => assert!(done.is_good(), "sync: {done:?}"),
                         Err(e) => return (i, e),
                     }
                     let mut h = history.lock().unwrap();
-                    for (now, then) in h.iter_mut().zip(before) {
+                    for (now, then) in h[mine.clone()].iter_mut().zip(before) {
                         if let Some(newest) = then.since.last() {
                             now.flushed = *newest;
                             now.since.retain(|g| g > newest);
@@ -354,26 +363,29 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
                     syncs.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        })
-    };
+        }));
+    }
     // Kill it mid-stream, once a good number of flushes went through.
     let deadline = Instant::now() + GUARD;
     while syncs.load(Ordering::Relaxed) < 40 {
-        assert!(!writer.is_finished(), "the writer stopped early");
+        assert!(
+            writers.iter().all(|w| !w.is_finished()),
+            "a writer stopped early"
+        );
         assert!(Instant::now() < deadline, "writes stalled");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     target.kill9();
-    let (writes, error) = writer.await.unwrap();
-    eprintln!(
-        "target killed after {writes} writes and {} flushes; the initiator saw: {error}",
-        syncs.load(Ordering::Relaxed)
-    );
+    for writer in writers {
+        let (writes, error) = writer.await.unwrap();
+        eprintln!("a writer saw the target die after {writes} writes: {error}");
+    }
 
     // Same portal, same replicas, a new process: a new session.
     let target = start_target(dir.path(), portal, mgmt, &reps);
     wait_healthy(mgmt, 3);
     let mut session = IscsiSession::login_retrying(portal, &target.iqn, INITIATOR, GUARD).await;
+    let block = session.block_size as usize;
     let history = history.lock().unwrap().clone();
     let (mut flushed_blocks, mut newer, mut torn) = (0, 0, Vec::new());
     // Twice: reads may be served by different replicas.

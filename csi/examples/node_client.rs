@@ -11,12 +11,7 @@
 //! node_client ... unpublish --volume-id V --target-path T
 //! node_client ... expand    --volume-id V --volume-path P [--required-bytes N]
 //! node_client ... stats     --volume-id V --volume-path P
-//! node_client ... serve     --node-id ID [--state-dir D] [--remount-interval-s N]
 //! ```
-//!
-//! `serve` hosts `cstor_csi::node::NodeService` itself on the socket (with
-//! its background remount check), for when `cstor csi --mode node` is not
-//! available; the VM test says which one it used.
 //!
 //! Output: `ok` (plus `key=value` words for expand, stats, info); an RPC
 //! error prints `error CODE: message` (CODE as in the gRPC spec, e.g.
@@ -151,35 +146,6 @@ impl tower_service::Service<http::Uri> for UnixConnector {
     }
 }
 
-async fn serve(endpoint: &str, o: &Opts) -> Result<String, Failure> {
-    use cstor_csi::node::{NodeConfig, NodeService};
-    let path = endpoint
-        .strip_prefix("unix://")
-        .ok_or(format!("endpoint {endpoint:?} is not unix:///PATH"))?;
-    let mut config = NodeConfig::new(o.need("node-id")?);
-    if let Some(dir) = o.get("state-dir") {
-        config.state_dir = dir.into();
-    }
-    if let Some(s) = o.get("remount-interval-s") {
-        let s: u64 = s
-            .parse()
-            .map_err(|_| "bad --remount-interval-s".to_owned())?;
-        config.remount_interval = Duration::from_secs(s.max(1));
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
-    let node = NodeService::new(config);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(node.clone().run_remount_check(shutdown.clone()));
-    tonic::transport::Server::builder()
-        .add_service(pb::node_server::NodeServer::new(node))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-        .await
-        .map_err(|e| format!("serve: {e}"))?;
-    shutdown.cancel();
-    Ok("ok".into())
-}
-
 enum Failure {
     Usage(String),
     Rpc(tonic::Status),
@@ -228,9 +194,6 @@ async fn run(args: &[String]) -> Result<String, Failure> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-    if command == "serve" {
-        return serve(endpoint, &o).await;
     }
     let mut c = connect(endpoint).await?;
     let out = match command.as_str() {

@@ -7,13 +7,13 @@
 //! Kubernetes Deployments + Services in a cluster). The node side drives the
 //! host's open-iscsi initiator and filesystem tools ([`node`]).
 
-pub mod kube;
-pub mod caps;
 pub mod capacity;
+pub mod caps;
 pub mod cli;
 pub mod context;
 pub mod controller;
 pub mod identity;
+pub mod kube;
 pub mod limits;
 pub mod local;
 pub mod mgmt;

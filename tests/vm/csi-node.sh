@@ -35,19 +35,12 @@ mkdir -p /run
 t0=$(date +%s)
 cstor csi --mode node --endpoint "$SOCK" --node-id "$NODE_ID" >/tmp/csi.log 2>&1 &
 CSI=$!
-SERVER="cstor csi --mode node"
 i=0
 until nc wait --seconds 1 >/dev/null 2>&1; do
-    if ! kill -0 $CSI 2>/dev/null; then
-        echo "E2E: 'cstor csi --mode node' exited ($(tail -n 1 /tmp/csi.log)); node_client serve hosts cstor_csi::node::NodeService instead"
-        node_client --endpoint "$SOCK" serve --node-id "$NODE_ID" --remount-interval-s 2 >/tmp/csi.log 2>&1 &
-        SERVER="node_client serve"
-        nc wait --seconds 30 >/dev/null || fail "node_client serve did not start"
-        break
-    fi
+    kill -0 $CSI 2>/dev/null || fail "cstor csi --mode node exited"
     i=$((i+1)); [ $i -lt 30 ] || fail "no CSI node service on $SOCK"
 done
-echo "E2E: node service: $SERVER"
+echo "E2E: cstor csi --mode node serving on $SOCK"
 ok info
 [ "$(word node_id)" = "$NODE_ID" ] || fail "NodeGetInfo: $out"
 echo "E2E: $out"

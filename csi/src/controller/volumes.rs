@@ -71,6 +71,11 @@ impl<R: TargetRuntime> Controller<R> {
         let pools = self.survey().await;
         let view = self.find_volume_everywhere(&id).await?;
         let source = req.volume_content_source.clone();
+        if source.is_some() && params.provisioning == Provisioning::Thick {
+            return Err(Status::invalid_argument(
+                "clones are thin: provisioning=thick cannot be made from a source",
+            ));
+        }
         let size = match source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => self.create_fresh(&view, &params, range, &pools).await?,
             Some(Source::Snapshot(SnapshotSource { snapshot_id })) => {
@@ -271,6 +276,15 @@ impl<R: TargetRuntime> Controller<R> {
                 snap.volume
             )));
         }
+        if let Some(n) = params
+            .replica_count
+            .filter(|n| *n as usize != source.held.len())
+        {
+            return Err(Status::invalid_argument(format!(
+                "a clone lives on its source's {} pools, not {n}",
+                source.held.len()
+            )));
+        }
         let mut holders = self.snapshot_holders(&source, &snap.snapshot).await?;
         if holders.is_empty() && take_snapshot {
             let endpoint = self.target_of(&source).await?;
@@ -289,6 +303,15 @@ impl<R: TargetRuntime> Controller<R> {
             return Err(Status::not_found(format!(
                 "snapshot {} does not exist",
                 snap.to_id()
+            )));
+        }
+        if let Some(n) = params
+            .replica_count
+            .filter(|n| *n as usize != holders.len())
+        {
+            return Err(Status::invalid_argument(format!(
+                "a clone lives on its source's {} pools, not {n}",
+                holders.len()
             )));
         }
         for pool in holders

@@ -3,7 +3,7 @@
 //!
 //! # Wiring
 //!
-//! ```ignore
+//! ```text
 //! use cstor_csi::node::{NodeConfig, NodeService};
 //! // NodeConfig { node_id, state_dir, device_timeout, remount_interval };
 //! // NodeConfig::new(id) fills in the defaults.
@@ -52,6 +52,11 @@
 //!   VOLUME_CONDITION abnormal, saying so, until an unstage and a stage
 //!   (which runs `e2fsck -p`) bring it back. The VM test shows the kernel
 //!   taking that path.
+//!
+//! Host requirements: `iscsid` running; `iscsiadm`, `blkid`, `blockdev`,
+//! `mount`/`umount` (util-linux), `mkfs.ext4`/`e2fsck`/`resize2fs`,
+//! `mkfs.xfs`/`xfs_growfs`, `stat`; udev's `/dev/disk/by-path` links (the
+//! VM harness has no udev and runs its `e2e-disk-links` in a loop instead).
 //!
 //! Everything touching the machine goes through [`host::Host`]; unit tests
 //! drive the operations against a recorded model of the host (`fake`), so
