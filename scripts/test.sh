@@ -25,11 +25,11 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 
 # The pool store runs its whole suite on the other IO backend too (the run
 # above used the default: io_uring where the kernel allows it).
-CSTOR_IO_BACKEND=threads cargo test --locked -p cstor-engine "$@" 2>&1 | tee -a "$log"
+CSTOR_IO_BACKEND=threads cargo test --locked --no-fail-fast -p cstor-engine "$@" 2>&1 | tee -a "$log"
 
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -13,12 +13,17 @@ use cstor_mgmt::v1::{
     DeleteVolumeRequest, GetPoolRequest, GetTargetStatusRequest, GrowVolumeRequest,
     ListSnapshotsRequest, ListTargetSnapshotsRequest, ListVolumesRequest, Membership, Pool,
     Provisioning, RemoveReplicaRequest, ReplicaState, ResizeRequest, SetConsistencyFactorRequest,
-    SetRebuildThrottleRequest, TargetReplicaState, TargetStatus, VolumeReplica,
+    SetRebuildThrottleRequest, SetTargetRebuildThrottleRequest, TargetReplicaState, TargetStatus,
+    VolumeReplica,
 };
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use cstor_mgmt::size::{format_size, parse_size};
+
+/// Where `--target` points when not given (the target's default
+/// `--mgmt-listen`).
+const DEFAULT_TARGET: &str = "127.0.0.1:7700";
 
 /// Bound on connecting to a daemon, so an unreachable one is a clear error
 /// rather than a hang.
@@ -31,9 +36,11 @@ pub struct CtlArgs {
     #[arg(long, env = "CSTOR_MGMT", default_value = "127.0.0.1:7601")]
     mgmt: Vec<String>,
     /// Management address of the target (host:port), for `status`,
-    /// `snapshot`, `resize` and `replica`.
-    #[arg(long, env = "CSTOR_TARGET_MGMT", default_value = "127.0.0.1:7700")]
-    target: String,
+    /// `snapshot`, `resize` and `replica` [default: 127.0.0.1:7700]. Given
+    /// to `rebuild throttle`, it sets the volume's throttle through the
+    /// target instead of the daemons' own.
+    #[arg(long, env = "CSTOR_TARGET_MGMT")]
+    target: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -67,7 +74,8 @@ enum CtlCommand {
     /// replace is a remove then an add.
     #[command(subcommand)]
     Replica(ReplicaCommand),
-    /// Rebuilds of the daemons named by --mgmt.
+    /// Rebuilds: of a target's volume (--target), or of the daemons named
+    /// by --mgmt.
     #[command(subcommand)]
     Rebuild(RebuildCommand),
 }
@@ -88,9 +96,12 @@ enum ReplicaCommand {
 
 #[derive(Debug, Subcommand)]
 enum RebuildCommand {
-    /// Limit the bytes per second every rebuild pulls into the daemons
-    /// named by --mgmt (the sink paces itself); 0: no limit. Takes effect
-    /// on the next chunk of running rebuilds.
+    /// Limit the bytes per second a rebuild pulls (the rebuilding replica
+    /// paces itself); 0: no limit. With --target: every rebuild of that
+    /// target's volume (the target tells its replicas, now and whenever
+    /// one reconnects). Else: every rebuild into the daemons named by
+    /// --mgmt; a daemon's limit also caps each volume's. Takes effect on
+    /// the next chunk of running rebuilds.
     Throttle {
         /// e.g. 50MiB, or 0.
         #[arg(value_parser = parse_size)]
@@ -161,7 +172,10 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         | CtlCommand::Replica(_) => return run_target(args).await,
         CtlCommand::Pool(PoolCommand::List) => return pool_list(&args.mgmt, args.json).await,
         CtlCommand::Rebuild(RebuildCommand::Throttle { bytes_per_sec }) => {
-            return rebuild_throttle(&args.mgmt, *bytes_per_sec, args.json).await
+            return match &args.target {
+                Some(target) => target_rebuild_throttle(target, *bytes_per_sec, args.json).await,
+                None => rebuild_throttle(&args.mgmt, *bytes_per_sec, args.json).await,
+            };
         }
         CtlCommand::Volume(_) | CtlCommand::Pool(PoolCommand::Status) => {}
     }
@@ -285,7 +299,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
 
 /// The target's subcommands.
 async fn run_target(args: CtlArgs) -> Result<()> {
-    let addr = &args.target;
+    let addr = args.target.as_deref().unwrap_or(DEFAULT_TARGET);
     let mut client = TargetManagerClient::new(channel(addr, "target").await?);
     let err = |s| target_rpc_error(addr, s);
     match args.command {
@@ -500,18 +514,43 @@ async fn rebuild_throttle(daemons: &[String], bytes_per_second: u64, as_json: bo
     } else {
         let rows = set
             .iter()
-            .map(|(addr, bps)| {
-                let limit = if *bps == 0 {
-                    "unlimited".to_string()
-                } else {
-                    format!("{}/s", format_size(*bps))
-                };
-                vec![addr.clone(), limit]
-            })
+            .map(|(addr, bps)| vec![addr.clone(), throttle_text(*bps)])
             .collect::<Vec<_>>();
         emit(&table(&["DAEMON", "REBUILD_THROTTLE"], &rows));
     }
     Ok(())
+}
+
+/// `--target ADDR rebuild throttle`: sets the volume's throttle through
+/// its target, which forwards it to the replicas.
+async fn target_rebuild_throttle(addr: &str, bytes_per_second: u64, as_json: bool) -> Result<()> {
+    let mut client = TargetManagerClient::new(channel(addr, "target").await?);
+    let throttle = client
+        .set_rebuild_throttle(SetTargetRebuildThrottleRequest { bytes_per_second })
+        .await
+        .map_err(|s| target_rpc_error(addr, s))?
+        .into_inner();
+    let bps = throttle.bytes_per_second;
+    if as_json {
+        emit(&serde_json::to_string_pretty(
+            &json!({ "target": addr, "bytes_per_second": bps }),
+        )?);
+    } else {
+        emit(&table(
+            &["TARGET", "REBUILD_THROTTLE"],
+            &[vec![addr.to_owned(), throttle_text(bps)]],
+        ));
+    }
+    Ok(())
+}
+
+/// A rate limit as shown in a table.
+fn throttle_text(bytes_per_second: u64) -> String {
+    if bytes_per_second == 0 {
+        "unlimited".to_string()
+    } else {
+        format!("{}/s", format_size(bytes_per_second))
+    }
 }
 
 fn target_rpc_error(addr: &str, status: tonic::Status) -> anyhow::Error {
@@ -547,12 +586,14 @@ fn target_status_json(s: &TargetStatus) -> Value {
         "in_flight": s.in_flight,
         "snapshot_or_resize_in_progress": s.barrier,
         "membership_generation": s.membership_generation,
+        "rebuild_throttle_bytes_per_second": s.rebuild_throttle_bytes_per_second,
         "replicas": s.replicas.iter().map(|r| json!({
             "address": r.address,
             "replica_id": r.replica_id,
             "state": target_state_name(r.state),
             "acked_io_seq": r.acked_io_seq,
             "in_flight": r.in_flight,
+            "rebuilt_bytes": r.rebuilt_bytes,
             "rebuild": r.rebuild.as_ref().map(|b| json!({
                 "source": b.source,
                 "from_io_seq": b.from_io_seq,

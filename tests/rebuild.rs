@@ -354,3 +354,133 @@ async fn a_rebuild_cut_by_a_crash_of_its_sink_resumes_and_finishes() {
     let acked = acked.lock().unwrap().clone();
     check_replicas(&reps, epoch + 1, &acked).await;
 }
+
+/// `cstor ctl --target MGMT --json rebuild throttle RATE`: the rate the
+/// target holds afterwards.
+fn throttle_through_target(mgmt: std::net::SocketAddr, rate: &str) -> u64 {
+    let out = common::cstor(&[
+        "ctl",
+        "--target",
+        &mgmt.to_string(),
+        "--json",
+        "rebuild",
+        "throttle",
+        rate,
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["bytes_per_second"].as_u64().unwrap()
+}
+
+/// Issue #6: the throttle set through the target's management API reaches
+/// a replica that was down when it was set (the target sends it when the
+/// replica reconnects), paces its rebuild, and raising it lets the rebuild
+/// finish. The target counts every byte the rebuild reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
+    const LIMIT: u64 = 1 << 20;
+    const GUARD: Duration = Duration::from_secs(60);
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = replicas(3, dir.path());
+    let mgmt = common::free_addr();
+    let mgmt_arg = mgmt.to_string();
+    let data: Vec<_> = reps.iter().map(|r| r.data).collect();
+    let target = common::TargetProcess::start_with(
+        dir.path(),
+        common::free_addr(),
+        "vol",
+        &data,
+        &["--mgmt-listen", &mgmt_arg],
+        &[],
+    );
+    let mut session = common::IscsiSession::login_retrying(
+        target.portal,
+        &target.iqn,
+        "iqn.2026-11.io.cstor.test:throttle",
+        GUARD,
+    )
+    .await;
+    assert_eq!(u64::from(session.block_size), BLOCK);
+    common::wait_target_status(mgmt, "3 healthy", GUARD, |s| s["healthy"] == 3);
+
+    // Replica 2 misses 32 MiB of writes.
+    reps[2].kill9();
+    let blocks = 8192u64;
+    let mut acked = vec![0u64; blocks as usize];
+    for lba in (0..blocks).step_by(RUN as usize) {
+        let outcome = session
+            .write(lba, run_data(lba, &[2; RUN as usize]))
+            .await
+            .unwrap();
+        assert!(outcome.is_good(), "write at block {lba}: {outcome:?}");
+        acked[lba as usize..(lba + RUN) as usize].fill(2);
+    }
+    assert!(session.sync_cache().await.unwrap().is_good());
+
+    // Set while it is away: it learns the rate when it reconnects.
+    assert_eq!(throttle_through_target(mgmt, "1MiB"), LIMIT);
+    let started = Instant::now();
+    reps[2].start();
+    let paced = common::wait_target_status(mgmt, "3 MiB rebuilt", GUARD, |s| {
+        s["replicas"][2]["rebuild"]["done_bytes"]
+            .as_u64()
+            .is_some_and(|d| d >= 3 << 20)
+    });
+    // An upper bound only (a slow machine copies less, never more): at
+    // most the limit over the time since the replica was started, plus
+    // the pieces a sink takes before its first pause. Unthrottled, the
+    // 32 MiB would all be there.
+    let elapsed = started.elapsed().as_secs_f64();
+    let rebuild = &paced["replicas"][2]["rebuild"];
+    let done = rebuild["done_bytes"].as_u64().unwrap();
+    let total = rebuild["total_bytes"].as_u64().unwrap();
+    assert!(total >= blocks * BLOCK, "{paced}");
+    let bound = LIMIT as f64 * elapsed + f64::from(2 << 20);
+    assert!(
+        (done as f64) <= bound,
+        "{done} bytes rebuilt in {elapsed:.1} s at {LIMIT} B/s: {paced}"
+    );
+    assert_eq!(paced["replicas"][2]["state"], "rebuilding", "{paced}");
+    assert_eq!(paced["rebuild_throttle_bytes_per_second"], LIMIT, "{paced}");
+
+    // Raised: the rebuild finishes, and the counter holds all it copied.
+    assert_eq!(throttle_through_target(mgmt, "0"), 0);
+    let healthy = common::wait_target_status(mgmt, "3 healthy again", GUARD, |s| s["healthy"] == 3);
+    let rebuilt = healthy["replicas"][2]["rebuilt_bytes"].as_u64().unwrap();
+    assert!(rebuilt >= blocks * BLOCK, "{healthy}");
+    let epoch = healthy["epoch"].as_u64().unwrap();
+    drop(session);
+    drop(target);
+    show_rebuild_log(&reps[2]);
+    check_replicas(&reps, epoch + 1, &acked).await;
+}
+
+/// Only the volume's owning session may set its rebuild throttle: a probe
+/// (epoch 0) is refused, the owner's is acknowledged and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owning_session_sets_a_volume_rebuild_throttle() {
+    use cstor_proto::{Message, Opcode, Status};
+    let dir = tempfile::tempdir().unwrap();
+    let reps = replicas(1, dir.path());
+    let throttle = Message::RebuildThrottle {
+        bytes_per_second: 3 << 20,
+    };
+    let (mut probe, _) = Client::open(reps[0].data, "vol", 0).await;
+    let refused = probe.call(throttle.clone()).await.unwrap();
+    match refused.message {
+        Message::Error(e) => assert_eq!(e.status, Status::StaleEpoch, "{e:?}"),
+        other => panic!("a probe set the throttle: {other:?}"),
+    }
+    assert!(!reps[0].log_text().contains("bytes_per_second=3145728"));
+    let (mut owner, _) = Client::open(reps[0].data, "vol", 1).await;
+    let acked = owner.call(throttle).await.unwrap();
+    assert_eq!(acked.message, Message::Ack(Opcode::RebuildThrottle));
+    assert!(
+        reps[0]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("volume rebuild throttle set by the target")
+                && l.contains("bytes_per_second=3145728")),
+        "{}",
+        reps[0].log_text()
+    );
+}

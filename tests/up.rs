@@ -51,7 +51,7 @@ fn alive(pid: u64) -> bool {
 fn free_base_port() -> u16 {
     loop {
         let base = free_addr().port();
-        if base < 60_000
+        if base < 32_000
             && (0..3).all(|i| {
                 // data, mgmt and metrics ports of replica i
                 (0..3).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + k)).is_ok())

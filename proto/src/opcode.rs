@@ -53,6 +53,9 @@ pub enum Opcode {
     RebuildDone = 0x0043,
     /// Either side gives up on the rebuild. One-way.
     RebuildAbort = 0x0044,
+    /// The owning target sets the volume's rebuild rate limit on a replica
+    /// (bytes per second its rebuilds pull; 0: none). Reply: `Ack`.
+    RebuildThrottle = 0x0045,
 }
 
 /// What the replier sends back for an opcode when it succeeds.
@@ -68,7 +71,7 @@ pub enum ReplyKind {
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 19] = [
+    pub const ALL: [Opcode; 20] = [
         Opcode::Hello,
         Opcode::Write,
         Opcode::Read,
@@ -88,6 +91,7 @@ impl Opcode {
         Opcode::RebuildProgress,
         Opcode::RebuildDone,
         Opcode::RebuildAbort,
+        Opcode::RebuildThrottle,
     ];
 
     /// The wire value (without [`REPLY_BIT`]).
@@ -117,7 +121,8 @@ impl Opcode {
             | Opcode::Resize
             | Opcode::MembershipSet
             | Opcode::Heartbeat
-            | Opcode::RebuildStart => ReplyKind::Ack,
+            | Opcode::RebuildStart
+            | Opcode::RebuildThrottle => ReplyKind::Ack,
             Opcode::RebuildChunk
             | Opcode::RebuildProgress
             | Opcode::RebuildDone

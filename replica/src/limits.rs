@@ -35,6 +35,13 @@ pub const IN_USE_WAIT: Duration = Duration::from_secs(5);
 /// frame's bound so that a stream interleaves well with live IO.
 pub const REBUILD_PIECE_BYTES: u64 = 256 * 1024;
 
+/// Pieces of one rebuild stream in flight at each end: the source reads
+/// this many ahead of the socket, the sink applies this many at once. A
+/// piece at a time made the stream latency-bound (a read, a loopback hop
+/// and a write in turn per piece; docs/benchmarks.md "Rebuild"); this
+/// bounds the memory a stream holds at each end to this many pieces.
+pub const REBUILD_PIECES_IN_FLIGHT: usize = 8;
+
 /// The sink's dial and handshake with the rebuild source.
 pub const REBUILD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

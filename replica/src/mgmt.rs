@@ -132,7 +132,9 @@ impl ReplicaManager for Service {
         let limit = request.into_inner().bytes_per_second;
         let settings = self.registry.rebuild_settings();
         settings.set_limit_bytes_per_sec(limit);
-        tracing::info!(bytes_per_second = limit, "rebuild throttle set");
+        // The daemon's rate caps every volume's own (set by its target;
+        // `rebuild::state` module doc).
+        tracing::info!(bytes_per_second = limit, "daemon rebuild throttle set");
         Ok(Response::new(RebuildThrottle {
             bytes_per_second: settings.limit_bytes_per_sec(),
         }))

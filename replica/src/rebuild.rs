@@ -29,10 +29,17 @@
 //! the source's scan sees them all; the source reads each piece inside its
 //! own IO order, so a write it received earlier is applied before the read.
 //!
-//! Bounded memory: the source reads one piece ([`REBUILD_PIECE_BYTES`]) at a
-//! time and writes it straight to the socket, so it reads at the pace the
-//! sink consumes (TCP backpressure); the sink holds one decoded chunk. The
+//! Bounded memory: the source reads at most [`REBUILD_PIECES_IN_FLIGHT`]
+//! pieces ([`REBUILD_PIECE_BYTES`] each) ahead of the socket, so it reads
+//! at the pace the sink consumes (TCP backpressure); the sink applies at
+//! most as many decoded chunks at once, each under its own IO-order ticket
+//! (the stream is in LBA order: they never overlap), and they finish in
+//! stream order, so a resume point never passes an unapplied chunk. The
 //! live-write tracker is one bit per block of the volume.
+//!
+//! Throttle (`state` module doc): the sink paces what it pulls to the
+//! lower of its daemon's limit and the volume's, which the volume's target
+//! sets (`RebuildThrottle` on the owning session).
 //!
 //! Resumable: every [`REBUILD_CHECKPOINT_BYTES`] the sink flushes and
 //! persists a [`state::ResumePoint`] in the volume attributes. A new rebuild
@@ -67,6 +74,7 @@
 //! `from_io_seq`; the done raises it to the stream's `through_io_seq`.
 //!
 //! [`REBUILD_PIECE_BYTES`]: crate::limits::REBUILD_PIECE_BYTES
+//! [`REBUILD_PIECES_IN_FLIGHT`]: crate::limits::REBUILD_PIECES_IN_FLIGHT
 //! [`REBUILD_CHECKPOINT_BYTES`]: crate::limits::REBUILD_CHECKPOINT_BYTES
 
 pub mod sink;

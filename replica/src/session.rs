@@ -479,6 +479,9 @@ fn classify(session: &Session, packet: &Packet) -> Route {
                 "the session is already open".into(),
             )))
         }
+        Message::RebuildThrottle { bytes_per_second } => {
+            return Route::Immediate(Some(rebuild_throttle(session, packet, *bytes_per_second)))
+        }
         Message::RebuildStart(start) => {
             return match session.fenced {
                 None => Route::RebuildSource(start.clone()),
@@ -529,6 +532,29 @@ fn classify(session: &Session, packet: &Packet) -> Route {
         )));
     }
     Route::Io(kind)
+}
+
+/// The owning target sets the volume's rebuild rate limit
+/// (`rebuild::state` module doc); a probe or fenced session may not.
+fn rebuild_throttle(session: &Session, packet: &Packet, bytes_per_second: u64) -> Packet {
+    if session.fenced.is_none() || !session.entry.is_owner(session.conn_id) {
+        return error_reply(
+            packet,
+            Status::StaleEpoch,
+            "only the volume's owning session sets its rebuild throttle".into(),
+        );
+    }
+    if session.entry.rebuild.limit_bytes_per_sec() != bytes_per_second {
+        info!(
+            bytes_per_second,
+            "volume rebuild throttle set by the target"
+        );
+    }
+    session
+        .entry
+        .rebuild
+        .set_limit_bytes_per_sec(bytes_per_second);
+    packet.reply(Message::Ack(Opcode::RebuildThrottle))
 }
 
 /// `offset..offset+len`, saturating: the engine rejects out-of-range IO;

@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::iscsi::access::{Allowlist, InitiatorAccess};
 use crate::iscsi::chap::{ChapConfig, Credentials};
 use crate::iscsi::login::{target_name_for, TargetConfig};
+use crate::mgmt;
 use crate::server::{self, Shared};
 use crate::volume::{Volume, VolumeSpec};
-use crate::{metrics, mgmt};
 
 #[derive(Debug, Args)]
 pub struct TargetArgs {
@@ -188,11 +188,6 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
         })?,
     };
     let shared = Arc::new(Shared::new(config, volume.clone(), &args.volume)?);
-    tokio::spawn(metrics::follow_status(
-        Arc::clone(&shared.metrics),
-        volume.clone(),
-        shutdown.clone(),
-    ));
     if let Some(listener) = metrics_listener {
         let (metrics, volume) = (Arc::clone(&shared.metrics), volume.clone());
         let render: metrics_http::Render = Arc::new(move || metrics.render(&volume.status()));

@@ -5,24 +5,20 @@
 //!   (`server::block::perform_measured`): one count per block request
 //!   the logical unit hands to the volume, by operation;
 //! - gauges read from the volume's status ([`VolumeStatus`], the same
-//!   snapshot the management API's GetStatus shows) at each scrape, plus
-//!   a rebuild byte counter ([`RebuildTally`]) fed by every status change.
+//!   snapshot the management API's GetStatus shows) at each scrape, and
+//!   the rebuild byte counter, the status's per-replica `rebuilt_bytes`
+//!   (every byte a rebuild reported, counted by the volume driver).
 //!
 //! Every sample carries `volume`. Counters only grow while the process
 //! lives; Prometheus's rate() handles the reset of a restart.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cstor_mgmt::exposition::{Exposition, Histogram, MetricType, LATENCY_BUCKETS_SECONDS};
-use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use crate::scsi::{BlockRequest, IoError};
-use crate::volume::{RebuildRun, ReplicaState, Volume, VolumeStatus};
+use crate::volume::{ReplicaState, VolumeStatus};
 
 /// What a block request does to the volume, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +120,6 @@ impl OpStats {
 pub struct TargetMetrics {
     volume: String,
     ops: [OpStats; IoOp::ALL.len()],
-    rebuild: Mutex<RebuildTally>,
 }
 
 impl TargetMetrics {
@@ -132,7 +127,6 @@ impl TargetMetrics {
         TargetMetrics {
             volume: volume.into(),
             ops: std::array::from_fn(|_| OpStats::new()),
-            rebuild: Mutex::new(RebuildTally::default()),
         }
     }
 
@@ -159,17 +153,12 @@ impl TargetMetrics {
         }
     }
 
-    /// Feeds a status change to the rebuild byte counter.
-    pub fn observe_status(&self, status: &VolumeStatus) {
-        self.rebuild.lock().observe(status);
-    }
-
     /// The text of a scrape, with gauges from `status`.
     pub fn render(&self, status: &VolumeStatus) -> String {
         let mut out = Exposition::new();
         self.render_io(&mut out);
         render_status(&mut out, &self.volume, status);
-        self.render_rebuild(&mut out);
+        self.render_rebuild(&mut out, status);
         out.finish()
     }
 
@@ -237,19 +226,18 @@ impl TargetMetrics {
         }
     }
 
-    fn render_rebuild(&self, out: &mut Exposition) {
+    fn render_rebuild(&self, out: &mut Exposition, status: &VolumeStatus) {
         out.family(
             "cstor_rebuild_bytes_total",
             MetricType::Counter,
-            "Bytes rebuilt into each replica, as its rebuild reports progress.",
+            "Bytes rebuilt into each replica, summed over every rebuild run's reported progress.",
         );
-        let tally = self.rebuild.lock();
-        for (replica, bytes) in tally.totals() {
+        for ((replica, _), bytes) in status.replicas.iter().zip(&status.rebuilt_bytes) {
             let replica = replica.to_string();
             out.sample(
                 "cstor_rebuild_bytes_total",
                 &[("volume", self.volume.as_str()), ("replica", &replica)],
-                bytes,
+                *bytes,
             );
         }
     }
@@ -415,90 +403,15 @@ fn render_status(out: &mut Exposition, volume: &str, s: &VolumeStatus) {
     }
 }
 
-/// Turns the rebuild progress of successive statuses into a byte counter
-/// per replica (sans-IO): the growth of `done_bytes` within a run, a new
-/// run's `done_bytes` in full, and, when a run ends with its replica
-/// healthy, what was left of its total (the last report may not have been
-/// seen: statuses coalesce). A run that starts and ends between two
-/// observed statuses is missed entirely: exact counting needs a
-/// cumulative figure in [`VolumeStatus`] itself.
-#[derive(Debug, Default)]
-pub struct RebuildTally {
-    /// Per replica: the run last seen (if one ran) and bytes counted.
-    replicas: BTreeMap<SocketAddr, (Option<RebuildRun>, u64)>,
-}
-
-impl RebuildTally {
-    pub fn observe(&mut self, status: &VolumeStatus) {
-        for (i, (addr, state)) in status.replicas.iter().enumerate() {
-            let now = status.rebuilds.get(i).copied().flatten();
-            let (last, total) = self.replicas.entry(*addr).or_insert((None, 0));
-            let add = match (*last, now) {
-                (None, None) => 0,
-                (None, Some(run)) => run.progress.done_bytes,
-                (Some(prev), Some(run)) if same_run(&prev, &run) => run
-                    .progress
-                    .done_bytes
-                    .saturating_sub(prev.progress.done_bytes),
-                (Some(_), Some(run)) => run.progress.done_bytes,
-                (Some(prev), None) if *state == ReplicaState::Healthy => prev
-                    .progress
-                    .total_bytes
-                    .saturating_sub(prev.progress.done_bytes),
-                (Some(_), None) => 0,
-            };
-            *total = total.saturating_add(add);
-            *last = match (*last, now) {
-                // Keep the highest progress of a run (reports only grow).
-                (Some(prev), Some(run))
-                    if same_run(&prev, &run)
-                        && run.progress.done_bytes < prev.progress.done_bytes =>
-                {
-                    Some(prev)
-                }
-                _ => now,
-            };
-        }
-    }
-
-    /// Bytes counted per replica.
-    pub fn totals(&self) -> impl Iterator<Item = (SocketAddr, u64)> + '_ {
-        self.replicas
-            .iter()
-            .map(|(addr, (_, total))| (*addr, *total))
-    }
-}
-
-fn same_run(a: &RebuildRun, b: &RebuildRun) -> bool {
-    (a.source, a.from_io_seq, a.first_live_io_seq) == (b.source, b.from_io_seq, b.first_live_io_seq)
-}
-
-/// Feeds every status change of `volume` to `metrics` until `shutdown` or
-/// the volume closes.
-pub async fn follow_status(
-    metrics: Arc<TargetMetrics>,
-    volume: Volume,
-    shutdown: CancellationToken,
-) {
-    let mut status = volume.subscribe();
-    loop {
-        metrics.observe_status(&status.borrow_and_update());
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = status.changed() => if changed.is_err() {
-                return;
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
     use cstor_mgmt::exposition::{find, parse};
     use cstor_proto::RebuildProgress;
-    use proptest::prelude::*;
+    use std::net::SocketAddr;
+
+    use crate::volume::RebuildRun;
 
     use crate::scsi::Extent;
 
@@ -688,101 +601,26 @@ mod tests {
         );
     }
 
-    #[derive(Debug, Clone)]
-    enum Step {
-        /// The running run reports more progress (or the same).
-        Progress(u64),
-        /// A new run starts (replacing any), having copied this much.
-        Start(u64),
-        /// The run ends, its replica healthy (complete) or degraded.
-        End { healthy: bool },
-    }
-
-    fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![
-            (0u64..50).prop_map(Step::Progress),
-            (0u64..50).prop_map(Step::Start),
-            any::<bool>().prop_map(|healthy| Step::End { healthy }),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// The model: each run contributes its total if it ended with the
-        /// replica healthy, else the most progress seen; the counter never
-        /// goes down.
-        #[test]
-        fn rebuild_tally_matches_a_per_run_model(steps in proptest::collection::vec(step(), 0..40)) {
-            const TOTAL: u64 = 1000;
-            let mut tally = RebuildTally::default();
-            let mut model = 0u64;
-            let mut current: Option<(u64, u64)> = None; // (run id, done)
-            let mut next_id = 0u64;
-            let mut last_total = 0u64;
-            for s in steps {
-                let (state, run_now) = match s {
-                    Step::Progress(k) => match current.as_mut() {
-                        Some((_, done)) => {
-                            *done = (*done + k).min(TOTAL);
-                            (ReplicaState::Rebuilding, current)
-                        }
-                        None => (ReplicaState::Degraded, None),
-                    },
-                    Step::Start(done) => {
-                        if let Some((_, prev)) = current {
-                            model += prev;
-                        }
-                        next_id += 1;
-                        current = Some((next_id, done));
-                        (ReplicaState::Rebuilding, current)
-                    }
-                    Step::End { healthy } => {
-                        if let Some((_, done)) = current.take() {
-                            model += if healthy { TOTAL } else { done };
-                        }
-                        let state = if healthy { ReplicaState::Healthy } else { ReplicaState::Degraded };
-                        (state, None)
-                    }
-                };
-                let rebuild = run_now.map(|(id, done)| RebuildRun {
-                    source: 0,
-                    from_io_seq: 1,
-                    first_live_io_seq: id,
-                    accepted: true,
-                    progress: RebuildProgress { done_bytes: done, total_bytes: TOTAL },
-                });
-                tally.observe(&status(vec![(addr(1), state)], vec![rebuild]));
-                let counted = tally.totals().next().map_or(0, |(_, n)| n);
-                prop_assert!(counted >= last_total);
-                last_total = counted;
-                let running = current.map_or(0, |(_, done)| done);
-                prop_assert_eq!(counted, model + running);
-            }
-        }
-    }
-
     #[test]
-    fn rebuild_tally_counts_progress_once_and_the_unreported_tail() {
-        let mut t = RebuildTally::default();
-        let r = |state, run| {
-            status(
-                vec![(addr(1), ReplicaState::Healthy), (addr(2), state)],
-                vec![None, run],
+    fn the_rebuild_counter_is_the_status_per_replica_total() {
+        let m = TargetMetrics::new("vol-a");
+        let mut s = status(
+            vec![
+                (addr(1), ReplicaState::Healthy),
+                (addr(2), ReplicaState::Rebuilding),
+            ],
+            vec![None, run(30, 100)],
+        );
+        s.rebuilt_bytes = vec![0, 4096 + 30];
+        let samples = parse(&m.render(&s)).unwrap();
+        let counter = |r: &str| {
+            find(
+                &samples,
+                "cstor_rebuild_bytes_total",
+                &[("volume", "vol-a"), ("replica", r)],
             )
         };
-        t.observe(&r(ReplicaState::Degraded, None));
-        t.observe(&r(ReplicaState::Rebuilding, run(10, 100)));
-        t.observe(&r(ReplicaState::Rebuilding, run(10, 100)));
-        t.observe(&r(ReplicaState::Rebuilding, run(60, 100)));
-        // Finished, the last report (100) coalesced away.
-        t.observe(&r(ReplicaState::Healthy, None));
-        t.observe(&r(ReplicaState::Healthy, None));
-        let totals: Vec<_> = t.totals().collect();
-        assert_eq!(totals, vec![(addr(1), 0), (addr(2), 100)]);
-        // A run that fails (replica degraded again) counts what it did.
-        t.observe(&r(ReplicaState::Rebuilding, run(30, 100)));
-        t.observe(&r(ReplicaState::Degraded, None));
-        assert_eq!(t.totals().nth(1), Some((addr(2), 130)));
+        assert_eq!(counter("127.0.0.1:1"), Some(0.0));
+        assert_eq!(counter("127.0.0.1:2"), Some(4126.0));
     }
 }

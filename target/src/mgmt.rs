@@ -1,7 +1,9 @@
 //! The target's management API (gRPC `cstor.v1.TargetManager`): the
 //! volume's status per replica, snapshots and resize, and membership (add,
 //! remove, consistency factor; `volume::membership`), each carried out by
-//! the volume controller at quorum (see `volume::controller`, invariant 4).
+//! the volume controller at quorum (see `volume::controller`, invariant 4),
+//! and the volume's rebuild throttle (forwarded to its replicas; `volume`
+//! module doc).
 //!
 //! A thin shell: every call turns into one [`Volume`] call; errors map to
 //! gRPC codes as `target.proto` documents them.
@@ -17,6 +19,9 @@ use cstor_mgmt::v1::{
     CreateSnapshotRequest, CreateSnapshotResponse, DeleteSnapshotRequest, DeleteSnapshotResponse,
     GetTargetStatusRequest, ListTargetSnapshotsRequest, ListTargetSnapshotsResponse, ResizeRequest,
     TargetRebuild, TargetReplica, TargetReplicaState, TargetSnapshot, TargetStatus,
+};
+use cstor_mgmt::v1::{
+    GetTargetRebuildThrottleRequest, SetTargetRebuildThrottleRequest, TargetRebuildThrottle,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -135,6 +140,7 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
                         .map_or_else(String::new, |(a, _)| a.to_string()),
                 }),
             replica_id: format!("{:032x}", s.replica_ids.get(i).copied().unwrap_or(0)),
+            rebuilt_bytes: s.rebuilt_bytes.get(i).copied().unwrap_or(0),
         })
         .collect();
     TargetStatus {
@@ -151,6 +157,7 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
         barrier: s.barrier,
         replicas,
         membership_generation: s.membership_generation,
+        rebuild_throttle_bytes_per_second: s.rebuild_throttle_bytes_per_sec,
     }
 }
 
@@ -289,6 +296,26 @@ impl TargetManager for Service {
         Ok(Response::new(allowed_message(&self.access.get())))
     }
 
+    async fn set_rebuild_throttle(
+        &self,
+        request: Request<SetTargetRebuildThrottleRequest>,
+    ) -> Result<Response<TargetRebuildThrottle>, Status> {
+        let bytes_per_second = request.into_inner().bytes_per_second;
+        self.volume.set_rebuild_throttle(bytes_per_second);
+        Ok(Response::new(TargetRebuildThrottle {
+            bytes_per_second: self.volume.rebuild_throttle(),
+        }))
+    }
+
+    async fn get_rebuild_throttle(
+        &self,
+        _: Request<GetTargetRebuildThrottleRequest>,
+    ) -> Result<Response<TargetRebuildThrottle>, Status> {
+        Ok(Response::new(TargetRebuildThrottle {
+            bytes_per_second: self.volume.rebuild_throttle(),
+        }))
+    }
+
     async fn get_allowed_initiators(
         &self,
         _: Request<GetAllowedInitiatorsRequest>,
@@ -407,6 +434,8 @@ mod tests {
             replica_ids: vec![0xab, 0xcd],
             rebuild_etas: vec![None, Some(std::time::Duration::from_secs(42))],
             membership_generation: 3,
+            rebuilt_bytes: vec![0, 1 << 20],
+            rebuild_throttle_bytes_per_sec: 5 << 20,
         };
         let m = status_message("v", 4096, &status);
         assert_eq!(m.replicas.len(), 2);
@@ -421,6 +450,8 @@ mod tests {
         assert_eq!(rebuild.source_address, "127.0.0.1:1");
         assert_eq!(m.replicas[1].replica_id, format!("{:032x}", 0xcd));
         assert_eq!(m.membership_generation, 3);
+        assert_eq!(m.replicas[1].rebuilt_bytes, 1 << 20);
+        assert_eq!(m.rebuild_throttle_bytes_per_second, 5 << 20);
         assert!(m.replicas[0].rebuild.is_none());
         assert_eq!((m.size_bytes, m.epoch, m.next_io_seq), (1 << 20, 4, 99));
         assert!(m.barrier);

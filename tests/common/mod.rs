@@ -19,12 +19,17 @@ pub fn cstor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cstor")
 }
 
-/// A loopback address with a port nothing listens on right now.
+/// A loopback address with a port nothing listens on right now, below the
+/// kernel's ephemeral range (32768-60999): a port from that range can be
+/// taken by any outgoing connection (of this or a parallel test) while a
+/// killed daemon waits to be restarted on it.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    loop {
+        let port = 10_000 + (rand_u64() % 22_000) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
 }
 
 /// Runs `cstor` with arguments; panics with its stderr if it fails.
@@ -902,7 +907,7 @@ pub fn free_up_base_port(replicas: u16) -> u16 {
     loop {
         let base = free_addr().port();
         let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if base < 60_000
+        if base < 32_000
             && free(base + 100)
             && free(base + 101)
             && (0..replicas).all(|i| (0..3).all(|k| free(base + 10 * i + k)))

@@ -143,6 +143,9 @@ fn decode_request(
             through_io_seq: src.u64("through_io_seq")?,
         }),
         Opcode::RebuildAbort => Message::RebuildAbort(RebuildAbort::decode(src)?),
+        Opcode::RebuildThrottle => Message::RebuildThrottle {
+            bytes_per_second: src.u64("bytes_per_second")?,
+        },
     };
     plain(header)?;
     Ok(message)

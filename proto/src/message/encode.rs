@@ -96,6 +96,7 @@ impl Message {
                 abort.check()?;
                 Shape::plain(Opcode::RebuildAbort)
             }
+            Message::RebuildThrottle { .. } => Shape::plain(Opcode::RebuildThrottle),
             Message::HelloAck(ack) => {
                 ack.check()?;
                 Shape::reply(Opcode::Hello)
@@ -170,6 +171,7 @@ impl Message {
             Message::RebuildProgress(_) => request(Opcode::RebuildProgress),
             Message::RebuildDone(_) => request(Opcode::RebuildDone),
             Message::RebuildAbort(_) => request(Opcode::RebuildAbort),
+            Message::RebuildThrottle { .. } => request(Opcode::RebuildThrottle),
             Message::HelloAck(_) | Message::VersionMismatch(_) => reply(Opcode::Hello),
             Message::ReadData(_) => reply(Opcode::Read),
             Message::SnapshotListing(_) => reply(Opcode::SnapshotList),
@@ -215,6 +217,7 @@ impl Message {
             Message::RebuildProgress(progress) => progress.put(dst),
             Message::RebuildDone(done) => dst.put_u64_le(done.through_io_seq),
             Message::RebuildAbort(abort) => abort.put(dst),
+            Message::RebuildThrottle { bytes_per_second } => dst.put_u64_le(*bytes_per_second),
             Message::HelloAck(ack) => ack.put(dst),
             Message::VersionMismatch(range) => range.put(dst),
             Message::ReadData(data) => dst.extend_from_slice(data),

@@ -87,6 +87,12 @@ pub enum Message {
     RebuildDone(RebuildDone),
     /// Rebuild given up (one-way).
     RebuildAbort(RebuildAbort),
+    /// The volume's rebuild rate limit on this replica (owning session).
+    RebuildThrottle {
+        /// Bytes per second its rebuilds may pull; 0: no limit of the
+        /// volume's own (the replica daemon's limit still applies).
+        bytes_per_second: u64,
+    },
     /// Reply to `Hello`: accepted.
     HelloAck(HelloAck),
     /// Reply to `Hello`: no version in common; the replier's range.

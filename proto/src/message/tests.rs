@@ -241,3 +241,16 @@ fn reply_echoes_the_request_ids() {
         (0xabc, 7, 1000)
     );
 }
+
+#[test]
+fn rebuild_throttle_carries_its_rate_in_the_payload_and_is_acked() {
+    let request = packet(Message::RebuildThrottle {
+        bytes_per_second: 50 << 20,
+    });
+    let frame = frame_of(&request);
+    assert_eq!(frame.header.opcode, Opcode::RebuildThrottle.to_u16());
+    assert_eq!(frame.payload.len(), 8);
+    assert_eq!(Packet::decode(frame).unwrap(), request);
+    let ack = request.reply(Message::Ack(Opcode::RebuildThrottle));
+    assert_eq!(Packet::decode(frame_of(&ack)).unwrap(), ack);
+}

@@ -257,6 +257,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|through_io_seq| Message::RebuildDone(RebuildDone { through_io_seq })),
         (arb_status(), arb_text(MAX_DETAIL_BYTES))
             .prop_map(|(status, detail)| Message::RebuildAbort(RebuildAbort { status, detail })),
+        any::<u64>().prop_map(|bytes_per_second| Message::RebuildThrottle { bytes_per_second }),
         arb_hello_ack().prop_map(Message::HelloAck),
         arb_versions().prop_map(Message::VersionMismatch),
         arb_data(4096).prop_map(Message::ReadData),

@@ -6,7 +6,8 @@
 //! (`snapshots`), then dials the source, probes it (epoch 0), asks for
 //! the live stream and applies each chunk inside the volume's IO order, to
 //! the blocks no live write touched since the start (module doc of
-//! `rebuild`). It paces itself to the daemon's throttle, reports
+//! `rebuild`). It paces itself to the daemon's and the volume's throttle
+//! (`state::effective_limit`), reports
 //! `RebuildProgress` to the target every [`REBUILD_PROGRESS_INTERVAL`],
 //! checkpoints a resume point every [`REBUILD_CHECKPOINT_BYTES`], catches
 //! snapshots taken meanwhile (a second snapshot pass), and at the end
@@ -21,6 +22,7 @@ use cstor_proto::{
     Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk,
     RebuildDone, RebuildProgress, RebuildSource, RebuildStart, VersionRange,
 };
+use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -29,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::source::truncate;
-use super::state::{BlockSet, Pacer, RebuildSettings, RebuildStatus, ResumePoint};
+use super::state::{effective_limit, BlockSet, Pacer, RebuildSettings, RebuildStatus, ResumePoint};
 use super::RebuildError;
 use crate::limits::{
-    REBUILD_CHECKPOINT_BYTES, REBUILD_CONNECT_TIMEOUT, REBUILD_PROGRESS_INTERVAL,
-    REBUILD_STREAM_IDLE_TIMEOUT,
+    REBUILD_CHECKPOINT_BYTES, REBUILD_CONNECT_TIMEOUT, REBUILD_PIECES_IN_FLIGHT,
+    REBUILD_PROGRESS_INTERVAL, REBUILD_STREAM_IDLE_TIMEOUT,
 };
 use crate::ordering::IoKind;
 use crate::registry::VolumeEntry;
@@ -181,6 +183,21 @@ struct Progress {
     pacer: Pacer,
 }
 
+/// A chunk applied: where it ends and how long it was.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    end: u64,
+    len_bytes: u64,
+}
+
+/// What the stream loop woke up for.
+enum Step {
+    /// The oldest chunk being applied finished.
+    Applied(Result<Applied, RebuildError>),
+    /// The next packet of the stream came.
+    Received(Result<Packet, RebuildError>),
+}
+
 /// Where a stream's chunks go.
 #[derive(Clone, Copy)]
 enum Dest<'a> {
@@ -260,6 +277,12 @@ impl Run {
 
     /// Applies one stream (`Ack` already received) until its
     /// `RebuildDone`; returns that done's `through_io_seq`.
+    ///
+    /// Up to [`REBUILD_PIECES_IN_FLIGHT`] chunks are applied at once (each
+    /// under its own IO-order ticket: they never overlap, the stream being
+    /// in LBA order) and finish in stream order, so a checkpoint names an
+    /// offset below which every chunk was applied. The pacer's pause
+    /// delays the next read, not the applies.
     async fn stream(
         &self,
         conn: &mut Conn,
@@ -269,8 +292,23 @@ impl Run {
     ) -> Result<u64, RebuildError> {
         // This stream's total adds to what the earlier ones did.
         let done_before = progress.done_bytes;
+        let mut applying = FuturesOrdered::new();
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
-            let packet = self.next(conn).await?;
+            let step = tokio::select! {
+                biased;
+                Some(applied) = applying.next(), if !applying.is_empty() => Step::Applied(applied),
+                packet = self.paced_next(conn, paused_until),
+                    if applying.len() < REBUILD_PIECES_IN_FLIGHT => Step::Received(packet),
+                else => Step::Received(Err(RebuildError::Cancelled)),
+            };
+            let packet = match step {
+                Step::Applied(applied) => {
+                    self.applied(applied?, into, progress).await?;
+                    continue;
+                }
+                Step::Received(packet) => packet?,
+            };
             match packet.message {
                 Message::RebuildProgress(p) => {
                     progress.total_bytes = done_before.saturating_add(p.total_bytes);
@@ -278,26 +316,21 @@ impl Run {
                 Message::RebuildChunk(chunk) => {
                     let len = chunk.data.len() as u64;
                     progress.done_bytes = progress.done_bytes.saturating_add(len);
-                    match into {
-                        Dest::Live(resume) => {
-                            let end = self.apply(&chunk, resume).await?;
-                            progress.since_checkpoint =
-                                progress.since_checkpoint.saturating_add(len);
-                            if progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES {
-                                self.checkpoint(resume, end, None).await?;
-                                progress.since_checkpoint = 0;
-                            }
-                        }
-                        Dest::Snapshot(name) => self.apply_snapshot(&chunk, name).await?,
-                    }
+                    applying.push_back(self.apply_to(chunk, into));
                     self.report(reports, progress, false).await?;
-                    let limit = self.settings.limit_bytes_per_sec();
+                    let limit = effective_limit(
+                        self.settings.limit_bytes_per_sec(),
+                        self.entry.rebuild.limit_bytes_per_sec(),
+                    );
                     let pause = progress.pacer.delay(Instant::now(), len, limit);
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
+                    paused_until = (!pause.is_zero()).then(|| tokio::time::Instant::now() + pause);
                 }
-                Message::RebuildDone(done) => return Ok(done.through_io_seq),
+                Message::RebuildDone(done) => {
+                    while let Some(applied) = applying.next().await {
+                        self.applied(applied?, into, progress).await?;
+                    }
+                    return Ok(done.through_io_seq);
+                }
                 Message::RebuildAbort(abort) => {
                     return Err(RebuildError::SourceAborted {
                         peer: self.start.peer_address.clone(),
@@ -320,6 +353,50 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// The next packet of the stream, once the pacer's pause is over.
+    async fn paced_next(
+        &self,
+        conn: &mut Conn,
+        paused_until: Option<tokio::time::Instant>,
+    ) -> Result<Packet, RebuildError> {
+        if let Some(until) = paused_until {
+            tokio::time::sleep_until(until).await;
+        }
+        self.next(conn).await
+    }
+
+    /// Applies one chunk where it goes; returns its end offset and length.
+    async fn apply_to(&self, chunk: RebuildChunk, into: Dest<'_>) -> Result<Applied, RebuildError> {
+        let len_bytes = chunk.data.len() as u64;
+        let end = match into {
+            Dest::Live(resume) => self.apply(&chunk, resume).await?,
+            Dest::Snapshot(name) => {
+                self.apply_snapshot(&chunk, name).await?;
+                chunk.offset.saturating_add(len_bytes)
+            }
+        };
+        Ok(Applied { end, len_bytes })
+    }
+
+    /// A chunk was applied, and every one before it in the stream: the
+    /// live volume's resume point follows.
+    async fn applied(
+        &self,
+        applied: Applied,
+        into: Dest<'_>,
+        progress: &mut Progress,
+    ) -> Result<(), RebuildError> {
+        let Dest::Live(resume) = into else {
+            return Ok(());
+        };
+        progress.since_checkpoint = progress.since_checkpoint.saturating_add(applied.len_bytes);
+        if progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES {
+            self.checkpoint(resume, applied.end, None).await?;
+            progress.since_checkpoint = 0;
+        }
+        Ok(())
     }
 
     /// Dials the source and opens a probe session on the volume.

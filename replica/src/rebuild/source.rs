@@ -7,11 +7,15 @@
 //! `RebuildDone{through_io_seq}` — or `RebuildAbort` on an error. Each chunk
 //! carries at most [`REBUILD_PIECE_BYTES`], with the io_seq the engine
 //! recorded for its chunk on every block. Each piece is read inside the
-//! volume's IO order (a write received before is applied first) and written
-//! to the socket before the next is read: memory stays at one piece and the
-//! sink's pace sets ours (TCP backpressure). A snapshot is frozen: its
-//! pieces are read without taking an IO-order ticket, and its stream's
-//! `through_io_seq` is the snapshot's io_seq.
+//! volume's IO order (a write received before is applied first). Up to
+//! [`REBUILD_PIECES_IN_FLIGHT`] pieces are read ahead of the socket and
+//! sent in LBA order: memory stays at that many pieces and the sink's pace
+//! sets ours (TCP backpressure). Reading ahead changes nothing for the
+//! sink: a piece read earlier misses at most writes the sink gets live. A
+//! snapshot is frozen: its pieces are read without taking an IO-order
+//! ticket, and its stream's `through_io_seq` is the snapshot's io_seq.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use cstor_proto::limits::MAX_REBUILD_CHUNK_BLOCKS;
@@ -19,12 +23,13 @@ use cstor_proto::{
     EncodeError, Message, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
     RebuildSource, RebuildStart,
 };
-use futures::{Sink, SinkExt};
+use futures::stream::FuturesOrdered;
+use futures::{Sink, SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::RebuildError;
-use crate::limits::{REBUILD_PIECE_BYTES, REBUILD_STREAM_IDLE_TIMEOUT};
+use crate::limits::{REBUILD_PIECES_IN_FLIGHT, REBUILD_PIECE_BYTES, REBUILD_STREAM_IDLE_TIMEOUT};
 use crate::ordering::IoKind;
 use crate::registry::VolumeEntry;
 
@@ -131,47 +136,27 @@ where
     // Whole blocks, within both our bound and the protocol's per chunk.
     let piece_blocks =
         (REBUILD_PIECE_BYTES / block_len).clamp(1, u64::from(MAX_REBUILD_CHUNK_BLOCKS));
-    let piece_len = piece_blocks * block_len;
-    let mut next = Some(0u64);
-    while let Some(from) = next {
-        let page = volume
-            .changed_chunks(snapshot, start.from_io_seq, from)
-            .map_err(engine)?;
-        for change in page.changes {
-            // A zeroed chunk (`ChangeKind::Zero`) is read, and travels, as
-            // zeros: the sink must learn that older data there is gone.
-            let end = change
-                .offset_bytes
-                .checked_add(change.len_bytes)
-                .ok_or_else(|| RebuildError::Unsupported {
-                    volume: entry.name.clone(),
-                    detail: format!("chunk at {} overflows", change.offset_bytes),
-                })?;
-            if !change.len_bytes.is_multiple_of(block_len) {
-                return Err(RebuildError::Unsupported {
-                    volume: entry.name.clone(),
-                    detail: format!(
-                        "chunk at {} of {} bytes is not whole blocks",
-                        change.offset_bytes, change.len_bytes
-                    ),
-                });
-            }
-            let mut offset = change.offset_bytes;
-            while offset < end {
-                let len = piece_len.min(end - offset);
-                let data = read_piece(entry, snapshot, offset, len).await?;
-                let blocks = usize::try_from(len / block_len).unwrap_or(0);
-                let chunk = RebuildChunk {
-                    offset,
-                    block_size_bytes: block,
-                    block_io_seqs: vec![change.io_seq; blocks],
-                    data,
-                };
-                put(sink, request.reply(Message::RebuildChunk(chunk)), peer).await?;
-                offset += len;
-            }
+    let mut pieces = Pieces {
+        entry,
+        snapshot,
+        from_io_seq: start.from_io_seq,
+        block_len,
+        piece_len: piece_blocks * block_len,
+        next_page: Some(0),
+        queue: VecDeque::new(),
+    };
+    let mut reads = FuturesOrdered::new();
+    loop {
+        while reads.len() < REBUILD_PIECES_IN_FLIGHT {
+            let Some(piece) = pieces.next()? else {
+                break;
+            };
+            reads.push_back(read_chunk(entry, snapshot, piece, block));
         }
-        next = page.next_offset;
+        let Some(chunk) = reads.next().await else {
+            break;
+        };
+        put(sink, request.reply(Message::RebuildChunk(chunk?)), peer).await?;
     }
     put(
         sink,
@@ -181,6 +166,110 @@ where
     .await?;
     info!(volume = %entry.name, sink = %peer, total_bytes, "rebuild source done");
     Ok(())
+}
+
+/// One piece of the stream: `len_bytes` at `offset`, of an engine chunk
+/// last written at `io_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    offset: u64,
+    len_bytes: u64,
+    io_seq: u64,
+}
+
+/// The pieces of a stream in LBA order, a page of the engine's changed
+/// chunks at a time (validated before any is read).
+struct Pieces<'a> {
+    entry: &'a VolumeEntry,
+    snapshot: Option<&'a str>,
+    from_io_seq: u64,
+    block_len: u64,
+    piece_len: u64,
+    /// The next page of changes to ask for; `None` after the last one.
+    next_page: Option<u64>,
+    queue: VecDeque<Piece>,
+}
+
+impl Pieces<'_> {
+    fn next(&mut self) -> Result<Option<Piece>, RebuildError> {
+        while self.queue.is_empty() {
+            let Some(from) = self.next_page else {
+                return Ok(None);
+            };
+            let page = self
+                .entry
+                .volume
+                .changed_chunks(self.snapshot, self.from_io_seq, from)
+                .map_err(|e| RebuildError::engine(&self.entry.name, e))?;
+            for change in page.changes {
+                // A zeroed chunk (`ChangeKind::Zero`) is read, and travels,
+                // as zeros: the sink must learn that older data there is gone.
+                split(
+                    change.offset_bytes,
+                    change.len_bytes,
+                    change.io_seq,
+                    self.block_len,
+                    self.piece_len,
+                    &mut self.queue,
+                )
+                .map_err(|detail| RebuildError::Unsupported {
+                    volume: self.entry.name.clone(),
+                    detail,
+                })?;
+            }
+            self.next_page = page.next_offset;
+        }
+        Ok(self.queue.pop_front())
+    }
+}
+
+/// Cuts the changed chunk `offset..offset+len` into pieces of at most
+/// `piece_len` bytes (whole blocks) appended to `out`; refuses a chunk
+/// that overflows or is not whole blocks.
+fn split(
+    offset: u64,
+    len: u64,
+    io_seq: u64,
+    block_len: u64,
+    piece_len: u64,
+    out: &mut VecDeque<Piece>,
+) -> Result<(), String> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| format!("chunk at {offset} overflows"))?;
+    if block_len == 0 || piece_len == 0 || !len.is_multiple_of(block_len) {
+        return Err(format!(
+            "chunk at {offset} of {len} bytes is not whole {block_len}-byte blocks"
+        ));
+    }
+    let mut at = offset;
+    while at < end {
+        let len_bytes = piece_len.min(end - at);
+        out.push_back(Piece {
+            offset: at,
+            len_bytes,
+            io_seq,
+        });
+        at += len_bytes;
+    }
+    Ok(())
+}
+
+/// Reads `piece` into a chunk of the stream.
+async fn read_chunk(
+    entry: &VolumeEntry,
+    snapshot: Option<&str>,
+    piece: Piece,
+    block: u32,
+) -> Result<RebuildChunk, RebuildError> {
+    let data = read_piece(entry, snapshot, piece.offset, piece.len_bytes).await?;
+    let blocks = usize::try_from(piece.len_bytes / u64::from(block).max(1)).unwrap_or(0);
+    Ok(RebuildChunk {
+        offset: piece.offset,
+        block_size_bytes: block,
+        block_io_seqs: vec![piece.io_seq; blocks],
+        data,
+    })
 }
 
 /// Sends one packet of the stream; a sink that takes nothing for
@@ -266,4 +355,48 @@ pub(super) fn truncate(mut detail: String) -> String {
         detail.truncate(cut);
     }
     detail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_chunk_that_overflows_or_is_not_whole_blocks_is_refused() {
+        let mut out = VecDeque::new();
+        assert!(split(u64::MAX - 10, 4096, 1, 4096, 8192, &mut out).is_err());
+        assert!(split(0, 4095, 1, 4096, 8192, &mut out).is_err());
+        assert!(split(0, 4096, 1, 0, 8192, &mut out).is_err());
+        assert!(out.is_empty(), "nothing queued from a refused chunk");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The pieces tile the chunk exactly, in order, each whole blocks
+        /// and at most a piece long, all with the chunk's io_seq.
+        #[test]
+        fn pieces_tile_the_chunk_in_order(
+            first_block in 0u64..1000,
+            blocks in 0u64..300,
+            piece_blocks in 1u64..70,
+            io_seq in any::<u64>(),
+        ) {
+            let block = 512u64;
+            let (offset, len) = (first_block * block, blocks * block);
+            let mut out = VecDeque::new();
+            split(offset, len, io_seq, block, piece_blocks * block, &mut out).unwrap();
+            let mut at = offset;
+            for piece in &out {
+                prop_assert_eq!(piece.offset, at);
+                prop_assert!(piece.len_bytes > 0 && piece.len_bytes <= piece_blocks * block);
+                prop_assert_eq!(piece.len_bytes % block, 0);
+                prop_assert_eq!(piece.io_seq, io_seq);
+                at += piece.len_bytes;
+            }
+            prop_assert_eq!(at, offset + len);
+            prop_assert_eq!(out.len() as u64, blocks.div_ceil(piece_blocks));
+        }
+    }
 }

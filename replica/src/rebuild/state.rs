@@ -1,6 +1,14 @@
 //! Rebuild state shared by a volume's sessions and its sink task: the
 //! daemon-wide throttle, the per-volume slot (which sink run is current, the
-//! live-write tracker, progress), the persisted resume point, and the pacer.
+//! live-write tracker, progress, the volume's own throttle), the persisted
+//! resume point, and the pacer.
+//!
+//! Throttle: a sink paces itself to [`effective_limit`] of two rates, read
+//! again at every chunk: the daemon's (`SetRebuildThrottle` on the
+//! replica's management API; a cap for every volume of the pool) and the
+//! volume's (`RebuildThrottle` from the volume's owning target, kept in
+//! memory in the slot until the owner sets another; a target sends its
+//! rate each time it claims the replica). Either being 0 leaves the other.
 //!
 //! Invariants:
 //! - at most one sink run per volume is *current* (its generation equals the
@@ -38,6 +46,16 @@ impl RebuildSettings {
     /// Takes effect on the next chunk of every running rebuild.
     pub fn set_limit_bytes_per_sec(&self, limit: u64) {
         self.limit_bytes_per_sec.store(limit, Ordering::Relaxed);
+    }
+}
+
+/// The rate a sink of a volume paces itself to: the lower of the daemon's
+/// limit and the volume's, where 0 is no limit from that side (module doc).
+pub fn effective_limit(daemon_bytes_per_sec: u64, volume_bytes_per_sec: u64) -> u64 {
+    match (daemon_bytes_per_sec, volume_bytes_per_sec) {
+        (0, volume) => volume,
+        (daemon, 0) => daemon,
+        (daemon, volume) => daemon.min(volume),
     }
 }
 
@@ -128,6 +146,9 @@ impl BlockSet {
 #[derive(Debug, Default)]
 pub struct RebuildSlot {
     inner: Mutex<SlotInner>,
+    /// The volume's own rate limit (bytes per second; 0: none), set by its
+    /// owning target; outlives runs and sessions.
+    limit_bytes_per_sec: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +187,17 @@ impl RebuildSlot {
             status.running = running;
         }
         true
+    }
+
+    /// Sets the volume's own rate limit (bytes per second; 0: none). Takes
+    /// effect on the next chunk of a running sink.
+    pub fn set_limit_bytes_per_sec(&self, limit: u64) {
+        self.limit_bytes_per_sec.store(limit, Ordering::Relaxed);
+    }
+
+    /// The volume's own rate limit; 0: none.
+    pub fn limit_bytes_per_sec(&self) -> u64 {
+        self.limit_bytes_per_sec.load(Ordering::Relaxed)
     }
 
     /// Cancels the current run (volume deleted, daemon shutting down).
@@ -413,6 +445,19 @@ mod tests {
             pacer.delay(later, 1 << 20, 2 << 20),
             Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn the_effective_limit_is_the_lower_of_daemon_and_volume_zero_being_none() {
+        assert_eq!(effective_limit(0, 0), 0, "no limit anywhere");
+        assert_eq!(effective_limit(0, 5), 5, "the volume's alone");
+        assert_eq!(effective_limit(7, 0), 7, "the daemon's alone");
+        assert_eq!(effective_limit(7, 5), 5, "the volume's below the cap");
+        assert_eq!(effective_limit(3, 5), 3, "the daemon's caps the volume's");
+        let slot = RebuildSlot::default();
+        assert_eq!(slot.limit_bytes_per_sec(), 0);
+        slot.set_limit_bytes_per_sec(1 << 20);
+        assert_eq!(slot.limit_bytes_per_sec(), 1 << 20);
     }
 
     #[test]

@@ -28,7 +28,16 @@
 //! Rebuild: the controller decides (see [`controller`]); the driver turns
 //! its `StartRebuild` into a `RebuildStart` naming the source's data
 //! address. A replica whose replica id changed since the driver last saw it
-//! (its pool was replaced) is rebuilt in full.
+//! (its pool was replaced) is rebuilt in full. The driver also
+//! - counts, per replica, the bytes every rebuild run into it reported
+//!   (`VolumeStatus::rebuilt_bytes`: the growth of the controller's run
+//!   progress at each reply, so each reported byte once, across runs);
+//! - holds the volume's rebuild throttle ([`Volume::set_rebuild_throttle`])
+//!   and sends it (`RebuildThrottle`) to every linked replica when it
+//!   changes and to each replica whose link comes up, before its rebuild
+//!   starts; a sink paces itself to the lower of it and its daemon's own
+//!   limit (replica `rebuild::state`). The rate lives in this process: a
+//!   new target starts with none and says so to the replicas it claims.
 
 pub mod controller;
 pub mod link;
@@ -36,6 +45,7 @@ pub mod membership;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cstor_proto::limits::MAX_MEMBERS;
@@ -47,7 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use controller::{Action, Controller, ControllerConfig, MemberChange, Tag};
+use controller::{Action, Controller, ControllerConfig, MemberChange, ReplicaIndex, Tag};
 pub use controller::{Completion, Op, RebuildRun, ReplicaState, VolumeError};
 use link::{LinkCommand, LinkEvent, SessionParams};
 pub use membership::MemberRef;
@@ -159,6 +169,12 @@ pub struct VolumeStatus {
     pub barrier: bool,
     /// Generation of the committed membership record.
     pub membership_generation: u64,
+    /// Per replica: bytes its rebuilds reported copying, summed over every
+    /// run this target saw (only grows).
+    pub rebuilt_bytes: Vec<u64>,
+    /// The volume's rebuild throttle the replicas were sent (bytes per
+    /// second; 0: none of the volume's own).
+    pub rebuild_throttle_bytes_per_sec: u64,
 }
 
 /// An open volume. Cloning shares it.
@@ -166,6 +182,8 @@ pub struct VolumeStatus {
 pub struct Volume {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<VolumeStatus>,
+    /// The rebuild throttle; the driver forwards every change.
+    throttle: Arc<watch::Sender<u64>>,
     stop: CancellationToken,
     block_size: u32,
     name: String,
@@ -311,6 +329,8 @@ impl Volume {
             seen: Vec::with_capacity(members.len()),
             replica_ids: Vec::with_capacity(members.len()),
             rebuild_clock: Vec::with_capacity(members.len()),
+            rebuilt_bytes: Vec::with_capacity(members.len()),
+            rebuild_throttle: 0,
             params,
             events: events_tx,
             stop: stop.clone(),
@@ -331,10 +351,12 @@ impl Volume {
             let actions = driver.submit_record(record, MemberChange::None, cf, None, None);
             driver.perform(actions);
         }
-        tokio::spawn(driver.run(request_rx, events, stop.clone()));
+        let (throttle, throttle_rx) = watch::channel(0);
+        tokio::spawn(driver.run(request_rx, events, throttle_rx, stop.clone()));
         Ok(Volume {
             requests,
             status,
+            throttle: Arc::new(throttle),
             stop,
             block_size,
             name: spec.name,
@@ -451,6 +473,20 @@ impl Volume {
             )));
         }
         self.submit(Op::Resize { size_bytes }).await.map(drop)
+    }
+
+    /// Limits every rebuild into a replica of this volume to
+    /// `bytes_per_second` (0: no limit of the volume's own; each replica
+    /// daemon's limit still caps it). Forwarded to the linked replicas at
+    /// once and to every replica that (re)connects; running rebuilds follow
+    /// from their next chunk.
+    pub fn set_rebuild_throttle(&self, bytes_per_second: u64) {
+        self.throttle.send_replace(bytes_per_second);
+    }
+
+    /// The volume's rebuild throttle (bytes per second; 0: none).
+    pub fn rebuild_throttle(&self) -> u64 {
+        *self.throttle.borrow()
     }
 
     /// The status, as a receiver that sees every change (the server
@@ -626,6 +662,10 @@ struct Driver {
     /// Per replica: the replica id it last reported (or the record's).
     replica_ids: Vec<Option<u128>>,
     rebuild_clock: Vec<Option<RebuildClock>>,
+    /// Per replica index: bytes its rebuild runs reported (module doc).
+    rebuilt_bytes: Vec<u64>,
+    /// The volume's rebuild throttle, as last sent to the replicas.
+    rebuild_throttle: u64,
     params: SessionParams,
     events: mpsc::UnboundedSender<LinkEvent>,
     stop: CancellationToken,
@@ -659,12 +699,14 @@ impl Driver {
         self.seen.push(false);
         self.replica_ids.push(replica_id);
         self.rebuild_clock.push(None);
+        self.rebuilt_bytes.push(0);
     }
 
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut events: mpsc::UnboundedReceiver<LinkEvent>,
+        mut throttle: watch::Receiver<u64>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -680,6 +722,10 @@ impl Driver {
                     Some(event) => self.on_event(event),
                     None => break,
                 },
+                Ok(()) = throttle.changed() => {
+                    let rate = *throttle.borrow_and_update();
+                    self.on_throttle(rate)
+                }
                 _ = tick.tick() => self.controller.tick(Instant::now()),
             };
             self.perform(actions);
@@ -742,6 +788,34 @@ impl Driver {
             }
             Request::Membership { change, reply } => self.on_membership_request(change, reply),
         }
+    }
+
+    /// A new rebuild throttle: every linked replica is told at once.
+    fn on_throttle(&mut self, bytes_per_second: u64) -> Vec<Action> {
+        self.rebuild_throttle = bytes_per_second;
+        info!(volume = %self.params.volume, bytes_per_second, "rebuild throttle set");
+        let linked: Vec<ReplicaIndex> = self
+            .controller
+            .replica_states()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_linked())
+            .map(|(i, _)| i)
+            .collect();
+        linked
+            .into_iter()
+            .map(|replica| self.throttle_message(replica))
+            .collect()
+    }
+
+    /// The volume's rebuild throttle, for `replica` (unawaited: an old
+    /// replica that does not know the message answers an error nobody
+    /// waits for).
+    fn throttle_message(&mut self, replica: ReplicaIndex) -> Action {
+        let message = Message::RebuildThrottle {
+            bytes_per_second: self.rebuild_throttle,
+        };
+        self.controller.unawaited(replica, message)
     }
 
     /// Is a record write the target started by itself (no caller waits
@@ -947,9 +1021,14 @@ impl Driver {
                     self.controller
                         .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
                 }
-                let mut actions =
-                    self.controller
-                        .on_connected_sized(now, replica, ack.volume_size_bytes);
+                // Before its rebuild starts (if it needs one): the rate it
+                // is to pull at.
+                let mut actions = vec![self.throttle_message(replica)];
+                actions.extend(self.controller.on_connected_sized(
+                    now,
+                    replica,
+                    ack.volume_size_bytes,
+                ));
                 // After the rebuild start and the resent writes: the record,
                 // so that every member holds it, unless it does already.
                 if membership != self.record
@@ -966,7 +1045,15 @@ impl Driver {
                 }
                 actions
             }
-            LinkEvent::Reply { replica, packet } => self.controller.on_reply(now, replica, packet),
+            LinkEvent::Reply { replica, packet } => {
+                let before = self.controller.rebuild(replica);
+                let actions = self.controller.on_reply(now, replica, packet);
+                let grown = rebuilt_growth(before, self.controller.rebuild(replica));
+                if let Some(total) = self.rebuilt_bytes.get_mut(replica) {
+                    *total = total.saturating_add(grown);
+                }
+                actions
+            }
             LinkEvent::Down { replica, .. } => self.controller.on_disconnected(now, replica),
             LinkEvent::Fenced { replica, detail } => {
                 warn!(replica, %detail, "fenced by a newer target");
@@ -1110,7 +1197,29 @@ impl Driver {
             size_bytes: controller.size_bytes(),
             barrier: controller.barrier_in_progress(),
             membership_generation: self.record.generation,
+            rebuilt_bytes: members
+                .iter()
+                .map(|i| self.rebuilt_bytes.get(*i).copied().unwrap_or(0))
+                .collect(),
+            rebuild_throttle_bytes_per_sec: self.rebuild_throttle,
         }
+    }
+}
+
+/// Bytes a reply made a replica's rebuild report beyond what it had
+/// reported (`before` and `after` are its run around the reply): the
+/// growth within a run, or all of a new run's progress. A run that ended
+/// adds nothing: its last progress report came before its done.
+fn rebuilt_growth(before: Option<RebuildRun>, after: Option<RebuildRun>) -> u64 {
+    match (before, after) {
+        (_, None) => 0,
+        (Some(b), Some(a))
+            if (b.source, b.from_io_seq, b.first_live_io_seq)
+                == (a.source, a.from_io_seq, a.first_live_io_seq) =>
+        {
+            a.progress.done_bytes.saturating_sub(b.progress.done_bytes)
+        }
+        (_, Some(a)) => a.progress.done_bytes,
     }
 }
 
@@ -1161,6 +1270,41 @@ mod tests {
             done_bytes,
             total_bytes,
         }
+    }
+
+    fn run(first_live_io_seq: u64, done_bytes: u64) -> Option<RebuildRun> {
+        Some(RebuildRun {
+            source: 0,
+            from_io_seq: 7,
+            first_live_io_seq,
+            accepted: true,
+            progress: progress(done_bytes, 1000),
+        })
+    }
+
+    #[test]
+    fn rebuilt_bytes_grow_by_each_report_once_across_runs() {
+        // Progress within a run counts its growth only.
+        assert_eq!(rebuilt_growth(run(1, 100), run(1, 350)), 250);
+        assert_eq!(rebuilt_growth(run(1, 350), run(1, 350)), 0);
+        // A new run counts from zero; a replaced run's next report too.
+        assert_eq!(rebuilt_growth(None, run(2, 40)), 40);
+        assert_eq!(rebuilt_growth(run(1, 900), run(2, 40)), 40);
+        // The end of a run (done or abort) adds nothing.
+        assert_eq!(rebuilt_growth(run(1, 1000), None), 0);
+        assert_eq!(rebuilt_growth(None, None), 0);
+        // Summed over the replies of two runs: every reported byte once.
+        let replies = [
+            (None, run(1, 0)),
+            (run(1, 0), run(1, 300)),
+            (run(1, 300), run(1, 600)),
+            (run(1, 600), None),
+            (None, run(2, 0)),
+            (run(2, 0), run(2, 1000)),
+            (run(2, 1000), None),
+        ];
+        let total: u64 = replies.into_iter().map(|(b, a)| rebuilt_growth(b, a)).sum();
+        assert_eq!(total, 1600);
     }
 
     #[test]
