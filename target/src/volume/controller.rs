@@ -384,6 +384,11 @@ struct Replica {
     /// Lowest io_seq of a mutating request that another replica
     /// acknowledged and this one did not: it must be rebuilt from there.
     missed_from: Option<u64>,
+    /// Lowest io_seq of a snapshot create or destroy that a quorum took
+    /// while this replica's rebuild ran: the rebuild's snapshot listing may
+    /// predate it, so the replica is rebuilt once more (from there) before
+    /// it is healthy.
+    snapshot_missed_in_rebuild: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -453,6 +458,7 @@ impl Controller {
                 retry_at: None,
                 acked_max: 0,
                 missed_from: missed_from.get(i).copied().unwrap_or(Some(0)),
+                snapshot_missed_in_rebuild: None,
             })
             .collect();
         Controller {
@@ -892,6 +898,8 @@ impl Controller {
             "starting a rebuild"
         );
         r.rebuild = Some(run);
+        // This run lists the peer's snapshots after every snapshot taken so far.
+        r.snapshot_missed_in_rebuild = None;
         r.retry_at = None;
         actions.push(Action::StartRebuild {
             replica,
@@ -924,6 +932,19 @@ impl Controller {
             }
             Message::RebuildProgress(progress) => run.progress = progress,
             Message::RebuildDone(done) => {
+                if let Some(seq) = r.snapshot_missed_in_rebuild.take() {
+                    tracing::info!(
+                        replica,
+                        through_io_seq = done.through_io_seq,
+                        snapshot_io_seq = seq,
+                        "rebuild done, but a snapshot changed meanwhile: rebuilding again"
+                    );
+                    r.state = ReplicaState::Degraded;
+                    r.rebuild = None;
+                    r.missed_from = Some(r.missed_from.map_or(seq, |m| m.min(seq)));
+                    r.retry_at = Some(now);
+                    return;
+                }
                 tracing::info!(
                     replica,
                     through_io_seq = done.through_io_seq,
@@ -1183,6 +1204,12 @@ impl Controller {
                     .collect();
                 self.note_missed(seq, &p.acked, &lacking);
             }
+            if matches!(p.op, Op::SnapshotCreate { .. } | Op::SnapshotDestroy { .. }) {
+                for r in self.replicas.iter_mut().filter(|r| r.rebuild.is_some()) {
+                    r.snapshot_missed_in_rebuild =
+                        Some(r.snapshot_missed_in_rebuild.map_or(seq, |m| m.min(seq)));
+                }
+            }
             if let Op::Resize { size_bytes } = p.op {
                 self.config.size_bytes = size_bytes;
             }
@@ -1257,6 +1284,7 @@ impl Controller {
                     retry_at: None,
                     acked_max: 0,
                     missed_from: Some(0),
+                    snapshot_missed_in_rebuild: None,
                 });
                 self.config.replicas = self.replicas.len();
             }

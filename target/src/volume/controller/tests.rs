@@ -1376,3 +1376,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_snapshot_taken_during_a_rebuild_makes_the_replica_rebuild_again_before_healthy() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    sim.write(1, 1);
+    sim.deliver_all();
+    sim.connect(2);
+    sim.deliver(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    // A snapshot at quorum while replica 2 rebuilds: it goes to the healthy
+    // replicas only, and the rebuild's listing of the peer's snapshots may
+    // predate it.
+    let snap_seq = sim.ctl.next_io_seq();
+    let taken = sim.submit(snapshot("during"));
+    sim.deliver(0);
+    sim.deliver(1);
+    assert_eq!(sim.result(taken), Some(&Ok(Completion::Done)));
+    sim.finish_rebuild(2);
+    assert_eq!(
+        sim.ctl.replica_states()[2],
+        ReplicaState::Degraded,
+        "healthy although its rebuild may lack the snapshot"
+    );
+    assert_eq!(sim.ctl.healthy(), 2);
+    // Redialled at once and rebuilt from the snapshot's io_seq.
+    sim.advance(TICK_FOR_TESTS);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    sim.connect(2);
+    let (_, from, _) = rebuild_start(&sim, 2).expect("no second RebuildStart");
+    assert!(
+        from <= snap_seq,
+        "rebuilt from {from}, after the snapshot {snap_seq}"
+    );
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_rebuild_that_starts_after_a_snapshot_is_not_repeated_for_it() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    let taken = sim.submit(snapshot("before"));
+    sim.deliver_all();
+    assert_eq!(sim.result(taken), Some(&Ok(Completion::Done)));
+    sim.connect(2);
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+const TICK_FOR_TESTS: Duration = Duration::from_millis(100);
