@@ -37,6 +37,9 @@ use crate::runtime::{RuntimeError, TargetEndpoint, TargetSpec};
 pub const ISCSI_PORT: u16 = 3260;
 /// The target's management API port (`cstor target --mgmt-listen`).
 pub const MGMT_PORT: u16 = 7700;
+/// The target's Prometheus metrics port (`cstor target --metrics-listen`),
+/// a named container port (`metrics`) for a PodMonitor to scrape.
+pub const METRICS_PORT: u16 = 9500;
 /// Replicas a target accepts (`cstor target --replica`, 1 to 5).
 pub const MAX_REPLICAS: usize = 5;
 /// Longest Kubernetes label / DNS-1035 name.
@@ -213,6 +216,8 @@ pub fn target_args(spec: &TargetSpec) -> Vec<String> {
         format!("0.0.0.0:{ISCSI_PORT}"),
         "--mgmt-listen".into(),
         format!("0.0.0.0:{MGMT_PORT}"),
+        "--metrics-listen".into(),
+        format!("0.0.0.0:{METRICS_PORT}"),
         "--volume".into(),
         spec.volume.clone(),
         "--target-name".into(),
@@ -287,7 +292,11 @@ pub fn deployment(spec: &TargetSpec, template: &Template) -> Deployment {
         command: Some(vec![BINARY.into()]),
         args: Some(target_args(spec)),
         env: (!env.is_empty()).then_some(env),
-        ports: Some(vec![port("iscsi", ISCSI_PORT), port("mgmt", MGMT_PORT)]),
+        ports: Some(vec![
+            port("iscsi", ISCSI_PORT),
+            port("mgmt", MGMT_PORT),
+            port("metrics", METRICS_PORT),
+        ]),
         // Ready once the management API answers, which it does only after
         // the volume opened at its replicas; the iSCSI socket is bound (and
         // accepts into its backlog) before that, so a TCP probe would say

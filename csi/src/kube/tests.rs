@@ -115,6 +115,8 @@ fn check_deployment(body: &Value) -> Result<(), String> {
             "0.0.0.0:3260",
             "--mgmt-listen",
             "0.0.0.0:7700",
+            "--metrics-listen",
+            "0.0.0.0:9500",
             "--volume",
             "pvc-1",
             "--target-name",
