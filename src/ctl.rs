@@ -16,6 +16,7 @@ use cstor_mgmt::v1::{
     SetRebuildThrottleRequest, SetTargetRebuildThrottleRequest, TargetReplicaState, TargetStatus,
     VolumeReplica,
 };
+use cstor_mgmt::v1::{AllowedInitiators, GetAllowedInitiatorsRequest, SetAllowedInitiatorsRequest};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
@@ -78,6 +79,29 @@ enum CtlCommand {
     /// by --mgmt.
     #[command(subcommand)]
     Rebuild(RebuildCommand),
+    /// The initiators the target admits (the CSI driver's publish
+    /// fencing): show them, or replace the list.
+    #[command(subcommand)]
+    Initiators(InitiatorsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum InitiatorsCommand {
+    /// The initiator names the target admits now.
+    Show,
+    /// Replace the list: only these initiator names may log in from now
+    /// on; logged-in sessions of others are closed.
+    Set {
+        /// iSCSI names (iqn., eui. or naa.).
+        #[arg(required_unless_present_any = ["any", "none"], conflicts_with_all = ["any", "none"])]
+        initiators: Vec<String>,
+        /// Admit every initiator.
+        #[arg(long, conflicts_with = "none")]
+        any: bool,
+        /// Admit no initiator.
+        #[arg(long)]
+        none: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,7 +193,8 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         CtlCommand::Status
         | CtlCommand::Snapshot(_)
         | CtlCommand::Resize { .. }
-        | CtlCommand::Replica(_) => return run_target(args).await,
+        | CtlCommand::Replica(_)
+        | CtlCommand::Initiators(_) => return run_target(args).await,
         CtlCommand::Pool(PoolCommand::List) => return pool_list(&args.mgmt, args.json).await,
         CtlCommand::Rebuild(RebuildCommand::Throttle { bytes_per_sec }) => {
             return match &args.target {
@@ -190,6 +215,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         | CtlCommand::Resize { .. }
         | CtlCommand::Replica(_)
         | CtlCommand::Rebuild(_)
+        | CtlCommand::Initiators(_)
         | CtlCommand::Pool(PoolCommand::List) => {}
         CtlCommand::Pool(PoolCommand::Status) => {
             let pool = client
@@ -387,9 +413,48 @@ async fn run_target(args: CtlArgs) -> Result<()> {
                 .into_inner();
             print_membership(&record, args.json)?;
         }
+        CtlCommand::Initiators(InitiatorsCommand::Show) => {
+            let allowed = client
+                .get_allowed_initiators(GetAllowedInitiatorsRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_initiators(&allowed, args.json);
+        }
+        CtlCommand::Initiators(InitiatorsCommand::Set {
+            initiators,
+            any,
+            none: _,
+        }) => {
+            let allowed = client
+                .set_allowed_initiators(SetAllowedInitiatorsRequest {
+                    initiators,
+                    allow_any: any,
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_initiators(&allowed, args.json);
+        }
         CtlCommand::Volume(_) | CtlCommand::Pool(_) | CtlCommand::Rebuild(_) => {}
     }
     Ok(())
+}
+
+fn print_initiators(allowed: &AllowedInitiators, json_out: bool) {
+    if json_out {
+        emit(
+            &json!({ "allow_any": allowed.allow_any, "initiators": allowed.initiators })
+                .to_string(),
+        );
+    } else if allowed.allow_any {
+        emit("any initiator may log in");
+    } else if allowed.initiators.is_empty() {
+        emit("no initiator may log in");
+    } else {
+        let rows: Vec<Vec<String>> = allowed.initiators.iter().map(|i| vec![i.clone()]).collect();
+        emit(&table(&["INITIATOR"], &rows));
+    }
 }
 
 fn membership_json(m: &Membership) -> Value {

@@ -29,6 +29,7 @@ struct Fixture {
     _replica: ReplicaProcess,
     target: TargetProcess,
     api: TargetManagerClient<Channel>,
+    mgmt: SocketAddr,
 }
 
 impl Fixture {
@@ -48,6 +49,7 @@ impl Fixture {
             _replica: replica,
             target,
             api,
+            mgmt,
         }
     }
 
@@ -214,4 +216,55 @@ fn a_malformed_allow_initiator_flag_stops_the_target() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("allow-initiator"), "{stderr}");
+}
+
+/// `cstor ctl initiators` drives the same list: set, show, --none, --any,
+/// and a malformed name is refused with the target's reason.
+#[tokio::test]
+async fn ctl_initiators_shows_and_replaces_the_allowlist() {
+    let fx = Fixture::start(&["--deny-initiators"]).await;
+    let mgmt = fx.mgmt.to_string();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--target", mgmt.as_str()];
+        all.extend_from_slice(args);
+        Command::new(common::cstor_bin())
+            .args(&all)
+            .output()
+            .unwrap()
+    };
+    let shown = ctl(&["initiators", "show"]);
+    assert!(shown.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&shown.stdout).trim(),
+        "no initiator may log in"
+    );
+
+    let set = ctl(&["--json", "initiators", "set", NODE_A]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert_eq!(json["initiators"], serde_json::json!([NODE_A]));
+    assert_eq!(json["allow_any"], false);
+    assert!(fx.inquiry_as(NODE_A), "an allowed initiator was refused");
+    assert!(!fx.inquiry_as(NODE_B), "an initiator not listed got in");
+    let table = ctl(&["initiators", "show"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(NODE_A));
+
+    assert!(ctl(&["initiators", "set", "--none"]).status.success());
+    assert!(!fx.inquiry_as(NODE_A), "--none still admitted an initiator");
+    assert!(ctl(&["initiators", "set", "--any"]).status.success());
+    assert!(fx.inquiry_as(NODE_B), "--any refused an initiator");
+
+    let bad = ctl(&["initiators", "set", "not an iqn"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("not an iqn"), "{stderr}");
+    let after = ctl(&["initiators", "show"]);
+    assert_eq!(
+        String::from_utf8_lossy(&after.stdout).trim(),
+        "any initiator may log in"
+    );
 }
