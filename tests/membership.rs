@@ -14,14 +14,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
     free_addr, pattern, replica_states, wait_target_status, Client, HelloOutcome, ReplicaProcess,
-    TargetProcess,
+    TargetProcess, VolumeLoad,
 };
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::SetRebuildThrottleRequest;
@@ -54,74 +53,6 @@ async fn wait_healthy(volume: &Volume, members: usize) {
     )
     .await
     .unwrap_or_else(|_| panic!("not {members} healthy: {:?}", volume.status()));
-}
-
-/// Writers overwriting single blocks until told to stop; writer `k` owns
-/// the blocks `lba % writers == k`, so the last generation acknowledged
-/// for a block is its truth.
-struct Load {
-    stop: Arc<AtomicBool>,
-    writes: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(volume: &Volume, writers: u64, acked: &Arc<Mutex<Vec<u64>>>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writes = Arc::new(AtomicU64::new(0));
-        let tasks = (0..writers)
-            .map(|k| {
-                let (volume, stop, writes, acked) = (
-                    volume.clone(),
-                    Arc::clone(&stop),
-                    Arc::clone(&writes),
-                    Arc::clone(acked),
-                );
-                tokio::spawn(async move {
-                    let own = BLOCKS / writers;
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        i += 1;
-                        let lba = (i * 97 % own) * writers + k;
-                        let generation = 1000 + i;
-                        let result = volume
-                            .submit(Op::Write {
-                                offset: lba * BLOCK,
-                                data: pattern(lba, generation, BLOCK as usize),
-                                fua: false,
-                            })
-                            .await;
-                        assert_eq!(result, Ok(Completion::Done), "write of block {lba}");
-                        acked.lock().unwrap()[lba as usize] = generation;
-                        writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            writes,
-            tasks,
-        }
-    }
-
-    /// Waits for `more` acknowledged writes (a hang guard, not a timing
-    /// assertion).
-    async fn wait_writes(&self, more: u64) {
-        let target = self.writes.load(Ordering::Relaxed) + more;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.writes.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "writes stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-    }
 }
 
 /// Writes generation 1 to every block, 64 KiB at a time.
@@ -201,7 +132,7 @@ async fn scale_up_one_to_three_under_load_rebuilds_in_full_and_a_restart_from_on
     fill(&volume, &acked).await;
 
     // 1 → 2 under load: a full rebuild, then healthy.
-    let load = Load::start(&volume, 4, &acked);
+    let load = VolumeLoad::start(&volume, BLOCKS, 4, 1000, &acked);
     load.wait_writes(50).await;
     let record = volume.add_replica(addrs[1]).await.unwrap();
     assert_eq!(record.members.len(), 2);
@@ -274,7 +205,7 @@ async fn scale_down_keeps_writes_going_and_a_removed_replica_is_never_dialled_ag
     fill(&volume, &acked).await;
 
     // Removing below the CF is refused; 3 → 2 with CF 2 is fine, under load.
-    let load = Load::start(&volume, 4, &acked);
+    let load = VolumeLoad::start(&volume, BLOCKS, 4, 1000, &acked);
     load.wait_writes(50).await;
     let removed = volume
         .remove_replica(MemberRef::Address(addrs[2]))
@@ -333,7 +264,7 @@ async fn a_killed_replica_is_replaced_by_a_fresh_pool_that_rebuilds_in_full() {
     let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
     fill(&volume, &acked).await;
     reps[2].kill9();
-    let load = Load::start(&volume, 4, &acked);
+    let load = VolumeLoad::start(&volume, BLOCKS, 4, 1000, &acked);
     load.wait_writes(50).await;
     // Replace: remove the lost one, add a fresh empty pool elsewhere.
     volume
@@ -478,7 +409,7 @@ async fn rf2_at_cf1_never_opens_from_the_stale_replica_alone_and_rebuilds_it() {
     volume.set_consistency_factor(1).await.unwrap();
     // r1 goes away; r0 goes on alone at CF 1.
     reps[1].kill9();
-    let load = Load::start(&volume, 2, &acked);
+    let load = VolumeLoad::start(&volume, BLOCKS, 2, 1000, &acked);
     load.wait_writes(100).await;
     load.finish().await;
     assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));

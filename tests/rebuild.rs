@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{pattern, Client, ReplicaProcess};
+use common::{pattern, Client, ReplicaProcess, VolumeLoad};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{
     GetVolumeRequest, ReplicaState as MgmtReplicaState, SetRebuildThrottleRequest,
@@ -88,74 +87,6 @@ async fn fill(volume: &Volume, blocks: u64, generation: u64, acked: &Mutex<Vec<u
     }
 }
 
-/// Writers that keep overwriting single blocks of `0..blocks` until told to
-/// stop; each owns the blocks `lba % writers == k`, so the last generation
-/// it got acknowledged for a block is the block's truth.
-struct Load {
-    stop: Arc<AtomicBool>,
-    writes: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(volume: &Volume, blocks: u64, writers: u64, acked: &Arc<Mutex<Vec<u64>>>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writes = Arc::new(AtomicU64::new(0));
-        let tasks = (0..writers)
-            .map(|k| {
-                let (volume, stop, writes, acked) = (
-                    volume.clone(),
-                    Arc::clone(&stop),
-                    Arc::clone(&writes),
-                    Arc::clone(acked),
-                );
-                tokio::spawn(async move {
-                    let mut i = 0u64;
-                    let own = blocks / writers;
-                    while !stop.load(Ordering::Relaxed) {
-                        i += 1;
-                        // 97 is coprime with `own` (a power of two): every
-                        // block of this writer is visited.
-                        let lba = (i * 97 % own) * writers + k;
-                        let generation = 100 + i;
-                        let result = volume
-                            .submit(Op::Write {
-                                offset: lba * BLOCK,
-                                data: pattern(lba, generation, BLOCK as usize),
-                                fua: false,
-                            })
-                            .await;
-                        assert_eq!(result, Ok(Completion::Done), "write of block {lba}");
-                        acked.lock().unwrap()[lba as usize] = generation;
-                        writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            writes,
-            tasks,
-        }
-    }
-
-    async fn wait_writes(&self, more: u64) {
-        let target = self.writes.load(Ordering::Relaxed) + more;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.writes.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "writes stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-    }
-}
-
 /// Reads every block of `0..blocks` from each replica alone (a fresh
 /// session at a newer epoch) and checks it holds generation `acked[lba]`
 /// (zeros for 0).
@@ -199,7 +130,7 @@ async fn a_replica_killed_under_load_rebuilds_and_all_three_end_identical() {
     // and pulls only what was written after (a delta rebuild).
     assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
 
-    let load = Load::start(&volume, blocks, 4, &acked);
+    let load = VolumeLoad::start(&volume, blocks, 4, 100, &acked);
     load.wait_writes(300).await;
     reps[2].kill9();
     // Writes go on at quorum 2 while it is away.

@@ -916,3 +916,88 @@ pub fn free_up_base_port(replicas: u16) -> u16 {
         }
     }
 }
+
+/// Writers that keep overwriting single 4 KiB blocks of `0..blocks` of an
+/// in-process target [`cstor_target::volume::Volume`] until told to stop;
+/// writer `k` owns the blocks `lba % writers == k`, so the last generation
+/// acknowledged for a block (recorded in `acked`) is the block's truth.
+pub struct VolumeLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl VolumeLoad {
+    /// `blocks / writers` must be a power of two (every block of a writer
+    /// is then visited); generations start after `first_generation`.
+    pub fn start(
+        volume: &cstor_target::volume::Volume,
+        blocks: u64,
+        writers: u64,
+        first_generation: u64,
+        acked: &std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    ) -> VolumeLoad {
+        use cstor_target::volume::{Completion, Op};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        const BLOCK: u64 = 4096;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let tasks = (0..writers)
+            .map(|k| {
+                let (volume, stop, writes, acked) = (
+                    volume.clone(),
+                    Arc::clone(&stop),
+                    Arc::clone(&writes),
+                    Arc::clone(acked),
+                );
+                tokio::spawn(async move {
+                    let own = blocks / writers;
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        // 97 is coprime with `own` (a power of two): every
+                        // block of this writer is visited.
+                        let lba = (i * 97 % own) * writers + k;
+                        let generation = first_generation + i;
+                        let result = volume
+                            .submit(Op::Write {
+                                offset: lba * BLOCK,
+                                data: pattern(lba, generation, BLOCK as usize),
+                                fua: false,
+                            })
+                            .await;
+                        assert_eq!(result, Ok(Completion::Done), "write of block {lba}");
+                        acked.lock().unwrap()[lba as usize] = generation;
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        VolumeLoad {
+            stop,
+            writes,
+            tasks,
+        }
+    }
+
+    /// Waits for `more` acknowledged writes (a hang guard, not a timing
+    /// assertion).
+    pub async fn wait_writes(&self, more: u64) {
+        use std::sync::atomic::Ordering;
+        let target = self.writes.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.writes.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "writes stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the writers and waits for them.
+    pub async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}

@@ -19,11 +19,11 @@ use super::threads::ThreadPool;
 use super::uring::Ring;
 use super::{AlignedBuf, BufResult, DeviceOptions, IoError, IoFuture};
 
-/// Environment variable forcing a backend: `uring`, `threads` or `auto`.
 /// How long [`Backend::open`] keeps trying a store that is in use before
 /// it reports [`IoError::InUse`] (see there).
 pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Environment variable forcing a backend: `uring`, `threads` or `auto`.
 pub const BACKEND_ENV: &str = "CSTOR_IO_BACKEND";
 
 /// Blocking workers of the thread backend: enough to keep a queue depth of
