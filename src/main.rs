@@ -51,7 +51,10 @@ fn main() -> ExitCode {
         Command::Up(args) => block_on(with_signals(|shutdown| up::run(args, shutdown))),
         Command::Ctl(args) => block_on(ctl::run(args)),
         Command::Replica(args) => block_on(replica(args)),
-        Command::Target(args) => block_on(target(args)),
+        Command::Target(args) => {
+            let threads = usize::from(args.threads);
+            block_on_threads(threads, target(args))
+        }
         Command::Csi(args) => block_on(with_signals(|shutdown| async move {
             cstor_csi::cli::run(args, shutdown).await?;
             Ok(())
@@ -62,10 +65,28 @@ fn main() -> ExitCode {
 /// Runs an async command to completion on a fresh runtime and turns its
 /// error into a message and exit code 1.
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_threads(0, fut)
+}
+
+/// [`block_on`] on `threads` threads: 1 runs everything on this thread, 0
+/// one worker per CPU.
+fn block_on_threads(
+    threads: usize,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let built = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -103,6 +103,11 @@ pub struct RunArgs {
         default_value = "0"
     )]
     pub rebuild_limit: u64,
+    /// Threads serving replication connections (1 to 64). A connection and
+    /// all of its requests stay on one of them; default: one per CPU, at
+    /// most 8.
+    #[arg(long, env = "CSTOR_REPLICA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub shards: Option<u16>,
 }
 
 impl RunArgs {
@@ -114,6 +119,12 @@ impl RunArgs {
             mgmt_listen: self.mgmt_listen,
             metrics_listen: self.metrics_listen,
             rebuild_limit_bytes_per_sec: self.rebuild_limit,
+            shards: self.shards.map_or_else(default_shards, usize::from),
         }
     }
+}
+
+/// One shard per CPU, at most 8.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::limits::{IN_USE_WAIT, MAX_CONNECTIONS, SHUTDOWN_GRACE};
 use crate::mgmt::{DeviceInfo, PoolInfo, Service};
 use crate::registry::Registry;
+use crate::shards::Shards;
 
 /// Why the daemon could not start or stop cleanly. Each names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub enum DaemonError {
     },
     #[error("management API failed: {0}")]
     Mgmt(String),
+    #[error("cannot start the connection threads: {0}")]
+    Shards(std::io::Error),
 }
 
 /// A pool to create.
@@ -105,10 +108,13 @@ pub struct RunConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Rebuild throttle at start (0: none).
     pub rebuild_limit_bytes_per_sec: u64,
+    /// Threads serving replication connections ([`crate::shards`]).
+    pub shards: usize,
 }
 
 /// The daemon, bound and ready to serve.
 pub struct Daemon {
+    shards: Shards,
     pool: Arc<Pool>,
     registry: Arc<Registry>,
     data: TcpListener,
@@ -166,7 +172,9 @@ impl Daemon {
         registry
             .rebuild_settings()
             .set_limit_bytes_per_sec(config.rebuild_limit_bytes_per_sec);
+        let shards = Shards::start(config.shards).map_err(DaemonError::Shards)?;
         Ok(Daemon {
+            shards,
             registry,
             pool,
             data,
@@ -199,6 +207,7 @@ impl Daemon {
     /// Serves until `shutdown` is cancelled, then shuts down gracefully.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
         let Daemon {
+            shards,
             pool,
             registry,
             data,
@@ -212,6 +221,7 @@ impl Daemon {
             data = ?data.local_addr().ok(),
             mgmt = ?mgmt.local_addr().ok(),
             io = %info.io_backend,
+            shards = shards.len(),
             "replica daemon serving"
         );
         if let Some(listener) = metrics {
@@ -243,12 +253,23 @@ impl Daemon {
                         warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
                         continue;
                     }
-                    connections.spawn(crate::session::serve(
-                        stream,
-                        peer,
-                        Arc::clone(&registry),
-                        shutdown.clone(),
-                    ));
+                    // The stream moves to its shard's reactor.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(%peer, error = %e, "cannot hand a connection to a shard");
+                            continue;
+                        }
+                    };
+                    let (registry, shutdown) = (Arc::clone(&registry), shutdown.clone());
+                    shards.spawn(&connections, move || async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                crate::session::serve(stream, peer, registry, shutdown).await;
+                            }
+                            Err(e) => warn!(%peer, error = %e, "cannot serve a connection"),
+                        }
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -268,6 +289,14 @@ impl Daemon {
             warn!(grace = ?SHUTDOWN_GRACE, "requests still running after the grace period");
         }
         let mgmt_result = mgmt_task.await;
+        // Whatever is left on the shards (sessions past the grace period)
+        // ends before the pool closes.
+        if tokio::task::spawn_blocking(move || shards.stop_blocking())
+            .await
+            .is_err()
+        {
+            warn!("a shard did not stop cleanly");
+        }
         pool.close()
             .await
             .map_err(|e| DaemonError::Pool(format!("cannot close the pool cleanly: {e}")))?;

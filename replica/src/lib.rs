@@ -5,6 +5,7 @@
 //! - [`daemon`]: `init` (create a pool) and [`daemon::Daemon`] (serve it,
 //!   shut down gracefully);
 //! - [`session`]: one target connection (handshake, fencing, pipelined IO);
+//! - [`shards`]: the threads connections are served on;
 //! - [`registry`]: which session owns which volume (epochs);
 //! - [`ordering`]: overlapping IOs never overtake each other;
 //! - [`rebuild`]: replica-to-replica rebuild, as source and as sink;
@@ -20,4 +21,5 @@ pub mod ordering;
 pub mod rebuild;
 pub mod registry;
 pub mod session;
+pub mod shards;
 mod status;

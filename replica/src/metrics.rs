@@ -376,6 +376,7 @@ mod tests {
             mgmt_listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             rebuild_limit_bytes_per_sec: 0,
+            shards: 2,
         })
         .await
         .unwrap();

@@ -57,6 +57,7 @@ async fn replica() -> Replica {
         mgmt_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
         rebuild_limit_bytes_per_sec: 0,
+        shards: 2,
     })
     .await
     .unwrap();

@@ -89,6 +89,13 @@ pub struct TargetArgs {
     /// Commands an initiator may have outstanding (MaxCmdSN window).
     #[arg(long, env = "CSTOR_QUEUE_DEPTH", default_value_t = 128)]
     pub queue_depth: u32,
+    /// Threads serving the volume (1 to 64). With 1 (the default) every
+    /// session, the replica links and the APIs share one thread, which
+    /// spares a command the wake-ups of handing it between threads; more
+    /// help only when many sessions (multipath) keep one CPU busy.
+    #[arg(long, env = "CSTOR_TARGET_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
 }
 
 /// Why `cstor target` could not start.

@@ -320,7 +320,7 @@ pub enum Action {
 }
 
 /// A replica as the controller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReplicaState {
     /// No link.
     Offline,

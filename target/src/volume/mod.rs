@@ -74,6 +74,9 @@ pub const REQUEST_QUEUE: usize = 512;
 pub const MAX_LISTING_PAGES: usize = 64;
 /// How often the driver checks timeouts.
 pub const TICK: Duration = Duration::from_millis(100);
+/// The status's IO counters lag the IO by at most about this (see
+/// [`VolumeStatus`]).
+pub const STATUS_COUNTERS_EVERY: Duration = TICK;
 
 /// Snapshot, resize and membership requests that may wait for the
 /// target's own membership record write (a new volume's first record) to
@@ -139,6 +142,13 @@ pub enum OpenError {
 
 /// What the volume looks like now. Per-replica vectors list the members,
 /// in the same order.
+///
+/// Published by the driver at once when anything but the IO counters
+/// changes (a replica's state, the size, a barrier, a rebuild run starting
+/// or ending, ...); the counters that move with every IO (`next_io_seq`,
+/// `in_flight`, `acked_io_seqs`, `owed`, rebuild progress and bytes) are
+/// brought up to date at most every [`STATUS_COUNTERS_EVERY`], so that IO
+/// does not rebuild the status and wake its watchers twice per command.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VolumeStatus {
     pub replicas: Vec<(SocketAddr, ReplicaState)>,
@@ -337,12 +347,14 @@ impl Volume {
             record,
             generation,
             status: watch::channel(VolumeStatus::default()).0,
+            published: (0, Instant::now()),
             deferred: std::collections::VecDeque::new(),
         };
         for (addr, id) in members.iter().zip(&replica_ids) {
             driver.link(*addr, *id);
         }
         let (status_tx, status) = watch::channel(driver.status_of());
+        driver.published = (driver.status_shape(Instant::now()), Instant::now());
         driver.status = status_tx;
         if write_record {
             // A new volume: its command line becomes the first record,
@@ -674,6 +686,8 @@ struct Driver {
     /// The highest generation seen or sent: the next record gets one more.
     generation: u64,
     status: watch::Sender<VolumeStatus>,
+    /// The shape of the status last published, and when it was published.
+    published: (u64, Instant),
     /// Barrier requests (snapshot, resize, membership) that arrived while
     /// the target's own record write was in progress: an operator's
     /// request waits for it rather than being refused for it.
@@ -1115,12 +1129,7 @@ impl Driver {
                 change_replies.extend(self.finish_change(*tag, result.clone()));
             }
         }
-        let new = self.status_of();
-        self.status.send_if_modified(|s| {
-            let changed = *s != new;
-            *s = new;
-            changed
-        });
+        self.publish_status();
         for (tag, result) in completions {
             if let Some(waiter) = self.waiters.remove(&tag) {
                 let _ = waiter.send(result);
@@ -1129,6 +1138,50 @@ impl Driver {
         for (reply, outcome) in change_replies {
             let _ = reply.send(outcome);
         }
+    }
+
+    /// Publishes the status if its shape changed, or if the IO counters
+    /// are older than [`STATUS_COUNTERS_EVERY`] (the driver's tick comes
+    /// through here too, so they never lag longer than about that).
+    fn publish_status(&mut self) {
+        let now = Instant::now();
+        let shape = self.status_shape(now);
+        let (published_shape, published_at) = self.published;
+        if shape == published_shape
+            && now.saturating_duration_since(published_at) < STATUS_COUNTERS_EVERY
+        {
+            return;
+        }
+        self.published = (shape, now);
+        let new = self.status_of();
+        self.status.send_if_modified(|s| {
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+    }
+
+    /// A digest of everything in the status but the IO counters: what
+    /// must reach the status's watchers without delay.
+    fn status_shape(&self, now: Instant) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let controller = &self.controller;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (i, state) in controller.replica_states().iter().enumerate() {
+            state.hash(&mut h);
+            self.addrs.get(i).hash(&mut h);
+            self.replica_ids.get(i).hash(&mut h);
+            controller
+                .rebuild(i)
+                .map(|r| (r.source, r.from_io_seq, r.first_live_io_seq, r.accepted))
+                .hash(&mut h);
+        }
+        let config = controller.config();
+        (config.cf, config.epoch, controller.healthy()).hash(&mut h);
+        (controller.is_read_only(now), controller.is_fenced()).hash(&mut h);
+        (controller.size_bytes(), controller.barrier_in_progress()).hash(&mut h);
+        (self.record.generation, self.rebuild_throttle).hash(&mut h);
+        h.finish()
     }
 
     /// The status: every member (removed replicas are left out).
