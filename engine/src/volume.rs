@@ -878,6 +878,20 @@ impl Volume {
         }
     }
 
+    /// Checks that a piece of rebuilt data carries one io_seq per block;
+    /// returns the block size in bytes.
+    fn check_rebuild_piece(&self, data: &[u8], block_io_seqs: &[u64]) -> Result<usize> {
+        let block = usize::try_from(self.block_bytes).map_err(|_| invalid("block"))?;
+        if data.len() != block_io_seqs.len().saturating_mul(block) {
+            return Err(invalid(format!(
+                "{} bytes of rebuild data with {} block io_seqs",
+                data.len(),
+                block_io_seqs.len()
+            )));
+        }
+        Ok(block)
+    }
+
     /// Applies rebuilt data: block `i` of `data` (at `offset`) carries
     /// `block_io_seqs[i]`, and is written only when no live write of an
     /// equal or newer io_seq reached that block since `begin_rebuild`.
@@ -887,14 +901,7 @@ impl Volume {
         data: &[u8],
         block_io_seqs: &[u64],
     ) -> Result<()> {
-        let block = usize::try_from(self.block_bytes).map_err(|_| invalid("block"))?;
-        if data.len() != block_io_seqs.len().saturating_mul(block) {
-            return Err(invalid(format!(
-                "{} bytes of rebuild data with {} block io_seqs",
-                data.len(),
-                block_io_seqs.len()
-            )));
-        }
+        let block = self.check_rebuild_piece(data, block_io_seqs)?;
         let _s = self.pool.structure.read().await;
         let (_, size) = self.usable()?;
         self.check_range(size, offset, data.len() as u64)?;
@@ -998,14 +1005,7 @@ impl Volume {
         data: &[u8],
         block_io_seqs: &[u64],
     ) -> Result<()> {
-        let block = usize::try_from(self.block_bytes).map_err(|_| invalid("block"))?;
-        if data.len() != block_io_seqs.len().saturating_mul(block) {
-            return Err(invalid(format!(
-                "{} bytes of rebuild data with {} block io_seqs",
-                data.len(),
-                block_io_seqs.len()
-            )));
-        }
+        let block = self.check_rebuild_piece(data, block_io_seqs)?;
         let _s = self.pool.structure.read().await;
         self.usable()?;
         let (layer, size) = {

@@ -83,8 +83,9 @@ impl<R: TargetRuntime> Controller<R> {
         Ok(found)
     }
 
-    /// Every volume on the pools (by id), each with its replicas.
-    async fn all_volumes(&self) -> Vec<VolumeView> {
+    /// Every volume on the pools (by id, in id order), each with its
+    /// replicas; a pool that does not answer is left out (and logged).
+    pub(super) async fn all_volumes(&self) -> Vec<VolumeView> {
         let answers = mgmt::on_every_pool(&self.pools, |pool| async move {
             let mut client = mgmt::replica(pool.mgmt).await?;
             mgmt::call(
@@ -97,7 +98,13 @@ impl<R: TargetRuntime> Controller<R> {
         .await;
         let mut volumes: BTreeMap<String, VolumeView> = BTreeMap::new();
         for (pool, answer) in answers.into_iter().enumerate() {
-            let Ok(listed) = answer else { continue };
+            let listed = match answer {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pool left out of the volume listing");
+                    continue;
+                }
+            };
             for replica in listed.volumes {
                 if check_volume_id(&replica.name).is_err() {
                     continue;

@@ -2,17 +2,16 @@
 //! ControllerExpandVolume, ControllerGetVolume, ListVolumes, GetCapacity
 //! and ValidateVolumeCapabilities (CSI spec §CreateVolume ... §GetCapacity).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use cstor_mgmt::v1::{
     CreateSnapshotRequest as TargetCreateSnapshot, CreateVolumeRequest as ReplicaCreate,
     DeleteSnapshotRequest as TargetDeleteSnapshot, DeleteVolumeRequest as ReplicaDelete,
-    GrowVolumeRequest, ListVolumesRequest as ReplicaListVolumes, Pool, Provisioning as ReplicaProv,
-    ResizeRequest,
+    GrowVolumeRequest, Pool, Provisioning as ReplicaProv, ResizeRequest,
 };
 use tonic::{Code, Status};
 
-use super::{granularity, invalid, runtime_status, Controller, Held, VolumeView};
+use super::{granularity, invalid, runtime_status, Controller, VolumeView};
 use crate::capacity::{self, Candidate, CapacityError, Range};
 use crate::caps;
 use crate::context;
@@ -179,7 +178,30 @@ impl<R: TargetRuntime> Controller<R> {
         };
         let chosen = capacity::place(&candidates, count, min_free)
             .map_err(|e| Status::resource_exhausted(format!("volume {id}: {e}")))?;
-        for pool in chosen
+        let replica = ReplicaCreate {
+            name: id.clone(),
+            size_bytes: size,
+            block_size: BLOCK_BYTES as u32,
+            provisioning: provisioning.into(),
+            clone_of: String::new(),
+        };
+        self.create_missing_replicas(view, &chosen, &replica)
+            .await?;
+        let n = u32::try_from(chosen.len()).unwrap_or(u32::MAX);
+        let cf = params.cf(n).map_err(invalid)?;
+        self.start_target(id, &chosen, cf).await?;
+        Ok(size)
+    }
+
+    /// Creates `replica` on each of `pools` that does not hold the volume
+    /// yet (`view`: what the pools hold now; a retried call finds some).
+    async fn create_missing_replicas(
+        &self,
+        view: &VolumeView,
+        pools: &[usize],
+        replica: &ReplicaCreate,
+    ) -> Result<(), Status> {
+        for pool in pools
             .iter()
             .filter(|p| !view.held.iter().any(|h| h.pool == **p))
         {
@@ -188,21 +210,18 @@ impl<R: TargetRuntime> Controller<R> {
             mgmt::call(
                 &format!("replica daemon {}", addr.mgmt),
                 mgmt::CALL,
-                client.create_volume(ReplicaCreate {
-                    name: id.clone(),
-                    size_bytes: size,
-                    block_size: BLOCK_BYTES as u32,
-                    provisioning: provisioning.into(),
-                    clone_of: String::new(),
-                }),
+                client.create_volume(replica.clone()),
             )
             .await?;
-            tracing::info!(volume = %id, pool = %addr.mgmt, size, "volume replica created");
+            tracing::info!(
+                volume = %replica.name,
+                pool = %addr.mgmt,
+                size = replica.size_bytes,
+                clone_of = %replica.clone_of,
+                "volume replica created"
+            );
         }
-        let n = u32::try_from(chosen.len()).unwrap_or(u32::MAX);
-        let cf = params.cf(n).map_err(invalid)?;
-        self.start_target(id, &chosen, cf).await?;
-        Ok(size)
+        Ok(())
     }
 
     async fn has_target(&self, id: &str) -> Result<bool, Status> {
@@ -314,25 +333,15 @@ impl<R: TargetRuntime> Controller<R> {
                 holders.len()
             )));
         }
-        for pool in holders
-            .iter()
-            .filter(|p| !view.held.iter().any(|h| h.pool == **p))
-        {
-            let addr = self.pool(*pool)?;
-            let mut client = mgmt::replica(addr.mgmt).await?;
-            mgmt::call(
-                &format!("replica daemon {}", addr.mgmt),
-                mgmt::CALL,
-                client.create_volume(ReplicaCreate {
-                    name: id.clone(),
-                    size_bytes: source.size().max(BLOCK_BYTES),
-                    block_size: BLOCK_BYTES as u32,
-                    provisioning: ReplicaProv::Thin.into(),
-                    clone_of: snap.to_id(),
-                }),
-            )
+        let replica = ReplicaCreate {
+            name: id.clone(),
+            size_bytes: source.size().max(BLOCK_BYTES),
+            block_size: BLOCK_BYTES as u32,
+            provisioning: ReplicaProv::Thin.into(),
+            clone_of: snap.to_id(),
+        };
+        self.create_missing_replicas(view, &holders, &replica)
             .await?;
-        }
         let clone = self.find_volume_everywhere(id).await?;
         let size = self.fit_clone(&clone, range, pools).await?;
         let n = u32::try_from(holders.len()).unwrap_or(u32::MAX);
@@ -585,40 +594,8 @@ impl<R: TargetRuntime> Controller<R> {
         req: csi::ListVolumesRequest,
     ) -> Result<csi::ListVolumesResponse, Status> {
         paging::parse_token(&req.starting_token).map_err(|e| Status::aborted(e.to_string()))?;
-        let answers = mgmt::on_every_pool(&self.pools, |pool| async move {
-            let mut client = mgmt::replica(pool.mgmt).await?;
-            mgmt::call(
-                &format!("replica daemon {}", pool.mgmt),
-                mgmt::CALL,
-                client.list_volumes(ReplicaListVolumes {}),
-            )
-            .await
-        })
-        .await;
-        let mut volumes: BTreeMap<String, VolumeView> = BTreeMap::new();
-        for (pool, answer) in answers.into_iter().enumerate() {
-            let listed = match answer {
-                Ok(listed) => listed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pool left out of ListVolumes");
-                    continue;
-                }
-            };
-            for replica in listed.volumes {
-                if check_volume_id(&replica.name).is_err() {
-                    continue;
-                }
-                let view = volumes
-                    .entry(replica.name.clone())
-                    .or_insert_with(|| VolumeView {
-                        id: replica.name.clone(),
-                        ..VolumeView::default()
-                    });
-                view.held.push(Held { pool, replica });
-            }
-        }
         let (page, next_token) = paging::page(
-            volumes.into_values().collect(),
+            self.all_volumes().await,
             |v: &VolumeView| v.id.as_str(),
             &req.starting_token,
             req.max_entries,

@@ -666,15 +666,7 @@ impl Controller {
     pub fn unawaited(&mut self, replica: ReplicaIndex, message: Message) -> Action {
         let io_seq = self.next_io_seq;
         self.next_io_seq += 1;
-        Action::Send {
-            replica,
-            packet: Packet {
-                session_id: self.config.session_id,
-                epoch: self.config.epoch,
-                io_seq,
-                message,
-            },
-        }
+        self.send_message(replica, io_seq, message)
     }
 
     /// A replica's link is up and its session claimed.
@@ -1493,13 +1485,18 @@ impl Controller {
     }
 
     fn send(&self, replica: ReplicaIndex, io_seq: u64, op: &Op) -> Action {
+        self.send_message(replica, io_seq, op.message())
+    }
+
+    /// Sends `message` to `replica` in this target's session as `io_seq`.
+    fn send_message(&self, replica: ReplicaIndex, io_seq: u64, message: Message) -> Action {
         Action::Send {
             replica,
             packet: Packet {
                 session_id: self.config.session_id,
                 epoch: self.config.epoch,
                 io_seq,
-                message: op.message(),
+                message,
             },
         }
     }
