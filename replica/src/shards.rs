@@ -12,6 +12,10 @@
 //!
 //! - A connection goes to the shard serving the fewest connections now.
 //! - Tasks a session spawns (`tokio::spawn`) run on its shard.
+//! - Each shard has an io_uring ring of its own where the kernel allows
+//!   (`cstor_engine::io::install_thread_ring`): a request's disk IO is
+//!   submitted and reaped by the shard's thread, not handed to the pool's
+//!   ring thread.
 //! - [`Shards::stop`] ends every shard runtime (tasks still there are
 //!   dropped) and joins the threads; the daemon calls it after its
 //!   connections have finished.
@@ -60,8 +64,22 @@ impl Shards {
             let thread = std::thread::Builder::new()
                 .name(format!("cstor-shard-{i}"))
                 .spawn(move || {
-                    runtime.block_on(stopped.cancelled());
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async {
+                        // IO started on this thread is submitted and reaped
+                        // here too (cstor_engine::io::install_thread_ring).
+                        match cstor_engine::io::install_thread_ring() {
+                            Ok(reaper) => {
+                                tokio::task::spawn_local(reaper);
+                            }
+                            Err(e) => {
+                                tracing::info!(error = %e, "no io_uring of its own for this shard; using the pool's ring");
+                            }
+                        }
+                        stopped.cancelled().await;
+                    });
                     // Dropping the runtime here drops the tasks left on it.
+                    drop(local);
                     drop(runtime);
                 });
             let thread = match thread {

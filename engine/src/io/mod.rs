@@ -162,6 +162,7 @@ pub use error::IoError;
 pub use faulty::{FaultyDevice, OpCounts};
 pub use file::{DeviceKind, DeviceOptions, DirectIo, FileDevice, OpenMode, FILE_DIRECT_ALIGN};
 pub use mem::MemDevice;
+pub use uring::{install_thread_ring, thread_ring_submitted};
 
 #[cfg(test)]
 mod tests {

@@ -39,7 +39,10 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::file::{advisory, BackingFile};
+
+mod local;
 use super::{AlignedBuf, BufResult, IoError, IoFuture};
+pub use local::{install_thread_ring, thread_ring_submitted};
 
 /// Retries of a read or write that failed with `EINTR` or `EAGAIN`.
 pub const MAX_RETRIES: u32 = 16;
@@ -136,6 +139,24 @@ impl Op {
             }
             OpKind::Fsync { tx } | OpKind::PunchHole { tx, .. } => {
                 let _ = tx.send(result);
+            }
+        }
+    }
+
+    /// Fails an op the kernel may still be using: its buffer and file are
+    /// leaked (never freed under the kernel), the caller gets a fresh
+    /// buffer with the error.
+    fn fail_in_kernel(self, err: io::Error) {
+        let Op { kind, file, .. } = self;
+        std::mem::forget(file);
+        match kind {
+            OpKind::Read { buf, tx, .. } | OpKind::Write { buf, tx, .. } => {
+                let len = buf.len();
+                std::mem::forget(buf);
+                let _ = tx.send((Err(err), AlignedBuf::zeroed(len)));
+            }
+            OpKind::Fsync { tx } | OpKind::PunchHole { tx, .. } => {
+                let _ = tx.send(Err(err));
             }
         }
     }
@@ -360,6 +381,15 @@ impl Ring {
                 retries: 0,
                 _permit: permit,
             };
+            // On a thread that owns a ring of its own (a session shard),
+            // the IO goes there: submitted and reaped by this thread, no
+            // hand-off to the ring thread (`local`).
+            let Err(op) = local::try_submit(op) else {
+                return match rx.await {
+                    Ok(v) => v,
+                    Err(_) => on_gone(ring_gone(), None),
+                };
+            };
             {
                 let mut queue = shared.queue.lock();
                 match queue.as_mut() {
@@ -465,18 +495,29 @@ fn ring_gone() -> io::Error {
 /// switches per completion, kernel 6.1+); the caller falls back to a plain
 /// ring if they are refused.
 fn build_ring(entries: u32, tuned: bool) -> io::Result<IoUring> {
+    build_ring_with(entries, |builder| {
+        if tuned {
+            builder
+                .setup_single_issuer()
+                .setup_coop_taskrun()
+                // Flags pending completion work in the SQ ring, so that even
+                // a submit-only enter (want 0) runs it instead of letting
+                // completions wait for the next sleep.
+                .setup_taskrun_flag()
+                .setup_defer_taskrun();
+        }
+    })
+}
+
+/// Creates a ring set up by `configure` (besides a completion queue twice
+/// the size) and checks the opcodes the backend needs.
+fn build_ring_with(
+    entries: u32,
+    configure: impl FnOnce(&mut io_uring::Builder),
+) -> io::Result<IoUring> {
     let mut builder = IoUring::builder();
     builder.setup_cqsize(entries.saturating_mul(2));
-    if tuned {
-        builder
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            // Flags pending completion work in the SQ ring, so that even a
-            // submit-only enter (want 0) runs it instead of letting
-            // completions wait for the next sleep.
-            .setup_taskrun_flag()
-            .setup_defer_taskrun();
-    }
+    configure(&mut builder);
     let ring = builder.build(entries)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe)?;
@@ -690,17 +731,7 @@ impl RingThread {
             op.finish(Err(fail()));
         }
         for op in self.slab.iter_mut().filter_map(Option::take) {
-            std::mem::forget(op.file);
-            match op.kind {
-                OpKind::Read { buf, tx, .. } | OpKind::Write { buf, tx, .. } => {
-                    let len = buf.len();
-                    std::mem::forget(buf);
-                    let _ = tx.send((Err(fail()), AlignedBuf::zeroed(len)));
-                }
-                OpKind::Fsync { tx } | OpKind::PunchHole { tx, .. } => {
-                    let _ = tx.send(Err(fail()));
-                }
-            }
+            op.fail_in_kernel(fail());
         }
         std::mem::forget(self.wake_buf);
         std::mem::forget(self.ring);
