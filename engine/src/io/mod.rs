@@ -22,7 +22,10 @@
 //! - [`Backend`] (`backend.rs`): io_uring (`uring.rs`) or blocking threads
 //!   (`threads.rs`), chosen by [`Backend::auto`] / `CSTOR_IO_BACKEND`;
 //!   [`Backend::open`] gives a [`FileDevice`] (`file.rs`) on a regular file
-//!   or block device. Tests take [`test_backend`].
+//!   or block device. Tests take [`test_backend`]. A thread that runs its
+//!   own single-threaded runtime (a replica's session shard) may take an
+//!   io_uring ring of its own ([`install_thread_ring`], `uring/local.rs`):
+//!   the io_uring backend's IO started there is submitted and reaped there.
 //! - [`MemDevice`] (`mem.rs`), [`FaultyDevice`] (`faulty.rs`, EIO on the
 //!   N-th op) and [`CrashDevice`] (`crash.rs`, power loss) for tests.
 //! - [`check_request`]: the one validation every implementation runs.

@@ -1,5 +1,6 @@
 //! The io_uring backend: one ring per [`Backend`](super::Backend), serviced
-//! by a dedicated thread, fed from any thread.
+//! by a dedicated thread, fed from any thread — except threads that own a
+//! ring of their own (`local`), whose IO goes there.
 //!
 //! Job: run reads, writes, fdatasyncs and hole punches through io_uring with
 //! few syscalls per IO. Submitters push an [`Op`] on a shared queue and wake
