@@ -538,15 +538,105 @@ fn build_ring_with(
     Ok(ring)
 }
 
+/// The ops of one ring: those in the kernel, by slab index (= their
+/// user_data), and those waiting for a slot. Shared by the ring thread and
+/// the thread rings (`local`).
+struct Slots {
+    slab: Vec<Option<Op>>,
+    free: Vec<usize>,
+    backlog: VecDeque<Op>,
+}
+
+impl Slots {
+    /// Room for `capacity` ops in the kernel.
+    fn new(capacity: usize) -> Self {
+        Self {
+            slab: (0..capacity).map(|_| None).collect(),
+            free: (0..capacity).rev().collect(),
+            backlog: VecDeque::new(),
+        }
+    }
+
+    fn in_kernel(&self) -> usize {
+        self.slab.len() - self.free.len()
+    }
+
+    fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Moves backlog ops into free slots and their SQEs into `ring`'s
+    /// submission queue (not submitted yet). False if the queue was full.
+    fn fill_sq(&mut self, ring: &mut IoUring) -> bool {
+        while let Some(idx) = self.free.pop() {
+            let Some(mut op) = self.backlog.pop_front() else {
+                self.free.push(idx);
+                break;
+            };
+            let entry = match op.sqe(idx as u64) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.free.push(idx);
+                    op.finish(Err(e));
+                    continue;
+                }
+            };
+            // SAFETY: the entry points into `op`'s buffer and fd; `op` is
+            // stored in `slab[idx]` right below and stays there until the
+            // CQE with this user_data is reaped (or is leaked, never
+            // freed), so both outlive the IO.
+            let pushed = unsafe { ring.submission().push(&entry) };
+            if pushed.is_err() {
+                self.free.push(idx);
+                self.backlog.push_front(op);
+                return false;
+            }
+            if let Some(slot) = self.slab.get_mut(idx) {
+                *slot = Some(op);
+            }
+        }
+        true
+    }
+
+    /// Takes the completion of the op in slot `user_data`: finishes it, or
+    /// puts it first in the backlog to resubmit the rest.
+    fn complete(&mut self, user_data: u64, res: i32) {
+        let Ok(idx) = usize::try_from(user_data) else {
+            return;
+        };
+        let Some(op) = self.slab.get_mut(idx).and_then(Option::take) else {
+            tracing::error!(user_data, "io_uring completion for an unknown op");
+            return;
+        };
+        self.free.push(idx);
+        if let Some(op) = op.complete(res) {
+            self.backlog.push_front(op);
+        }
+    }
+
+    /// Fails every op: waiting ones plainly, ones in the kernel with their
+    /// buffers and files leaked. True if some were in the kernel.
+    fn fail_all(&mut self, err: &dyn Fn() -> io::Error) -> bool {
+        for op in self.backlog.drain(..) {
+            op.finish(Err(err()));
+        }
+        let in_kernel: Vec<Op> = self.slab.iter_mut().filter_map(Option::take).collect();
+        self.free = (0..self.slab.len()).rev().collect();
+        let any = !in_kernel.is_empty();
+        for op in in_kernel {
+            op.fail_in_kernel(err());
+        }
+        any
+    }
+}
+
 /// State owned by the ring thread.
 struct RingThread {
     ring: IoUring,
     shared: Arc<Shared>,
-    /// Ops in the kernel, by slab index (= user_data).
-    slab: Vec<Option<Op>>,
-    free: Vec<usize>,
-    /// Ops taken from the queue (or to resubmit) waiting for a free slot.
-    backlog: VecDeque<Op>,
+    /// Ops in the kernel, and ops taken from the queue (or to resubmit)
+    /// waiting for a free slot.
+    slots: Slots,
     /// Target of the eventfd read while it is armed; boxed so its address
     /// is stable.
     wake_buf: Box<u64>,
@@ -560,17 +650,11 @@ impl RingThread {
         Self {
             ring,
             shared,
-            slab: (0..capacity).map(|_| None).collect(),
-            free: (0..capacity).rev().collect(),
-            backlog: VecDeque::new(),
+            slots: Slots::new(capacity),
             wake_buf: Box::new(0),
             wake_armed: false,
             reaped: Vec::with_capacity(capacity + 1),
         }
-    }
-
-    fn in_kernel(&self) -> usize {
-        self.slab.len() - self.free.len()
     }
 
     fn run(mut self) {
@@ -588,7 +672,11 @@ impl RingThread {
             }
             self.take_queue(shutdown);
             self.fill_sq()?;
-            if shutdown && self.backlog.is_empty() && self.in_kernel() == 0 && !self.wake_armed {
+            if shutdown
+                && self.slots.backlog.is_empty()
+                && self.slots.in_kernel() == 0
+                && !self.wake_armed
+            {
                 return Ok(());
             }
             // Sleep only if nobody queued meanwhile (see `Ring::submit`).
@@ -600,8 +688,8 @@ impl RingThread {
                 .as_ref()
                 .is_some_and(|q| !q.is_empty());
             // Don't sleep while there is work that fits in the ring.
-            let work = queued || !self.backlog.is_empty();
-            let want = if work && !self.free.is_empty() { 0 } else { 1 };
+            let work = queued || !self.slots.backlog.is_empty();
+            let want = if work && self.slots.has_free() { 0 } else { 1 };
             let entered = if want == 0 {
                 self.ring.submit()
             } else {
@@ -625,7 +713,7 @@ impl RingThread {
     fn take_queue(&mut self, shutdown: bool) {
         let mut queue = self.shared.queue.lock();
         if let Some(q) = queue.as_mut() {
-            self.backlog.extend(q.drain(..));
+            self.slots.backlog.extend(q.drain(..));
         }
         if shutdown {
             *queue = None;
@@ -634,37 +722,10 @@ impl RingThread {
 
     /// Pushes backlog ops into free slots of the submission queue.
     fn fill_sq(&mut self) -> io::Result<()> {
-        while !self.free.is_empty() {
-            let Some(mut op) = self.backlog.pop_front() else {
-                break;
-            };
-            let Some(idx) = self.free.pop() else {
-                self.backlog.push_front(op);
-                break;
-            };
-            let entry = match op.sqe(idx as u64) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.free.push(idx);
-                    op.finish(Err(e));
-                    continue;
-                }
-            };
-            // SAFETY: the entry points into `op`'s buffer and fd; `op` is
-            // stored in `slab[idx]` right below and stays there until the
-            // CQE with this user_data is reaped, so both outlive the IO.
-            let pushed = unsafe { self.ring.submission().push(&entry) };
-            if pushed.is_err() {
-                // The SQ is full (not expected: in-kernel ops are capped
-                // below its size); submit what is there and retry later.
-                self.free.push(idx);
-                self.backlog.push_front(op);
-                self.ring.submit()?;
-                break;
-            }
-            if let Some(slot) = self.slab.get_mut(idx) {
-                *slot = Some(op);
-            }
+        if !self.slots.fill_sq(&mut self.ring) {
+            // The SQ is full (not expected: in-kernel ops are capped below
+            // its size); submit what is there and retry later.
+            self.ring.submit()?;
         }
         Ok(())
     }
@@ -701,17 +762,7 @@ impl RingThread {
                 self.wake_armed = false;
                 continue;
             }
-            let Ok(idx) = usize::try_from(user_data) else {
-                continue;
-            };
-            let Some(op) = self.slab.get_mut(idx).and_then(Option::take) else {
-                tracing::error!(user_data, "io_uring completion for an unknown op");
-                continue;
-            };
-            self.free.push(idx);
-            if let Some(op) = op.complete(res) {
-                self.backlog.push_front(op);
-            }
+            self.slots.complete(user_data, res);
         }
         self.reaped = reaped;
     }
@@ -728,12 +779,7 @@ impl RingThread {
             .into_iter()
             .flatten()
             .for_each(|op| op.finish(Err(fail())));
-        for op in self.backlog.drain(..) {
-            op.finish(Err(fail()));
-        }
-        for op in self.slab.iter_mut().filter_map(Option::take) {
-            op.fail_in_kernel(fail());
-        }
+        self.slots.fail_all(&fail);
         std::mem::forget(self.wake_buf);
         std::mem::forget(self.ring);
     }

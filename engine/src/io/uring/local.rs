@@ -27,7 +27,6 @@
 #![allow(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,7 +35,7 @@ use std::rc::Rc;
 use io_uring::IoUring;
 use tokio::io::unix::AsyncFd;
 
-use super::{build_ring_with, Op};
+use super::{build_ring_with, Op, Slots};
 use crate::io::IoError;
 
 /// Entries of a thread's ring (and so at most 255 of its IOs in the kernel).
@@ -64,11 +63,7 @@ struct LocalRing {
 struct Core {
     /// Dropped only when no op is in the kernel (see `Drop`).
     ring: ManuallyDrop<IoUring>,
-    /// Ops in the kernel, by slab index (= user_data).
-    slab: Vec<Option<Op>>,
-    free: Vec<usize>,
-    /// Ops waiting for a free slot (or to be resubmitted).
-    backlog: VecDeque<Op>,
+    slots: Slots,
 }
 
 /// Gives this thread a ring of its own. Returns the ring's reaper, which
@@ -106,9 +101,7 @@ pub fn install_thread_ring() -> Result<impl std::future::Future<Output = ()>, Io
     let local = Rc::new(LocalRing {
         core: RefCell::new(Core {
             ring: ManuallyDrop::new(ring),
-            slab: (0..capacity).map(|_| None).collect(),
-            free: (0..capacity).rev().collect(),
-            backlog: VecDeque::new(),
+            slots: Slots::new(capacity),
         }),
         eventfd,
         closed: Cell::new(false),
@@ -146,7 +139,7 @@ pub(super) fn try_submit(op: Op) -> Result<(), Op> {
 impl LocalRing {
     fn push(&self, op: Op) {
         let mut core = self.core.borrow_mut();
-        core.backlog.push_back(op);
+        core.slots.backlog.push_back(op);
         core.fill_sq();
         if let Err(e) = core.ring.submit() {
             if !transient(&e) {
@@ -208,19 +201,9 @@ impl LocalRing {
             .map(|cqe| (cqe.user_data(), cqe.result()))
             .collect();
         for (user_data, res) in reaped {
-            let Ok(idx) = usize::try_from(user_data) else {
-                continue;
-            };
-            let Some(op) = core.slab.get_mut(idx).and_then(Option::take) else {
-                tracing::error!(user_data, "thread ring: completion for an unknown op");
-                continue;
-            };
-            core.free.push(idx);
             // Completing only schedules the waiting task: nothing here
             // re-enters the ring.
-            if let Some(op) = op.complete(res) {
-                core.backlog.push_front(op);
-            }
+            core.slots.complete(user_data, res);
         }
         core.fill_sq();
         if !core.ring.submission().is_empty() {
@@ -240,67 +223,29 @@ impl LocalRing {
         tracing::error!(error = %err, "thread ring failed; failing its IOs");
         self.closed.set(true);
         let fail = || io::Error::new(err.kind(), err.to_string());
-        let mut core = self.core.borrow_mut();
-        for op in core.backlog.drain(..) {
-            op.finish(Err(fail()));
-        }
-        let in_kernel: Vec<Op> = core.slab.iter_mut().filter_map(Option::take).collect();
-        for op in in_kernel {
-            op.fail_in_kernel(fail());
-        }
+        self.core.borrow_mut().slots.fail_all(&fail);
     }
 }
 
 impl Core {
     fn fill_sq(&mut self) {
-        while let Some(idx) = self.free.pop() {
-            let Some(mut op) = self.backlog.pop_front() else {
-                self.free.push(idx);
-                break;
-            };
-            let entry = match op.sqe(idx as u64) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.free.push(idx);
-                    op.finish(Err(e));
-                    continue;
-                }
-            };
-            // SAFETY: the entry points into `op`'s buffer and fd; `op` is
-            // stored in `slab[idx]` right below and stays there until its
-            // CQE is reaped (or is leaked), so both outlive the IO.
-            let pushed = unsafe { self.ring.submission().push(&entry) };
-            if pushed.is_err() {
-                // Not expected: in-kernel ops are capped below the SQ size.
-                self.free.push(idx);
-                self.backlog.push_front(op);
-                break;
-            }
-            if let Some(slot) = self.slab.get_mut(idx) {
-                *slot = Some(op);
-            }
-        }
+        // A full queue (not expected: in-kernel ops are capped below its
+        // size) leaves the rest in the backlog for the next turn.
+        let _ = self.slots.fill_sq(&mut self.ring);
     }
 }
 
 impl Drop for Core {
     fn drop(&mut self) {
         let ended = || io::Error::other("the thread serving this IO ended");
-        for op in self.backlog.drain(..) {
-            op.finish(Err(ended()));
+        if self.slots.fail_all(&ended) {
+            // The runtime ended with IOs in the kernel: their buffers were
+            // leaked, and so is the ring, so that the kernel never writes
+            // into freed memory.
+            return;
         }
-        let in_kernel: Vec<Op> = self.slab.iter_mut().filter_map(Option::take).collect();
-        if in_kernel.is_empty() {
-            // SAFETY: dropped once, here; nothing uses the ring afterwards.
-            unsafe { ManuallyDrop::drop(&mut self.ring) };
-        } else {
-            // The runtime ended with IOs in the kernel: their buffers (and
-            // the ring) are leaked so that the kernel never writes into
-            // freed memory.
-            for op in in_kernel {
-                op.fail_in_kernel(ended());
-            }
-        }
+        // SAFETY: dropped once, here; nothing uses the ring afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
 }
 
