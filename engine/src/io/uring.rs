@@ -74,17 +74,7 @@ struct Shared {
 
 impl Shared {
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one`, alive for the call, to an
-        // eventfd we own. A failure (counter overflow, impossible at 1 per
-        // wake) only loses a wake-up the next submission repeats.
-        let _ = unsafe {
-            libc::write(
-                self.eventfd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        signal_eventfd(self.eventfd.as_raw_fd());
     }
 }
 
@@ -484,6 +474,14 @@ fn give_back(kind: Option<OpKind>, len: usize) -> AlignedBuf {
         Some(OpKind::Read { buf, .. }) | Some(OpKind::Write { buf, .. }) => buf,
         _ => AlignedBuf::zeroed(len),
     }
+}
+
+/// Adds 1 to an eventfd's counter. A failure (counter overflow, impossible
+/// at 1 per signal) only loses a wake-up that is already pending.
+fn signal_eventfd(fd: std::os::fd::RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from `one`, alive for the call, to `fd`.
+    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), std::mem::size_of::<u64>()) };
 }
 
 fn ring_gone() -> io::Error {

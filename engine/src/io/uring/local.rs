@@ -35,7 +35,7 @@ use std::rc::Rc;
 use io_uring::IoUring;
 use tokio::io::unix::AsyncFd;
 
-use super::{build_ring_with, Op, Slots};
+use super::{build_ring_with, signal_eventfd, Op, Slots};
 use crate::io::IoError;
 
 /// Entries of a thread's ring (and so at most 255 of its IOs in the kernel).
@@ -152,16 +152,7 @@ impl LocalRing {
 
     /// Makes the reaper take a turn.
     fn kick(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one`, alive for the call, to our
-        // eventfd. A failure (counter full) means a turn is pending anyway.
-        let _ = unsafe {
-            libc::write(
-                self.eventfd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        signal_eventfd(self.eventfd.as_raw_fd());
     }
 
     /// Empties the eventfd's counter (non-blocking).
