@@ -533,3 +533,60 @@ fn a_missing_pool_a_busy_device_and_a_used_address_are_clear_errors() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn io_mode_picks_the_page_cache_or_o_direct_and_data_moves_between_them() {
+    let (_dir, mut replica) = setup("16MiB");
+    let direct_io = |replica: &ReplicaProcess| {
+        let pool: serde_json::Value =
+            serde_json::from_str(&replica.ctl(&["--json", "pool", "status"])).unwrap();
+        pool["devices"][0]["direct_io"].as_bool().unwrap()
+    };
+    // The default is buffered: through the page cache.
+    assert!(!direct_io(&replica));
+    let (mut client, _) = Client::open(replica.data, "vol1", 1).await;
+    for lba in 0..64u64 {
+        client
+            .write(lba * BLOCK, pattern(lba, 5, BLOCK as usize))
+            .await;
+    }
+    assert_eq!(client.flush().await, Message::Ack(Opcode::Flush));
+    drop(client);
+    assert!(replica.terminate(), "unclean exit: {}", replica.log_text());
+
+    // O_DIRECT on request (a filesystem refusing it is named in the log).
+    replica.start_with_env(&[("CSTOR_REPLICA_IO_MODE", "direct")]);
+    assert!(
+        direct_io(&replica) || replica.log_text().contains("refuses O_DIRECT"),
+        "{}",
+        replica.log_text()
+    );
+    let (mut client, _) = Client::open(replica.data, "vol1", 2).await;
+    for lba in 0..64u64 {
+        assert_eq!(
+            client.read(lba * BLOCK, BLOCK as u32).await,
+            pattern(lba, 5, BLOCK as usize)
+        );
+    }
+    drop(client);
+    assert!(replica.terminate(), "unclean exit: {}", replica.log_text());
+
+    // A mode that does not exist is refused by name.
+    let out = std::process::Command::new(common::cstor_bin())
+        .args([
+            "replica",
+            "run",
+            "--pool-path",
+            "/nonexistent",
+            "--io-mode",
+            "fast",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'fast'") && stderr.contains("buffered"),
+        "{stderr}"
+    );
+}

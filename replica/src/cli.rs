@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::daemon::{DaemonError, InitConfig, RunConfig};
+use crate::daemon::{DaemonError, InitConfig, IoMode, RunConfig};
 
 #[derive(Debug, Args)]
 pub struct ReplicaArgs {
@@ -108,6 +108,12 @@ pub struct RunArgs {
     /// most 8.
     #[arg(long, env = "CSTOR_REPLICA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub shards: Option<u16>,
+    /// How the pool's devices are read and written: `buffered` through the
+    /// page cache (hot blocks are read from memory), or `direct` (O_DIRECT).
+    /// Flushes make data durable the same way in both; see
+    /// docs/configuration.md.
+    #[arg(long, env = "CSTOR_REPLICA_IO_MODE", value_enum, default_value_t = IoMode::Buffered)]
+    pub io_mode: IoMode,
 }
 
 impl RunArgs {
@@ -120,6 +126,7 @@ impl RunArgs {
             metrics_listen: self.metrics_listen,
             rebuild_limit_bytes_per_sec: self.rebuild_limit,
             shards: self.shards.map_or_else(default_shards, usize::from),
+            io_mode: self.io_mode,
         }
     }
 }

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cstor_engine::io::{Backend, BackendKind, DeviceKind, DeviceOptions, FileDevice, IoError};
+use cstor_engine::io::{
+    Backend, BackendKind, DeviceKind, DeviceOptions, DirectIo, FileDevice, IoError,
+};
 use cstor_engine::{DeviceRef, Pool, PoolOptions};
 use cstor_mgmt::metrics_http;
 use cstor_mgmt::v1::replica_manager_server::ReplicaManagerServer;
@@ -110,6 +112,35 @@ pub struct RunConfig {
     pub rebuild_limit_bytes_per_sec: u64,
     /// Threads serving replication connections ([`crate::shards`]).
     pub shards: usize,
+    /// Whether pool IO goes through the page cache.
+    pub io_mode: IoMode,
+}
+
+/// How a daemon reads and writes its pool's devices. Either way a flush
+/// (SYNCHRONIZE CACHE, FUA, the commit timer) fdatasyncs every device before
+/// the metadata that points at the data is committed, so what is durable
+/// after a power loss is the same; what differs is where an acknowledged,
+/// unflushed write waits (page cache or the device's own cache) and whether
+/// reads of recently used blocks are served from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IoMode {
+    /// Through the kernel's page cache: recently read or written blocks are
+    /// served from memory (reclaimable; cgroup-accounted), writes are
+    /// written back at the next flush or commit.
+    #[default]
+    Buffered,
+    /// O_DIRECT, bypassing the page cache (a backing filesystem that
+    /// refuses it, such as tmpfs, falls back to buffered with a log line).
+    Direct,
+}
+
+impl IoMode {
+    fn direct_io(self) -> DirectIo {
+        match self {
+            IoMode::Buffered => DirectIo::Off,
+            IoMode::Direct => DirectIo::Auto,
+        }
+    }
 }
 
 /// The daemon, bound and ready to serve.
@@ -133,14 +164,21 @@ impl Daemon {
         let mut devices: Vec<DeviceRef> = Vec::new();
         let mut infos = Vec::new();
         for path in &config.devices {
-            let dev = open_waiting_for_release(&backend, path).await?;
+            let dev = open_waiting_for_release(&backend, path, config.io_mode).await?;
             infos.push(DeviceInfo {
                 path: path.display().to_string(),
                 size_bytes: cstor_engine::io::Device::len_bytes(dev.as_ref()),
                 direct_io: dev.direct_io(),
             });
+            let mode = if dev.direct_io() {
+                "O_DIRECT"
+            } else {
+                "buffered"
+            };
             if dev.kind() == DeviceKind::Block {
-                info!(device = %path.display(), "block device");
+                info!(device = %path.display(), mode, "block device");
+            } else {
+                info!(device = %path.display(), mode, "file");
             }
             devices.push(dev);
         }
@@ -333,11 +371,13 @@ fn open_file(
 async fn open_waiting_for_release(
     backend: &Backend,
     path: &std::path::Path,
+    io_mode: IoMode,
 ) -> Result<Arc<FileDevice>, DaemonError> {
+    let options = DeviceOptions::existing().with_direct(io_mode.direct_io());
     let deadline = tokio::time::Instant::now() + IN_USE_WAIT;
     let mut logged = false;
     loop {
-        match backend.open(path, &DeviceOptions::existing()) {
+        match backend.open(path, &options) {
             Ok(dev) => return Ok(dev),
             Err(IoError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
                 if !logged {

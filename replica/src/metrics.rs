@@ -359,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_daemon_serves_pool_space_that_follows_writes() {
-        use crate::daemon::{init, Daemon, InitConfig, RunConfig};
+        use crate::daemon::{init, Daemon, InitConfig, IoMode, RunConfig};
         use cstor_mgmt::exposition::find;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.img");
@@ -377,6 +377,7 @@ mod tests {
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             rebuild_limit_bytes_per_sec: 0,
             shards: 2,
+            io_mode: IoMode::Buffered,
         })
         .await
         .unwrap();

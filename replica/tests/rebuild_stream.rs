@@ -18,7 +18,7 @@ use cstor_proto::{
     Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildSource, RebuildStart,
     ReplicaState, VersionRange, Write,
 };
-use cstor_replica::daemon::{init, Daemon, InitConfig, RunConfig};
+use cstor_replica::daemon::{init, Daemon, InitConfig, IoMode, RunConfig};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -58,6 +58,7 @@ async fn replica() -> Replica {
         metrics_listen: None,
         rebuild_limit_bytes_per_sec: 0,
         shards: 2,
+        io_mode: IoMode::Direct,
     })
     .await
     .unwrap();
