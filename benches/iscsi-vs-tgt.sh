@@ -12,9 +12,11 @@
 # measurement.
 #
 # tgt's default backing store is buffered (its reads are page-cache hits once
-# the LUN has been written) while a cstor replica opens its pool O_DIRECT;
-# --tgt-direct adds a second tgt whose LUN is opened O_DIRECT (--bsoflags
-# direct) and a column for it, so the two costs can be told apart.
+# the LUN has been written), and so is a cstor replica's pool by default
+# (--io-mode buffered). --tgt-direct adds a second tgt whose LUN is opened
+# O_DIRECT (--bsoflags direct) and a column for it; CSTOR_REPLICA_IO_MODE=direct
+# in the environment runs the cstor replica O_DIRECT, so the cost of the page
+# cache's absence can be told apart on both sides.
 #
 #   iscsi-vs-tgt.sh [--runs N] [--seconds S] [--count N] [--depth D]
 #                   [--lun-mib M] [--tgt-direct] [--dir DIR]

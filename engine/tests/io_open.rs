@@ -235,3 +235,38 @@ async fn faulty_wrapper_over_a_file_device_fails_the_armed_sync_only() {
     faulty.sync_data().await.unwrap();
     assert_eq!(faulty.counts().syncs, 3);
 }
+
+/// A buffered write of whole pages is a copy into the page cache, done at
+/// once on the caller's thread: its future is ready on the first poll, on
+/// both backends, and the data reads back; a partial-page write still goes
+/// through the backend and lands too.
+#[tokio::test]
+async fn buffered_whole_page_writes_complete_on_the_first_poll() {
+    use std::task::{Context, Poll, Waker};
+    let page = 4096usize;
+    for backend in backends() {
+        let dir = tmpdir();
+        let opts = DeviceOptions::create(1 << 20).with_direct(DirectIo::Off);
+        let dev = backend.open(&dir.path().join("dev"), &opts).unwrap();
+        let mut write = dev.write_at(
+            AlignedBuf::from_slice(&vec![0x5a; 2 * page]),
+            8 * page as u64,
+        );
+        let first = write.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        match first {
+            Poll::Ready((r, _)) => r.unwrap(),
+            Poll::Pending => panic!("{}: a whole-page buffered write waited", backend.kind()),
+        }
+        let (r, _) = dev
+            .write_at(AlignedBuf::from_slice(&[0xc3; 100]), 8 * page as u64 + 10)
+            .await;
+        r.unwrap();
+        let (r, buf) = dev
+            .read_at(AlignedBuf::zeroed(2 * page), 8 * page as u64)
+            .await;
+        r.unwrap();
+        let mut expect = vec![0x5a; 2 * page];
+        expect[10..110].fill(0xc3);
+        assert_eq!(buf.as_slice(), &expect[..], "{}", backend.kind());
+    }
+}
