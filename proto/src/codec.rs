@@ -49,7 +49,25 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        Frame::decode(src, self.max_payload_bytes)
+        let frame = Frame::decode(src, self.max_payload_bytes)?;
+        if src.len() < crate::header::HEADER_LEN {
+            reserve_read_ahead(src);
+        }
+        Ok(frame)
+    }
+}
+
+/// Free space the next socket read of a framed connection gets.
+pub const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// Makes room for [`READ_AHEAD_BYTES`] when less than half of it is free.
+/// A decoder calls it when its buffer holds no whole header any more:
+/// `Framed` reads into the buffer's spare capacity only, so without it the
+/// tail of an earlier allocation (what is left after splitting off the last
+/// payloads) caps the read, and a 4 KiB data frame arrives in two reads.
+pub fn reserve_read_ahead(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_AHEAD_BYTES / 2 {
+        buf.reserve(READ_AHEAD_BYTES);
     }
 }
 
@@ -80,6 +98,7 @@ impl Encoder<Packet> for FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header::HEADER_LEN;
     use crate::message::Message;
 
     fn heartbeat(io_seq: u64) -> Packet {
@@ -102,6 +121,31 @@ mod tests {
             assert_eq!(Packet::decode(frame).unwrap(), heartbeat(io_seq));
         }
         assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_emptied_buffer_has_room_for_a_whole_data_frame() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + 4096 + 100);
+        let write = Packet {
+            message: Message::Write(crate::message::Write {
+                offset: 0,
+                data: bytes::Bytes::from(vec![1u8; 4096]),
+                fua: false,
+            }),
+            ..heartbeat(1)
+        };
+        codec.encode(&write, &mut buf).unwrap();
+        let frame = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert!(buf.capacity() >= READ_AHEAD_BYTES / 2, "{}", buf.capacity());
+        drop(frame);
+        // A partial header keeps what it has and gains the room too.
+        let mut partial = BytesMut::with_capacity(16);
+        partial.extend_from_slice(&[0u8; 10]);
+        assert!(codec.decode(&mut partial).unwrap().is_none());
+        assert_eq!(&partial[..], &[0u8; 10]);
+        assert!(partial.capacity() - partial.len() >= READ_AHEAD_BYTES / 2);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::bhs::Bhs;
+use super::limits::BHS_LEN;
 use super::pdu::{self, Disposition, EncodeError, FrameConfig, Pdu, PduError, RejectReason};
 
 /// A PDU that was consumed and must be answered with a Reject.
@@ -102,7 +103,11 @@ impl Decoder for IscsiCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
-        match pdu::decode(src, &self.rx) {
+        let decoded = pdu::decode(src, &self.rx);
+        if src.len() < BHS_LEN {
+            cstor_proto::reserve_read_ahead(src);
+        }
+        match decoded {
             Ok(Some(p)) => Ok(Some(Ok(p))),
             Ok(None) => Ok(None),
             Err(e) => match e.disposition() {
@@ -145,7 +150,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::iscsi::limits::{BHS_LEN, DIGEST_LEN};
+    use crate::iscsi::limits::DIGEST_LEN;
     use crate::iscsi::pdu::{Digests, LoginResponse, NopOut};
 
     const CRC: Digests = Digests {
