@@ -26,7 +26,10 @@
 //! Nothing of ErrorRecoveryLevel > 0 (SNACK, task reassignment) is done:
 //! we never negotiate it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Looked up on every PDU of a command: a fast seeded hash, not SipHash.
+use foldhash::HashMap;
 
 use bytes::{Bytes, BytesMut};
 
@@ -190,7 +193,7 @@ impl<'a> FullFeature<'a> {
             window: CmdWindow::new(session.exp_cmd_sn, cfg.queue_depth),
             stat_sn: session.next_stat_sn,
             session,
-            tasks: HashMap::new(),
+            tasks: HashMap::default(),
             waiting: VecDeque::new(),
             buffered_bytes: 0,
             text: TextExchange::new(),

@@ -43,7 +43,10 @@ pub mod controller;
 pub mod link;
 pub mod membership;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Looked up on every request: a fast seeded hash, not SipHash.
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -332,8 +335,8 @@ impl Volume {
             controller,
             addrs: Vec::with_capacity(members.len()),
             links: Vec::with_capacity(members.len()),
-            waiters: HashMap::new(),
-            changes: HashMap::new(),
+            waiters: HashMap::default(),
+            changes: HashMap::default(),
             next_tag: 1,
             start_max_received: max_received,
             seen: Vec::with_capacity(members.len()),
@@ -1164,9 +1167,11 @@ impl Driver {
     /// A digest of everything in the status but the IO counters: what
     /// must reach the status's watchers without delay.
     fn status_shape(&self, now: Instant) -> u64 {
-        use std::hash::{Hash, Hasher};
+        use std::hash::{BuildHasher, Hash, Hasher};
         let controller = &self.controller;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        // Computed after every batch of requests: a fast hash (only ever
+        // compared with its own earlier values in this process).
+        let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         for (i, state) in controller.replica_states().iter().enumerate() {
             state.hash(&mut h);
             self.addrs.get(i).hash(&mut h);
