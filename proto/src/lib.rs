@@ -109,7 +109,7 @@ mod opcode;
 mod status;
 mod wire;
 
-pub use codec::{reserve_read_ahead, FrameCodec, READ_AHEAD_BYTES};
+pub use codec::{reserve_read_ahead, FrameCodec, READ_AHEAD_BYTES, WRITE_BATCH_BYTES};
 pub use frame::{EncodeError, Frame, FrameError};
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use message::{

@@ -83,6 +83,7 @@ async fn serve_inner(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let mut conn = Framed::new(stream, FrameCodec::new());
+    conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
     let Some(session) = handshake(&mut conn, conn_id, registry).await? else {
         return Ok(());
     };

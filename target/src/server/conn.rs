@@ -166,6 +166,8 @@ async fn full_feature(
     let initiator = session.initiator_name.clone();
     let revoked = access::revoked(access, &initiator);
     tokio::pin!(revoked);
+    let mut conn = conn;
+    conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
     let (mut sink, mut stream) = conn.split();
     let mut ff = FullFeature::new(&shared.config, session);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
@@ -180,25 +182,37 @@ async fn full_feature(
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let actions = tokio::select! {
+        let first = tokio::select! {
             () = shutdown.cancelled() => return Err("target shutting down".into()),
             // Fencing: the initiator was removed from the allowlist.
             () = &mut revoked => return Err("initiator no longer allowed".into()),
-            frame = stream.next() => match frame {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(Ok(pdu))) => {
+            frame = stream.next() => Event::Frame(frame),
+            finished = done_rx.recv() => Event::Finished(finished),
+            _ = clock.tick() => Event::Tick,
+        };
+        // Every event that is ready now is handled before one flush: at
+        // queue depth its answers leave in one write, not one each.
+        let mut next = Some(first);
+        let mut handled = 0;
+        let mut close = false;
+        while let Some(event) = next.take() {
+            let actions = match event {
+                // The initiator closed: what is queued still goes out.
+                Event::Frame(None) => {
+                    close = true;
+                    Vec::new()
+                }
+                Event::Frame(Some(Err(e))) => return Err(e.to_string()),
+                Event::Frame(Some(Ok(Ok(pdu)))) => {
                     keepalive.heard(now_ms());
                     ff.on_pdu(pdu)
                 }
-                Some(Ok(Err(rejected))) => {
+                Event::Frame(Some(Ok(Err(rejected)))) => {
                     keepalive.heard(now_ms());
                     warn!(error = %rejected, "rejecting a PDU");
                     ff.on_rejected(rejected.reason, &rejected.header)
                 }
-            },
-            finished = done_rx.recv() => match finished {
-                Some(f) => {
+                Event::Finished(Some(f)) => {
                     let response = shared.lu.lock().complete(f.pending, f.result);
                     if aborted.remove(&f.itt) {
                         Vec::new()
@@ -207,41 +221,46 @@ async fn full_feature(
                         ff.complete(f.itt, result)
                     }
                 }
-                None => Vec::new(),
-            },
-            _ = clock.tick() => match keepalive.poll(now_ms()) {
-                KeepaliveAction::Wait { .. } => Vec::new(),
-                KeepaliveAction::Ping { ttt } => ff.ping(ttt),
-                KeepaliveAction::Dead => return Err(format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}")),
-            },
-        };
-        let mut close = false;
-        let mut pending_actions = std::collections::VecDeque::from(actions);
-        while let Some(action) = pending_actions.pop_front() {
-            match action {
-                Action::Send(pdu) => sink
-                    .feed(pdu)
-                    .await
-                    .map_err(|e| format!("cannot send: {e}"))?,
-                Action::Execute(task) => {
-                    if let Some((itt, result)) = execute(shared, nexus, task, &done_tx) {
-                        pending_actions.extend(ff.complete(itt, result));
+                Event::Finished(None) => Vec::new(),
+                Event::Tick => match keepalive.poll(now_ms()) {
+                    KeepaliveAction::Wait { .. } => Vec::new(),
+                    KeepaliveAction::Ping { ttt } => ff.ping(ttt),
+                    KeepaliveAction::Dead => {
+                        return Err(format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}"))
                     }
-                }
-                Action::Abort { itts } => {
-                    aborted.extend(itts);
-                }
-                Action::Reset { kind, lun } => {
-                    if lun == 0
-                        && matches!(
-                            kind,
-                            ResetKind::LogicalUnitReset | ResetKind::TargetWarmReset
-                        )
-                    {
-                        shared.lu.lock().lun_reset();
+                },
+            };
+            let mut pending_actions = std::collections::VecDeque::from(actions);
+            while let Some(action) = pending_actions.pop_front() {
+                match action {
+                    Action::Send(pdu) => sink
+                        .feed(pdu)
+                        .await
+                        .map_err(|e| format!("cannot send: {e}"))?,
+                    Action::Execute(task) => {
+                        if let Some((itt, result)) = execute(shared, nexus, task, &done_tx) {
+                            pending_actions.extend(ff.complete(itt, result));
+                        }
                     }
+                    Action::Abort { itts } => {
+                        aborted.extend(itts);
+                    }
+                    Action::Reset { kind, lun } => {
+                        if lun == 0
+                            && matches!(
+                                kind,
+                                ResetKind::LogicalUnitReset | ResetKind::TargetWarmReset
+                            )
+                        {
+                            shared.lu.lock().lun_reset();
+                        }
+                    }
+                    Action::Close => close = true,
                 }
-                Action::Close => close = true,
+            }
+            handled += 1;
+            if !close && handled < EVENTS_PER_FLUSH {
+                next = ready_event(&mut done_rx, &mut stream);
             }
         }
         sink.flush()
@@ -251,6 +270,32 @@ async fn full_feature(
             return Ok(());
         }
     }
+}
+
+/// At most this many events are handled between two flushes (and between
+/// two looks at shutdown and revocation).
+const EVENTS_PER_FLUSH: usize = 64;
+
+/// What woke a full-feature connection. Lives on the stack for one turn
+/// of the loop; boxing the completion would cost an allocation per command.
+#[allow(clippy::large_enum_variant)]
+enum Event<F> {
+    Frame(Option<F>),
+    Finished(Option<Finished>),
+    Tick,
+}
+
+/// A completion or a received PDU that is ready without waiting, if any
+/// (completions first: they free window and buffer space).
+fn ready_event<S: futures::Stream + Unpin>(
+    done: &mut mpsc::UnboundedReceiver<Finished>,
+    stream: &mut S,
+) -> Option<Event<S::Item>> {
+    use futures::FutureExt;
+    if let Ok(f) = done.try_recv() {
+        return Some(Event::Finished(Some(f)));
+    }
+    stream.next().now_or_never().map(Event::Frame)
 }
 
 /// Starts a task: answered at once (`Some`), or its block IO spawned and

@@ -219,7 +219,9 @@ async fn dial(addr: SocketAddr) -> Result<Conn, String> {
     stream
         .set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-    Ok(Framed::new(stream, FrameCodec::new()))
+    let mut conn = Framed::new(stream, FrameCodec::new());
+    conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
+    Ok(conn)
 }
 
 async fn hello(
