@@ -111,7 +111,7 @@ pub struct RunArgs {
     /// How the pool's devices are read and written: `buffered` through the
     /// page cache (hot blocks are read from memory), or `direct` (O_DIRECT).
     /// Flushes make data durable the same way in both; see
-    /// docs/configuration.md.
+    /// docs/replica.md ("IO mode").
     #[arg(long, env = "CSTOR_REPLICA_IO_MODE", value_enum, default_value_t = IoMode::Buffered)]
     pub io_mode: IoMode,
 }
