@@ -2,7 +2,8 @@
 # cstor (target + 1 replica) against Debian's tgt, same run, same disk, same
 # initiators, loopback only:
 #   4 KiB random read  — iscsi-perf (libiscsi), 1 then DEPTH in flight,
-#                        SECONDS each (qd1 shows the per-command latency)
+#                        SECONDS each (DEPTH 32 is iscsi-perf's own default;
+#                        qd1 shows the per-command latency)
 #   4 KiB write        — qemu-img bench -w -t none over iscsi:// (libiscsi),
 #                        DEPTH in flight, COUNT writes, strided (qemu-img
 #                        bench has no random offsets; see README.md)
