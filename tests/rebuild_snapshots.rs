@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{pattern, Client, ReplicaProcess};
+use common::{pattern, Client, ReplicaProcess, VolumeLoad};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, ListSnapshotsRequest};
 use cstor_target::volume::{Completion, Op, Volume, VolumeSpec};
@@ -161,39 +161,6 @@ async fn check_all(reps: &[ReplicaProcess], epoch: u64, truth: &Truth) {
     }
 }
 
-/// Overwrites single blocks until stopped (live writes during the rebuild).
-fn load(
-    volume: &Volume,
-    truth: &Arc<Mutex<Truth>>,
-) -> (
-    Arc<std::sync::atomic::AtomicBool>,
-    tokio::task::JoinHandle<u64>,
-) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let task = {
-        let (volume, truth, stop) = (volume.clone(), Arc::clone(truth), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                let lba = i * 97 % BLOCKS;
-                let generation = 1000 + i;
-                let result = volume
-                    .submit(Op::Write {
-                        offset: lba * BLOCK,
-                        data: pattern(lba, generation, BLOCK as usize),
-                        fua: false,
-                    })
-                    .await;
-                assert_eq!(result, Ok(Completion::Done), "live write of block {lba}");
-                truth.lock().unwrap().live[lba as usize] = generation;
-            }
-            i
-        })
-    };
-    (stop, task)
-}
-
 /// Snapshots and writes while replica 2 is away (or empty): `s1` (taken
 /// before) is deleted, `s2` and `s3` are new.
 async fn history_while_away(volume: &Volume, truth: &Mutex<Truth>) {
@@ -225,15 +192,17 @@ async fn run(replace_pool: bool) {
         reps[2].kill9();
     }
     history_while_away(&volume, &truth).await;
-    let (stop, task) = load(&volume, &truth);
+    // Live writes during the rebuild, one writer over every block.
+    let acked = Arc::new(Mutex::new(truth.lock().unwrap().live.clone()));
+    let load = VolumeLoad::start(&volume, BLOCKS, 1, 1000, &acked);
     if replace_pool {
         reps[2].replace_pool("256MiB", "vol", "64MiB");
     } else {
         reps[2].start();
     }
     all_healthy(&volume, Duration::from_secs(60)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let live_writes = task.await.unwrap();
+    let live_writes = load.finish().await;
+    truth.lock().unwrap().live = acked.lock().unwrap().clone();
     assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
     let epoch = volume.status().epoch;
     volume.close();

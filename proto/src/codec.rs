@@ -116,6 +116,18 @@ mod tests {
         }
     }
 
+    /// A write of one 4 KiB block of ones.
+    fn write_4k() -> Packet {
+        Packet {
+            message: Message::Write(crate::message::Write {
+                offset: 0,
+                data: bytes::Bytes::from(vec![1u8; 4096]),
+                fua: false,
+            }),
+            ..heartbeat(1)
+        }
+    }
+
     #[test]
     fn codec_round_trips_packets_through_frames() {
         let mut codec = FrameCodec::new();
@@ -133,14 +145,7 @@ mod tests {
     fn an_emptied_buffer_has_room_for_a_whole_data_frame() {
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::with_capacity(HEADER_LEN + 4096 + 100);
-        let write = Packet {
-            message: Message::Write(crate::message::Write {
-                offset: 0,
-                data: bytes::Bytes::from(vec![1u8; 4096]),
-                fua: false,
-            }),
-            ..heartbeat(1)
-        };
+        let write = write_4k();
         codec.encode(&write, &mut buf).unwrap();
         let frame = codec.decode(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty());
@@ -157,14 +162,7 @@ mod tests {
     #[test]
     fn codec_bound_applies_to_decoding() {
         let mut buf = BytesMut::new();
-        let write = Packet {
-            message: Message::Write(crate::message::Write {
-                offset: 0,
-                data: bytes::Bytes::from(vec![1u8; 4096]),
-                fua: false,
-            }),
-            ..heartbeat(1)
-        };
+        let write = write_4k();
         FrameCodec::new().encode(&write, &mut buf).unwrap();
         let mut small = FrameCodec::with_max_payload(4095);
         assert!(matches!(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cstor_engine::io::{
-    Backend, BackendKind, DeviceKind, DeviceOptions, DirectIo, FileDevice, IoError,
+    Backend, BackendKind, Device, DeviceOptions, DirectIo, FileDevice, IoError,
 };
 use cstor_engine::{DeviceRef, Pool, PoolOptions};
 use cstor_mgmt::metrics_http;
@@ -167,19 +167,11 @@ impl Daemon {
             let dev = open_waiting_for_release(&backend, path, config.io_mode).await?;
             infos.push(DeviceInfo {
                 path: path.display().to_string(),
-                size_bytes: cstor_engine::io::Device::len_bytes(dev.as_ref()),
+                size_bytes: dev.len_bytes(),
                 direct_io: dev.direct_io(),
             });
-            let mode = if dev.direct_io() {
-                "O_DIRECT"
-            } else {
-                "buffered"
-            };
-            if dev.kind() == DeviceKind::Block {
-                info!(device = %path.display(), mode, "block device");
-            } else {
-                info!(device = %path.display(), mode, "file");
-            }
+            // Kind, size, alignment, O_DIRECT or buffered, IO backend.
+            info!(device = %dev.describe(), "pool device");
             devices.push(dev);
         }
         let pool = Pool::open(devices, &PoolOptions::default())

@@ -993,11 +993,13 @@ impl VolumeLoad {
         }
     }
 
-    /// Stops the writers and waits for them.
-    pub async fn finish(self) {
+    /// Stops the writers and waits for them; returns how many writes were
+    /// acknowledged.
+    pub async fn finish(self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();
         }
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

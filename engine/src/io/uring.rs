@@ -40,9 +40,9 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::file::{advisory, BackingFile};
+use super::{AlignedBuf, BufResult, IoError, IoFuture};
 
 mod local;
-use super::{AlignedBuf, BufResult, IoError, IoFuture};
 pub use local::{install_thread_ring, thread_ring_submitted};
 
 /// Retries of a read or write that failed with `EINTR` or `EAGAIN`.

@@ -28,10 +28,9 @@
 
 use std::collections::VecDeque;
 
+use bytes::{Bytes, BytesMut};
 // Looked up on every PDU of a command: a fast seeded hash, not SipHash.
 use foldhash::HashMap;
-
-use bytes::{Bytes, BytesMut};
 
 use super::bhs::Bhs;
 use super::discovery::{TextContext, TextExchange};

@@ -156,7 +156,7 @@ async fn send(conn: &mut Conn, pdu: Pdu) -> Result<(), String> {
 }
 
 async fn full_feature(
-    conn: Conn,
+    mut conn: Conn,
     shared: &Arc<Shared>,
     session: crate::iscsi::login::LoggedIn,
     nexus: &Nexus,
@@ -166,7 +166,6 @@ async fn full_feature(
     let initiator = session.initiator_name.clone();
     let revoked = access::revoked(access, &initiator);
     tokio::pin!(revoked);
-    let mut conn = conn;
     conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
     let (mut sink, mut stream) = conn.split();
     let mut ff = FullFeature::new(&shared.config, session);

@@ -44,9 +44,6 @@ pub mod link;
 pub mod membership;
 
 use std::collections::BTreeMap;
-
-// Looked up on every request: a fast seeded hash, not SipHash.
-use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +53,8 @@ use cstor_proto::{
     HelloAck, Membership, Message, Name, Packet, RebuildProgress, RebuildSource, RebuildStart,
     SnapshotInfo, StatusReport,
 };
+// Looked up on every request: a fast seeded hash, not SipHash.
+use foldhash::HashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -194,8 +194,7 @@ impl LocalRing {
             Err(e) if transient(&e) => self.kick(),
             Err(e) => return Err(e),
         }
-        core.reap();
-        if !core.ring.submission().is_empty() {
+        if core.reap() {
             if let Err(e) = core.ring.submit() {
                 if !transient(&e) {
                     return Err(e);
@@ -321,6 +320,32 @@ mod tests {
         .unwrap();
     }
 
+    /// The io_uring backend, or `None` (saying SKIP) where it is refused.
+    fn uring_or_skip() -> Option<Backend> {
+        match Backend::uring() {
+            Ok(backend) => Some(backend),
+            Err(e) => {
+                eprintln!("SKIP: io_uring refused on this machine: {e}");
+                None
+            }
+        }
+    }
+
+    /// Installs this thread's ring and spawns its reaper; false (saying
+    /// SKIP) where the kernel refuses such a ring.
+    fn install_or_skip() -> bool {
+        match install_thread_ring() {
+            Ok(reaper) => {
+                tokio::task::spawn_local(reaper);
+                true
+            }
+            Err(e) => {
+                eprintln!("SKIP: no thread ring here: {e}");
+                false
+            }
+        }
+    }
+
     fn pattern(len: usize, seed: u8) -> AlignedBuf {
         let mut buf = AlignedBuf::zeroed(len);
         for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
@@ -331,20 +356,13 @@ mod tests {
 
     #[test]
     fn io_on_a_thread_with_its_own_ring_goes_through_it() {
-        let Ok(backend) = Backend::uring() else {
-            eprintln!("SKIP: io_uring refused on this machine");
+        let Some(backend) = uring_or_skip() else {
             return;
         };
         on_shard_thread(move || async move {
             assert_eq!(thread_ring_submitted(), None);
-            match install_thread_ring() {
-                Ok(reaper) => {
-                    tokio::task::spawn_local(reaper);
-                }
-                Err(e) => {
-                    eprintln!("SKIP: no thread ring here: {e}");
-                    return;
-                }
+            if !install_or_skip() {
+                return;
             }
             let dir = tempfile::tempdir().unwrap();
             let dev = backend
@@ -388,19 +406,12 @@ mod tests {
     #[test]
     fn a_page_cache_hit_completes_on_the_first_poll() {
         use std::task::{Context, Poll, Waker};
-        let Ok(backend) = Backend::uring() else {
-            eprintln!("SKIP: io_uring refused on this machine");
+        let Some(backend) = uring_or_skip() else {
             return;
         };
         on_shard_thread(move || async move {
-            match install_thread_ring() {
-                Ok(reaper) => {
-                    tokio::task::spawn_local(reaper);
-                }
-                Err(e) => {
-                    eprintln!("SKIP: no thread ring here: {e}");
-                    return;
-                }
+            if !install_or_skip() {
+                return;
             }
             let dir = tempfile::tempdir().unwrap();
             let options = DeviceOptions::create(1 << 20).with_direct(crate::io::DirectIo::Off);
@@ -422,8 +433,7 @@ mod tests {
 
     #[test]
     fn when_its_runtime_ends_the_thread_goes_back_to_the_shared_ring() {
-        let Ok(backend) = Backend::uring() else {
-            eprintln!("SKIP: io_uring refused on this machine");
+        let Some(backend) = uring_or_skip() else {
             return;
         };
         std::thread::spawn(move || {
