@@ -114,7 +114,7 @@ enum ReplicaCommand {
     Remove { replica: String },
     /// Set the consistency factor: healthy acknowledgements a write needs
     /// (1..=members). Lowering it below a majority is a knowing choice
-    /// (DESIGN.md "RF=2 is honest").
+    /// (docs/architecture.md, "RF=2 is honest").
     SetCf { consistency_factor: u32 },
 }
 

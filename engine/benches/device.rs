@@ -1,6 +1,6 @@
 //! 4 KiB random writes and reads at queue depth 32 on a 1 GiB file through
 //! each IO backend, next to fio (io_uring, O_DIRECT) on the same file in the
-//! same run. The goal: engine IOPS >= 0.8 x fio.
+//! same run. The goal: engine IOPS >= 0.8 x fio.
 //!
 //! `cargo bench -p cstor-engine --bench device`. Environment:
 //! `CSTOR_BENCH_DIR` (where the 1 GiB file goes; default the target tmp

@@ -1,6 +1,6 @@
 //! Functional tests of the pool API on in-memory and file devices: each
-//! test pins down one behaviour of the list (thin/thick, COW,
-//! snapshots, clones, unmap, reopen, attributes, rebuild support).
+//! test pins down one behaviour of the pool (thin/thick, COW, snapshots,
+//! clones, unmap, reopen, attributes, rebuild support).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

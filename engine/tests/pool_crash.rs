@@ -1,9 +1,10 @@
-//! Crash consistency (DESIGN.md invariant 7): random workloads run on a
-//! `CrashDevice` whose power is cut after the K-th device operation, for
-//! every K; the image a power cut could leave (unsynced writes dropped or
-//! kept at random, the last one torn) must reopen with every write made
-//! durable by a flush intact, later writes either old or new, snapshots
-//! exact, and space accounting exact (no chunk leaked or owned twice).
+//! Crash consistency (docs/architecture.md, invariant 7): random workloads
+//! run on a `CrashDevice` whose power is cut after the K-th device
+//! operation, for every K; the image a power cut could leave (unsynced
+//! writes dropped or kept at random, the last one torn) must reopen with
+//! every write made durable by a flush intact, later writes either old or
+//! new, snapshots exact, and space accounting exact (no chunk leaked or
+//! owned twice).
 //! `CSTOR_CRASH_WORKLOADS` raises the number of workloads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -81,6 +81,7 @@
 //! 0x0042  RebuildProgress  done u64, total u64                       one-way
 //! 0x0043  RebuildDone      through_io_seq u64                        one-way
 //! 0x0044  RebuildAbort     status u16, detail str                    one-way
+//! 0x0045  RebuildThrottle  bytes_per_second u64 (0 = no limit)       Ack
 //! ```
 //!
 //! `HelloAck` is `version u16, state u8, block_size u32, replica_id u128,

@@ -1,7 +1,7 @@
-//! Replica-to-replica rebuild (DESIGN.md invariant 6): this daemon as the
-//! *source* that streams a volume's changed chunks to a peer ([`source`]),
-//! and as the *sink* that pulls them into its own copy ([`sink`]), with the
-//! per-volume state both share ([`state`]).
+//! Replica-to-replica rebuild (docs/architecture.md, invariant 6): this
+//! daemon as the *source* that streams a volume's changed chunks to a peer
+//! ([`source`]), and as the *sink* that pulls them into its own copy
+//! ([`sink`]), with the per-volume state both share ([`state`]).
 //!
 //! Protocol (`cstor_proto::message::rebuild`):
 //!

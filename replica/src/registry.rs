@@ -1,5 +1,5 @@
 //! The daemon's volumes as sessions see them: each volume's admission order
-//! and which session owns it (fencing, DESIGN.md invariant 5).
+//! and which session owns it (fencing: docs/architecture.md, invariant 5).
 //!
 //! Fencing rules, checked under a per-volume claim lock:
 //! - a session claims a volume with the target's epoch; an epoch below the

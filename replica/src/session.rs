@@ -22,7 +22,8 @@
 //! Errors: a frame error (bad magic, checksum, oversize length) closes the
 //! connection — the stream is out of sync; a message error (unknown opcode,
 //! malformed payload, wrong version) is answered with an error reply carrying
-//! the request's io_seq and the connection goes on (DESIGN.md invariant 8).
+//! the request's io_seq and the connection goes on (docs/architecture.md,
+//! invariant 8).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -209,10 +210,10 @@ async fn handshake(
     }))
 }
 
-/// The authentication hook. Replica links will be authenticated with a
-/// per-volume pre-shared key (DESIGN.md); until that is configured, only
-/// unauthenticated targets are accepted and a proof is refused rather than
-/// silently ignored.
+/// The authentication hook. Authenticated replica links are planned
+/// (docs/architecture.md, "Planned"); until then, only unauthenticated
+/// targets are accepted and a proof is refused rather than silently
+/// ignored.
 fn authenticate(hello: &Hello) -> Result<(), String> {
     match hello.auth {
         Auth::None => Ok(()),

@@ -5,10 +5,10 @@
 //! it a `RebuildStart` naming itself. The source then streams
 //! `RebuildChunk`s of every block written since `from_io_seq`, each block
 //! with the io_seq of its last write so the sink can keep a newer live write
-//! over older rebuilt data (DESIGN invariant 6), and ends with
-//! `RebuildDone`. The sink reports `RebuildProgress` to the target. Either
-//! side may send `RebuildAbort`. Chunk, progress, done and abort are one-way:
-//! TCP backpressure paces the stream.
+//! over older rebuilt data (docs/architecture.md, invariant 6), and ends
+//! with `RebuildDone`. The sink reports `RebuildProgress` to the target.
+//! Either side may send `RebuildAbort`. Chunk, progress, done and abort are
+//! one-way: TCP backpressure paces the stream.
 //!
 //! A chunk's extent travels in the header (`offset`, `length`); its payload
 //! is `block_size u32, block_count u32, block_count × io_seq u64, data`.

@@ -1,6 +1,6 @@
 //! The completion watermark of a volume's mutating requests: the io_seq a
-//! replica may call *complete through* (DESIGN.md invariant 6; FORMAT.md
-//! "Durable io_seq is a completion watermark").
+//! replica may call *complete through* (docs/architecture.md, invariant 6;
+//! engine/FORMAT.md, "Durable io_seq is a completion watermark").
 //!
 //! Writes run concurrently, so the highest io_seq written is no such
 //! bound: write 105 may finish while 103 (received before it, on the same

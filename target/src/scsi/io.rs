@@ -104,7 +104,8 @@ pub enum IoError {
     ReadError,
     #[error("write error")]
     WriteError,
-    /// Below quorum: the volume is read-only (DESIGN.md invariant 3).
+    /// Below quorum: the volume is read-only (docs/architecture.md,
+    /// invariant 3).
     #[error("volume is read-only")]
     WriteProtected,
     #[error("volume not ready")]

@@ -130,8 +130,8 @@ pub async fn perform(
     }
 }
 
-/// The sense condition of a volume error (DESIGN.md invariant 3: below
-/// quorum, DATA PROTECT / WRITE PROTECTED).
+/// The sense condition of a volume error (docs/architecture.md, invariant
+/// 3: below quorum, DATA PROTECT / WRITE PROTECTED).
 fn map_error(err: VolumeError) -> IoError {
     match err {
         VolumeError::OutOfRange => IoError::LbaOutOfRange,

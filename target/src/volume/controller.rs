@@ -1,12 +1,14 @@
 //! The volume controller: quorum replication as a pure state machine.
 //!
-//! It does no IO (STYLE.md, the raft-rs model): the async shell feeds it
-//! requests from the SCSI layer and events from the replica links, with the
-//! current time, and performs the [`Action`]s it returns (send a packet to a
-//! replica, complete a request, drop a link). That makes every rule below
-//! testable by a deterministic simulation (`tests` at the bottom).
+//! It does no IO (docs/architecture.md, "Sans-IO cores and async
+//! shells"): the async shell feeds it requests from the SCSI layer and
+//! events from the replica links, with the current time, and performs the
+//! [`Action`]s it returns (send a packet to a replica, complete a request,
+//! drop a link). That makes every rule below testable by a deterministic
+//! simulation (`tests` at the bottom).
 //!
-//! Rules (DESIGN.md invariants):
+//! Rules (1 to 4 and 9 are the invariants of docs/architecture.md with
+//! the same numbers; rule 5 is this controller's own):
 //! 1. **Acknowledged means replicated.** Every mutating request gets the
 //!    next io_seq and goes to every connected replica, in io_seq order per
 //!    replica; it completes once `cf` *healthy* replicas acknowledged it

@@ -2,7 +2,8 @@
 //! acknowledgements a write needs (the consistency factor, CF). Pure: the
 //! rules below as functions over [`Membership`] records; the driver
 //! (`volume`) and the controller (`controller`, `Op::SetMembership`) carry
-//! them out. Issue #6; DESIGN.md "RF=2 is honest", invariants 1, 5 and 6.
+//! them out. See docs/architecture.md, "RF=2 is honest", invariants 1, 5
+//! and 6.
 //!
 //! # The record
 //!

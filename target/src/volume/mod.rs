@@ -7,7 +7,8 @@
 //!   the first io_seq, start the links) and the driver task that owns the
 //!   controller and turns its actions into link commands and completions.
 //!
-//! Opening a volume (DESIGN.md "io_seq is the order of truth", invariant 5):
+//! Opening a volume (docs/architecture.md, "io_seq is the order of truth",
+//! invariant 5):
 //! every replica is probed (epoch 0, claims nothing); once a read quorum of
 //! the members answered, the target takes the epoch one above the highest any of them
 //! accepted and starts numbering writes [`IO_SEQ_MARGIN`] above the highest
