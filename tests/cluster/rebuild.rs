@@ -8,13 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{pattern, Client, ReplicaProcess, VolumeLoad};
+use crate::common::{pattern, Client, ReplicaProcess, VolumeLoad};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{
     GetVolumeRequest, ReplicaState as MgmtReplicaState, SetRebuildThrottleRequest,
@@ -289,7 +288,7 @@ async fn a_rebuild_cut_by_a_crash_of_its_sink_resumes_and_finishes() {
 /// `cstor ctl --target MGMT --json rebuild throttle RATE`: the rate the
 /// target holds afterwards.
 fn throttle_through_target(mgmt: std::net::SocketAddr, rate: &str) -> u64 {
-    let out = common::cstor(&[
+    let out = crate::common::cstor(&[
         "ctl",
         "--target",
         &mgmt.to_string(),
@@ -312,18 +311,18 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
     const GUARD: Duration = Duration::from_secs(60);
     let dir = tempfile::tempdir().unwrap();
     let mut reps = replicas(3, dir.path());
-    let mgmt = common::free_addr();
+    let mgmt = crate::common::free_addr();
     let mgmt_arg = mgmt.to_string();
     let data: Vec<_> = reps.iter().map(|r| r.data).collect();
-    let target = common::TargetProcess::start_with(
+    let target = crate::common::TargetProcess::start_with(
         dir.path(),
-        common::free_addr(),
+        crate::common::free_addr(),
         "vol",
         &data,
         &["--mgmt-listen", &mgmt_arg],
         &[],
     );
-    let mut session = common::IscsiSession::login_retrying(
+    let mut session = crate::common::IscsiSession::login_retrying(
         target.portal,
         &target.iqn,
         "iqn.2026-11.io.cstor.test:throttle",
@@ -331,7 +330,7 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
     )
     .await;
     assert_eq!(u64::from(session.block_size), BLOCK);
-    common::wait_target_status(mgmt, "3 healthy", GUARD, |s| s["healthy"] == 3);
+    crate::common::wait_target_status(mgmt, "3 healthy", GUARD, |s| s["healthy"] == 3);
 
     // Replica 2 misses 32 MiB of writes.
     reps[2].kill9();
@@ -351,7 +350,7 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
     assert_eq!(throttle_through_target(mgmt, "1MiB"), LIMIT);
     let started = Instant::now();
     reps[2].start();
-    let paced = common::wait_target_status(mgmt, "3 MiB rebuilt", GUARD, |s| {
+    let paced = crate::common::wait_target_status(mgmt, "3 MiB rebuilt", GUARD, |s| {
         s["replicas"][2]["rebuild"]["done_bytes"]
             .as_u64()
             .is_some_and(|d| d >= 3 << 20)
@@ -375,7 +374,7 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
 
     // Raised: the rebuild finishes, and the counter holds all it copied.
     assert_eq!(throttle_through_target(mgmt, "0"), 0);
-    let healthy = common::wait_target_status(mgmt, "3 healthy again", GUARD, |s| s["healthy"] == 3);
+    let healthy = crate::common::wait_target_status(mgmt, "3 healthy again", GUARD, |s| s["healthy"] == 3);
     let rebuilt = healthy["replicas"][2]["rebuilt_bytes"].as_u64().unwrap();
     assert!(rebuilt >= blocks * BLOCK, "{healthy}");
     let epoch = healthy["epoch"].as_u64().unwrap();

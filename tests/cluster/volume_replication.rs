@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{pattern, ReplicaProcess};
+use crate::common::{pattern, ReplicaProcess};
 use cstor_target::volume::{Completion, Op, ReplicaState, Volume, VolumeError, VolumeSpec};
 
 const BLOCK: u64 = 4096;

@@ -7,14 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pattern, IscsiSession, ReplicaProcess};
+use crate::common::{pattern, IscsiSession, ReplicaProcess};
 use cstor_csi::pb::csi::v1 as csi;
 use cstor_csi::pb::csi::v1::controller_client::ControllerClient;
 use cstor_csi::pb::csi::v1::identity_client::IdentityClient;
@@ -53,7 +52,7 @@ impl Cluster {
         // so no outgoing connection takes a dead target's port before it
         // is restarted; blocks differ between clusters of parallel tests
         // but for a 1/120 chance, which the runtime's bind check covers.
-        let block = u16::try_from(common::rand_u64() % 120).unwrap();
+        let block = u16::try_from(crate::common::rand_u64() % 120).unwrap();
         let first_port = 20_000 + block * 100;
         let mut args = vec![
             "csi".to_owned(),
@@ -219,7 +218,7 @@ fn spawn_csi(dir: &std::path::Path, args: &[String]) -> Child {
         .append(true)
         .open(dir.join("csi.log"))
         .unwrap();
-    Command::new(common::cstor_bin())
+    Command::new(crate::common::cstor_bin())
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -1009,7 +1008,7 @@ async fn node_mode_serves_identity_and_node_without_the_controller() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("node.sock");
     let mut cluster = Cluster {
-        csi: Command::new(common::cstor_bin())
+        csi: Command::new(crate::common::cstor_bin())
             .args([
                 "csi",
                 "--mode",

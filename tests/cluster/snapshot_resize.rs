@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{free_addr, pattern, Client, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, pattern, Client, ReplicaProcess, TargetProcess};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, GetVolumeRequest};
 use cstor_target::volume::{Completion, Op, Volume, VolumeError, VolumeSpec};
@@ -340,7 +339,7 @@ fn ctl_drives_snapshots_and_resize_through_the_target_management_api() {
     let ctl = |args: &[&str]| {
         let mut all = vec!["ctl", "--target", &mgmt];
         all.extend_from_slice(args);
-        common::cstor(&all)
+        crate::common::cstor(&all)
     };
     // The target claims its replicas in the background.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -377,7 +376,7 @@ fn ctl_drives_snapshots_and_resize_through_the_target_management_api() {
         serde_json::from_str(&ctl(&["snapshot", "list", "--json"])).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 0);
     // Shrinking is refused with the target's reason.
-    let out = std::process::Command::new(common::cstor_bin())
+    let out = std::process::Command::new(crate::common::cstor_bin())
         .args(["ctl", "--target", &mgmt, "resize", "--size", "64MiB"])
         .output()
         .unwrap();
@@ -426,7 +425,7 @@ async fn a_replica_that_missed_a_grow_is_grown_when_it_returns_and_rebuilt() {
 #[test]
 fn ctl_names_an_unreachable_target() {
     let addr = free_addr().to_string();
-    let out = std::process::Command::new(common::cstor_bin())
+    let out = std::process::Command::new(crate::common::cstor_bin())
         .args(["ctl", "--target", &addr, "snapshot", "list"])
         .output()
         .unwrap();

@@ -21,7 +21,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -30,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{
+use crate::common::{
     free_addr, is_stopped, pattern, replica_states, signal, wait_target_status, Client,
     IscsiSession, ReplicaProcess, TargetProcess,
 };
@@ -245,7 +244,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
     // Writes go on GOOD at quorum two while it is stopped.
     load.wait_writes(500).await;
     assert!(is_stopped(slow), "the replica was not stopped throughout");
-    let status = common::target_status(mgmt).unwrap();
+    let status = crate::common::target_status(mgmt).unwrap();
     assert_eq!(
         replica_states(&status)
             .iter()
@@ -281,7 +280,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
         }
     }
     // And each replica alone holds exactly that.
-    let epoch = common::target_status(mgmt).unwrap()["epoch"]
+    let epoch = crate::common::target_status(mgmt).unwrap()["epoch"]
         .as_u64()
         .unwrap();
     target.kill9();
@@ -430,7 +429,7 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
     // All three are healthy: each replica alone holds every flushed block,
     // and they agree on the unflushed ones (else reads would flip between
     // an old and a new generation depending on which replica serves them).
-    let epoch = common::target_status(mgmt).unwrap()["epoch"]
+    let epoch = crate::common::target_status(mgmt).unwrap()["epoch"]
         .as_u64()
         .unwrap();
     drop(target);

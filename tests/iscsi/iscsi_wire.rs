@@ -29,13 +29,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{free_addr, pattern, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, pattern, ReplicaProcess, TargetProcess};
 use cstor_target::iscsi::limits::MAX_DATA_SEGMENT_FIELD;
 use cstor_target::iscsi::pdu::{
     self, DataOut, Digests, FrameConfig, LoginRequest, LoginResponse, NopOut, Pdu, Reject,
@@ -253,7 +252,7 @@ impl Initiator {
     async fn connect(portal: SocketAddr) -> Self {
         let stream = TcpStream::connect(portal).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        let tag = common::rand_u64().to_be_bytes();
+        let tag = crate::common::rand_u64().to_be_bytes();
         Self {
             stream,
             digests: Digests::default(),

@@ -11,14 +11,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{
+use crate::common::{
     free_addr, pattern, replica_states, wait_target_status, Client, HelloOutcome, ReplicaProcess,
     TargetProcess, VolumeLoad,
 };
@@ -314,7 +313,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
     wait_target_status(mgmt, "one healthy replica", Duration::from_secs(30), |s| {
         replica_states(s) == ["healthy"]
     });
-    let out = common::cstor(&[
+    let out = crate::common::cstor(&[
         "ctl",
         "--target",
         &mgmt_arg,
@@ -332,13 +331,13 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         reps[1].data.to_string().as_str()
     );
     // The table names each replica's id and the membership generation.
-    let table = common::cstor(&["ctl", "--target", &mgmt_arg, "status"]);
+    let table = crate::common::cstor(&["ctl", "--target", &mgmt_arg, "status"]);
     assert!(table.contains("gen 2"), "{table}");
     // Both daemons' pools in one table; the throttle set on both.
     let (m0, m1) = (reps[0].mgmt.to_string(), reps[1].mgmt.to_string());
-    let pools = common::cstor(&["ctl", "--mgmt", &m0, "--mgmt", &m1, "pool", "list"]);
+    let pools = crate::common::cstor(&["ctl", "--mgmt", &m0, "--mgmt", &m1, "pool", "list"]);
     assert!(pools.contains(&m0) && pools.contains(&m1), "{pools}");
-    let set = common::cstor(&[
+    let set = crate::common::cstor(&[
         "ctl", "--mgmt", &m0, "--mgmt", &m1, "--json", "rebuild", "throttle", "2MiB",
     ]);
     let set: serde_json::Value = serde_json::from_str(&set).unwrap();
@@ -359,7 +358,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         reps[1].data.to_string().as_str()
     );
 
-    let out = common::cstor(&[
+    let out = crate::common::cstor(&[
         "ctl",
         "--target",
         &mgmt_arg,
@@ -374,7 +373,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         replica_states(s) == ["healthy"]
     });
     // The last member cannot go; the error says why.
-    let out = std::process::Command::new(common::cstor_bin())
+    let out = std::process::Command::new(crate::common::cstor_bin())
         .args([
             "ctl",
             "--target",

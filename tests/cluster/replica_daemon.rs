@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use common::{pattern, Client, HelloOutcome, ReplicaProcess};
+use crate::common::{pattern, Client, HelloOutcome, ReplicaProcess};
 use cstor_proto::{
     Extent, Frame, FrameHeader, Message, Name, Opcode, SnapshotListRequest, Status, VersionRange,
     PROTOCOL_VERSION,
@@ -420,7 +419,7 @@ fn management_calls_are_idempotent_and_refuse_conflicts_clearly() {
     replica.ctl(&["volume", "create", "a", "--size", "32MiB"]);
     // Same request again: fine. Different size: a precise refusal.
     replica.ctl(&["volume", "create", "a", "--size", "32MiB"]);
-    let out = std::process::Command::new(common::cstor_bin())
+    let out = std::process::Command::new(crate::common::cstor_bin())
         .args([
             "ctl",
             "--mgmt",
@@ -440,7 +439,7 @@ fn management_calls_are_idempotent_and_refuse_conflicts_clearly() {
         "{err}"
     );
     // A thick volume larger than the pool is refused.
-    let out = std::process::Command::new(common::cstor_bin())
+    let out = std::process::Command::new(crate::common::cstor_bin())
         .args([
             "ctl",
             "--mgmt",
@@ -476,7 +475,7 @@ fn management_calls_are_idempotent_and_refuse_conflicts_clearly() {
 fn a_missing_pool_a_busy_device_and_a_used_address_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let run = |pool: &str, listen: &str, mgmt: &str| {
-        std::process::Command::new(common::cstor_bin())
+        std::process::Command::new(crate::common::cstor_bin())
             .args([
                 "replica",
                 "run",
@@ -511,7 +510,7 @@ fn a_missing_pool_a_busy_device_and_a_used_address_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
 
     let second = dir.path().join("second.img");
-    common::cstor(&[
+    crate::common::cstor(&[
         "replica",
         "init",
         "--pool",
@@ -572,7 +571,7 @@ async fn io_mode_picks_the_page_cache_or_o_direct_and_data_moves_between_them() 
     assert!(replica.terminate(), "unclean exit: {}", replica.log_text());
 
     // A mode that does not exist is refused by name.
-    let out = std::process::Command::new(common::cstor_bin())
+    let out = std::process::Command::new(crate::common::cstor_bin())
         .args([
             "replica",
             "run",

@@ -6,12 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{free_addr, pattern, IscsiSession, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, pattern, IscsiSession, ReplicaProcess, TargetProcess};
 use cstor_mgmt::exposition::{find, parse, Sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -7,11 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::process::Command;
 
-use common::{free_addr, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, ReplicaProcess, TargetProcess};
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -36,7 +35,7 @@ fn libiscsi_conformance_suite_passes_with_no_failure() {
         eprintln!("skipped: iscsi-test-cu not installed (apt-get install libiscsi-bin; scripts/test.sh does)");
         return;
     }
-    let script = common::shared_tool("conformance.sh");
+    let script = crate::common::shared_tool("conformance.sh");
     assert!(
         script.exists(),
         "{} not found (set CSTOR_SHARED_DIR)",

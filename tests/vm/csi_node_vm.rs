@@ -19,13 +19,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{cstor_bin, free_addr, ReplicaProcess, TargetProcess};
+use crate::common::{cstor_bin, free_addr, ReplicaProcess, TargetProcess};
 
 const NODE_ID: &str = "vm-node";
 const MIB: u64 = 1 << 20;
@@ -75,7 +74,7 @@ fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
         eprintln!("skipped: the VM harness needs root");
         return;
     }
-    let script = common::shared_tool("vm/run-e2e.sh");
+    let script = crate::common::shared_tool("vm/run-e2e.sh");
     assert!(
         script.exists(),
         "{} not found (set CSTOR_SHARED_DIR)",

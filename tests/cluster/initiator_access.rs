@@ -7,13 +7,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, pattern, IscsiSession, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, pattern, IscsiSession, ReplicaProcess, TargetProcess};
 use cstor_mgmt::v1::target_manager_client::TargetManagerClient;
 use cstor_mgmt::v1::{AllowedInitiators, GetAllowedInitiatorsRequest, SetAllowedInitiatorsRequest};
 use tonic::transport::Channel;
@@ -197,7 +196,7 @@ async fn malformed_initiator_names_are_invalid_argument_and_change_nothing() {
 
 #[test]
 fn a_malformed_allow_initiator_flag_stops_the_target() {
-    let out = Command::new(common::cstor_bin())
+    let out = Command::new(crate::common::cstor_bin())
         .args([
             "target",
             "--listen",
@@ -227,7 +226,7 @@ async fn ctl_initiators_shows_and_replaces_the_allowlist() {
     let ctl = |args: &[&str]| {
         let mut all = vec!["ctl", "--target", mgmt.as_str()];
         all.extend_from_slice(args);
-        Command::new(common::cstor_bin())
+        Command::new(crate::common::cstor_bin())
             .args(&all)
             .output()
             .unwrap()

@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cstor, cstor_bin, free_addr};
+use crate::common::{cstor, cstor_bin, free_addr};
 
 fn up(state: &Path, portal: std::net::SocketAddr, base_port: u16) -> Child {
     Command::new(cstor_bin())

@@ -10,14 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{pattern, Client, ReplicaProcess, VolumeLoad};
+use crate::common::{pattern, Client, ReplicaProcess, VolumeLoad};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, ListSnapshotsRequest};
 use cstor_target::volume::{Completion, Op, Volume, VolumeSpec};

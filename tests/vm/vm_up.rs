@@ -18,7 +18,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -26,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cstor_bin, free_addr, free_up_base_port, is_root, replica_states, target_status};
+use crate::common::{cstor_bin, free_addr, free_up_base_port, is_root, replica_states, target_status};
 
 /// Hang guard of one state change (restart, rebuild); not a timing assertion.
 const GUARD: Duration = Duration::from_secs(240);
@@ -163,7 +162,7 @@ fn three_healthy(mgmt: SocketAddr) -> bool {
 fn run_e2e(port: u16, iqn: &str, log: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new("bash");
     command
-        .arg(common::shared_tool("vm/run-e2e.sh"))
+        .arg(crate::common::shared_tool("vm/run-e2e.sh"))
         .arg(port.to_string())
         .arg(iqn)
         .args(["--quiet", "--timeout", VM_TIMEOUT_S, "--log"])
@@ -209,7 +208,7 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
         eprintln!("skipped: needs root (the VM harness installs QEMU and builds an initramfs)");
         return;
     }
-    let script = common::shared_tool("vm/run-e2e.sh");
+    let script = crate::common::shared_tool("vm/run-e2e.sh");
     assert!(
         script.exists(),
         "{} not found (set CSTOR_SHARED_DIR)",

@@ -9,11 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 
 use std::process::Command;
 
-use common::{free_addr, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, ReplicaProcess, TargetProcess};
 
 fn is_root() -> bool {
     Command::new("id")
@@ -28,7 +27,7 @@ fn linux_initiator_logs_in_makes_ext4_and_reads_it_back() {
         eprintln!("skipped: the VM harness needs root");
         return;
     }
-    let script = common::shared_tool("vm/run-e2e.sh");
+    let script = crate::common::shared_tool("vm/run-e2e.sh");
     assert!(
         script.exists(),
         "{} not found (set CSTOR_SHARED_DIR)",

@@ -1,0 +1,20 @@
+//! Cross-process tests of the data plane: replica daemons, targets,
+//! `cstor up` and `cstor ctl` as real child processes on loopback.
+//!
+//! One test binary with a module per suite, so CI links few binaries;
+//! run one suite with `cargo test --test cluster SUITE::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod ctl_cli;
+mod failures;
+mod initiator_access;
+mod membership;
+mod metrics;
+mod rebuild;
+mod rebuild_snapshots;
+mod replica_daemon;
+mod snapshot_resize;
+mod up;
+mod volume_replication;
