@@ -15,6 +15,9 @@
 //!   `allowed_initiators` is pushed with SetAllowedInitiators (which also
 //!   closes the sessions of initiators no longer allowed) and persisted.
 //! - Dropping the runtime kills its targets (they are children).
+//! - Deleting a volume's target removes every file the runtime keeps for
+//!   it ([`volume_files`]: its spec, a spec half written, its log), so the
+//!   state directory does not fill with the logs of deleted volumes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -228,6 +231,27 @@ async fn ready(endpoint: &TargetEndpoint) -> bool {
             .is_ok()
 }
 
+/// Every file the runtime keeps for `volume` under `state_dir`: the spec
+/// record, its temporary copy while `LocalRuntime::persist` writes it,
+/// and the target's log. `volume` must be a DNS label (no `/`, no `..`).
+pub fn volume_files(state_dir: &Path, volume: &str) -> [PathBuf; 3] {
+    let targets = state_dir.join("targets");
+    [
+        targets.join(volume),
+        targets.join(volume).with_extension("tmp"),
+        state_dir.join("logs").join(format!("{volume}.log")),
+    ]
+}
+
+/// Removes `path`; absent already is fine.
+fn remove_if_present(path: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(path, &e)),
+    }
+}
+
 fn io_error(path: &Path, e: &std::io::Error) -> RuntimeError {
     RuntimeError::Other(format!("{}: {e}", path.display()))
 }
@@ -413,16 +437,23 @@ impl TargetRuntime for LocalRuntime {
     }
 
     async fn delete_target(&self, volume: &str) -> Result<(), RuntimeError> {
+        // Not a DNS label: never a target of ours, and no file name to
+        // touch (it could climb out of the state directory).
+        if !is_dns_label(volume) {
+            return Ok(());
+        }
         let entry = self.lock_targets().remove(volume);
         if let Some(entry) = entry {
             entry.local.lock().await.stop().await;
             tracing::info!(volume, "target stopped");
         }
-        match std::fs::remove_file(self.record_path(volume)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(&self.record_path(volume), &e)),
+        // The spec record last: while it exists, a restarted controller
+        // would bring the target back, so a failure part way is retried.
+        let [record, tmp, log] = volume_files(&self.config.state_dir, volume);
+        for path in [&log, &tmp, &record] {
+            remove_if_present(path)?;
         }
+        Ok(())
     }
 
     async fn find_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
@@ -573,6 +604,63 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), seen.len(), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn deleting_a_target_removes_its_log_and_record_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("cstor-csi-local-{}", std::process::id()));
+        let runtime = LocalRuntime {
+            config: LocalConfig {
+                exe: "cstor".into(),
+                state_dir: dir.clone(),
+                portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                ports: 1..=2,
+            },
+            targets: std::sync::Mutex::new(BTreeMap::new()),
+        };
+        std::fs::create_dir_all(dir.join("targets")).unwrap();
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let gone = volume_files(&dir, "pvc-1");
+        // pvc-10 shares pvc-1's prefix; outside.log is what "../outside"
+        // would name.
+        let kept = [
+            volume_files(&dir, "pvc-10").to_vec(),
+            vec![dir.join("outside.log")],
+        ]
+        .concat();
+        for f in gone.iter().chain(&kept) {
+            std::fs::write(f, "x\n").unwrap();
+        }
+        runtime.delete_target("pvc-1").await.unwrap();
+        for f in &gone {
+            assert!(!f.exists(), "{} left behind", f.display());
+        }
+        // Again (nothing left to remove), and a name that is no volume's.
+        runtime.delete_target("pvc-1").await.unwrap();
+        runtime.delete_target("../outside").await.unwrap();
+        for f in &kept {
+            assert!(f.exists(), "{} removed", f.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_volumes_files_are_its_spec_its_half_written_spec_and_its_log() {
+        let [record, tmp, log] = volume_files(Path::new("/state"), "pvc-1");
+        assert_eq!(record, Path::new("/state/targets/pvc-1"));
+        assert_eq!(tmp, Path::new("/state/targets/pvc-1.tmp"));
+        assert_eq!(log, Path::new("/state/logs/pvc-1.log"));
+        let runtime_record = LocalRuntime {
+            config: LocalConfig {
+                exe: "cstor".into(),
+                state_dir: "/state".into(),
+                portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                ports: 1..=2,
+            },
+            targets: std::sync::Mutex::new(BTreeMap::new()),
+        }
+        .record_path("pvc-1");
+        assert_eq!(runtime_record, record);
     }
 
     #[test]

@@ -10,6 +10,14 @@
 //! condition is abnormal when the filesystem went read-only without being
 //! asked to (ext4 `errors=remount-ro` after IO errors), or when the
 //! filesystem cannot be queried at all.
+//!
+//! Both find the volume by the node's records, not by the path existing
+//! ([`super::locate`]): a volume not staged here, or not at the given
+//! path (a relative one, one with `..`, an absent one, an unrelated
+//! directory or mount), is NOT_FOUND, "Indicates that a volume
+//! corresponding to the specified `volume_id` does not exist on specified
+//! `volume_path`"; only an empty path is INVALID_ARGUMENT ("This is a
+//! REQUIRED field").
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +25,10 @@ use std::time::Duration;
 use super::fs::{self, FsUsage};
 use super::host::Host;
 use super::iscsi;
-use super::ops::{check_path, check_volume_id, Code, NodeError, NodeOps, Result, DEVICE_POLL};
+use super::locate::Place;
+use super::ops::{
+    check_volume_id, check_volume_path, Code, NodeError, NodeOps, Result, DEVICE_POLL,
+};
 use super::volume::{Access, Staged};
 
 /// How often a NodeExpandVolume waiting for a larger device rescans.
@@ -43,14 +54,9 @@ impl<H: Host> NodeOps<H> {
         required_bytes: Option<u64>,
     ) -> Result<u64> {
         check_volume_id(volume_id)?;
-        let path = check_path("volume path", volume_path)?;
+        check_volume_path(volume_path)?;
         let staged = self.known(volume_id)?;
-        if !self.host.exists(&path) {
-            return Err(NodeError::not_found(format!(
-                "volume path {} does not exist",
-                path.display()
-            )));
-        }
+        self.located(&staged, volume_path)?;
         let size = self.wait_for_size(&staged, required_bytes.unwrap_or(0))?;
         if let Access::Mount { fs, .. } = staged.access {
             if self.mount_at(&staged.staging_path)?.is_none() {
@@ -106,42 +112,41 @@ impl<H: Host> NodeOps<H> {
         })
     }
 
+    /// Where `volume_path` shows the volume; NOT_FOUND when it does not.
+    fn located(&self, staged: &Staged, volume_path: &str) -> Result<Place> {
+        self.place(staged, volume_path)?.ok_or_else(|| {
+            NodeError::not_found(format!(
+                "volume {} is not staged or published at {volume_path:?} on this node",
+                staged.volume_id
+            ))
+        })
+    }
+
     pub fn stats(&self, volume_id: &str, volume_path: &str) -> Result<VolumeStats> {
         check_volume_id(volume_id)?;
-        let path = check_path("volume path", volume_path)?;
+        check_volume_path(volume_path)?;
         let staged = self.known(volume_id)?;
-        let not_there = || {
-            NodeError::not_found(format!(
-                "volume {volume_id} is not mounted at {}",
-                path.display()
-            ))
-        };
-        let mount = self.mount_at(&path)?;
+        let place = self.located(&staged, volume_path)?;
         match &staged.access {
-            Access::Block => {
-                let is_ours = path == staged.staging_path
-                    || mount.is_some_and(|m| {
-                        self.block_binds(&staged)
-                            .is_ok_and(|b| b.iter().any(|e| e.mount_point == m.mount_point))
-                    });
-                if !is_ours {
-                    return Err(not_there());
-                }
-                Ok(match self.device_size(&staged) {
-                    Ok(size) => VolumeStats {
-                        usage: None,
-                        block_total_bytes: Some(size),
-                        abnormal: None,
-                    },
-                    Err(e) => VolumeStats {
-                        usage: None,
-                        block_total_bytes: None,
-                        abnormal: Some(e.message),
-                    },
-                })
-            }
+            Access::Block => Ok(match self.device_size(&staged) {
+                Ok(size) => VolumeStats {
+                    usage: None,
+                    block_total_bytes: Some(size),
+                    abnormal: None,
+                },
+                Err(e) => VolumeStats {
+                    usage: None,
+                    block_total_bytes: None,
+                    abnormal: Some(e.message),
+                },
+            }),
             Access::Mount { flags, .. } => {
-                let m = mount.ok_or_else(not_there)?;
+                let m = place.mount().cloned().ok_or_else(|| {
+                    NodeError::not_found(format!(
+                        "volume {volume_id} is not mounted at {volume_path:?}"
+                    ))
+                })?;
+                let path = m.mount_point.clone();
                 let asked_ro = flags.iter().any(|f| f == "ro");
                 let refused = self.refused_remounts().contains(volume_id);
                 let abnormal = (self.fs_failed(&m) && !asked_ro).then(|| {
@@ -187,6 +192,8 @@ impl<H: Host> NodeOps<H> {
 mod tests {
     use super::super::fake::*;
     use super::super::ops::Code;
+    use super::super::publish::PublishRequest;
+    use super::super::stage::{AccessRequest, StageRequest};
 
     #[test]
     fn expand_rescans_waits_for_the_size_and_grows_the_filesystem() {
@@ -270,6 +277,105 @@ mod tests {
         assert_eq!(
             ops.stats("pv1", "").unwrap_err().code,
             Code::InvalidArgument
+        );
+    }
+
+    /// Paths where pv1 is not: absent, relative, with `..` (even one that
+    /// resolves to the target), an unrelated directory, another
+    /// filesystem's mount point.
+    const ODD_PATHS: [&str; 6] = [
+        "/not/there",
+        "var/lib/kubelet/pods/p1/volumes/pv1/mount",
+        "/var/lib/kubelet/pods/p1/volumes/pv1/../pv1/mount",
+        "/var/lib/kubelet/pods/p1/volumes/pv1/mount/..",
+        "/srv/unrelated",
+        "/mnt/other",
+    ];
+
+    /// CSI spec §"NodeGetVolumeStats Errors" and §"NodeExpandVolume
+    /// Errors": "Volume does not exist | 5 NOT_FOUND | Indicates that a
+    /// volume corresponding to the specified `volume_id` does not exist on
+    /// specified `volume_path`"; `volume_path` "is a REQUIRED field"
+    /// (missing: INVALID_ARGUMENT). Decided by the node's records, not by
+    /// whether the path exists.
+    #[test]
+    fn stats_and_expand_where_the_volume_is_not_are_not_found_whatever_the_path() {
+        let (ops, host) = setup();
+        {
+            let mut s = host.state();
+            s.dirs.insert("/srv/unrelated".into());
+            s.dirs.insert("/mnt/other".into());
+            s.mounts.push(foreign_mount("/mnt/other"));
+        }
+        // Not staged on this node: every path, even pv1's own staging path.
+        for path in ODD_PATHS.iter().chain(&[STAGING, TARGET]) {
+            assert_eq!(
+                ops.stats("pv1", path).unwrap_err().code,
+                Code::NotFound,
+                "{path}"
+            );
+            assert_eq!(
+                ops.expand("pv1", path, None).unwrap_err().code,
+                Code::NotFound,
+                "{path}"
+            );
+        }
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        ops.publish(&publish_req(false)).unwrap();
+        for path in ODD_PATHS {
+            let err = ops.stats("pv1", path).unwrap_err();
+            assert_eq!(err.code, Code::NotFound, "{path}: {err}");
+            assert_eq!(
+                ops.expand("pv1", path, None).unwrap_err().code,
+                Code::NotFound,
+                "{path}"
+            );
+        }
+        // Another volume's id at pv1's own paths: not found either.
+        assert_eq!(ops.stats("pv2", TARGET).unwrap_err().code, Code::NotFound);
+        for id in ["pv1", "ghost"] {
+            assert_eq!(ops.stats(id, "").unwrap_err().code, Code::InvalidArgument);
+            assert_eq!(
+                ops.expand(id, "", None).unwrap_err().code,
+                Code::InvalidArgument
+            );
+        }
+        // Where it is, both answer: the published path and the staging path.
+        for path in [TARGET, STAGING] {
+            assert!(ops.stats("pv1", path).unwrap().usage.is_some(), "{path}");
+            assert_eq!(ops.expand("pv1", path, None).unwrap(), GIB, "{path}");
+        }
+    }
+
+    #[test]
+    fn block_stats_are_found_only_at_the_staging_path_or_a_bind_of_the_device() {
+        let (ops, host) = setup();
+        ops.stage(&StageRequest {
+            access: AccessRequest::Block,
+            ..stage_req("", &[])
+        })
+        .unwrap();
+        let publish = PublishRequest {
+            block: true,
+            ..publish_req(false)
+        };
+        ops.publish(&publish).unwrap();
+        assert_eq!(
+            ops.stats("pv1", TARGET).unwrap().block_total_bytes,
+            Some(GIB)
+        );
+        assert_eq!(
+            ops.stats("pv1", STAGING).unwrap().block_total_bytes,
+            Some(GIB)
+        );
+        // A devtmpfs bind of some other device node is not pv1.
+        let mut other = foreign_mount("/mnt/other");
+        other.root = "/sdz".into();
+        other.fs_type = "devtmpfs".into();
+        host.state().mounts.push(other);
+        assert_eq!(
+            ops.stats("pv1", "/mnt/other").unwrap_err().code,
+            Code::NotFound
         );
     }
 

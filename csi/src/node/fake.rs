@@ -51,6 +51,11 @@ pub struct State {
     /// n-th rescan (a controller resize racing NodeExpandVolume).
     pub grow_at_rescan: Option<(u32, u64)>,
     pub rescans: u32,
+    /// Commands whose line contains one of these fail with exit 1 (a
+    /// step that breaks: mkfs, mount, logout …).
+    pub fail_matching: Vec<String>,
+    /// Calls of any [`Host`] method: zero means the host was not touched.
+    pub host_calls: u64,
 }
 
 #[derive(Clone, Default)]
@@ -85,6 +90,18 @@ impl FakeHost {
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap()
+    }
+
+    /// The state, for a [`Host`] method: counts the call.
+    fn touch(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut s = self.state();
+        s.host_calls += 1;
+        s
+    }
+
+    /// Makes every command whose line contains `what` fail.
+    pub fn fail_commands_with(&self, what: &str) {
+        self.state().fail_matching.push(what.to_owned());
     }
 
     /// Commands run since the last call.
@@ -403,8 +420,12 @@ impl State {
 
 impl Host for FakeHost {
     fn run(&self, cmd: &Cmd) -> Result<Output, HostError> {
-        let mut s = self.state();
-        s.commands.push(cmd.display());
+        let mut s = self.touch();
+        let line = cmd.display();
+        s.commands.push(line.clone());
+        if s.fail_matching.iter().any(|f| line.contains(f.as_str())) {
+            return Ok(Output::fail(1, "fake: told to fail"));
+        }
         let a = &cmd.args;
         Ok(match cmd.program.as_str() {
             "iscsiadm" => s.iscsiadm(a),
@@ -418,11 +439,11 @@ impl Host for FakeHost {
     }
 
     fn mountinfo(&self) -> Result<String, HostError> {
-        Ok(self.state().render_mountinfo())
+        Ok(self.touch().render_mountinfo())
     }
 
     fn block_device(&self, path: &Path) -> Option<(u32, u32)> {
-        let mut s = self.state();
+        let mut s = self.touch();
         if s.device_never_appears {
             return None;
         }
@@ -430,33 +451,33 @@ impl Host for FakeHost {
     }
 
     fn create_dir_all(&self, path: &Path) -> Result<(), HostError> {
-        self.state().dirs.insert(path.to_owned());
+        self.touch().dirs.insert(path.to_owned());
         Ok(())
     }
 
     fn create_file(&self, path: &Path) -> Result<(), HostError> {
-        self.state().files.entry(path.to_owned()).or_default();
+        self.touch().files.entry(path.to_owned()).or_default();
         Ok(())
     }
 
     fn remove_path(&self, path: &Path) -> Result<(), HostError> {
-        let mut s = self.state();
+        let mut s = self.touch();
         s.dirs.remove(path);
         s.files.remove(path);
         Ok(())
     }
 
     fn exists(&self, path: &Path) -> bool {
-        let s = self.state();
+        let s = self.touch();
         s.dirs.contains(path) || s.files.contains_key(path)
     }
 
     fn read_file(&self, path: &Path) -> Result<Option<String>, HostError> {
-        Ok(self.state().files.get(path).cloned())
+        Ok(self.touch().files.get(path).cloned())
     }
 
     fn write_file(&self, path: &Path, contents: &str) -> Result<(), HostError> {
-        self.state()
+        self.touch()
             .files
             .insert(path.to_owned(), contents.to_owned());
         Ok(())
@@ -473,7 +494,7 @@ impl Host for FakeHost {
     }
 
     fn resolve(&self, path: &Path) -> Option<PathBuf> {
-        let mut s = self.state();
+        let mut s = self.touch();
         disk_at(&mut s, path).map(|d| d.node.clone())
     }
 
@@ -499,6 +520,20 @@ pub fn setup() -> (super::ops::NodeOps<FakeHost>, FakeHost) {
     );
     host.state().dirs.insert(PathBuf::from(STAGING));
     (ops, host)
+}
+
+/// Another filesystem (device 9:1, not any LUN's) mounted at `at`.
+pub fn foreign_mount(at: &str) -> MountEntry {
+    MountEntry {
+        major: 9,
+        minor: 1,
+        root: "/".into(),
+        mount_point: PathBuf::from(at),
+        mount_options: vec!["rw".into()],
+        fs_type: "ext4".into(),
+        source: "/dev/md1".into(),
+        super_options: vec!["rw".into()],
+    }
 }
 
 pub fn context() -> HashMap<String, String> {

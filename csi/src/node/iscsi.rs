@@ -196,8 +196,18 @@ pub fn ensure_node_record(
     Ok(())
 }
 
-/// Logs in; already logged in is success.
-pub fn login(host: &dyn Host, lun: &Lun) -> Result<(), IscsiError> {
+/// What a successful [`login`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// A new session: ours to log out of if what needed it fails.
+    New,
+    /// A session was there already (`ISCSI_ERR_SESS_EXISTS`): someone
+    /// else's to end.
+    Existing,
+}
+
+/// Logs in; already logged in is success ([`Login::Existing`]).
+pub fn login(host: &dyn Host, lun: &Lun) -> Result<Login, IscsiError> {
     let cmd = lun.node().arg("--login");
     let out = host.run(&cmd)?;
     if out.code == Some(ERR_LOGIN_AUTH_FAILED) {
@@ -206,7 +216,13 @@ pub fn login(host: &dyn Host, lun: &Lun) -> Result<(), IscsiError> {
             portal: lun.portal,
         });
     }
-    check(&cmd, out, &[ERR_SESS_EXISTS]).map(drop)
+    let existing = out.code == Some(ERR_SESS_EXISTS);
+    check(&cmd, out, &[ERR_SESS_EXISTS])?;
+    Ok(if existing {
+        Login::Existing
+    } else {
+        Login::New
+    })
 }
 
 /// Logs out; no session is success.
@@ -268,6 +284,21 @@ mod tests {
         assert!(!valid_iqn("iqn.a b"));
         assert!(!valid_iqn("iqn.a,1"));
         assert!(!valid_iqn(&format!("iqn.{}", "a".repeat(MAX_IQN_BYTES))));
+    }
+
+    #[test]
+    fn login_says_whether_it_made_the_session() {
+        use super::super::fake::{FakeHost, IQN, NODE_INITIATOR, PORTAL};
+        let host = FakeHost::new(NODE_INITIATOR, &[(IQN, 1)]);
+        let lun = Lun {
+            portal: PORTAL.parse().unwrap(),
+            iqn: IQN.into(),
+            lun: 0,
+        };
+        ensure_iface(&host, NODE_INITIATOR).unwrap();
+        ensure_node_record(&host, &lun, None).unwrap();
+        assert_eq!(login(&host, &lun).unwrap(), Login::New);
+        assert_eq!(login(&host, &lun).unwrap(), Login::Existing);
     }
 
     #[test]

@@ -44,7 +44,9 @@
 //!   `xfs_growfs`. Stats: bytes, inodes, condition.
 //! - A staged volume is recorded in `state_dir` ([`volume`]) so unstage,
 //!   expand and stats (which carry only a volume id and a path) find its
-//!   session; [`ops`] gives the idempotency and error-code rules.
+//!   session, and [`locate`] finds where it shows from that record and the
+//!   mount table; [`ops`] gives the idempotency and error-code rules. A
+//!   stage that fails undoes what it did and leaves no record ([`stage`]).
 //! - [`remount`]: a filesystem that turned read-only on its own is
 //!   remounted read-write once its target reports quorum again, if the
 //!   kernel allows it. After a failed ext4 journal commit it does not (and
@@ -67,6 +69,7 @@ pub mod expand;
 pub mod fs;
 pub mod host;
 pub mod iscsi;
+pub mod locate;
 pub mod mountinfo;
 pub mod ops;
 pub mod publish;

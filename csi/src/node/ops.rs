@@ -5,10 +5,20 @@
 //! MUST be idempotent").
 //!
 //! Decisions, per the CSI spec's error tables:
-//! - argument errors → `InvalidArgument`, checked before any host access;
-//! - a volume this node has no record of → `NotFound` (publish, unpublish
-//!   of a path that is not mounted, expand, stats); unstage of an unknown
-//!   volume is `Ok` (it is not staged: the spec's idempotency rule);
+//! - argument errors → `InvalidArgument`, checked before any host access
+//!   (the gRPC service checks them before it even marks the volume busy);
+//! - a volume this node has no record of → `NotFound` for publish; for
+//!   expand and stats also a path the volume does not show at, by the
+//!   node's records and the mount table ([`super::locate`]), however odd
+//!   the path;
+//! - unstage of a volume not staged at the given path, and unpublish of a
+//!   volume not published at the given path (unknown here, or another
+//!   volume's mount there), are `Ok` with nothing touched: "This operation
+//!   MUST be idempotent" (CSI spec §"NodeUnstageVolume": "If the volume
+//!   corresponding to the `volume_id` is not staged to the
+//!   `staging_target_path`, the Plugin MUST reply `0 OK`"; for
+//!   §"NodeUnpublishVolume" there is nothing to undo);
+//! - a failed stage undoes what it did and leaves no record ([`super::stage`]);
 //! - staged/published already with the same parameters → `Ok`; with
 //!   different ones (fs type, flags, read-only, access type, LUN) →
 //!   `AlreadyExists`;
@@ -314,16 +324,27 @@ pub fn check_volume_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A path argument the node mounts on or unmounts: required, absolute
+/// ("It MUST be an absolute path in the root filesystem of the process
+/// serving this request"), one line, and without `..` (mountinfo shows
+/// resolved paths, so one with `..` would never match what we mounted).
 pub fn check_path(what: &str, path: &str) -> Result<PathBuf> {
     if path.is_empty() {
         return Err(NodeError::invalid(format!("{what} missing")));
     }
-    let p = Path::new(path);
-    if !p.is_absolute() || path.contains(['\n', '\r', '\0']) {
-        return Err(NodeError::invalid(format!(
-            "{what} {path:?} is not an absolute path"
-        )));
+    super::locate::exact_path(path).ok_or_else(|| {
+        NodeError::invalid(format!(
+            "{what} {path:?} is not an absolute path without `..`"
+        ))
+    })
+}
+
+/// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: only
+/// required ("This is a REQUIRED field"). Whether the volume is there is
+/// the node's records' question, answered NOT_FOUND when it is not.
+pub fn check_volume_path(path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(NodeError::invalid("volume path missing"));
     }
-    // mountinfo shows paths without a trailing slash.
-    Ok(p.components().collect())
+    Ok(())
 }

@@ -6,13 +6,21 @@
 //! read-only is a second `mount -o remount,bind,ro` of that bind (the
 //! kernel ignores `ro` on the first bind call). The target path is ours to
 //! create and, on unpublish, to remove.
+//!
+//! Unpublish of a volume that is not published at the target path (not
+//! staged here at all, or another volume's mount is there) is `Ok` and
+//! touches nothing: "This operation MUST be idempotent", and "This RPC
+//! MUST undo the work by the corresponding `NodePublishVolume`" (CSI spec
+//! §"NodeUnpublishVolume"): where there was none there is nothing to undo.
+//! Kubelet retries an unpublish that fails until it succeeds, so NOT_FOUND
+//! here would wedge a pod's teardown after a plugin lost its state.
 
 use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
 use super::mountinfo::MountEntry;
 use super::ops::{check_path, check_volume_id, NodeError, NodeOps, Result};
-use super::volume::Access;
+use super::volume::{Access, Staged};
 
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -136,21 +144,36 @@ impl<H: Host> NodeOps<H> {
         Ok(())
     }
 
+    /// Undoes a publish at `target_path`. A volume not published there is
+    /// `Ok` with nothing touched: unknown here (a published volume always
+    /// has a record: unstage refuses while it is published), or the mount
+    /// at the path is another volume's, which this call must not tear down.
     pub fn unpublish(&self, volume_id: &str, target_path: &str) -> Result<()> {
         check_volume_id(volume_id)?;
         let target = check_path("target path", target_path)?;
-        // Unknown here means no record: a published volume always has one
-        // (unstage refuses while it is published), and a path mounted for
-        // some other volume id must not be torn down by this call.
-        if self.record(volume_id)?.is_none() {
-            return Err(NodeError::not_found(format!(
-                "volume {volume_id} is not staged on this node"
-            )));
+        let Some(staged) = self.record(volume_id)? else {
+            tracing::debug!(volume = volume_id, target = %target.display(), "unpublish: volume not staged here, nothing to undo");
+            return Ok(());
+        };
+        if let Some(m) = self.mount_at(&target)? {
+            if !self.may_unmount(&staged, &m)? {
+                tracing::warn!(volume = volume_id, target = %target.display(), source = %m.source, "unpublish: another volume is mounted there; left alone");
+                return Ok(());
+            }
         }
         self.unmount_all(&target)?;
         self.host.remove_path(&target)?;
         tracing::info!(volume = volume_id, target = %target.display(), "unpublished");
         Ok(())
+    }
+
+    /// Whether unpublishing `staged` may unmount `m`: it is a mount of the
+    /// volume, or the volume's marks are gone (its device vanished and
+    /// nothing is mounted at its staging path), when the CO's word that the
+    /// volume was published there is all there is.
+    fn may_unmount(&self, staged: &Staged, m: &MountEntry) -> Result<bool> {
+        let marks = self.marks(staged)?;
+        Ok(marks.is_empty() || marks.iter().any(|k| k.matches(m)))
     }
 }
 
@@ -245,14 +268,44 @@ mod tests {
         assert!(target_mount(&host).is_none());
         assert!(!host.exists(Path::new(TARGET)));
         ops.unpublish("pv1", TARGET).unwrap();
-        assert_eq!(
-            ops.unpublish("ghost", TARGET).unwrap_err().code,
-            Code::NotFound
-        );
-        assert_eq!(
-            ops.unpublish("pv1", "").unwrap_err().code,
-            Code::InvalidArgument
-        );
+        for bad in ["", "relative", "/var/lib/kubelet/pods/../../.."] {
+            assert_eq!(
+                ops.unpublish("pv1", bad).unwrap_err().code,
+                Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// CSI spec §"NodeUnpublishVolume": "This operation MUST be
+    /// idempotent", and "This RPC MUST undo the work by the corresponding
+    /// `NodePublishVolume`": a volume not published at the target path
+    /// has nothing to undo, so the answer is `0 OK`, and nothing else
+    /// there is torn down.
+    #[test]
+    fn unpublish_of_a_volume_not_published_at_the_path_is_ok_and_touches_nothing() {
+        let (ops, host) = setup();
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        ops.publish(&publish_req(false)).unwrap();
+        host.state().mounts.push(foreign_mount("/mnt/other"));
+        host.take_commands();
+        // Not staged here at all: pv1's mount at TARGET is not its to undo.
+        ops.unpublish("ghost", TARGET).unwrap();
+        ops.unpublish("ghost", "/never/published").unwrap();
+        // Staged here, but what is mounted at the path is another volume's.
+        ops.unpublish("pv1", "/mnt/other").unwrap();
+        assert_eq!(host.take_changes(), Vec::<String>::new());
+        assert!(target_mount(&host).is_some());
+        assert!(host
+            .state()
+            .mounts
+            .iter()
+            .any(|m| m.mount_point == Path::new("/mnt/other")));
+        // Published nowhere near the path: OK as well.
+        ops.unpublish("pv1", "/never/published").unwrap();
+        ops.unpublish("pv1", TARGET).unwrap();
+        ops.unpublish("pv1", TARGET).unwrap();
+        assert!(target_mount(&host).is_none());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! goes back to read-write once its target has quorum again.
 //!
 //! Why a filesystem turns read-only: below quorum the target fails writes
-//! with DATA PROTECT (DESIGN.md invariant 3); ext4, mounted by us with
+//! with DATA PROTECT (docs/architecture.md, invariant 3); ext4, mounted by us with
 //! `errors=remount-ro`, then marks its superblock read-only. The target
 //! returns to read-write by itself; the filesystem does not.
 //!

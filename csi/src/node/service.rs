@@ -5,6 +5,11 @@
 //! One operation per volume at a time: a second call for a volume while
 //! one runs is answered ABORTED (CSI spec §"Concurrency": "Operation
 //! pending for volume"), and the CO retries.
+//!
+//! Every request's arguments are checked first, before the volume is
+//! marked busy and before the host is touched: a missing or malformed
+//! required field is INVALID_ARGUMENT whatever else is going on (CSI spec
+//! §"Error Scheme": "Missing required field | 3 INVALID_ARGUMENT").
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -18,8 +23,12 @@ use crate::pb::csi::v1 as pb;
 use pb::volume_capability::access_mode::Mode;
 use pb::volume_capability::AccessType;
 
+use super::fs::FsType;
 use super::host::{Host, RealHost};
-use super::ops::{Code, NodeError, NodeOps, DEFAULT_DEVICE_TIMEOUT};
+use super::ops::{
+    check_path, check_volume_id, check_volume_path, Code, NodeError, NodeOps,
+    DEFAULT_DEVICE_TIMEOUT,
+};
 use super::publish::PublishRequest;
 use super::remount::{self, DEFAULT_REMOUNT_INTERVAL};
 use super::stage::{AccessRequest, StageRequest};
@@ -150,9 +159,7 @@ impl<H: Host> NodeService<H> {
         T: Send + 'static,
         F: FnOnce(&NodeOps<H>) -> Result<T, NodeError> + Send + 'static,
     {
-        if volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume id missing"));
-        }
+        check_volume_id(volume_id).map_err(status)?;
         let busy = self.try_busy(volume_id).ok_or_else(|| {
             Status::aborted(format!("an operation on volume {volume_id} is in progress"))
         })?;
@@ -171,9 +178,7 @@ impl<H: Host> NodeService<H> {
         T: Send + 'static,
         F: FnOnce(&NodeOps<H>) -> Result<T, NodeError> + Send + 'static,
     {
-        if volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume id missing"));
-        }
+        check_volume_id(volume_id).map_err(status)?;
         let inner = Arc::clone(&self.inner);
         let result = tokio::task::spawn_blocking(move || f(&inner.ops))
             .await
@@ -272,6 +277,41 @@ fn access(cap: Option<&pb::VolumeCapability>) -> Result<AccessRequest, Status> {
     }
 }
 
+/// NodePublishVolume's arguments, every one checked before anything is
+/// touched. The required `volume_id`, `target_path` and
+/// `volume_capability` (with its access type and mode: "Volume capability
+/// describing how the CO intends to use this volume. [...] This is a
+/// REQUIRED field") are INVALID_ARGUMENT when missing or malformed. A
+/// missing `staging_target_path` is FAILED_PRECONDITION, as the spec's
+/// table says: "Staging target path not set | 9 FAILED_PRECONDITION |
+/// Indicates that `STAGE_UNSTAGE_VOLUME` capability is set but no
+/// `staging_target_path` was set".
+fn publish_request(r: pb::NodePublishVolumeRequest) -> Result<PublishRequest, Status> {
+    check_volume_id(&r.volume_id).map_err(status)?;
+    check_path("target path", &r.target_path).map_err(status)?;
+    let access = access(r.volume_capability.as_ref())?;
+    if let AccessRequest::Mount { fs_type, .. } = &access {
+        if !fs_type.is_empty() && FsType::parse(fs_type).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "volume capability fs_type {fs_type:?} is not supported (ext4, xfs)"
+            )));
+        }
+    }
+    if r.staging_target_path.is_empty() {
+        return Err(Status::failed_precondition(
+            "staging target path missing (the plugin has STAGE_UNSTAGE_VOLUME)",
+        ));
+    }
+    check_path("staging target path", &r.staging_target_path).map_err(status)?;
+    Ok(PublishRequest {
+        block: matches!(access, AccessRequest::Block),
+        volume_id: r.volume_id,
+        staging_path: r.staging_target_path,
+        target_path: r.target_path,
+        read_only: r.readonly,
+    })
+}
+
 fn bytes_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -290,8 +330,9 @@ impl<H: Host> pb::node_server::Node for NodeService<H> {
             staging_path: r.staging_target_path,
             secrets: r.secrets,
         };
-        let id = req.volume_id.clone();
-        self.run(&id, move |ops| ops.stage(&req)).await?;
+        let plan = req.plan().map_err(status)?;
+        let id = req.volume_id;
+        self.run(&id, move |ops| ops.stage_plan(&plan)).await?;
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
     }
 
@@ -300,6 +341,8 @@ impl<H: Host> pb::node_server::Node for NodeService<H> {
         request: Request<pb::NodeUnstageVolumeRequest>,
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
         let r = request.into_inner();
+        check_volume_id(&r.volume_id).map_err(status)?;
+        check_path("staging target path", &r.staging_target_path).map_err(status)?;
         let id = r.volume_id.clone();
         self.run(&id, move |ops| {
             ops.unstage(&r.volume_id, &r.staging_target_path)
@@ -312,26 +355,7 @@ impl<H: Host> pb::node_server::Node for NodeService<H> {
         &self,
         request: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
-        let r = request.into_inner();
-        if r.volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume id missing"));
-        }
-        if r.target_path.is_empty() {
-            return Err(Status::invalid_argument("target path missing"));
-        }
-        if r.staging_target_path.is_empty() {
-            return Err(Status::failed_precondition(
-                "staging target path missing (the plugin has STAGE_UNSTAGE_VOLUME)",
-            ));
-        }
-        let block = matches!(access(r.volume_capability.as_ref())?, AccessRequest::Block);
-        let req = PublishRequest {
-            volume_id: r.volume_id,
-            staging_path: r.staging_target_path,
-            target_path: r.target_path,
-            block,
-            read_only: r.readonly,
-        };
+        let req = publish_request(request.into_inner())?;
         let id = req.volume_id.clone();
         self.run(&id, move |ops| ops.publish(&req)).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
@@ -342,6 +366,8 @@ impl<H: Host> pb::node_server::Node for NodeService<H> {
         request: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
         let r = request.into_inner();
+        check_volume_id(&r.volume_id).map_err(status)?;
+        check_path("target path", &r.target_path).map_err(status)?;
         let id = r.volume_id.clone();
         self.run(&id, move |ops| ops.unpublish(&r.volume_id, &r.target_path))
             .await?;
@@ -354,6 +380,8 @@ impl<H: Host> pb::node_server::Node for NodeService<H> {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         use pb::volume_usage::Unit;
         let r = request.into_inner();
+        check_volume_id(&r.volume_id).map_err(status)?;
+        check_volume_path(&r.volume_path).map_err(status)?;
         let id = r.volume_id.clone();
         let stats = self
             .run_unlocked(&id, move |ops| ops.stats(&r.volume_id, &r.volume_path))
@@ -394,6 +422,8 @@ impl<H: Host> pb::node_server::Node for NodeService<H> {
         request: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let r = request.into_inner();
+        check_volume_id(&r.volume_id).map_err(status)?;
+        check_volume_path(&r.volume_path).map_err(status)?;
         let required = match r.capacity_range {
             None => None,
             Some(c) => Some(u64::try_from(c.required_bytes).map_err(|_| {
@@ -541,14 +571,14 @@ mod tests {
         assert_eq!(stats.usage.len(), 2);
         assert!(stats.usage.iter().all(|u| u.total > 0));
         assert!(!stats.volume_condition.unwrap().abnormal);
-        let unknown = svc
-            .node_unpublish_volume(Request::new(pb::NodeUnpublishVolumeRequest {
-                volume_id: "ghost".into(),
-                target_path: TARGET.into(),
-            }))
-            .await
-            .unwrap_err();
-        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        // Not published here: nothing to undo, OK (see
+        // `unpublish_of_a_volume_not_published_here_is_ok`).
+        svc.node_unpublish_volume(Request::new(pb::NodeUnpublishVolumeRequest {
+            volume_id: "ghost".into(),
+            target_path: TARGET.into(),
+        }))
+        .await
+        .unwrap();
         assert_eq!(
             host.state().mounts.len(),
             2,
@@ -633,6 +663,218 @@ mod tests {
             .unwrap_err();
         assert_eq!(stats.code(), tonic::Code::NotFound);
         drop(held);
+        svc.node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
+            .await
+            .unwrap();
+    }
+
+    fn publish_req() -> pb::NodePublishVolumeRequest {
+        pb::NodePublishVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: STAGING.into(),
+            target_path: TARGET.into(),
+            volume_capability: Some(mount_cap(Mode::SingleNodeWriter, "ext4")),
+            ..Default::default()
+        }
+    }
+
+    /// CSI spec §"NodePublishVolume": `volume_id`, `target_path` and
+    /// `volume_capability` are each "REQUIRED"; §"Error Scheme": "Missing
+    /// required field | 3 INVALID_ARGUMENT"; and "Staging target path not
+    /// set | 9 FAILED_PRECONDITION". All are checked before the volume is
+    /// marked busy (no ABORTED for a bad request) or the host is touched.
+    #[tokio::test]
+    async fn publish_without_a_volume_capability_or_other_required_argument_is_invalid_before_anything_is_touched(
+    ) {
+        let (svc, host) = service();
+        let _held = svc.try_busy("pv1").unwrap();
+        let no_mode = pb::VolumeCapability {
+            access_mode: None,
+            ..mount_cap(Mode::SingleNodeWriter, "ext4")
+        };
+        let no_type = pb::VolumeCapability {
+            access_type: None,
+            ..mount_cap(Mode::SingleNodeWriter, "ext4")
+        };
+        let invalid = [
+            pb::NodePublishVolumeRequest {
+                volume_capability: None,
+                ..publish_req()
+            },
+            // Capability checked before the staging path.
+            pb::NodePublishVolumeRequest {
+                volume_capability: None,
+                staging_target_path: String::new(),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                volume_capability: Some(no_mode),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                volume_capability: Some(mount_cap(Mode::Unknown, "ext4")),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                volume_capability: Some(no_type),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                volume_capability: Some(mount_cap(Mode::SingleNodeWriter, "btrfs")),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                volume_id: String::new(),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                volume_id: "a/b".into(),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                target_path: String::new(),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                target_path: "relative/mount".into(),
+                ..publish_req()
+            },
+            pb::NodePublishVolumeRequest {
+                staging_target_path: "relative/staging".into(),
+                ..publish_req()
+            },
+        ];
+        for req in invalid {
+            let err = svc
+                .node_publish_volume(Request::new(req.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{req:?}: {err:?}");
+        }
+        let err = svc
+            .node_publish_volume(Request::new(pb::NodePublishVolumeRequest {
+                staging_target_path: String::new(),
+                ..publish_req()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert_eq!(host.state().host_calls, 0);
+        // The same request, complete, is merely busy.
+        let err = svc
+            .node_publish_volume(Request::new(publish_req()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Aborted);
+    }
+
+    /// CSI spec §"NodeGetVolumeStats Errors" / §"NodeExpandVolume Errors":
+    /// "Volume does not exist | 5 NOT_FOUND | Indicates that a volume
+    /// corresponding to the specified `volume_id` does not exist on
+    /// specified `volume_path`"; an empty `volume_path` is a missing
+    /// required field, INVALID_ARGUMENT.
+    #[tokio::test]
+    async fn stats_and_expand_of_a_volume_not_on_this_node_are_not_found_whatever_the_path() {
+        let (svc, host) = service();
+        host.state().dirs.insert("/srv/unrelated".into());
+        for (path, code) in [
+            ("/not/there", tonic::Code::NotFound),
+            ("relative/path", tonic::Code::NotFound),
+            ("/var/lib/kubelet/../kubelet/pods", tonic::Code::NotFound),
+            ("/srv/unrelated", tonic::Code::NotFound),
+            (STAGING, tonic::Code::NotFound),
+            ("", tonic::Code::InvalidArgument),
+        ] {
+            let stats = svc
+                .node_get_volume_stats(Request::new(pb::NodeGetVolumeStatsRequest {
+                    volume_id: "pv1".into(),
+                    volume_path: path.into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(stats.code(), code, "stats {path:?}: {stats:?}");
+            let expand = svc
+                .node_expand_volume(Request::new(pb::NodeExpandVolumeRequest {
+                    volume_id: "pv1".into(),
+                    volume_path: path.into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(expand.code(), code, "expand {path:?}: {expand:?}");
+        }
+        assert!(host.take_commands().is_empty());
+    }
+
+    /// CSI spec §"NodeUnpublishVolume": "This operation MUST be
+    /// idempotent"; §"NodeUnstageVolume": "If the volume corresponding to
+    /// the `volume_id` is not staged to the `staging_target_path`, the
+    /// Plugin MUST reply `0 OK`".
+    #[tokio::test]
+    async fn unpublish_and_unstage_of_a_volume_not_here_are_ok_and_run_nothing() {
+        let (svc, host) = service();
+        for target in [TARGET, "/never/published"] {
+            svc.node_unpublish_volume(Request::new(pb::NodeUnpublishVolumeRequest {
+                volume_id: "pv1".into(),
+                target_path: target.into(),
+            }))
+            .await
+            .unwrap();
+        }
+        svc.node_unstage_volume(Request::new(pb::NodeUnstageVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: STAGING.into(),
+        }))
+        .await
+        .unwrap();
+        assert!(host.take_commands().is_empty());
+        // Staged, but at another path than the one given: not staged there.
+        svc.node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
+            .await
+            .unwrap();
+        host.take_commands();
+        svc.node_unstage_volume(Request::new(pb::NodeUnstageVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: "/elsewhere".into(),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(host.take_changes(), Vec::<String>::new());
+        assert_eq!(host.state().sessions.len(), 1);
+    }
+
+    /// A failed NodeStageVolume leaves nothing behind: afterwards the node
+    /// answers as if it had never been called (stats NOT_FOUND, unstage OK
+    /// with nothing to do, a new stage runs and is not ABORTED).
+    #[tokio::test]
+    async fn a_failed_stage_leaves_no_record_and_later_calls_act_as_if_it_never_happened() {
+        let (svc, host) = service();
+        host.fail_commands_with("mount -t ext4");
+        let err = svc
+            .node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+        assert!(host.state().sessions.is_empty());
+        let stats = svc
+            .node_get_volume_stats(Request::new(pb::NodeGetVolumeStatsRequest {
+                volume_id: "pv1".into(),
+                volume_path: STAGING.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(stats.code(), tonic::Code::NotFound);
+        host.take_commands();
+        svc.node_unstage_volume(Request::new(pb::NodeUnstageVolumeRequest {
+            volume_id: "pv1".into(),
+            staging_target_path: STAGING.into(),
+        }))
+        .await
+        .unwrap();
+        assert!(host.take_commands().is_empty());
+        host.state().fail_matching.clear();
         svc.node_stage_volume(stage(Some(mount_cap(Mode::SingleNodeWriter, "ext4"))))
             .await
             .unwrap();

@@ -1,14 +1,33 @@
 //! NodeStageVolume and NodeUnstageVolume (CSI spec §"NodeStageVolume",
 //! §"NodeUnstageVolume").
 //!
-//! Stage: record → interface → discovery → node record (+CHAP) → login →
-//! wait for the by-path device → (mount access) probe; mkfs only when
-//! blank; fsck; mount. Each step is skipped when already done, so a retry
-//! after any failure or crash converges.
+//! Stage: check every argument ([`StageRequest::plan`], pure) → record →
+//! interface → discovery → node record (+CHAP) → login → wait for the
+//! by-path device → (mount access) probe; mkfs only when blank; fsck;
+//! mount. Each step is skipped when already done, so a retry after any
+//! failure or crash converges.
+//!
+//! A stage that fails undoes what that call changed ([`Changes`], undone in
+//! reverse order by [`Changes::undo`]): unmount, the staging directory if
+//! it made it, logout and the node record if it logged in, and last the
+//! staged-volume record, so the node is as if the stage never happened —
+//! NodeGetVolumeStats answers NOT_FOUND and NodeUnstageVolume has nothing
+//! to do (CSI spec: "If this RPC failed, or the CO does not know if it
+//! failed or not, it MAY choose to call `NodeStageVolume` again, or choose
+//! to call `NodeUnstageVolume`"). A new filesystem is not undone (the next
+//! stage finds it and does not format again). If an undo step fails (say
+//! the logout), the record stays: it is what lets the next
+//! NodeUnstageVolume, which carries only the volume id and the staging
+//! path, find the session and finish the job ([`super::volume`]). What a
+//! call did not change (a session or record of an earlier stage it
+//! repeats) it leaves alone.
 //!
 //! Unstage: refuse while the device is mounted anywhere but the staging
 //! path → unmount staging → logout → delete the node record (it holds the
-//! CHAP secret) → delete our record.
+//! CHAP secret) → delete our record. A volume not staged at the given
+//! path is `Ok` with nothing touched: "If the volume corresponding to the
+//! `volume_id` is not staged to the `staging_target_path`, the Plugin MUST
+//! reply `0 OK`".
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +35,7 @@ use std::path::Path;
 use super::fs::FsType;
 use super::fs::{self, FsckVerdict, Probe};
 use super::host::{Cmd, Host};
-use super::iscsi;
+use super::iscsi::{self, ChapSecrets, Login};
 use super::ops::{check_path, check_volume_id, NodeError, NodeOps, Result};
 use super::volume::{parse_chap, parse_context, Access, Staged, DEFAULT_FS};
 
@@ -41,13 +60,23 @@ pub struct StageRequest {
     pub secrets: HashMap<String, String>,
 }
 
-impl<H: Host> NodeOps<H> {
-    pub fn stage(&self, req: &StageRequest) -> Result<()> {
-        check_volume_id(&req.volume_id)?;
-        let staging_path = check_path("staging target path", &req.staging_path)?;
-        let ctx = parse_context(&req.context).map_err(NodeError::invalid)?;
-        let chap = parse_chap(&req.secrets).map_err(NodeError::invalid)?;
-        let access = match &req.access {
+/// A checked NodeStageVolume request: the record to keep and the CHAP
+/// secrets to log in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagePlan {
+    pub staged: Staged,
+    pub chap: Option<ChapSecrets>,
+}
+
+impl StageRequest {
+    /// Checks every argument without touching anything: INVALID_ARGUMENT
+    /// for a missing or malformed one.
+    pub fn plan(&self) -> Result<StagePlan> {
+        check_volume_id(&self.volume_id)?;
+        let staging_path = check_path("staging target path", &self.staging_path)?;
+        let ctx = parse_context(&self.context).map_err(NodeError::invalid)?;
+        let chap = parse_chap(&self.secrets).map_err(NodeError::invalid)?;
+        let access = match &self.access {
             AccessRequest::Block => Access::Block,
             AccessRequest::Mount { fs_type, flags } => {
                 let fs = if fs_type.is_empty() {
@@ -69,16 +98,86 @@ impl<H: Host> NodeOps<H> {
                 }
             }
         };
-        let staged = Staged {
-            volume_id: req.volume_id.clone(),
-            staging_path,
-            lun: ctx.lun,
-            access,
-            target_mgmt: ctx.target_mgmt,
-        };
+        Ok(StagePlan {
+            staged: Staged {
+                volume_id: self.volume_id.clone(),
+                staging_path,
+                lun: ctx.lun,
+                access,
+                target_mgmt: ctx.target_mgmt,
+            },
+            chap,
+        })
+    }
+}
 
+/// What one NodeStageVolume call changed on the host. A flag is set just
+/// before the step runs: a step that failed may have half happened, and
+/// undoing something that is not there succeeds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// Wrote the staged-volume record.
+    pub record: bool,
+    /// Wrote the open-iscsi node record (it holds the CHAP secret).
+    pub node_record: bool,
+    /// Logged in: a session that was not there before.
+    pub session: bool,
+    /// Made the staging directory.
+    pub staging_dir: bool,
+    /// Mounted the filesystem at the staging path.
+    pub mount: bool,
+}
+
+/// One step of undoing a failed stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    Unmount,
+    RemoveStagingDir,
+    Logout,
+    DeleteNodeRecord,
+    DeleteRecord,
+}
+
+impl Changes {
+    /// The undo steps, in the reverse order of the stage; the record last,
+    /// so that it outlives any step that fails.
+    pub fn undo(&self) -> Vec<Undo> {
+        [
+            (self.mount, Undo::Unmount),
+            (self.staging_dir, Undo::RemoveStagingDir),
+            (self.session, Undo::Logout),
+            (self.node_record, Undo::DeleteNodeRecord),
+            (self.record, Undo::DeleteRecord),
+        ]
+        .into_iter()
+        .filter_map(|(done, step)| done.then_some(step))
+        .collect()
+    }
+}
+
+impl<H: Host> NodeOps<H> {
+    pub fn stage(&self, req: &StageRequest) -> Result<()> {
+        self.stage_plan(&req.plan()?)
+    }
+
+    /// Stages a checked request; on failure undoes what this call changed.
+    pub fn stage_plan(&self, plan: &StagePlan) -> Result<()> {
+        let staged = &plan.staged;
+        let mut changes = Changes::default();
+        match self.stage_steps(plan, &mut changes) {
+            Ok(()) => {
+                self.refused_remounts().remove(&staged.volume_id);
+                tracing::info!(volume = %staged.volume_id, path = %staged.staging_path.display(), "staged");
+                Ok(())
+            }
+            Err(e) => Err(self.undo(staged, &changes, e)),
+        }
+    }
+
+    fn stage_steps(&self, plan: &StagePlan, changes: &mut Changes) -> Result<()> {
+        let staged = &plan.staged;
         match self.record(&staged.volume_id)? {
-            Some(old) if old != staged => {
+            Some(old) if old != *staged => {
                 return Err(NodeError::exists(format!(
                     "volume {} is already staged at {} with other parameters",
                     old.volume_id,
@@ -94,30 +193,79 @@ impl<H: Host> NodeOps<H> {
                         m.source
                     )));
                 }
-                self.save_record(&staged)?;
+                changes.record = true;
+                self.save_record(staged)?;
             }
         }
-
-        self.refused_remounts().remove(&staged.volume_id);
-        self.attach(&staged, chap.as_ref())?;
-        let dev = self.wait_for_device(&staged)?;
+        self.attach(staged, plan.chap.as_ref(), changes)?;
+        let dev = self.wait_for_device(staged)?;
         if let Access::Mount { fs, flags } = &staged.access {
-            self.mount_staging(&staged, *fs, flags, dev)?;
+            self.mount_staging(staged, *fs, flags, dev, changes)?;
         }
-        tracing::info!(volume = %staged.volume_id, path = %staged.staging_path.display(), "staged");
         Ok(())
+    }
+
+    /// Undoes `changes` after `error` failed the stage; answers with
+    /// `error`, naming the undo step that failed too if one did.
+    fn undo(&self, staged: &Staged, changes: &Changes, error: NodeError) -> NodeError {
+        for step in changes.undo() {
+            match self.undo_step(staged, step) {
+                Ok(()) => {}
+                // An empty directory left behind harms nobody.
+                Err(e) if step == Undo::RemoveStagingDir => {
+                    tracing::warn!(volume = %staged.volume_id, error = %e, "failed stage: cannot remove the staging directory it made");
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %staged.volume_id, ?step, error = %e, "failed stage: cannot undo it");
+                    return NodeError::new(
+                        error.code,
+                        format!(
+                            "{}; undoing the stage failed too ({step:?}: {}), so the record of \
+                             volume {} stays for NodeUnstageVolume to finish with",
+                            error.message, e.message, staged.volume_id
+                        ),
+                    );
+                }
+            }
+        }
+        if *changes != Changes::default() {
+            tracing::info!(volume = %staged.volume_id, ?changes, "failed stage undone");
+        }
+        error
+    }
+
+    fn undo_step(&self, staged: &Staged, step: Undo) -> Result<()> {
+        match step {
+            Undo::Unmount => self.unmount_all(&staged.staging_path),
+            Undo::RemoveStagingDir => Ok(self.host.remove_path(&staged.staging_path)?),
+            Undo::Logout => Ok(iscsi::logout(&self.host, &staged.lun)?),
+            Undo::DeleteNodeRecord => Ok(iscsi::delete_node_record(&self.host, &staged.lun)?),
+            Undo::DeleteRecord => self.delete_record(&staged.volume_id),
+        }
     }
 
     /// Interface, discovery, node record and login; a logged-in session
     /// is left alone (its record may carry CHAP we would rewrite the same).
-    fn attach(&self, staged: &Staged, chap: Option<&iscsi::ChapSecrets>) -> Result<()> {
+    fn attach(
+        &self,
+        staged: &Staged,
+        chap: Option<&ChapSecrets>,
+        changes: &mut Changes,
+    ) -> Result<()> {
         if self.host.block_device(&staged.device()).is_some() {
             return Ok(());
         }
         iscsi::ensure_iface(&self.host, &self.initiator_name)?;
         iscsi::discover(&self.host, &staged.lun)?;
+        changes.node_record = true;
         iscsi::ensure_node_record(&self.host, &staged.lun, chap)?;
-        iscsi::login(&self.host, &staged.lun)?;
+        changes.session = true;
+        if iscsi::login(&self.host, &staged.lun)? == Login::Existing {
+            // An earlier stage's session (its device still coming up):
+            // neither it nor its node record is this call's to undo.
+            changes.session = false;
+            changes.node_record = false;
+        }
         Ok(())
     }
 
@@ -127,6 +275,7 @@ impl<H: Host> NodeOps<H> {
         fs: FsType,
         flags: &[String],
         dev: (u32, u32),
+        changes: &mut Changes,
     ) -> Result<()> {
         let path = &staged.staging_path;
         if let Some(m) = self.mount_at(path)? {
@@ -170,13 +319,17 @@ impl<H: Host> NodeOps<H> {
                 )))
             }
         }
-        self.host.create_dir_all(path)?;
+        if !self.host.exists(path) {
+            changes.staging_dir = true;
+            self.host.create_dir_all(path)?;
+        }
         let options: Vec<&str> = fs
             .default_mount_options()
             .iter()
             .copied()
             .chain(flags.iter().map(String::as_str))
             .collect();
+        changes.mount = true;
         self.must(
             Cmd::new("mount")
                 .args(["-t", fs.as_str(), "-o", &options.join(",")])
@@ -408,6 +561,10 @@ mod tests {
                 ..stage_req("ext4", &[])
             },
             stage_req("ntfs", &[]),
+            StageRequest {
+                staging_path: "/var/lib/../../etc".into(),
+                ..stage_req("ext4", &[])
+            },
             no_portal,
         ] {
             assert_eq!(
@@ -416,7 +573,7 @@ mod tests {
                 "{req:?}"
             );
         }
-        assert!(host.take_commands().is_empty());
+        assert_eq!(host.state().host_calls, 0);
         assert_eq!(
             ops.unstage("", STAGING).unwrap_err().code,
             Code::InvalidArgument
@@ -470,18 +627,175 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_between_login_and_mount_converges_on_retry() {
+    fn a_crash_between_login_and_mount_converges_on_retry_or_unstage() {
+        // A crash: the steps ran up to a failure and nothing undid them.
+        let crash = |ops: &NodeOps<FakeHost>, host: &FakeHost| {
+            host.state().device_never_appears = true;
+            let plan = stage_req("ext4", &[]).plan().unwrap();
+            assert!(ops.stage_steps(&plan, &mut Changes::default()).is_err());
+            host.state().device_never_appears = false;
+            assert_eq!(host.state().sessions.len(), 1);
+        };
         let (ops, host) = setup();
-        host.state().device_never_appears = true;
-        assert!(ops.stage(&stage_req("ext4", &[])).is_err());
-        host.state().device_never_appears = false;
+        crash(&ops, &host);
         ops.stage(&stage_req("ext4", &[])).unwrap();
         assert_eq!(host.state().mounts.len(), 1);
-        // And an unstage after a failed stage cleans up the session too.
+        // The record written before the login lets unstage find the session.
         let (ops, host) = setup();
-        host.state().device_never_appears = true;
-        assert!(ops.stage(&stage_req("ext4", &[])).is_err());
+        crash(&ops, &host);
         ops.unstage("pv1", STAGING).unwrap();
         assert!(host.state().sessions.is_empty());
+        assert!(ops.record("pv1").unwrap().is_none());
+    }
+
+    /// Nothing of the volume is left on the host, and the calls that find
+    /// a volume by its record see none.
+    fn assert_no_trace(ops: &NodeOps<FakeHost>, host: &FakeHost, case: &str) {
+        assert!(ops.record("pv1").unwrap().is_none(), "{case}: record left");
+        {
+            let s = host.state();
+            assert!(
+                !s.files
+                    .keys()
+                    .any(|p| p.to_string_lossy().ends_with(".staged")),
+                "{case}: record file left"
+            );
+            assert!(s.sessions.is_empty(), "{case}: session left");
+            assert!(s.node_records.is_empty(), "{case}: node record left");
+            assert!(s.mounts.is_empty(), "{case}: mount left");
+        }
+        assert!(!ops.refused_remounts().contains("pv1"), "{case}");
+        assert_eq!(
+            ops.stats("pv1", STAGING).unwrap_err().code,
+            Code::NotFound,
+            "{case}"
+        );
+        host.take_commands();
+        ops.unstage("pv1", STAGING).unwrap();
+        assert_eq!(host.take_commands(), Vec::<String>::new(), "{case}");
+    }
+
+    /// CSI spec §"NodeStageVolume": "If this RPC failed, or the CO does not
+    /// know if it failed or not, it MAY choose to call `NodeStageVolume`
+    /// again, or choose to call `NodeUnstageVolume`." A failed stage is
+    /// undone, so either call finds the node as if it never happened.
+    #[test]
+    fn a_stage_failing_at_any_step_undoes_what_it_did_and_leaves_no_record() {
+        type Breaker = fn(&mut NodeOps<FakeHost>, &FakeHost, &mut StageRequest);
+        let cases: [(&str, Code, Breaker); 7] = [
+            (
+                "target does not offer the iqn",
+                Code::NotFound,
+                |_, _, req| {
+                    req.context
+                        .insert("iqn".into(), "iqn.2016-09.com.openebs.cstor:gone".into());
+                },
+            ),
+            ("login fails", Code::Unavailable, |_, host, _| {
+                host.fail_commands_with("--login");
+            }),
+            ("login refused", Code::PermissionDenied, |ops, _, _| {
+                ops.initiator_name = "iqn.2016-09.com.openebs.cstor:node.intruder".into();
+            }),
+            ("no device", Code::DeadlineExceeded, |_, host, _| {
+                host.state().device_never_appears = true;
+            }),
+            ("mkfs fails", Code::Internal, |_, host, _| {
+                host.fail_commands_with("mkfs.ext4");
+            }),
+            ("fsck cannot repair", Code::Internal, |_, host, _| {
+                let mut s = host.state();
+                s.luns.get_mut(IQN).unwrap().fs = Some("ext4".into());
+                s.fsck_code = 4;
+            }),
+            ("mount fails", Code::Internal, |_, host, _| {
+                host.fail_commands_with("mount -t ext4");
+            }),
+        ];
+        for (case, code, brk) in cases {
+            let (mut ops, host) = setup();
+            let mut req = stage_req("ext4", &[]);
+            brk(&mut ops, &host, &mut req);
+            let err = ops.stage(&req).unwrap_err();
+            assert_eq!(err.code, code, "{case}: {err}");
+            assert!(!err.message.contains("undoing"), "{case}: {err}");
+            assert!(
+                host.exists(Path::new(STAGING)),
+                "{case}: the CO's directory"
+            );
+            assert_no_trace(&ops, &host, case);
+        }
+        // The staging directory, when the stage made it, goes too.
+        let (ops, host) = setup();
+        host.state().dirs.clear();
+        host.fail_commands_with("mount -t ext4");
+        assert!(ops.stage(&stage_req("ext4", &[])).is_err());
+        assert!(!host.exists(Path::new(STAGING)));
+        assert_no_trace(&ops, &host, "mount fails, directory made");
+    }
+
+    #[test]
+    fn a_stage_whose_undo_fails_keeps_its_record_so_unstage_can_finish() {
+        let (ops, host) = setup();
+        host.state().device_never_appears = true;
+        host.fail_commands_with("--logout");
+        let err = ops.stage(&stage_req("ext4", &[])).unwrap_err();
+        assert_eq!(err.code, Code::DeadlineExceeded, "{err}");
+        assert!(
+            err.message.contains("undoing the stage failed too"),
+            "{err}"
+        );
+        assert!(ops.record("pv1").unwrap().is_some());
+        assert_eq!(host.state().sessions.len(), 1);
+        host.state().fail_matching.clear();
+        ops.unstage("pv1", STAGING).unwrap();
+        assert!(ops.record("pv1").unwrap().is_none());
+        assert!(host.state().sessions.is_empty() && host.state().node_records.is_empty());
+    }
+
+    #[test]
+    fn a_repeated_stage_that_fails_leaves_the_earlier_stage_alone() {
+        let (ops, host) = setup();
+        ops.stage(&stage_req("ext4", &[])).unwrap();
+        // The device vanishes: the repeat logs in again, finds the earlier
+        // session, and times out waiting; none of that was this call's.
+        host.state().device_never_appears = true;
+        assert_eq!(
+            ops.stage(&stage_req("ext4", &[])).unwrap_err().code,
+            Code::DeadlineExceeded
+        );
+        assert!(ops.record("pv1").unwrap().is_some());
+        let s = host.state();
+        assert_eq!(
+            (s.sessions.len(), s.node_records.len(), s.mounts.len()),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn undo_runs_in_reverse_stage_order_with_the_record_last() {
+        assert_eq!(Changes::default().undo(), Vec::<Undo>::new());
+        let all = Changes {
+            record: true,
+            node_record: true,
+            session: true,
+            staging_dir: true,
+            mount: true,
+        };
+        assert_eq!(
+            all.undo(),
+            [
+                Undo::Unmount,
+                Undo::RemoveStagingDir,
+                Undo::Logout,
+                Undo::DeleteNodeRecord,
+                Undo::DeleteRecord
+            ]
+        );
+        let repeat = Changes {
+            session: true,
+            ..Changes::default()
+        };
+        assert_eq!(repeat.undo(), [Undo::Logout]);
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! The record (one file per volume in `NodeConfig::state_dir`) is written
 //! *before* the first side effect of NodeStageVolume (node record, login)
-//! and removed *after* the last undo of NodeUnstageVolume, so a crash at any
-//! point leaves either nothing or a record that lets the next
-//! NodeUnstageVolume (which carries only the volume id and staging path)
-//! find the session to log out of. Format: `key=value` lines, version 1.
+//! and removed *after* the last undo of NodeUnstageVolume, or of a
+//! NodeStageVolume that failed ([`super::stage`]), so a crash at any point
+//! leaves either nothing or a record that lets the next NodeUnstageVolume
+//! (which carries only the volume id and staging path) find the session
+//! to log out of. Format: `key=value` lines, version 1.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
