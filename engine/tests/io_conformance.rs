@@ -10,6 +10,7 @@ use cstor_engine::io::{
     AlignedBuf, Backend, CrashDevice, Device, DeviceOptions, DirectIo, FaultyDevice, FileDevice,
     MemDevice,
 };
+use cstor_testkit::{skip, Need};
 use tempfile::TempDir;
 
 const DEV_LEN: u64 = 4 << 20;
@@ -46,7 +47,7 @@ fn faulty() -> Option<Subject> {
 
 fn file(backend: Option<Backend>, direct: DirectIo) -> Option<Subject> {
     let Some(backend) = backend else {
-        eprintln!("skipped: io_uring unavailable in this process");
+        skip(Need::IoUring, "io_uring unavailable in this process");
         return None;
     };
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -7,15 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cstor_engine::io::{AlignedBuf, Backend, Device, DeviceKind, DeviceOptions, IoError};
+use cstor_testkit::{is_root, skip, Need};
 
 const LOOP_LEN: u64 = 32 << 20;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    #[allow(unsafe_code)]
-    let uid = unsafe { libc::geteuid() };
-    uid == 0
-}
 
 /// A loop device over a file; detached on drop, even when a test fails.
 struct LoopDev {
@@ -44,14 +38,14 @@ impl LoopDev {
                 })
             }
             Ok(out) => {
-                eprintln!(
-                    "skipped: losetup failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                skip(
+                    Need::LoopDevice,
+                    format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr)),
                 );
                 None
             }
             Err(e) => {
-                eprintln!("skipped: cannot run losetup: {e}");
+                skip(Need::LoopDevice, format!("cannot run losetup: {e}"));
                 None
             }
         }
@@ -72,14 +66,14 @@ fn backends() -> Vec<Backend> {
     let mut all = vec![Backend::threads().unwrap()];
     match Backend::uring() {
         Ok(b) => all.push(b),
-        Err(e) => eprintln!("skipped io_uring half: {e}"),
+        Err(e) => skip(Need::IoUring, format!("the io_uring half: {e}")),
     }
     all
 }
 
 async fn check_block_device(sector_size: u32) {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        skip(Need::Root, "loop devices need root");
         return;
     }
     let Some(lo) = LoopDev::attach(sector_size) else {

@@ -9,12 +9,13 @@ use cstor_engine::io::{
     test_backend, AlignedBuf, Backend, BackendKind, Device, DeviceKind, DeviceOptions, DirectIo,
     IoError,
 };
+use cstor_testkit::{skip, Need};
 
 fn backends() -> Vec<Backend> {
     let mut all = vec![Backend::threads().unwrap()];
     match Backend::uring() {
         Ok(b) => all.push(b),
-        Err(e) => eprintln!("skipped io_uring half: {e}"),
+        Err(e) => skip(Need::IoUring, format!("the io_uring half: {e}")),
     }
     all
 }
@@ -130,7 +131,7 @@ fn auto_direct_reports_the_mode_it_got() {
 fn tmpfs_opens_in_auto_and_require_is_honest() {
     let shm = Path::new("/dev/shm");
     if !shm.is_dir() {
-        eprintln!("skipped: no /dev/shm");
+        skip(Need::Tmpfs, "no /dev/shm");
         return;
     }
     let dir = tempfile::tempdir_in(shm).unwrap();

@@ -10,16 +10,9 @@ use std::process::Command;
 
 use cstor_engine::io::{test_backend, DeviceOptions};
 use cstor_engine::{DeviceRef, Pool, PoolOptions, Provisioning};
+use cstor_testkit::{is_root, skip, Need};
 
 const LOOP_BYTES: u64 = 48 << 20;
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 /// A loop device over a sparse file, detached on drop.
 struct LoopDev {
@@ -45,14 +38,14 @@ impl LoopDev {
                 _dir: dir,
             }),
             Ok(o) => {
-                eprintln!(
-                    "skipped: losetup failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
+                skip(
+                    Need::LoopDevice,
+                    format!("losetup failed: {}", String::from_utf8_lossy(&o.stderr)),
                 );
                 None
             }
             Err(e) => {
-                eprintln!("skipped: cannot run losetup: {e}");
+                skip(Need::LoopDevice, format!("cannot run losetup: {e}"));
                 None
             }
         }
@@ -89,7 +82,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn pool_on_loop_devices_grows_and_reopens() {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        skip(Need::Root, "loop devices need root");
         return;
     }
     let (Some(a), Some(b)) = (LoopDev::attach(4096), LoopDev::attach(512)) else {

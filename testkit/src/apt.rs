@@ -31,7 +31,10 @@ pub enum AptError {
     /// Missing, and not root: nothing was tried.
     NotRoot { missing: Vec<String> },
     /// `apt-get` ran and failed.
-    Failed { packages: Vec<String>, output: String },
+    Failed {
+        packages: Vec<String>,
+        output: String,
+    },
     /// `apt-get` could not be started or the lock could not be taken.
     Io(std::io::Error),
 }
@@ -40,10 +43,18 @@ impl fmt::Display for AptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AptError::NotRoot { missing } => {
-                write!(f, "missing {} (installing them needs root)", missing.join(" "))
+                write!(
+                    f,
+                    "missing {} (installing them needs root)",
+                    missing.join(" ")
+                )
             }
             AptError::Failed { packages, output } => {
-                write!(f, "apt-get install {} failed:\n{output}", packages.join(" "))
+                write!(
+                    f,
+                    "apt-get install {} failed:\n{output}",
+                    packages.join(" ")
+                )
             }
             AptError::Io(e) => write!(f, "cannot run apt-get: {e}"),
         }
@@ -63,11 +74,11 @@ pub fn have(command: &str) -> bool {
     if command.contains('/') {
         return Path::new(command).exists();
     }
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(command).is_file())
-    }) || ["/usr/sbin", "/sbin"]
-        .iter()
-        .any(|dir| Path::new(dir).join(command).is_file())
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|dir| Path::new(dir).join(command).is_file())
 }
 
 /// Installs the packages of the programs that are missing.
@@ -166,7 +177,9 @@ impl InstallLock {
             .write(true)
             .open(path)?;
         // SAFETY: flock on a descriptor we own; blocks until granted.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        #[allow(unsafe_code)]
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if locked != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(InstallLock(file))
@@ -176,6 +189,7 @@ impl InstallLock {
 impl Drop for InstallLock {
     fn drop(&mut self) {
         // SAFETY: unlocking our own descriptor; closing it would too.
+        #[allow(unsafe_code)]
         unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }

@@ -94,16 +94,14 @@ pub fn strict() -> bool {
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
     unsafe { libc::geteuid() == 0 }
 }
 
 /// The test's name as libtest reports it (libtest names each test's
 /// thread after the test), else the thread's name or "main".
 fn test_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("main")
-        .to_string()
+    std::thread::current().name().unwrap_or("main").to_string()
 }
 
 /// The test binary's name without cargo's hash suffix ("cluster" for

@@ -398,6 +398,9 @@ mod tests {
                 }
             }
         }
-        eprintln!("skipped: no block device under /dev to compare with /sys/dev/block");
+        cstor_testkit::skip(
+            cstor_testkit::Need::BlockDevice,
+            "no block device under /dev to compare with /sys/dev/block",
+        );
     }
 }

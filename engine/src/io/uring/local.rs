@@ -325,7 +325,10 @@ mod tests {
         match Backend::uring() {
             Ok(backend) => Some(backend),
             Err(e) => {
-                eprintln!("SKIP: io_uring refused on this machine: {e}");
+                cstor_testkit::skip(
+                    cstor_testkit::Need::IoUring,
+                    format!("io_uring refused on this machine: {e}"),
+                );
                 None
             }
         }
@@ -340,7 +343,10 @@ mod tests {
                 true
             }
             Err(e) => {
-                eprintln!("SKIP: no thread ring here: {e}");
+                cstor_testkit::skip(
+                    cstor_testkit::Need::IoUring,
+                    format!("no thread ring here: {e}"),
+                );
                 false
             }
         }
