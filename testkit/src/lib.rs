@@ -10,5 +10,6 @@
 
 pub mod apt;
 pub mod skip;
+pub mod vm;
 
 pub use skip::{is_root, skip, Need};

@@ -1,9 +1,10 @@
-# Guest script (busybox ash) of tests/csi_node_vm.rs: the CSI Node service of
+# Guest script (busybox ash, run by the VM runner, cstor_testkit::vm) of
+# tests/vm/csi_node_vm.rs: the CSI Node service of
 # `cstor csi --mode node` driven over its socket by `node_client`, against two
 # cstor targets on the host: an ext4 volume behind CHAP (TARGET_PORT,
 # TARGET_IQN) and an xfs volume (XFS_PORT, XFS_IQN). Per volume: stage (twice:
-# idempotent), publish rw and ro, write, stats, grow at the target (host
-# --on-boot on "E2E-SIGNAL: grow-FS") and NodeExpandVolume, unpublish,
+# idempotent), publish rw and ro, write, stats, grow at the target (the
+# host's callback on `e2e-signal grow-FS`) and NodeExpandVolume, unpublish,
 # unstage (session and node record gone), stage again and find the data;
 # then the ext4 volume once more as a raw block volume.
 # Then the remount check: a third volume (RO_PORT, RO_IQN, MGMT_RO) on two
@@ -84,7 +85,7 @@ lifecycle() { # VOL FS PORT IQN MGMT GROW_BYTES [--secret k=v]...
         && [ "$(word inodes_total)" -gt 0 ] && [ "$(word abnormal)" = false ] || fail "stats: $out"
 
     before=$(size_k "$T")
-    echo "E2E-SIGNAL: grow-$FS"
+    e2e-signal "grow-$FS" || fail "the host did not acknowledge grow-$FS"
     s=$(date +%s); i=0
     until out=$(nc expand --volume-id "$VOL" --volume-path "$T" --required-bytes "$GROW"); do
         i=$((i+1)); [ $i -lt 4 ] || fail "expand: $out"
@@ -172,7 +173,7 @@ remount_check() {
     ok stage --volume-id $VOL --staging-path "$S" --fs ext4 --context "$CTX"
     ok publish --volume-id $VOL --staging-path "$S" --target-path "$T" --fs ext4
     echo "written before the outage" >"$T/before" && sync || fail "write before the outage"
-    echo "E2E-SIGNAL: stop-replica"
+    e2e-signal stop-replica || fail "the host did not acknowledge stop-replica"
     # Metadata changes make jbd2 commit; a failed commit turns ext4 read-only.
     i=0
     while touch "$T/f$i" 2>/dev/null; do
@@ -185,7 +186,7 @@ remount_check() {
     echo "E2E: mountinfo: $(grep " $S " /proc/self/mountinfo); errors_count=$(cat /sys/fs/ext4/$dev/errors_count 2>&1)"
     ok stats --volume-id $VOL --volume-path "$T"
     [ "$(word abnormal)" = true ] || fail "a read-only filesystem is not abnormal: $out"
-    echo "E2E-SIGNAL: cont-replica"
+    e2e-signal cont-replica || fail "the host did not acknowledge cont-replica"
     s=$(date +%s); i=0; outcome=""
     while [ -z "$outcome" ]; do
         if touch "$T/after" 2>/dev/null; then

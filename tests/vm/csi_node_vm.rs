@@ -1,28 +1,32 @@
-//! The CSI Node service for real: the team's VM harness
-//! (`../shared/tools/vm/run-e2e.sh`) boots Debian's kernel with the `cstor`
-//! binary and the `node_client` example added, and `tests/vm/csi-node.sh`
+//! The CSI Node service for real: the project's VM runner
+//! (`cstor_testkit::vm`) boots Debian's kernel with the `cstor` binary and
+//! the `node_client` example added, and `tests/vm/csi-node.sh`
 //! runs `cstor csi --mode node` in the guest and drives NodeStage/Publish/
 //! Expand/Stats/Unpublish/Unstage over its socket against two targets on
 //! this machine: an ext4 volume behind CHAP and an xfs volume, both
 //! admitting only the initiator name of node `vm-node` (what the controller
 //! sets up). The host grows each volume through the target's management
-//! API when the guest signals it. Then the remount check: a third volume on
+//! API when the guest signals it (`e2e-signal grow-FS`, which returns once
+//! the host's callback did it). Then the remount check: a third volume on
 //! two replicas (consistency factor 2) loses one (SIGSTOP) until ext4 turns
 //! read-only, gets it back (SIGCONT), and the guest checks that the node
 //! service brings the filesystem back read-write (see
 //! `cstor_csi::node::remount`).
 //!
-//! Needs root (the harness installs QEMU and open-iscsi and builds an
-//! initramfs); without it the test says so and skips. The `node_client`
+//! Needs root (the runner installs QEMU and open-iscsi with apt-get on
+//! first use); without it the test is recorded as skipped. The `node_client`
 //! example must be built (`cargo test --workspace` builds every example;
 //! otherwise `cargo build -p cstor-csi --example node_client`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cstor_testkit::vm::{self, Vm, VmError};
+use cstor_testkit::{is_root, skip, Need};
 
 use crate::common::{cstor_bin, free_addr, ReplicaProcess, TargetProcess};
 
@@ -30,13 +34,6 @@ const NODE_ID: &str = "vm-node";
 const MIB: u64 = 1 << 20;
 const CHAP_USER: &str = "vm-node-chap";
 const CHAP_SECRET: &str = "csi-node-secret-12";
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
 
 /// `build/debug/examples/node_client`, next to this test's `deps/` dir.
 fn node_client() -> PathBuf {
@@ -71,15 +68,16 @@ fn stripped(bin: &Path, dir: &Path) -> PathBuf {
 #[test]
 fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
     if !is_root() {
-        eprintln!("skipped: the VM harness needs root");
+        skip(
+            Need::Root,
+            "the VM runner installs QEMU and open-iscsi with apt-get",
+        );
         return;
     }
-    let script = crate::common::shared_tool("vm/run-e2e.sh");
-    assert!(
-        script.exists(),
-        "{} not found (set CSTOR_SHARED_DIR)",
-        script.display()
-    );
+    match vm::prepare() {
+        Err(VmError::Unavailable(why)) => return skip(why.need, why.reason),
+        other => other.unwrap(),
+    }
     let guest_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/csi-node.sh");
     let dir = tempfile::tempdir().unwrap();
     let bins = dir.path().join("bin");
@@ -148,57 +146,85 @@ fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
         &[],
     );
     let (grow_ext4, grow_xfs) = (384 * MIB, 640 * MIB);
-    // The guest prints "E2E-SIGNAL: grow-FS"; the host grows that volume.
-    let on_boot = format!(
-        "case \"$1\" in \
-           grow-ext4) exec {c} ctl --target {mgmt_ext4} resize --size {grow_ext4} ;; \
-           grow-xfs) exec {c} ctl --target {mgmt_xfs} resize --size {grow_xfs} ;; \
-           stop-replica) exec kill -STOP {pid_b} ;; \
-           cont-replica) exec kill -CONT {pid_b} ;; \
-           *) echo \"unknown signal $1\"; exit 1 ;; \
-         esac",
-        c = cstor_bin(),
-        pid_b = replica_b.pid()
-    );
-    let log = dir.path().join("e2e-console.log");
+    // The guest asks with `e2e-signal WORD`; the callback acts, and the
+    // guest goes on once it returned. What failed is asserted at the end.
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let on_signal = {
+        let failures = Arc::clone(&failures);
+        let pid_b = replica_b.pid().to_string();
+        move |word: &str| {
+            let (program, args) = match word {
+                "grow-ext4" => (
+                    cstor_bin(),
+                    vec![
+                        "ctl".to_string(),
+                        "--target".into(),
+                        mgmt_ext4.to_string(),
+                        "resize".into(),
+                        "--size".into(),
+                        grow_ext4.to_string(),
+                    ],
+                ),
+                "grow-xfs" => (
+                    cstor_bin(),
+                    vec![
+                        "ctl".to_string(),
+                        "--target".into(),
+                        mgmt_xfs.to_string(),
+                        "resize".into(),
+                        "--size".into(),
+                        grow_xfs.to_string(),
+                    ],
+                ),
+                "stop-replica" => ("kill", vec!["-STOP".to_string(), pid_b.clone()]),
+                "cont-replica" => ("kill", vec!["-CONT".to_string(), pid_b.clone()]),
+                other => {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("unknown signal {other}"));
+                    return;
+                }
+            };
+            match Command::new(program).args(&args).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => failures.lock().unwrap().push(format!(
+                    "{word}: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+                Err(e) => failures.lock().unwrap().push(format!("{word}: {e}")),
+            }
+        }
+    };
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(ext4.portal.port().to_string())
-        .arg(&ext4.iqn)
-        .args(["--quiet", "--timeout", "900", "--log"])
-        .arg(&log)
-        .arg("--add-bin")
-        .arg(&cstor)
-        .arg("--add-bin")
-        .arg(&client)
-        .arg("--guest-script")
-        .arg(&guest_script)
-        .args(["--guest-env", &format!("NODE_ID={NODE_ID}")])
-        .args(["--guest-env", &format!("XFS_PORT={}", xfs.portal.port())])
-        .args(["--guest-env", &format!("XFS_IQN={}", xfs.iqn)])
-        .args(["--guest-env", &format!("MGMT_EXT4={}", mgmt_ext4.port())])
-        .args(["--guest-env", &format!("MGMT_XFS={}", mgmt_xfs.port())])
-        .args(["--guest-env", &format!("GROW_EXT4={grow_ext4}")])
-        .args(["--guest-env", &format!("GROW_XFS={grow_xfs}")])
-        .args(["--guest-env", &format!("CHAP_USER={CHAP_USER}")])
-        .args(["--guest-env", &format!("CHAP_SECRET={CHAP_SECRET}")])
-        .args(["--guest-env", &format!("RO_PORT={}", ro.portal.port())])
-        .args(["--guest-env", &format!("RO_IQN={}", ro.iqn)])
-        .args(["--guest-env", &format!("MGMT_RO={}", mgmt_ro.port())])
-        .arg("--on-boot")
-        .arg(&on_boot)
-        .output()
+    let outcome = Vm::new(ext4.portal.port(), &ext4.iqn)
+        .timeout(Duration::from_secs(900))
+        .console_log(dir.path().join("e2e-console.log"))
+        .add_bin(&cstor)
+        .add_bin(&client)
+        .guest_script(&guest_script)
+        .env("NODE_ID", NODE_ID)
+        .env("XFS_PORT", xfs.portal.port())
+        .env("XFS_IQN", &xfs.iqn)
+        .env("MGMT_EXT4", mgmt_ext4.port())
+        .env("MGMT_XFS", mgmt_xfs.port())
+        .env("GROW_EXT4", grow_ext4)
+        .env("GROW_XFS", grow_xfs)
+        .env("CHAP_USER", CHAP_USER)
+        .env("CHAP_SECRET", CHAP_SECRET)
+        .env("RO_PORT", ro.portal.port())
+        .env("RO_IQN", &ro.iqn)
+        .env("MGMT_RO", mgmt_ro.port())
+        .on_signal(on_signal)
+        .run()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
     eprintln!("VM test took {} s", started.elapsed().as_secs());
+    let failures = failures.lock().unwrap().clone();
     assert!(
-        out.status.success() && stdout.contains("E2E-RESULT: PASS"),
-        "VM test failed:\n{stdout}\n{}\nconsole: {}\non-boot: {}\next4 target log:\n{}\nxfs target log:\n{}\nremount target log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default(),
-        std::fs::read_to_string(log.with_extension("log.on-boot")).unwrap_or_default(),
+        outcome.passed && failures.is_empty(),
+        "VM test failed: {outcome}\nhost actions that failed: {failures:?}\n\
+         ext4 target log:\n{}\nxfs target log:\n{}\nremount target log:\n{}",
         ext4.log_text(),
         xfs.log_text(),
         ro.log_text()

@@ -1,9 +1,11 @@
-# Guest half of tests/vm_up.rs (busybox ash, run by run-e2e.sh --guest-script):
-# the Linux kernel initiator on a `cstor up` volume keeps writing fsync'd files
-# while the host kills one replica daemon, `cstor up` restarts it and the
-# target rebuilds it; then the filesystem must be clean and every file intact.
+# Guest half of tests/vm/vm_up.rs (busybox ash, the guest script of the VM
+# runner, cstor_testkit::vm): the Linux kernel initiator on a `cstor up` volume
+# keeps writing fsync'd files while the host kills one replica daemon (asked
+# with `e2e-signal kill-replica`, which returns once the host did it),
+# `cstor up` restarts it and the target rebuilds it; then the filesystem must
+# be clean and every file intact.
 #
-# Environment: TARGET_HOST, TARGET_PORT, TARGET_IQN (run-e2e.sh); READY_PORT:
+# Environment: TARGET_HOST, TARGET_PORT, TARGET_IQN (the runner); READY_PORT:
 # the host answers HTTP on 10.0.2.2:READY_PORT only once the target reports
 # three healthy replicas again (there is no other way back to the guest);
 # MIN_FILES, MAX_FILES: bounds on the number of 2 MiB files written.
@@ -39,7 +41,7 @@ mkdir -p "$MNT"
 mount -t ext4 "$DEV" "$MNT" || fail "mount"
 : >"$SUMS"
 
-echo "E2E-SIGNAL: kill-replica"
+e2e-signal kill-replica || fail "the host did not acknowledge kill-replica"
 n=0
 while :; do
     n=$((n + 1))

@@ -1,36 +1,40 @@
 //! The Linux kernel's iSCSI initiator against `cstor up`, the embedded
 //! default a new user runs first: three replica daemons and a target on
-//! loopback, supervised. Two VM boots (the team's harness,
-//! `../shared/tools/vm/run-e2e.sh`, QEMU with KVM or TCG):
+//! loopback, supervised. Two VM boots (the project's VM runner,
+//! `cstor_testkit::vm`: Debian's kernel under QEMU, KVM or TCG):
 //!
-//! 1. the harness' built-in test (discovery, login, ext4, write, re-login,
+//! 1. the runner's built-in test (discovery, login, ext4, write, re-login,
 //!    fsck, verify) against the portal and IQN `cstor up` announces;
-//! 2. `tests/vm/up-replica-loss.sh` in the guest keeps writing fsync'd files
-//!    while this test kills one replica daemon with SIGKILL; `cstor up`
-//!    restarts it (as Kubernetes would), the target rebuilds it and reports
-//!    three healthy replicas (`cstor ctl status --json`); only then does the
-//!    guest hear from the host (HTTP on a loopback port, the one channel
-//!    back), and it checks e2fsck and every file's checksum after a
-//!    re-login (DESIGN.md invariants 1 and 6 through a real filesystem).
+//! 2. `tests/vm/up-replica-loss.sh` in the guest writes fsync'd files and
+//!    signals the host (`e2e-signal kill-replica`), whose callback kills
+//!    one replica daemon with SIGKILL before the guest goes on writing;
+//!    `cstor up` restarts it (as Kubernetes would), the target rebuilds it
+//!    and reports three healthy replicas (`cstor ctl status --json`); only
+//!    then does the guest hear from the host (HTTP on a loopback port), and
+//!    it checks e2fsck and every file's checksum after a re-login
+//!    (DESIGN.md invariants 1 and 6 through a real filesystem).
 //!
-//! Needs root (the harness installs QEMU and open-iscsi with apt-get and
-//! builds an initramfs); without it the test says so and skips.
+//! Needs root (the runner installs QEMU and open-iscsi with apt-get on
+//! first use); without it the test is recorded as skipped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{cstor_bin, free_addr, free_up_base_port, is_root, replica_states, target_status};
+use cstor_testkit::vm::{self, Outcome, Vm, VmError};
+use cstor_testkit::{is_root, skip, Need};
+
+use crate::common::{cstor_bin, free_addr, free_up_base_port, replica_states, target_status};
 
 /// Hang guard of one state change (restart, rebuild); not a timing assertion.
 const GUARD: Duration = Duration::from_secs(240);
-/// run-e2e.sh's wall-clock limit of one VM (TCG boots are slow here).
-const VM_TIMEOUT_S: &str = "420";
+/// The wall-clock limit of one VM (TCG boots are slow here).
+const VM_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// A running `cstor up`; stopped with SIGINT (it then stops its children)
 /// when dropped, even when the test fails.
@@ -140,18 +144,6 @@ fn wait_until(what: &str, explain: impl Fn() -> String, mut ok: impl FnMut() -> 
     }
 }
 
-/// What a VM run left so far: its console and the log of its `--on-boot`
-/// commands.
-fn vm_logs(log: &Path) -> String {
-    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    format!(
-        "console:\n{}\non-boot:\n{}\nharness stderr:\n{}",
-        read(log.to_owned()),
-        read(PathBuf::from(format!("{}.on-boot", log.display()))),
-        read(log.with_extension("stderr"))
-    )
-}
-
 fn three_healthy(mgmt: SocketAddr) -> bool {
     target_status(mgmt).is_some_and(|s| {
         let states = replica_states(&s);
@@ -159,29 +151,11 @@ fn three_healthy(mgmt: SocketAddr) -> bool {
     })
 }
 
-fn run_e2e(port: u16, iqn: &str, log: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new("bash");
-    command
-        .arg(crate::common::shared_tool("vm/run-e2e.sh"))
-        .arg(port.to_string())
-        .arg(iqn)
-        .args(["--quiet", "--timeout", VM_TIMEOUT_S, "--log"])
-        .arg(log)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap());
-    command
-}
-
-fn assert_pass(what: &str, out: &Output, log: &Path, up: &Up) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{what}:\n{stdout}");
+fn assert_pass(what: &str, outcome: &Outcome, up: &Up) {
     let target_log = up.state.join("logs/target.log");
     assert!(
-        out.status.success() && stdout.contains("E2E-RESULT: PASS"),
-        "{what} failed:\n{stdout}\n{}\nconsole: {}\ntarget log:\n{}",
-        std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default(),
-        std::fs::read_to_string(log).unwrap_or_default(),
+        outcome.passed,
+        "{what} failed: {outcome}\ntarget log:\n{}",
         std::fs::read_to_string(target_log).unwrap_or_default()
     );
 }
@@ -205,15 +179,16 @@ fn tell_the_guest(listener: TcpListener) {
 #[test]
 fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_kill() {
     if !is_root() {
-        eprintln!("skipped: needs root (the VM harness installs QEMU and builds an initramfs)");
+        skip(
+            Need::Root,
+            "the VM runner installs QEMU and open-iscsi with apt-get",
+        );
         return;
     }
-    let script = crate::common::shared_tool("vm/run-e2e.sh");
-    assert!(
-        script.exists(),
-        "{} not found (set CSTOR_SHARED_DIR)",
-        script.display()
-    );
+    match vm::prepare() {
+        Err(VmError::Unavailable(why)) => return skip(why.need, why.reason),
+        other => other.unwrap(),
+    }
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let portal = free_addr();
@@ -229,10 +204,13 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
         || three_healthy(target_mgmt),
     );
 
-    // 1. The harness' own test against the announced portal and IQN.
-    let log = dir.path().join("e2e-builtin.log");
-    let out = run_e2e(portal.port(), &iqn, &log, &[]).output().unwrap();
-    assert_pass("built-in e2e", &out, &log, &up);
+    // 1. The runner's own test against the announced portal and IQN.
+    let outcome = Vm::new(portal.port(), &iqn)
+        .timeout(VM_TIMEOUT)
+        .console_log(dir.path().join("e2e-builtin.log"))
+        .run()
+        .unwrap();
+    assert_pass("built-in e2e", &outcome, &up);
     eprintln!("built-in e2e done at {:?}", started.elapsed());
 
     // 2. A replica killed under the guest's writes.
@@ -246,36 +224,52 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
     let ready_port = ready.local_addr().unwrap().port();
     let guest_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/up-replica-loss.sh");
     let log = dir.path().join("e2e-replica-loss.log");
-    let kill = format!("kill -9 {victim}");
-    let ready_env = format!("READY_PORT={ready_port}");
-    let mut vm = run_e2e(
-        portal.port(),
-        &iqn,
-        &log,
-        &[
-            "--guest-script",
-            guest_script.to_str().unwrap(),
-            "--guest-env",
-            &ready_env,
-            "--guest-env",
-            "MIN_FILES=12",
-            "--guest-env",
-            "MAX_FILES=400",
-            "--on-boot",
-            &kill,
-        ],
-    )
-    .spawn()
-    .unwrap();
-    // The guest signals, the harness kills the replica, cstor up restarts it.
-    let explain = || format!("{}\n{}", vm_logs(&log), up.explain());
+    // The guest signals; the callback kills the replica (and says so here)
+    // before the guest goes on writing.
+    let (killed_tx, killed) = mpsc::channel();
+    let vm = Vm::new(portal.port(), &iqn)
+        .guest_script(&guest_script)
+        .env("READY_PORT", ready_port)
+        .env("MIN_FILES", 12)
+        .env("MAX_FILES", 400)
+        .timeout(VM_TIMEOUT)
+        .console_log(&log)
+        .on_signal(move |word| {
+            if word == "kill-replica" {
+                let status = Command::new("kill")
+                    .args(["-9", &victim.to_string()])
+                    .status();
+                let _ = killed_tx.send(status.map(|s| s.success()).unwrap_or(false));
+            }
+        })
+        .spawn();
+    let explain = || {
+        format!(
+            "console:\n{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            up.explain()
+        )
+    };
+    // Until the guest has written its first files and signalled (the VM may
+    // first wait for another test's VM: no time limit here but the VM's).
+    match killed.recv() {
+        Ok(true) => {}
+        Ok(false) => panic!("kill -9 {victim} failed\n{}", explain()),
+        Err(_) => panic!(
+            "the VM ended without asking for the kill: {}",
+            match vm.wait() {
+                Ok(outcome) => outcome.to_string(),
+                Err(e) => e.to_string(),
+            }
+        ),
+    }
+    // cstor up restarts it.
     wait_until("the killed replica's restart", explain, || {
-        if let Ok(Some(status)) = vm.try_wait() {
-            panic!(
-                "the VM ended ({status}) before the replica was killed and restarted\n{}",
-                explain()
-            );
-        }
+        assert!(
+            !vm.is_finished(),
+            "the VM ended before the replica was restarted\n{}",
+            explain()
+        );
         let c = up.cluster();
         c["replicas"][1]["restarts"].as_u64() >= Some(1)
             && c["replicas"][1]["pid"]
@@ -291,7 +285,7 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
     let mut io_seq_away: Option<(u64, u64)> = None;
     wait_until("three healthy replicas after the kill", explain, || {
         assert!(
-            vm.try_wait().unwrap().is_none(),
+            !vm.is_finished(),
             "the VM ended before the replica was healthy again\n{}",
             explain()
         );
@@ -325,7 +319,7 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
     );
     eprintln!("three healthy again at {:?}", started.elapsed());
     tell_the_guest(ready);
-    let out = vm.wait_with_output().unwrap();
-    assert_pass("replica-loss e2e", &out, &log, &up);
+    let outcome = vm.wait().unwrap();
+    assert_pass("replica-loss e2e", &outcome, &up);
     eprintln!("whole test: {:?}", started.elapsed());
 }
