@@ -86,9 +86,14 @@ impl Service {
                 rate_bytes_per_second: r.rate_bytes_per_sec,
                 eta_seconds: r.eta.map_or(0, |eta| eta.as_secs().max(1)),
                 source: r.source,
+                from_io_seq: r.from_io_seq,
+                running: r.running,
             }),
             snapshot_count: u32::try_from(info.snapshots).unwrap_or(u32::MAX),
             origin: String::new(),
+            rebuild_throttle_bytes_per_second: entry
+                .as_ref()
+                .map_or(0, |e| e.rebuild.limit_bytes_per_sec()),
         })
     }
 

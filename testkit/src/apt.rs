@@ -190,7 +190,9 @@ impl Drop for InstallLock {
     fn drop(&mut self) {
         // SAFETY: unlocking our own descriptor; closing it would too.
         #[allow(unsafe_code)]
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN)
+        };
     }
 }
 

@@ -95,7 +95,9 @@ pub fn strict() -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     #[allow(unsafe_code)]
-    unsafe { libc::geteuid() == 0 }
+    unsafe {
+        libc::geteuid() == 0
+    }
 }
 
 /// The test's name as libtest reports it (libtest names each test's

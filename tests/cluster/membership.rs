@@ -11,16 +11,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::common::{
     free_addr, pattern, replica_states, wait_target_status, Client, HelloOutcome, ReplicaProcess,
     TargetProcess, VolumeLoad,
 };
+use bytes::Bytes;
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::SetRebuildThrottleRequest;
 use cstor_target::volume::{Completion, MemberRef, Op, ReplicaState, Volume, VolumeSpec};

@@ -8,12 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use crate::common::{pattern, Client, ReplicaProcess, VolumeLoad};
+use bytes::{Bytes, BytesMut};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{
     GetVolumeRequest, ReplicaState as MgmtReplicaState, SetRebuildThrottleRequest,
@@ -143,14 +142,10 @@ async fn a_replica_killed_under_load_rebuilds_and_all_three_end_identical() {
     let epoch = volume.status().epoch;
     volume.close();
 
-    let log = reps[2].log_text();
+    let rebuild = reps[2].finished_rebuild("vol").await;
     assert!(
-        log.contains("rebuild done"),
-        "replica 2 became healthy without a rebuild"
-    );
-    assert!(
-        !log.contains("from_io_seq=0 "),
-        "a full rebuild, not a delta"
+        rebuild.from_io_seq > 0,
+        "a full rebuild, not a delta: {rebuild:?}"
     );
     show_rebuild_log(&reps[2]);
     let acked = acked.lock().unwrap().clone();
@@ -193,9 +188,8 @@ async fn a_replica_on_a_new_empty_pool_gets_a_full_rebuild() {
             mib / elapsed.as_secs_f64().max(1e-6)
         );
     }
-    let log = reps[2].log_text();
-    assert!(log.contains("rebuild done"), "no rebuild on the new pool");
-    assert!(log.contains("from_io_seq=0"), "not a full rebuild");
+    let rebuild = reps[2].finished_rebuild("vol").await;
+    assert_eq!(rebuild.from_io_seq, 0, "not a full rebuild: {rebuild:?}");
     show_rebuild_log(&reps[2]);
     let acked = acked.lock().unwrap().clone();
     check_replicas(&reps, epoch + 1, &acked).await;
@@ -374,7 +368,8 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
 
     // Raised: the rebuild finishes, and the counter holds all it copied.
     assert_eq!(throttle_through_target(mgmt, "0"), 0);
-    let healthy = crate::common::wait_target_status(mgmt, "3 healthy again", GUARD, |s| s["healthy"] == 3);
+    let healthy =
+        crate::common::wait_target_status(mgmt, "3 healthy again", GUARD, |s| s["healthy"] == 3);
     let rebuilt = healthy["replicas"][2]["rebuilt_bytes"].as_u64().unwrap();
     assert!(rebuilt >= blocks * BLOCK, "{healthy}");
     let epoch = healthy["epoch"].as_u64().unwrap();
@@ -400,17 +395,11 @@ async fn only_the_owning_session_sets_a_volume_rebuild_throttle() {
         Message::Error(e) => assert_eq!(e.status, Status::StaleEpoch, "{e:?}"),
         other => panic!("a probe set the throttle: {other:?}"),
     }
-    assert!(!reps[0].log_text().contains("bytes_per_second=3145728"));
+    let info = reps[0].volume_info("vol").await;
+    assert_eq!(info.rebuild_throttle_bytes_per_second, 0, "{info:?}");
     let (mut owner, _) = Client::open(reps[0].data, "vol", 1).await;
     let acked = owner.call(throttle).await.unwrap();
     assert_eq!(acked.message, Message::Ack(Opcode::RebuildThrottle));
-    assert!(
-        reps[0]
-            .log_text()
-            .lines()
-            .any(|l| l.contains("volume rebuild throttle set by the target")
-                && l.contains("bytes_per_second=3145728")),
-        "{}",
-        reps[0].log_text()
-    );
+    let info = reps[0].volume_info("vol").await;
+    assert_eq!(info.rebuild_throttle_bytes_per_second, 3 << 20, "{info:?}");
 }

@@ -10,13 +10,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use crate::common::{pattern, Client, ReplicaProcess, VolumeLoad};
+use bytes::{Bytes, BytesMut};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, ListSnapshotsRequest};
 use cstor_target::volume::{Completion, Op, Volume, VolumeSpec};
@@ -214,16 +213,22 @@ async fn run(replace_pool: bool) {
         eprintln!("{line}");
     }
     eprintln!("{live_writes} live writes during the rebuild");
-    assert!(
-        log.contains("rebuild done"),
-        "replica 2 healthy without a rebuild"
-    );
-    assert!(log.contains("snapshot rebuilt"), "no snapshot was rebuilt");
+    let rebuild = reps[2].finished_rebuild("vol").await;
     assert_eq!(
-        log.contains("from_io_seq=0 "),
+        rebuild.from_io_seq == 0,
         replace_pool,
-        "a full rebuild exactly for the new pool"
+        "a full rebuild exactly for the new pool: {rebuild:?}"
     );
+    // The snapshots themselves, block by block, are checked by check_all.
+    let (rebuilt, healthy) = (
+        reps[2].volume_info("vol").await,
+        reps[0].volume_info("vol").await,
+    );
+    assert!(
+        rebuilt.snapshot_count > 0,
+        "no snapshot was rebuilt: {rebuilt:?}"
+    );
+    assert_eq!(rebuilt.snapshot_count, healthy.snapshot_count);
     let truth = Arc::try_unwrap(truth).ok().unwrap().into_inner().unwrap();
     check_all(&reps, epoch + 1, &truth).await;
 }

@@ -6,13 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::common::{free_addr, pattern, Client, ReplicaProcess, TargetProcess};
+use bytes::Bytes;
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, GetVolumeRequest};
 use cstor_target::volume::{Completion, Op, Volume, VolumeError, VolumeSpec};

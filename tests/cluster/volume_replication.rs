@@ -4,11 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::common::{pattern, ReplicaProcess};
+use bytes::Bytes;
 use cstor_target::volume::{Completion, Op, ReplicaState, Volume, VolumeError, VolumeSpec};
 
 const BLOCK: u64 = 4096;

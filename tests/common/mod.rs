@@ -154,6 +154,31 @@ impl ReplicaProcess {
         }
     }
 
+    /// The daemon's view of one of its volumes (GetVolume): state, the
+    /// last rebuild into it, its rebuild throttle.
+    pub async fn volume_info(&self, name: &str) -> cstor_mgmt::v1::VolumeReplica {
+        use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
+        let mut client = ReplicaManagerClient::connect(format!("http://{}", self.mgmt))
+            .await
+            .unwrap();
+        client
+            .get_volume(cstor_mgmt::v1::GetVolumeRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The last rebuild into `volume`, which must have run to its end.
+    pub async fn finished_rebuild(&self, volume: &str) -> cstor_mgmt::v1::RebuildProgress {
+        let info = self.volume_info(volume).await;
+        let Some(rebuild) = info.rebuild.clone() else {
+            panic!("no rebuild into {volume} on {}: {info:?}", self.data)
+        };
+        assert!(!rebuild.running, "the rebuild still runs: {rebuild:?}");
+        assert_eq!(rebuild.done_bytes, rebuild.total_bytes, "{rebuild:?}");
+        rebuild
+    }
+
     pub fn mgmt_arg(&self) -> String {
         self.mgmt.to_string()
     }
@@ -547,6 +572,33 @@ impl IscsiSession {
         iqn: &str,
         initiator: &str,
     ) -> std::io::Result<IscsiSession> {
+        let (mut me, response) = Self::login_exchange(portal, iqn, initiator).await?;
+        match response {
+            Some((0, _)) => {}
+            other => return Err(std::io::Error::other(format!("login refused: {other:?}"))),
+        }
+        me.ready().await?;
+        Ok(me)
+    }
+
+    /// The status (class, detail) the target answers a login of
+    /// `initiator` with (RFC 7143 §11.13.5): (0, 0) when it admits it.
+    pub async fn login_status(
+        portal: SocketAddr,
+        iqn: &str,
+        initiator: &str,
+    ) -> std::io::Result<(u8, u8)> {
+        let (_, response) = Self::login_exchange(portal, iqn, initiator).await?;
+        response.ok_or_else(|| std::io::Error::other("no login response"))
+    }
+
+    /// Sends the login request; the response's (class, detail), or None
+    /// for a success response that does not go to full feature phase.
+    async fn login_exchange(
+        portal: SocketAddr,
+        iqn: &str,
+        initiator: &str,
+    ) -> std::io::Result<(IscsiSession, Option<(u8, u8)>)> {
         use cstor_target::iscsi::pdu::{LoginRequest, Pdu};
         let stream = TcpStream::connect(portal).await?;
         stream.set_nodelay(true)?;
@@ -598,12 +650,16 @@ impl IscsiSession {
             data: Bytes::from(text),
         });
         me.send(&request).await?;
-        match me.recv().await? {
-            Pdu::LoginResponse(r) if r.status_class == 0 && r.transit && r.nsg == 3 => {}
-            other => return Err(std::io::Error::other(format!("login refused: {other:?}"))),
-        }
-        me.ready().await?;
-        Ok(me)
+        let status = match me.recv().await? {
+            Pdu::LoginResponse(r) if r.status_class == 0 && !(r.transit && r.nsg == 3) => None,
+            Pdu::LoginResponse(r) => Some((r.status_class, r.status_detail)),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "not a login response: {other:?}"
+                )))
+            }
+        };
+        Ok((me, status))
     }
 
     /// `login`, retried until it succeeds or `guard` passes (a target that
