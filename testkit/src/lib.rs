@@ -9,6 +9,7 @@
 //! Nothing here refers to a path outside the repository.
 
 pub mod apt;
+pub mod conformance;
 pub mod skip;
 pub mod vm;
 
