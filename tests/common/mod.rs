@@ -244,15 +244,6 @@ impl Drop for ReplicaProcess {
     }
 }
 
-/// A tool of the team's `../shared/tools` (or `$CSTOR_SHARED_DIR/tools`).
-pub fn shared_tool(relative: &str) -> PathBuf {
-    std::env::var_os("CSTOR_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
-        .join("tools")
-        .join(relative)
-}
-
 /// A `cstor target` child process serving one volume.
 pub struct TargetProcess {
     pub portal: SocketAddr,
@@ -946,14 +937,6 @@ pub fn is_stopped(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
         .unwrap_or(false)
-}
-
-/// Whether the tests run as root (`id -u` is 0).
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A `cstor up --base-port` whose ports are free: for replica i BASE+10i to

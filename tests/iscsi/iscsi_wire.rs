@@ -29,12 +29,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use crate::common::{free_addr, pattern, ReplicaProcess, TargetProcess};
+use bytes::{Bytes, BytesMut};
 use cstor_target::iscsi::limits::MAX_DATA_SEGMENT_FIELD;
 use cstor_target::iscsi::pdu::{
     self, DataOut, Digests, FrameConfig, LoginRequest, LoginResponse, NopOut, Pdu, Reject,
