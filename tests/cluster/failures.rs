@@ -4,7 +4,7 @@
 //!
 //! - A replica that is *slow*, not dead (SIGSTOP), leaves the healthy set
 //!   after the target's ack timeout instead of stalling the volume
-//!   (DESIGN.md invariant 9, "acknowledge at quorum"); writes go on GOOD at
+//!   (docs/architecture.md, invariant 9 and "acknowledge at quorum"); writes go on GOOD at
 //!   quorum while it is stopped; after SIGCONT it rejoins, rebuilds and is
 //!   healthy again (invariant 6), and all three replicas hold exactly the
 //!   acknowledged data.

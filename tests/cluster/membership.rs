@@ -388,7 +388,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
     assert!(stderr.contains("consistency factor"), "{stderr}");
 }
 
-/// DESIGN.md "RF=2 is honest": with the CF lowered to 1 knowingly, the
+/// docs/architecture.md, "RF=2 is honest": with the CF lowered to 1 knowingly, the
 /// replica that went on alone holds the newest data; a target cannot open
 /// the volume from the other one alone, and once both answer, the other is
 /// rebuilt from it.

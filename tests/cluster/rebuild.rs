@@ -1,4 +1,4 @@
-//! Rebuild across real processes (DESIGN.md invariant 6): three `cstor
+//! Rebuild across real processes (docs/architecture.md, invariant 6): three `cstor
 //! replica run` daemons on loopback behind the target's volume layer. A
 //! replica killed under load, or whose pool is replaced by an empty one,
 //! comes back, pulls what it lacks from a healthy peer and becomes healthy;

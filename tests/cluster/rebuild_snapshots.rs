@@ -1,4 +1,4 @@
-//! Rebuild of a volume that has snapshots, across real processes (DESIGN.md
+//! Rebuild of a volume that has snapshots, across real processes (docs/architecture.md,
 //! invariants 4 and 6): three `cstor replica run` daemons behind the
 //! target's volume layer. Snapshots are taken, and one deleted, while a
 //! replica is away (delta rebuild) or after its pool was replaced by an empty

@@ -1,5 +1,5 @@
 //! Snapshots and grow at quorum against real replica daemons on loopback
-//! (DESIGN.md invariant 4): a snapshot taken under a write load holds
+//! (docs/architecture.md, invariant 4): a snapshot taken under a write load holds
 //! exactly the writes acknowledged before it, on every replica; a grow
 //! during IO shows the new size and the new blocks work; and the target's
 //! management API drives both through `cstor ctl --target`.

@@ -1,4 +1,4 @@
-//! Malformed input against a real `cstor target` over real TCP (DESIGN.md
+//! Malformed input against a real `cstor target` over real TCP (docs/architecture.md,
 //! invariant 8: no input crashes a process).
 //!
 //! Each test starts one replica daemon and one target, opens a *bystander*
