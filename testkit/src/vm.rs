@@ -49,6 +49,8 @@
 //!   does not count against the run's timeout.
 //! - **Accelerator** ([`accel`]): KVM where it works, TCG otherwise; the
 //!   first run probes KVM with a boot watchdog and caches the verdict.
+//!   `CSTOR_VM_ACCEL=kvm|tcg|auto` overrides it; `CSTOR_VM_DEBUG=1` puts
+//!   the kernel's messages on the console (and in the log) too.
 //! - **Host actions**: a guest line `E2E-SIGNAL: WORD` calls the
 //!   [`Vm::on_signal`] callback with WORD while the VM keeps running; once
 //!   it returned, the runner writes `E2E-ACK: WORD` to the console's input.
@@ -532,8 +534,16 @@ impl Vm {
             std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
         let mut log_file =
             std::fs::File::create(log).map_err(VmError::io("create the console log", log))?;
-        let append = "console=ttyS0 panic=-1 quiet loglevel=3 ipv6.disable=1 \
-                      8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp";
+        // CSTOR_VM_DEBUG=1: the kernel's messages on the console too.
+        let verbosity = if std::env::var("CSTOR_VM_DEBUG").is_ok_and(|v| v == "1") {
+            "loglevel=7 printk.time=1"
+        } else {
+            "quiet loglevel=3"
+        };
+        let append = format!(
+            "console=ttyS0 panic=-1 {verbosity} ipv6.disable=1 \
+             8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp"
+        );
         let mut command = Command::new(host::QEMU);
         command
             .args(["-machine", &format!("q35,accel={}", accel.name())])
@@ -555,7 +565,7 @@ impl Vm {
             .arg(&kernel.image)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", append])
+            .args(["-append", &append])
             .args([
                 "-netdev",
                 "user,id=net0,net=10.0.2.0/24,host=10.0.2.2,ipv6=off",

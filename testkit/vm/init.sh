@@ -3,7 +3,8 @@
 # runner (testkit/src/vm.rs) into the initramfs.
 #
 # 1. mounts proc, sys, dev, run; loads the kernel modules listed in
-#    /etc/cstor-vm/modules (xfs in the background: it is large);
+#    /etc/cstor-vm/modules (xfs, which is large, in the background and only
+#    for a guest script);
 # 2. network: 10.0.2.15/32 on eth0 and one route, to 10.0.2.2, the host's
 #    loopback behind QEMU's user-mode network; nothing else is reachable;
 # 3. starts iscsid;
@@ -73,7 +74,8 @@ while read -r ko; do
     esac
     err=$(insmod "$ko" 2>&1) || echo "E2E: insmod ${ko##*/}: $err"
 done </etc/cstor-vm/modules
-if [ -n "$XFS_KO" ]; then
+# The built-in test has no use for xfs: it is loaded for guest scripts only.
+if [ -n "$XFS_KO" ] && [ -f /etc/cstor-vm/test.sh ]; then
     insmod "$XFS_KO" &
     XFS_PID=$!
 fi
