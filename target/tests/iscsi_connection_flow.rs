@@ -18,10 +18,10 @@ use cstor_target::iscsi::discovery::{TextContext, TextExchange};
 use cstor_target::iscsi::keepalive::answer_ping;
 use cstor_target::iscsi::login::{LoggedIn, LoginAction, LoginMachine, SessionType, TargetConfig};
 use cstor_target::iscsi::pdu::{
-    self, DataOut, Digests, FrameConfig, LoginRequest, LoginResponse, NopOut, Pdu, Reject,
-    RejectReason, ScsiCommand, TaskAttr, TextRequest,
+    self, tmf_response, DataOut, Digests, FrameConfig, LoginRequest, LoginResponse, NopOut, Pdu,
+    Reject, RejectReason, ScsiCommand, TaskAttr, TaskMgmtRequest, TextRequest, TmfFunction,
 };
-use cstor_target::iscsi::session::{Action, FullFeature, TaskResult};
+use cstor_target::iscsi::session::{Action, FullFeature, Task, TaskResult};
 use cstor_target::iscsi::text::{parse, TextWriter};
 use cstor_target::iscsi::window::{CmdWindow, WindowError};
 use tokio_util::codec::{Decoder, Encoder};
@@ -435,7 +435,7 @@ fn solicited_write_over_the_wire_with_digests() {
     assert_eq!(&tasks[0].data_out[..4096], &[0xab; 4096][..]);
     assert_eq!(&tasks[0].data_out[4096..], &[0xcd; 4096][..]);
     let mut out = BytesMut::new();
-    for a in ff.complete(0x10, TaskResult::good(Bytes::new())) {
+    for a in ff.complete(tasks[0].id, TaskResult::good(Bytes::new())) {
         let Action::Send(p) = a else { panic!("{a:?}") };
         t.codec.encode(p, &mut out).unwrap();
     }
@@ -447,4 +447,109 @@ fn solicited_write_over_the_wire_with_digests() {
         (0x10, 0, done.next_stat_sn)
     );
     assert_eq!(rsp.exp_cmd_sn, done.exp_cmd_sn + 1);
+}
+
+/// What the initiator receives once the logical unit answered `task` with
+/// `result`: the session's actions, encoded by the target and decoded on
+/// the initiator's side.
+fn answer(
+    t: &mut Target<'_>,
+    ff: &mut FullFeature<'_>,
+    task: &Task,
+    result: TaskResult,
+    initiator_rx: &FrameConfig,
+) -> Vec<Pdu> {
+    let mut out = BytesMut::new();
+    for a in ff.complete(task.id, result) {
+        let Action::Send(p) = a else { panic!("{a:?}") };
+        t.codec.encode(p, &mut out).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(p) = pdu::decode(&mut out, initiator_rx).unwrap() {
+        got.push(p);
+    }
+    got
+}
+
+fn read_command(itt: u32, cmd_sn: u32, exp_stat_sn: u32) -> Pdu {
+    Pdu::ScsiCommand(ScsiCommand {
+        immediate: false,
+        final_: true,
+        read: true,
+        write: false,
+        attr: TaskAttr::Simple,
+        lun: 0,
+        itt,
+        expected_data_len: 4096,
+        cmd_sn,
+        exp_stat_sn,
+        cdb: Bytes::from(vec![0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]),
+        bidi_read_len: None,
+        data: Bytes::new(),
+    })
+}
+
+#[test]
+fn a_read_aborted_by_abort_task_never_answers_the_command_that_reuses_its_itt() {
+    let cfg = TargetConfig::for_volume("pvc-5");
+    let (mut t, initiator_rx) = logged_in(&cfg);
+    let done = t.done.clone().unwrap();
+    let mut ff = FullFeature::new(&cfg, done.clone());
+    let (cmd_sn, stat_sn) = (done.exp_cmd_sn, done.next_stat_sn);
+    let (_, tasks) = exchange(
+        &mut t,
+        &mut ff,
+        &[read_command(0x30, cmd_sn, stat_sn)],
+        &initiator_rx,
+    );
+    let [old] = &tasks[..] else {
+        panic!("{tasks:?}")
+    };
+    let abort = Pdu::TaskMgmtRequest(TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::AbortTask,
+        lun: 0,
+        itt: 0x31,
+        referenced_task_tag: 0x30,
+        cmd_sn: cmd_sn + 1,
+        exp_stat_sn: stat_sn,
+        ref_cmd_sn: cmd_sn,
+        exp_data_sn: 0,
+    });
+    let (got, tasks) = exchange(
+        &mut t,
+        &mut ff,
+        &[abort, read_command(0x30, cmd_sn + 1, stat_sn + 1)],
+        &initiator_rx,
+    );
+    let [Pdu::TaskMgmtResponse(tmf)] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        (tmf.itt, tmf.response),
+        (0x31, tmf_response::FUNCTION_COMPLETE)
+    );
+    let [new] = &tasks[..] else {
+        panic!("{tasks:?}")
+    };
+    let got = answer(
+        &mut t,
+        &mut ff,
+        old,
+        TaskResult::good(Bytes::from(vec![0xaa; 4096])),
+        &initiator_rx,
+    );
+    assert!(got.is_empty(), "the aborted read reached the wire: {got:?}");
+    let got = answer(
+        &mut t,
+        &mut ff,
+        new,
+        TaskResult::good(Bytes::from(vec![0xbb; 4096])),
+        &initiator_rx,
+    );
+    let [Pdu::DataIn(d)] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!((d.itt, d.status, d.stat_sn), (0x30, Some(0), stat_sn + 1));
+    assert_eq!(&d.data[..], &[0xbb; 4096][..]);
 }

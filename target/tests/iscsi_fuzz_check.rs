@@ -96,7 +96,7 @@ fn full_feature(session: &mut FullFeature<'_>, p: Pdu) {
         match action {
             Action::Execute(task) => {
                 let data = vec![0u8; task.expected_data_in.min(1 << 16) as usize];
-                actions.extend(session.complete(task.itt, TaskResult::good(data.into())));
+                actions.extend(session.complete(task.id, TaskResult::good(data.into())));
             }
             Action::Send(p) => {
                 let mut out = BytesMut::new();
@@ -109,7 +109,7 @@ fn full_feature(session: &mut FullFeature<'_>, p: Pdu) {
                 )
                 .expect("the target's own PDUs encode");
             }
-            Action::Abort { .. } | Action::Reset { .. } | Action::Close => {}
+            Action::Reset { .. } | Action::Close => {}
         }
     }
 }

@@ -21,9 +21,9 @@
 //! socket ─bytes─▶ IscsiCodec ─Pdu─▶ LoginMachine ─LoginAction─▶ (LoggedIn)
 //!                     ▲                                             │
 //!                     └─ arm_full_feature(cfg) ◀────────────────────┤
-//! socket ─bytes─▶ IscsiCodec ─Pdu─▶ FullFeature ─Action─▶ Send / Execute / Abort / Close
+//! socket ─bytes─▶ IscsiCodec ─Pdu─▶ FullFeature ─Action─▶ Send / Execute / Reset / Close
 //!                                        ▲
-//!                         complete(itt, TaskResult) ◀── SCSI logical unit
+//!                     complete(TaskId, TaskResult) ◀── SCSI logical unit
 //! ```
 
 pub mod access;

@@ -4,9 +4,15 @@
 //! [`FullFeature::on_pdu`] takes each decoded initiator PDU and
 //! [`FullFeature::complete`] each finished SCSI task; both return
 //! [`Action`]s: PDUs to send (already numbered), tasks to execute on the
-//! logical unit, tasks to abort, or "close the connection".
+//! logical unit, a reset of the logical unit, or "close the connection".
 //!
 //! Invariants:
+//! - every task handed to the logical unit gets a [`TaskId`] no other task
+//!   of the connection ever gets, and its completion comes back by that id,
+//!   never by ITT: a task aborted here (ABORT TASK, a reset, logout) is
+//!   forgotten, so its completion is dropped even when a new command has
+//!   reused its ITT meanwhile (Linux does so at once). Which tasks are
+//!   aborted is decided here alone; the shell keeps no task state;
 //! - every command goes through the CmdSN window ([`CmdWindow`]): out of
 //!   window it is dropped silently, in window it runs in CmdSN order;
 //! - StatSN advances once per status-bearing PDU ([`Pdu::stamp`]);
@@ -63,9 +69,18 @@ const LOGOUT_RECOVERY_NOT_SUPPORTED: u8 = 2;
 /// Logout reason "remove the connection for recovery" (§11.14.1).
 const LOGOUT_REASON_RECOVERY: u8 = 2;
 
+/// Names one task handed to the logical unit, for the life of the
+/// connection: unlike an ITT, which the initiator reuses once the task is
+/// over (or aborted), it is never given twice (a `u64` counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(u64);
+
 /// A SCSI command ready for the logical unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
+    /// Hand it back with the result ([`FullFeature::complete`]).
+    pub id: TaskId,
+    /// The initiator's tag, for logs.
     pub itt: u32,
     pub lun: u64,
     pub cdb: Bytes,
@@ -128,11 +143,10 @@ pub enum Action {
     /// Encode and send this PDU.
     Send(Pdu),
     /// Run this task on the logical unit; answer with
-    /// [`FullFeature::complete`].
+    /// [`FullFeature::complete`] and the task's id.
     Execute(Task),
-    /// Stop these tasks; their results, if they come, are ignored.
-    Abort { itts: Vec<u32> },
-    /// Reset state on the logical unit (after aborting the listed tasks).
+    /// Reset state on the logical unit. The connection's tasks it concerns
+    /// are aborted already: their completions will be dropped.
     Reset { kind: ResetKind, lun: u64 },
     /// Close the connection once the PDUs before this action are sent.
     Close,
@@ -150,8 +164,8 @@ enum TaskState {
         /// transfer completes.
         corrupt: bool,
     },
-    /// Handed to the logical unit.
-    Executing,
+    /// Handed to the logical unit as this task.
+    Executing(TaskId),
 }
 
 #[derive(Debug)]
@@ -176,6 +190,9 @@ pub struct FullFeature<'a> {
     window: CmdWindow<Pdu>,
     stat_sn: u32,
     tasks: HashMap<u32, LiveTask>,
+    /// The ITT of each task the logical unit has, by task id.
+    executing: HashMap<TaskId, u32>,
+    next_task_id: u64,
     /// Writes waiting for buffer budget, oldest first.
     waiting: VecDeque<u32>,
     buffered_bytes: u32,
@@ -193,6 +210,8 @@ impl<'a> FullFeature<'a> {
             stat_sn: session.next_stat_sn,
             session,
             tasks: HashMap::default(),
+            executing: HashMap::default(),
+            next_task_id: 0,
             waiting: VecDeque::new(),
             buffered_bytes: 0,
             text: TextExchange::new(),
@@ -403,10 +422,7 @@ impl<'a> FullFeature<'a> {
         } else {
             LOGOUT_CLOSED
         };
-        let itts = self.abort_where(|_| true);
-        if !itts.is_empty() {
-            out.push(Action::Abort { itts });
-        }
+        self.abort_where(|_| true);
         let rsp = LogoutResponse {
             response,
             itt: p.itt,
@@ -421,29 +437,63 @@ impl<'a> FullFeature<'a> {
         out.push(Action::Close);
     }
 
-    /// Drops every live task matching `pred`, returning their ITTs.
-    fn abort_where(&mut self, pred: impl Fn(&LiveTask) -> bool) -> Vec<u32> {
-        let mut itts: Vec<u32> = self
+    /// Aborts every live task matching `pred`: none of them is answered.
+    fn abort_where(&mut self, pred: impl Fn(&LiveTask) -> bool) {
+        let itts: Vec<u32> = self
             .tasks
             .iter()
             .filter(|(_, t)| pred(t))
             .map(|(itt, _)| *itt)
             .collect();
-        itts.sort_unstable();
-        for itt in &itts {
-            self.drop_task(*itt);
+        for itt in itts {
+            self.drop_task(itt);
         }
-        itts
     }
 
+    /// Forgets task `itt`: its window slot and write budget are freed, and
+    /// a completion of it that comes later is dropped.
     fn drop_task(&mut self, itt: u32) {
         if let Some(t) = self.tasks.remove(&itt) {
-            if let TaskState::Receiving { budgeted: true, .. } = t.state {
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
+            match t.state {
+                TaskState::Receiving { budgeted: true, .. } => {
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
+                }
+                TaskState::Receiving { .. } => {}
+                TaskState::Executing(id) => {
+                    self.executing.remove(&id);
+                }
             }
             self.waiting.retain(|w| *w != itt);
             self.window.finish(t.immediate);
         }
+    }
+
+    fn next_task_id(&mut self) -> TaskId {
+        let id = TaskId(self.next_task_id);
+        self.next_task_id = self.next_task_id.wrapping_add(1);
+        id
+    }
+
+    /// Makes `task` live under `itt` as task `id` (its state is
+    /// `Executing(id)`) and asks the shell to run it with `data_out`.
+    fn execute(
+        &mut self,
+        out: &mut Vec<Action>,
+        itt: u32,
+        id: TaskId,
+        task: LiveTask,
+        data_out: Bytes,
+    ) {
+        out.push(Action::Execute(Task {
+            id,
+            itt,
+            lun: task.lun,
+            cdb: task.cdb.clone(),
+            data_out,
+            expected_data_in: task.expected_in,
+        }));
+        self.executing.insert(id, itt);
+        self.tasks.insert(itt, task);
     }
 
     fn on_tmf(&mut self, out: &mut Vec<Action>, p: &TaskMgmtRequest) {
@@ -451,9 +501,6 @@ impl<'a> FullFeature<'a> {
             TmfFunction::AbortTask => {
                 if self.tasks.contains_key(&p.referenced_task_tag) {
                     self.drop_task(p.referenced_task_tag);
-                    out.push(Action::Abort {
-                        itts: vec![p.referenced_task_tag],
-                    });
                     (tmf_response::FUNCTION_COMPLETE, None)
                 } else {
                     (tmf_response::TASK_DOES_NOT_EXIST, None)
@@ -482,13 +529,10 @@ impl<'a> FullFeature<'a> {
         };
         if let Some(kind) = reset {
             let lun = p.lun;
-            let itts = if kind == ResetKind::TargetWarmReset {
-                self.abort_where(|_| true)
+            if kind == ResetKind::TargetWarmReset {
+                self.abort_where(|_| true);
             } else {
-                self.abort_where(|t| t.lun == lun)
-            };
-            if !itts.is_empty() {
-                out.push(Action::Abort { itts });
+                self.abort_where(|t| t.lun == lun);
             }
             out.push(Action::Reset { kind, lun });
         }
@@ -500,6 +544,8 @@ impl<'a> FullFeature<'a> {
             max_cmd_sn: 0,
         };
         self.send(out, Pdu::TaskMgmtResponse(rsp));
+        // Aborted writes gave their buffer budget back.
+        self.advance_writes(out);
     }
 
     fn target_failure(&mut self, out: &mut Vec<Action>, itt: u32) {
@@ -531,36 +577,21 @@ impl<'a> FullFeature<'a> {
             self.target_failure(out, c.itt);
             return;
         }
-        let mut task = LiveTask {
-            immediate: c.immediate,
-            lun: c.lun,
-            cdb: c.cdb.clone(),
-            write: c.write,
-            expected_len: c.expected_data_len,
-            expected_in: match (c.read, c.write) {
-                (true, false) => c.expected_data_len,
-                (true, true) => c.bidi_read_len.unwrap_or(0),
-                _ => 0,
-            },
-            state: TaskState::Executing,
-        };
-        if !c.write {
-            if !c.data.is_empty() {
-                self.window.finish(c.immediate);
-                self.reject(out, RejectReason::ProtocolError, &header);
-                return;
-            }
-            let expected_data_in = task.expected_in;
-            self.tasks.insert(c.itt, task);
-            out.push(Action::Execute(Task {
-                itt: c.itt,
-                lun: c.lun,
-                cdb: c.cdb,
-                data_out: Bytes::new(),
-                expected_data_in,
-            }));
-            return;
+        if c.write {
+            self.start_write(out, c, &header);
+        } else if !c.data.is_empty() {
+            self.window.finish(c.immediate);
+            self.reject(out, RejectReason::ProtocolError, &header);
+        } else {
+            let id = self.next_task_id();
+            let task = live_task(&c, TaskState::Executing(id));
+            self.execute(out, c.itt, id, task, Bytes::new());
         }
+    }
+
+    /// A write: its data is solicited (or waits for buffer budget), and it
+    /// runs once all of it came.
+    fn start_write(&mut self, out: &mut Vec<Action>, c: ScsiCommand, header: &Bhs) {
         let immediate_len = u32::try_from(c.data.len()).unwrap_or(u32::MAX);
         let transfer = match WriteTransfer::new(
             c.expected_data_len,
@@ -572,19 +603,19 @@ impl<'a> FullFeature<'a> {
             Err(e) => {
                 tracing::debug!(itt = c.itt, "write refused: {e}");
                 self.window.finish(c.immediate);
-                self.reject(out, RejectReason::ProtocolError, &header);
+                self.reject(out, RejectReason::ProtocolError, header);
                 return;
             }
         };
         let mut buffer = BytesMut::new();
         buffer.extend_from_slice(&c.data);
-        task.state = TaskState::Receiving {
+        let state = TaskState::Receiving {
             transfer,
             buffer,
             corrupt: false,
             budgeted: false,
         };
-        self.tasks.insert(c.itt, task);
+        self.tasks.insert(c.itt, live_task(&c, state));
         self.waiting.push_back(c.itt);
         self.advance_writes(out);
     }
@@ -673,21 +704,16 @@ impl<'a> FullFeature<'a> {
             return;
         }
         if let Some(data_out) = done {
-            let Some(t) = self.tasks.get_mut(&itt) else {
+            let Some(mut t) = self.tasks.remove(&itt) else {
                 return;
             };
             if let TaskState::Receiving { budgeted: true, .. } = t.state {
                 self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
             }
-            t.state = TaskState::Executing;
-            out.push(Action::Execute(Task {
-                itt,
-                lun: t.lun,
-                cdb: t.cdb.clone(),
-                data_out,
-                expected_data_in: t.expected_in,
-            }));
             self.waiting.retain(|w| *w != itt);
+            let id = self.next_task_id();
+            t.state = TaskState::Executing(id);
+            self.execute(out, itt, id, t, data_out);
         }
     }
 
@@ -723,10 +749,14 @@ impl<'a> FullFeature<'a> {
         }
     }
 
-    /// The logical unit finished task `itt`: send its data and status.
-    /// A result for an aborted or unknown task is ignored.
-    pub fn complete(&mut self, itt: u32, result: TaskResult) -> Vec<Action> {
+    /// The logical unit finished task `id`: send its data and status.
+    /// A result for a task aborted here (or unknown) is dropped, whatever
+    /// task uses its ITT now.
+    pub fn complete(&mut self, id: TaskId, result: TaskResult) -> Vec<Action> {
         let mut out = Vec::new();
+        let Some(&itt) = self.executing.get(&id) else {
+            return out;
+        };
         let Some(task) = self.tasks.get(&itt) else {
             return out;
         };
@@ -799,6 +829,23 @@ impl<'a> FullFeature<'a> {
         }
         self.advance_writes(&mut out);
         out
+    }
+}
+
+/// A live task of command `c`, in `state`.
+fn live_task(c: &ScsiCommand, state: TaskState) -> LiveTask {
+    LiveTask {
+        immediate: c.immediate,
+        lun: c.lun,
+        cdb: c.cdb.clone(),
+        write: c.write,
+        expected_len: c.expected_data_len,
+        expected_in: match (c.read, c.write) {
+            (true, false) => c.expected_data_len,
+            (true, true) => c.bidi_read_len.unwrap_or(0),
+            _ => 0,
+        },
+        state,
     }
 }
 

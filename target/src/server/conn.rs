@@ -6,13 +6,15 @@
 //! the cores return is carried out in order: PDUs are queued to the socket
 //! (and flushed once the batch is done), tasks go to the logical unit, and
 //! block IO runs in its own tokio task so that many commands are in flight
-//! (bounded by the session's command window).
+//! (bounded by the session's command window). Each task goes out with the
+//! [`TaskId`] the session core gave it and its completion comes back with
+//! it: which completions are dropped (aborted tasks) is the core's
+//! decision, and this shell keeps no task state of its own.
 //!
 //! A session whose initiator leaves the allowlist
 //! ([`crate::iscsi::access`]) is closed at once: no command of it is
 //! accepted after that (tasks already sent to the volume still finish).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use crate::iscsi::codec::IscsiCodec;
 use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
 use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
 use crate::iscsi::pdu::Pdu;
-use crate::iscsi::session::{Action, FullFeature, ResetKind, Task, TaskResult};
+use crate::iscsi::session::{Action, FullFeature, ResetKind, Task, TaskId, TaskResult};
 use crate::scsi::{respond_without_lu, Nexus, Outcome, Pending, Response};
 
 /// A connection must finish logging in within this.
@@ -47,7 +49,7 @@ type Conn = Framed<TcpStream, IscsiCodec>;
 
 /// A task that finished its block IO.
 struct Finished {
-    itt: u32,
+    id: TaskId,
     pending: Pending,
     result: crate::scsi::IoResult,
     cdb: Bytes,
@@ -177,7 +179,6 @@ async fn full_feature(
         KEEPALIVE_TIMEOUT.as_millis() as u64,
         now_ms(),
     );
-    let mut aborted: HashSet<u32> = HashSet::new();
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -213,12 +214,8 @@ async fn full_feature(
                 }
                 Event::Finished(Some(f)) => {
                     let response = shared.lu.lock().complete(f.pending, f.result);
-                    if aborted.remove(&f.itt) {
-                        Vec::new()
-                    } else {
-                        let result = task_result(shared, &f.cdb, response);
-                        ff.complete(f.itt, result)
-                    }
+                    let result = task_result(shared, &f.cdb, response);
+                    ff.complete(f.id, result)
                 }
                 Event::Finished(None) => Vec::new(),
                 Event::Tick => match keepalive.poll(now_ms()) {
@@ -237,12 +234,9 @@ async fn full_feature(
                         .await
                         .map_err(|e| format!("cannot send: {e}"))?,
                     Action::Execute(task) => {
-                        if let Some((itt, result)) = execute(shared, nexus, task, &done_tx) {
-                            pending_actions.extend(ff.complete(itt, result));
+                        if let Some((id, result)) = execute(shared, nexus, task, &done_tx) {
+                            pending_actions.extend(ff.complete(id, result));
                         }
-                    }
-                    Action::Abort { itts } => {
-                        aborted.extend(itts);
                     }
                     Action::Reset { kind, lun } => {
                         if lun == 0
@@ -304,18 +298,18 @@ fn execute(
     nexus: &Nexus,
     task: Task,
     done: &mpsc::UnboundedSender<Finished>,
-) -> Option<(u32, TaskResult)> {
+) -> Option<(TaskId, TaskResult)> {
     if task.lun != 0 {
         let response = respond_without_lu(&task.cdb);
-        return Some((task.itt, task_result(shared, &task.cdb, response)));
+        return Some((task.id, task_result(shared, &task.cdb, response)));
     }
     let outcome = shared.lu.lock().execute(nexus, &task.cdb, task.data_out);
     match outcome {
-        Outcome::Done(response) => Some((task.itt, task_result(shared, &task.cdb, response))),
+        Outcome::Done(response) => Some((task.id, task_result(shared, &task.cdb, response))),
         Outcome::Io(pending) => {
             let shared = Arc::clone(shared);
             let done = done.clone();
-            let itt = task.itt;
+            let id = task.id;
             let cdb = task.cdb;
             tokio::spawn(async move {
                 let result = block::perform_measured(
@@ -327,7 +321,7 @@ fn execute(
                 )
                 .await;
                 let _ = done.send(Finished {
-                    itt,
+                    id,
                     pending,
                     result,
                     cdb,

@@ -91,9 +91,9 @@ fn read_data_is_sent_in_segments_with_status_in_the_last_data_in() {
     // RFC 7143 §11.7.3-§11.7.5: phase collapse and residual underflow.
     let cfg = TargetConfig::for_volume("v");
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
-    let a = ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 12_000, vec![]));
-    assert_eq!(executed(&a)[0].expected_data_in, 12_000);
-    let a = ff.complete(1, good(vec![7; 10_000]));
+    let task = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 12_000, vec![])));
+    assert_eq!(task.expected_data_in, 12_000);
+    let a = finish(&mut ff, &task, good(vec![7; 10_000]));
     let pdus = sent(&a);
     assert_eq!(pdus.len(), 3);
     let ins: Vec<&DataIn> = pdus
@@ -120,9 +120,10 @@ fn read_data_is_sent_in_segments_with_status_in_the_last_data_in() {
 fn check_condition_goes_in_a_scsi_response_with_sense() {
     let cfg = TargetConfig::for_volume("v");
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
-    ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 512, vec![]));
-    let a = ff.complete(
-        1,
+    let task = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 512, vec![])));
+    let a = finish(
+        &mut ff,
+        &task,
         TaskResult {
             status: 0x02,
             data_in: Bytes::new(),
@@ -143,11 +144,9 @@ fn check_condition_goes_in_a_scsi_response_with_sense() {
 fn write_with_all_data_immediate_executes_at_once() {
     let cfg = TargetConfig::for_volume("v");
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
-    let a = ff.on_pdu(cmd(1, FIRST_CMD_SN, false, true, 1024, vec![9; 1024]));
-    let t = executed(&a);
-    assert_eq!(t.len(), 1);
-    assert_eq!(&t[0].data_out[..], &[9; 1024][..]);
-    let a = ff.complete(1, good(vec![]));
+    let task = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, false, true, 1024, vec![9; 1024])));
+    assert_eq!(&task.data_out[..], &[9; 1024][..]);
+    let a = finish(&mut ff, &task, good(vec![]));
     let [Pdu::ScsiResponse(r)] = sent(&a)[..] else {
         panic!("{a:?}");
     };
@@ -295,12 +294,12 @@ fn max_cmd_sn_advances_when_commands_finish() {
         ..TargetConfig::for_volume("v")
     };
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
-    ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 0, vec![]));
+    let first = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 0, vec![])));
     ff.on_pdu(cmd(2, FIRST_CMD_SN + 1, true, false, 0, vec![]));
     assert!(ff
         .on_pdu(cmd(3, FIRST_CMD_SN + 2, true, false, 0, vec![]))
         .is_empty());
-    let a = ff.complete(1, good(vec![]));
+    let a = finish(&mut ff, &first, good(vec![]));
     let [Pdu::ScsiResponse(r)] = sent(&a)[..] else {
         panic!("{a:?}");
     };
@@ -379,11 +378,11 @@ fn tmf_response_of(a: &[Action]) -> u8 {
 fn abort_task_aborts_a_live_task_and_its_result_is_dropped() {
     let cfg = TargetConfig::for_volume("v");
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
-    ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 512, vec![]));
+    let task = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 512, vec![])));
     let a = ff.on_pdu(tmf(TmfFunction::AbortTask, 1));
-    assert!(a.contains(&Action::Abort { itts: vec![1] }));
     assert_eq!(tmf_response_of(&a), tmf_response::FUNCTION_COMPLETE);
-    assert!(ff.complete(1, good(vec![0; 512])).is_empty());
+    assert_eq!(ff.live_tasks(), 0);
+    assert!(finish(&mut ff, &task, good(vec![0; 512])).is_empty());
     let a = ff.on_pdu(tmf(TmfFunction::AbortTask, 77));
     assert_eq!(tmf_response_of(&a), tmf_response::TASK_DOES_NOT_EXIST);
 }
@@ -399,7 +398,6 @@ fn lun_reset_aborts_everything_on_the_lun_then_resets() {
         r.cmd_sn = FIRST_CMD_SN + 2;
     }
     let a = ff.on_pdu(t);
-    assert!(a.contains(&Action::Abort { itts: vec![1, 2] }));
     assert!(a.contains(&Action::Reset {
         kind: ResetKind::LogicalUnitReset,
         lun: 0
@@ -487,13 +485,13 @@ fn write_buffers_are_bounded_per_connection() {
     }
     let a = ff.on_pdu(cmd(fits, FIRST_CMD_SN + fits, false, true, big, vec![]));
     assert!(sent(&a).is_empty(), "over budget: waits for its R2T");
-    // Aborting one frees its budget for the waiting write.
+    // Aborting one frees its budget: the waiting write is solicited at
+    // once, not at some later completion.
     let mut t = tmf(TmfFunction::AbortTask, 0);
     if let Pdu::TaskMgmtRequest(r) = &mut t {
         r.cmd_sn = FIRST_CMD_SN + fits + 1;
     }
-    ff.on_pdu(t);
-    let a = ff.complete(1, good(vec![]));
+    let a = ff.on_pdu(t);
     assert!(sent(&a)
         .iter()
         .any(|p| matches!(p, Pdu::R2t(r) if r.itt == fits)));
@@ -521,12 +519,12 @@ fn oversized_command_gets_target_failure() {
 fn stat_sn_advances_once_per_status() {
     let cfg = TargetConfig::for_volume("v");
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
-    for i in 0..3 {
-        ff.on_pdu(cmd(i, FIRST_CMD_SN + i, true, false, 100, vec![]));
-    }
+    let tasks: Vec<Task> = (0..3)
+        .map(|i| the_task(&ff.on_pdu(cmd(i, FIRST_CMD_SN + i, true, false, 100, vec![]))))
+        .collect();
     let mut stat_sns = Vec::new();
-    for i in 0..3 {
-        for p in sent(&ff.complete(i, good(vec![1; 100]))) {
+    for task in &tasks {
+        for p in sent(&finish(&mut ff, task, good(vec![1; 100]))) {
             if let Pdu::DataIn(d) = p {
                 stat_sns.push(d.stat_sn);
             }
@@ -549,17 +547,17 @@ fn write_residuals_compare_the_cdb_with_the_expected_length() {
         (2, 2048, Residual::Overflow(1024)),
         (3, 1024, Residual::None),
     ] {
-        let a = ff.on_pdu(cmd(
+        let task = the_task(&ff.on_pdu(cmd(
             itt,
             FIRST_CMD_SN + itt - 1,
             false,
             true,
             1024,
             vec![0; 1024],
-        ));
-        assert_eq!(executed(&a).len(), 1);
-        let a = ff.complete(
-            itt,
+        )));
+        let a = finish(
+            &mut ff,
+            &task,
             TaskResult {
                 data_out_wanted: Some(wanted),
                 ..TaskResult::good(Bytes::new())
@@ -581,10 +579,99 @@ fn keepalive_ping_carries_the_next_stat_sn_without_taking_it() {
         panic!("{a:?}");
     };
     assert_eq!((n.itt, n.ttt, n.stat_sn), (u32::MAX, 7, FIRST_STAT_SN));
-    ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 0, vec![]));
-    let a = ff.complete(1, good(vec![]));
+    let task = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 0, vec![])));
+    let a = finish(&mut ff, &task, good(vec![]));
     let [Pdu::ScsiResponse(r)] = sent(&a)[..] else {
         panic!("{a:?}");
     };
     assert_eq!(r.stat_sn, FIRST_STAT_SN);
+}
+
+/// Hands the logical unit's `result` for `task` back to the session, the
+/// way the connection shell does.
+fn finish(ff: &mut FullFeature<'_>, task: &Task, result: TaskResult) -> Vec<Action> {
+    ff.complete(task.id, result)
+}
+
+/// The one task `actions` asks to execute.
+fn the_task(actions: &[Action]) -> Task {
+    let [t] = executed(actions)[..] else {
+        panic!("expected one task to execute: {actions:?}");
+    };
+    t.clone()
+}
+
+/// The data of a read's answer: Data-In PDUs of `itt`, concatenated.
+fn data_in_of(actions: &[Action], itt: u32) -> Vec<u8> {
+    sent(actions)
+        .iter()
+        .flat_map(|p| match p {
+            Pdu::DataIn(d) if d.itt == itt => d.data.to_vec(),
+            other => panic!("expected Data-In of ITT {itt}: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn an_aborted_tasks_completion_is_dropped_even_when_a_new_command_reuses_its_itt() {
+    // Linux reuses an ITT as soon as ABORT TASK answered: the aborted
+    // read's data must never reach the new command, whichever finishes
+    // first.
+    for aborted_finishes_first in [true, false] {
+        let cfg = TargetConfig::for_volume("v");
+        let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+        let old = the_task(&ff.on_pdu(cmd(7, FIRST_CMD_SN, true, false, 512, vec![])));
+        let a = ff.on_pdu(tmf(TmfFunction::AbortTask, 7));
+        assert_eq!(tmf_response_of(&a), tmf_response::FUNCTION_COMPLETE);
+        let new = the_task(&ff.on_pdu(cmd(7, FIRST_CMD_SN + 1, true, false, 512, vec![])));
+        assert_eq!(new.itt, 7);
+        if aborted_finishes_first {
+            let a = finish(&mut ff, &old, good(vec![0xaa; 512]));
+            assert!(a.is_empty(), "the aborted read was answered: {a:?}");
+        }
+        let a = finish(&mut ff, &new, good(vec![0xbb; 512]));
+        assert_eq!(data_in_of(&a, 7), vec![0xbb; 512]);
+        let a = finish(&mut ff, &old, good(vec![0xaa; 512]));
+        assert!(a.is_empty(), "the aborted read was answered: {a:?}");
+        assert_eq!(ff.live_tasks(), 0);
+    }
+}
+
+#[test]
+fn after_a_lun_reset_reused_itts_get_their_own_answers_and_the_reset_tasks_none() {
+    let cfg = TargetConfig::for_volume("v");
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let old_1 = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 512, vec![])));
+    // A write still waiting for its data: it never reached the LU.
+    let a = ff.on_pdu(cmd(2, FIRST_CMD_SN + 1, false, true, 4096, vec![]));
+    assert!(executed(&a).is_empty());
+    let old_3 = the_task(&ff.on_pdu(cmd(3, FIRST_CMD_SN + 2, true, false, 512, vec![])));
+    let mut reset = tmf(TmfFunction::LogicalUnitReset, u32::MAX);
+    if let Pdu::TaskMgmtRequest(r) = &mut reset {
+        r.cmd_sn = FIRST_CMD_SN + 3;
+    }
+    let a = ff.on_pdu(reset);
+    assert_eq!(tmf_response_of(&a), tmf_response::FUNCTION_COMPLETE);
+    assert_eq!(ff.live_tasks(), 0);
+    let new_1 = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN + 3, true, false, 512, vec![])));
+    let new_2 = the_task(&ff.on_pdu(cmd(2, FIRST_CMD_SN + 4, false, true, 512, vec![0x22; 512])));
+    let new_3 = the_task(&ff.on_pdu(cmd(3, FIRST_CMD_SN + 5, true, false, 512, vec![])));
+    for old in [&old_1, &old_3] {
+        let a = finish(&mut ff, old, good(vec![0xee; 512]));
+        assert!(a.is_empty(), "a reset task was answered: {a:?}");
+    }
+    assert_eq!(
+        data_in_of(&finish(&mut ff, &new_1, good(vec![0x11; 512])), 1),
+        vec![0x11; 512]
+    );
+    let a = finish(&mut ff, &new_2, good(vec![]));
+    let [Pdu::ScsiResponse(r)] = sent(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert_eq!((r.itt, r.status), (2, 0));
+    assert_eq!(
+        data_in_of(&finish(&mut ff, &new_3, good(vec![0x33; 512])), 3),
+        vec![0x33; 512]
+    );
+    assert_eq!(ff.live_tasks(), 0);
 }
