@@ -722,7 +722,18 @@ impl RunDir {
     fn new(cache: &Path) -> Result<RunDir, VmError> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = cache.join("runs").join(format!(
+        let runs = cache.join("runs");
+        // Directories of runs whose process is gone (killed mid-run).
+        if let Ok(entries) = std::fs::read_dir(&runs) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name.split('-').next().unwrap_or("");
+                if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = runs.join(format!(
             "{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)

@@ -168,6 +168,12 @@ pub fn ensure_packages() -> Result<(), VmError> {
                 missing.join(" ")
             ),
         }),
+        apt::AptError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            VmError::Unavailable(Unavailable {
+                need: Need::Tool("apt-get"),
+                reason: format!("the VM runner installs its packages with apt-get (Debian): {e}"),
+            })
+        }
         e => VmError::Apt(e),
     })
 }
