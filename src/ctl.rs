@@ -633,6 +633,7 @@ fn target_state_name(state: i32) -> &'static str {
         Ok(TargetReplicaState::Rebuilding) => "rebuilding",
         Ok(TargetReplicaState::Offline) => "offline",
         Ok(TargetReplicaState::Removed) => "removed",
+        Ok(TargetReplicaState::Failed) => "failed",
         Ok(TargetReplicaState::Unspecified) | Err(_) => "unknown",
     }
 }

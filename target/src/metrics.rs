@@ -250,15 +250,17 @@ fn state_name(state: ReplicaState) -> &'static str {
         ReplicaState::Degraded => "degraded",
         ReplicaState::Rebuilding => "rebuilding",
         ReplicaState::Removed => "removed",
+        ReplicaState::Failed => "failed",
     }
 }
 
-const STATES: [ReplicaState; 5] = [
+const STATES: [ReplicaState; 6] = [
     ReplicaState::Offline,
     ReplicaState::Healthy,
     ReplicaState::Degraded,
     ReplicaState::Rebuilding,
     ReplicaState::Removed,
+    ReplicaState::Failed,
 ];
 
 fn render_status(out: &mut Exposition, volume: &str, s: &VolumeStatus) {

@@ -184,6 +184,7 @@ fn replica_state(state: ReplicaState) -> TargetReplicaState {
         ReplicaState::Degraded => TargetReplicaState::Degraded,
         ReplicaState::Rebuilding => TargetReplicaState::Rebuilding,
         ReplicaState::Removed => TargetReplicaState::Removed,
+        ReplicaState::Failed => TargetReplicaState::Failed,
     }
 }
 

@@ -98,6 +98,9 @@ impl Asc {
     pub const INVALID_RELEASE_OF_PERSISTENT_RESERVATION: Asc = Asc::new(0x26, 0x04);
     pub const WRITE_PROTECTED: Asc = Asc::new(0x27, 0x00);
     pub const SOFTWARE_WRITE_PROTECTED: Asc = Asc::new(0x27, 0x02);
+    /// SPACE ALLOCATION FAILED WRITE PROTECT (SBC-4, thin provisioning): a thin
+    /// provisioned LU could not allocate for a write (Linux: ENOSPC).
+    pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: Asc = Asc::new(0x27, 0x07);
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const POWER_ON_RESET: Asc = Asc::new(0x29, 0x00);
     /// BUS DEVICE RESET FUNCTION OCCURRED (after a LOGICAL UNIT RESET).
@@ -215,6 +218,15 @@ impl Sense {
 
     pub const fn write_protected() -> Self {
         Sense::new(SenseKey::DataProtect, Asc::WRITE_PROTECTED)
+    }
+
+    /// DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT: the volume
+    /// could not allocate for a write.
+    pub const fn space_allocation_failed() -> Self {
+        Sense::new(
+            SenseKey::DataProtect,
+            Asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
+        )
     }
 
     pub const fn unit_attention(asc: Asc) -> Self {
@@ -385,6 +397,8 @@ mod tests {
         assert_eq!((ua[2], ua[12], ua[13]), (0x06, 0x2a, 0x09));
         let wp = Sense::write_protected().to_fixed();
         assert_eq!((wp[2], wp[12], wp[13]), (0x07, 0x27, 0x00));
+        let nospc = Sense::space_allocation_failed().to_fixed();
+        assert_eq!((nospc[2], nospc[12], nospc[13]), (0x07, 0x27, 0x07));
     }
 
     #[test]

@@ -131,13 +131,15 @@ pub async fn perform(
 }
 
 /// The sense condition of a volume error (docs/architecture.md, invariant
-/// 3: below quorum, DATA PROTECT / WRITE PROTECTED).
+/// 3: below quorum, DATA PROTECT / WRITE PROTECTED; docs/failure-behaviour.md,
+/// "Replicas run out of space": a volume that cannot allocate is write
+/// protected too, DATA PROTECT, never MEDIUM ERROR: nothing is wrong with
+/// the data that is there).
 fn map_error(err: VolumeError) -> IoError {
     match err {
         VolumeError::OutOfRange => IoError::LbaOutOfRange,
-        VolumeError::ReadOnly { .. } => IoError::WriteProtected,
+        VolumeError::ReadOnly { .. } | VolumeError::NoSpace => IoError::WriteProtected,
         VolumeError::Unavailable | VolumeError::Fenced => IoError::NotReady,
-        VolumeError::NoSpace => IoError::WriteError,
         VolumeError::Refused(_) => IoError::Internal,
     }
 }

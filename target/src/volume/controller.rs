@@ -8,7 +8,7 @@
 //! simulation (`tests` at the bottom).
 //!
 //! Rules (1 to 4 and 9 are the invariants of docs/architecture.md with
-//! the same numbers; rule 5 is this controller's own):
+//! the same numbers; rules 5 and 6 are this controller's own):
 //! 1. **Acknowledged means replicated.** Every mutating request gets the
 //!    next io_seq and goes to every connected replica, in io_seq order per
 //!    replica; it completes once `cf` *healthy* replicas acknowledged it
@@ -60,6 +60,34 @@
 //!    becomes `new_cf`. A replica that lacks the record is not degraded for
 //!    it (it is not data; the shell sends it the record on connect).
 //!
+//! 6. **A replica that fails a request leaves the healthy set; the volume
+//!    answers for lack of space only when it cannot allocate.** A replica
+//!    that answers a mutating request with an error is judged once the
+//!    request is resolved: if another replica holds it, the refuser lacks
+//!    it and leaves the healthy set as having missed it (a rebuild from that
+//!    io_seq before it serves reads or counts again); if none does, nothing
+//!    diverged and it stays. `NoSpace` and `BadRequest` (about the request,
+//!    possibly the same everywhere) wait for that judgement; any other error
+//!    (IO error, poisoned, out of range, busy...) drops the replica at once.
+//!    The request completes once `cf` healthy replicas acknowledged it, as
+//!    always; if healthy replicas refused it and too few healthy ones are
+//!    left to take it, it fails with [`VolumeError::NoSpace`] (any healthy
+//!    replica answered `NoSpace`) or [`VolumeError::Refused`], without
+//!    waiting for the hold. A replica that failed (this, a read error, a
+//!    rebuild aborted for `NoSpace` or `VolumePoisoned`) is
+//!    [`ReplicaState::Failed`]: its link is dropped with a pause of
+//!    [`failed_retry`] of its failures in a row ([`FAILED_RETRY_MIN`]
+//!    doubling up to [`FAILED_RETRY_MAX`]) and it is not taken back
+//!    earlier; an acknowledgement while healthy or a finished rebuild
+//!    resets the count. Other rebuild failures leave it degraded and retry
+//!    after the longer of [`REBUILD_RETRY`] and that backoff. The volume
+//!    *cannot allocate* ([`Controller::cannot_allocate`]) when it is below
+//!    quorum and, even with every member not out of space back, fewer than
+//!    `cf` would be healthy: mutating requests then fail at once with
+//!    [`VolumeError::NoSpace`] (the SCSI layer reports DATA PROTECT) instead
+//!    of being held, while reads go on; a replica that failed for lack of
+//!    space counts as able to allocate again once a rebuild made it healthy.
+//!
 //! 9. **A slow replica is dropped**: a healthy replica that has not
 //!    acknowledged a request within `ack_timeout` leaves the healthy set
 //!    (its link is dropped) instead of stalling the volume.
@@ -106,14 +134,9 @@ use cstor_proto::{
     SnapshotListing, Status, Write,
 };
 
-/// A degraded replica without a rebuild is dropped (and so redialled, and
-/// offered a rebuild again) after this long.
-pub const REBUILD_RETRY: Duration = Duration::from_secs(2);
-
-/// Mutating requests held behind a snapshot or resize at most; beyond,
-/// they fail as [`VolumeError::Unavailable`] (NOT READY: the initiator
-/// retries). The SCSI layer's command window keeps this far from full.
-pub const MAX_HELD: usize = 1024;
+pub use super::limits::{
+    failed_retry, FAILED_RETRY_MAX, FAILED_RETRY_MIN, MAX_HELD, REBUILD_RETRY,
+};
 
 /// Index of a replica in the volume's replica list.
 pub type ReplicaIndex = usize;
@@ -264,7 +287,8 @@ impl Op {
 /// Why a request failed, as the SCSI layer maps it to sense data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VolumeError {
-    /// Below quorum for longer than the grace period: DATA PROTECT.
+    /// Below quorum for longer than the grace period: DATA PROTECT / WRITE
+    /// PROTECTED.
     #[error("volume is read-only: fewer than {cf} healthy replicas")]
     ReadOnly { cf: usize },
     /// No healthy replica to read from within the grace period.
@@ -273,8 +297,9 @@ pub enum VolumeError {
     /// Outside the volume.
     #[error("offset/length outside the volume")]
     OutOfRange,
-    /// The pools are full.
-    #[error("no space left on the replicas")]
+    /// Fewer than CF replicas could allocate space for the request (module
+    /// doc, rule 6): DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT.
+    #[error("no space: fewer than the consistency factor of replicas could allocate")]
     NoSpace,
     /// A newer target took the volume over.
     #[error("fenced: a newer target owns the volume")]
@@ -305,10 +330,12 @@ pub enum Action {
         tag: Tag,
         result: Result<Completion, VolumeError>,
     },
-    /// Close the replica's link (it will be redialled by the shell).
+    /// Close the replica's link; the shell dials it again, not before
+    /// `redial_after` (zero but for a failed replica, module doc rule 6).
     Drop {
         replica: ReplicaIndex,
         reason: String,
+        redial_after: Duration,
     },
     /// Send `RebuildStart` on the replica's link: pull every block written
     /// after `from_io_seq` from `source`'s data address; the packet's io_seq
@@ -336,6 +363,12 @@ pub enum ReplicaState {
     /// No longer a member (a committed membership record left it out): no
     /// link, gets nothing, counts for nothing. Its index is never reused.
     Removed,
+    /// No link because it failed (module doc, rule 6): it answered an error
+    /// to a request others took, a read error, or its rebuild failed for
+    /// lack of space or a poisoned volume. Dialled again only after a
+    /// backoff that doubles with each failure in a row ([`failed_retry`]);
+    /// back, it is degraded until a rebuild makes it whole.
+    Failed,
 }
 
 impl ReplicaState {
@@ -391,6 +424,30 @@ struct Replica {
     /// predate it, so the replica is rebuilt once more (from there) before
     /// it is healthy.
     snapshot_missed_in_rebuild: Option<u64>,
+    /// Failures in a row, without a success since (rule 6): sets the
+    /// backoff before it is dialled again.
+    failures: u32,
+    /// A failed replica is not taken back before this time.
+    redial_at: Option<Instant>,
+    /// It failed for lack of space, and has not been healthy since: it
+    /// cannot be counted on to allocate (rule 6).
+    no_space: bool,
+}
+
+impl Replica {
+    fn new(state: ReplicaState, missed_from: Option<u64>) -> Replica {
+        Replica {
+            state,
+            rebuild: None,
+            retry_at: None,
+            acked_max: 0,
+            missed_from,
+            snapshot_missed_in_rebuild: None,
+            failures: 0,
+            redial_at: None,
+            no_space: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -404,6 +461,14 @@ struct Pending {
     acked: BTreeSet<ReplicaIndex>,
     /// Replicas that failed it (and were dropped for it, or were gone).
     failed: BTreeSet<ReplicaIndex>,
+    /// Replicas that answered it with an error and have not been judged for
+    /// it yet (rule 6): once another replica holds it, each leaves the
+    /// healthy set as having missed it.
+    refused: BTreeMap<ReplicaIndex, Status>,
+    /// What a healthy replica's refusal makes of the request if too few
+    /// healthy replicas can still take it: [`VolumeError::NoSpace`] (it
+    /// wins over any other) or [`VolumeError::Refused`].
+    refusal: Option<VolumeError>,
     /// The SCSI layer has its answer; the entry stays until every replica
     /// it was sent to acknowledged it or was dropped, so that a replica that
     /// never does is known to have missed it.
@@ -454,13 +519,11 @@ impl Controller {
     /// — and the io_seq it must be rebuilt from otherwise.
     pub fn new(config: ControllerConfig, missed_from: &[Option<u64>], now: Instant) -> Self {
         let replicas = (0..config.replicas)
-            .map(|i| Replica {
-                state: ReplicaState::Offline,
-                rebuild: None,
-                retry_at: None,
-                acked_max: 0,
-                missed_from: missed_from.get(i).copied().unwrap_or(Some(0)),
-                snapshot_missed_in_rebuild: None,
+            .map(|i| {
+                Replica::new(
+                    ReplicaState::Offline,
+                    missed_from.get(i).copied().unwrap_or(Some(0)),
+                )
             })
             .collect();
         Controller {
@@ -512,6 +575,35 @@ impl Controller {
 
     pub fn is_fenced(&self) -> bool {
         self.fenced
+    }
+
+    /// Can the volume not allocate (rule 6)? Below quorum, and even if
+    /// every member that did not fail for lack of space came back, fewer
+    /// than `cf` would be healthy: mutating requests then fail at once with
+    /// [`VolumeError::NoSpace`] instead of being held.
+    pub fn cannot_allocate(&self) -> bool {
+        if self.has_quorum() || !self.replicas.iter().any(|r| r.no_space) {
+            return false;
+        }
+        let may_count = self
+            .replicas
+            .iter()
+            .filter(|r| {
+                r.state == ReplicaState::Healthy
+                    || (r.state != ReplicaState::Removed && !r.no_space)
+            })
+            .count();
+        may_count < self.config.cf
+    }
+
+    /// Failures in a row of `replica` (rule 6; 0 once it succeeded).
+    pub fn failures(&self, replica: ReplicaIndex) -> u32 {
+        self.replicas.get(replica).map_or(0, |r| r.failures)
+    }
+
+    /// When a failed replica may be dialled again.
+    pub fn redial_at(&self, replica: ReplicaIndex) -> Option<Instant> {
+        self.replicas.get(replica).and_then(|r| r.redial_at)
     }
 
     /// Requests the SCSI layer still waits for.
@@ -567,6 +659,10 @@ impl Controller {
     /// Sends a request that may go now: numbered, to every linked replica
     /// (mutating) or to one healthy replica (reads).
     fn dispatch(&mut self, now: Instant, tag: Tag, op: Op, actions: &mut Vec<Action>) {
+        if op.mutates() && self.cannot_allocate() {
+            actions.push(complete(tag, Err(VolumeError::NoSpace)));
+            return;
+        }
         if op.mutates() && self.is_read_only(now) {
             actions.push(complete(
                 tag,
@@ -583,6 +679,8 @@ impl Controller {
             sent: BTreeMap::new(),
             acked: BTreeSet::new(),
             failed: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            refusal: None,
             completed: false,
         };
         if pending.op.mutates() {
@@ -644,7 +742,10 @@ impl Controller {
         size_bytes: u64,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if size_bytes < self.config.size_bytes && replica < self.replicas.len() {
+        let backing_off = self.replicas.get(replica).is_some_and(|r| {
+            r.state == ReplicaState::Failed && r.redial_at.is_some_and(|at| at > now)
+        });
+        if size_bytes < self.config.size_bytes && replica < self.replicas.len() && !backing_off {
             tracing::info!(
                 replica,
                 have = size_bytes,
@@ -681,9 +782,26 @@ impl Controller {
             actions.push(Action::Drop {
                 replica,
                 reason: "not a member of the volume".into(),
+                redial_after: Duration::ZERO,
             });
             return actions;
         }
+        if let Some(wait) = r
+            .redial_at
+            .filter(|_| r.state == ReplicaState::Failed)
+            .map(|at| at.saturating_duration_since(now))
+            .filter(|wait| !wait.is_zero())
+        {
+            // Back before its backoff ran out (the shell should not have
+            // dialled yet): not taken, told again how long to wait.
+            actions.push(Action::Drop {
+                replica,
+                reason: format!("failed {} times in a row: backing off", r.failures),
+                redial_after: wait,
+            });
+            return actions;
+        }
+        r.redial_at = None;
         r.state = if r.missed_from.is_none() {
             ReplicaState::Healthy
         } else {
@@ -755,8 +873,14 @@ impl Controller {
         match packet.message {
             Message::Ack(opcode) if opcode == pending.op.opcode() => {
                 pending.acked.insert(replica);
+                pending.refused.remove(&replica);
                 if let Some(r) = self.replicas.get_mut(replica) {
                     r.acked_max = r.acked_max.max(io_seq);
+                    if r.state == ReplicaState::Healthy {
+                        // Proven sound again: the next failure starts the
+                        // backoff over.
+                        r.failures = 0;
+                    }
                 }
             }
             Message::ReadData(data) if matches!(pending.op, Op::Read { .. }) => {
@@ -947,23 +1071,50 @@ impl Controller {
                 r.state = ReplicaState::Healthy;
                 r.rebuild = None;
                 r.missed_from = None;
+                r.failures = 0;
+                r.no_space = false;
+                r.redial_at = None;
                 self.update_quorum(now);
                 self.dispatch_waiting_reads(now, actions);
             }
             Message::RebuildAbort(abort) => {
                 tracing::warn!(replica, status = ?abort.status, detail = %abort.detail, "rebuild aborted");
-                r.state = ReplicaState::Degraded;
-                r.rebuild = None;
-                r.retry_at = Some(now + REBUILD_RETRY);
+                self.rebuild_failed(now, replica, abort.status, abort.detail, actions);
             }
             Message::Error(error) => {
                 tracing::warn!(replica, status = ?error.status, detail = %error.detail, "rebuild refused");
-                r.state = ReplicaState::Degraded;
-                r.rebuild = None;
-                r.retry_at = Some(now + REBUILD_RETRY);
+                self.rebuild_failed(now, replica, error.status, error.detail, actions);
             }
             _ => {}
         }
+    }
+
+    /// A rebuild of `replica` was aborted or refused. For lack of space or a
+    /// poisoned volume the replica itself failed (rule 6): dropped, it backs
+    /// off. Otherwise (the source went away, the session was cut...) it stays
+    /// degraded and is offered a new rebuild on a fresh link after
+    /// [`REBUILD_RETRY`], or after its failure backoff if that is longer:
+    /// a rebuild that keeps failing is retried less and less often.
+    fn rebuild_failed(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        status: Status,
+        detail: String,
+        actions: &mut Vec<Action>,
+    ) {
+        if matches!(status, Status::NoSpace | Status::VolumePoisoned) {
+            let reason = format!("rebuild failed: {status:?}: {detail}");
+            self.fail_replica(now, replica, status, reason, actions);
+            return;
+        }
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        r.failures = r.failures.saturating_add(1);
+        r.state = ReplicaState::Degraded;
+        r.rebuild = None;
+        r.retry_at = Some(now + REBUILD_RETRY.max(failed_retry(r.failures)));
     }
 
     fn on_error_reply(
@@ -986,36 +1137,102 @@ impl Controller {
             }
             return;
         }
-        let request_error = match status {
-            // Every request was checked against the volume's size before it
-            // went out: a replica that finds it out of range is smaller than
-            // the volume (it missed a grow), which is its trouble.
-            Status::OutOfRange => None,
+        if status == Status::StaleEpoch {
+            self.fence(now, actions);
+            return;
+        }
+        let healthy = self
+            .replicas
+            .get(replica)
+            .is_some_and(|r| r.state == ReplicaState::Healthy);
+        let Some(p) = self.pending.get_mut(&io_seq) else {
+            return;
+        };
+        if !p.op.mutates() {
+            if status == Status::BadRequest {
+                // The request itself is wrong (the same on every replica):
+                // fail it, keep the replica.
+                if let Some(p) = self.pending.remove(&io_seq) {
+                    actions.push(complete(p.tag, Err(VolumeError::Refused(detail))));
+                }
+            } else {
+                // A read error: the replica leaves the healthy set, the read
+                // is retried on another.
+                p.failed.insert(replica);
+                self.fail_replica(
+                    now,
+                    replica,
+                    status,
+                    format!("{status:?}: {detail}"),
+                    actions,
+                );
+            }
+            return;
+        }
+        // A mutating request: the replica failed it (rule 6). It is judged
+        // once the request is resolved: if another replica holds it, this
+        // one leaves the healthy set as having missed it; if none does,
+        // nothing diverged.
+        p.failed.insert(replica);
+        p.refused.insert(replica, status);
+        let refusal = match status {
             Status::NoSpace => Some(VolumeError::NoSpace),
             Status::BadRequest => Some(VolumeError::Refused(detail.clone())),
-            Status::StaleEpoch => {
-                self.fence(now, actions);
-                return;
-            }
             _ => None,
         };
-        match request_error {
-            // The request itself is wrong (the same on every replica): fail
-            // it, keep the replica.
-            Some(err) => {
-                if let Some(p) = self.pending.remove(&io_seq) {
-                    actions.push(complete(p.tag, Err(err)));
-                }
-            }
-            // The replica is in trouble (IO error, poisoned, busy...): it
-            // leaves the healthy set; the request goes on with the others.
-            None => {
-                if let Some(p) = self.pending.get_mut(&io_seq) {
-                    p.failed.insert(replica);
-                }
-                self.drop_replica(now, replica, format!("{status:?}: {detail}"), actions);
+        if healthy && !matches!(p.refusal, Some(VolumeError::NoSpace)) {
+            if let Some(refusal) = refusal.clone() {
+                p.refusal = Some(refusal);
             }
         }
+        if refusal.is_none() {
+            // The replica is in trouble (IO error, poisoned, smaller than
+            // the volume because it missed a grow, busy...): it leaves the
+            // healthy set now; the request goes on with the others.
+            p.refused.remove(&replica);
+            self.fail_replica(
+                now,
+                replica,
+                status,
+                format!("{status:?}: {detail}"),
+                actions,
+            );
+        }
+    }
+
+    /// `replica` failed (rule 6): its link is dropped, it is
+    /// [`ReplicaState::Failed`] and dialled again only after
+    /// [`failed_retry`] of its failures in a row. Counted once per link: a
+    /// replica already without one is left alone.
+    fn fail_replica(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        status: Status,
+        reason: String,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        if !r.state.is_linked() {
+            return;
+        }
+        r.failures = r.failures.saturating_add(1);
+        if status == Status::NoSpace {
+            r.no_space = true;
+        }
+        let wait = failed_retry(r.failures);
+        let failures = r.failures;
+        tracing::warn!(replica, %reason, failures, ?wait, "replica failed: backing off");
+        self.drop_link(now, replica, reason, wait, actions);
+        if let Some(r) = self.replicas.get_mut(replica) {
+            if r.state == ReplicaState::Offline {
+                r.state = ReplicaState::Failed;
+                r.redial_at = Some(now + wait);
+            }
+        }
+        self.update_quorum(now);
     }
 
     /// Completes whatever can complete, retries reads, fails what waited
@@ -1025,23 +1242,32 @@ impl Controller {
         self.update_quorum(now);
         let cf = self.config.cf;
         let read_only = self.is_read_only(now);
+        let cannot_allocate = self.cannot_allocate();
+        let is_healthy = |r: &ReplicaIndex| {
+            self.replicas
+                .get(*r)
+                .is_some_and(|x| x.state == ReplicaState::Healthy)
+        };
         let mut answers = Vec::new();
         for (seq, p) in &self.pending {
             if p.completed || p.op.is_barrier() {
                 continue;
             }
             if p.op.mutates() {
-                let healthy_acks = p
-                    .acked
-                    .iter()
-                    .filter(|r| {
-                        self.replicas
-                            .get(**r)
-                            .is_some_and(|x| x.state == ReplicaState::Healthy)
-                    })
-                    .count();
+                let healthy_acks = p.acked.iter().filter(|r| is_healthy(r)).count();
+                let healthy_owed = p.owed().filter(|r| is_healthy(r)).count();
                 if healthy_acks >= cf {
                     answers.push((*seq, Ok(Completion::Done)));
+                } else if let Some(refusal) = p
+                    .refusal
+                    .clone()
+                    .filter(|_| healthy_acks + healthy_owed < cf)
+                {
+                    // Healthy replicas refused it and too few are left to
+                    // take it (rule 6).
+                    answers.push((*seq, Err(refusal)));
+                } else if cannot_allocate {
+                    answers.push((*seq, Err(VolumeError::NoSpace)));
                 } else if read_only {
                     answers.push((*seq, Err(VolumeError::ReadOnly { cf })));
                 }
@@ -1070,6 +1296,7 @@ impl Controller {
                 .collect();
             self.note_missed(seq, &acked, &unreached);
         }
+        self.fail_refusers(now, actions);
         let finished: Vec<u64> = self
             .pending
             .iter()
@@ -1086,6 +1313,29 @@ impl Controller {
         }
         self.dispatch_waiting_reads(now, actions);
         self.advance_barrier(now, actions);
+    }
+
+    /// Replicas that refused a mutating request that is answered and that
+    /// another replica holds: they lack it, so they leave the healthy set
+    /// as having missed it, and back off (rule 6).
+    fn fail_refusers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let mut failed = Vec::new();
+        for (seq, p) in self.pending.iter_mut() {
+            if p.completed && !p.acked.is_empty() && !p.refused.is_empty() {
+                for (replica, status) in std::mem::take(&mut p.refused) {
+                    failed.push((*seq, replica, status));
+                }
+            }
+        }
+        for (seq, replica, status) in failed {
+            self.fail_replica(
+                now,
+                replica,
+                status,
+                format!("answered {status:?} to io_seq {seq}, which another replica took"),
+                actions,
+            );
+        }
     }
 
     fn barrier_io_seq(&self) -> Option<u64> {
@@ -1152,6 +1402,8 @@ impl Controller {
                 .collect(),
             acked: BTreeSet::new(),
             failed: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            refusal: None,
             completed: false,
         };
         tracing::info!(io_seq, op = ?pending.op, replicas = pending.sent.len(), "barrier sent");
@@ -1272,14 +1524,8 @@ impl Controller {
             MemberChange::None => {}
             MemberChange::Add => {
                 tracing::info!(replica = self.replicas.len(), "member added: full rebuild");
-                self.replicas.push(Replica {
-                    state: ReplicaState::Offline,
-                    rebuild: None,
-                    retry_at: None,
-                    acked_max: 0,
-                    missed_from: Some(0),
-                    snapshot_missed_in_rebuild: None,
-                });
+                self.replicas
+                    .push(Replica::new(ReplicaState::Offline, Some(0)));
                 self.config.replicas = self.replicas.len();
             }
             MemberChange::Remove(replica) => {
@@ -1363,11 +1609,23 @@ impl Controller {
         (0..n).find(|i| self.replicas[*i].state == ReplicaState::Healthy)
     }
 
+    /// Drops `replica`'s link; the shell dials it again at once.
     fn drop_replica(
         &mut self,
         now: Instant,
         replica: ReplicaIndex,
         reason: String,
+        actions: &mut Vec<Action>,
+    ) {
+        self.drop_link(now, replica, reason, Duration::ZERO, actions);
+    }
+
+    fn drop_link(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        reason: String,
+        redial_after: Duration,
         actions: &mut Vec<Action>,
     ) {
         if self
@@ -1378,7 +1636,11 @@ impl Controller {
             return;
         }
         tracing::warn!(replica, %reason, "dropping replica");
-        actions.push(Action::Drop { replica, reason });
+        actions.push(Action::Drop {
+            replica,
+            reason,
+            redial_after,
+        });
         self.mark_offline(now, replica, actions);
     }
 
@@ -1386,7 +1648,7 @@ impl Controller {
         let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
-        if r.state != ReplicaState::Removed {
+        if !matches!(r.state, ReplicaState::Removed | ReplicaState::Failed) {
             r.state = ReplicaState::Offline;
         }
         r.rebuild = None;
@@ -1439,6 +1701,7 @@ impl Controller {
                 actions.push(Action::Drop {
                     replica: index,
                     reason: "fenced".into(),
+                    redial_after: Duration::ZERO,
                 });
                 self.replicas[index].state = ReplicaState::Offline;
             }

@@ -8,7 +8,11 @@
 //! been idle so that the replica does not close it. On any error it reports
 //! `Down`, discards whatever was queued for the dead connection (the
 //! controller sends what is still pending again once it is `Up`), waits, and
-//! dials again. A claim refused for a stale epoch is final: `Fenced`.
+//! dials again. The wait is the dial backoff ([`BACKOFF_MIN`] doubling up to
+//! [`BACKOFF_MAX`], back to the minimum after a claim), or longer when the
+//! controller dropped a failed replica with a pause (`LinkCommand::Reset`,
+//! `super::limits::failed_retry`). A claim refused for a stale epoch is
+//! final: `Fenced`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,8 +72,10 @@ pub enum LinkEvent {
 pub enum LinkCommand {
     Send(Packet),
     /// Close the connection (the controller dropped the replica); dial again
-    /// after the backoff.
-    Reset,
+    /// after the backoff, and not before `pause`.
+    Reset {
+        pause: Duration,
+    },
 }
 
 /// The session parameters every connection of the volume uses.
@@ -119,11 +125,13 @@ pub async fn run(
                     {
                         return;
                     }
-                    let reason = pump(replica, conn, &params, &mut commands, &events, &stop).await;
+                    let (reason, pause) =
+                        pump(replica, conn, &params, &mut commands, &events, &stop).await;
                     if stop.is_cancelled() {
                         return;
                     }
-                    warn!(%reason, "replica link down");
+                    warn!(%reason, ?pause, "replica link down");
+                    backoff = backoff.max(pause);
                     if events.send(LinkEvent::Down { replica, reason }).is_err() {
                         return;
                     }
@@ -313,7 +321,8 @@ async fn call(conn: &mut Conn, request: Packet) -> Result<Message, String> {
     }
 }
 
-/// Moves packets both ways until the connection fails, a reset, or stop.
+/// Moves packets both ways until the connection fails, a reset, or stop;
+/// returns why, and how long the controller wants the next dial delayed.
 async fn pump(
     replica: ReplicaIndex,
     conn: Conn,
@@ -321,49 +330,49 @@ async fn pump(
     commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
     events: &mpsc::UnboundedSender<LinkEvent>,
     stop: &CancellationToken,
-) -> String {
+) -> (String, Duration) {
     let (mut sink, mut stream) = conn.split();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return "volume closed".into(),
+            () = stop.cancelled() => return ("volume closed".into(), Duration::ZERO),
             command = commands.recv() => match command {
                 Some(LinkCommand::Send(packet)) => {
                     if let Err(e) = sink.feed(packet).await {
-                        return format!("cannot send: {e}");
+                        return (format!("cannot send: {e}"), Duration::ZERO);
                     }
                     // Batch whatever else is queued into one flush.
                     while let Ok(next) = commands.try_recv() {
                         match next {
                             LinkCommand::Send(packet) => {
                                 if let Err(e) = sink.feed(packet).await {
-                                    return format!("cannot send: {e}");
+                                    return (format!("cannot send: {e}"), Duration::ZERO);
                                 }
                             }
-                            LinkCommand::Reset => return "reset by the controller".into(),
+                            LinkCommand::Reset { pause } => return ("reset by the controller".into(), pause),
                         }
                     }
                     if let Err(e) = sink.flush().await {
-                        return format!("cannot send: {e}");
+                        return (format!("cannot send: {e}"), Duration::ZERO);
                     }
                     heartbeat.reset();
                 }
-                Some(LinkCommand::Reset) => return "reset by the controller".into(),
-                None => return "volume closed".into(),
+                Some(LinkCommand::Reset { pause }) => return ("reset by the controller".into(), pause),
+                None => return ("volume closed".into(), Duration::ZERO),
             },
             frame = stream.next() => match frame {
                 Some(Ok(frame)) => match Packet::decode(frame) {
                     Ok(packet) if packet.message == Message::Ack(Opcode::Heartbeat) => {}
                     Ok(packet) => {
                         if events.send(LinkEvent::Reply { replica, packet }).is_err() {
-                            return "volume closed".into();
+                            return ("volume closed".into(), Duration::ZERO);
                         }
                     }
-                    Err(e) => return format!("undecodable reply: {e}"),
+                    Err(e) => return (format!("undecodable reply: {e}"), Duration::ZERO),
                 },
-                Some(Err(e)) => return format!("bad frame: {e}"),
-                None => return "connection closed by the replica".into(),
+                Some(Err(e)) => return (format!("bad frame: {e}"), Duration::ZERO),
+                None => return ("connection closed by the replica".into(), Duration::ZERO),
             },
             _ = heartbeat.tick() => {
                 let ping = Packet {
@@ -373,7 +382,7 @@ async fn pump(
                     message: Message::Heartbeat,
                 };
                 if let Err(e) = sink.send(ping).await {
-                    return format!("cannot send heartbeat: {e}");
+                    return (format!("cannot send heartbeat: {e}"), Duration::ZERO);
                 }
             }
         }

@@ -41,6 +41,7 @@
 //!   new target starts with none and says so to the replicas it claims.
 
 pub mod controller;
+pub mod limits;
 pub mod link;
 pub mod membership;
 
@@ -1091,9 +1092,15 @@ impl Driver {
                     }
                 }
                 Action::Complete { tag, result } => completions.push((tag, result)),
-                Action::Drop { replica, .. } => {
+                Action::Drop {
+                    replica,
+                    redial_after,
+                    ..
+                } => {
                     if let Some((link, _)) = self.links.get(replica) {
-                        let _ = link.send(LinkCommand::Reset);
+                        let _ = link.send(LinkCommand::Reset {
+                            pause: redial_after,
+                        });
                     }
                 }
                 Action::StartRebuild {
@@ -1183,7 +1190,8 @@ impl Driver {
         }
         let config = controller.config();
         (config.cf, config.epoch, controller.healthy()).hash(&mut h);
-        (controller.is_read_only(now), controller.is_fenced()).hash(&mut h);
+        let read_only = controller.is_read_only(now) || controller.cannot_allocate();
+        (read_only, controller.is_fenced()).hash(&mut h);
         (controller.size_bytes(), controller.barrier_in_progress()).hash(&mut h);
         (self.record.generation, self.rebuild_throttle).hash(&mut h);
         h.finish()
@@ -1228,7 +1236,7 @@ impl Driver {
                 .collect(),
             cf: controller.config().cf,
             healthy: controller.healthy(),
-            read_only: controller.is_read_only(now),
+            read_only: controller.is_read_only(now) || controller.cannot_allocate(),
             fenced: controller.is_fenced(),
             epoch: controller.config().epoch,
             next_io_seq: controller.next_io_seq(),

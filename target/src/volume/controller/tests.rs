@@ -30,6 +30,10 @@ struct Sim {
     snapshots: Vec<BTreeMap<String, BTreeMap<u64, Bytes>>>,
     /// Per replica: it fails snapshots and resizes (e.g. its pool is full).
     refuse_barriers: Vec<bool>,
+    /// Per replica: its pool is full: a write to a block it does not hold
+    /// yet (one that needs a new chunk) fails with `NoSpace`, and so does a
+    /// rebuild that would have to add blocks.
+    full: Vec<bool>,
 }
 
 /// A sink's rebuild in the simulation: live writes since `RebuildStart`
@@ -69,6 +73,7 @@ impl Sim {
             rebuilding: vec![None; replicas],
             snapshots: vec![BTreeMap::new(); replicas],
             refuse_barriers: vec![false; replicas],
+            full: vec![false; replicas],
         };
         for r in 0..replicas {
             sim.connect(r);
@@ -142,6 +147,17 @@ impl Sim {
         let source = self.disks[run.source].clone();
         let blocks: std::collections::BTreeSet<u64> =
             source.keys().chain(self.disks[r].keys()).copied().collect();
+        let needs_space = blocks
+            .difference(&run.live)
+            .any(|b| source.contains_key(b) && !self.disks[r].contains_key(b));
+        if self.full[r] && needs_space {
+            let abort = Message::RebuildAbort(cstor_proto::RebuildAbort {
+                status: Status::NoSpace,
+                detail: "pool full".into(),
+            });
+            self.rebuild_report(r, run.io_seq, abort);
+            return;
+        }
         for block in blocks.difference(&run.live) {
             match source.get(block) {
                 Some(data) => self.disks[r].insert(*block, data.clone()),
@@ -234,6 +250,13 @@ impl Sim {
                     });
                     Message::Ack(Opcode::RebuildStart)
                 }
+                Message::Write(w) if self.full[r] && !self.disks[r].contains_key(&w.offset) => {
+                    Message::Error(cstor_proto::ErrorReply::new(
+                        Opcode::Write.to_u16(),
+                        Status::NoSpace,
+                        "no free chunk",
+                    ))
+                }
                 Message::Write(w) => {
                     self.disks[r].insert(w.offset, w.data.clone());
                     Message::Ack(Opcode::Write)
@@ -318,6 +341,7 @@ impl Sim {
         self.rebuilding.push(None);
         self.snapshots.push(BTreeMap::new());
         self.refuse_barriers.push(false);
+        self.full.push(false);
     }
 }
 
@@ -448,7 +472,8 @@ fn a_read_error_drops_the_replica_and_the_read_is_retried_elsewhere() {
     )));
     let actions = sim.ctl.on_reply(sim.now, bad, error);
     sim.apply(actions);
-    assert_eq!(sim.ctl.replica_states()[bad], ReplicaState::Offline);
+    // A read error is the replica's failure: it backs off (rule 6).
+    assert_eq!(sim.ctl.replica_states()[bad], ReplicaState::Failed);
     sim.deliver_all();
     assert_eq!(
         sim.result(tag),
@@ -685,6 +710,8 @@ enum Step {
     Advance(u8),
     FinishRebuild(u8),
     AbortRebuild(u8),
+    /// The replica's pool becomes full (true) or gets room again (false).
+    Full(u8, bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -698,6 +725,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u8..30).prop_map(Step::Advance),
         2 => (0u8..3).prop_map(Step::FinishRebuild),
         1 => (0u8..3).prop_map(Step::AbortRebuild),
+        1 => (0u8..3, any::<bool>()).prop_map(|(r, f)| Step::Full(r, f)),
     ]
 }
 
@@ -707,7 +735,10 @@ proptest! {
     /// Invariants under any interleaving: an acknowledged write is on at
     /// least `cf` replicas; a read returns the newest acknowledged data of
     /// its block (no write to it in flight); per-link io_seq order (checked
-    /// in `apply`); healthy replicas hold every acknowledged write.
+    /// in `apply`); healthy replicas hold every acknowledged write; and, pools
+    /// filling up and emptying at random, healthy replicas never disagree on
+    /// a block whose writes were all answered (a failed write included), so
+    /// no read can see a different answer than the one before it.
     #[test]
     fn acknowledged_writes_are_replicated_and_reads_see_them(steps in prop::collection::vec(step(), 1..120)) {
         let mut sim = Sim::new(3, 2);
@@ -754,6 +785,26 @@ proptest! {
                 Step::Advance(s) => sim.advance(Duration::from_secs(u64::from(s))),
                 Step::FinishRebuild(r) => sim.finish_rebuild(usize::from(r)),
                 Step::AbortRebuild(r) => sim.abort_rebuild(usize::from(r)),
+                Step::Full(r, full) => sim.full[usize::from(r)] = full,
+            }
+            // No divergence: healthy replicas that have been sent everything
+            // agree on every block whose writes were all answered.
+            let states = sim.ctl.replica_states();
+            let settled: Vec<usize> = (0..3)
+                .filter(|r| states[*r] == ReplicaState::Healthy && sim.links[*r].is_empty())
+                .collect();
+            for (block, history) in &writes {
+                if !history.iter().all(|(t, _)| sim.result(*t).is_some()) {
+                    continue;
+                }
+                let at = block * BLOCK;
+                for pair in settled.windows(2) {
+                    prop_assert_eq!(
+                        sim.disks[pair[0]].get(&at).map(|d| d[0]),
+                        sim.disks[pair[1]].get(&at).map(|d| d[0]),
+                        "healthy replicas {} and {} differ on block {}", pair[0], pair[1], block
+                    );
+                }
             }
             // Invariant 6: a healthy replica that has been sent everything
             // holds the newest acknowledged data of every block whose writes
@@ -1134,7 +1185,7 @@ fn a_replica_too_small_for_an_in_range_write_is_dropped_and_the_write_goes_on() 
     )));
     let actions = sim.ctl.on_reply(sim.now, 2, too_small);
     sim.apply(actions);
-    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Failed);
     sim.deliver_all();
     assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
 }
@@ -1429,3 +1480,246 @@ fn a_rebuild_that_starts_after_a_snapshot_is_not_repeated_for_it() {
 }
 
 const TICK_FOR_TESTS: Duration = Duration::from_millis(100);
+
+// ------------------------------------------- out of space, failing replicas
+
+/// A reply of `Status` to the first packet on replica `r`'s link.
+fn refuse_next(sim: &mut Sim, r: usize, status: Status, detail: &str) {
+    let packet = sim.links[r].pop_front().expect("nothing sent");
+    let opcode = packet.message.wire_opcode();
+    let error = packet.reply(Message::Error(cstor_proto::ErrorReply::new(
+        opcode, status, detail,
+    )));
+    let actions = sim.ctl.on_reply(sim.now, r, error);
+    sim.apply(actions);
+}
+
+fn data(fill: u8) -> Result<Completion, VolumeError> {
+    Ok(Completion::Data(Bytes::from(vec![fill; BLOCK as usize])))
+}
+
+#[test]
+fn a_replica_out_of_space_leaves_the_healthy_set_and_the_write_completes_at_quorum() {
+    let mut sim = Sim::new(3, 2);
+    sim.full[2] = true;
+    let w = sim.write(1, 0xAB);
+    // The full replica answers first: nothing is decided yet.
+    sim.deliver(2);
+    assert_eq!(sim.result(w), None);
+    sim.deliver(0);
+    sim.deliver(1);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    assert_ne!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+    assert_eq!(sim.ctl.healthy(), 2);
+    assert!(sim.ctl.missed_from(2).is_some(), "it must be rebuilt");
+    // Later writes go on at quorum without it.
+    let next = sim.write(2, 0xCD);
+    sim.deliver_all();
+    assert_eq!(sim.result(next), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn reads_after_a_write_one_replica_could_not_allocate_always_return_it() {
+    let mut sim = Sim::new(3, 2);
+    sim.full[1] = true;
+    let w = sim.write(4, 0x5A);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    for _ in 0..40 {
+        let tag = sim.read(4);
+        sim.deliver_all();
+        assert_eq!(sim.result(tag), Some(&data(0x5A)));
+        assert!(
+            sim.links[1]
+                .iter()
+                .all(|p| !matches!(p.message, Message::Read(_))),
+            "a read went to the replica that lacks the write"
+        );
+    }
+}
+
+#[test]
+fn a_write_fewer_than_cf_replicas_could_allocate_fails_no_space_and_reads_stay_stable() {
+    let mut sim = Sim::new(3, 2);
+    let old = sim.write(0, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(old), Some(&Ok(Completion::Done)));
+    sim.full[1] = true;
+    sim.full[2] = true;
+    let w = sim.write(3, 0x33);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Err(VolumeError::NoSpace)));
+    // Replica 0 wrote it, the others could not: they leave the healthy
+    // set, so every read of the block gives the same answer.
+    assert_eq!(sim.ctl.healthy(), 1);
+    let first = sim.read(3);
+    sim.deliver_all();
+    let seen = sim.result(first).cloned().expect("read answered");
+    for _ in 0..20 {
+        let tag = sim.read(3);
+        sim.deliver_all();
+        assert_eq!(sim.result(tag), Some(&seen));
+    }
+    // The volume cannot allocate: writes fail at once (no hold), even an
+    // overwrite, while reads go on.
+    let again = sim.write(0, 2);
+    assert_eq!(sim.result(again), Some(&Err(VolumeError::NoSpace)));
+    let flush = sim.submit(Op::Flush);
+    assert_eq!(sim.result(flush), Some(&Err(VolumeError::NoSpace)));
+    let read = sim.read(0);
+    sim.deliver_all();
+    assert_eq!(sim.result(read), Some(&data(1)));
+}
+
+#[test]
+fn a_write_no_replica_could_allocate_fails_no_space_and_every_replica_stays_healthy() {
+    let mut sim = Sim::new(3, 2);
+    let old = sim.write(0, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(old), Some(&Ok(Completion::Done)));
+    sim.full = vec![true; 3];
+    let w = sim.write(5, 5);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Err(VolumeError::NoSpace)));
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+    // Nobody holds it, so nobody missed it: an overwrite of an allocated
+    // block still succeeds.
+    let overwrite = sim.write(0, 2);
+    sim.deliver_all();
+    assert_eq!(sim.result(overwrite), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_replica_that_fails_a_write_with_any_error_leaves_the_healthy_set() {
+    for status in [Status::BadRequest, Status::IoError, Status::VolumePoisoned] {
+        let mut sim = Sim::new(3, 2);
+        let w = sim.write(2, 2);
+        refuse_next(&mut sim, 2, status, "refused");
+        sim.deliver(0);
+        sim.deliver(1);
+        assert_eq!(sim.result(w), Some(&Ok(Completion::Done)), "{status:?}");
+        assert_ne!(
+            sim.ctl.replica_states()[2],
+            ReplicaState::Healthy,
+            "{status:?}"
+        );
+        assert!(sim.ctl.missed_from(2).is_some(), "{status:?}");
+    }
+}
+
+#[test]
+fn a_replica_that_keeps_failing_is_dialled_again_only_after_a_backoff_that_doubles_up_to_the_cap() {
+    let mut sim = Sim::new(3, 2);
+    sim.full[2] = true;
+    let w = sim.write(1, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    let mut waits = Vec::new();
+    for _ in 0..9 {
+        assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Failed);
+        let at = sim
+            .ctl
+            .redial_at(2)
+            .expect("a failed replica has a redial time");
+        waits.push(at - sim.now);
+        // Dialled too early (a link racing its reset): not taken back.
+        sim.advance(at - sim.now - Duration::from_millis(1));
+        sim.connect(2);
+        assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Failed);
+        assert!(!sim.up[2]);
+        // On time: degraded, offered a rebuild that fails for lack of space.
+        sim.advance(Duration::from_millis(1));
+        sim.connect(2);
+        assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+        sim.deliver(2);
+        assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+        assert_eq!(sim.ctl.healthy(), 2);
+        sim.finish_rebuild(2);
+    }
+    let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    assert_eq!(waits[0], FAILED_RETRY_MIN);
+    assert_eq!(*waits.last().unwrap(), FAILED_RETRY_MAX);
+    // Writes went on at quorum throughout.
+    let w = sim.write(2, 2);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_failed_replica_given_room_again_rebuilds_and_is_healthy_with_its_backoff_reset() {
+    let mut sim = Sim::new(3, 2);
+    sim.full[2] = true;
+    for block in 0..3 {
+        sim.write(block, 7);
+        sim.deliver_all();
+        if let Some(at) = sim.ctl.redial_at(2) {
+            sim.advance(at - sim.now);
+            sim.connect(2);
+            sim.deliver(2);
+            sim.finish_rebuild(2);
+        }
+    }
+    assert!(sim.ctl.failures(2) >= 2);
+    // The operator grows its pool.
+    sim.full[2] = false;
+    let at = sim.ctl.redial_at(2).unwrap();
+    sim.advance(at - sim.now);
+    sim.connect(2);
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+    assert_eq!(sim.ctl.failures(2), 0);
+    assert_eq!(sim.ctl.redial_at(2), None);
+    assert_eq!(sim.disks[2], sim.disks[0]);
+}
+
+#[test]
+fn below_quorum_with_one_replica_out_of_space_and_one_restarting_writes_are_held_not_failed() {
+    let mut sim = Sim::new(3, 2);
+    sim.full[2] = true;
+    let w = sim.write(1, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Failed);
+    // Replica 1 restarts: the volume could still allocate once it is back.
+    sim.disconnect(1);
+    assert!(!sim.ctl.cannot_allocate());
+    let held = sim.write(2, 2);
+    sim.deliver_all();
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(sim.result(held), None, "held, not failed");
+    sim.connect(1);
+    sim.deliver_all();
+    assert_eq!(sim.result(held), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_volume_that_cannot_allocate_writes_again_once_a_replica_has_room_and_is_rebuilt() {
+    let mut sim = Sim::new(3, 2);
+    sim.full[1] = true;
+    sim.full[2] = true;
+    let w = sim.write(3, 3);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Err(VolumeError::NoSpace)));
+    assert!(sim.ctl.cannot_allocate());
+    let refused = sim.write(0, 1);
+    assert_eq!(sim.result(refused), Some(&Err(VolumeError::NoSpace)));
+    sim.full[1] = false;
+    let at = sim.ctl.redial_at(1).unwrap();
+    sim.advance(at - sim.now);
+    sim.connect(1);
+    sim.deliver(1);
+    sim.finish_rebuild(1);
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Healthy);
+    assert!(!sim.ctl.cannot_allocate());
+    let w = sim.write(0, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    // The block whose write failed reads the same from both healthy ones.
+    for _ in 0..10 {
+        let tag = sim.read(3);
+        sim.deliver_all();
+        assert_eq!(sim.result(tag), Some(&data(3)));
+    }
+}
