@@ -12,7 +12,7 @@
 //!    and reports three healthy replicas (`cstor ctl status --json`); only
 //!    then does the guest hear from the host (HTTP on a loopback port), and
 //!    it checks e2fsck and every file's checksum after a re-login
-//!    (DESIGN.md invariants 1 and 6 through a real filesystem).
+//!    (docs/architecture.md, invariants 1 and 6, through a real filesystem).
 //!
 //! Needs root (the runner installs QEMU and open-iscsi with apt-get on
 //! first use); without it the test is recorded as skipped.
