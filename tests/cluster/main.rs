@@ -12,6 +12,7 @@ mod failures;
 mod initiator_access;
 mod membership;
 mod metrics;
+mod no_space;
 mod rebuild;
 mod rebuild_snapshots;
 mod replica_daemon;

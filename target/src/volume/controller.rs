@@ -567,10 +567,13 @@ impl Controller {
     }
 
     /// Is the volume refusing writes (quorum lost for longer than the
-    /// grace period)?
+    /// grace period)? Not when it [cannot allocate](Self::cannot_allocate):
+    /// that is answered as such (rule 6), and the SCSI layer does not turn
+    /// the LU write protected for it.
     pub fn is_read_only(&self, now: Instant) -> bool {
         self.quorum_lost_at
             .is_some_and(|t| now.saturating_duration_since(t) >= self.config.hold)
+            && !self.cannot_allocate()
     }
 
     pub fn is_fenced(&self) -> bool {

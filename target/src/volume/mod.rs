@@ -1190,8 +1190,7 @@ impl Driver {
         }
         let config = controller.config();
         (config.cf, config.epoch, controller.healthy()).hash(&mut h);
-        let read_only = controller.is_read_only(now) || controller.cannot_allocate();
-        (read_only, controller.is_fenced()).hash(&mut h);
+        (controller.is_read_only(now), controller.is_fenced()).hash(&mut h);
         (controller.size_bytes(), controller.barrier_in_progress()).hash(&mut h);
         (self.record.generation, self.rebuild_throttle).hash(&mut h);
         h.finish()
@@ -1236,7 +1235,7 @@ impl Driver {
                 .collect(),
             cf: controller.config().cf,
             healthy: controller.healthy(),
-            read_only: controller.is_read_only(now) || controller.cannot_allocate(),
+            read_only: controller.is_read_only(now),
             fenced: controller.is_fenced(),
             epoch: controller.config().epoch,
             next_io_seq: controller.next_io_seq(),

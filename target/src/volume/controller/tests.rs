@@ -1569,6 +1569,11 @@ fn a_write_fewer_than_cf_replicas_could_allocate_fails_no_space_and_reads_stay_s
     let read = sim.read(0);
     sim.deliver_all();
     assert_eq!(sim.result(read), Some(&data(1)));
+    // Past the hold it is still out of space, not read-only below quorum.
+    sim.advance(Duration::from_secs(21));
+    assert!(!sim.ctl.is_read_only(sim.now));
+    let late = sim.write(0, 3);
+    assert_eq!(sim.result(late), Some(&Err(VolumeError::NoSpace)));
 }
 
 #[test]
