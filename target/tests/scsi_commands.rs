@@ -5,7 +5,9 @@
 mod scsi_support;
 
 use bytes::Bytes;
-use cstor_target::scsi::{Asc, BlockRequest, IoError, LogicalUnit, Outcome, SenseKey, Status};
+use cstor_target::scsi::{
+    Asc, BlockRequest, Completed, IoError, LogicalUnit, Outcome, SenseKey, Status, VolumeState,
+};
 use scsi_support::*;
 
 #[test]
@@ -240,7 +242,10 @@ fn verify_with_bytchk_compares_and_without_checks_range_only() {
 fn read_only_volume_refuses_writes_but_serves_reads() {
     let (mut lu, mut vol) = ready_unit(64);
     let n = nexus(1);
-    lu.set_read_only(true);
+    lu.follow_volume(VolumeState {
+        blocks: 64,
+        read_only: true,
+    });
     for (cdb, data) in [
         (write10(0, 1), vec![0u8; BS]),
         (rw10(0x41, 0x08, 0, 1), vec![0u8; BS]),
@@ -255,7 +260,10 @@ fn read_only_volume_refuses_writes_but_serves_reads() {
     assert_good(&run(&mut lu, &mut vol, &n, &read10(0, 1), &[]));
     let r = run(&mut lu, &mut vol, &n, &[0x1a, 0, 0x3f, 0, 255, 0], &[]);
     assert_eq!(r.data_in[2] & 0x80, 0x80, "MODE SENSE shows WP");
-    lu.set_read_only(false);
+    lu.follow_volume(VolumeState {
+        blocks: 64,
+        read_only: false,
+    });
     assert_good(&run(&mut lu, &mut vol, &n, &write10(0, 1), &[0; BS]));
 }
 
@@ -299,6 +307,9 @@ fn a_read_answer_of_the_wrong_size_is_an_internal_error_not_data() {
         pending,
         Ok(cstor_target::scsi::IoData::Read(Bytes::from(vec![0; BS]))),
     );
+    let Completed::Respond(r) = r else {
+        panic!("{r:?}");
+    };
     assert_eq!(sense_of(&r).key, SenseKey::HardwareError);
 }
 
@@ -478,7 +489,7 @@ fn write_exclusive_reservation_blocks_other_writers_not_readers() {
 }
 
 #[test]
-fn preempt_and_abort_reports_the_victims_to_the_session_layer() {
+fn preempt_and_abort_takes_the_reservation_and_preempts_the_victims_registration() {
     let (mut lu, mut vol) = ready_unit(64);
     let (a, b) = (nexus(1), nexus(2));
     for (n, key) in [(&a, 0xa), (&b, 0xb)] {
@@ -493,8 +504,6 @@ fn preempt_and_abort_reports_the_victims_to_the_session_layer() {
     );
     let (c, p) = pr_out(5, 0x03, 0xb, 0xa);
     assert_good(&run(&mut lu, &mut vol, &b, &c, &p));
-    assert_eq!(lu.take_aborted_nexuses(), vec![a.clone()]);
-    assert!(lu.take_aborted_nexuses().is_empty());
     let s = sense_of(&run(&mut lu, &mut vol, &a, &tur(), &[]));
     assert_eq!(s.asc, Asc::REGISTRATIONS_PREEMPTED);
     assert_eq!(
@@ -502,6 +511,62 @@ fn preempt_and_abort_reports_the_victims_to_the_session_layer() {
         Status::ReservationConflict
     );
     assert_good(&run(&mut lu, &mut vol, &b, &read10(0, 1), &[]));
+}
+
+/// Registers `nexus(1)` with key 0xa and `nexus(2)` with key 0xb, and lets
+/// `nexus(1)` hold a Write Exclusive reservation.
+fn a_reserves_b_registered(lu: &mut LogicalUnit, vol: &mut MemVolume) {
+    for (n, key) in [(nexus(1), 0xa), (nexus(2), 0xb)] {
+        let (c, p) = pr_out(0, 0, 0, key);
+        assert_good(&run(lu, vol, &n, &c, &p));
+    }
+    let (c, p) = pr_out(1, 0x01, 0xa, 0);
+    assert_good(&run(lu, vol, &nexus(1), &c, &p));
+}
+
+#[test]
+fn preempt_and_abort_aborts_the_commands_the_preempted_nexus_has_in_flight() {
+    // SPC-4 §5.13.11.2.7: the preempted nexus's tasks are aborted (TAS = 0:
+    // no status for them), it gets REGISTRATIONS PREEMPTED, and the
+    // preempting nexus's own commands go on.
+    let (mut lu, mut vol) = ready_unit(64);
+    let (a, b) = (nexus(1), nexus(2));
+    a_reserves_b_registered(&mut lu, &mut vol);
+    let a_write = start_io(&mut lu, &a, &write10(0, 1), &[0xaa; BS]);
+    let a_read = start_io(&mut lu, &a, &read10(0, 1), &[]);
+    let b_read = start_io(&mut lu, &b, &read10(1, 1), &[]);
+    let (c, p) = pr_out(5, 0x01, 0xb, 0xa);
+    assert_good(&run(&mut lu, &mut vol, &b, &c, &p));
+    assert_eq!(
+        finish_io(&mut lu, &mut vol, a_write),
+        None,
+        "A's write answered"
+    );
+    assert_eq!(
+        finish_io(&mut lu, &mut vol, a_read),
+        None,
+        "A's read answered"
+    );
+    assert_good(&finish_io(&mut lu, &mut vol, b_read).unwrap());
+    let s = sense_of(&run(&mut lu, &mut vol, &a, &tur(), &[]));
+    assert_eq!(
+        (s.key, s.asc),
+        (SenseKey::UnitAttention, Asc::REGISTRATIONS_PREEMPTED)
+    );
+    // What A sends after the preemption is a new task: it is answered.
+    let later = start_io(&mut lu, &a, &read10(0, 1), &[]);
+    assert_good(&finish_io(&mut lu, &mut vol, later).unwrap());
+}
+
+#[test]
+fn plain_preempt_aborts_nothing() {
+    let (mut lu, mut vol) = ready_unit(64);
+    let (a, b) = (nexus(1), nexus(2));
+    a_reserves_b_registered(&mut lu, &mut vol);
+    let a_read = start_io(&mut lu, &a, &read10(0, 1), &[]);
+    let (c, p) = pr_out(4, 0x01, 0xb, 0xa);
+    assert_good(&run(&mut lu, &mut vol, &b, &c, &p));
+    assert_good(&finish_io(&mut lu, &mut vol, a_read).unwrap());
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Full feature phase of one connection (our sessions have exactly one:
 //! MaxConnections=1), sans-IO (RFC 7143 §3.2, §4.2.2, §11).
 //!
-//! [`FullFeature::on_pdu`] takes each decoded initiator PDU and
-//! [`FullFeature::complete`] each finished SCSI task; both return
+//! [`FullFeature::on_pdu`] takes each decoded initiator PDU,
+//! [`FullFeature::complete`] each finished SCSI task and
+//! [`FullFeature::aborted`] each task the logical unit aborted; all return
 //! [`Action`]s: PDUs to send (already numbered), tasks to execute on the
 //! logical unit, a reset of the logical unit, or "close the connection".
 //!
@@ -747,6 +748,19 @@ impl<'a> FullFeature<'a> {
                 self.reject(out, RejectReason::ProtocolError, header);
             }
         }
+    }
+
+    /// The logical unit aborted task `id` while it ran (another
+    /// initiator's PREEMPT AND ABORT preempted this session's nexus): the
+    /// task ends without a response (TAS = 0: the initiator learns of it by
+    /// the unit attention its nexus got), freeing its window slot.
+    pub fn aborted(&mut self, id: TaskId) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(&itt) = self.executing.get(&id) {
+            self.drop_task(itt);
+            self.advance_writes(&mut out);
+        }
+        out
     }
 
     /// The logical unit finished task `id`: send its data and status.

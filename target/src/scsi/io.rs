@@ -23,6 +23,8 @@
 
 use bytes::Bytes;
 
+use super::aborts::Stamp;
+
 /// A range of logical blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -146,6 +148,9 @@ pub(crate) enum Then {
 pub struct Pending {
     pub(crate) request: BlockRequest,
     pub(crate) then: Then,
+    /// Who issued it and when, set by the logical unit: whether a PREEMPT
+    /// AND ABORT aborted it meanwhile (module `aborts`).
+    pub(crate) stamp: Option<Stamp>,
 }
 
 impl Pending {

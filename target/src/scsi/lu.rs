@@ -3,7 +3,14 @@
 //! `execute(nexus, cdb, data_out)` answers at once ([`Outcome::Done`]) or
 //! asks the caller to perform one block request ([`Outcome::Io`]); the
 //! caller hands the [`Pending`] back with the result to `complete`, which
-//! answers. Nothing here does IO or blocks.
+//! answers ([`Completed::Respond`]), or says the command was aborted
+//! meanwhile by another nexus's PREEMPT AND ABORT ([`Completed::Aborted`]:
+//! no response, TAS = 0). Nothing here does IO or blocks.
+//!
+//! The caller feeds the unit the volume's state ([`VolumeState`]); the unit
+//! decides what follows: it grows with the volume, and while the volume is
+//! read-only (below quorum, invariant 3) MODE SENSE reports WP (SBC-4
+//! §6.5.1) and commands that modify the medium fail at once.
 //!
 //! Order of checks for each command (SAM-5 §5.14, SPC-4 §5.12.1):
 //! 1. a pending unit attention for the nexus (except INQUIRY, REPORT LUNS,
@@ -32,11 +39,12 @@
 
 use bytes::Bytes;
 
+use super::aborts::Aborts;
 use super::capacity;
 use super::cdb::{self, Command, Geometry};
 use super::inquiry::{self, Facts, Identity};
 use super::io::{BlockRequest, IoError, IoResult, Pending, Then};
-use super::limits::{MAX_NEXUSES, MAX_SERIAL_BYTES};
+use super::limits::MAX_SERIAL_BYTES;
 use super::medium::{self, Plan};
 use super::mode::{ModePages, ModeParams};
 use super::nexus::Nexus;
@@ -117,6 +125,29 @@ pub enum Outcome {
     Io(Pending),
 }
 
+/// How a command that needed a block request ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// Answer the initiator with this.
+    Respond(Response),
+    /// Aborted while its block request ran: another nexus's PREEMPT AND
+    /// ABORT preempted its nexus. No response goes to the initiator (TAS =
+    /// 0 in the Control mode page), and the command has no effect on the
+    /// unit beyond what the volume already did.
+    Aborted,
+}
+
+/// What the logical unit needs to know of its volume, fed by the caller
+/// whenever the volume's status changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeState {
+    /// The volume's size in logical blocks.
+    pub blocks: u64,
+    /// Below quorum, after the hold, the volume takes no writes
+    /// (docs/architecture.md, invariant 3).
+    pub read_only: bool,
+}
+
 /// One logical unit (LUN 0 of a volume's target).
 #[derive(Debug)]
 pub struct LogicalUnit {
@@ -132,7 +163,7 @@ pub struct LogicalUnit {
     reserve6_holder: Option<Nexus>,
     unit_attentions: UnitAttentions,
     reservations: Reservations,
-    aborted: Vec<Nexus>,
+    aborts: Aborts,
 }
 
 /// A command's immediate answer: data-in, or the sense of its failure.
@@ -183,7 +214,7 @@ impl LogicalUnit {
             reserve6_holder: None,
             unit_attentions: UnitAttentions::default(),
             reservations: Reservations::default(),
-            aborted: Vec::new(),
+            aborts: Aborts::default(),
         })
     }
 
@@ -199,10 +230,14 @@ impl LogicalUnit {
         self.read_only
     }
 
-    /// Below quorum the volume layer sets this; writes then fail with
-    /// DATA PROTECT / WRITE PROTECTED until it is cleared.
-    pub fn set_read_only(&mut self, read_only: bool) {
-        self.read_only = read_only;
+    /// Takes in the volume's state: the unit grows with the volume (a
+    /// smaller size is ignored: a volume never shrinks, and a status may
+    /// lag), and is write protected exactly while the volume is read-only.
+    /// Returns whether the capacity grew.
+    pub fn follow_volume(&mut self, state: VolumeState) -> bool {
+        self.read_only = state.read_only;
+        let grows = state.blocks > self.geometry.blocks;
+        grows && self.grow(state.blocks).is_ok()
     }
 
     /// Grows the capacity and raises CAPACITY DATA HAS CHANGED on every
@@ -242,12 +277,6 @@ impl LogicalUnit {
         if self.reserve6_holder.as_ref() == Some(nexus) {
             self.reserve6_holder = None;
         }
-    }
-
-    /// Nexuses whose tasks a PREEMPT AND ABORT aborted since the last call:
-    /// the session layer aborts their outstanding commands.
-    pub fn take_aborted_nexuses(&mut self) -> Vec<Nexus> {
-        std::mem::take(&mut self.aborted)
     }
 
     /// Bytes of data-out `cdb` needs; 0 when it needs none or is invalid
@@ -344,7 +373,13 @@ impl LogicalUnit {
             let sense = Sense::new(SenseKey::DataProtect, Asc::SOFTWARE_WRITE_PROTECTED);
             return Outcome::Done(self.check_condition(sense));
         }
-        self.dispatch(nexus, command, data_out)
+        match self.dispatch(nexus, command, data_out) {
+            Outcome::Io(mut pending) => {
+                pending.stamp = Some(self.aborts.stamp(nexus));
+                Outcome::Io(pending)
+            }
+            done => done,
+        }
     }
 
     fn dispatch(&mut self, nexus: &Nexus, command: Command, data_out: Bytes) -> Outcome {
@@ -450,6 +485,7 @@ impl LogicalUnit {
                     Outcome::Io(Pending {
                         request: BlockRequest::Flush,
                         then: Then::Stop,
+                        stamp: None,
                     })
                 }
             }
@@ -482,16 +518,12 @@ impl LogicalUnit {
                     .out(nexus, action, scope, pr_type, param_len, &data_out);
                 let result = match result {
                     Ok(effects) => {
+                        // The preempted nexuses' REGISTRATIONS PREEMPTED
+                        // is among these.
                         for (n, asc) in effects.unit_attentions {
                             self.unit_attentions.push(&n, asc);
                         }
-                        // Bounded: each nexus once, at most MAX_NEXUSES
-                        // until the session layer drains them.
-                        for victim in effects.aborted {
-                            if !self.aborted.contains(&victim) && self.aborted.len() < MAX_NEXUSES {
-                                self.aborted.push(victim);
-                            }
-                        }
+                        self.aborts.abort(&effects.aborted);
                         Ok(Vec::new())
                     }
                     Err(PrError::Conflict) => Err(Failure::Status(Status::ReservationConflict)),
@@ -516,8 +548,15 @@ impl LogicalUnit {
     }
 
     /// Finishes the command of `pending` with the volume's `result`.
-    pub fn complete(&mut self, pending: Pending, result: IoResult) -> Response {
-        match self.finish(pending, result) {
+    pub fn complete(&mut self, pending: Pending, result: IoResult) -> Completed {
+        let aborted = pending
+            .stamp
+            .as_ref()
+            .is_some_and(|stamp| self.aborts.is_aborted(stamp));
+        if aborted {
+            return Completed::Aborted;
+        }
+        Completed::Respond(match self.finish(pending, result) {
             Ok(response) => response,
             Err(error) => {
                 if !matches!(error, IoError::Miscompare { .. }) {
@@ -525,7 +564,7 @@ impl LogicalUnit {
                 }
                 self.check_condition(sense_for(error))
             }
-        }
+        })
     }
 
     fn finish(&mut self, pending: Pending, result: IoResult) -> Result<Response, IoError> {
@@ -553,6 +592,7 @@ pub fn sense_for(error: IoError) -> Sense {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scsi::io::IoData;
 
     fn config() -> LuConfig {
         LuConfig {
@@ -611,6 +651,103 @@ mod tests {
         assert_eq!(lu.data_out_len(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]), 4096);
         assert_eq!(lu.data_in_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 2, 0]), 8192);
         assert_eq!(lu.data_in_len(&[0x12, 0, 0, 0, 96, 0]), 96);
+    }
+
+    fn nexus(i: u8) -> Nexus {
+        Nexus::new(&format!("iqn.test:{i},i,0x400000000001"), 1)
+    }
+
+    /// Runs a command that needs no block request.
+    fn answer(lu: &mut LogicalUnit, n: &Nexus, cdb: &[u8], data: &[u8]) -> Response {
+        match lu.execute(n, cdb, Bytes::copy_from_slice(data)) {
+            Outcome::Done(r) => r,
+            Outcome::Io(p) => panic!("unexpected block request {:?}", p.request()),
+        }
+    }
+
+    /// A unit whose power-on unit attention `nexus(1)` and `nexus(2)` saw.
+    fn ready() -> LogicalUnit {
+        let mut lu = LogicalUnit::new(config()).unwrap();
+        for i in [1, 2] {
+            assert_eq!(
+                answer(&mut lu, &nexus(i), &[0; 6], &[]).status,
+                Status::CheckCondition
+            );
+        }
+        lu
+    }
+
+    fn mode_sense_wp(lu: &mut LogicalUnit) -> bool {
+        let r = answer(lu, &nexus(1), &[0x1a, 0, 0x3f, 0, 255, 0], &[]);
+        r.data_in[2] & 0x80 != 0
+    }
+
+    #[test]
+    fn mode_sense_reports_wp_and_writes_fail_exactly_while_the_volume_is_read_only() {
+        let mut lu = ready();
+        let state = |read_only| VolumeState {
+            blocks: 8,
+            read_only,
+        };
+        assert!(!mode_sense_wp(&mut lu));
+        lu.follow_volume(state(true));
+        assert!(mode_sense_wp(&mut lu));
+        let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let r = answer(&mut lu, &nexus(1), &write, &[0; 4096]);
+        let sense = Sense::decode(r.sense.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (sense.key, sense.asc),
+            (SenseKey::DataProtect, Asc::WRITE_PROTECTED)
+        );
+        lu.follow_volume(state(false));
+        assert!(!mode_sense_wp(&mut lu));
+        let write = lu.execute(&nexus(1), &write, Bytes::from(vec![0; 4096]));
+        assert!(matches!(write, Outcome::Io(_)));
+    }
+
+    #[test]
+    fn the_unit_grows_with_the_volume_and_ignores_a_smaller_size() {
+        let mut lu = ready();
+        let grown = VolumeState {
+            blocks: 16,
+            read_only: false,
+        };
+        assert!(lu.follow_volume(grown));
+        assert_eq!(lu.geometry().blocks, 16);
+        let r = answer(&mut lu, &nexus(1), &[0; 6], &[]);
+        let sense = Sense::decode(r.sense.as_deref().unwrap()).unwrap();
+        assert_eq!(sense.asc, Asc::CAPACITY_DATA_HAS_CHANGED);
+        assert!(!lu.follow_volume(grown), "the same size again");
+        assert!(!lu.follow_volume(VolumeState { blocks: 4, ..grown }));
+        assert_eq!(lu.geometry().blocks, 16);
+    }
+
+    /// PERSISTENT RESERVE OUT `action` from `n` with the two keys.
+    fn pr_out(lu: &mut LogicalUnit, n: &Nexus, action: u8, key: u64, sa_key: u64) {
+        let cdb = [0x5f, action, 0x01, 0, 0, 0, 0, 0, 24, 0];
+        let mut params = [0u8; 24];
+        params[..8].copy_from_slice(&key.to_be_bytes());
+        params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        assert_eq!(answer(lu, n, &cdb, &params).status, Status::Good);
+    }
+
+    #[test]
+    fn a_stop_aborted_by_preempt_and_abort_leaves_the_unit_started() {
+        let mut lu = ready();
+        let (a, b) = (nexus(1), nexus(2));
+        pr_out(&mut lu, &a, 0, 0, 0xa);
+        pr_out(&mut lu, &b, 0, 0, 0xb);
+        // START STOP UNIT, stop, after flushing the cache.
+        let Outcome::Io(stop) = lu.execute(&a, &[0x1b, 0, 0, 0, 0, 0], Bytes::new()) else {
+            panic!("a stop flushes first");
+        };
+        pr_out(&mut lu, &b, 5, 0xb, 0xa);
+        assert_eq!(lu.complete(stop, Ok(IoData::Done)), Completed::Aborted);
+        assert_eq!(
+            answer(&mut lu, &b, &[0; 6], &[]).status,
+            Status::Good,
+            "not stopped"
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ pub(crate) enum Plan {
 }
 
 fn io(request: BlockRequest, then: Then) -> Plan {
-    Plan::Io(Pending { request, then })
+    Plan::Io(Pending {
+        request,
+        then,
+        stamp: None,
+    })
 }
 
 /// Plans a medium command; gives any other command back.

@@ -14,8 +14,10 @@
 //! counts every change of registrations (wrapping, as SPC-4 allows).
 //!
 //! PREEMPT AND ABORT also aborts the preempted nexuses' tasks: this core has
-//! no task set, so it reports those nexuses in [`PrEffects::aborted`] and
-//! the session layer aborts their outstanding commands.
+//! no task set, so it reports those nexuses in [`PrEffects::aborted`], and
+//! the logical unit aborts the commands they have in flight (module
+//! `aborts`: no status for them, TAS = 0); like PREEMPT, it gives them
+//! REGISTRATIONS PREEMPTED.
 
 use super::cdb::Access;
 use super::limits::MAX_PR_REGISTRATIONS;

@@ -8,8 +8,10 @@
 //! block IO runs in its own tokio task so that many commands are in flight
 //! (bounded by the session's command window). Each task goes out with the
 //! [`TaskId`] the session core gave it and its completion comes back with
-//! it: which completions are dropped (aborted tasks) is the core's
-//! decision, and this shell keeps no task state of its own.
+//! it: which completions are dropped is the cores' decision (the session
+//! core's for tasks a task management function aborted, the logical
+//! unit's for tasks another initiator's PREEMPT AND ABORT aborted, on
+//! whichever connection they run), and this shell keeps no task state.
 //!
 //! A session whose initiator leaves the allowlist
 //! ([`crate::iscsi::access`]) is closed at once: no command of it is
@@ -36,7 +38,7 @@ use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
 use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
 use crate::iscsi::pdu::Pdu;
 use crate::iscsi::session::{Action, FullFeature, ResetKind, Task, TaskId, TaskResult};
-use crate::scsi::{respond_without_lu, Nexus, Outcome, Pending, Response};
+use crate::scsi::{respond_without_lu, Completed, Nexus, Outcome, Pending, Response};
 
 /// A connection must finish logging in within this.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,11 +214,7 @@ async fn full_feature(
                     warn!(error = %rejected, "rejecting a PDU");
                     ff.on_rejected(rejected.reason, &rejected.header)
                 }
-                Event::Finished(Some(f)) => {
-                    let response = shared.lu.lock().complete(f.pending, f.result);
-                    let result = task_result(shared, &f.cdb, response);
-                    ff.complete(f.id, result)
-                }
+                Event::Finished(Some(f)) => finish(shared, &mut ff, f),
                 Event::Finished(None) => Vec::new(),
                 Event::Tick => match keepalive.poll(now_ms()) {
                     KeepaliveAction::Wait { .. } => Vec::new(),
@@ -289,6 +287,17 @@ fn ready_event<S: futures::Stream + Unpin>(
         return Some(Event::Finished(Some(f)));
     }
     stream.next().now_or_never().map(Event::Frame)
+}
+
+/// A task's block IO is done: the logical unit finishes its command and
+/// the session core answers it, or ends it silently when the logical unit
+/// says it was aborted meanwhile (another initiator's PREEMPT AND ABORT).
+fn finish(shared: &Shared, ff: &mut FullFeature<'_>, f: Finished) -> Vec<Action> {
+    let completed = shared.lu.lock().complete(f.pending, f.result);
+    match completed {
+        Completed::Respond(response) => ff.complete(f.id, task_result(shared, &f.cdb, response)),
+        Completed::Aborted => ff.aborted(f.id),
+    }
 }
 
 /// Starts a task: answered at once (`Some`), or its block IO spawned and

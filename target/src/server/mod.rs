@@ -4,9 +4,12 @@
 //! One [`LogicalUnit`] (LUN 0) is shared by every session of the target (its
 //! unit attentions and reservations are per I_T nexus); its block requests
 //! go to the [`Volume`]. Connections run in their own tasks ([`conn`]).
-//! When the volume grows (a resize acknowledged at quorum) the LU grows
-//! with it and raises CAPACITY DATA HAS CHANGED (SPC-4 §5.14,
-//! SBC-3 §4.7) on every nexus, so initiators re-read the capacity.
+//! The volume's state reaches the LU from the volume's status (size and
+//! read-only, [`VolumeState`]); the LU decides what follows: when the
+//! volume grows (a resize acknowledged at quorum) it grows with it and
+//! raises CAPACITY DATA HAS CHANGED (SPC-4 §5.14, SBC-3 §4.7) on every
+//! nexus, so initiators re-read the capacity; while the volume is
+//! read-only (below quorum) MODE SENSE reports it write protected.
 
 pub mod block;
 pub mod conn;
@@ -19,14 +22,15 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::iscsi::login::TargetConfig;
 use crate::metrics::TargetMetrics;
-use crate::scsi::{BlockSize, Identity, LogicalUnit, LuConfig, LuError};
-use crate::volume::Volume;
+use crate::scsi::{BlockSize, Identity, LogicalUnit, LuConfig, LuError, VolumeState};
+use crate::volume::{Volume, VolumeStatus};
 use block::WriteGate;
 
 /// Connections served at once; more are closed at accept.
@@ -122,7 +126,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// Accepts and serves connections until `shutdown`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
-    connections.spawn(follow_size(Arc::clone(&shared), shutdown.clone()));
+    connections.spawn(follow_volume(Arc::clone(&shared), shutdown.clone()));
     info!(
         portal = ?listener.local_addr().ok(),
         target = %shared.config.target_name,
@@ -158,21 +162,35 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
 }
 
-/// Grows the logical unit whenever the volume's size grows, until
-/// `shutdown` or the volume closes.
-async fn follow_size(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut status = shared.volume.subscribe();
-    let block_size = u64::from(shared.block_size.max(1));
+/// Feeds the logical unit the volume's state whenever the volume's status
+/// changes, until `shutdown` or the volume closes.
+async fn follow_volume(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let status = shared.volume.subscribe();
+    feed_volume_status(status, &shared.lu, shared.block_size, shutdown).await;
+}
+
+/// Tells `lu` the volume's state from every status `status` publishes
+/// (blocks of `block_size` bytes); what follows is the unit's decision.
+async fn feed_volume_status(
+    mut status: watch::Receiver<VolumeStatus>,
+    lu: &Mutex<LogicalUnit>,
+    block_size: u32,
+    shutdown: CancellationToken,
+) {
+    let block_size = u64::from(block_size.max(1));
     loop {
-        let blocks = status.borrow_and_update().size_bytes / block_size;
-        {
-            let mut lu = shared.lu.lock();
-            if blocks > lu.geometry().blocks {
-                match lu.grow(blocks) {
-                    Ok(()) => info!(blocks, "volume grew: capacity data has changed"),
-                    Err(e) => warn!(error = %e, "cannot grow the logical unit"),
-                }
+        let state = {
+            let status = status.borrow_and_update();
+            VolumeState {
+                blocks: status.size_bytes / block_size,
+                read_only: status.read_only,
             }
+        };
+        if lu.lock().follow_volume(state) {
+            info!(
+                blocks = state.blocks,
+                "volume grew: capacity data has changed"
+            );
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -182,3 +200,6 @@ async fn follow_size(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use cstor_target::scsi::{
-    BlockRequest, BlockSize, Extent, Identity, IoData, IoError, LbaStatusExtent, LogicalUnit,
-    LuConfig, Nexus, Outcome, Provisioning, Response, Sense, Status,
+    BlockRequest, BlockSize, Completed, Extent, Identity, IoData, IoError, LbaStatusExtent,
+    LogicalUnit, LuConfig, Nexus, Outcome, Pending, Provisioning, Response, Sense, Status,
 };
 
 pub const BS: usize = 512;
@@ -143,10 +143,26 @@ pub fn run(
 ) -> Response {
     match lu.execute(n, cdb, Bytes::copy_from_slice(data)) {
         Outcome::Done(r) => r,
-        Outcome::Io(pending) => {
-            let result = vol.perform(pending.request());
-            lu.complete(pending, result)
-        }
+        Outcome::Io(pending) => finish_io(lu, vol, pending).expect("not aborted"),
+    }
+}
+
+/// Starts `cdb` from `n`: the block request it needs, to be finished later
+/// with [`finish_io`] (as the shell does while the volume works on it).
+pub fn start_io(lu: &mut LogicalUnit, n: &Nexus, cdb: &[u8], data: &[u8]) -> Pending {
+    match lu.execute(n, cdb, Bytes::copy_from_slice(data)) {
+        Outcome::Io(pending) => pending,
+        Outcome::Done(r) => panic!("expected a block request, got {r:?}"),
+    }
+}
+
+/// Performs `pending` on `vol` and finishes it: the response to send, or
+/// `None` when the command was aborted meanwhile and gets none.
+pub fn finish_io(lu: &mut LogicalUnit, vol: &mut MemVolume, pending: Pending) -> Option<Response> {
+    let result = vol.perform(pending.request());
+    match lu.complete(pending, result) {
+        Completed::Respond(r) => Some(r),
+        Completed::Aborted => None,
     }
 }
 

@@ -675,3 +675,21 @@ fn after_a_lun_reset_reused_itts_get_their_own_answers_and_the_reset_tasks_none(
     );
     assert_eq!(ff.live_tasks(), 0);
 }
+
+#[test]
+fn a_task_the_logical_unit_aborted_ends_without_an_answer_and_frees_its_window_slot() {
+    // Another initiator's PREEMPT AND ABORT: TAS = 0, no status at all.
+    let cfg = TargetConfig {
+        queue_depth: 1,
+        ..TargetConfig::for_volume("v")
+    };
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let task = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 512, vec![])));
+    assert!(ff.aborted(task.id).is_empty());
+    assert_eq!(ff.live_tasks(), 0);
+    assert!(finish(&mut ff, &task, good(vec![1; 512])).is_empty());
+    assert!(ff.aborted(task.id).is_empty(), "twice is harmless");
+    let next = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN + 1, true, false, 512, vec![])));
+    let a = finish(&mut ff, &next, good(vec![2; 512]));
+    assert_eq!(data_in_of(&a, 1), vec![2; 512]);
+}
