@@ -115,11 +115,15 @@ fn sense(outcome: &ScsiOutcome) -> Option<(u8, u8, u8)> {
     }
 }
 
+/// When (since the poller started) the target reported which state for
+/// each replica.
+type Samples = Vec<(Duration, Vec<String>)>;
+
 /// The target's view of each replica over time, polled with `cstor ctl
 /// --json status` on a thread of its own.
 struct StatePoller {
     stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<(Duration, Vec<String>)>>>,
+    samples: Arc<Mutex<Samples>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -146,7 +150,7 @@ impl StatePoller {
         }
     }
 
-    fn finish(self) -> Vec<(Duration, Vec<String>)> {
+    fn finish(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
         std::mem::take(&mut *self.samples.lock().unwrap())
