@@ -80,6 +80,7 @@ fn error_kind(error: &IoError) -> &'static str {
         IoError::ReadError => "read_error",
         IoError::WriteError => "write_error",
         IoError::WriteProtected => "write_protected",
+        IoError::SpaceAllocationFailed => "no_space",
         IoError::NotReady => "not_ready",
         IoError::Miscompare { .. } => "miscompare",
         IoError::Internal => "internal",

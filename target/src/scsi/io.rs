@@ -110,6 +110,10 @@ pub enum IoError {
     /// invariant 3).
     #[error("volume is read-only")]
     WriteProtected,
+    /// Fewer than CF replicas could allocate for the write: the volume is
+    /// out of space (docs/failure-behaviour.md, "Replicas run out of space").
+    #[error("space allocation failed")]
+    SpaceAllocationFailed,
     #[error("volume not ready")]
     NotReady,
     #[error("miscompare at byte {offset_bytes}")]

@@ -583,6 +583,7 @@ pub fn sense_for(error: IoError) -> Sense {
         IoError::ReadError => Sense::new(SenseKey::MediumError, Asc::UNRECOVERED_READ_ERROR),
         IoError::WriteError => Sense::new(SenseKey::MediumError, Asc::WRITE_ERROR),
         IoError::WriteProtected => Sense::write_protected(),
+        IoError::SpaceAllocationFailed => Sense::space_allocation_failed(),
         IoError::NotReady => Sense::new(SenseKey::NotReady, Asc::NOT_READY),
         IoError::Miscompare { offset_bytes } => Sense::miscompare(offset_bytes),
         IoError::Internal => Sense::new(SenseKey::HardwareError, Asc::INTERNAL_TARGET_FAILURE),
@@ -757,6 +758,7 @@ mod tests {
             (IoError::ReadError, SenseKey::MediumError),
             (IoError::WriteError, SenseKey::MediumError),
             (IoError::WriteProtected, SenseKey::DataProtect),
+            (IoError::SpaceAllocationFailed, SenseKey::DataProtect),
             (IoError::NotReady, SenseKey::NotReady),
             (
                 IoError::Miscompare { offset_bytes: 1 },

@@ -138,7 +138,8 @@ pub async fn perform(
 fn map_error(err: VolumeError) -> IoError {
     match err {
         VolumeError::OutOfRange => IoError::LbaOutOfRange,
-        VolumeError::ReadOnly { .. } | VolumeError::NoSpace => IoError::WriteProtected,
+        VolumeError::ReadOnly { .. } => IoError::WriteProtected,
+        VolumeError::NoSpace => IoError::SpaceAllocationFailed,
         VolumeError::Unavailable | VolumeError::Fenced => IoError::NotReady,
         VolumeError::Refused(_) => IoError::Internal,
     }
