@@ -5,14 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::Args;
 use cstor_mgmt::metrics_http;
+use cstor_mgmt::size::parse_size;
 use tokio_util::sync::CancellationToken;
 
 use crate::iscsi::access::{Allowlist, InitiatorAccess};
+use crate::iscsi::budget::BufferLimits;
 use crate::iscsi::chap::{ChapConfig, Credentials};
 use crate::iscsi::login::{target_name_for, TargetConfig};
+use crate::limits::{
+    MAX_COMMAND_DATA_BYTES, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE,
+    MAX_CONNECTION_BUFFER_BYTES, MAX_TARGET_BUFFER_BYTES,
+};
 use crate::mgmt;
+use crate::server::admit::ConnectionLimits;
 use crate::server::{self, Shared};
 use crate::volume::{Volume, VolumeSpec};
 
@@ -96,6 +104,27 @@ pub struct TargetArgs {
     #[arg(long, env = "CSTOR_TARGET_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
+    /// IO data all connections may hold at once (read data not yet queued
+    /// to a socket, write data not yet completed by the volume), e.g.
+    /// 256MiB; past it commands wait and TCP pushes back.
+    #[arg(long, env = "CSTOR_MAX_BUFFERED_BYTES", value_parser = parse_size,
+          default_value_t = MAX_TARGET_BUFFER_BYTES)]
+    pub max_buffered_bytes: u64,
+    /// IO data one connection may hold at once (at least 16MiB, the
+    /// largest command, and at most --max-buffered-bytes).
+    #[arg(long, env = "CSTOR_MAX_BUFFERED_BYTES_PER_CONNECTION", value_parser = parse_size,
+          default_value_t = MAX_CONNECTION_BUFFER_BYTES)]
+    pub max_buffered_bytes_per_connection: u64,
+    /// iSCSI connections served at once; more are closed at accept.
+    #[arg(long, env = "CSTOR_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_connections: usize,
+    /// iSCSI connections served at once from one source IP address
+    /// (logged in or not); more are closed at accept.
+    #[arg(long, env = "CSTOR_MAX_CONNECTIONS_PER_SOURCE",
+          default_value_t = MAX_CONNECTIONS_PER_SOURCE,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_connections_per_source: usize,
 }
 
 /// Why `cstor target` could not start.
@@ -116,6 +145,11 @@ pub enum TargetError {
     Mgmt(#[from] mgmt::MgmtError),
     #[error(transparent)]
     Metrics(#[from] cstor_mgmt::metrics_http::MetricsHttpError),
+    #[error("--max-buffered-bytes-per-connection {per_connection} must be at least {MAX_COMMAND_DATA_BYTES} (the largest command) and at most --max-buffered-bytes {per_target}")]
+    BufferBounds {
+        per_connection: u64,
+        per_target: u64,
+    },
 }
 
 impl TargetArgs {
@@ -160,7 +194,31 @@ impl TargetArgs {
         config.allowed_initiators = InitiatorAccess::new(self.allowlist()?);
         config.chap = self.chap()?;
         config.queue_depth = self.queue_depth;
+        config.buffers = self.buffers()?;
         Ok(config)
+    }
+
+    /// The buffer bounds: a connection's must hold the largest command and
+    /// fit in the target's.
+    fn buffers(&self) -> Result<BufferLimits, TargetError> {
+        let (per_connection, per_target) = (
+            self.max_buffered_bytes_per_connection,
+            self.max_buffered_bytes,
+        );
+        if per_connection < u64::from(MAX_COMMAND_DATA_BYTES) || per_connection > per_target {
+            return Err(TargetError::BufferBounds {
+                per_connection,
+                per_target,
+            });
+        }
+        Ok(BufferLimits::new(per_connection, per_target))
+    }
+
+    fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            total: self.max_connections,
+            per_source: self.max_connections_per_source,
+        }
     }
 }
 
@@ -194,7 +252,12 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
             source,
         })?,
     };
-    let shared = Arc::new(Shared::new(config, volume.clone(), &args.volume)?);
+    let shared = Arc::new(Shared::with_connection_limits(
+        config,
+        volume.clone(),
+        &args.volume,
+        args.connection_limits(),
+    )?);
     if let Some(listener) = metrics_listener {
         let (metrics, volume) = (Arc::clone(&shared.metrics), volume.clone());
         let render: metrics_http::Render = Arc::new(move || metrics.render(&volume.status()));

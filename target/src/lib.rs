@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod iscsi;
+pub mod limits;
 pub mod metrics;
 pub mod mgmt;
 pub mod scsi;

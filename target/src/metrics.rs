@@ -4,6 +4,9 @@
 //! - counters and latency histograms kept at the SCSI → volume boundary
 //!   (`server::block::perform_measured`): one count per block request
 //!   the logical unit hands to the volume, by operation;
+//! - the bounds of what peers can make the target hold
+//!   ([`crate::limits`]): the IO data buffered now against its bound, the
+//!   connections open and those refused by the connection caps;
 //! - gauges read from the volume's status ([`VolumeStatus`], the same
 //!   snapshot the management API's GetStatus shows) at each scrape, and
 //!   the rebuild byte counter, the status's per-replica `rebuilt_bytes`
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use cstor_mgmt::exposition::{Exposition, Histogram, MetricType, LATENCY_BUCKETS_SECONDS};
 
+use crate::iscsi::budget::BufferLimits;
 use crate::scsi::{BlockRequest, IoError};
 use crate::volume::{ReplicaState, VolumeStatus};
 
@@ -116,11 +120,41 @@ impl OpStats {
     }
 }
 
+/// Why a connection was closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its source address had `--max-connections-per-source` open.
+    PerSource,
+    /// The target had `--max-connections` open.
+    Total,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::PerSource => "per_source",
+            Refusal::Total => "total",
+        }
+    }
+}
+
+/// The bounds the target was started with, exported as gauges.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub buffers: BufferLimits,
+    pub connections: usize,
+    pub connections_per_source: usize,
+}
+
 /// The metrics of one target (one volume).
 #[derive(Debug)]
 pub struct TargetMetrics {
     volume: String,
     ops: [OpStats; IoOp::ALL.len()],
+    bounds: Option<Bounds>,
+    connections_open: AtomicU64,
+    /// By [`Refusal`]: per source, total.
+    refused: [AtomicU64; 2],
 }
 
 impl TargetMetrics {
@@ -128,6 +162,40 @@ impl TargetMetrics {
         TargetMetrics {
             volume: volume.into(),
             ops: std::array::from_fn(|_| OpStats::new()),
+            bounds: None,
+            connections_open: AtomicU64::new(0),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Exports `bounds` (and the buffered bytes of its budget) too.
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.bounds = Some(bounds);
+        self
+    }
+
+    /// A connection was admitted.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An admitted connection ended.
+    pub fn connection_closed(&self) {
+        let _ = self
+            .connections_open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// A connection was closed at accept.
+    pub fn connection_refused(&self, why: Refusal) {
+        let at = match why {
+            Refusal::PerSource => 0,
+            Refusal::Total => 1,
+        };
+        if let Some(count) = self.refused.get(at) {
+            count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -158,6 +226,7 @@ impl TargetMetrics {
     pub fn render(&self, status: &VolumeStatus) -> String {
         let mut out = Exposition::new();
         self.render_io(&mut out);
+        self.render_bounds(&mut out);
         render_status(&mut out, &self.volume, status);
         self.render_rebuild(&mut out, status);
         out.finish()
@@ -224,6 +293,61 @@ impl TargetMetrics {
                     &[("volume", v), ("op", op.as_str())],
                 );
             }
+        }
+    }
+
+    fn render_bounds(&self, out: &mut Exposition) {
+        let v = [("volume", self.volume.as_str())];
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            out.family(name, MetricType::Gauge, help);
+            out.sample(name, &v, value);
+        };
+        gauge(
+            "cstor_target_connections",
+            "iSCSI connections open (logging in or logged in).",
+            self.connections_open.load(Ordering::Relaxed),
+        );
+        if let Some(b) = &self.bounds {
+            gauge(
+                "cstor_target_buffered_bytes",
+                "IO data the target's connections hold now (read data not yet queued to the socket, write data not yet completed by the volume).",
+                b.buffers.target.used(),
+            );
+            gauge(
+                "cstor_target_buffered_bytes_limit",
+                "Bound of cstor_target_buffered_bytes (--max-buffered-bytes).",
+                b.buffers.target.limit(),
+            );
+            gauge(
+                "cstor_target_connection_buffered_bytes_limit",
+                "IO data one connection may hold (--max-buffered-bytes-per-connection).",
+                b.buffers.per_connection,
+            );
+            gauge(
+                "cstor_target_connections_limit",
+                "Connections served at once (--max-connections).",
+                b.connections as u64,
+            );
+            gauge(
+                "cstor_target_connections_per_source_limit",
+                "Connections served at once from one source address (--max-connections-per-source).",
+                b.connections_per_source as u64,
+            );
+        }
+        out.family(
+            "cstor_target_connections_refused_total",
+            MetricType::Counter,
+            "Connections closed at accept, by the cap they were over.",
+        );
+        for (why, count) in [Refusal::PerSource, Refusal::Total]
+            .into_iter()
+            .zip(&self.refused)
+        {
+            out.sample(
+                "cstor_target_connections_refused_total",
+                &[("volume", self.volume.as_str()), ("reason", why.as_str())],
+                count.load(Ordering::Relaxed),
+            );
         }
     }
 

@@ -270,6 +270,11 @@ impl TargetProcess {
             let _ = child.wait();
         }
     }
+
+    /// The process id (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
 }
 
 impl Drop for TargetProcess {
@@ -848,6 +853,30 @@ impl IscsiSession {
     pub async fn write(&mut self, lba: u64, data: Bytes) -> std::io::Result<ScsiOutcome> {
         let blocks = u32::try_from(data.len() / self.block_size as usize).unwrap();
         self.run(rw16(0x8a, lba, blocks), 0, data).await
+    }
+
+    /// Sends READ(16) of `blocks` blocks at `lba` without waiting for
+    /// (or ever reading) its Data-In: what an abusive initiator does.
+    pub async fn send_read(&mut self, lba: u64, blocks: u32) -> std::io::Result<()> {
+        use cstor_target::iscsi::pdu::{Pdu, ScsiCommand, TaskAttr};
+        let itt = self.itt();
+        let command = ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: true,
+            write: false,
+            attr: TaskAttr::Simple,
+            lun: 0,
+            itt,
+            expected_data_len: blocks * self.block_size,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: Bytes::copy_from_slice(&rw16(0x88, lba, blocks)),
+            bidi_read_len: None,
+            data: Bytes::new(),
+        };
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        self.send(&Pdu::ScsiCommand(command)).await
     }
 
     /// READ(16) of `blocks` blocks at `lba`.

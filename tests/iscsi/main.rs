@@ -7,5 +7,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod abuse;
 mod iscsi_conformance;
 mod iscsi_wire;

@@ -29,6 +29,7 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 
 use super::access::InitiatorAccess;
+use super::budget::BufferLimits;
 use super::chap::{ChapChallenge, ChapConfig, ChapError, ChapReply};
 use super::codec::FullFeatureConfig;
 use super::limits::{MAX_ISCSI_NAME_BYTES, MAX_LOGIN_EXCHANGES, MAX_QUEUE_DEPTH};
@@ -145,6 +146,9 @@ pub struct TargetConfig {
     /// Commands the session accepts ahead of ExpCmdSN: MaxCmdSN = ExpCmdSN +
     /// queue_depth - 1 (RFC 7143 §4.2.2.1).
     pub queue_depth: u32,
+    /// The byte budgets of IO data held by one connection and by the whole
+    /// target ([`crate::iscsi::budget`]); clones share the target's.
+    pub buffers: BufferLimits,
 }
 
 /// The default target name of a volume: `iqn.2016-09.com.openebs.cstor:NAME`.
@@ -165,6 +169,7 @@ impl TargetConfig {
             discovery_chap: None,
             limits: TargetLimits::default(),
             queue_depth: 32,
+            buffers: BufferLimits::default(),
         }
     }
 }

@@ -13,8 +13,9 @@
 //!   CmdSN window, R2T/Data-Out/Data-In sequencing, NOP pings, Text
 //!   Requests (SendTargets), and the full feature phase tying them up.
 //!
-//! Every bound lives in [`limits`]. No module here touches a socket or a
-//! clock: a thin connection shell feeds bytes, PDUs and times in and sends
+//! Every bound lives in [`limits`] (the target's [`crate::limits`]); the
+//! byte budgets that bound the IO data a connection and the target hold
+//! are [`budget`]. No module here touches a socket or a clock: a thin connection shell feeds bytes, PDUs and times in and sends
 //! what comes out:
 //!
 //! ```text
@@ -28,6 +29,7 @@
 
 pub mod access;
 pub mod bhs;
+pub mod budget;
 pub mod chap;
 pub mod codec;
 pub mod digest;

@@ -17,8 +17,16 @@
 //! - every command goes through the CmdSN window ([`CmdWindow`]): out of
 //!   window it is dropped silently, in window it runs in CmdSN order;
 //! - StatSN advances once per status-bearing PDU ([`Pdu::stamp`]);
-//! - write data is only solicited within `MAX_WRITE_BUFFER_BYTES` per
-//!   connection, and no command moves more than `MAX_COMMAND_DATA_BYTES`;
+//! - the data of the connection's commands is bounded by two byte budgets
+//!   ([`super::budget`]): the connection's and the target's. A command
+//!   that moves data takes its length from both before it holds any (a
+//!   write before its R2Ts, a read before it is executed) and gives it back
+//!   when it holds none (a write once completed; a read once the shell
+//!   queued its Data-In to the socket, [`FullFeature::data_in_sent`]; any
+//!   command when aborted, and all at once when the connection ends).
+//!   Commands short of budget wait in arrival order, holding their window
+//!   slot, so the window closes instead of the target buffering more; no
+//!   command moves more than `MAX_COMMAND_DATA_BYTES`;
 //! - the number of live tasks is bounded by the window depth plus
 //!   `MAX_IMMEDIATE_COMMANDS`;
 //! - a discovery session accepts only Text, NOP-Out and Logout (§4.3);
@@ -40,9 +48,10 @@ use bytes::{Bytes, BytesMut};
 use foldhash::HashMap;
 
 use super::bhs::Bhs;
+use super::budget::BufferLimits;
 use super::discovery::{TextContext, TextExchange};
 use super::keepalive::answer_ping;
-use super::limits::{MAX_COMMAND_DATA_BYTES, MAX_WRITE_BUFFER_BYTES};
+use super::limits::MAX_COMMAND_DATA_BYTES;
 use super::login::{LoggedIn, SessionType, TargetConfig};
 use super::pdu::{
     opcode, tmf_response, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t,
@@ -155,12 +164,13 @@ pub enum Action {
 
 #[derive(Debug)]
 enum TaskState {
-    /// Write data still arriving.
+    /// A command without write data waiting for buffer budget before it
+    /// is executed.
+    Queued,
+    /// Write data still arriving (its R2Ts wait for buffer budget).
     Receiving {
         transfer: WriteTransfer,
         buffer: BytesMut,
-        /// R2Ts wait for buffer budget.
-        budgeted: bool,
         /// Some of the data failed its digest: fail the task once the
         /// transfer completes.
         corrupt: bool,
@@ -180,7 +190,19 @@ struct LiveTask {
     /// Data-In expected: EDTL of a read, the bidirectional read length of a
     /// write with the R bit.
     expected_in: u32,
+    /// It took its budget ([`LiveTask::need`] clamped to the connection's
+    /// bound): `held` bytes of it are still held.
+    granted: bool,
+    held: u64,
     state: TaskState,
+}
+
+impl LiveTask {
+    /// The buffer budget the task takes: its write data and its Data-In.
+    fn need(&self) -> u64 {
+        let data_in = if self.write { self.expected_in } else { 0 };
+        u64::from(self.expected_len) + u64::from(data_in)
+    }
 }
 
 /// Full feature phase state of one connection.
@@ -194,9 +216,16 @@ pub struct FullFeature<'a> {
     /// The ITT of each task the logical unit has, by task id.
     executing: HashMap<TaskId, u32>,
     next_task_id: u64,
-    /// Writes waiting for buffer budget, oldest first.
+    /// Commands waiting for buffer budget, oldest first.
     waiting: VecDeque<u32>,
-    buffered_bytes: u32,
+    buffers: BufferLimits,
+    /// Bytes of budget the connection holds (taken from the target's too):
+    /// its tasks' and its Data-In not yet sent.
+    held: u64,
+    /// Of `held`, Data-In handed to the shell and not yet reported sent.
+    unsent: u64,
+    /// The oldest waiting command found the target's budget short.
+    short_of_target_budget: bool,
     text: TextExchange,
     next_ttt: u32,
     closing: bool,
@@ -214,7 +243,10 @@ impl<'a> FullFeature<'a> {
             executing: HashMap::default(),
             next_task_id: 0,
             waiting: VecDeque::new(),
-            buffered_bytes: 0,
+            buffers: cfg.buffers.clone(),
+            held: 0,
+            unsent: 0,
+            short_of_target_budget: false,
             text: TextExchange::new(),
             next_ttt: 0,
             closing: false,
@@ -229,6 +261,46 @@ impl<'a> FullFeature<'a> {
     /// Live tasks (received and not completed or aborted).
     pub fn live_tasks(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Bytes of buffer budget the connection holds now.
+    pub fn held_bytes(&self) -> u64 {
+        self.held
+    }
+
+    /// Commands wait for the target's budget: retry ([`Self::budget_freed`])
+    /// once some is given back ([`super::budget::ByteBudget::subscribe`]).
+    pub fn waits_for_target_budget(&self) -> bool {
+        self.short_of_target_budget && !self.waiting.is_empty()
+    }
+
+    /// Budget was given back somewhere in the target: the commands waiting
+    /// for it go on if it is enough now.
+    pub fn budget_freed(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.advance_writes(&mut out);
+        out
+    }
+
+    /// The shell queued `bytes` of Data-In (the data segment of a
+    /// [`Pdu::DataIn`] it got from [`Self::complete`]) to the socket: their
+    /// budget is given back, which may let waiting commands go on.
+    pub fn data_in_sent(&mut self, bytes: usize) -> Vec<Action> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX).min(self.unsent);
+        self.unsent -= bytes;
+        self.give_back(bytes);
+        let mut out = Vec::new();
+        if bytes > 0 && !self.waiting.is_empty() {
+            self.advance_writes(&mut out);
+        }
+        out
+    }
+
+    /// Gives `bytes` of the connection's budget back, to the target's too.
+    fn give_back(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.held);
+        self.held -= bytes;
+        self.buffers.target.give_back(bytes);
     }
 
     /// Numbers and queues one target PDU.
@@ -455,15 +527,10 @@ impl<'a> FullFeature<'a> {
     /// a completion of it that comes later is dropped.
     fn drop_task(&mut self, itt: u32) {
         if let Some(t) = self.tasks.remove(&itt) {
-            match t.state {
-                TaskState::Receiving { budgeted: true, .. } => {
-                    self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
-                }
-                TaskState::Receiving { .. } => {}
-                TaskState::Executing(id) => {
-                    self.executing.remove(&id);
-                }
+            if let TaskState::Executing(id) = t.state {
+                self.executing.remove(&id);
             }
+            self.give_back(t.held);
             self.waiting.retain(|w| *w != itt);
             self.window.finish(t.immediate);
         }
@@ -584,9 +651,20 @@ impl<'a> FullFeature<'a> {
             self.window.finish(c.immediate);
             self.reject(out, RejectReason::ProtocolError, &header);
         } else {
-            let id = self.next_task_id();
-            let task = live_task(&c, TaskState::Executing(id));
-            self.execute(out, c.itt, id, task, Bytes::new());
+            let task = live_task(&c, TaskState::Queued);
+            if task.need() == 0 {
+                // Moves no data: nothing to wait for.
+                let id = self.next_task_id();
+                let task = LiveTask {
+                    state: TaskState::Executing(id),
+                    ..task
+                };
+                self.execute(out, c.itt, id, task, Bytes::new());
+                return;
+            }
+            self.tasks.insert(c.itt, task);
+            self.waiting.push_back(c.itt);
+            self.advance_writes(out);
         }
     }
 
@@ -614,31 +692,50 @@ impl<'a> FullFeature<'a> {
             transfer,
             buffer,
             corrupt: false,
-            budgeted: false,
         };
         self.tasks.insert(c.itt, live_task(&c, state));
         self.waiting.push_back(c.itt);
         self.advance_writes(out);
     }
 
-    /// Sends R2Ts for writes that have budget, and executes completed
-    /// writes.
+    /// Grants budget to waiting commands in arrival order (executing the
+    /// reads that got it), sends R2Ts for writes that have budget, and
+    /// executes completed writes.
     fn advance_writes(&mut self, out: &mut Vec<Action>) {
-        // Grant budget in arrival order.
+        self.short_of_target_budget = false;
+        let mut granted_reads = Vec::new();
         while let Some(&itt) = self.waiting.front() {
             let Some(t) = self.tasks.get_mut(&itt) else {
                 self.waiting.pop_front();
                 continue;
             };
-            let need = t.expected_len;
-            if self.buffered_bytes.saturating_add(need) > MAX_WRITE_BUFFER_BYTES {
+            // A command larger than the connection's bound counts as the
+            // whole bound (and so runs alone): it could never run else.
+            let need = t.need().min(self.buffers.per_connection);
+            if self.held.saturating_add(need) > self.buffers.per_connection {
                 break;
             }
-            if let TaskState::Receiving { budgeted, .. } = &mut t.state {
-                *budgeted = true;
+            if !self.buffers.target.try_take(need) {
+                self.short_of_target_budget = true;
+                break;
             }
-            self.buffered_bytes += need;
+            self.held += need;
+            t.granted = true;
+            t.held = need;
+            if matches!(t.state, TaskState::Queued) {
+                granted_reads.push(itt);
+            }
             self.waiting.pop_front();
+        }
+        for itt in granted_reads {
+            if let Some(t) = self.tasks.remove(&itt) {
+                let id = self.next_task_id();
+                let t = LiveTask {
+                    state: TaskState::Executing(id),
+                    ..t
+                };
+                self.execute(out, itt, id, t, Bytes::new());
+            }
         }
         let mut itts: Vec<u32> = self.tasks.keys().copied().collect();
         itts.sort_unstable();
@@ -655,10 +752,10 @@ impl<'a> FullFeature<'a> {
         let Some(t) = self.tasks.get_mut(&itt) else {
             return;
         };
+        let granted = t.granted;
         if let TaskState::Receiving {
             transfer,
             buffer,
-            budgeted,
             corrupt,
         } = &mut t.state
         {
@@ -666,7 +763,7 @@ impl<'a> FullFeature<'a> {
                 failed = true;
             } else if transfer.is_complete() {
                 done = Some(std::mem::take(buffer).freeze());
-            } else if *budgeted {
+            } else if granted {
                 r2ts = transfer.next_r2ts(|| next_tag(&mut next));
             }
         }
@@ -708,9 +805,7 @@ impl<'a> FullFeature<'a> {
             let Some(mut t) = self.tasks.remove(&itt) else {
                 return;
             };
-            if let TaskState::Receiving { budgeted: true, .. } = t.state {
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(t.expected_len);
-            }
+            // Its budget stays taken until the volume completed it.
             self.waiting.retain(|w| *w != itt);
             let id = self.next_task_id();
             t.state = TaskState::Executing(id);
@@ -774,12 +869,24 @@ impl<'a> FullFeature<'a> {
         let Some(task) = self.tasks.get(&itt) else {
             return out;
         };
-        let (lun, write, expected_len, expected_in) =
-            (task.lun, task.write, task.expected_len, task.expected_in);
-        // Frees the window slot and any write budget.
-        self.drop_task(itt);
+        let (lun, write, expected_len, expected_in, held) = (
+            task.lun,
+            task.write,
+            task.expected_len,
+            task.expected_in,
+            task.held,
+        );
         let data_len = u32::try_from(result.data_in.len()).unwrap_or(u32::MAX);
         let sent_len = data_len.min(expected_in);
+        // The Data-In about to go out keeps its budget until the shell
+        // queued it to the socket; the rest is given back with the task.
+        let keep = u64::from(sent_len).min(held);
+        if let Some(t) = self.tasks.get_mut(&itt) {
+            t.held -= keep;
+        }
+        self.unsent += keep;
+        // Frees the window slot and the rest of the budget.
+        self.drop_task(itt);
         // RFC 7143 §11.4.5: the residual of the command's direction (for a
         // bidirectional command, of its write part; its read residual is
         // not reported).
@@ -846,6 +953,14 @@ impl<'a> FullFeature<'a> {
     }
 }
 
+impl Drop for FullFeature<'_> {
+    /// The connection ended: whatever budget it still holds (tasks in
+    /// flight, Data-In never sent) goes back to the target.
+    fn drop(&mut self) {
+        self.buffers.target.give_back(self.held);
+    }
+}
+
 /// A live task of command `c`, in `state`.
 fn live_task(c: &ScsiCommand, state: TaskState) -> LiveTask {
     LiveTask {
@@ -859,6 +974,8 @@ fn live_task(c: &ScsiCommand, state: TaskState) -> LiveTask {
             (true, true) => c.bidi_read_len.unwrap_or(0),
             _ => 0,
         },
+        granted: false,
+        held: 0,
         state,
     }
 }

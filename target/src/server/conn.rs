@@ -13,6 +13,18 @@
 //! unit's for tasks another initiator's PREEMPT AND ABORT aborted, on
 //! whichever connection they run), and this shell keeps no task state.
 //!
+//! Bounds (docs/architecture.md, invariant 9; values in [`crate::limits`]):
+//! the first Login PDU must come within `FIRST_PDU_TIMEOUT` and the whole
+//! login within `LOGIN_TIMEOUT`; a PDU the initiator does not take off the
+//! socket within `SEND_TIMEOUT` closes the connection. The IO data the
+//! connection holds is bounded by the session core's byte budgets
+//! ([`crate::iscsi::budget`]): this shell reports each Data-In it queued to
+//! the socket ([`FullFeature::data_in_sent`]) and, while the core's
+//! commands wait for the target's budget, wakes it when budget is given
+//! back anywhere ([`FullFeature::budget_freed`]). Past the sink's
+//! backpressure boundary a send waits for the socket, and meanwhile no
+//! PDU is read: TCP pushes back.
+//!
 //! A session whose initiator leaves the allowlist
 //! ([`crate::iscsi::access`]) is closed at once: no command of it is
 //! accepted after that (tasks already sent to the volume still finish).
@@ -38,14 +50,10 @@ use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
 use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
 use crate::iscsi::pdu::Pdu;
 use crate::iscsi::session::{Action, FullFeature, ResetKind, Task, TaskId, TaskResult};
+use crate::limits::{EVENTS_PER_FLUSH, FIRST_PDU_TIMEOUT, SEND_TIMEOUT};
 use crate::scsi::{respond_without_lu, Completed, Nexus, Outcome, Pending, Response};
 
-/// A connection must finish logging in within this.
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Ping a quiet initiator after this long (NOP-In).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// …and close the connection if it does not answer within this.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub use crate::limits::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LOGIN_TIMEOUT};
 
 type Conn = Framed<TcpStream, IscsiCodec>;
 
@@ -123,8 +131,22 @@ async fn login(
     local: SocketAddr,
 ) -> Result<Option<Box<crate::iscsi::login::LoggedIn>>, String> {
     let mut machine = LoginMachine::new(&shared.config, tsih, local);
+    let mut first = true;
     loop {
-        let pdu = match conn.next().await {
+        let next = if first {
+            first = false;
+            match tokio::time::timeout(FIRST_PDU_TIMEOUT, conn.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(format!(
+                        "no Login PDU within {FIRST_PDU_TIMEOUT:?} of connecting"
+                    ))
+                }
+            }
+        } else {
+            conn.next().await
+        };
+        let pdu = match next {
             None => return Ok(None),
             Some(Err(e)) => return Err(format!("during login: {e}")),
             Some(Ok(Err(rejected))) => {
@@ -154,9 +176,36 @@ async fn login(
 }
 
 async fn send(conn: &mut Conn, pdu: Pdu) -> Result<(), String> {
-    conn.send(pdu)
-        .await
-        .map_err(|e| format!("cannot send: {e}"))
+    match tokio::time::timeout(SEND_TIMEOUT, conn.send(pdu)).await {
+        Ok(sent) => sent.map_err(|e| format!("cannot send: {e}")),
+        Err(_) => Err(format!(
+            "the initiator took nothing off the socket for {SEND_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// `sink`'s `op` (a feed or a flush), failing once the initiator took
+/// nothing off the socket for [`SEND_TIMEOUT`]: it stopped reading, and
+/// what it holds must not stay held.
+async fn within_send_timeout<F, E>(op: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, op).await {
+        Ok(done) => done.map_err(|e| format!("cannot send: {e}")),
+        Err(_) => Err(format!(
+            "the initiator took nothing off the socket for {SEND_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Resolves when buffer budget was given back somewhere in the target,
+/// if the core's commands wait for it; never otherwise.
+async fn budget_freed(freed: &mut watch::Receiver<u64>, waiting: bool) {
+    if !waiting || freed.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn full_feature(
@@ -173,6 +222,7 @@ async fn full_feature(
     conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
     let (mut sink, mut stream) = conn.split();
     let mut ff = FullFeature::new(&shared.config, session);
+    let mut freed = shared.config.buffers.target.subscribe();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let epoch = Instant::now();
     let now_ms = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -184,14 +234,19 @@ async fn full_feature(
     let mut clock = tokio::time::interval(Duration::from_secs(1));
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let waiting = ff.waits_for_target_budget();
         let first = tokio::select! {
             () = shutdown.cancelled() => return Err("target shutting down".into()),
             // Fencing: the initiator was removed from the allowlist.
             () = &mut revoked => return Err("initiator no longer allowed".into()),
             frame = stream.next() => Event::Frame(frame),
             finished = done_rx.recv() => Event::Finished(finished),
+            () = budget_freed(&mut freed, waiting) => Event::BudgetFreed,
             _ = clock.tick() => Event::Tick,
         };
+        // Every give-back from here on wakes the next wait: the core
+        // retries below, after this point.
+        freed.borrow_and_update();
         // Every event that is ready now is handled before one flush: at
         // queue depth its answers leave in one write, not one each.
         let mut next = Some(first);
@@ -216,6 +271,7 @@ async fn full_feature(
                 }
                 Event::Finished(Some(f)) => finish(shared, &mut ff, f),
                 Event::Finished(None) => Vec::new(),
+                Event::BudgetFreed => ff.budget_freed(),
                 Event::Tick => match keepalive.poll(now_ms()) {
                     KeepaliveAction::Wait { .. } => Vec::new(),
                     KeepaliveAction::Ping { ttt } => ff.ping(ttt),
@@ -227,10 +283,16 @@ async fn full_feature(
             let mut pending_actions = std::collections::VecDeque::from(actions);
             while let Some(action) = pending_actions.pop_front() {
                 match action {
-                    Action::Send(pdu) => sink
-                        .feed(pdu)
-                        .await
-                        .map_err(|e| format!("cannot send: {e}"))?,
+                    Action::Send(pdu) => {
+                        let data_in = match &pdu {
+                            Pdu::DataIn(d) => d.data.len(),
+                            _ => 0,
+                        };
+                        within_send_timeout(sink.feed(pdu)).await?;
+                        if data_in > 0 {
+                            pending_actions.extend(ff.data_in_sent(data_in));
+                        }
+                    }
                     Action::Execute(task) => {
                         if let Some((id, result)) = execute(shared, nexus, task, &done_tx) {
                             pending_actions.extend(ff.complete(id, result));
@@ -254,18 +316,12 @@ async fn full_feature(
                 next = ready_event(&mut done_rx, &mut stream);
             }
         }
-        sink.flush()
-            .await
-            .map_err(|e| format!("cannot send: {e}"))?;
+        within_send_timeout(sink.flush()).await?;
         if close {
             return Ok(());
         }
     }
 }
-
-/// At most this many events are handled between two flushes (and between
-/// two looks at shutdown and revocation).
-const EVENTS_PER_FLUSH: usize = 64;
 
 /// What woke a full-feature connection. Lives on the stack for one turn
 /// of the loop; boxing the completion would cost an allocation per command.
@@ -273,6 +329,8 @@ const EVENTS_PER_FLUSH: usize = 64;
 enum Event<F> {
     Frame(Option<F>),
     Finished(Option<Finished>),
+    /// Buffer budget was given back while commands waited for it.
+    BudgetFreed,
     Tick,
 }
 

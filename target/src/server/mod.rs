@@ -3,7 +3,9 @@
 //!
 //! One [`LogicalUnit`] (LUN 0) is shared by every session of the target (its
 //! unit attentions and reservations are per I_T nexus); its block requests
-//! go to the [`Volume`]. Connections run in their own tasks ([`conn`]).
+//! go to the [`Volume`]. Connections run in their own tasks ([`conn`]),
+//! once admitted by the connection caps ([`admit`]): one over a cap is
+//! closed at accept, before it can hold anything.
 //! The volume's state reaches the LU from the volume's status (size and
 //! read-only, [`VolumeState`]); the LU decides what follows: when the
 //! volume grows (a resize acknowledged at quorum) it grows with it and
@@ -11,6 +13,7 @@
 //! nexus, so initiators re-read the capacity; while the volume is
 //! read-only (below quorum) MODE SENSE reports it write protected.
 
+pub mod admit;
 pub mod block;
 pub mod conn;
 
@@ -28,13 +31,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::iscsi::login::TargetConfig;
-use crate::metrics::TargetMetrics;
+use crate::limits::{ACCEPT_ERROR_PAUSE, SHUTDOWN_GRACE};
+use crate::metrics::{Bounds, TargetMetrics};
 use crate::scsi::{BlockSize, Identity, LogicalUnit, LuConfig, LuError, VolumeState};
 use crate::volume::{Volume, VolumeStatus};
+use admit::{ConnectionLimits, ConnectionTable};
 use block::WriteGate;
 
-/// Connections served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
+pub use crate::limits::MAX_CONNECTIONS;
 
 /// What every connection of the target shares.
 pub struct Shared {
@@ -45,6 +49,8 @@ pub struct Shared {
     pub block_size: u32,
     /// Counted at the SCSI → volume boundary, served by `--metrics-listen`.
     pub metrics: Arc<TargetMetrics>,
+    /// The connections served now, against their caps.
+    pub connections: ConnectionTable,
     next_tsih: AtomicU16,
 }
 
@@ -64,6 +70,30 @@ pub enum ServerError {
 
 impl Shared {
     /// The target of `volume` (opened already), configured by `config`.
+    /// The target of `volume` (opened already), configured by `config`,
+    /// with the connection caps `connections`.
+    pub fn with_connection_limits(
+        config: TargetConfig,
+        volume: Volume,
+        volume_name: &str,
+        connections: ConnectionLimits,
+    ) -> Result<Self, ServerError> {
+        let mut shared = Self::new(config, volume, volume_name)?;
+        shared.connections = ConnectionTable::new(connections);
+        shared.metrics = Arc::new(TargetMetrics::new(volume_name).with_bounds(shared.bounds()));
+        Ok(shared)
+    }
+
+    /// The bounds exported as metrics.
+    fn bounds(&self) -> Bounds {
+        let limits = self.connections.limits();
+        Bounds {
+            buffers: self.config.buffers.clone(),
+            connections: limits.total,
+            connections_per_source: limits.per_source,
+        }
+    }
+
     pub fn new(
         config: TargetConfig,
         volume: Volume,
@@ -83,15 +113,18 @@ impl Shared {
             unmap_granularity_blocks: (64 * 1024) / block_size,
             write_cache: true,
         })?;
-        Ok(Shared {
+        let mut shared = Shared {
             config,
             lu: Mutex::new(lu),
             volume,
             gate: WriteGate::default(),
             block_size,
             metrics: Arc::new(TargetMetrics::new(volume_name)),
+            connections: ConnectionTable::new(ConnectionLimits::default()),
             next_tsih: AtomicU16::new(1),
-        })
+        };
+        shared.metrics = Arc::new(TargetMetrics::new(volume_name).with_bounds(shared.bounds()));
+        Ok(shared)
     }
 
     /// A fresh session handle (never 0).
@@ -139,27 +172,40 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         };
         match accepted {
             Ok((stream, peer)) => {
-                if connections.len() >= MAX_CONNECTIONS {
-                    warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
-                    continue;
-                }
+                let slot = match shared.connections.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        let limits = shared.connections.limits();
+                        warn!(
+                            %peer,
+                            cap = why.as_str(),
+                            total = limits.total,
+                            per_source = limits.per_source,
+                            "too many connections; closing a new one"
+                        );
+                        shared.metrics.connection_refused(why);
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let tsih = shared.tsih();
-                connections.spawn(conn::serve(
-                    stream,
-                    peer,
-                    Arc::clone(&shared),
-                    tsih,
-                    shutdown.clone(),
-                ));
+                let shared = Arc::clone(&shared);
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    shared.metrics.connection_opened();
+                    conn::serve(stream, peer, Arc::clone(&shared), tsih, shutdown).await;
+                    shared.metrics.connection_closed();
+                    drop(slot);
+                });
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
     }
     connections.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connections.wait()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
 }
 
 /// Feeds the logical unit the volume's state whenever the volume's status

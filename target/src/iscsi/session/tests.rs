@@ -478,7 +478,7 @@ fn write_buffers_are_bounded_per_connection() {
     };
     let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, p));
     let big = MAX_COMMAND_DATA_BYTES;
-    let fits = MAX_WRITE_BUFFER_BYTES / big;
+    let fits = u32::try_from(cfg.buffers.per_connection / u64::from(big)).unwrap();
     for i in 0..fits {
         let a = ff.on_pdu(cmd(i, FIRST_CMD_SN + i, false, true, big, vec![]));
         assert_eq!(sent(&a).len(), 1, "write {i} is solicited");
@@ -692,4 +692,129 @@ fn a_task_the_logical_unit_aborted_ends_without_an_answer_and_frees_its_window_s
     let next = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN + 1, true, false, 512, vec![])));
     let a = finish(&mut ff, &next, good(vec![2; 512]));
     assert_eq!(data_in_of(&a, 1), vec![2; 512]);
+}
+
+/// A target whose connections may hold `per_connection` bytes each and
+/// `per_target` together.
+fn budget_cfg(per_connection: u64, per_target: u64) -> TargetConfig {
+    TargetConfig {
+        buffers: crate::iscsi::budget::BufferLimits::new(per_connection, per_target),
+        ..TargetConfig::for_volume("v")
+    }
+}
+
+/// Feeds the shell's report of every Data-In of `actions` as queued to
+/// the socket; returns the actions that follow.
+fn send_data_in(ff: &mut FullFeature<'_>, actions: &[Action]) -> Vec<Action> {
+    let mut out = Vec::new();
+    for p in sent(actions) {
+        if let Pdu::DataIn(d) = p {
+            out.extend(ff.data_in_sent(d.data.len()));
+        }
+    }
+    out
+}
+
+#[test]
+fn reads_past_the_connection_budget_wait_until_their_data_in_is_sent() {
+    let cfg = budget_cfg(1000, 10_000);
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let first = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 600, vec![])));
+    let a = ff.on_pdu(cmd(2, FIRST_CMD_SN + 1, true, false, 600, vec![]));
+    assert!(
+        executed(&a).is_empty(),
+        "over the connection's budget: waits"
+    );
+    assert_eq!(ff.held_bytes(), 600);
+    assert!(
+        !ff.waits_for_target_budget(),
+        "short of its own budget only"
+    );
+    // Completing the first is not enough: its Data-In still holds budget
+    // until the shell queued it to the socket.
+    let done = finish(&mut ff, &first, good(vec![1; 600]));
+    assert!(executed(&done).is_empty());
+    assert_eq!(ff.held_bytes(), 600);
+    assert_eq!(cfg.buffers.target.used(), 600);
+    let next = send_data_in(&mut ff, &done);
+    let second = the_task(&next);
+    assert_eq!(second.itt, 2);
+    assert_eq!(ff.held_bytes(), 600);
+    // A short read gives back what it did not send at once.
+    let done = finish(&mut ff, &second, good(vec![1; 100]));
+    assert_eq!(ff.held_bytes(), 100);
+    send_data_in(&mut ff, &done);
+    assert_eq!(ff.held_bytes(), 0);
+    assert_eq!(cfg.buffers.target.used(), 0);
+}
+
+#[test]
+fn the_target_budget_is_shared_and_freeing_it_wakes_a_waiting_connection() {
+    let cfg = budget_cfg(1000, 1000);
+    let mut a = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let mut b = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let mut freed = cfg.buffers.target.subscribe();
+    let held = the_task(&a.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 800, vec![])));
+    let waits = b.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 800, vec![]));
+    assert!(executed(&waits).is_empty(), "the target's budget is short");
+    assert!(b.waits_for_target_budget());
+    assert!(b.budget_freed().is_empty(), "nothing was given back yet");
+    freed.borrow_and_update();
+    let done = finish(&mut a, &held, good(vec![0; 800]));
+    send_data_in(&mut a, &done);
+    assert!(
+        freed.has_changed().unwrap(),
+        "giving back wakes the waiters"
+    );
+    let go = the_task(&b.budget_freed());
+    assert_eq!(go.expected_data_in, 800);
+    assert!(!b.waits_for_target_budget());
+}
+
+#[test]
+fn commands_that_move_no_data_never_wait_for_budget() {
+    let cfg = budget_cfg(1000, 1000);
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 1000, vec![])));
+    let a = ff.on_pdu(cmd(2, FIRST_CMD_SN + 1, false, false, 0, vec![]));
+    assert_eq!(the_task(&a).itt, 2, "TEST UNIT READY runs at once");
+}
+
+#[test]
+fn writes_hold_their_budget_until_the_volume_completed_them() {
+    let cfg = budget_cfg(1000, 10_000);
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let w = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, false, true, 512, vec![3; 512])));
+    assert_eq!(ff.held_bytes(), 512, "executing, not completed");
+    let a = ff.on_pdu(cmd(2, FIRST_CMD_SN + 1, false, true, 600, vec![]));
+    assert!(sent(&a).is_empty(), "no R2T past the budget");
+    let a = finish(&mut ff, &w, good(vec![]));
+    assert!(sent(&a)
+        .iter()
+        .any(|p| matches!(p, Pdu::R2t(r) if r.itt == 2)));
+    assert_eq!(ff.held_bytes(), 600);
+}
+
+#[test]
+fn aborts_and_a_closed_connection_give_every_byte_back() {
+    let cfg = budget_cfg(1000, 1000);
+    let mut ff = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let read = the_task(&ff.on_pdu(cmd(1, FIRST_CMD_SN, true, false, 400, vec![])));
+    ff.on_pdu(cmd(2, FIRST_CMD_SN + 1, false, true, 400, vec![]));
+    // Aborting the read gives its budget back; its late completion is
+    // dropped and gives nothing back twice.
+    let mut t = tmf(TmfFunction::AbortTask, 1);
+    if let Pdu::TaskMgmtRequest(r) = &mut t {
+        r.cmd_sn = FIRST_CMD_SN + 2;
+    }
+    ff.on_pdu(t);
+    assert_eq!(ff.held_bytes(), 400);
+    assert!(finish(&mut ff, &read, good(vec![0; 400])).is_empty());
+    assert_eq!(cfg.buffers.target.used(), 400);
+    // A Data-In never sent (the connection ended first) is given back too.
+    let r = the_task(&ff.on_pdu(cmd(3, FIRST_CMD_SN + 2, true, false, 500, vec![])));
+    finish(&mut ff, &r, good(vec![0; 500]));
+    assert_eq!(cfg.buffers.target.used(), 900);
+    drop(ff);
+    assert_eq!(cfg.buffers.target.used(), 0);
 }
