@@ -11,6 +11,13 @@
 //! finds either budget short waits, in arrival order, in the command
 //! window, which closes: the initiator stops sending and TCP pushes back.
 //!
+//! Outside the budgets, bounded otherwise: the immediate data of a write
+//! waiting for budget (at most FirstBurstLength, 64 KiB, per command of
+//! the window), what the shell queued to the socket (one send batch and one
+//! PDU), and the data a read produces beyond its Expected Data Transfer
+//! Length when its CDB asks for more (at most `MAX_COMMAND_DATA_BYTES`;
+//! only the expected length is sent).
+//!
 //! No IO and no clock here: the target budget is an atomic counter, and its
 //! [`ByteBudget::subscribe`] channel tells a connection's shell that budget
 //! was given back, so that the commands it holds wait no longer than that.

@@ -278,7 +278,7 @@ impl<'a> FullFeature<'a> {
     /// for it go on if it is enough now.
     pub fn budget_freed(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
-        self.advance_writes(&mut out);
+        self.advance_grants(&mut out);
         out
     }
 
@@ -291,7 +291,7 @@ impl<'a> FullFeature<'a> {
         self.give_back(bytes);
         let mut out = Vec::new();
         if bytes > 0 && !self.waiting.is_empty() {
-            self.advance_writes(&mut out);
+            self.advance_grants(&mut out);
         }
         out
     }
@@ -664,7 +664,7 @@ impl<'a> FullFeature<'a> {
             }
             self.tasks.insert(c.itt, task);
             self.waiting.push_back(c.itt);
-            self.advance_writes(out);
+            self.advance_grants(out);
         }
     }
 
@@ -702,7 +702,23 @@ impl<'a> FullFeature<'a> {
     /// reads that got it), sends R2Ts for writes that have budget, and
     /// executes completed writes.
     fn advance_writes(&mut self, out: &mut Vec<Action>) {
+        self.grant(out);
+        self.advance_every_write(out);
+    }
+
+    /// Grants budget to waiting commands; R2Ts only when a write got some
+    /// (spares the scan of every task on the paths of reads).
+    fn advance_grants(&mut self, out: &mut Vec<Action>) {
+        if self.grant(out) {
+            self.advance_every_write(out);
+        }
+    }
+
+    /// Grants budget to waiting commands in arrival order and executes the
+    /// reads that got it; whether a write got some.
+    fn grant(&mut self, out: &mut Vec<Action>) -> bool {
         self.short_of_target_budget = false;
+        let mut granted_write = false;
         let mut granted_reads = Vec::new();
         while let Some(&itt) = self.waiting.front() {
             let Some(t) = self.tasks.get_mut(&itt) else {
@@ -724,6 +740,8 @@ impl<'a> FullFeature<'a> {
             t.held = need;
             if matches!(t.state, TaskState::Queued) {
                 granted_reads.push(itt);
+            } else {
+                granted_write = true;
             }
             self.waiting.pop_front();
         }
@@ -737,6 +755,11 @@ impl<'a> FullFeature<'a> {
                 self.execute(out, itt, id, t, Bytes::new());
             }
         }
+        granted_write
+    }
+
+    /// Sends R2Ts for writes that have budget and executes completed ones.
+    fn advance_every_write(&mut self, out: &mut Vec<Action>) {
         let mut itts: Vec<u32> = self.tasks.keys().copied().collect();
         itts.sort_unstable();
         for itt in itts {
