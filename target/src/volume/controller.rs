@@ -101,6 +101,19 @@
 //! it gets live writes but serves no reads and counts for no quorum until a
 //! rebuild makes it whole.
 //!
+//! Connection generations: each connection of a replica's link has a
+//! [`Generation`], learnt with the connect event ([`Controller::on_connected`]).
+//! Every action for a replica carries the generation it was decided for,
+//! and the link carries out only those of its current connection
+//! (`super::link`): a send decided for a connection that is gone is
+//! dropped and reported back ([`Controller::on_not_sent`]: for the current
+//! connection the replica is dropped and gets it again on the next; for an
+//! older one nothing happens), so nothing meant for an old connection
+//! reaches a new one before what the controller decided the new one gets
+//! first (its `RebuildStart`). Replies and down reports of an older
+//! connection are ignored; a connect while the controller still sends on
+//! an older connection takes that one as gone first.
+//!
 //! Rebuild orchestration (invariant 6; the replica side is documented in
 //! `cstor_replica::rebuild`):
 //! - a rebuild starts only as the *first* thing on a fresh link
@@ -143,6 +156,13 @@ pub type ReplicaIndex = usize;
 
 /// Identifies a request of the SCSI layer.
 pub type Tag = u64;
+
+/// Number of one connection of a replica's link: 1 for its first, one
+/// more for each after (0: none yet). Learnt with the connect event; every
+/// action for a replica carries the generation it was decided for, and the
+/// link carries out only those of its current connection (module doc,
+/// "Connection generations").
+pub type Generation = u64;
 
 /// Settings of a volume controller.
 #[derive(Debug, Clone)]
@@ -320,9 +340,11 @@ pub enum Completion {
 /// An effect for the shell to carry out, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Send a packet on the replica's link (links keep FIFO order).
+    /// Send a packet on the replica's connection `generation` (links keep
+    /// FIFO order); not sent at all if that connection is gone.
     Send {
         replica: ReplicaIndex,
+        generation: Generation,
         packet: Packet,
     },
     /// Complete a request of the SCSI layer.
@@ -330,10 +352,12 @@ pub enum Action {
         tag: Tag,
         result: Result<Completion, VolumeError>,
     },
-    /// Close the replica's link; the shell dials it again, not before
-    /// `redial_after` (zero but for a failed replica, module doc rule 6).
+    /// Close the replica's connection `generation` (nothing if it is gone
+    /// already); the shell dials it again, not before `redial_after` (zero
+    /// but for a failed replica, module doc rule 6).
     Drop {
         replica: ReplicaIndex,
+        generation: Generation,
         reason: String,
         redial_after: Duration,
     },
@@ -342,6 +366,8 @@ pub enum Action {
     /// is `first_live_io_seq` (module doc).
     StartRebuild {
         replica: ReplicaIndex,
+        /// The connection it is the first thing on.
+        generation: Generation,
         source: ReplicaIndex,
         from_io_seq: u64,
         first_live_io_seq: u64,
@@ -409,6 +435,8 @@ pub struct RebuildRun {
 #[derive(Debug)]
 struct Replica {
     state: ReplicaState,
+    /// Its link's current (or last) connection.
+    generation: Generation,
     /// The current rebuild, while degraded or rebuilding.
     rebuild: Option<RebuildRun>,
     /// A degraded replica without a rebuild is redialled at this time.
@@ -438,6 +466,7 @@ impl Replica {
     fn new(state: ReplicaState, missed_from: Option<u64>) -> Replica {
         Replica {
             state,
+            generation: 0,
             rebuild: None,
             retry_at: None,
             acked_max: 0,
@@ -738,13 +767,30 @@ impl Controller {
     /// `size_bytes`. One smaller than the volume (it missed a grow) is
     /// grown first: a `Resize` with its own io_seq, answer not awaited (if
     /// it fails, the replica's out-of-range answers drop it again).
+    ///
+    /// `preamble`: messages the shell wants first on the new connection
+    /// (unawaited, each its own io_seq), sent if the replica is taken.
     pub fn on_connected_sized(
         &mut self,
         now: Instant,
         replica: ReplicaIndex,
+        generation: Generation,
         size_bytes: u64,
+        preamble: Vec<Message>,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
+        if !self.set_generation(replica, generation) {
+            return actions;
+        }
+        let taken = self.replicas.get(replica).is_some_and(|r| {
+            r.state != ReplicaState::Removed
+                && !(r.state == ReplicaState::Failed && r.redial_at.is_some_and(|at| at > now))
+        });
+        if taken {
+            for message in preamble {
+                actions.push(self.unawaited(replica, message));
+            }
+        }
         let backing_off = self.replicas.get(replica).is_some_and(|r| {
             r.state == ReplicaState::Failed && r.redial_at.is_some_and(|at| at > now)
         });
@@ -762,8 +808,32 @@ impl Controller {
             };
             actions.push(self.send(replica, io_seq, &grow));
         }
-        actions.extend(self.on_connected(now, replica));
+        actions.extend(self.on_connected(now, replica, generation));
         actions
+    }
+
+    /// Records that `replica`'s link is on connection `generation`; false
+    /// (and nothing changes) if that is older than one already seen.
+    fn set_generation(&mut self, replica: ReplicaIndex, generation: Generation) -> bool {
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return false;
+        };
+        if generation < r.generation {
+            tracing::debug!(
+                replica,
+                generation,
+                current = r.generation,
+                "connect of an old connection ignored"
+            );
+            return false;
+        }
+        r.generation = generation;
+        true
+    }
+
+    /// The connection of `replica` the controller decides for now.
+    pub fn generation(&self, replica: ReplicaIndex) -> Generation {
+        self.replicas.get(replica).map_or(0, |r| r.generation)
     }
 
     /// A request to `replica` whose answer nobody waits for (the record a
@@ -775,15 +845,41 @@ impl Controller {
         self.send_message(replica, io_seq, message)
     }
 
-    /// A replica's link is up and its session claimed.
-    pub fn on_connected(&mut self, now: Instant, replica: ReplicaIndex) -> Vec<Action> {
+    /// A replica's link is up on connection `generation` and its session
+    /// claimed.
+    pub fn on_connected(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        generation: Generation,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
+        if !self.set_generation(replica, generation) {
+            return actions;
+        }
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return actions;
+        };
+        if r.state.is_linked() {
+            // A new connection while the controller still sends on the old
+            // one (its down report is lost or yet to come): the old one is
+            // gone, and what it owed is sent again below.
+            let old = r.state;
+            self.mark_offline(now, replica, &mut actions);
+            tracing::debug!(
+                replica,
+                ?old,
+                generation,
+                "reconnected without a down report"
+            );
+        }
         let Some(r) = self.replicas.get_mut(replica) else {
             return actions;
         };
         if r.state == ReplicaState::Removed {
             actions.push(Action::Drop {
                 replica,
+                generation,
                 reason: "not a member of the volume".into(),
                 redial_after: Duration::ZERO,
             });
@@ -799,6 +895,7 @@ impl Controller {
             // dialled yet): not taken, told again how long to wait.
             actions.push(Action::Drop {
                 replica,
+                generation,
                 reason: format!("failed {} times in a row: backing off", r.failures),
                 redial_after: wait,
             });
@@ -837,9 +934,19 @@ impl Controller {
         actions
     }
 
-    /// A replica's link is gone.
-    pub fn on_disconnected(&mut self, now: Instant, replica: ReplicaIndex) -> Vec<Action> {
+    /// Connection `generation` of a replica's link is gone (or, with the
+    /// generation of its last connection, a redial failed). The report of
+    /// a connection older than the current one changes nothing.
+    pub fn on_disconnected(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        generation: Generation,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
+        if generation < self.generation(replica) {
+            return actions;
+        }
         self.mark_offline(now, replica, &mut actions);
         self.settle(now, &mut actions);
         actions
@@ -853,10 +960,46 @@ impl Controller {
         actions
     }
 
-    /// A reply from a replica.
-    pub fn on_reply(&mut self, now: Instant, replica: ReplicaIndex, packet: Packet) -> Vec<Action> {
+    /// The link did not send a packet decided for its connection
+    /// `generation` (that connection was gone when the packet got there).
+    /// For the current connection the replica lacks it: the link is dropped
+    /// (what it owes is sent again on the next connection); for an older
+    /// one, nothing to do (its down report did or will do that).
+    pub fn on_not_sent(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        generation: Generation,
+        io_seq: u64,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if packet.epoch != self.config.epoch || packet.session_id != self.config.session_id {
+        if generation != self.generation(replica) {
+            return actions;
+        }
+        self.drop_replica(
+            now,
+            replica,
+            format!("io_seq {io_seq} could not be sent on its connection"),
+            &mut actions,
+        );
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    /// A reply from a replica on its connection `generation` (a reply of
+    /// another connection is ignored).
+    pub fn on_reply(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        generation: Generation,
+        packet: Packet,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if packet.epoch != self.config.epoch
+            || packet.session_id != self.config.session_id
+            || generation != self.generation(replica)
+        {
             return actions;
         }
         if is_rebuild_report(&packet.message) {
@@ -1024,6 +1167,7 @@ impl Controller {
         r.retry_at = None;
         actions.push(Action::StartRebuild {
             replica,
+            generation: r.generation,
             source,
             from_io_seq: run.from_io_seq,
             first_live_io_seq: run.first_live_io_seq,
@@ -1641,6 +1785,7 @@ impl Controller {
         tracing::warn!(replica, %reason, "dropping replica");
         actions.push(Action::Drop {
             replica,
+            generation: self.generation(replica),
             reason,
             redial_after,
         });
@@ -1703,6 +1848,7 @@ impl Controller {
             if self.replicas[index].state.is_linked() {
                 actions.push(Action::Drop {
                     replica: index,
+                    generation: self.replicas[index].generation,
                     reason: "fenced".into(),
                     redial_after: Duration::ZERO,
                 });
@@ -1760,6 +1906,7 @@ impl Controller {
     fn send_message(&self, replica: ReplicaIndex, io_seq: u64, message: Message) -> Action {
         Action::Send {
             replica,
+            generation: self.generation(replica),
             packet: Packet {
                 session_id: self.config.session_id,
                 epoch: self.config.epoch,

@@ -6,9 +6,19 @@
 //! from the controller to the replica and replies back as [`LinkEvent`]s,
 //! in order. It sends a heartbeat when the connection has
 //! been idle so that the replica does not close it. On any error it reports
-//! `Down`, discards whatever was queued for the dead connection (the
-//! controller sends what is still pending again once it is `Up`), waits, and
-//! dials again. The wait is the dial backoff ([`BACKOFF_MIN`] doubling up to
+//! `Down`, waits, and dials again.
+//!
+//! **Connection generations.** Each claimed connection gets the next
+//! [`Generation`] (1, 2, ...), reported with `Up` and carried by every
+//! event of that connection. Every command carries the generation the
+//! controller decided it for, and the link carries out only commands of its
+//! current connection: a `Send` decided for an earlier connection (a driver
+//! that had not yet seen the reconnect) is dropped and reported as
+//! [`LinkEvent::NotSent`], a `Reset` for an earlier connection is ignored.
+//! So nothing meant for an old connection reaches a new one before the
+//! controller has decided what the new one gets first (e.g. its
+//! `RebuildStart`); the controller sends what is still pending again once it
+//! learnt of the new connection. The wait is the dial backoff ([`BACKOFF_MIN`] doubling up to
 //! [`BACKOFF_MAX`], back to the minimum after a claim), or longer when the
 //! controller dropped a failed replica with a pause (`LinkCommand::Reset`,
 //! `super::limits::failed_retry`). A claim refused for a stale epoch is
@@ -28,7 +38,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::controller::ReplicaIndex;
+use super::controller::{Generation, ReplicaIndex};
 
 /// Dialling and handshake must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,23 +52,34 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// What a link tells the volume driver.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// Claimed: IO may flow.
+    /// Claimed: IO may flow, on connection `generation`.
     Up {
         replica: ReplicaIndex,
+        generation: Generation,
         ack: HelloAck,
         status: StatusReport,
         /// The membership record it holds.
         membership: Membership,
     },
-    /// A reply on the current connection.
+    /// A reply on connection `generation`.
     Reply {
         replica: ReplicaIndex,
+        generation: Generation,
         packet: Packet,
     },
-    /// The connection is gone (or was never made).
+    /// Connection `generation` is gone (or no new one could be made: the
+    /// last one's generation, 0 if there never was one).
     Down {
         replica: ReplicaIndex,
+        generation: Generation,
         reason: String,
+    },
+    /// A packet decided for connection `generation` was not sent: that
+    /// connection is gone (the link is on another one, or on none).
+    NotSent {
+        replica: ReplicaIndex,
+        generation: Generation,
+        io_seq: u64,
     },
     /// The replica has accepted a newer epoch: this target is fenced.
     Fenced {
@@ -70,10 +91,17 @@ pub enum LinkEvent {
 /// What the driver tells a link.
 #[derive(Debug)]
 pub enum LinkCommand {
-    Send(Packet),
-    /// Close the connection (the controller dropped the replica); dial again
-    /// after the backoff, and not before `pause`.
+    /// Send on connection `generation`; if that is not the current one,
+    /// the packet is dropped and reported [`LinkEvent::NotSent`].
+    Send {
+        generation: Generation,
+        packet: Packet,
+    },
+    /// Close connection `generation` (the controller dropped the replica);
+    /// dial again after the backoff, and not before `pause`. Ignored if the
+    /// link is no longer on that connection.
     Reset {
+        generation: Generation,
         pause: Duration,
     },
 }
@@ -100,23 +128,31 @@ pub async fn run(
     let span = tracing::info_span!("link", replica, %addr, volume = %params.volume);
     async move {
         let mut backoff = BACKOFF_MIN;
+        let mut generation: Generation = 0;
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            // Whatever was queued for a previous connection is stale.
-            while commands.try_recv().is_ok() {}
+            // No connection: whatever is queued was decided for one that is
+            // gone.
+            while let Ok(command) = commands.try_recv() {
+                if !not_sent(replica, command, &events) {
+                    return;
+                }
+            }
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
                 outcome = tokio::time::timeout(CONNECT_TIMEOUT, claim(addr, &params)) => outcome,
             };
             match outcome {
                 Ok(Ok((conn, ack, status, membership))) => {
-                    info!(state = ?ack.state, durable = ack.last_durable_io_seq, "replica claimed");
+                    generation += 1;
+                    info!(generation, state = ?ack.state, durable = ack.last_durable_io_seq, "replica claimed");
                     backoff = BACKOFF_MIN;
                     if events
                         .send(LinkEvent::Up {
                             replica,
+                            generation,
                             ack,
                             status,
                             membership,
@@ -125,14 +161,27 @@ pub async fn run(
                     {
                         return;
                     }
-                    let (reason, pause) =
-                        pump(replica, conn, &params, &mut commands, &events, &stop).await;
+                    let (reason, pause) = pump(
+                        replica,
+                        generation,
+                        conn,
+                        &params,
+                        &mut commands,
+                        &events,
+                        &stop,
+                    )
+                    .await;
                     if stop.is_cancelled() {
                         return;
                     }
-                    warn!(%reason, ?pause, "replica link down");
+                    warn!(generation, %reason, ?pause, "replica link down");
                     backoff = backoff.max(pause);
-                    if events.send(LinkEvent::Down { replica, reason }).is_err() {
+                    let down = LinkEvent::Down {
+                        replica,
+                        generation,
+                        reason,
+                    };
+                    if events.send(down).is_err() {
                         return;
                     }
                 }
@@ -142,13 +191,23 @@ pub async fn run(
                 }
                 Ok(Err(ClaimError::Other(reason))) => {
                     debug!(%reason, "cannot claim the replica");
-                    if events.send(LinkEvent::Down { replica, reason }).is_err() {
+                    let down = LinkEvent::Down {
+                        replica,
+                        generation,
+                        reason,
+                    };
+                    if events.send(down).is_err() {
                         return;
                     }
                 }
                 Err(_) => {
                     let reason = format!("no handshake within {CONNECT_TIMEOUT:?}");
-                    if events.send(LinkEvent::Down { replica, reason }).is_err() {
+                    let down = LinkEvent::Down {
+                        replica,
+                        generation,
+                        reason,
+                    };
+                    if events.send(down).is_err() {
                         return;
                     }
                 }
@@ -321,10 +380,69 @@ async fn call(conn: &mut Conn, request: Packet) -> Result<Message, String> {
     }
 }
 
-/// Moves packets both ways until the connection fails, a reset, or stop;
-/// returns why, and how long the controller wants the next dial delayed.
+/// Reports a command that will not be carried out because its connection
+/// is gone; false once the driver is gone.
+fn not_sent(
+    replica: ReplicaIndex,
+    command: LinkCommand,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+) -> bool {
+    match command {
+        LinkCommand::Send { generation, packet } => {
+            debug!(
+                generation,
+                io_seq = packet.io_seq,
+                "dropping a packet meant for a closed connection"
+            );
+            events
+                .send(LinkEvent::NotSent {
+                    replica,
+                    generation,
+                    io_seq: packet.io_seq,
+                })
+                .is_ok()
+        }
+        LinkCommand::Reset { .. } => true,
+    }
+}
+
+/// What one command does to connection `current`.
+enum Step {
+    /// Feed this packet.
+    Feed(Packet),
+    /// Not for this connection: dropped (and reported).
+    Skip,
+    /// Close the connection: why, and the pause the controller asked for.
+    Close(String, Duration),
+}
+
+fn step(
+    replica: ReplicaIndex,
+    current: Generation,
+    command: LinkCommand,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+) -> Step {
+    match command {
+        LinkCommand::Send { generation, packet } if generation == current => Step::Feed(packet),
+        LinkCommand::Reset { generation, pause } if generation == current => {
+            Step::Close("reset by the controller".into(), pause)
+        }
+        stale => {
+            if not_sent(replica, stale, events) {
+                Step::Skip
+            } else {
+                Step::Close("volume closed".into(), Duration::ZERO)
+            }
+        }
+    }
+}
+
+/// Moves packets both ways on connection `generation` until it fails, a
+/// reset, or stop; returns why, and how long the controller wants the next
+/// dial delayed. Commands of other generations are dropped (module doc).
 async fn pump(
     replica: ReplicaIndex,
+    generation: Generation,
     conn: Conn,
     params: &SessionParams,
     commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
@@ -337,35 +455,39 @@ async fn pump(
     loop {
         tokio::select! {
             () = stop.cancelled() => return ("volume closed".into(), Duration::ZERO),
-            command = commands.recv() => match command {
-                Some(LinkCommand::Send(packet)) => {
-                    if let Err(e) = sink.feed(packet).await {
-                        return (format!("cannot send: {e}"), Duration::ZERO);
-                    }
-                    // Batch whatever else is queued into one flush.
-                    while let Ok(next) = commands.try_recv() {
-                        match next {
-                            LinkCommand::Send(packet) => {
-                                if let Err(e) = sink.feed(packet).await {
-                                    return (format!("cannot send: {e}"), Duration::ZERO);
-                                }
+            command = commands.recv() => {
+                let Some(command) = command else {
+                    return ("volume closed".into(), Duration::ZERO);
+                };
+                let mut fed = false;
+                let mut next = Some(command);
+                // Batch whatever else is queued into one flush.
+                while let Some(command) = next.take() {
+                    match step(replica, generation, command, events) {
+                        Step::Feed(packet) => {
+                            if let Err(e) = sink.feed(packet).await {
+                                return (format!("cannot send: {e}"), Duration::ZERO);
                             }
-                            LinkCommand::Reset { pause } => return ("reset by the controller".into(), pause),
+                            fed = true;
                         }
+                        Step::Skip => {}
+                        Step::Close(reason, pause) => return (reason, pause),
                     }
+                    next = commands.try_recv().ok();
+                }
+                if fed {
                     if let Err(e) = sink.flush().await {
                         return (format!("cannot send: {e}"), Duration::ZERO);
                     }
                     heartbeat.reset();
                 }
-                Some(LinkCommand::Reset { pause }) => return ("reset by the controller".into(), pause),
-                None => return ("volume closed".into(), Duration::ZERO),
             },
             frame = stream.next() => match frame {
                 Some(Ok(frame)) => match Packet::decode(frame) {
                     Ok(packet) if packet.message == Message::Ack(Opcode::Heartbeat) => {}
                     Ok(packet) => {
-                        if events.send(LinkEvent::Reply { replica, packet }).is_err() {
+                        let reply = LinkEvent::Reply { replica, generation, packet };
+                        if events.send(reply).is_err() {
                             return ("volume closed".into(), Duration::ZERO);
                         }
                     }
@@ -388,3 +510,6 @@ async fn pump(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

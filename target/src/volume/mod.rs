@@ -981,6 +981,7 @@ impl Driver {
         match event {
             LinkEvent::Up {
                 replica,
+                generation,
                 ack,
                 status,
                 membership,
@@ -1041,12 +1042,16 @@ impl Driver {
                 }
                 // Before its rebuild starts (if it needs one): the rate it
                 // is to pull at.
-                let mut actions = vec![self.throttle_message(replica)];
-                actions.extend(self.controller.on_connected_sized(
+                let throttle = Message::RebuildThrottle {
+                    bytes_per_second: self.rebuild_throttle,
+                };
+                let mut actions = self.controller.on_connected_sized(
                     now,
                     replica,
+                    generation,
                     ack.volume_size_bytes,
-                ));
+                    vec![throttle],
+                );
                 // After the rebuild start and the resent writes: the record,
                 // so that every member holds it, unless it does already.
                 if membership != self.record
@@ -1063,16 +1068,31 @@ impl Driver {
                 }
                 actions
             }
-            LinkEvent::Reply { replica, packet } => {
+            LinkEvent::Reply {
+                replica,
+                generation,
+                packet,
+            } => {
                 let before = self.controller.rebuild(replica);
-                let actions = self.controller.on_reply(now, replica, packet);
+                let actions = self.controller.on_reply(now, replica, generation, packet);
                 let grown = rebuilt_growth(before, self.controller.rebuild(replica));
                 if let Some(total) = self.rebuilt_bytes.get_mut(replica) {
                     *total = total.saturating_add(grown);
                 }
                 actions
             }
-            LinkEvent::Down { replica, .. } => self.controller.on_disconnected(now, replica),
+            LinkEvent::Down {
+                replica,
+                generation,
+                ..
+            } => self.controller.on_disconnected(now, replica, generation),
+            LinkEvent::NotSent {
+                replica,
+                generation,
+                io_seq,
+            } => self
+                .controller
+                .on_not_sent(now, replica, generation, io_seq),
             LinkEvent::Fenced { replica, detail } => {
                 warn!(replica, %detail, "fenced by a newer target");
                 self.controller.on_fenced(now)
@@ -1086,25 +1106,32 @@ impl Driver {
         let mut completions = Vec::new();
         for action in actions {
             match action {
-                Action::Send { replica, packet } => {
+                Action::Send {
+                    replica,
+                    generation,
+                    packet,
+                } => {
                     if let Some((link, _)) = self.links.get(replica) {
-                        let _ = link.send(LinkCommand::Send(packet));
+                        let _ = link.send(LinkCommand::Send { generation, packet });
                     }
                 }
                 Action::Complete { tag, result } => completions.push((tag, result)),
                 Action::Drop {
                     replica,
+                    generation,
                     redial_after,
                     ..
                 } => {
                     if let Some((link, _)) = self.links.get(replica) {
                         let _ = link.send(LinkCommand::Reset {
+                            generation,
                             pause: redial_after,
                         });
                     }
                 }
                 Action::StartRebuild {
                     replica,
+                    generation,
                     source,
                     from_io_seq,
                     first_live_io_seq,
@@ -1129,7 +1156,7 @@ impl Driver {
                             source: RebuildSource::Live,
                         }),
                     };
-                    let _ = link.send(LinkCommand::Send(packet));
+                    let _ = link.send(LinkCommand::Send { generation, packet });
                 }
             }
         }

@@ -19,6 +19,11 @@ struct Sim {
     /// Per replica: packets sent and not yet delivered (the link).
     links: Vec<VecDeque<Packet>>,
     up: Vec<bool>,
+    /// Per replica: its link's current connection (as a link counts them).
+    gens: Vec<Generation>,
+    /// Per replica: io_seqs of packets decided for a connection that was
+    /// gone (the link drops them and reports them not sent).
+    not_sent: Vec<Vec<u64>>,
     /// Per replica: io_seq of the last mutating packet it got on its current
     /// link (checks per-link ordering).
     last_seq: Vec<u64>,
@@ -67,6 +72,8 @@ impl Sim {
             disks: vec![BTreeMap::new(); replicas],
             links: vec![VecDeque::new(); replicas],
             up: vec![false; replicas],
+            gens: vec![0; replicas],
+            not_sent: vec![Vec::new(); replicas],
             last_seq: vec![0; replicas],
             results: BTreeMap::new(),
             next_tag: 1,
@@ -84,7 +91,16 @@ impl Sim {
     fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Send { replica, packet } => {
+                Action::Send {
+                    replica,
+                    generation,
+                    packet,
+                } => {
+                    if generation != self.gens[replica] {
+                        // The link drops it: that connection is gone.
+                        self.not_sent[replica].push(packet.io_seq);
+                        continue;
+                    }
                     assert!(self.up[replica], "sent to a replica that is down");
                     if !matches!(packet.message, Message::Read(_) | Message::RebuildStart(_)) {
                         assert!(
@@ -103,13 +119,26 @@ impl Sim {
                         "completed twice"
                     );
                 }
-                Action::Drop { replica, .. } => self.down(replica),
+                Action::Drop {
+                    replica,
+                    generation,
+                    ..
+                } => {
+                    if generation == self.gens[replica] {
+                        self.down(replica);
+                    }
+                }
                 Action::StartRebuild {
                     replica,
+                    generation,
                     source,
                     from_io_seq,
                     first_live_io_seq,
                 } => {
+                    assert_eq!(
+                        generation, self.gens[replica],
+                        "rebuild for an old connection"
+                    );
                     assert!(self.up[replica], "rebuild of a replica that is down");
                     assert!(
                         self.links[replica].is_empty() && self.last_seq[replica] == 0,
@@ -190,20 +219,21 @@ impl Sim {
             io_seq,
             message,
         };
-        let actions = self.ctl.on_reply(self.now, r, packet);
+        let actions = self.ctl.on_reply(self.now, r, self.gens[r], packet);
         self.apply(actions);
     }
 
     fn connect(&mut self, r: usize) {
         self.up[r] = true;
         self.last_seq[r] = 0;
-        let actions = self.ctl.on_connected(self.now, r);
+        self.gens[r] += 1;
+        let actions = self.ctl.on_connected(self.now, r, self.gens[r]);
         self.apply(actions);
     }
 
     fn disconnect(&mut self, r: usize) {
         self.down(r);
-        let actions = self.ctl.on_disconnected(self.now, r);
+        let actions = self.ctl.on_disconnected(self.now, r, self.gens[r]);
         self.apply(actions);
     }
 
@@ -308,7 +338,9 @@ impl Sim {
                 }),
                 other => panic!("unexpected {other:?}"),
             };
-            let actions = self.ctl.on_reply(self.now, r, packet.reply(reply));
+            let actions = self
+                .ctl
+                .on_reply(self.now, r, self.gens[r], packet.reply(reply));
             self.apply(actions);
             if !self.up[r] {
                 break;
@@ -337,6 +369,8 @@ impl Sim {
         self.disks.push(BTreeMap::new());
         self.links.push(VecDeque::new());
         self.up.push(false);
+        self.gens.push(0);
+        self.not_sent.push(Vec::new());
         self.last_seq.push(0);
         self.rebuilding.push(None);
         self.snapshots.push(BTreeMap::new());
@@ -470,7 +504,7 @@ fn a_read_error_drops_the_replica_and_the_read_is_retried_elsewhere() {
         Status::IoError,
         "EIO",
     )));
-    let actions = sim.ctl.on_reply(sim.now, bad, error);
+    let actions = sim.ctl.on_reply(sim.now, bad, sim.gens[bad], error);
     sim.apply(actions);
     // A read error is the replica's failure: it backs off (rule 6).
     assert_eq!(sim.ctl.replica_states()[bad], ReplicaState::Failed);
@@ -491,7 +525,7 @@ fn a_stale_epoch_reply_fences_the_target_for_good() {
         Status::StaleEpoch,
         "epoch 3 is older than 4",
     )));
-    let actions = sim.ctl.on_reply(sim.now, 0, stale);
+    let actions = sim.ctl.on_reply(sim.now, 0, sim.gens[0], stale);
     sim.apply(actions);
     assert_eq!(sim.result(tag), Some(&Err(VolumeError::Fenced)));
     assert!(sim.ctl.is_fenced());
@@ -1183,7 +1217,7 @@ fn a_replica_too_small_for_an_in_range_write_is_dropped_and_the_write_goes_on() 
         Status::OutOfRange,
         "beyond the end of a 1 MiB volume",
     )));
-    let actions = sim.ctl.on_reply(sim.now, 2, too_small);
+    let actions = sim.ctl.on_reply(sim.now, 2, sim.gens[2], too_small);
     sim.apply(actions);
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Failed);
     sim.deliver_all();
@@ -1201,9 +1235,14 @@ fn a_replica_that_missed_a_grow_is_grown_first_when_it_connects() {
     assert_eq!(sim.result(grow), Some(&Ok(Completion::Done)));
     sim.up[2] = true;
     sim.last_seq[2] = 0;
-    let actions = sim.ctl.on_connected_sized(sim.now, 2, 1 << 20);
+    sim.gens[2] += 1;
+    let actions = sim
+        .ctl
+        .on_connected_sized(sim.now, 2, sim.gens[2], 1 << 20, Vec::new());
     match actions.first() {
-        Some(Action::Send { replica: 2, packet }) => assert_eq!(
+        Some(Action::Send {
+            replica: 2, packet, ..
+        }) => assert_eq!(
             packet.message,
             Message::Resize {
                 new_size_bytes: 2 << 20
@@ -1217,7 +1256,10 @@ fn a_replica_that_missed_a_grow_is_grown_first_when_it_connects() {
     sim.disconnect(1);
     sim.up[1] = true;
     sim.last_seq[1] = 0;
-    let actions = sim.ctl.on_connected_sized(sim.now, 1, 2 << 20);
+    sim.gens[1] += 1;
+    let actions = sim
+        .ctl
+        .on_connected_sized(sim.now, 1, sim.gens[1], 2 << 20, Vec::new());
     assert!(!actions.iter().any(|a| matches!(
         a,
         Action::Send { packet, .. } if matches!(packet.message, Message::Resize { .. })
@@ -1490,7 +1532,7 @@ fn refuse_next(sim: &mut Sim, r: usize, status: Status, detail: &str) {
     let error = packet.reply(Message::Error(cstor_proto::ErrorReply::new(
         opcode, status, detail,
     )));
-    let actions = sim.ctl.on_reply(sim.now, r, error);
+    let actions = sim.ctl.on_reply(sim.now, r, sim.gens[r], error);
     sim.apply(actions);
 }
 
@@ -1727,4 +1769,119 @@ fn a_volume_that_cannot_allocate_writes_again_once_a_replica_has_room_and_is_reb
         sim.deliver_all();
         assert_eq!(sim.result(tag), Some(&data(3)));
     }
+}
+
+// Connection generations (module doc; `super::super::link`).
+
+#[test]
+fn every_action_for_a_replica_carries_the_connection_it_was_decided_for() {
+    let mut sim = Sim::new(3, 2);
+    let first = sim.gens[2];
+    let before = sim.ctl.submit(sim.now, 100, write_op(1, 1));
+    assert!(before.iter().all(|a| match a {
+        Action::Send {
+            replica,
+            generation,
+            ..
+        } => *generation == sim.gens[*replica],
+        _ => true,
+    }));
+    sim.apply(before);
+    // Replica 2 misses a write and reconnects: its rebuild and the resent
+    // writes are for the new connection only.
+    sim.disconnect(2);
+    sim.write(2, 2);
+    sim.deliver_all();
+    sim.up[2] = true;
+    sim.last_seq[2] = 0;
+    sim.gens[2] += 1;
+    let actions = sim.ctl.on_connected(sim.now, 2, sim.gens[2]);
+    assert!(matches!(
+        actions.first(),
+        Some(Action::StartRebuild { replica: 2, generation, .. }) if *generation == first + 1
+    ));
+    assert!(actions.iter().all(|a| match a {
+        Action::Send { generation, .. } | Action::Drop { generation, .. } =>
+            *generation == first + 1,
+        _ => true,
+    }));
+}
+
+fn write_op(block: u64, fill: u8) -> Op {
+    Op::Write {
+        offset: block * BLOCK,
+        data: Bytes::from(vec![fill; BLOCK as usize]),
+        fua: false,
+    }
+}
+
+#[test]
+fn a_packet_the_link_could_not_send_on_the_current_connection_drops_the_replica_and_is_resent_on_the_next(
+) {
+    let mut sim = Sim::new(3, 2);
+    let w = sim.write(1, 7);
+    // The link lost its connection as the write got there.
+    let seq = sim.links[2].back().map(|p| p.io_seq).unwrap();
+    sim.links[2].clear();
+    let actions = sim.ctl.on_not_sent(sim.now, 2, sim.gens[2], seq);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Drop { replica: 2, .. })));
+    sim.apply(actions);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    sim.connect(2);
+    assert!(sim.links[2].iter().any(|p| p.io_seq == seq));
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_not_sent_or_down_report_of_an_older_connection_leaves_the_current_one_alone() {
+    let mut sim = Sim::new(3, 2);
+    let old = sim.gens[1];
+    sim.disconnect(1);
+    sim.connect(1);
+    assert!(sim.ctl.on_not_sent(sim.now, 1, old, 5).is_empty());
+    assert!(sim.ctl.on_disconnected(sim.now, 1, old).is_empty());
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Healthy);
+    let w = sim.write(3, 3);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.healthy(), 3);
+}
+
+#[test]
+fn a_reply_from_an_older_connection_is_ignored() {
+    let mut sim = Sim::new(2, 2);
+    let w = sim.write(0, 1);
+    let packet = sim.links[1].pop_front().unwrap();
+    let old = sim.gens[1];
+    sim.disconnect(1);
+    sim.connect(1);
+    // The old connection's ack arrives late: it does not count.
+    let actions = sim
+        .ctl
+        .on_reply(sim.now, 1, old, packet.reply(Message::Ack(Opcode::Write)));
+    sim.apply(actions);
+    sim.deliver(0);
+    assert_eq!(sim.result(w), None);
+    sim.deliver(1);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn a_reconnect_without_a_down_report_resends_what_the_old_connection_owed() {
+    let mut sim = Sim::new(3, 2);
+    let w = sim.write(4, 4);
+    sim.links[2].clear();
+    // The link's down report of connection 1 is lost; connection 2 is up.
+    sim.last_seq[2] = 0;
+    sim.gens[2] += 1;
+    let actions = sim.ctl.on_connected(sim.now, 2, sim.gens[2]);
+    sim.apply(actions);
+    assert_eq!(sim.links[2].len(), 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
 }

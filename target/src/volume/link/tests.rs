@@ -1,0 +1,185 @@
+//! The link against a fake replica over real loopback TCP.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cstor_proto::{
+    FrameCodec, HelloAck, Membership, Message, Packet, RebuildProgress, RebuildSource,
+    RebuildStart, ReplicaState, StatusReport, Write,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ack() -> HelloAck {
+    HelloAck {
+        version: 1,
+        replica_id: 42,
+        pool_guid: 7,
+        state: ReplicaState::Healthy,
+        last_durable_io_seq: 0,
+        volume_size_bytes: 1 << 20,
+        block_size_bytes: 4096,
+        highest_epoch_seen: 0,
+    }
+}
+
+fn status() -> StatusReport {
+    StatusReport {
+        state: ReplicaState::Healthy,
+        last_durable_io_seq: 0,
+        last_received_io_seq: 0,
+        volume_size_bytes: 1 << 20,
+        highest_epoch_seen: 0,
+        rebuild: RebuildProgress::default(),
+    }
+}
+
+type Fake = Framed<tokio::net::TcpStream, FrameCodec>;
+
+async fn next_packet(conn: &mut Fake) -> Option<Packet> {
+    let frame = tokio::time::timeout(WAIT, conn.next()).await.ok()??.ok()?;
+    Packet::decode(frame).ok()
+}
+
+/// Answers the link's Hello; `before_ack` is awaited between the Hello and
+/// its answer (the test queues commands meanwhile).
+async fn handshake(conn: &mut Fake, before_ack: Option<oneshot::Receiver<()>>) {
+    let hello = next_packet(conn).await.expect("hello");
+    assert!(matches!(hello.message, Message::Hello(_)));
+    if let Some(gate) = before_ack {
+        let _ = gate.await;
+    }
+    conn.send(hello.reply(Message::HelloAck(ack())))
+        .await
+        .unwrap();
+    let st = next_packet(conn).await.expect("status");
+    conn.send(st.reply(Message::StatusReport(status())))
+        .await
+        .unwrap();
+    let mg = next_packet(conn).await.expect("membership get");
+    conn.send(mg.reply(Message::Membership(Membership::none())))
+        .await
+        .unwrap();
+}
+
+fn write_packet(io_seq: u64) -> Packet {
+    Packet {
+        session_id: 9,
+        epoch: 1,
+        io_seq,
+        message: Message::Write(Write {
+            offset: 0,
+            data: Bytes::from(vec![0xAB; 4096]),
+            fua: false,
+        }),
+    }
+}
+
+fn rebuild_start(io_seq: u64) -> Packet {
+    Packet {
+        session_id: 9,
+        epoch: 1,
+        io_seq,
+        message: Message::RebuildStart(RebuildStart {
+            peer_address: "127.0.0.1:1".into(),
+            volume: Name::new("v".to_owned()).unwrap(),
+            from_io_seq: 0,
+            source: RebuildSource::Live,
+        }),
+    }
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> LinkEvent {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the link is running")
+}
+
+#[tokio::test]
+async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_its_rebuild_start() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let params = SessionParams {
+        volume: "v".into(),
+        epoch: 1,
+        session_id: 9,
+        first_io_seq: 100,
+    };
+    tokio::spawn(run(0, addr, params, commands, events_tx, stop.clone()));
+
+    // First connection: claimed, then cut by the replica.
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut first = Framed::new(stream, FrameCodec::new());
+    handshake(&mut first, None).await;
+    let LinkEvent::Up { generation: 1, .. } = next_event(&mut events).await else {
+        panic!("expected Up of connection 1");
+    };
+    drop(first);
+
+    // The link redials; while the second claim is in progress, a driver
+    // that has not yet seen the first connection go down sends a write
+    // decided for it.
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut second = Framed::new(stream, FrameCodec::new());
+    let (gate_tx, gate) = oneshot::channel();
+    let fake = tokio::spawn(async move {
+        handshake(&mut second, Some(gate)).await;
+        let first_frame = next_packet(&mut second).await;
+        (first_frame, second)
+    });
+    let stale = commands_tx.send(LinkCommand::Send {
+        generation: 1,
+        packet: write_packet(150),
+    });
+    assert!(stale.is_ok());
+    let _ = gate_tx.send(());
+
+    // The driver learns of the down and the new connection, and the
+    // controller decides the new connection starts with a rebuild.
+    let mut not_sent = Vec::new();
+    let generation = loop {
+        match next_event(&mut events).await {
+            LinkEvent::Up { generation, .. } => break generation,
+            LinkEvent::NotSent {
+                generation, io_seq, ..
+            } => not_sent.push((generation, io_seq)),
+            _ => {}
+        }
+    };
+    assert_eq!(generation, 2);
+    let _ = commands_tx.send(LinkCommand::Send {
+        generation,
+        packet: rebuild_start(200),
+    });
+
+    let (first_frame, _second) = tokio::time::timeout(WAIT, fake).await.unwrap().unwrap();
+    let first_frame = first_frame.expect("a frame on the new connection");
+    assert!(
+        matches!(first_frame.message, Message::RebuildStart(_)),
+        "the first frame on the new connection must be its RebuildStart, got io_seq {} {:?}",
+        first_frame.io_seq,
+        first_frame.message.wire_opcode()
+    );
+    // The stale write was reported back as not sent, for its connection.
+    while not_sent.is_empty() {
+        if let LinkEvent::NotSent {
+            generation, io_seq, ..
+        } = next_event(&mut events).await
+        {
+            not_sent.push((generation, io_seq));
+        }
+    }
+    assert_eq!(not_sent, vec![(1, 150)]);
+    stop.cancel();
+}
