@@ -94,7 +94,18 @@
 //!
 //! Who may count again after a disconnect: a replica that comes back is
 //! healthy again only if it missed nothing, i.e. no mutating request it did
-//! not acknowledge was acknowledged by another replica. Requests still
+//! not acknowledge was acknowledged by another replica, and what it says of
+//! itself when its link claims it ([`Controller::on_hello`], the shell
+//! passes the facts of its handshake as a [`ReplicaHello`]) shows nothing
+//! lost. The decision ([`Admission`], the first that applies): refused (not
+//! a member, or failed and backing off); its replica id changed (its pool
+//! was replaced): rebuilt in full; smaller than the volume (it missed a
+//! grow): grown first, then rebuilt in full; an unfinished rebuild, first
+//! reached after the open and behind what the open saw
+//! ([`ControllerConfig::max_received_at_open`]), or reporting less than the
+//! highest io_seq it acknowledged (it lost unflushed writes): rebuilt from
+//! its durable io_seq; the only member and it lost unflushed writes: those
+//! exist nowhere else, it carries on healthy; otherwise healthy. Requests still
 //! pending when it comes back are sent to it again (same io_seq, same data:
 //! idempotent), so a replica restart shorter than the grace period is
 //! invisible. A replica that missed writes is [`ReplicaState::Degraded`]:
@@ -184,6 +195,9 @@ pub struct ControllerConfig {
     pub first_io_seq: u64,
     /// Volume size in bytes (from the replicas' handshakes).
     pub size_bytes: u64,
+    /// The highest io_seq any replica that answered the open reported
+    /// received: a replica first reached later and reporting less is behind.
+    pub max_received_at_open: u64,
 }
 
 impl ControllerConfig {
@@ -374,6 +388,48 @@ pub enum Action {
     },
 }
 
+/// What a replica said about itself when its link claimed it (its
+/// `HelloAck` and `Status` answers): the facts readmission is decided on
+/// ([`Controller::on_hello`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaHello {
+    /// The connection it came on.
+    pub generation: Generation,
+    /// Its replica id: another one than before means another pool.
+    pub replica_id: u128,
+    /// Its volume size.
+    pub size_bytes: u64,
+    /// Every write up to this io_seq is durable on it.
+    pub last_durable_io_seq: u64,
+    /// The highest io_seq it received (maybe not durable).
+    pub last_received_io_seq: u64,
+    /// The state it reports.
+    pub state: cstor_proto::ReplicaState,
+}
+
+/// How a replica that (re)connected is taken back
+/// ([`Controller::on_hello`]; the first that applies, in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not taken: not a member, or failed and backing off.
+    Refused,
+    /// Its replica id changed (its pool was replaced): rebuilt in full.
+    IdentityChanged { was: u128, now: u128 },
+    /// Smaller than the volume (it missed a grow): grown first, then
+    /// rebuilt in full.
+    Undersized { size_bytes: u64 },
+    /// Lacks writes from `from_io_seq` on (behind the others, lost writes
+    /// it had acknowledged, an unfinished rebuild, or missed while away):
+    /// rebuilt from there; 0 is a full rebuild.
+    Rebuild { from_io_seq: u64 },
+    /// The only member, and it lost unflushed writes: they exist nowhere
+    /// else, so it carries on from what it holds (as a disk after a power
+    /// loss), healthy.
+    AloneLostUnflushed,
+    /// Missed nothing: healthy.
+    Healthy,
+}
+
 /// A replica as the controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReplicaState {
@@ -437,6 +493,12 @@ struct Replica {
     state: ReplicaState,
     /// Its link's current (or last) connection.
     generation: Generation,
+    /// The replica id it last reported (or the membership record's).
+    replica_id: Option<u128>,
+    /// It answered a hello on this target already.
+    contacted: bool,
+    /// How it was last taken back.
+    admission: Option<Admission>,
     /// The current rebuild, while degraded or rebuilding.
     rebuild: Option<RebuildRun>,
     /// A degraded replica without a rebuild is redialled at this time.
@@ -467,6 +529,9 @@ impl Replica {
         Replica {
             state,
             generation: 0,
+            replica_id: None,
+            contacted: false,
+            admission: None,
             rebuild: None,
             retry_at: None,
             acked_max: 0,
@@ -831,6 +896,128 @@ impl Controller {
         true
     }
 
+    /// The replica ids known before any hello (the membership record's, or
+    /// the open's probes); `None` where unknown.
+    pub fn with_replica_ids(mut self, ids: &[Option<u128>]) -> Self {
+        for (r, id) in self.replicas.iter_mut().zip(ids) {
+            r.replica_id = *id;
+        }
+        self
+    }
+
+    /// The replica id `replica` last reported (or the record's).
+    pub fn replica_id(&self, replica: ReplicaIndex) -> Option<u128> {
+        self.replicas.get(replica).and_then(|r| r.replica_id)
+    }
+
+    /// How `replica` was last taken back, once it said hello.
+    pub fn admission(&self, replica: ReplicaIndex) -> Option<Admission> {
+        self.replicas.get(replica).and_then(|r| r.admission)
+    }
+
+    /// A replica's link claimed it on connection `hello.generation`, and it
+    /// said `hello`: decides how it is taken back ([`Admission`]) and
+    /// returns what to send it. `preamble` as for
+    /// [`Self::on_connected_sized`].
+    pub fn on_hello(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        hello: ReplicaHello,
+        preamble: Vec<Message>,
+    ) -> Vec<Action> {
+        let generation = hello.generation;
+        let refused = self.replicas.get(replica).is_none_or(|r| {
+            r.state == ReplicaState::Removed
+                || (r.state == ReplicaState::Failed && r.redial_at.is_some_and(|at| at > now))
+        });
+        if refused || generation < self.generation(replica) {
+            // Nothing learnt from a replica not taken: on_connected says why.
+            return self.on_connected_sized(now, replica, generation, hello.size_bytes, preamble);
+        }
+        let members = self
+            .replicas
+            .iter()
+            .filter(|r| r.state != ReplicaState::Removed)
+            .count();
+        let volume_size = self.config.size_bytes;
+        let at_open = self.config.max_received_at_open;
+        let Some(r) = self.replicas.get_mut(replica) else {
+            return Vec::new();
+        };
+        let received = hello.last_received_io_seq.max(hello.last_durable_io_seq);
+        let resume = hello.last_durable_io_seq.saturating_add(1);
+        let previous_id = r.replica_id.replace(hello.replica_id);
+        let first_contact = !std::mem::replace(&mut r.contacted, true);
+        // Reached for the first time and behind what the open saw, or
+        // restarted and lost writes it had acknowledged (not flushed).
+        let behind = (first_contact && received < at_open) || received < r.acked_max;
+        let acked_max = r.acked_max;
+        let mut decision = None;
+        if let Some(was) = previous_id.filter(|id| *id != hello.replica_id) {
+            tracing::warn!(
+                replica,
+                was = %format!("{was:032x}"),
+                now = %format!("{:032x}", hello.replica_id),
+                "replica id changed (new pool?): full rebuild"
+            );
+            self.mark_missed(replica, 0);
+            decision = Some(Admission::IdentityChanged {
+                was,
+                now: hello.replica_id,
+            });
+        }
+        if hello.size_bytes < volume_size {
+            tracing::warn!(
+                replica,
+                have = hello.size_bytes,
+                want = volume_size,
+                "replica is smaller than the volume: grown, then a full rebuild"
+            );
+            self.mark_missed(replica, 0);
+            decision.get_or_insert(Admission::Undersized {
+                size_bytes: hello.size_bytes,
+            });
+        }
+        if matches!(
+            hello.state,
+            cstor_proto::ReplicaState::Degraded | cstor_proto::ReplicaState::Rebuilding
+        ) {
+            // Complete only through its durable io_seq, whatever else it holds.
+            tracing::warn!(replica, "replica has an unfinished rebuild");
+            self.mark_missed(replica, resume);
+        }
+        let alone = behind && members == 1;
+        if alone {
+            // The only copy: what it lost was never flushed (a flushed write
+            // is durable on it) and exists nowhere else.
+            tracing::warn!(
+                replica,
+                received,
+                acked_max,
+                "the only replica restarted and lost unflushed writes"
+            );
+        } else if behind {
+            tracing::warn!(
+                replica,
+                received,
+                acked_max,
+                at_open,
+                "replica came back without writes it should hold"
+            );
+            self.mark_missed(replica, resume);
+        }
+        let actions = self.on_connected_sized(now, replica, generation, hello.size_bytes, preamble);
+        if let Some(r) = self.replicas.get_mut(replica) {
+            if let Some(decision) = decision {
+                r.admission = Some(decision);
+            } else if alone && r.missed_from.is_none() {
+                r.admission = Some(Admission::AloneLostUnflushed);
+            }
+        }
+        actions
+    }
+
     /// The connection of `replica` the controller decides for now.
     pub fn generation(&self, replica: ReplicaIndex) -> Generation {
         self.replicas.get(replica).map_or(0, |r| r.generation)
@@ -877,6 +1064,7 @@ impl Controller {
             return actions;
         };
         if r.state == ReplicaState::Removed {
+            r.admission = Some(Admission::Refused);
             actions.push(Action::Drop {
                 replica,
                 generation,
@@ -893,6 +1081,7 @@ impl Controller {
         {
             // Back before its backoff ran out (the shell should not have
             // dialled yet): not taken, told again how long to wait.
+            r.admission = Some(Admission::Refused);
             actions.push(Action::Drop {
                 replica,
                 generation,
@@ -902,10 +1091,12 @@ impl Controller {
             return actions;
         }
         r.redial_at = None;
-        r.state = if r.missed_from.is_none() {
-            ReplicaState::Healthy
-        } else {
-            ReplicaState::Degraded
+        (r.state, r.admission) = match r.missed_from {
+            None => (ReplicaState::Healthy, Some(Admission::Healthy)),
+            Some(from_io_seq) => (
+                ReplicaState::Degraded,
+                Some(Admission::Rebuild { from_io_seq }),
+            ),
         };
         tracing::info!(replica, state = ?r.state, "replica connected");
         if r.state == ReplicaState::Degraded {

@@ -26,10 +26,15 @@
 //! driver starts the new member's link or stops the removed one's. Every
 //! member is sent the committed record when its link comes up.
 //!
-//! Rebuild: the controller decides (see [`controller`]); the driver turns
-//! its `StartRebuild` into a `RebuildStart` naming the source's data
-//! address. A replica whose replica id changed since the driver last saw it
-//! (its pool was replaced) is rebuilt in full. The driver also
+//! Readmission and rebuild: the controller decides (see [`controller`]).
+//! When a link claims a replica the driver hands the controller the facts
+//! of its hello ([`controller::ReplicaHello`]: connection generation,
+//! replica id, size, durable and received io_seq, state) and the
+//! controller decides how it is taken back ([`controller::Admission`]:
+//! healthy, rebuilt from an io_seq, rebuilt in full because its id changed,
+//! grown and rebuilt in full because it is undersized, refused); the
+//! driver turns its `StartRebuild` into a `RebuildStart` naming the
+//! source's data address. The driver also
 //! - counts, per replica, the bytes every rebuild run into it reported
 //!   (`VolumeStatus::rebuilt_bytes`: the growth of the controller's run
 //!   progress at each reply, so each reported byte once, across runs);
@@ -61,7 +66,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use controller::{Action, Controller, ControllerConfig, MemberChange, ReplicaIndex, Tag};
+use controller::{
+    Action, Controller, ControllerConfig, MemberChange, ReplicaHello, ReplicaIndex, Tag,
+};
 pub use controller::{Completion, Op, RebuildRun, ReplicaState, VolumeError};
 use link::{LinkCommand, LinkEvent, SessionParams};
 pub use membership::MemberRef;
@@ -327,8 +334,10 @@ impl Volume {
             epoch: params.epoch,
             first_io_seq: params.first_io_seq,
             size_bytes,
+            max_received_at_open: max_received,
         };
-        let controller = Controller::new(config, &missed_from, Instant::now());
+        let controller =
+            Controller::new(config, &missed_from, Instant::now()).with_replica_ids(&replica_ids);
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
@@ -339,8 +348,6 @@ impl Volume {
             waiters: HashMap::default(),
             changes: HashMap::default(),
             next_tag: 1,
-            start_max_received: max_received,
-            seen: Vec::with_capacity(members.len()),
             replica_ids: Vec::with_capacity(members.len()),
             rebuild_clock: Vec::with_capacity(members.len()),
             rebuilt_bytes: Vec::with_capacity(members.len()),
@@ -673,8 +680,6 @@ struct Driver {
     waiters: HashMap<Tag, oneshot::Sender<Result<Completion, VolumeError>>>,
     changes: HashMap<Tag, PendingChange>,
     next_tag: Tag,
-    start_max_received: u64,
-    seen: Vec<bool>,
     /// Per replica: the replica id it last reported (or the record's).
     replica_ids: Vec<Option<u128>>,
     rebuild_clock: Vec<Option<RebuildClock>>,
@@ -714,7 +719,6 @@ impl Driver {
         ));
         self.addrs.push(addr);
         self.links.push((tx, stop));
-        self.seen.push(false);
         self.replica_ids.push(replica_id);
         self.rebuild_clock.push(None);
         self.rebuilt_bytes.push(0);
@@ -990,68 +994,27 @@ impl Driver {
                 // target that reached only this replica): never reuse its
                 // generation.
                 self.generation = self.generation.max(membership.generation);
-                let size = self.controller.config().size_bytes;
-                if ack.volume_size_bytes < size {
-                    warn!(
-                        replica,
-                        have = ack.volume_size_bytes,
-                        want = size,
-                        "replica is smaller than the volume"
-                    );
-                    self.controller.mark_missed(replica, 0);
+                // The record and the status show the id it reports now;
+                // whether it changed is the controller's call.
+                if let Some(id) = self.replica_ids.get_mut(replica) {
+                    *id = Some(ack.replica_id);
                 }
-                let previous_id = self
-                    .replica_ids
-                    .get_mut(replica)
-                    .and_then(|id| id.replace(ack.replica_id));
-                if previous_id.is_some_and(|id| id != ack.replica_id) {
-                    warn!(replica, "replica id changed (new pool?): full rebuild");
-                    self.controller.mark_missed(replica, 0);
-                }
-                if rebuild_unfinished(&ack) {
-                    warn!(replica, "replica has an unfinished rebuild");
-                    self.controller
-                        .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
-                }
-                let received = status.last_received_io_seq.max(ack.last_durable_io_seq);
-                let first_contact = self
-                    .seen
-                    .get_mut(replica)
-                    .is_some_and(|seen| !std::mem::replace(seen, true));
-                // Unreachable at open and behind the others, or restarted and
-                // lost writes it had acknowledged (they were not flushed).
-                let behind = (first_contact && received < self.start_max_received)
-                    || received < self.controller.acked_max(replica);
-                let members = self.record.members.len();
-                if behind && members == 1 {
-                    // The only copy: what it lost was never flushed (a
-                    // flushed write is durable on it), and exists nowhere
-                    // else. Carry on from what it has, as a disk would
-                    // after a power loss.
-                    warn!(
-                        replica,
-                        received, "the only replica restarted and lost unflushed writes"
-                    );
-                } else if behind {
-                    warn!(
-                        replica,
-                        received, "replica came back without writes it should hold"
-                    );
-                    self.controller
-                        .mark_missed(replica, ack.last_durable_io_seq.saturating_add(1));
-                }
+                let hello = ReplicaHello {
+                    generation,
+                    replica_id: ack.replica_id,
+                    size_bytes: ack.volume_size_bytes,
+                    last_durable_io_seq: ack.last_durable_io_seq,
+                    last_received_io_seq: status.last_received_io_seq,
+                    state: ack.state,
+                };
                 // Before its rebuild starts (if it needs one): the rate it
                 // is to pull at.
                 let throttle = Message::RebuildThrottle {
                     bytes_per_second: self.rebuild_throttle,
                 };
-                let mut actions = self.controller.on_connected_sized(
-                    now,
-                    replica,
-                    generation,
-                    ack.volume_size_bytes,
-                    vec![throttle],
-                );
+                let mut actions = self
+                    .controller
+                    .on_hello(now, replica, hello, vec![throttle]);
                 // After the rebuild start and the resent writes: the record,
                 // so that every member holds it, unless it does already.
                 if membership != self.record

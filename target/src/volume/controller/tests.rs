@@ -60,6 +60,7 @@ fn config(replicas: usize, cf: usize) -> ControllerConfig {
         epoch: 3,
         first_io_seq: 1000,
         size_bytes: 1 << 20,
+        max_received_at_open: 0,
     }
 }
 
@@ -140,8 +141,13 @@ impl Sim {
                         "rebuild for an old connection"
                     );
                     assert!(self.up[replica], "rebuild of a replica that is down");
+                    // Only what needs no rebuild may come first: a grow
+                    // of a replica that missed one, the shell's preamble.
                     assert!(
-                        self.links[replica].is_empty() && self.last_seq[replica] == 0,
+                        self.links[replica].iter().all(|p| matches!(
+                            p.message,
+                            Message::Resize { .. } | Message::RebuildThrottle { .. }
+                        )),
                         "a rebuild must be the first thing on a fresh link"
                     );
                     assert_ne!(replica, source);
@@ -1884,4 +1890,191 @@ fn a_reconnect_without_a_down_report_resends_what_the_old_connection_owed() {
     sim.deliver_all();
     assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+// Readmission (module doc, "Who may count again"): the facts of a hello,
+// the controller's decision.
+
+impl Sim {
+    /// Replica `r` comes back on a fresh connection and says `hello`.
+    fn hello(&mut self, r: usize, hello: impl FnOnce(ReplicaHello) -> ReplicaHello) {
+        self.up[r] = true;
+        self.last_seq[r] = 0;
+        self.gens[r] += 1;
+        let facts = hello(ReplicaHello {
+            generation: self.gens[r],
+            replica_id: 100 + r as u128,
+            size_bytes: self.ctl.size_bytes(),
+            last_durable_io_seq: self.ctl.acked_max(r),
+            last_received_io_seq: self.ctl.acked_max(r),
+            state: cstor_proto::ReplicaState::Healthy,
+        });
+        let actions = self.ctl.on_hello(self.now, r, facts, Vec::new());
+        self.apply(actions);
+    }
+
+    /// A volume whose replicas all said hello with their ids.
+    fn with_hellos(replicas: usize, cf: usize) -> Sim {
+        let mut sim = Sim::new(replicas, cf);
+        for r in 0..replicas {
+            sim.disconnect(r);
+            sim.hello(r, |h| h);
+        }
+        sim
+    }
+}
+
+#[test]
+fn a_replica_that_missed_nothing_is_readmitted_healthy() {
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.write(0, 1);
+    sim.deliver_all();
+    sim.disconnect(2);
+    sim.hello(2, |h| h);
+    assert_eq!(sim.ctl.admission(2), Some(Admission::Healthy));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_replica_whose_id_changed_is_rebuilt_in_full() {
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.write(0, 1);
+    sim.deliver_all();
+    sim.disconnect(2);
+    sim.hello(2, |h| ReplicaHello {
+        replica_id: 999,
+        ..h
+    });
+    assert_eq!(
+        sim.ctl.admission(2),
+        Some(Admission::IdentityChanged { was: 102, now: 999 })
+    );
+    assert_eq!(rebuild_start(&sim, 2).map(|(_, from, _)| from), Some(0));
+    assert_eq!(sim.ctl.replica_id(2), Some(999));
+}
+
+#[test]
+fn a_replica_smaller_than_the_volume_is_grown_first_and_rebuilt_in_full() {
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.disconnect(2);
+    sim.hello(2, |h| ReplicaHello {
+        size_bytes: h.size_bytes / 2,
+        ..h
+    });
+    assert_eq!(
+        sim.ctl.admission(2),
+        Some(Admission::Undersized {
+            size_bytes: 1 << 19
+        })
+    );
+    assert!(matches!(
+        sim.links[2].front().map(|p| &p.message),
+        Some(Message::Resize { new_size_bytes }) if *new_size_bytes == 1 << 20
+    ));
+    assert_eq!(sim.ctl.missed_from(2), Some(0));
+    assert_eq!(sim.ctl.rebuild(2).map(|r| r.from_io_seq), Some(0));
+}
+
+#[test]
+fn a_replica_that_lost_writes_it_acknowledged_is_rebuilt_from_its_durable_io_seq() {
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.write(0, 1);
+    sim.write(1, 2);
+    sim.deliver_all();
+    let acked = sim.ctl.acked_max(2);
+    sim.disconnect(2);
+    sim.hello(2, |h| ReplicaHello {
+        last_durable_io_seq: acked - 1,
+        last_received_io_seq: acked - 1,
+        ..h
+    });
+    assert_eq!(
+        sim.ctl.admission(2),
+        Some(Admission::Rebuild { from_io_seq: acked })
+    );
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    assert!(rebuild_start(&sim, 2).is_some());
+}
+
+#[test]
+fn a_replica_reporting_an_unfinished_rebuild_is_rebuilt_from_its_durable_io_seq() {
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.disconnect(2);
+    sim.hello(2, |h| ReplicaHello {
+        state: cstor_proto::ReplicaState::Rebuilding,
+        last_durable_io_seq: 500,
+        ..h
+    });
+    assert_eq!(
+        sim.ctl.admission(2),
+        Some(Admission::Rebuild { from_io_seq: 501 })
+    );
+    assert!(rebuild_start(&sim, 2).is_some());
+}
+
+#[test]
+fn a_replica_first_reached_after_the_open_and_behind_it_is_rebuilt() {
+    let mut sim = Sim::new(3, 2);
+    sim.ctl.config.max_received_at_open = 900;
+    sim.disconnect(2);
+    sim.hello(2, |h| ReplicaHello {
+        last_durable_io_seq: 800,
+        last_received_io_seq: 850,
+        ..h
+    });
+    assert_eq!(
+        sim.ctl.admission(2),
+        Some(Admission::Rebuild { from_io_seq: 801 })
+    );
+    // The second hello of the same replica is no first contact.
+    sim.disconnect(1);
+    sim.hello(1, |h| ReplicaHello {
+        last_received_io_seq: 900,
+        ..h
+    });
+    assert_eq!(sim.ctl.admission(1), Some(Admission::Healthy));
+}
+
+#[test]
+fn the_only_member_that_lost_unflushed_writes_carries_on_healthy() {
+    let mut sim = Sim::with_hellos(1, 1);
+    let w = sim.write(0, 1);
+    sim.deliver_all();
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    let acked = sim.ctl.acked_max(0);
+    sim.disconnect(0);
+    sim.hello(0, |h| ReplicaHello {
+        last_durable_io_seq: acked - 1,
+        last_received_io_seq: acked - 1,
+        ..h
+    });
+    assert_eq!(sim.ctl.admission(0), Some(Admission::AloneLostUnflushed));
+    assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_replica_that_missed_writes_while_away_is_rebuilt_from_the_first_it_missed() {
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.disconnect(2);
+    let before = sim.ctl.next_io_seq();
+    sim.write(0, 1);
+    sim.deliver_all();
+    sim.hello(2, |h| h);
+    assert_eq!(
+        sim.ctl.admission(2),
+        Some(Admission::Rebuild {
+            from_io_seq: before
+        })
+    );
+}
+
+#[test]
+fn a_removed_or_backing_off_replica_is_refused() {
+    let mut sim = Sim::with_hellos(3, 2);
+    let m = sim.submit(set_membership(MemberChange::Remove(2), 2));
+    sim.deliver_all();
+    assert_eq!(sim.result(m), Some(&Ok(Completion::Done)));
+    sim.hello(2, |h| h);
+    assert_eq!(sim.ctl.admission(2), Some(Admission::Refused));
+    assert!(!sim.up[2]);
 }
