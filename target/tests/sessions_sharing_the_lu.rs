@@ -14,8 +14,10 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 use cstor_target::iscsi::login::{LoggedIn, SessionType, TargetConfig};
 use cstor_target::iscsi::negotiate::SessionParams;
-use cstor_target::iscsi::pdu::{Pdu, ScsiCommand, ScsiResponse, TaskAttr};
-use cstor_target::iscsi::session::{Action, FullFeature, TaskId, TaskResult};
+use cstor_target::iscsi::pdu::{
+    Pdu, ScsiCommand, ScsiResponse, TaskAttr, TaskMgmtRequest, TmfFunction,
+};
+use cstor_target::iscsi::session::{Action, FullFeature, ResetKind, TaskId, TaskResult};
 use cstor_target::scsi::{
     Asc, Completed, LogicalUnit, Nexus, Outcome, Pending, Response, Sense, SenseKey,
 };
@@ -119,10 +121,33 @@ impl<'a> Initiator<'a> {
                     Outcome::Done(r) => queue.extend(self.ff.complete(task.id, task_result(r))),
                     Outcome::Io(pending) => self.in_flight.push((task.id, pending)),
                 },
+                // As the shell: a LUN or target warm reset resets the unit.
+                Action::Reset {
+                    kind: ResetKind::LogicalUnitReset | ResetKind::TargetWarmReset,
+                    lun: 0,
+                } => lu.lun_reset(),
                 Action::Reset { .. } | Action::Close => {}
             }
         }
         sent
+    }
+
+    /// Sends a LOGICAL UNIT RESET task management request for LUN 0.
+    fn lun_reset(&mut self, lu: &mut LogicalUnit) -> Vec<Pdu> {
+        let request = Pdu::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: TmfFunction::LogicalUnitReset,
+            lun: 0,
+            itt: self.next_itt,
+            referenced_task_tag: 0xffff_ffff,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn: 0,
+            exp_data_sn: 0,
+        });
+        self.next_itt += 1;
+        let actions = self.ff.on_pdu(request);
+        self.carry_out(lu, actions)
     }
 }
 
@@ -190,5 +215,54 @@ fn preempt_and_abort_from_one_session_silences_the_preempted_sessions_commands_i
         r.max_cmd_sn,
         a.cmd_sn - 1 + cfg.queue_depth,
         "A's window is whole again"
+    );
+}
+
+/// SAM-5 §7.6: a LOGICAL UNIT RESET aborts every task of the unit, whatever
+/// I_T nexus sent it; the other nexuses learn it from a unit attention
+/// (TAS = 0: their aborted commands get no response).
+#[test]
+fn a_lun_reset_from_one_session_aborts_every_sessions_commands_in_flight() {
+    let cfg = TargetConfig::for_volume("pvc-shared");
+    let mut lu = LogicalUnit::new(config(64)).unwrap();
+    let mut vol = MemVolume::new(64);
+    let (mut a, mut b) = (Initiator::new(&cfg, 1), Initiator::new(&cfg, 2));
+    for who in [&mut a, &mut b] {
+        assert_eq!(
+            sense_in(&who.ask(&mut lu, &tur(), &[])).asc,
+            Asc::POWER_ON_RESET
+        );
+    }
+    assert!(a.send(&mut lu, &write10(0, 1), &[0xaa; BS], 0).is_empty());
+    assert!(a.send(&mut lu, &read10(0, 1), &[], BS as u32).is_empty());
+    assert!(b.send(&mut lu, &read10(1, 1), &[], BS as u32).is_empty());
+    let answered = b.lun_reset(&mut lu);
+    assert!(
+        matches!(&answered[..], [Pdu::TaskMgmtResponse(r)] if r.response == 0),
+        "the reset is done: {answered:?}"
+    );
+    let sent = a.finish_io(&mut lu, &mut vol);
+    assert!(
+        sent.is_empty(),
+        "A's reset commands were answered: {sent:?}"
+    );
+    assert_eq!(
+        a.ff.live_tasks(),
+        0,
+        "A's aborted tasks still hold their slots"
+    );
+    let sent = b.finish_io(&mut lu, &mut vol);
+    assert!(sent.is_empty(), "B's own reset read was answered: {sent:?}");
+    let s = sense_in(&a.ask(&mut lu, &tur(), &[]));
+    assert_eq!(
+        (s.key, s.asc),
+        (SenseKey::UnitAttention, Asc::BUS_DEVICE_RESET)
+    );
+    // A command issued after the reset runs as usual.
+    assert!(a.send(&mut lu, &read10(0, 1), &[], BS as u32).is_empty());
+    let sent = a.finish_io(&mut lu, &mut vol);
+    assert!(
+        matches!(&sent[..], [Pdu::DataIn(d)] if d.status == Some(0)),
+        "after the reset: {sent:?}"
     );
 }

@@ -1,14 +1,16 @@
 //! Commands aborted while their block request runs: PREEMPT AND ABORT
 //! (SPC-4 §5.13.11.2.7) aborts the tasks of every I_T nexus it preempts,
-//! whichever session of the target they came in on.
+//! and a LOGICAL UNIT RESET (SAM-5 §7.6) every task of the unit, whichever
+//! session of the target they came in on.
 //!
 //! The logical unit is the one place every session's commands pass through
 //! (`execute` to start, `complete` to finish), so it decides here which
 //! completions are aborted: each block request it issues carries a
 //! [`Stamp`] (its nexus, and the abort generation when it was issued); a
 //! PREEMPT AND ABORT opens a new generation and records it for each
-//! preempted nexus; a completion is aborted when its nexus was preempted
-//! after it was issued. A command issued after the preemption is a new
+//! preempted nexus, a reset opens one for every nexus; a completion is
+//! aborted when its nexus was preempted, or the unit reset, after it was
+//! issued. A command issued after the preemption is a new
 //! task, answered as usual (its nexus first sees REGISTRATIONS PREEMPTED).
 //!
 //! Bound: at most [`MAX_NEXUSES`] nexuses are remembered, the one preempted
@@ -33,6 +35,9 @@ pub(crate) struct Aborts {
     generation: u64,
     /// The generation at which each nexus was last preempted and aborted.
     preempted: BTreeMap<Nexus, u64>,
+    /// The generation of the last reset of the unit: every request issued
+    /// before it is aborted.
+    reset_at: u64,
 }
 
 impl Aborts {
@@ -56,11 +61,20 @@ impl Aborts {
         }
     }
 
+    /// Aborts every command in flight now, of every nexus (a LOGICAL UNIT
+    /// RESET or a target warm reset).
+    pub(crate) fn abort_every(&mut self) {
+        self.generation += 1;
+        self.reset_at = self.generation;
+    }
+
     /// Whether the request stamped `stamp` was aborted since it was issued.
     pub(crate) fn is_aborted(&self, stamp: &Stamp) -> bool {
-        self.preempted
-            .get(&stamp.nexus)
-            .is_some_and(|at| *at > stamp.generation)
+        stamp.generation < self.reset_at
+            || self
+                .preempted
+                .get(&stamp.nexus)
+                .is_some_and(|at| *at > stamp.generation)
     }
 
     /// Forgets the nexus preempted longest ago if `nexus` would not fit.
@@ -107,6 +121,18 @@ mod tests {
         assert!(!aborts.is_aborted(&after), "a later preemption of another");
         aborts.abort(&[n(1)]);
         assert!(aborts.is_aborted(&after), "a second preemption of its own");
+    }
+
+    #[test]
+    fn a_reset_aborts_every_nexus_request_issued_before_it_and_none_after() {
+        let mut aborts = Aborts::default();
+        let (one, two) = (aborts.stamp(&n(1)), aborts.stamp(&n(2)));
+        aborts.abort_every();
+        assert!(aborts.is_aborted(&one) && aborts.is_aborted(&two));
+        let after = aborts.stamp(&n(1));
+        assert!(!aborts.is_aborted(&after));
+        aborts.abort(&[n(2)]);
+        assert!(!aborts.is_aborted(&after), "a later preemption of another");
     }
 
     #[test]

@@ -263,9 +263,12 @@ impl LogicalUnit {
     /// reservations survive (SPC-4 §5.12.5) and the mode
     /// parameters keep their current values (there are no saved ones to
     /// revert to, and reverting WCE behind the initiator's back would
-    /// change durability silently). Aborting the task set is the session
-    /// layer's part.
+    /// change durability silently). Every task of the unit is aborted,
+    /// whichever nexus sent it: the block requests in flight complete as
+    /// [`Completed::Aborted`] (the issuing session's core also ends its own
+    /// tasks that are not at the unit yet).
     pub fn lun_reset(&mut self) {
+        self.aborts.abort_every();
         self.reserve6_holder = None;
         self.unit_attentions.broadcast(Asc::BUS_DEVICE_RESET, None);
     }
