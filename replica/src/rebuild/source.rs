@@ -212,15 +212,28 @@ impl Pieces<'_> {
                     self.piece_len,
                     &mut self.queue,
                 )
-                .map_err(|detail| RebuildError::Unsupported {
+                .map_err(|e| RebuildError::Unsupported {
                     volume: self.entry.name.clone(),
-                    detail,
+                    detail: e.to_string(),
                 })?;
             }
             self.next_page = page.next_offset;
         }
         Ok(self.queue.pop_front())
     }
+}
+
+/// Why a changed chunk cannot be cut into pieces.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SplitError {
+    #[error("chunk at {offset} overflows")]
+    Overflows { offset: u64 },
+    #[error("chunk at {offset} of {len} bytes is not whole {block_len}-byte blocks")]
+    NotWholeBlocks {
+        offset: u64,
+        len: u64,
+        block_len: u64,
+    },
 }
 
 /// Cuts the changed chunk `offset..offset+len` into pieces of at most
@@ -233,14 +246,16 @@ fn split(
     block_len: u64,
     piece_len: u64,
     out: &mut VecDeque<Piece>,
-) -> Result<(), String> {
+) -> Result<(), SplitError> {
     let end = offset
         .checked_add(len)
-        .ok_or_else(|| format!("chunk at {offset} overflows"))?;
+        .ok_or(SplitError::Overflows { offset })?;
     if block_len == 0 || piece_len == 0 || !len.is_multiple_of(block_len) {
-        return Err(format!(
-            "chunk at {offset} of {len} bytes is not whole {block_len}-byte blocks"
-        ));
+        return Err(SplitError::NotWholeBlocks {
+            offset,
+            len,
+            block_len,
+        });
     }
     let mut at = offset;
     while at < end {
@@ -365,9 +380,20 @@ mod tests {
     #[test]
     fn a_chunk_that_overflows_or_is_not_whole_blocks_is_refused() {
         let mut out = VecDeque::new();
-        assert!(split(u64::MAX - 10, 4096, 1, 4096, 8192, &mut out).is_err());
-        assert!(split(0, 4095, 1, 4096, 8192, &mut out).is_err());
-        assert!(split(0, 4096, 1, 0, 8192, &mut out).is_err());
+        assert_eq!(
+            split(u64::MAX - 10, 4096, 1, 4096, 8192, &mut out),
+            Err(SplitError::Overflows {
+                offset: u64::MAX - 10
+            })
+        );
+        assert!(matches!(
+            split(0, 4095, 1, 4096, 8192, &mut out),
+            Err(SplitError::NotWholeBlocks { len: 4095, .. })
+        ));
+        assert!(matches!(
+            split(0, 4096, 1, 0, 8192, &mut out),
+            Err(SplitError::NotWholeBlocks { block_len: 0, .. })
+        ));
         assert!(out.is_empty(), "nothing queued from a refused chunk");
     }
 
