@@ -28,6 +28,10 @@
 //! A session whose initiator leaves the allowlist
 //! ([`crate::iscsi::access`]) is closed at once: no command of it is
 //! accepted after that (tasks already sent to the volume still finish).
+//!
+//! Why a connection ended, other than by the initiator closing it or
+//! logging out (or a refused login, after its response was sent), is a
+//! [`ConnError`], logged by its `Display`.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -45,7 +49,7 @@ use tracing::{debug, info, warn};
 use super::block;
 use super::Shared;
 use crate::iscsi::access::{self, Allowlist};
-use crate::iscsi::codec::IscsiCodec;
+use crate::iscsi::codec::{CodecError, IscsiCodec, Rejected};
 use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
 use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
 use crate::iscsi::pdu::Pdu;
@@ -56,6 +60,46 @@ use crate::scsi::{respond_without_lu, Completed, Nexus, Outcome, Pending, Respon
 pub use crate::limits::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LOGIN_TIMEOUT};
 
 type Conn = Framed<TcpStream, IscsiCodec>;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// No Login PDU came within [`FIRST_PDU_TIMEOUT`] of connecting.
+    #[error("no Login PDU within {0:?} of connecting")]
+    FirstPduTimeout(Duration),
+    /// The login did not finish within [`LOGIN_TIMEOUT`].
+    #[error("login did not finish within {0:?}")]
+    LoginTimeout(Duration),
+    /// The socket failed, or the stream could not be framed, during login.
+    #[error("during login: {0}")]
+    DuringLogin(#[source] CodecError),
+    /// A PDU that could not be parsed during login.
+    #[error("malformed PDU during login: {0}")]
+    MalformedLoginPdu(#[source] Box<Rejected>),
+    /// A PDU other than a Login Request before full feature phase
+    /// (RFC 7143 §6.3).
+    #[error("a PDU other than Login Request during login")]
+    NotLoginRequest,
+    /// A PDU could not be written to the socket.
+    #[error("cannot send: {0}")]
+    Send(#[source] CodecError),
+    /// The initiator took nothing off the socket for [`SEND_TIMEOUT`].
+    #[error("the initiator took nothing off the socket for {0:?}")]
+    SendTimeout(Duration),
+    /// The socket failed, or the stream could not be framed, in full
+    /// feature phase.
+    #[error(transparent)]
+    Receive(CodecError),
+    /// The initiator answered no ping within [`KEEPALIVE_TIMEOUT`].
+    #[error("no answer to a ping within {0:?}")]
+    KeepaliveTimeout(Duration),
+    /// The initiator was removed from the allowlist (fencing).
+    #[error("initiator no longer allowed")]
+    Revoked,
+    /// The target is stopping.
+    #[error("target shutting down")]
+    Shutdown,
+}
 
 /// A task that finished its block IO.
 struct Finished {
@@ -96,7 +140,7 @@ pub async fn serve(
                 return;
             }
             Err(_) => {
-                info!(%peer, "login did not finish within {LOGIN_TIMEOUT:?}");
+                info!(%peer, "{}", ConnError::LoginTimeout(LOGIN_TIMEOUT));
                 return;
             }
         };
@@ -129,7 +173,7 @@ async fn login(
     shared: &Shared,
     tsih: NonZeroU16,
     local: SocketAddr,
-) -> Result<Option<Box<crate::iscsi::login::LoggedIn>>, String> {
+) -> Result<Option<Box<crate::iscsi::login::LoggedIn>>, ConnError> {
     let mut machine = LoginMachine::new(&shared.config, tsih, local);
     let mut first = true;
     loop {
@@ -137,26 +181,22 @@ async fn login(
             first = false;
             match tokio::time::timeout(FIRST_PDU_TIMEOUT, conn.next()).await {
                 Ok(next) => next,
-                Err(_) => {
-                    return Err(format!(
-                        "no Login PDU within {FIRST_PDU_TIMEOUT:?} of connecting"
-                    ))
-                }
+                Err(_) => return Err(ConnError::FirstPduTimeout(FIRST_PDU_TIMEOUT)),
             }
         } else {
             conn.next().await
         };
         let pdu = match next {
             None => return Ok(None),
-            Some(Err(e)) => return Err(format!("during login: {e}")),
+            Some(Err(e)) => return Err(ConnError::DuringLogin(e)),
             Some(Ok(Err(rejected))) => {
-                return Err(format!("malformed PDU during login: {rejected}"));
+                return Err(ConnError::MalformedLoginPdu(Box::new(rejected)));
             }
             Some(Ok(Ok(pdu))) => pdu,
         };
         let Pdu::LoginRequest(request) = pdu else {
             // RFC 7143 §6.3: only Login Requests before full feature phase.
-            return Err("a PDU other than Login Request during login".into());
+            return Err(ConnError::NotLoginRequest);
         };
         match machine.on_request(&request) {
             LoginAction::Continue(response) => send(conn, Pdu::LoginResponse(response)).await?,
@@ -175,28 +215,20 @@ async fn login(
     }
 }
 
-async fn send(conn: &mut Conn, pdu: Pdu) -> Result<(), String> {
-    match tokio::time::timeout(SEND_TIMEOUT, conn.send(pdu)).await {
-        Ok(sent) => sent.map_err(|e| format!("cannot send: {e}")),
-        Err(_) => Err(format!(
-            "the initiator took nothing off the socket for {SEND_TIMEOUT:?}"
-        )),
-    }
+async fn send(conn: &mut Conn, pdu: Pdu) -> Result<(), ConnError> {
+    within_send_timeout(conn.send(pdu)).await
 }
 
 /// `sink`'s `op` (a feed or a flush), failing once the initiator took
 /// nothing off the socket for [`SEND_TIMEOUT`]: it stopped reading, and
 /// what it holds must not stay held.
-async fn within_send_timeout<F, E>(op: F) -> Result<(), String>
+async fn within_send_timeout<F>(op: F) -> Result<(), ConnError>
 where
-    F: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), CodecError>>,
 {
     match tokio::time::timeout(SEND_TIMEOUT, op).await {
-        Ok(done) => done.map_err(|e| format!("cannot send: {e}")),
-        Err(_) => Err(format!(
-            "the initiator took nothing off the socket for {SEND_TIMEOUT:?}"
-        )),
+        Ok(done) => done.map_err(ConnError::Send),
+        Err(_) => Err(ConnError::SendTimeout(SEND_TIMEOUT)),
     }
 }
 
@@ -215,7 +247,7 @@ async fn full_feature(
     nexus: &Nexus,
     access: watch::Receiver<Allowlist>,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), ConnError> {
     let initiator = session.initiator_name.clone();
     let revoked = access::revoked(access, &initiator);
     tokio::pin!(revoked);
@@ -236,9 +268,9 @@ async fn full_feature(
     loop {
         let waiting = ff.waits_for_target_budget();
         let first = tokio::select! {
-            () = shutdown.cancelled() => return Err("target shutting down".into()),
+            () = shutdown.cancelled() => return Err(ConnError::Shutdown),
             // Fencing: the initiator was removed from the allowlist.
-            () = &mut revoked => return Err("initiator no longer allowed".into()),
+            () = &mut revoked => return Err(ConnError::Revoked),
             frame = stream.next() => Event::Frame(frame),
             finished = done_rx.recv() => Event::Finished(finished),
             () = budget_freed(&mut freed, waiting) => Event::BudgetFreed,
@@ -259,7 +291,7 @@ async fn full_feature(
                     close = true;
                     Vec::new()
                 }
-                Event::Frame(Some(Err(e))) => return Err(e.to_string()),
+                Event::Frame(Some(Err(e))) => return Err(ConnError::Receive(e)),
                 Event::Frame(Some(Ok(Ok(pdu)))) => {
                     keepalive.heard(now_ms());
                     ff.on_pdu(pdu)
@@ -276,7 +308,7 @@ async fn full_feature(
                     KeepaliveAction::Wait { .. } => Vec::new(),
                     KeepaliveAction::Ping { ttt } => ff.ping(ttt),
                     KeepaliveAction::Dead => {
-                        return Err(format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}"))
+                        return Err(ConnError::KeepaliveTimeout(KEEPALIVE_TIMEOUT))
                     }
                 },
             };
