@@ -1,0 +1,446 @@
+//! The IO path of a volume: read (live layer or a snapshot), write with
+//! the target's io_seq, write-zeroes, unmap, flush.
+//!
+//! Every request is validated (block-aligned, `checked_add`, within the
+//! volume, bounded by `MAX_IO_BYTES`) before any IO, then split at chunk
+//! boundaries (`pieces`); each piece holds its chunk's stripe lock (see
+//! `locks`) for lookup, device IO and map update. The metadata mutex is
+//! never held across device IO. A new mapping enters the map (and the
+//! journal) only after its data write completed, so a commit, which syncs
+//! data before writing records, never makes a mapping durable before its
+//! data.
+//!
+//! Copy-on-write: a chunk the live layer does not own (shared with a
+//! snapshot or clone, or unmapped) is written to a freshly allocated chunk,
+//! the rest of which is copied from the visible chunk or zero-filled
+//! (`Volume::plan_write`). While a rebuild runs, every live write records
+//! its io_seq per block (`Volume::track`).
+
+use super::Volume;
+use crate::error::{invalid, no_space, not_found, Error, ErrorKind, Result};
+use crate::io::{AlignedBuf, Device};
+use crate::meta::chunk_map::{Entry, Target};
+use crate::meta::record::{LayerId, Record, VolumeId};
+use crate::pool::Meta;
+
+enum Plan {
+    InPlace(u64),
+    Fresh { phys: u64, source: Option<u64> },
+}
+
+enum ZeroPlan {
+    Nothing,
+    Record(Record),
+    WriteZeros,
+}
+
+pub(super) struct Piece {
+    pub(super) chunk: u64,
+    pub(super) off: u64,
+    pub(super) len: usize,
+    pub(super) buf_off: usize,
+}
+
+/// The request `[offset, offset + len)` cut at chunk boundaries, lazily (an
+/// unmap may span a whole volume). Each piece is at most one chunk, so its
+/// length fits a `usize`.
+pub(super) fn pieces(offset: u64, len: u64, chunk_bytes: u64) -> impl Iterator<Item = Piece> {
+    let end = offset.saturating_add(len);
+    let mut pos = offset;
+    let mut buf_off = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= end || chunk_bytes == 0 {
+            return None;
+        }
+        let chunk = pos / chunk_bytes;
+        let off = pos % chunk_bytes;
+        let n = (chunk_bytes - off).min(end - pos);
+        let n_usize = usize::try_from(n).ok()?;
+        let piece = Piece {
+            chunk,
+            off,
+            len: n_usize,
+            buf_off,
+        };
+        buf_off = buf_off.saturating_add(n_usize);
+        pos += n;
+        Some(piece)
+    })
+}
+
+/// A live write (or unmap) of `io_seq` reached the map: it raises the
+/// highest io_seq written and, unless the owner declared a completion
+/// watermark, the io_seq the next commit records.
+fn note_written(m: &mut Meta, id: VolumeId, io_seq: u64) {
+    let watermarked = match m.vols.get_mut(&id) {
+        Some(rt) => {
+            rt.written_io_seq = rt.written_io_seq.max(io_seq);
+            rt.watermarked
+        }
+        None => false,
+    };
+    if !watermarked {
+        if let Some(v) = m.state.volumes.get_mut(&id) {
+            v.max_io_seq = v.max_io_seq.max(io_seq);
+        }
+    }
+}
+
+impl Volume {
+    async fn read_phys(&self, phys: u64, off: u64, out: &mut [u8]) -> Result<()> {
+        let (dev, base) = self.pool.locate(phys)?;
+        let align = dev.alignment().max(1) as u64;
+        let len = out.len() as u64;
+        let start = off - off % align;
+        let end = crate::format::round_up(off + len, align).ok_or_else(|| invalid("range"))?;
+        let n = usize::try_from(end - start).map_err(|_| invalid("range"))?;
+        let (res, buf) = dev.read_at(AlignedBuf::zeroed(n), base + start).await;
+        res.map_err(|e| Error::io(self.ctx("read", off), e))?;
+        let from = usize::try_from(off - start).map_err(|_| invalid("range"))?;
+        let src = buf
+            .as_slice()
+            .get(from..from + out.len())
+            .ok_or_else(|| invalid("short read"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Writes `data` at `off` in physical chunk `phys` (read-modify-write
+    /// when the device's alignment is coarser than the request). Any error
+    /// poisons the volume.
+    async fn write_phys(&self, phys: u64, off: u64, data: &[u8]) -> Result<()> {
+        let (dev, base) = self.pool.locate(phys)?;
+        let align = dev.alignment().max(1) as u64;
+        let len = data.len() as u64;
+        let buf = if off.is_multiple_of(align) && len.is_multiple_of(align) {
+            AlignedBuf::from_slice(data)
+        } else {
+            let start = off - off % align;
+            let end = crate::format::round_up(off + len, align).ok_or_else(|| invalid("range"))?;
+            let n = usize::try_from(end - start).map_err(|_| invalid("range"))?;
+            let (res, mut buf) = dev.read_at(AlignedBuf::zeroed(n), base + start).await;
+            if let Err(e) = res {
+                return Err(self.poison(format!("read for read-modify-write failed: {e}")));
+            }
+            let from = usize::try_from(off - start).map_err(|_| invalid("range"))?;
+            let dst = buf
+                .as_mut_slice()
+                .get_mut(from..from + data.len())
+                .ok_or_else(|| invalid("range"))?;
+            dst.copy_from_slice(data);
+            let (res, _) = dev.write_at(buf, base + start).await;
+            return res.map_err(|e| self.poison(format!("write at {off} failed: {e}")));
+        };
+        let (res, _) = dev.write_at(buf, base + off).await;
+        res.map_err(|e| self.poison(format!("write at {off} failed: {e}")))
+    }
+
+    /// Plans a write into the live layer (`into: None`) or into a rebuilt
+    /// snapshot's layer.
+    fn plan_write(&self, chunk: u64, into: Option<LayerId>) -> Result<Plan> {
+        let mut m = self.pool.meta.lock();
+        let dest = m
+            .state
+            .volumes
+            .get(&self.id)
+            .map(|v| into.unwrap_or(v.live))
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        let layer = m
+            .state
+            .layers
+            .get(&dest)
+            .ok_or_else(|| not_found(format!("layer {dest}")))?;
+        let source = match layer.map.get(chunk) {
+            Some(Entry {
+                target: Target::Data(p),
+                ..
+            }) => return Ok(Plan::InPlace(p)),
+            Some(_) => None,
+            None => layer
+                .parent
+                .and_then(|p| m.state.resolve(p, chunk))
+                .and_then(|(_, e)| match e.target {
+                    Target::Data(p) => Some(p),
+                    Target::Zero => None,
+                }),
+        };
+        self.pool.admit(&m.state, 1, 0)?;
+        let phys = match into {
+            // A rebuilt snapshot's chunks are beyond a thick volume's
+            // reservation (which covers its live layer only).
+            Some(_) if m.state.available_chunks() == 0 => None,
+            _ => m.state.alloc_for(self.id),
+        }
+        .ok_or_else(|| no_space(format!("no free chunk for volume {}", self.name)))?;
+        m.in_flight.insert(phys);
+        Ok(Plan::Fresh { phys, source })
+    }
+
+    fn map_done(&self, chunk: u64, phys: u64, io_seq: u64, into: Option<LayerId>) -> Result<()> {
+        let mut m = self.pool.meta.lock();
+        m.in_flight.remove(&phys);
+        let live = m
+            .state
+            .volumes
+            .get(&self.id)
+            .map(|v| v.live)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        // A rebuilt snapshot's content is history: it says nothing about
+        // which live writes this replica completed.
+        let dest = match into {
+            Some(layer) => layer,
+            None => {
+                note_written(&mut m, self.id, io_seq);
+                live
+            }
+        };
+        let old_seq = m
+            .state
+            .layers
+            .get(&dest)
+            .and_then(|l| l.map.get(chunk))
+            .map_or(0, |e| e.io_seq);
+        m.record(Record::Map {
+            layer: dest,
+            chunk,
+            phys,
+            io_seq: io_seq.max(old_seq),
+        })
+    }
+
+    fn release_unmapped(&self, phys: u64) {
+        let mut m = self.pool.meta.lock();
+        m.in_flight.remove(&phys);
+        m.state.alloc.release(phys);
+    }
+
+    /// Writes one piece; the caller holds the chunk's exclusive lock.
+    pub(super) async fn write_locked(
+        &self,
+        chunk: u64,
+        off: u64,
+        data: &[u8],
+        io_seq: u64,
+        into: Option<LayerId>,
+    ) -> Result<()> {
+        let plan = match self.plan_write(chunk, into) {
+            Err(e) if e.kind() == ErrorKind::NoSpace && self.pool.meta.lock().frees_pending() => {
+                // Chunks freed by an uncommitted unmap come back once the
+                // commit is durable.
+                self.pool.flush_all().await?;
+                self.plan_write(chunk, into)?
+            }
+            other => other?,
+        };
+        match plan {
+            Plan::InPlace(p) => {
+                self.write_phys(p, off, data).await?;
+                self.map_done(chunk, p, io_seq, into)
+            }
+            Plan::Fresh { phys, source } => {
+                let chunk_bytes = self.chunk_bytes();
+                let full = off == 0 && data.len() as u64 == chunk_bytes;
+                let res = async {
+                    let n = usize::try_from(chunk_bytes).map_err(|_| invalid("chunk"))?;
+                    let mut buf = vec![0u8; n];
+                    if let (false, Some(src)) = (full, source) {
+                        self.read_phys(src, 0, &mut buf).await?;
+                    }
+                    let from = usize::try_from(off).map_err(|_| invalid("offset"))?;
+                    buf.get_mut(from..from + data.len())
+                        .ok_or_else(|| invalid("piece outside its chunk"))?
+                        .copy_from_slice(data);
+                    self.write_phys(phys, 0, &buf).await
+                }
+                .await;
+                match res {
+                    Ok(()) => self.map_done(chunk, phys, io_seq, into),
+                    Err(e) => {
+                        self.release_unmapped(phys);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    fn track(&self, chunk: u64, off: u64, len: usize, io_seq: u64) {
+        let block = u64::from(self.block_bytes);
+        let mut m = self.pool.meta.lock();
+        let Some(map) = m.vols.get_mut(&self.id).and_then(|r| r.rebuild.as_mut()) else {
+            return;
+        };
+        let first = (chunk * self.chunk_bytes() + off) / block;
+        for b in first..first + len as u64 / block {
+            let e = map.entry(b).or_insert(0);
+            *e = (*e).max(io_seq);
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; unmapped ranges read as zeros.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _s = self.pool.structure.read().await;
+        let (live, size) = self.usable()?;
+        self.read_layer(live, size, offset, buf).await
+    }
+
+    /// Reads from a snapshot of this volume.
+    pub async fn read_snapshot(&self, snapshot: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _s = self.pool.structure.read().await;
+        self.usable()?;
+        let (layer, size) = {
+            let m = self.pool.meta.lock();
+            let s = m
+                .state
+                .snapshot_by_name(self.id, snapshot)
+                .ok_or_else(|| not_found(format!("snapshot {snapshot}")))?;
+            (s.layer, s.size_bytes)
+        };
+        self.read_layer(layer, size, offset, buf).await
+    }
+
+    async fn read_layer(
+        &self,
+        layer: LayerId,
+        size: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.check_range(size, offset, buf.len() as u64)?;
+        for p in pieces(offset, buf.len() as u64, self.chunk_bytes()) {
+            let _g = self.pool.locks.shared(self.id, p.chunk).await;
+            let target = {
+                let m = self.pool.meta.lock();
+                m.state.resolve(layer, p.chunk).map(|(_, e)| e.target)
+            };
+            let out = buf
+                .get_mut(p.buf_off..p.buf_off + p.len)
+                .ok_or_else(|| invalid("piece"))?;
+            match target {
+                Some(Target::Data(phys)) => self.read_phys(phys, p.off, out).await?,
+                _ => out.fill(0),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` as the target's write `io_seq`.
+    pub async fn write(&self, offset: u64, data: &[u8], io_seq: u64) -> Result<()> {
+        let _s = self.pool.structure.read().await;
+        let (_, size) = self.usable()?;
+        self.check_range(size, offset, data.len() as u64)?;
+        for p in pieces(offset, data.len() as u64, self.chunk_bytes()) {
+            let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
+            let piece = data
+                .get(p.buf_off..p.buf_off + p.len)
+                .ok_or_else(|| invalid("piece"))?;
+            self.write_locked(p.chunk, p.off, piece, io_seq, None)
+                .await?;
+            self.track(p.chunk, p.off, p.len, io_seq);
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros, freeing whole chunks.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, io_seq: u64) -> Result<()> {
+        self.unmap(offset, len, io_seq).await
+    }
+
+    /// Unmaps `len` bytes at `offset`: a whole chunk is replaced by a zeros
+    /// tombstone carrying `io_seq` (its physical chunk, if the volume owned
+    /// one, is freed; a snapshot's stays); partial chunks are zeroed. Reads
+    /// of the range return zeros afterwards.
+    pub async fn unmap(&self, offset: u64, len: u64, io_seq: u64) -> Result<()> {
+        let _s = self.pool.structure.read().await;
+        let (_, size) = self.usable()?;
+        self.check_extent(size, offset, len)?;
+        for p in pieces(offset, len, self.chunk_bytes()) {
+            let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
+            self.zero_locked(p.chunk, p.off, p.len, io_seq).await?;
+            self.track(p.chunk, p.off, p.len, io_seq);
+        }
+        Ok(())
+    }
+
+    async fn zero_locked(&self, chunk: u64, off: u64, len: usize, io_seq: u64) -> Result<()> {
+        let full = off == 0 && len as u64 == self.chunk_bytes();
+        let plan = {
+            let mut m = self.pool.meta.lock();
+            let live = m
+                .state
+                .volumes
+                .get(&self.id)
+                .map(|v| v.live)
+                .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+            note_written(&mut m, self.id, io_seq);
+            let layer = m
+                .state
+                .layers
+                .get(&live)
+                .ok_or_else(|| not_found(format!("layer {live}")))?;
+            let own = layer.map.get(chunk);
+            let below_data = layer
+                .parent
+                .and_then(|p| m.state.resolve(p, chunk))
+                .is_some_and(|(_, e)| matches!(e.target, Target::Data(_)));
+            let visible_data = match own {
+                Some(e) => matches!(e.target, Target::Data(_)),
+                None => below_data,
+            };
+            if full && (below_data || own.is_some()) {
+                // A tombstone (not a removal) even with nothing below: it
+                // carries the unmap's io_seq, so `changed_chunks` reports
+                // the chunk to a rebuild. It frees the chunk it replaces.
+                if own.is_none() {
+                    self.pool.admit(&m.state, 1, 0)?;
+                }
+                ZeroPlan::Record(Record::Zero {
+                    layer: live,
+                    chunk,
+                    io_seq,
+                })
+            } else if !full && visible_data {
+                ZeroPlan::WriteZeros
+            } else {
+                ZeroPlan::Nothing
+            }
+        };
+        match plan {
+            ZeroPlan::Nothing => Ok(()),
+            ZeroPlan::Record(r) => self.pool.meta.lock().record(r),
+            ZeroPlan::WriteZeros => {
+                let zeros = vec![0u8; len];
+                self.write_locked(chunk, off, &zeros, io_seq, None).await
+            }
+        }
+    }
+
+    /// Makes every write completed before this call durable (data and
+    /// metadata); concurrent flushes share one commit.
+    pub async fn flush(&self) -> Result<()> {
+        self.usable()?;
+        self.pool.flush_all().await?;
+        self.usable().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_split_at_chunk_boundaries_and_cover_the_request() {
+        let got: Vec<_> = pieces(4096 - 512, 4096 + 1024, 4096)
+            .map(|p| (p.chunk, p.off, p.len, p.buf_off))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0, 3584, 512, 0), (1, 0, 4096, 512), (2, 0, 512, 4608)]
+        );
+        assert_eq!(pieces(0, 0, 4096).count(), 0);
+        // Lazy: a 64 GiB unmap does not build a million-entry vector first.
+        assert_eq!(pieces(0, 1 << 36, 65536).count(), 1 << 20);
+        let one: Vec<_> = pieces(8192, 4096, 4096).collect();
+        assert_eq!((one.len(), one[0].chunk, one[0].off), (1, 2, 0));
+    }
+}
