@@ -90,7 +90,11 @@
 //!
 //! 9. **A slow replica is dropped**: a healthy replica that has not
 //!    acknowledged a request within `ack_timeout` leaves the healthy set
-//!    (its link is dropped) instead of stalling the volume.
+//!    (its link is dropped) instead of stalling the volume; and so does any
+//!    linked replica that owes more than [`MAX_OWED_REQUESTS`] requests or
+//!    [`MAX_OWED_BYTES`] bytes of data, before the ack timeout, instead of
+//!    the volume holding ever more for it (the shell's queue to each link
+//!    is bounded above that, `super::limits::LINK_QUEUE`).
 //!
 //! Who may count again after a disconnect: a replica that comes back is
 //! healthy again only if it missed nothing, i.e. no mutating request it did
@@ -159,7 +163,8 @@ use cstor_proto::{
 };
 
 pub use super::limits::{
-    failed_retry, FAILED_RETRY_MAX, FAILED_RETRY_MIN, MAX_HELD, REBUILD_RETRY,
+    failed_retry, FAILED_RETRY_MAX, FAILED_RETRY_MIN, MAX_HELD, MAX_OWED_BYTES, MAX_OWED_REQUESTS,
+    REBUILD_RETRY,
 };
 
 /// Index of a replica in the volume's replica list.
@@ -198,6 +203,12 @@ pub struct ControllerConfig {
     /// The highest io_seq any replica that answered the open reported
     /// received: a replica first reached later and reporting less is behind.
     pub max_received_at_open: u64,
+    /// A linked replica owing more requests than this is dropped (rule 9;
+    /// the shell uses [`MAX_OWED_REQUESTS`]).
+    pub max_owed_requests: usize,
+    /// A linked replica owing more data bytes than this is dropped (rule 9;
+    /// the shell uses [`MAX_OWED_BYTES`]).
+    pub max_owed_bytes: u64,
 }
 
 impl ControllerConfig {
@@ -257,6 +268,14 @@ pub enum Op {
 impl Op {
     fn mutates(&self) -> bool {
         !matches!(self, Op::Read { .. } | Op::ListSnapshots { .. })
+    }
+
+    /// Data bytes it carries to a replica (a write's payload).
+    fn data_bytes(&self) -> u64 {
+        match self {
+            Op::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
     }
 
     /// Runs alone, between the requests before and after it (module doc).
@@ -597,6 +616,9 @@ pub struct Controller {
     replicas: Vec<Replica>,
     next_io_seq: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Data bytes of every entry of `pending` (rule 9: no replica may owe
+    /// more than [`MAX_OWED_BYTES`], and none can while this is below).
+    pending_bytes: u64,
     /// When the number of healthy replicas fell below `cf`.
     quorum_lost_at: Option<Instant>,
     next_reader: usize,
@@ -625,6 +647,7 @@ impl Controller {
             config,
             replicas,
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             quorum_lost_at: Some(now),
             next_reader: 0,
             fenced: false,
@@ -791,7 +814,64 @@ impl Controller {
             pending.sent.insert(reader, now);
             actions.push(self.send(reader, io_seq, &pending.op));
         }
+        let mutates = pending.op.mutates();
+        self.insert_pending(io_seq, pending);
+        if mutates {
+            self.bound_backlogs(now, actions);
+        }
+    }
+
+    fn insert_pending(&mut self, io_seq: u64, pending: Pending) {
+        self.pending_bytes = self.pending_bytes.saturating_add(pending.op.data_bytes());
         self.pending.insert(io_seq, pending);
+    }
+
+    fn remove_pending(&mut self, io_seq: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&io_seq)?;
+        self.pending_bytes = self.pending_bytes.saturating_sub(pending.op.data_bytes());
+        Some(pending)
+    }
+
+    /// Rule 9, by size: a linked replica that owes more than
+    /// `max_owed_requests` requests or `max_owed_bytes` bytes of data is
+    /// dropped, like one slower than the ack timeout, instead of having the
+    /// volume hold ever more for it. Counted only when everything pending
+    /// could exceed a bound (no replica owes more than that).
+    fn bound_backlogs(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let (max_requests, max_bytes) = (self.config.max_owed_requests, self.config.max_owed_bytes);
+        if self.pending.len() <= max_requests && self.pending_bytes <= max_bytes {
+            return;
+        }
+        let mut owed: BTreeMap<ReplicaIndex, (usize, u64)> = BTreeMap::new();
+        for p in self.pending.values() {
+            for r in p.owed() {
+                let entry = owed.entry(*r).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.saturating_add(p.op.data_bytes());
+            }
+        }
+        for (replica, (requests, bytes)) in owed {
+            if requests > max_requests || bytes > max_bytes {
+                self.drop_replica(
+                    now,
+                    replica,
+                    format!(
+                        "owes {requests} requests ({bytes} bytes): more than {max_requests} or {max_bytes} bytes"
+                    ),
+                    actions,
+                );
+            }
+        }
+    }
+
+    /// Data bytes of the mutating requests `replica` was sent and has not
+    /// answered yet (rule 9 bounds it by [`MAX_OWED_BYTES`]).
+    pub fn owed_bytes_by(&self, replica: ReplicaIndex) -> u64 {
+        self.pending
+            .values()
+            .filter(|p| p.owed().any(|r| *r == replica))
+            .map(|p| p.op.data_bytes())
+            .sum()
     }
 
     /// The volume's size now (grows with an acknowledged resize).
@@ -1227,7 +1307,7 @@ impl Controller {
                 };
                 if data.len() == expected {
                     let tag = pending.tag;
-                    self.pending.remove(&io_seq);
+                    self.remove_pending(io_seq);
                     actions.push(complete(tag, Ok(Completion::Data(data))));
                 } else {
                     pending.failed.insert(replica);
@@ -1241,7 +1321,7 @@ impl Controller {
             }
             Message::SnapshotListing(listing) if matches!(pending.op, Op::ListSnapshots { .. }) => {
                 let tag = pending.tag;
-                self.pending.remove(&io_seq);
+                self.remove_pending(io_seq);
                 actions.push(complete(tag, Ok(Completion::Snapshots(listing))));
             }
             Message::Error(error) => {
@@ -1490,7 +1570,7 @@ impl Controller {
             if status == Status::BadRequest {
                 // The request itself is wrong (the same on every replica):
                 // fail it, keep the replica.
-                if let Some(p) = self.pending.remove(&io_seq) {
+                if let Some(p) = self.remove_pending(io_seq) {
                     actions.push(complete(p.tag, Err(VolumeError::Refused(detail))));
                 }
             } else {
@@ -1623,7 +1703,7 @@ impl Controller {
             p.completed = true;
             actions.push(complete(p.tag, result));
             if !p.op.mutates() {
-                self.pending.remove(&seq);
+                self.remove_pending(seq);
                 continue;
             }
             // Offline replicas will never get it (it is not resent once
@@ -1642,7 +1722,7 @@ impl Controller {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in finished {
-            if let Some(p) = self.pending.remove(&seq) {
+            if let Some(p) = self.remove_pending(seq) {
                 let lacking: Vec<ReplicaIndex> = (0..self.replicas.len())
                     .filter(|r| !p.acked.contains(r))
                     .collect();
@@ -1748,14 +1828,14 @@ impl Controller {
         for replica in pending.sent.keys() {
             actions.push(self.send(*replica, io_seq, &pending.op));
         }
-        self.pending.insert(io_seq, pending);
+        self.insert_pending(io_seq, pending);
     }
 
     fn resolve_barrier(&mut self, now: Instant, seq: u64, actions: &mut Vec<Action>) {
         let Some(barrier) = self.barrier.take() else {
             return;
         };
-        let Some(p) = self.pending.remove(&seq) else {
+        let Some(p) = self.remove_pending(seq) else {
             // Failed already (fenced).
             self.release_held(now, actions);
             return;
@@ -2023,6 +2103,7 @@ impl Controller {
             tracing::error!("a newer target owns the volume: this target is fenced");
         }
         self.fenced = true;
+        self.pending_bytes = 0;
         for (_, p) in std::mem::take(&mut self.pending) {
             actions.push(complete(p.tag, Err(VolumeError::Fenced)));
         }

@@ -2,6 +2,11 @@
 //! invariant 9). The link's dial timings are in `super::link`
 //! (`CONNECT_TIMEOUT`, `BACKOFF_MIN`, `BACKOFF_MAX`, `HEARTBEAT_INTERVAL`),
 //! the driver's in `super` (`TICK`, `REQUEST_QUEUE`).
+//!
+//! What a lagging replica can make the volume hold is bounded three ways:
+//! by time (the ack timeout, `super::VolumeSpec::ack_timeout`), by count
+//! ([`MAX_OWED_REQUESTS`]) and by bytes ([`MAX_OWED_BYTES`]); the queue to
+//! each link is bounded above both ([`LINK_QUEUE`]).
 
 use std::time::Duration;
 
@@ -13,6 +18,32 @@ pub const REBUILD_RETRY: Duration = Duration::from_secs(2);
 /// they fail as `VolumeError::Unavailable` (NOT READY: the initiator
 /// retries). The SCSI layer's command window keeps this far from full.
 pub const MAX_HELD: usize = 1024;
+
+/// A linked replica that owes more requests than this (sent to it and not
+/// answered, acknowledged by others or not) is dropped like a replica
+/// slower than the ack timeout (controller rule 9): what the volume keeps
+/// for a lagging replica is bounded by size, not only by time. Far above
+/// what a replica that keeps up owes, the requests in flight: four times
+/// eight sessions at the largest command window
+/// (`crate::limits::MAX_QUEUE_DEPTH`, 256). The controller looks at its
+/// pending requests on every event, so this also bounds that work.
+pub const MAX_OWED_REQUESTS: usize = 8192;
+
+/// A linked replica that owes more data than this (bytes of write
+/// payloads sent to it and not answered) is dropped (as
+/// [`MAX_OWED_REQUESTS`]). Twice the data all the target's connections may
+/// have in flight at once (`crate::limits::MAX_TARGET_BUFFER_BYTES`, 256
+/// MiB): a replica that keeps up never owes that much.
+pub const MAX_OWED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Commands the driver queues to one link at most. Above the controller's
+/// own bound ([`MAX_OWED_REQUESTS`], plus room for the unawaited requests
+/// and the rebuild start of a connection), so the controller drops a
+/// lagging replica first; should the queue still be full (a link stuck on
+/// a socket), the command is reported not sent and the controller drops
+/// the replica all the same. What comes back from a link is bounded by
+/// what was sent to it (one answer per request, plus a rebuild's reports).
+pub const LINK_QUEUE: usize = MAX_OWED_REQUESTS + 1024;
 
 /// A replica that failed (an error answered to a write the others took, a
 /// read error, its rebuild aborted for lack of space or a poisoned volume)

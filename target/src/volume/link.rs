@@ -20,7 +20,7 @@
 //! `RebuildStart`); the controller sends what is still pending again once it
 //! learnt of the new connection. The wait is the dial backoff ([`BACKOFF_MIN`] doubling up to
 //! [`BACKOFF_MAX`], back to the minimum after a claim), or longer when the
-//! controller dropped a failed replica with a pause (`LinkCommand::Reset`,
+//! controller dropped a failed replica with a pause ([`Reset`],
 //! `super::limits::failed_retry`). A claim refused for a stale epoch is
 //! final: `Fenced`.
 
@@ -33,7 +33,7 @@ use cstor_proto::{
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -88,7 +88,8 @@ pub enum LinkEvent {
     },
 }
 
-/// What the driver tells a link.
+/// What the driver queues to a link (a bounded queue,
+/// `super::limits::LINK_QUEUE`).
 #[derive(Debug)]
 pub enum LinkCommand {
     /// Send on connection `generation`; if that is not the current one,
@@ -97,13 +98,16 @@ pub enum LinkCommand {
         generation: Generation,
         packet: Packet,
     },
-    /// Close connection `generation` (the controller dropped the replica);
-    /// dial again after the backoff, and not before `pause`. Ignored if the
-    /// link is no longer on that connection.
-    Reset {
-        generation: Generation,
-        pause: Duration,
-    },
+}
+
+/// The controller dropped the replica: close connection `generation` and
+/// dial again after the backoff, and not before `pause`. Ignored if the
+/// link is no longer on that connection. It travels on a watch of its own,
+/// so that a full command queue never holds it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    pub generation: Generation,
+    pub pause: Duration,
 }
 
 /// The session parameters every connection of the volume uses.
@@ -121,7 +125,8 @@ pub async fn run(
     replica: ReplicaIndex,
     addr: SocketAddr,
     params: SessionParams,
-    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+    mut commands: mpsc::Receiver<LinkCommand>,
+    mut resets: watch::Receiver<Option<Reset>>,
     events: mpsc::UnboundedSender<LinkEvent>,
     stop: CancellationToken,
 ) {
@@ -161,16 +166,13 @@ pub async fn run(
                     {
                         return;
                     }
-                    let (reason, pause) = pump(
-                        replica,
-                        generation,
-                        conn,
-                        &params,
-                        &mut commands,
-                        &events,
-                        &stop,
-                    )
-                    .await;
+                    let ends = Ends {
+                        commands: &mut commands,
+                        resets: &mut resets,
+                        events: &events,
+                    };
+                    let (reason, pause) =
+                        pump(replica, generation, conn, &params, ends, &stop).await;
                     if stop.is_cancelled() {
                         return;
                     }
@@ -402,7 +404,6 @@ fn not_sent(
                 })
                 .is_ok()
         }
-        LinkCommand::Reset { .. } => true,
     }
 }
 
@@ -424,9 +425,6 @@ fn step(
 ) -> Step {
     match command {
         LinkCommand::Send { generation, packet } if generation == current => Step::Feed(packet),
-        LinkCommand::Reset { generation, pause } if generation == current => {
-            Step::Close("reset by the controller".into(), pause)
-        }
         stale => {
             if not_sent(replica, stale, events) {
                 Step::Skip
@@ -437,6 +435,13 @@ fn step(
     }
 }
 
+/// The link's ends of its channels to the driver.
+struct Ends<'a> {
+    commands: &'a mut mpsc::Receiver<LinkCommand>,
+    resets: &'a mut watch::Receiver<Option<Reset>>,
+    events: &'a mpsc::UnboundedSender<LinkEvent>,
+}
+
 /// Moves packets both ways on connection `generation` until it fails, a
 /// reset, or stop; returns why, and how long the controller wants the next
 /// dial delayed. Commands of other generations are dropped (module doc).
@@ -445,16 +450,32 @@ async fn pump(
     generation: Generation,
     conn: Conn,
     params: &SessionParams,
-    commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
-    events: &mpsc::UnboundedSender<LinkEvent>,
+    ends: Ends<'_>,
     stop: &CancellationToken,
 ) -> (String, Duration) {
+    let Ends {
+        commands,
+        resets,
+        events,
+    } = ends;
+    // A reset decided for an earlier connection does not touch this one.
+    resets.mark_unchanged();
     let (mut sink, mut stream) = conn.split();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             () = stop.cancelled() => return ("volume closed".into(), Duration::ZERO),
+            changed = resets.changed() => {
+                if changed.is_err() {
+                    return ("volume closed".into(), Duration::ZERO);
+                }
+                let reset = *resets.borrow_and_update();
+                if let Some(Reset { pause, .. }) = reset.filter(|r| r.generation == generation) {
+                    return ("reset by the controller".into(), pause);
+                }
+            },
             command = commands.recv() => {
                 let Some(command) = command else {
                     return ("volume closed".into(), Duration::ZERO);

@@ -73,6 +73,7 @@ pub use controller::{Completion, Op, RebuildRun, ReplicaState, VolumeError};
 use link::{LinkCommand, LinkEvent, SessionParams};
 pub use membership::MemberRef;
 use membership::OpenStep;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// The first io_seq of a new target is this far above the highest io_seq
 /// any replica reported.
@@ -335,6 +336,8 @@ impl Volume {
             first_io_seq: params.first_io_seq,
             size_bytes,
             max_received_at_open: max_received,
+            max_owed_requests: limits::MAX_OWED_REQUESTS,
+            max_owed_bytes: limits::MAX_OWED_BYTES,
         };
         let controller =
             Controller::new(config, &missed_from, Instant::now()).with_replica_ids(&replica_ids);
@@ -671,12 +674,21 @@ struct RebuildClock {
     done_at_start: u64,
 }
 
+/// The driver's end of one link.
+struct LinkHandle {
+    /// Its command queue (bounded: `limits::LINK_QUEUE`).
+    commands: mpsc::Sender<LinkCommand>,
+    /// Resets, beside the queue so that a full queue never holds one up.
+    resets: watch::Sender<Option<link::Reset>>,
+    stop: CancellationToken,
+}
+
 struct Driver {
     controller: Controller,
     /// Per replica index (never reused): its data address.
     addrs: Vec<SocketAddr>,
     /// Per replica index: its link's commands and stop token.
-    links: Vec<(mpsc::UnboundedSender<LinkCommand>, CancellationToken)>,
+    links: Vec<LinkHandle>,
     waiters: HashMap<Tag, oneshot::Sender<Result<Completion, VolumeError>>>,
     changes: HashMap<Tag, PendingChange>,
     next_tag: Tag,
@@ -707,18 +719,24 @@ impl Driver {
     /// Starts the link of a new replica index.
     fn link(&mut self, addr: SocketAddr, replica_id: Option<u128>) {
         let index = self.addrs.len();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(limits::LINK_QUEUE);
+        let (resets, resets_rx) = watch::channel(None);
         let stop = self.stop.child_token();
         tokio::spawn(link::run(
             index,
             addr,
             self.params.clone(),
             rx,
+            resets_rx,
             self.events.clone(),
             stop.clone(),
         ));
         self.addrs.push(addr);
-        self.links.push((tx, stop));
+        self.links.push(LinkHandle {
+            commands: tx,
+            resets,
+            stop,
+        });
         self.replica_ids.push(replica_id);
         self.rebuild_clock.push(None);
         self.rebuilt_bytes.push(0);
@@ -963,8 +981,8 @@ impl Driver {
                 match (pending.change, pending.added) {
                     (MemberChange::Add, Some((addr, id))) => self.link(addr, Some(id)),
                     (MemberChange::Remove(index), _) => {
-                        if let Some((_, stop)) = self.links.get(index) {
-                            stop.cancel();
+                        if let Some(link) = self.links.get(index) {
+                            link.stop.cancel();
                         }
                     }
                     _ => {}
@@ -1067,17 +1085,14 @@ impl Driver {
         // Status first: whoever a completion wakes sees its effect (a grown
         // size, a new member) in the status.
         let mut completions = Vec::new();
-        for action in actions {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send {
                     replica,
                     generation,
                     packet,
-                } => {
-                    if let Some((link, _)) = self.links.get(replica) {
-                        let _ = link.send(LinkCommand::Send { generation, packet });
-                    }
-                }
+                } => queue.extend(self.queue_to_link(replica, generation, packet)),
                 Action::Complete { tag, result } => completions.push((tag, result)),
                 Action::Drop {
                     replica,
@@ -1085,11 +1100,11 @@ impl Driver {
                     redial_after,
                     ..
                 } => {
-                    if let Some((link, _)) = self.links.get(replica) {
-                        let _ = link.send(LinkCommand::Reset {
+                    if let Some(link) = self.links.get(replica) {
+                        link.resets.send_replace(Some(link::Reset {
                             generation,
                             pause: redial_after,
-                        });
+                        }));
                     }
                 }
                 Action::StartRebuild {
@@ -1099,9 +1114,7 @@ impl Driver {
                     from_io_seq,
                     first_live_io_seq,
                 } => {
-                    let (Some((link, _)), Some(source_addr)) =
-                        (self.links.get(replica), self.addrs.get(source))
-                    else {
+                    let Some(source_addr) = self.addrs.get(source) else {
                         continue;
                     };
                     let Ok(volume) = Name::new(self.params.volume.clone()) else {
@@ -1119,7 +1132,7 @@ impl Driver {
                             source: RebuildSource::Live,
                         }),
                     };
-                    let _ = link.send(LinkCommand::Send { generation, packet });
+                    queue.extend(self.queue_to_link(replica, generation, packet));
                 }
             }
         }
@@ -1137,6 +1150,37 @@ impl Driver {
         }
         for (reply, outcome) in change_replies {
             let _ = reply.send(outcome);
+        }
+    }
+
+    /// Queues `packet` to `replica`'s link. A full queue (a link stuck on
+    /// its socket) is a packet not sent: the controller drops the replica
+    /// (`limits::LINK_QUEUE`); returns what it decided.
+    fn queue_to_link(
+        &mut self,
+        replica: ReplicaIndex,
+        generation: controller::Generation,
+        packet: Packet,
+    ) -> Vec<Action> {
+        let Some(link) = self.links.get(replica) else {
+            return Vec::new();
+        };
+        let io_seq = packet.io_seq;
+        match link
+            .commands
+            .try_send(LinkCommand::Send { generation, packet })
+        {
+            Ok(()) | Err(TrySendError::Closed(_)) => Vec::new(),
+            Err(TrySendError::Full(_)) => {
+                warn!(
+                    replica,
+                    io_seq,
+                    queue = limits::LINK_QUEUE,
+                    "link queue full"
+                );
+                self.controller
+                    .on_not_sent(Instant::now(), replica, generation, io_seq)
+            }
         }
     }
 

@@ -61,6 +61,8 @@ fn config(replicas: usize, cf: usize) -> ControllerConfig {
         first_io_seq: 1000,
         size_bytes: 1 << 20,
         max_received_at_open: 0,
+        max_owed_requests: MAX_OWED_REQUESTS,
+        max_owed_bytes: MAX_OWED_BYTES,
     }
 }
 
@@ -2077,4 +2079,73 @@ fn a_removed_or_backing_off_replica_is_refused() {
     sim.hello(2, |h| h);
     assert_eq!(sim.ctl.admission(2), Some(Admission::Refused));
     assert!(!sim.up[2]);
+}
+
+// Rule 9 by size: what a lagging replica owes is bounded.
+
+#[test]
+fn a_replica_that_owes_more_than_the_request_bound_leaves_the_healthy_set_before_the_ack_timeout() {
+    let mut sim = Sim::new(3, 2);
+    // A small bound, for speed: the shell's is MAX_OWED_REQUESTS.
+    const BOUND: usize = 64;
+    sim.ctl.config.max_owed_requests = BOUND;
+    let mut last = 0;
+    for _ in 0..BOUND {
+        last = sim.submit(Op::Flush);
+        sim.deliver(0);
+        sim.deliver(1);
+    }
+    assert_eq!(sim.result(last), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.owed_by(2), BOUND);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+    let one_more = sim.submit(Op::Flush);
+    assert!(!sim.up[2], "dropped");
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    assert_eq!(sim.ctl.owed_by(2), 0);
+    sim.deliver_all();
+    assert_eq!(sim.result(one_more), Some(&Ok(Completion::Done)));
+    // Back, it is behind the writes it never took: rebuilt before it counts.
+    sim.connect(2);
+    assert!(sim.ctl.missed_from(2).is_some());
+}
+
+#[test]
+fn a_replica_that_owes_more_than_the_byte_bound_leaves_the_healthy_set_before_the_ack_timeout() {
+    let mut sim = Sim::new(3, 2);
+    let data = Bytes::from(vec![7u8; 1 << 20]);
+    let write = |sim: &mut Sim| {
+        sim.submit(Op::Write {
+            offset: 0,
+            data: data.clone(),
+            fua: false,
+        })
+    };
+    let fits = (MAX_OWED_BYTES / (1 << 20)) as usize;
+    for _ in 0..fits {
+        write(&mut sim);
+        sim.deliver(0);
+        sim.deliver(1);
+    }
+    assert_eq!(sim.ctl.owed_bytes_by(2), MAX_OWED_BYTES);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+    let over = write(&mut sim);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    assert_eq!(sim.ctl.owed_bytes_by(2), 0);
+    sim.deliver_all();
+    assert_eq!(sim.result(over), Some(&Ok(Completion::Done)));
+}
+
+#[test]
+fn replicas_that_keep_up_are_never_dropped_for_their_backlog() {
+    let mut sim = Sim::new(3, 2);
+    let data = Bytes::from(vec![1u8; 1 << 20]);
+    for i in 0..(2 * MAX_OWED_BYTES / (1 << 20)) {
+        sim.submit(Op::Write {
+            offset: 0,
+            data: data.clone(),
+            fua: i % 2 == 0,
+        });
+        sim.deliver_all();
+    }
+    assert_eq!(sim.ctl.healthy(), 3);
 }

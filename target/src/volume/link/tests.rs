@@ -107,7 +107,8 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> LinkEven
 async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_its_rebuild_start() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (commands_tx, commands) = mpsc::channel(16);
+    let (_resets, resets) = tokio::sync::watch::channel(None);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let params = SessionParams {
@@ -116,7 +117,15 @@ async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_i
         session_id: 9,
         first_io_seq: 100,
     };
-    tokio::spawn(run(0, addr, params, commands, events_tx, stop.clone()));
+    tokio::spawn(run(
+        0,
+        addr,
+        params,
+        commands,
+        resets,
+        events_tx,
+        stop.clone(),
+    ));
 
     // First connection: claimed, then cut by the replica.
     let (stream, _) = listener.accept().await.unwrap();
@@ -138,7 +147,7 @@ async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_i
         let first_frame = next_packet(&mut second).await;
         (first_frame, second)
     });
-    let stale = commands_tx.send(LinkCommand::Send {
+    let stale = commands_tx.try_send(LinkCommand::Send {
         generation: 1,
         packet: write_packet(150),
     });
@@ -158,7 +167,7 @@ async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_i
         }
     };
     assert_eq!(generation, 2);
-    let _ = commands_tx.send(LinkCommand::Send {
+    let _ = commands_tx.try_send(LinkCommand::Send {
         generation,
         packet: rebuild_start(200),
     });
@@ -181,5 +190,67 @@ async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_i
         }
     }
     assert_eq!(not_sent, vec![(1, 150)]);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_reset_closes_only_the_connection_it_was_decided_for() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_commands_tx, commands) = mpsc::channel(16);
+    let (resets_tx, resets) = tokio::sync::watch::channel(None);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let params = SessionParams {
+        volume: "v".into(),
+        epoch: 1,
+        session_id: 9,
+        first_io_seq: 100,
+    };
+    tokio::spawn(run(
+        0,
+        addr,
+        params,
+        commands,
+        resets,
+        events_tx,
+        stop.clone(),
+    ));
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut first = Framed::new(stream, FrameCodec::new());
+    handshake(&mut first, None).await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        LinkEvent::Up { generation: 1, .. }
+    ));
+    // A reset decided for a connection before this one: ignored.
+    resets_tx.send_replace(Some(Reset {
+        generation: 0,
+        pause: Duration::ZERO,
+    }));
+    let open_for = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(frame) = tokio::time::timeout_at(open_for, first.next()).await {
+        // Heartbeats only: the connection stays open.
+        assert!(
+            frame.is_some_and(|f| f.is_ok()),
+            "the connection stays open"
+        );
+    }
+    // Its own reset closes it, and the link says which connection went down.
+    resets_tx.send_replace(Some(Reset {
+        generation: 1,
+        pause: Duration::ZERO,
+    }));
+    loop {
+        match tokio::time::timeout(WAIT, first.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => break,
+            Err(_) => panic!("the link did not close its connection"),
+        }
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        LinkEvent::Down { generation: 1, .. }
+    ));
     stop.cancel();
 }
