@@ -157,6 +157,8 @@ pub struct LogicalUnit {
     unmap_granularity_blocks: u32,
     mode: ModePages,
     read_only: bool,
+    /// Writes refused because `read_only` was set (a counter).
+    write_protected_refusals: u64,
     stopped: bool,
     /// SPC-2 RESERVE(6) holder: released by RELEASE(6), LUN reset and the
     /// loss of its nexus.
@@ -210,6 +212,7 @@ impl LogicalUnit {
                 ..ModeParams::DEFAULT
             }),
             read_only: false,
+            write_protected_refusals: 0,
             stopped: false,
             reserve6_holder: None,
             unit_attentions: UnitAttentions::default(),
@@ -228,6 +231,13 @@ impl LogicalUnit {
 
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Writes this unit refused itself because the volume is read-only
+    /// (they never reach the volume, so the shell counts them as the
+    /// volume's own refusals are counted), since it was created.
+    pub fn write_protected_refusals(&self) -> u64 {
+        self.write_protected_refusals
     }
 
     /// Takes in the volume's state: the unit grows with the volume (a
@@ -370,6 +380,7 @@ impl LogicalUnit {
             return Outcome::Done(self.check_condition(sense));
         }
         if self.read_only && command.writes_medium() {
+            self.write_protected_refusals += 1;
             return Outcome::Done(self.check_condition(Sense::write_protected()));
         }
         if self.mode.current.swp && command.writes_medium() {
@@ -703,10 +714,12 @@ mod tests {
             (sense.key, sense.asc),
             (SenseKey::DataProtect, Asc::WRITE_PROTECTED)
         );
+        assert_eq!(lu.write_protected_refusals(), 1, "counted for the metrics");
         lu.follow_volume(state(false));
         assert!(!mode_sense_wp(&mut lu));
         let write = lu.execute(&nexus(1), &write, Bytes::from(vec![0; 4096]));
         assert!(matches!(write, Outcome::Io(_)));
+        assert_eq!(lu.write_protected_refusals(), 1);
     }
 
     #[test]

@@ -402,7 +402,20 @@ fn execute(
         let response = respond_without_lu(&task.cdb);
         return Some((task.id, task_result(shared, &task.cdb, response)));
     }
-    let outcome = shared.lu.lock().execute(nexus, &task.cdb, task.data_out);
+    let (outcome, refused) = {
+        let mut lu = shared.lu.lock();
+        let before = lu.write_protected_refusals();
+        let outcome = lu.execute(nexus, &task.cdb, task.data_out);
+        (outcome, lu.write_protected_refusals() > before)
+    };
+    if refused {
+        // Refused by the unit (the volume is read-only): counted as the
+        // volume's own DATA PROTECT answers are.
+        let refusal: crate::scsi::IoResult = Err(crate::scsi::IoError::WriteProtected);
+        shared
+            .metrics
+            .record(crate::metrics::IoOp::Write, 0, Duration::ZERO, &refusal);
+    }
     match outcome {
         Outcome::Done(response) => Some((task.id, task_result(shared, &task.cdb, response))),
         Outcome::Io(pending) => {
