@@ -985,6 +985,15 @@ impl Controller {
         self
     }
 
+    /// What `replica` answered the open's probe (no connection yet; the
+    /// generation is not used): judged as a hello is ([`Self::on_hello`]),
+    /// so that a replica behind the others, with an unfinished rebuild or
+    /// another id than the membership record's is degraded from the start.
+    pub fn on_probe(&mut self, replica: ReplicaIndex, hello: ReplicaHello) {
+        // Not a contact: its first hello is judged against the open again.
+        let _ = self.judge(replica, &hello, false);
+    }
+
     /// The replica id `replica` last reported (or the record's).
     pub fn replica_id(&self, replica: ReplicaIndex) -> Option<u128> {
         self.replicas.get(replica).and_then(|r| r.replica_id)
@@ -1015,6 +1024,29 @@ impl Controller {
             // Nothing learnt from a replica not taken: on_connected says why.
             return self.on_connected_sized(now, replica, generation, hello.size_bytes, preamble);
         }
+        let (decision, alone) = self.judge(replica, &hello, true);
+        let actions = self.on_connected_sized(now, replica, generation, hello.size_bytes, preamble);
+        if let Some(r) = self.replicas.get_mut(replica) {
+            if let Some(decision) = decision {
+                r.admission = Some(decision);
+            } else if alone && r.missed_from.is_none() {
+                r.admission = Some(Admission::AloneLostUnflushed);
+            }
+        }
+        actions
+    }
+
+    /// Readmission (module doc, "Who may count again"): marks what
+    /// `replica` lacks from what it says of itself; returns the decision
+    /// that overrides the connect's own, if any, and whether it is the only
+    /// member that lost unflushed writes. `contact`: a hello (the next one
+    /// is no first contact), not the open's probe.
+    fn judge(
+        &mut self,
+        replica: ReplicaIndex,
+        hello: &ReplicaHello,
+        contact: bool,
+    ) -> (Option<Admission>, bool) {
         let members = self
             .replicas
             .iter()
@@ -1023,12 +1055,13 @@ impl Controller {
         let volume_size = self.config.size_bytes;
         let at_open = self.config.max_received_at_open;
         let Some(r) = self.replicas.get_mut(replica) else {
-            return Vec::new();
+            return (None, false);
         };
         let received = hello.last_received_io_seq.max(hello.last_durable_io_seq);
         let resume = hello.last_durable_io_seq.saturating_add(1);
         let previous_id = r.replica_id.replace(hello.replica_id);
-        let first_contact = !std::mem::replace(&mut r.contacted, true);
+        let first_contact = !r.contacted;
+        r.contacted |= contact;
         // Reached for the first time and behind what the open saw, or
         // restarted and lost writes it had acknowledged (not flushed).
         let behind = (first_contact && received < at_open) || received < r.acked_max;
@@ -1087,15 +1120,7 @@ impl Controller {
             );
             self.mark_missed(replica, resume);
         }
-        let actions = self.on_connected_sized(now, replica, generation, hello.size_bytes, preamble);
-        if let Some(r) = self.replicas.get_mut(replica) {
-            if let Some(decision) = decision {
-                r.admission = Some(decision);
-            } else if alone && r.missed_from.is_none() {
-                r.admission = Some(Admission::AloneLostUnflushed);
-            }
-        }
-        actions
+        (decision, alone)
     }
 
     /// The connection of `replica` the controller decides for now.

@@ -13,8 +13,9 @@
 //! the members answered, the target takes the epoch one above the highest any of them
 //! accepted and starts numbering writes [`IO_SEQ_MARGIN`] above the highest
 //! io_seq any of them received, so nothing written but unreported can be
-//! outnumbered. Replicas that reported less than the most advanced one are
-//! degraded from the start.
+//! outnumbered. The controller judges each probe as it judges a hello
+//! ([`controller::Controller::on_probe`]): replicas that reported less than
+//! the most advanced one are degraded from the start.
 //!
 //! Membership ([`membership`] has the design): the members are those of
 //! the newest membership record the replicas hold, the command line only
@@ -274,23 +275,6 @@ impl Volume {
                     .filter(|id| *id != 0)
             })
             .collect();
-        let missed_from: Vec<Option<u64>> = probes
-            .iter()
-            .zip(&recorded_ids)
-            .map(|(p, recorded)| match p {
-                Some((ack, _)) if recorded.is_some_and(|id| id != ack.replica_id) => {
-                    warn!(replica_id = %format!("{:032x}", ack.replica_id), "replica id differs from the membership record (new pool?): full rebuild");
-                    Some(0)
-                }
-                Some((ack, status))
-                    if status.last_received_io_seq.max(ack.last_durable_io_seq) < max_received
-                        || rebuild_unfinished(ack) =>
-                {
-                    Some(ack.last_durable_io_seq.saturating_add(1))
-                }
-                _ => None,
-            })
-            .collect();
         let params = SessionParams {
             volume: spec.name.clone(),
             epoch: highest_epoch.saturating_add(1),
@@ -339,8 +323,16 @@ impl Volume {
             max_owed_requests: limits::MAX_OWED_REQUESTS,
             max_owed_bytes: limits::MAX_OWED_BYTES,
         };
-        let controller =
-            Controller::new(config, &missed_from, Instant::now()).with_replica_ids(&replica_ids);
+        // Who is degraded from the start is the controller's call, as for
+        // every later hello: behind the others, an unfinished rebuild,
+        // another id than the record's.
+        let mut controller = Controller::new(config, &vec![None; members.len()], Instant::now())
+            .with_replica_ids(&recorded_ids);
+        for (replica, probe) in probes.iter().enumerate() {
+            if let Some((ack, status)) = probe {
+                controller.on_probe(replica, hello_facts(0, ack, status));
+            }
+        }
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
@@ -1017,14 +1009,7 @@ impl Driver {
                 if let Some(id) = self.replica_ids.get_mut(replica) {
                     *id = Some(ack.replica_id);
                 }
-                let hello = ReplicaHello {
-                    generation,
-                    replica_id: ack.replica_id,
-                    size_bytes: ack.volume_size_bytes,
-                    last_durable_io_seq: ack.last_durable_io_seq,
-                    last_received_io_seq: status.last_received_io_seq,
-                    state: ack.state,
-                };
+                let hello = hello_facts(generation, &ack, &status);
                 // Before its rebuild starts (if it needs one): the rate it
                 // is to pull at.
                 let throttle = Message::RebuildThrottle {
@@ -1340,13 +1325,20 @@ fn snapshot_name(name: &str) -> Result<Name, VolumeError> {
         .map_err(|e| VolumeError::Refused(format!("snapshot name {name:?}: {e}")))
 }
 
-/// The replica says a rebuild of it did not finish: it is complete only
-/// through its reported durable io_seq, whatever else it holds.
-fn rebuild_unfinished(ack: &cstor_proto::HelloAck) -> bool {
-    matches!(
-        ack.state,
-        cstor_proto::ReplicaState::Degraded | cstor_proto::ReplicaState::Rebuilding
-    )
+/// The facts of a replica's handshake the controller judges it on.
+fn hello_facts(
+    generation: controller::Generation,
+    ack: &HelloAck,
+    status: &StatusReport,
+) -> ReplicaHello {
+    ReplicaHello {
+        generation,
+        replica_id: ack.replica_id,
+        size_bytes: ack.volume_size_bytes,
+        last_durable_io_seq: ack.last_durable_io_seq,
+        last_received_io_seq: status.last_received_io_seq,
+        state: ack.state,
+    }
 }
 
 fn random_u64() -> u64 {

@@ -2149,3 +2149,62 @@ fn replicas_that_keep_up_are_never_dropped_for_their_backlog() {
     }
     assert_eq!(sim.ctl.healthy(), 3);
 }
+
+// The open's probes are judged like hellos.
+
+fn probed(replica_id: u128, durable: u64, received: u64) -> ReplicaHello {
+    ReplicaHello {
+        generation: 0,
+        replica_id,
+        size_bytes: 1 << 20,
+        last_durable_io_seq: durable,
+        last_received_io_seq: received,
+        state: cstor_proto::ReplicaState::Healthy,
+    }
+}
+
+/// A controller opened on three probes, all offline.
+fn opened(probes: [ReplicaHello; 3], recorded: [Option<u128>; 3]) -> Controller {
+    let mut cfg = config(3, 2);
+    cfg.max_received_at_open = probes
+        .iter()
+        .map(|p| p.last_received_io_seq)
+        .max()
+        .unwrap_or(0);
+    let mut ctl =
+        Controller::new(cfg, &[None, None, None], Instant::now()).with_replica_ids(&recorded);
+    for (i, p) in probes.into_iter().enumerate() {
+        ctl.on_probe(i, p);
+    }
+    ctl
+}
+
+#[test]
+fn at_open_a_replica_behind_the_others_is_degraded_from_its_durable_io_seq() {
+    let ctl = opened(
+        [probed(1, 90, 100), probed(2, 90, 100), probed(3, 40, 50)],
+        [None; 3],
+    );
+    assert_eq!(ctl.missed_from(0), None);
+    assert_eq!(ctl.missed_from(1), None);
+    assert_eq!(ctl.missed_from(2), Some(41));
+}
+
+#[test]
+fn at_open_a_member_whose_id_differs_from_the_record_is_rebuilt_in_full() {
+    let ctl = opened(
+        [probed(1, 90, 100), probed(2, 90, 100), probed(9, 90, 100)],
+        [Some(1), Some(2), Some(3)],
+    );
+    assert_eq!(ctl.missed_from(2), Some(0));
+    assert_eq!(ctl.replica_id(2), Some(9));
+    assert_eq!(ctl.missed_from(0), None);
+}
+
+#[test]
+fn at_open_a_replica_with_an_unfinished_rebuild_is_degraded() {
+    let mut third = probed(3, 60, 100);
+    third.state = cstor_proto::ReplicaState::Degraded;
+    let ctl = opened([probed(1, 90, 100), probed(2, 90, 100), third], [None; 3]);
+    assert_eq!(ctl.missed_from(2), Some(61));
+}
