@@ -94,7 +94,7 @@
 //!    linked replica that owes more than [`MAX_OWED_REQUESTS`] requests or
 //!    [`MAX_OWED_BYTES`] bytes of data, before the ack timeout, instead of
 //!    the volume holding ever more for it (the shell's queue to each link
-//!    is bounded above that, `super::limits::LINK_QUEUE`).
+//!    is bounded above that, `crate::limits::LINK_QUEUE`).
 //!
 //! Who may count again after a disconnect: a replica that comes back is
 //! healthy again only if it missed nothing, i.e. no mutating request it did
@@ -162,7 +162,7 @@ use cstor_proto::{
     SnapshotListing, Status, Write,
 };
 
-pub use super::limits::{
+pub use crate::limits::{
     failed_retry, FAILED_RETRY_MAX, FAILED_RETRY_MIN, MAX_HELD, MAX_OWED_BYTES, MAX_OWED_REQUESTS,
     REBUILD_RETRY,
 };

@@ -21,7 +21,7 @@
 //! learnt of the new connection. The wait is the dial backoff ([`BACKOFF_MIN`] doubling up to
 //! [`BACKOFF_MAX`], back to the minimum after a claim), or longer when the
 //! controller dropped a failed replica with a pause ([`Reset`],
-//! `super::limits::failed_retry`). A claim refused for a stale epoch is
+//! `crate::limits::failed_retry`). A claim refused for a stale epoch is
 //! final: `Fenced`.
 
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ pub enum LinkEvent {
 }
 
 /// What the driver queues to a link (a bounded queue,
-/// `super::limits::LINK_QUEUE`).
+/// `crate::limits::LINK_QUEUE`).
 #[derive(Debug)]
 pub enum LinkCommand {
     /// Send on connection `generation`; if that is not the current one,

@@ -47,7 +47,6 @@
 //!   new target starts with none and says so to the replicas it claims.
 
 pub mod controller;
-pub mod limits;
 pub mod link;
 pub mod membership;
 
@@ -67,6 +66,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::limits;
 use controller::{
     Action, Controller, ControllerConfig, MemberChange, ReplicaHello, ReplicaIndex, Tag,
 };
