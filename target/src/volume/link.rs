@@ -23,13 +23,16 @@
 //! controller dropped a failed replica with a pause ([`Reset`],
 //! `crate::limits::failed_retry`). A claim refused for a stale epoch is
 //! final: `Fenced`.
+//!
+//! What can go wrong while dialling, claiming or probing is a
+//! [`LinkError`]: its message is the `reason` of the `Down` that follows.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use cstor_proto::{
-    Auth, FrameCodec, Hello, HelloAck, Membership, Message, Name, Opcode, Packet, Status,
-    StatusReport, VersionRange,
+    Auth, EncodeError, FrameCodec, FrameError, Hello, HelloAck, Membership, Message, MessageError,
+    Name, Opcode, Packet, PayloadError, Status, StatusReport, VersionRange,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -48,6 +51,59 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A heartbeat goes out after this long without traffic (the replica closes
 /// a session silent for 15 s).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why a replica could not be dialled, claimed or probed. The messages
+/// carry the underlying error's text; they are the `reason` of a
+/// [`LinkEvent::Down`] or of a refused probe.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The socket refused `TCP_NODELAY`.
+    #[error("cannot set TCP_NODELAY: {0}")]
+    NoDelay(std::io::Error),
+    /// The volume's name is not a valid protocol name.
+    #[error("volume name {volume:?}: {error}")]
+    VolumeName { volume: String, error: PayloadError },
+    /// A request could not be sent.
+    #[error("cannot send: {0}")]
+    Send(EncodeError),
+    /// A frame came back that is not a valid packet.
+    #[error("bad answer: {0}")]
+    Decode(MessageError),
+    /// The stream broke (or its framing did).
+    #[error("bad frame: {0}")]
+    Receive(FrameError),
+    /// The replica closed the connection before answering.
+    #[error("connection closed")]
+    Closed,
+    /// The replica speaks no protocol version we do.
+    #[error("no common protocol version: replica speaks {}..={}", .0.min, .0.max)]
+    VersionMismatch(VersionRange),
+    /// The replica has accepted a newer epoch: the claim is refused for
+    /// good (the target is fenced).
+    #[error("{0}")]
+    StaleEpoch(String),
+    /// The replica refused the handshake.
+    #[error("{status:?}: {detail}")]
+    HelloRefused { status: Status, detail: String },
+    /// The replica answered `Status` with an error.
+    #[error("status: {status:?}: {detail}")]
+    StatusRefused { status: Status, detail: String },
+    /// The replica answered `MembershipGet` with an error.
+    #[error("membership: {status:?}: {detail}")]
+    MembershipRefused { status: Status, detail: String },
+    /// The replica answered `request` with a message of another kind.
+    #[error("unexpected answer to {request}: {opcode:#06x}")]
+    Unexpected { request: &'static str, opcode: u16 },
+    /// Dial and claim did not finish within the connect timeout.
+    #[error("no handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// A probe did not finish within the connect timeout.
+    #[error("probe timed out")]
+    ProbeTimeout,
+}
 
 /// What a link tells the volume driver.
 #[derive(Debug)]
@@ -187,11 +243,12 @@ pub async fn run(
                         return;
                     }
                 }
-                Ok(Err(ClaimError::Fenced(detail))) => {
+                Ok(Err(LinkError::StaleEpoch(detail))) => {
                     let _ = events.send(LinkEvent::Fenced { replica, detail });
                     return;
                 }
-                Ok(Err(ClaimError::Other(reason))) => {
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
                     debug!(%reason, "cannot claim the replica");
                     let down = LinkEvent::Down {
                         replica,
@@ -203,7 +260,7 @@ pub async fn run(
                     }
                 }
                 Err(_) => {
-                    let reason = format!("no handshake within {CONNECT_TIMEOUT:?}");
+                    let reason = LinkError::HandshakeTimeout(CONNECT_TIMEOUT).to_string();
                     let down = LinkEvent::Down {
                         replica,
                         generation,
@@ -227,26 +284,16 @@ pub async fn run(
 
 type Conn = Framed<TcpStream, FrameCodec>;
 
-enum ClaimError {
-    Fenced(String),
-    Other(String),
-}
-
 /// Dials and opens a session; also asks for the replica's status and
 /// membership record.
 async fn claim(
     addr: SocketAddr,
     params: &SessionParams,
-) -> Result<(Conn, HelloAck, StatusReport, Membership), ClaimError> {
-    let other = |e: String| ClaimError::Other(e);
-    let mut conn = dial(addr).await.map_err(other)?;
+) -> Result<(Conn, HelloAck, StatusReport, Membership), LinkError> {
+    let mut conn = dial(addr).await?;
     let ack = hello(&mut conn, params, params.epoch).await?;
-    let status = status(&mut conn, params, params.epoch)
-        .await
-        .map_err(other)?;
-    let membership = membership(&mut conn, params, params.epoch)
-        .await
-        .map_err(other)?;
+    let status = status(&mut conn, params, params.epoch).await?;
+    let membership = membership(&mut conn, params, params.epoch).await?;
     Ok((conn, ack, status, membership))
 }
 
@@ -261,7 +308,7 @@ pub struct Probe {
 
 /// Asks a replica for its state and membership record without claiming
 /// anything (epoch 0).
-pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, String> {
+pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, LinkError> {
     let params = SessionParams {
         volume: volume.to_owned(),
         epoch: 0,
@@ -269,9 +316,7 @@ pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, String> {
         first_io_seq: 0,
     };
     let mut conn = dial(addr).await?;
-    let ack = hello(&mut conn, &params, 0).await.map_err(|e| match e {
-        ClaimError::Fenced(d) | ClaimError::Other(d) => d,
-    })?;
+    let ack = hello(&mut conn, &params, 0).await?;
     let status = status(&mut conn, &params, 0).await?;
     let membership = membership(&mut conn, &params, 0).await?;
     Ok(Probe {
@@ -281,26 +326,19 @@ pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, String> {
     })
 }
 
-async fn dial(addr: SocketAddr) -> Result<Conn, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+async fn dial(addr: SocketAddr) -> Result<Conn, LinkError> {
+    let stream = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+    stream.set_nodelay(true).map_err(LinkError::NoDelay)?;
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
     Ok(conn)
 }
 
-async fn hello(
-    conn: &mut Conn,
-    params: &SessionParams,
-    epoch: u64,
-) -> Result<HelloAck, ClaimError> {
-    let other = |e: String| ClaimError::Other(e);
-    let volume = Name::new(params.volume.clone())
-        .map_err(|e| other(format!("volume name {:?}: {e}", params.volume)))?;
+async fn hello(conn: &mut Conn, params: &SessionParams, epoch: u64) -> Result<HelloAck, LinkError> {
+    let volume = Name::new(params.volume.clone()).map_err(|error| LinkError::VolumeName {
+        volume: params.volume.clone(),
+        error,
+    })?;
     let request = Packet {
         session_id: params.session_id,
         epoch,
@@ -312,18 +350,18 @@ async fn hello(
             auth: Auth::None,
         }),
     };
-    match call(conn, request).await.map_err(other)? {
+    match call(conn, request).await? {
         Message::HelloAck(ack) => Ok(ack),
-        Message::VersionMismatch(range) => Err(other(format!(
-            "no common protocol version: replica speaks {}..={}",
-            range.min, range.max
-        ))),
-        Message::Error(e) if e.status == Status::StaleEpoch => Err(ClaimError::Fenced(e.detail)),
-        Message::Error(e) => Err(other(format!("{:?}: {}", e.status, e.detail))),
-        m => Err(other(format!(
-            "unexpected answer to Hello: {:#06x}",
-            m.wire_opcode()
-        ))),
+        Message::VersionMismatch(range) => Err(LinkError::VersionMismatch(range)),
+        Message::Error(e) if e.status == Status::StaleEpoch => Err(LinkError::StaleEpoch(e.detail)),
+        Message::Error(e) => Err(LinkError::HelloRefused {
+            status: e.status,
+            detail: e.detail,
+        }),
+        m => Err(LinkError::Unexpected {
+            request: "Hello",
+            opcode: m.wire_opcode(),
+        }),
     }
 }
 
@@ -331,7 +369,7 @@ async fn status(
     conn: &mut Conn,
     params: &SessionParams,
     epoch: u64,
-) -> Result<StatusReport, String> {
+) -> Result<StatusReport, LinkError> {
     let request = Packet {
         session_id: params.session_id,
         epoch,
@@ -340,11 +378,14 @@ async fn status(
     };
     match call(conn, request).await? {
         Message::StatusReport(report) => Ok(report),
-        Message::Error(e) => Err(format!("status: {:?}: {}", e.status, e.detail)),
-        m => Err(format!(
-            "unexpected answer to Status: {:#06x}",
-            m.wire_opcode()
-        )),
+        Message::Error(e) => Err(LinkError::StatusRefused {
+            status: e.status,
+            detail: e.detail,
+        }),
+        m => Err(LinkError::Unexpected {
+            request: "Status",
+            opcode: m.wire_opcode(),
+        }),
     }
 }
 
@@ -352,7 +393,7 @@ async fn membership(
     conn: &mut Conn,
     params: &SessionParams,
     epoch: u64,
-) -> Result<Membership, String> {
+) -> Result<Membership, LinkError> {
     let request = Packet {
         session_id: params.session_id,
         epoch,
@@ -361,24 +402,25 @@ async fn membership(
     };
     match call(conn, request).await? {
         Message::Membership(record) => Ok(record),
-        Message::Error(e) => Err(format!("membership: {:?}: {}", e.status, e.detail)),
-        m => Err(format!(
-            "unexpected answer to MembershipGet: {:#06x}",
-            m.wire_opcode()
-        )),
+        Message::Error(e) => Err(LinkError::MembershipRefused {
+            status: e.status,
+            detail: e.detail,
+        }),
+        m => Err(LinkError::Unexpected {
+            request: "MembershipGet",
+            opcode: m.wire_opcode(),
+        }),
     }
 }
 
-async fn call(conn: &mut Conn, request: Packet) -> Result<Message, String> {
-    conn.send(request)
-        .await
-        .map_err(|e| format!("cannot send: {e}"))?;
+async fn call(conn: &mut Conn, request: Packet) -> Result<Message, LinkError> {
+    conn.send(request).await.map_err(LinkError::Send)?;
     match conn.next().await {
         Some(Ok(frame)) => Packet::decode(frame)
             .map(|p| p.message)
-            .map_err(|e| format!("bad answer: {e}")),
-        Some(Err(e)) => Err(format!("bad frame: {e}")),
-        None => Err("connection closed".into()),
+            .map_err(LinkError::Decode),
+        Some(Err(e)) => Err(LinkError::Receive(e)),
+        None => Err(LinkError::Closed),
     }
 }
 

@@ -388,7 +388,7 @@ impl Volume {
     pub async fn add_replica(&self, address: SocketAddr) -> Result<Membership, VolumeError> {
         let probe = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(address, &self.name))
             .await
-            .unwrap_or_else(|_| Err("probe timed out".into()))
+            .unwrap_or(Err(link::LinkError::ProbeTimeout))
             .map_err(|e| VolumeError::Refused(format!("replica {address} unreachable: {e}")))?;
         if probe.ack.block_size_bytes != self.block_size {
             return Err(VolumeError::Refused(format!(
@@ -557,7 +557,7 @@ async fn probe_quorum(spec: &VolumeSpec, cli_cf: usize) -> Result<Probed, OpenEr
             probes.push(tokio::spawn(async move {
                 let r = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(addr, &name))
                     .await
-                    .unwrap_or_else(|_| Err("probe timed out".into()));
+                    .unwrap_or(Err(link::LinkError::ProbeTimeout));
                 (addr, r)
             }));
         }

@@ -254,3 +254,52 @@ async fn a_reset_closes_only_the_connection_it_was_decided_for() {
     ));
     stop.cancel();
 }
+
+#[test]
+fn link_errors_read_as_the_reasons_the_link_always_gave() {
+    use cstor_proto::Status;
+    let cases: Vec<(LinkError, &str)> = vec![
+        (LinkError::Closed, "connection closed"),
+        (
+            LinkError::VersionMismatch(VersionRange { min: 3, max: 4 }),
+            "no common protocol version: replica speaks 3..=4",
+        ),
+        (LinkError::StaleEpoch("epoch 9 > 7".into()), "epoch 9 > 7"),
+        (
+            LinkError::HelloRefused {
+                status: Status::BadRequest,
+                detail: "no".into(),
+            },
+            "BadRequest: no",
+        ),
+        (
+            LinkError::StatusRefused {
+                status: Status::BadRequest,
+                detail: "no".into(),
+            },
+            "status: BadRequest: no",
+        ),
+        (
+            LinkError::MembershipRefused {
+                status: Status::BadRequest,
+                detail: "no".into(),
+            },
+            "membership: BadRequest: no",
+        ),
+        (
+            LinkError::Unexpected {
+                request: "Status",
+                opcode: 0x12,
+            },
+            "unexpected answer to Status: 0x0012",
+        ),
+        (
+            LinkError::HandshakeTimeout(Duration::from_secs(5)),
+            "no handshake within 5s",
+        ),
+        (LinkError::ProbeTimeout, "probe timed out"),
+    ];
+    for (error, text) in cases {
+        assert_eq!(error.to_string(), text);
+    }
+}
