@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use proptest::prelude::*;
 
 use super::*;
-use cstor_proto::RebuildProgress;
+use cstor_proto::{RebuildProgress, Status};
 
 const BLOCK: u64 = 4096;
 

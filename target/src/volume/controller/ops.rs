@@ -1,0 +1,270 @@
+//! Requests of the SCSI layer: how they enter the controller and reach the
+//! replicas, and how the replicas' answers are taken in.
+//!
+//! Rules (module doc of `super`):
+//! - a request outside the volume, or to a fenced target, fails at once;
+//!   a barrier (snapshot, resize, membership record) is one at a time and
+//!   holds the mutating requests submitted after it (at most
+//!   [`MAX_HELD`]; beyond, [`VolumeError::Unavailable`]) (rules 4 and 5);
+//! - a mutating request gets the next io_seq and goes to every linked
+//!   replica, in io_seq order per replica (rule 1); when the volume
+//!   cannot allocate it fails with [`VolumeError::NoSpace`], when read-only
+//!   with [`VolumeError::ReadOnly`], at once (rules 3 and 6);
+//! - a read goes to one healthy replica, round-robin; a read with no live
+//!   attempt goes to another healthy one as soon as there is one (rule 2);
+//! - a reply counts only if it is of this target's session and epoch, on
+//!   the replica's current connection, to a request sent to it; an ack is
+//!   recorded (and resets the replica's failure count), read data of the
+//!   wrong size or an unexpected reply drops the replica, an error is
+//!   judged by `super::failed`, a rebuild report by `super::rebuild`.
+//!   Completion itself is `super::pending`'s (settle).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use cstor_proto::{Message, Packet};
+
+use super::rebuild::is_rebuild_report;
+use super::{
+    complete, Action, Barrier, Completion, Controller, Generation, Op, Pending, ReplicaIndex,
+    ReplicaState, Tag, VolumeError,
+};
+use crate::limits::MAX_HELD;
+
+impl Controller {
+    /// A new request from the SCSI layer.
+    pub fn submit(&mut self, now: Instant, tag: Tag, op: Op) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.fenced {
+            actions.push(complete(tag, Err(VolumeError::Fenced)));
+            return actions;
+        }
+        if let Some(err) = self.check_range(&op) {
+            actions.push(complete(tag, Err(err)));
+            return actions;
+        }
+        if op.is_barrier() {
+            if self.barrier.is_some() {
+                let busy =
+                    "another snapshot, resize or membership change of the volume is in progress";
+                actions.push(complete(tag, Err(VolumeError::Refused(busy.into()))));
+                return actions;
+            }
+            self.barrier = Some(Barrier {
+                tag,
+                op,
+                submitted: now,
+                io_seq: None,
+                errors: Vec::new(),
+            });
+            self.settle(now, &mut actions);
+            return actions;
+        }
+        if op.mutates() && self.barrier.is_some() {
+            if self.held.len() >= MAX_HELD {
+                actions.push(complete(tag, Err(VolumeError::Unavailable)));
+            } else {
+                self.held.push_back((tag, op));
+            }
+            return actions;
+        }
+        self.dispatch(now, tag, op, &mut actions);
+        actions
+    }
+
+    /// Sends a request that may go now: numbered, to every linked replica
+    /// (mutating) or to one healthy replica (reads).
+    pub(super) fn dispatch(&mut self, now: Instant, tag: Tag, op: Op, actions: &mut Vec<Action>) {
+        if op.mutates() && self.cannot_allocate() {
+            actions.push(complete(tag, Err(VolumeError::NoSpace)));
+            return;
+        }
+        if op.mutates() && self.is_read_only(now) {
+            actions.push(complete(
+                tag,
+                Err(VolumeError::ReadOnly { cf: self.config.cf }),
+            ));
+            return;
+        }
+        let io_seq = self.next_io_seq;
+        self.next_io_seq += 1;
+        let mut pending = Pending {
+            tag,
+            op,
+            submitted: now,
+            sent: BTreeMap::new(),
+            acked: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            refusal: None,
+            completed: false,
+        };
+        if pending.op.mutates() {
+            for (index, replica) in self.replicas.iter().enumerate() {
+                if replica.state.is_linked() {
+                    pending.sent.insert(index, now);
+                    actions.push(self.send(index, io_seq, &pending.op));
+                }
+            }
+        } else if let Some(reader) = self.pick_reader(&pending.failed) {
+            pending.sent.insert(reader, now);
+            actions.push(self.send(reader, io_seq, &pending.op));
+        }
+        let mutates = pending.op.mutates();
+        self.insert_pending(io_seq, pending);
+        if mutates {
+            self.bound_backlogs(now, actions);
+        }
+    }
+
+    pub(super) fn check_range(&self, op: &Op) -> Option<VolumeError> {
+        let (offset, len) = match op {
+            Op::Read { offset, len_bytes }
+            | Op::Unmap { offset, len_bytes }
+            | Op::WriteZeroes { offset, len_bytes } => (*offset, u64::from(*len_bytes)),
+            Op::Write { offset, data, .. } => (*offset, data.len() as u64),
+            Op::Resize { size_bytes } if *size_bytes < self.config.size_bytes => {
+                return Some(VolumeError::Refused(format!(
+                    "a volume cannot shrink: {} bytes now, {size_bytes} asked",
+                    self.config.size_bytes
+                )))
+            }
+            Op::Flush
+            | Op::SnapshotCreate { .. }
+            | Op::SnapshotDestroy { .. }
+            | Op::Resize { .. }
+            | Op::ListSnapshots { .. }
+            | Op::SetMembership { .. } => return None,
+        };
+        match offset.checked_add(len) {
+            Some(end) if end <= self.config.size_bytes && len > 0 => None,
+            _ => Some(VolumeError::OutOfRange),
+        }
+    }
+
+    /// A reply from a replica on its connection `generation` (a reply of
+    /// another connection is ignored).
+    pub fn on_reply(
+        &mut self,
+        now: Instant,
+        replica: ReplicaIndex,
+        generation: Generation,
+        packet: Packet,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if packet.epoch != self.config.epoch
+            || packet.session_id != self.config.session_id
+            || generation != self.generation(replica)
+        {
+            return actions;
+        }
+        if is_rebuild_report(&packet.message) {
+            self.on_rebuild_report(now, replica, packet, &mut actions);
+            self.settle(now, &mut actions);
+            return actions;
+        }
+        let io_seq = packet.io_seq;
+        let Some(pending) = self.pending.get_mut(&io_seq) else {
+            // A late reply to something completed already (e.g. a slow
+            // replica's ack): nothing to do.
+            return actions;
+        };
+        if !pending.sent.contains_key(&replica) {
+            return actions;
+        }
+        match packet.message {
+            Message::Ack(opcode) if opcode == pending.op.opcode() => {
+                pending.acked.insert(replica);
+                pending.refused.remove(&replica);
+                if let Some(r) = self.replicas.get_mut(replica) {
+                    r.acked_max = r.acked_max.max(io_seq);
+                    if r.state == ReplicaState::Healthy {
+                        // Proven sound again: the next failure starts the
+                        // backoff over.
+                        r.failures = 0;
+                    }
+                }
+            }
+            Message::ReadData(data) if matches!(pending.op, Op::Read { .. }) => {
+                let expected = match pending.op {
+                    Op::Read { len_bytes, .. } => len_bytes as usize,
+                    _ => 0,
+                };
+                if data.len() == expected {
+                    let tag = pending.tag;
+                    self.remove_pending(io_seq);
+                    actions.push(complete(tag, Ok(Completion::Data(data))));
+                } else {
+                    pending.failed.insert(replica);
+                    self.drop_replica(
+                        now,
+                        replica,
+                        format!("read reply of {} bytes, expected {expected}", data.len()),
+                        &mut actions,
+                    );
+                }
+            }
+            Message::SnapshotListing(listing) if matches!(pending.op, Op::ListSnapshots { .. }) => {
+                let tag = pending.tag;
+                self.remove_pending(io_seq);
+                actions.push(complete(tag, Ok(Completion::Snapshots(listing))));
+            }
+            Message::Error(error) => {
+                self.on_error_reply(
+                    now,
+                    replica,
+                    io_seq,
+                    error.status,
+                    error.detail,
+                    &mut actions,
+                );
+            }
+            other => {
+                self.drop_replica(
+                    now,
+                    replica,
+                    format!("unexpected reply {:#06x}", other.wire_opcode()),
+                    &mut actions,
+                );
+            }
+        }
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    /// Sends reads that have no live attempt to a healthy replica.
+    pub(super) fn dispatch_waiting_reads(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let waiting: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.op.mutates() && p.sent.keys().all(|r| p.failed.contains(r)))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in waiting {
+            let Some(failed) = self.pending.get(&seq).map(|p| p.failed.clone()) else {
+                continue;
+            };
+            let Some(reader) = self.pick_reader(&failed) else {
+                continue;
+            };
+            if let Some(p) = self.pending.get_mut(&seq) {
+                p.sent.insert(reader, now);
+                let op = p.op.clone();
+                actions.push(self.send(reader, seq, &op));
+            }
+        }
+    }
+
+    pub(super) fn pick_reader(&mut self, exclude: &BTreeSet<ReplicaIndex>) -> Option<ReplicaIndex> {
+        let n = self.replicas.len();
+        for step in 0..n {
+            let index = (self.next_reader + step) % n;
+            if self.replicas[index].state == ReplicaState::Healthy && !exclude.contains(&index) {
+                self.next_reader = (index + 1) % n;
+                return Some(index);
+            }
+        }
+        // Every healthy replica failed this read once: try them again.
+        (0..n).find(|i| self.replicas[*i].state == ReplicaState::Healthy)
+    }
+}
