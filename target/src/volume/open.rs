@@ -1,0 +1,342 @@
+//! Opening a volume ([`Volume::open`]): probe the replicas, find the
+//! members and the CF, choose the epoch and the first io_seq, build the
+//! controller and start the links and the driver.
+//!
+//! Rules (module doc of `super`, docs/architecture.md "io_seq is the order
+//! of truth", invariant 5):
+//! - every replica is probed with epoch 0 (claims nothing); the command
+//!   line's replicas and the members of the newest record found are probed
+//!   again until a read quorum of the members answered
+//!   ([`membership::open_step`]) or the open timeout passed
+//!   ([`OpenError::NoQuorum`]);
+//! - the members are those of the newest membership record, the command
+//!   line only for a new volume, whose first record the driver then writes
+//!   as a barrier once a quorum is healthy;
+//! - the epoch is one above the highest any of them accepted, the first
+//!   io_seq [`IO_SEQ_MARGIN`] above the highest any of them received;
+//! - the size and block size are the most advanced replicas', which must
+//!   agree ([`OpenError::Geometry`]);
+//! - who is degraded from the start is the controller's call: each probe
+//!   is judged as a hello is ([`Controller::on_probe`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cstor_proto::limits::MAX_MEMBERS;
+use cstor_proto::{HelloAck, Membership, StatusReport};
+use foldhash::HashMap;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::controller::{Controller, ControllerConfig, MemberChange};
+use super::driver::{hello_facts, Driver};
+use super::link::{self, SessionParams};
+use super::membership::{self, OpenStep};
+use super::status::VolumeStatus;
+use super::{Volume, VolumeSpec, IO_SEQ_MARGIN, REQUEST_QUEUE};
+use crate::limits;
+
+/// Why a volume could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("a volume needs 1 to 5 replicas, not {0}")]
+    ReplicaCount(usize),
+    #[error("consistency factor {cf} is outside 1..={replicas}")]
+    ConsistencyFactor { cf: usize, replicas: usize },
+    #[error(
+        "only {answered} of the {needed} replicas needed answered within {timeout:?}: {errors}"
+    )]
+    NoQuorum {
+        answered: usize,
+        needed: usize,
+        timeout: Duration,
+        errors: String,
+    },
+    #[error("membership: {0}")]
+    Membership(String),
+    #[error("replicas disagree on the volume's geometry: {0}")]
+    Geometry(String),
+}
+
+/// Members, CF, the newest record (`None`: a new volume) and every answer.
+pub(super) type Probed = (
+    Vec<SocketAddr>,
+    usize,
+    Option<Membership>,
+    BTreeMap<SocketAddr, link::Probe>,
+);
+
+/// Probes the command line's replicas and the members of the newest record
+/// found, until enough members answered ([`membership::open_step`]) or the
+/// open timeout passed.
+pub(super) async fn probe_quorum(spec: &VolumeSpec, cli_cf: usize) -> Result<Probed, OpenError> {
+    let deadline = tokio::time::Instant::now() + spec.open_timeout;
+    let mut answers: BTreeMap<SocketAddr, link::Probe> = BTreeMap::new();
+    let mut errors: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut targets: Vec<SocketAddr> = spec.replicas.clone();
+    loop {
+        let mut probes = Vec::new();
+        for addr in targets.iter().filter(|a| !answers.contains_key(a)) {
+            let name = spec.name.clone();
+            let addr = *addr;
+            probes.push(tokio::spawn(async move {
+                let r = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(addr, &name))
+                    .await
+                    .unwrap_or(Err(link::LinkError::ProbeTimeout));
+                (addr, r)
+            }));
+        }
+        for probe in probes {
+            if let Ok((addr, r)) = probe.await {
+                match r {
+                    Ok(answer) => {
+                        errors.remove(&addr);
+                        answers.insert(addr, answer);
+                    }
+                    Err(e) => {
+                        errors.insert(addr, format!("{addr}: {e}"));
+                    }
+                }
+            }
+        }
+        let records: BTreeMap<SocketAddr, Membership> = answers
+            .iter()
+            .map(|(a, p)| (*a, p.membership.clone()))
+            .collect();
+        let step = membership::open_step(&spec.replicas, cli_cf, &records)
+            .map_err(|e| OpenError::Membership(e.to_string()))?;
+        let missing = match step {
+            OpenStep::Open {
+                members,
+                cf,
+                record,
+            } => return Ok((members, cf, record, answers)),
+            OpenStep::Probe(missing) => missing,
+        };
+        // Probe the command line too until something answers: the newest
+        // record may be on any of them.
+        targets = missing;
+        targets.extend(spec.replicas.iter().filter(|a| !answers.contains_key(a)));
+        targets.sort();
+        targets.dedup();
+        if tokio::time::Instant::now() >= deadline {
+            let record = membership::newest(records.values());
+            let (members, cf) = if record.generation == 0 {
+                (spec.replicas.clone(), cli_cf)
+            } else {
+                (
+                    membership::addresses(&record).unwrap_or_default(),
+                    usize::from(record.consistency_factor),
+                )
+            };
+            return Err(OpenError::NoQuorum {
+                answered: members.iter().filter(|a| answers.contains_key(a)).count(),
+                needed: membership::open_quorum(members.len(), cf),
+                timeout: spec.open_timeout,
+                errors: errors.into_values().collect::<Vec<_>>().join("; "),
+            });
+        }
+        tokio::time::sleep(link::BACKOFF_MAX).await;
+    }
+}
+
+/// Size and block size, from the most advanced replicas (a grow may have
+/// reached only some of the others).
+pub(super) fn geometry(
+    members: &[SocketAddr],
+    probes: &[Option<(HelloAck, StatusReport)>],
+    max_received: u64,
+) -> Result<(u64, u32), OpenError> {
+    let mut current = probes.iter().enumerate().filter_map(|(i, p)| {
+        p.as_ref()
+            .filter(|(ack, st)| {
+                st.last_received_io_seq.max(ack.last_durable_io_seq) == max_received
+            })
+            .map(|(ack, _)| (i, ack.volume_size_bytes, ack.block_size_bytes))
+    });
+    let Some((_, size, block)) = current.next() else {
+        return Err(OpenError::Geometry("no replica answered".into()));
+    };
+    for (i, s, b) in current {
+        if s != size || b != block {
+            let addr = members.get(i).map_or_else(String::new, |a| a.to_string());
+            return Err(OpenError::Geometry(format!(
+                "{addr} has {s} bytes in {b}-byte blocks, another {size} in {block}"
+            )));
+        }
+    }
+    Ok((size, block))
+}
+
+pub(super) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Only distinguishes sessions in logs and frames; time will do.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+impl Volume {
+    /// Probes the replicas, claims the volume and starts serving it. The
+    /// members are those of the newest membership record the replicas
+    /// hold, or `spec.replicas` for a new volume (`membership` module doc).
+    pub async fn open(spec: VolumeSpec) -> Result<Volume, OpenError> {
+        let n = spec.replicas.len();
+        if !(1..=MAX_MEMBERS).contains(&n) {
+            return Err(OpenError::ReplicaCount(n));
+        }
+        let cli_cf = spec.cf.unwrap_or(ControllerConfig::majority(n));
+        if !(1..=n).contains(&cli_cf) {
+            return Err(OpenError::ConsistencyFactor {
+                cf: cli_cf,
+                replicas: n,
+            });
+        }
+        let (members, cf, record, answers) = probe_quorum(&spec, cli_cf).await?;
+        for ignored in spec.replicas.iter().filter(|a| !members.contains(a)) {
+            warn!(
+                volume = %spec.name,
+                replica = %ignored,
+                "not a member of the volume (membership record): ignored; add it with `cstor ctl replica add`"
+            );
+        }
+        let probes: Vec<Option<(HelloAck, StatusReport)>> = members
+            .iter()
+            .map(|a| answers.get(a).map(|p| (p.ack, p.status)))
+            .collect();
+        let answered: Vec<_> = probes.iter().flatten().collect();
+        let highest_epoch = answered
+            .iter()
+            .map(|p| p.0.highest_epoch_seen.max(p.1.highest_epoch_seen))
+            .max()
+            .unwrap_or(0);
+        let max_received = answered
+            .iter()
+            .map(|p| p.1.last_received_io_seq.max(p.0.last_durable_io_seq))
+            .max()
+            .unwrap_or(0);
+        let (size_bytes, block_size) = geometry(&members, &probes, max_received)?;
+        // The ids the record knows: a member answering with another id had
+        // its pool replaced.
+        let recorded_ids: Vec<Option<u128>> = members
+            .iter()
+            .map(|a| {
+                record
+                    .as_ref()
+                    .and_then(|r| r.member(&a.to_string()))
+                    .map(|m| m.replica_id)
+                    .filter(|id| *id != 0)
+            })
+            .collect();
+        let params = SessionParams {
+            volume: spec.name.clone(),
+            epoch: highest_epoch.saturating_add(1),
+            session_id: random_u64(),
+            first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
+        };
+        let replica_ids: Vec<Option<u128>> = probes
+            .iter()
+            .zip(&recorded_ids)
+            .map(|(p, recorded)| p.as_ref().map(|(ack, _)| ack.replica_id).or(*recorded))
+            .collect();
+        let (record, write_record) = match record {
+            Some(record) => (record, false),
+            None => (
+                membership::initial(&members, &replica_ids, cf)
+                    .map_err(|e| OpenError::Membership(e.to_string()))?,
+                true,
+            ),
+        };
+        let generation = answers
+            .values()
+            .map(|p| p.membership.generation)
+            .max()
+            .unwrap_or(0)
+            .max(record.generation);
+        info!(
+            volume = %spec.name,
+            epoch = params.epoch,
+            first_io_seq = params.first_io_seq,
+            size_bytes,
+            cf,
+            members = ?members,
+            generation = record.generation,
+            "opening volume"
+        );
+        let config = ControllerConfig {
+            replicas: members.len(),
+            cf,
+            ack_timeout: spec.ack_timeout,
+            hold: spec.hold,
+            session_id: params.session_id,
+            epoch: params.epoch,
+            first_io_seq: params.first_io_seq,
+            size_bytes,
+            max_received_at_open: max_received,
+            max_owed_requests: limits::MAX_OWED_REQUESTS,
+            max_owed_bytes: limits::MAX_OWED_BYTES,
+        };
+        // Who is degraded from the start is the controller's call, as for
+        // every later hello: behind the others, an unfinished rebuild,
+        // another id than the record's.
+        let mut controller = Controller::new(config, &vec![None; members.len()], Instant::now())
+            .with_replica_ids(&recorded_ids);
+        for (replica, probe) in probes.iter().enumerate() {
+            if let Some((ack, status)) = probe {
+                controller.on_probe(replica, hello_facts(0, ack, status));
+            }
+        }
+        let stop = CancellationToken::new();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let mut driver = Driver {
+            controller,
+            addrs: Vec::with_capacity(members.len()),
+            links: Vec::with_capacity(members.len()),
+            waiters: HashMap::default(),
+            changes: HashMap::default(),
+            next_tag: 1,
+            replica_ids: Vec::with_capacity(members.len()),
+            rebuild_clock: Vec::with_capacity(members.len()),
+            rebuilt_bytes: Vec::with_capacity(members.len()),
+            rebuild_throttle: 0,
+            params,
+            events: events_tx,
+            stop: stop.clone(),
+            record,
+            generation,
+            status: watch::channel(VolumeStatus::default()).0,
+            published: (0, Instant::now()),
+            deferred: std::collections::VecDeque::new(),
+        };
+        for (addr, id) in members.iter().zip(&replica_ids) {
+            driver.link(*addr, *id);
+        }
+        let (status_tx, status) = watch::channel(driver.status_of());
+        driver.published = (driver.status_shape(Instant::now()), Instant::now());
+        driver.status = status_tx;
+        if write_record {
+            // A new volume: its command line becomes the first record,
+            // written once a quorum is healthy (a barrier like any change).
+            let record = driver.record.clone();
+            let actions = driver.submit_record(record, MemberChange::None, cf, None, None);
+            driver.perform(actions);
+        }
+        let (throttle, throttle_rx) = watch::channel(0);
+        tokio::spawn(driver.run(request_rx, events, throttle_rx, stop.clone()));
+        Ok(Volume {
+            requests,
+            status,
+            throttle: Arc::new(throttle),
+            stop,
+            block_size,
+            name: spec.name,
+        })
+    }
+}
