@@ -149,6 +149,9 @@ pub struct TargetConfig {
     /// The byte budgets of IO data held by one connection and by the whole
     /// target ([`crate::iscsi::budget`]); clones share the target's.
     pub buffers: BufferLimits,
+    /// Ids of the tasks every session hands to the logical unit; clones
+    /// share the counter, so an id is unique in the target.
+    pub task_ids: crate::iscsi::session::TaskIds,
 }
 
 /// The default target name of a volume: `iqn.2016-09.com.openebs.cstor:NAME`.
@@ -170,6 +173,7 @@ impl TargetConfig {
             limits: TargetLimits::default(),
             queue_depth: 32,
             buffers: BufferLimits::default(),
+            task_ids: Default::default(),
         }
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! Invariants:
 //! - every task handed to the logical unit gets a [`TaskId`] no other task
-//!   of the connection ever gets, and its completion comes back by that id,
+//!   of the target ever gets (a counter all connections of the target
+//!   share, [`TaskIds`]), and its completion comes back by that id,
 //!   never by ITT: a task aborted here (ABORT TASK, a reset, logout) is
 //!   forgotten, so its completion is dropped even when a new command has
 //!   reused its ITT meanwhile (Linux does so at once). Which tasks are
@@ -80,10 +81,22 @@ const LOGOUT_RECOVERY_NOT_SUPPORTED: u8 = 2;
 const LOGOUT_REASON_RECOVERY: u8 = 2;
 
 /// Names one task handed to the logical unit, for the life of the
-/// connection: unlike an ITT, which the initiator reuses once the task is
-/// over (or aborted), it is never given twice (a `u64` counter).
+/// target: unlike an ITT, which the initiator reuses once the task is
+/// over (or aborted), it is never given twice (a `u64` counter shared by
+/// every connection, see [`TaskIds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(u64);
+
+/// The target's source of [`TaskId`]s: clones share one counter, so the
+/// sessions of one [`TargetConfig`] never hand out the same id.
+#[derive(Debug, Clone, Default)]
+pub struct TaskIds(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl TaskIds {
+    fn next(&self) -> TaskId {
+        TaskId(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
 
 /// A SCSI command ready for the logical unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +228,6 @@ pub struct FullFeature<'a> {
     tasks: HashMap<u32, LiveTask>,
     /// The ITT of each task the logical unit has, by task id.
     executing: HashMap<TaskId, u32>,
-    next_task_id: u64,
     /// Commands waiting for buffer budget, oldest first.
     waiting: VecDeque<u32>,
     buffers: BufferLimits,
@@ -241,7 +253,6 @@ impl<'a> FullFeature<'a> {
             session,
             tasks: HashMap::default(),
             executing: HashMap::default(),
-            next_task_id: 0,
             waiting: VecDeque::new(),
             buffers: cfg.buffers.clone(),
             held: 0,
@@ -537,9 +548,7 @@ impl<'a> FullFeature<'a> {
     }
 
     fn next_task_id(&mut self) -> TaskId {
-        let id = TaskId(self.next_task_id);
-        self.next_task_id = self.next_task_id.wrapping_add(1);
-        id
+        self.cfg.task_ids.next()
     }
 
     /// Makes `task` live under `itt` as task `id` (its state is

@@ -818,3 +818,14 @@ fn aborts_and_a_closed_connection_give_every_byte_back() {
     drop(ff);
     assert_eq!(cfg.buffers.target.used(), 0);
 }
+
+#[test]
+fn task_ids_are_unique_across_the_sessions_of_a_target() {
+    let cfg = TargetConfig::for_volume("v");
+    let mut a = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let mut b = FullFeature::new(&cfg, session(SessionType::Normal, params()));
+    let ids: std::collections::BTreeSet<TaskId> = (0..4)
+        .flat_map(|_| [a.next_task_id(), b.next_task_id()])
+        .collect();
+    assert_eq!(ids.len(), 8, "an id was handed out twice: {ids:?}");
+}
