@@ -28,10 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    free_addr, is_stopped, pattern, replica_states, signal, wait_target_status, Client,
-    IscsiSession, ReplicaProcess, TargetProcess,
+    free_addr, is_stopped, pattern, pattern_run, replica_states, signal, wait_target_status,
+    Client, IscsiSession, ReplicaProcess, TargetProcess,
 };
-use bytes::{Bytes, BytesMut};
 
 const VOLUME: &str = "vol";
 const INITIATOR: &str = "iqn.2026-11.io.cstor.test:failures";
@@ -90,15 +89,6 @@ fn wait_healthy(mgmt: SocketAddr, n: usize) -> serde_json::Value {
             replica_states(s).iter().filter(|x| *x == "healthy").count() == n
         })
     })
-}
-
-/// `blocks` blocks from `lba`, block `lba + i` holding `pattern(.., generation)`.
-fn run_data(lba: u64, blocks: u64, generation: u64, block_size: usize) -> Bytes {
-    let mut data = BytesMut::new();
-    for b in lba..lba + blocks {
-        data.extend_from_slice(&pattern(b, generation, block_size));
-    }
-    data.freeze()
 }
 
 /// Which generation a block holds: 0 for zeros, `g` for `pattern(lba, g)`,
@@ -210,7 +200,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
     let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
     for lba in (0..BLOCKS).step_by(RUN as usize) {
         let done = session
-            .write(lba, run_data(lba, RUN, 1, block as usize))
+            .write(lba, pattern_run(lba, RUN, 1, block as usize))
             .await
             .unwrap();
         assert!(done.is_good(), "fill at {lba}: {done:?}");
@@ -331,7 +321,7 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
                     h.since.insert(generation);
                 }
                 match session
-                    .write(lba, run_data(lba, RUN, generation, block))
+                    .write(lba, pattern_run(lba, RUN, generation, block))
                     .await
                 {
                     Ok(done) => assert!(done.is_good(), "write at {lba}: {done:?}"),
@@ -409,7 +399,7 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
     );
     // The volume is writable again through the new session.
     let done = session
-        .write(0, run_data(0, RUN, 1 << 40, block))
+        .write(0, pattern_run(0, RUN, 1 << 40, block))
         .await
         .unwrap();
     assert!(done.is_good(), "{done:?}");

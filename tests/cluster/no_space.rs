@@ -27,10 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    free_addr, pattern, replica_states, target_status, wait_target_status, IscsiSession,
-    ReplicaProcess, ScsiOutcome, TargetProcess,
+    free_addr, pattern, pattern_run, replica_states, target_status, wait_target_status,
+    IscsiSession, ReplicaProcess, ScsiOutcome, TargetProcess,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 const VOLUME: &str = "vol";
 const INITIATOR: &str = "iqn.2026-11.io.cstor.test:no-space";
@@ -97,15 +97,6 @@ fn start_target(
         ],
         &[],
     )
-}
-
-/// `blocks` blocks from `lba`, block `lba + i` holding `pattern(.., 1)`.
-fn run_data(lba: u64, blocks: u64, block_size: usize) -> Bytes {
-    let mut data = BytesMut::new();
-    for b in lba..lba + blocks {
-        data.extend_from_slice(&pattern(b, 1, block_size));
-    }
-    data.freeze()
 }
 
 /// (sense key, ASC, ASCQ) of a CHECK CONDITION, fixed or descriptor format.
@@ -198,7 +189,10 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
     // quorum on the two others.
     let started = Instant::now();
     for lba in (0..FIRST_BLOCKS).step_by(RUN as usize) {
-        let done = session.write(lba, run_data(lba, RUN, block)).await.unwrap();
+        let done = session
+            .write(lba, pattern_run(lba, RUN, 1, block))
+            .await
+            .unwrap();
         assert!(
             done.is_good(),
             "write at {lba} ({} MiB): {done:?}; {}",
@@ -227,7 +221,10 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
     let mut failed_at = None;
     for lba in (FIRST_BLOCKS..SECOND_LIMIT).step_by(RUN as usize) {
         let at = Instant::now();
-        let done = session.write(lba, run_data(lba, RUN, block)).await.unwrap();
+        let done = session
+            .write(lba, pattern_run(lba, RUN, 1, block))
+            .await
+            .unwrap();
         if done.is_good() {
             continue;
         }
@@ -251,11 +248,10 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
     // an allocated block too (generation 2: it must not land anywhere).
     for lba in [failed_at + RUN, 0, FIRST_BLOCKS - RUN] {
         let at = Instant::now();
-        let mut data = BytesMut::new();
-        for b in lba..lba + RUN {
-            data.extend_from_slice(&pattern(b, 2, block));
-        }
-        let done = session.write(lba, data.freeze()).await.unwrap();
+        let done = session
+            .write(lba, pattern_run(lba, RUN, 2, block))
+            .await
+            .unwrap();
         let (key, asc, ascq) = sense(&done).unwrap_or_else(|| panic!("no sense: {done:?}"));
         assert_eq!(
             (key, (asc, ascq)),

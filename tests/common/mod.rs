@@ -442,6 +442,16 @@ pub fn pattern(lba: u64, generation: u64, len: usize) -> Bytes {
     buf.freeze()
 }
 
+/// `blocks` blocks from `lba`, block `lba + i` holding
+/// `pattern(lba + i, generation, block_size)`.
+pub fn pattern_run(lba: u64, blocks: u64, generation: u64, block_size: usize) -> Bytes {
+    let mut data = BytesMut::new();
+    for b in lba..lba + blocks {
+        data.extend_from_slice(&pattern(b, generation, block_size));
+    }
+    data.freeze()
+}
+
 pub fn rand_u64() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};

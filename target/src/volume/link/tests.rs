@@ -103,29 +103,54 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> LinkEven
         .expect("the link is running")
 }
 
+/// A link task for replica 0 of volume "v" dialling a listener of the
+/// test's (the fake replica), with the channels a driver holds.
+struct Link {
+    listener: TcpListener,
+    commands: mpsc::Sender<LinkCommand>,
+    resets: tokio::sync::watch::Sender<Option<Reset>>,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    stop: CancellationToken,
+}
+
+impl Link {
+    async fn spawn() -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (commands_tx, commands) = mpsc::channel(16);
+        let (resets_tx, resets) = tokio::sync::watch::channel(None);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let params = SessionParams {
+            volume: "v".into(),
+            epoch: 1,
+            session_id: 9,
+            first_io_seq: 100,
+        };
+        tokio::spawn(run(
+            0,
+            addr,
+            params,
+            commands,
+            resets,
+            events_tx,
+            stop.clone(),
+        ));
+        Link {
+            listener,
+            commands: commands_tx,
+            resets: resets_tx,
+            events,
+            stop,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_its_rebuild_start() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (commands_tx, commands) = mpsc::channel(16);
-    let (_resets, resets) = tokio::sync::watch::channel(None);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let params = SessionParams {
-        volume: "v".into(),
-        epoch: 1,
-        session_id: 9,
-        first_io_seq: 100,
-    };
-    tokio::spawn(run(
-        0,
-        addr,
-        params,
-        commands,
-        resets,
-        events_tx,
-        stop.clone(),
-    ));
+    let link = Link::spawn().await;
+    let (listener, commands_tx, mut events, stop) =
+        (link.listener, link.commands, link.events, link.stop);
 
     // First connection: claimed, then cut by the replica.
     let (stream, _) = listener.accept().await.unwrap();
@@ -195,27 +220,9 @@ async fn a_write_meant_for_a_dead_connection_never_reaches_the_next_one_before_i
 
 #[tokio::test]
 async fn a_reset_closes_only_the_connection_it_was_decided_for() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_commands_tx, commands) = mpsc::channel(16);
-    let (resets_tx, resets) = tokio::sync::watch::channel(None);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let params = SessionParams {
-        volume: "v".into(),
-        epoch: 1,
-        session_id: 9,
-        first_io_seq: 100,
-    };
-    tokio::spawn(run(
-        0,
-        addr,
-        params,
-        commands,
-        resets,
-        events_tx,
-        stop.clone(),
-    ));
+    let link = Link::spawn().await;
+    let (listener, resets_tx, mut events, stop) =
+        (link.listener, link.resets, link.events, link.stop);
     let (stream, _) = listener.accept().await.unwrap();
     let mut first = Framed::new(stream, FrameCodec::new());
     handshake(&mut first, None).await;
