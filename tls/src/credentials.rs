@@ -1,0 +1,336 @@
+//! A process's credentials, read from its TLS directory (see
+//! [`crate::issue`] for the files) and kept current: [`Credentials::watch`]
+//! polls the files every [`RELOAD_POLL`] and swaps in the new set when they
+//! changed and load cleanly (a certificate whose key does not match yet —
+//! a rotation caught half-way — keeps the old set until the next poll).
+//! Connections already open keep the credentials they were made with; every
+//! new handshake uses the current ones.
+//!
+//! Verification, both ways: TLS 1.3 only; the peer's chain must lead to one
+//! of the trusted CAs and be valid now (expired and not-yet-valid
+//! certificates are refused); then the peer's identity is read from its
+//! certificate. Names and addresses are not checked (replicas are dialled
+//! at whatever address the cluster gives them); the role is — a connecting
+//! side states which roles it expects to reach.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::identity::{Identity, Role};
+use crate::issue::{CA_FILE, CERT_FILE, KEY_FILE};
+use crate::TlsError;
+
+/// How often the TLS directory is checked for new files.
+pub const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+/// One loaded set of files.
+struct Loaded {
+    identity: Identity,
+    not_after: SystemTime,
+    roots: Arc<RootCertStore>,
+    key: Arc<CertifiedKey>,
+    server: Arc<ServerConfig>,
+    stamp: Stamp,
+}
+
+/// What the files looked like when they were read (modification time and
+/// length of each); a change of any means "read again".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<Option<(SystemTime, u64)>>);
+
+impl Stamp {
+    fn of(dir: &Path) -> Stamp {
+        Stamp(
+            [CA_FILE, CERT_FILE, KEY_FILE]
+                .iter()
+                .map(|f| {
+                    let meta = std::fs::metadata(dir.join(f)).ok()?;
+                    Some((meta.modified().ok()?, meta.len()))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A process's current certificate, key and trusted CAs.
+pub struct Credentials {
+    dir: PathBuf,
+    current: RwLock<Arc<Loaded>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("dir", &self.dir)
+            .field("identity", &self.identity())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads the TLS directory `dir` (`ca.crt`, `tls.crt`, `tls.key`).
+    pub fn load(dir: &Path) -> Result<Arc<Credentials>, TlsError> {
+        let loaded = load(dir)?;
+        Ok(Arc::new(Credentials {
+            dir: dir.to_owned(),
+            current: RwLock::new(Arc::new(loaded)),
+        }))
+    }
+
+    /// The directory the credentials are read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Who this process is, by its current certificate.
+    pub fn identity(&self) -> Identity {
+        self.current().identity.clone()
+    }
+
+    /// When the current certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.current().not_after
+    }
+
+    /// Reads the files again if they changed since they were last read.
+    /// `Ok(true)`: a new set is in use. An error keeps the old set (and the
+    /// files are read again at the next call).
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamp = Stamp::of(&self.dir);
+        if stamp == self.current().stamp {
+            return Ok(false);
+        }
+        let loaded = load(&self.dir)?;
+        let identity = loaded.identity.clone();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        info!(dir = %self.dir.display(), %identity, "TLS credentials reloaded");
+        Ok(true)
+    }
+
+    /// Polls the files every [`RELOAD_POLL`] until `shutdown`.
+    pub fn watch(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut last_error: Option<String> = None;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RELOAD_POLL) => {}
+                }
+                match this.reload_if_changed() {
+                    Ok(_) => last_error = None,
+                    Err(e) => {
+                        let e = e.to_string();
+                        if last_error.as_ref() != Some(&e) {
+                            warn!(dir = %this.dir.display(), error = %e, "new TLS files not usable yet; keeping the current ones");
+                        }
+                        last_error = Some(e);
+                    }
+                }
+            }
+        })
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.current().server)
+    }
+
+    /// A client configuration presenting this process's certificate that
+    /// accepts only a server whose identity has one of the `expect` roles.
+    pub(crate) fn client_config(&self, expect: &[Role]) -> Result<Arc<ClientConfig>, TlsError> {
+        let loaded = self.current();
+        let provider = provider();
+        let verifier = Arc::new(RoleVerifier {
+            roots: Arc::clone(&loaded.roots),
+            expect: expect.to_vec(),
+            provider: Arc::clone(&provider),
+        });
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Config)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(Single(Arc::clone(&loaded.key))));
+        config.enable_sni = false;
+        Ok(Arc::new(config))
+    }
+}
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load(dir: &Path) -> Result<Loaded, TlsError> {
+    let stamp = Stamp::of(dir);
+    let file = |name: &str| -> Result<Vec<u8>, TlsError> {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| TlsError::Read { path, source })
+    };
+    let bad = |name: &str, reason: String| TlsError::Bad {
+        path: dir.join(name),
+        reason,
+    };
+    let ca = file(CA_FILE)?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|e| bad(CA_FILE, e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(CA_FILE, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(CA_FILE, "no CA certificate in it".into()));
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&file(CERT_FILE)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(CERT_FILE, e.to_string()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(bad(CERT_FILE, "no certificate in it".into()));
+    };
+    let identity = Identity::from_der(leaf).map_err(|e| bad(CERT_FILE, e.to_string()))?;
+    let not_after = not_after(leaf).map_err(|e| bad(CERT_FILE, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&file(KEY_FILE)?)
+        .map_err(|e| bad(KEY_FILE, e.to_string()))?;
+    let provider = provider();
+    let key = CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| bad(KEY_FILE, format!("does not go with {CERT_FILE}: {e}")))?;
+    let roots = Arc::new(roots);
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| bad(CA_FILE, e.to_string()))?;
+    let key = Arc::new(key);
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(client_verifier)
+        .with_cert_resolver(Arc::new(Single(Arc::clone(&key))));
+    Ok(Loaded {
+        identity,
+        not_after,
+        roots,
+        key,
+        server: Arc::new(server),
+        stamp,
+    })
+}
+
+fn not_after(der: &[u8]) -> Result<SystemTime, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let secs = cert.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
+/// Always this certificate (either side).
+#[derive(Debug)]
+struct Single(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Single {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Single {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verifies a server: chain to a trusted CA, valid now, and an identity of
+/// an expected role.
+#[derive(Debug)]
+struct RoleVerifier {
+    roots: Arc<RootCertStore>,
+    expect: Vec<Role>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for RoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let identity = Identity::from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        if !self.expect.contains(&identity.role()) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
