@@ -28,6 +28,11 @@ BENCH_PIDS=()     # server processes to stop, in start order
 BENCH_TGT_CTLS=() # tgtd control ports (tgtd ignores SIGTERM: stop via tgtadm)
 BENCH_PORTS=()    # ports handed out by free_port, so two calls never collide
 WORK=""
+# How the cstor processes started next secure their links: "tls" (the
+# product's default: mutual TLS 1.3, certificates of a CA made per run in
+# $WORK/pki) or "plaintext" (--insecure-plaintext). A script may switch it
+# between servers (benches/tls.sh runs both side by side).
+BENCH_SECURITY="${BENCH_SECURITY:-tls}"
 
 say() { echo "[bench] $*" >&2; }
 die() {
@@ -97,6 +102,26 @@ bench_init() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     say "work dir $WORK ($(df -P "$WORK" | awk 'NR==2{print $1}'))"
+    "$CSTOR" certs ca --out "$WORK/pki/ca" --name "cstor bench" >"$WORK/certs.log" 2>&1 ||
+        die "certs ca: $(cat "$WORK/certs.log")"
+}
+
+# security_args NAME ROLE_ARGS...: sets SECURITY_ARGS to the flags that
+# secure a process (--tls-dir with a certificate for ROLE_ARGS, issued once
+# per NAME, or --insecure-plaintext), following BENCH_SECURITY.
+security_args() {
+    local name="$1"
+    shift
+    if [[ "$BENCH_SECURITY" == plaintext ]]; then
+        SECURITY_ARGS=(--insecure-plaintext)
+        return
+    fi
+    [[ "$BENCH_SECURITY" == tls ]] || die "BENCH_SECURITY must be tls or plaintext"
+    if [[ ! -f "$WORK/pki/$name/tls.crt" ]]; then
+        "$CSTOR" certs issue --ca "$WORK/pki/ca" --out "$WORK/pki/$name" "$@" >>"$WORK/certs.log" 2>&1 ||
+            die "certs issue $name: $(tail -n 3 "$WORK/certs.log")"
+    fi
+    SECURITY_ARGS=(--tls-dir "$WORK/pki/$name")
 }
 
 stop_pid() {
@@ -228,8 +253,9 @@ start_replica() {
     mgmt="$FREE_PORT"
     "$CSTOR" replica init --pool "$name" --file "$WORK/$name.img" --size "$size" >"$WORK/$name-init.log" 2>&1 ||
         die "replica init $name: $(cat "$WORK/$name-init.log")"
+    security_args "replica-$name" --role replica --pool "$name"
     RUST_LOG=info "$CSTOR" replica run --pool "$name" --pool-path "$WORK/$name.img" \
-        --listen "127.0.0.1:$data" --mgmt-listen "127.0.0.1:$mgmt" >"$WORK/$name.log" 2>&1 &
+        --listen "127.0.0.1:$data" --mgmt-listen "127.0.0.1:$mgmt" "${SECURITY_ARGS[@]}" >"$WORK/$name.log" 2>&1 &
     BENCH_PIDS+=("$!")
     REPLICA_PID="$!"
     wait_listen "$REPLICA_PID" "$data"
@@ -240,7 +266,8 @@ start_replica() {
 
 # create_volume MGMT VOLUME SIZE
 create_volume() {
-    "$CSTOR" ctl --mgmt "$1" volume create "$2" --size "$3" >>"$WORK/ctl.log" 2>&1 ||
+    security_args admin --role admin
+    "$CSTOR" ctl "${SECURITY_ARGS[@]}" --mgmt "$1" volume create "$2" --size "$3" >>"$WORK/ctl.log" 2>&1 ||
         die "volume create $2 on $1: $(tail -n 3 "$WORK/ctl.log")"
 }
 
@@ -258,7 +285,8 @@ start_cstor_target() {
     free_port
     port="$FREE_PORT"
     log="$WORK/target-$volume.log"
-    RUST_LOG=info "$CSTOR" target --listen "127.0.0.1:$port" --volume "$volume" "${args[@]}" >"$log" 2>&1 &
+    security_args "target-$volume" --role target --volume "$volume"
+    RUST_LOG=info "$CSTOR" target --listen "127.0.0.1:$port" --volume "$volume" "${SECURITY_ARGS[@]}" "${args[@]}" >"$log" 2>&1 &
     BENCH_PIDS+=("$!")
     TARGET_PID="$!"
     wait_log "$TARGET_PID" "$log" "iSCSI target serving"

@@ -105,7 +105,9 @@ for m in "${MGMT[@]}"; do create_volume "$m" rb "${GIB}GiB"; done
 free_port
 TARGET_MGMT="127.0.0.1:$FREE_PORT"
 start_cstor_target rb --mgmt-listen "$TARGET_MGMT" -- "${DATA[@]}"
-status() { timeout 10 "$CSTOR" ctl --target "$TARGET_MGMT" --json status 2>/dev/null || true; }
+security_args admin --role admin
+CTL_SECURITY=("${SECURITY_ARGS[@]}")
+status() { timeout 10 "$CSTOR" ctl "${CTL_SECURITY[@]}" --target "$TARGET_MGMT" --json status 2>/dev/null || true; }
 
 say "writing the whole volume (${GIB} GiB, 1 MiB sequential) and flushing"
 prefill "$TARGET_URL" "$((GIB * 1024))"
