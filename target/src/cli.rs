@@ -1,7 +1,15 @@
 //! `cstor target` command line: one iSCSI target for one volume. Every
 //! flag can also be set through the environment variable its help names.
+//!
+//! Security: every link the target makes or serves (its replica links, its
+//! management API) is mutual TLS 1.3 with the credentials of `--tls-dir`,
+//! whose certificate must be a target's naming `--volume`
+//! ([`check_identity`]); `--insecure-plaintext` is the one explicit way
+//! out, logged as a warning at start and shown in the status. One of the
+//! two is required.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +17,7 @@ use clap::builder::TypedValueParser as _;
 use clap::Args;
 use cstor_mgmt::metrics_http;
 use cstor_mgmt::size::parse_size;
+use cstor_tls::{Identity, Security, TlsError};
 use tokio_util::sync::CancellationToken;
 
 use crate::iscsi::access::{Allowlist, InitiatorAccess};
@@ -39,6 +48,17 @@ pub struct TargetArgs {
     /// docs/metrics.md), e.g. 0.0.0.0:9500. Off unless given.
     #[arg(long, env = "CSTOR_TARGET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS directory: `ca.crt` (the cluster's CA), `tls.crt` (a target
+    /// certificate naming --volume) and `tls.key`. Secures the replica
+    /// links and the management API (mutual TLS 1.3); the files are read
+    /// again when they change. Required unless --insecure-plaintext.
+    #[arg(long, env = "CSTOR_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Run without authentication or encryption on every link (replica
+    /// links, management API). Never the default; logged as a warning and
+    /// shown in the status.
+    #[arg(long, env = "CSTOR_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
     /// The volume to serve (its replicas hold a volume replica of this name).
     #[arg(long, env = "CSTOR_VOLUME")]
     pub volume: String,
@@ -134,6 +154,20 @@ pub enum TargetError {
     Chap(String),
     #[error("--allow-initiator: {0}")]
     Initiator(#[from] crate::iscsi::access::NameError),
+    /// `--tls-dir`/`--insecure-plaintext` missing, both given, or the TLS
+    /// files unusable.
+    #[error(transparent)]
+    Security(#[from] TlsError),
+    /// The certificate is not a target's for this volume.
+    #[error(
+        "{cert}: the certificate is for {found}, but this target serves volume {volume:?}: \
+         it needs a target certificate naming that volume (cstor:target:{volume})"
+    )]
+    Identity {
+        cert: PathBuf,
+        found: Identity,
+        volume: String,
+    },
     #[error("cannot open volume {volume}: {source}")]
     Open {
         volume: String,
@@ -222,8 +256,35 @@ impl TargetArgs {
     }
 }
 
+/// Refuses credentials that are not a target's for `volume`: a target
+/// certificate must name the volume its process serves (replicas refuse a
+/// target whose certificate does not, so it could never claim it; better
+/// to say so at start). Plaintext passes (the operator's choice).
+pub fn check_identity(security: &Security, volume: &str) -> Result<(), TargetError> {
+    let Some(credentials) = security.credentials() else {
+        return Ok(());
+    };
+    let identity = credentials.identity();
+    if identity.may_serve(volume) {
+        return Ok(());
+    }
+    Err(TargetError::Identity {
+        cert: credentials.dir().join(cstor_tls::issue::CERT_FILE),
+        found: identity,
+        volume: volume.to_owned(),
+    })
+}
+
 /// Runs the target until `shutdown`.
 pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), TargetError> {
+    let security = Security::from_flags(args.tls_dir.as_deref(), args.insecure_plaintext)?;
+    check_identity(&security, &args.volume)?;
+    if security.is_plaintext() {
+        tracing::warn!(volume = %args.volume, security = %security.describe(), "links are NOT secured");
+    } else {
+        tracing::info!(volume = %args.volume, security = %security.describe(), "links secured");
+    }
+    security.watch(shutdown.clone());
     let config = args.config()?;
     let listener = server::bind(args.listen).await?;
     let mgmt_listener = match args.mgmt_listen {
@@ -240,7 +301,7 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
         Some(addr) => Some(metrics_http::bind(addr).await?),
         None => None,
     };
-    let mut spec = VolumeSpec::new(args.volume.clone(), args.replicas.clone());
+    let mut spec = VolumeSpec::new(args.volume.clone(), args.replicas.clone(), security.clone());
     spec.cf = args.cf;
     spec.ack_timeout = Duration::from_secs(args.ack_timeout_seconds);
     spec.hold = Duration::from_secs(args.hold_seconds);
@@ -280,5 +341,112 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
             tracing::warn!(error = %e, "management API task ended abnormally");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use cstor_tls::Identity;
+
+    use super::*;
+    use crate::test_tls::{replica, target, Pki};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        target: TargetArgs,
+    }
+
+    /// An address no local socket can bind (TEST-NET-1): a target that got
+    /// past its security checks fails at once with another error.
+    const UNBINDABLE: &str = "192.0.2.1:3260";
+
+    fn args(extra: &[&str]) -> TargetArgs {
+        let mut argv = vec![
+            "cstor-target",
+            "--volume",
+            "vol",
+            "--replica",
+            "127.0.0.1:1",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().target
+    }
+
+    #[test]
+    fn the_security_flags_parse_and_default_to_neither() {
+        let none = args(&[]);
+        assert_eq!((none.tls_dir, none.insecure_plaintext), (None, false));
+        let tls = args(&["--tls-dir", "/etc/cstor/tls"]);
+        assert_eq!(tls.tls_dir, Some(PathBuf::from("/etc/cstor/tls")));
+        assert!(args(&["--insecure-plaintext"]).insecure_plaintext);
+    }
+
+    #[tokio::test]
+    async fn without_tls_dir_or_insecure_plaintext_the_target_does_not_start() {
+        let result = run(args(&["--listen", UNBINDABLE]), CancellationToken::new()).await;
+        assert!(
+            matches!(result, Err(TargetError::Security(TlsError::Flags(_)))),
+            "{result:?}"
+        );
+        let mut pki = Pki::new();
+        let dir = pki.dir(&target("vol"));
+        let both = args(&[
+            "--tls-dir",
+            dir.to_str().unwrap(),
+            "--insecure-plaintext",
+            "--listen",
+            UNBINDABLE,
+        ]);
+        let result = run(both, CancellationToken::new()).await;
+        assert!(
+            matches!(result, Err(TargetError::Security(TlsError::Flags(_)))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_target_certificate_naming_the_volume_is_accepted() {
+        let mut pki = Pki::new();
+        assert!(check_identity(&pki.security(&target("vol")), "vol").is_ok());
+        let several = Identity::Target {
+            volumes: vec!["a".into(), "vol".into()],
+        };
+        assert!(check_identity(&pki.security(&several), "vol").is_ok());
+        assert!(check_identity(&Security::Plaintext, "vol").is_ok());
+        for wrong in [
+            target("other"),
+            replica("pool"),
+            Identity::Admin,
+            Identity::Reader,
+        ] {
+            match check_identity(&pki.security(&wrong), "vol") {
+                Err(TargetError::Identity { found, volume, .. }) => {
+                    assert_eq!((found, volume.as_str()), (wrong, "vol"));
+                }
+                other => panic!("{wrong}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_target_with_another_volumes_certificate_refuses_to_start() {
+        let mut pki = Pki::new();
+        let dir = pki.dir(&target("other"));
+        let result = run(
+            args(&[
+                "--tls-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:1",
+            ]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(
+            matches!(result, Err(TargetError::Identity { .. })),
+            "{result:?}"
+        );
     }
 }

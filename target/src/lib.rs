@@ -8,4 +8,6 @@ pub mod metrics;
 pub mod mgmt;
 pub mod scsi;
 pub mod server;
+#[cfg(test)]
+mod test_tls;
 pub mod volume;

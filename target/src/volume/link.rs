@@ -26,6 +26,15 @@
 //!
 //! What can go wrong while dialling, claiming or probing is a
 //! [`LinkError`]: its message is the `reason` of the `Down` that follows.
+//!
+//! **Security.** Every dial (claims, probes) is secured by the volume's
+//! [`Security`] ([`SessionParams::security`]): TCP, `TCP_NODELAY`, then
+//! mutual TLS 1.3 in which the replica must present a certificate of the
+//! cluster's CA with the replica role ([`Role::Replica`]), all within
+//! [`CONNECT_TIMEOUT`]. A refused handshake is [`LinkError::Tls`]: a
+//! failed dial like any other (`Down`, redialled after the backoff),
+//! never a fencing. In plaintext (the operator's explicit choice) the TCP
+//! stream is used as it is.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,6 +43,7 @@ use cstor_proto::{
     Auth, EncodeError, FrameCodec, FrameError, Hello, HelloAck, Membership, Message, MessageError,
     Name, Opcode, Packet, PayloadError, Status, StatusReport, VersionRange,
 };
+use cstor_tls::{Role, Security, Stream, TlsError};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -63,6 +73,10 @@ pub enum LinkError {
     /// The socket refused `TCP_NODELAY`.
     #[error("cannot set TCP_NODELAY: {0}")]
     NoDelay(std::io::Error),
+    /// The TLS handshake failed: the replica presented no certificate of
+    /// our CA, not a replica's, an expired one, or refused ours.
+    #[error("cannot secure the link: {0}")]
+    Tls(TlsError),
     /// The volume's name is not a valid protocol name.
     #[error("volume name {volume:?}: {error}")]
     VolumeName { volume: String, error: PayloadError },
@@ -173,6 +187,8 @@ pub struct SessionParams {
     pub epoch: u64,
     pub session_id: u64,
     pub first_io_seq: u64,
+    /// How every connection is secured (module doc, "Security").
+    pub security: Security,
 }
 
 /// Runs the link of `replica` until `stop` is cancelled or the target is
@@ -190,6 +206,9 @@ pub async fn run(
     async move {
         let mut backoff = BACKOFF_MIN;
         let mut generation: Generation = 0;
+        // The last TLS refusal logged: a misconfigured certificate is
+        // logged when it starts (or changes), not at every redial.
+        let mut last_refusal: Option<String> = None;
         loop {
             if stop.is_cancelled() {
                 return;
@@ -210,6 +229,7 @@ pub async fn run(
                     generation += 1;
                     info!(generation, state = ?ack.state, durable = ack.last_durable_io_seq, "replica claimed");
                     backoff = BACKOFF_MIN;
+                    last_refusal = None;
                     if events
                         .send(LinkEvent::Up {
                             replica,
@@ -249,7 +269,14 @@ pub async fn run(
                 }
                 Ok(Err(e)) => {
                     let reason = e.to_string();
-                    debug!(%reason, "cannot claim the replica");
+                    if matches!(e, LinkError::Tls(_)) {
+                        if last_refusal.as_ref() != Some(&reason) {
+                            warn!(%reason, "replica link refused by TLS; redialling");
+                            last_refusal = Some(reason.clone());
+                        }
+                    } else {
+                        debug!(%reason, "cannot claim the replica");
+                    }
                     let down = LinkEvent::Down {
                         replica,
                         generation,
@@ -282,7 +309,7 @@ pub async fn run(
     .await
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+type Conn = Framed<Stream, FrameCodec>;
 
 /// Dials and opens a session; also asks for the replica's status and
 /// membership record.
@@ -290,7 +317,7 @@ async fn claim(
     addr: SocketAddr,
     params: &SessionParams,
 ) -> Result<(Conn, HelloAck, StatusReport, Membership), LinkError> {
-    let mut conn = dial(addr).await?;
+    let mut conn = dial(addr, &params.security).await?;
     let ack = hello(&mut conn, params, params.epoch).await?;
     let status = status(&mut conn, params, params.epoch).await?;
     let membership = membership(&mut conn, params, params.epoch).await?;
@@ -307,15 +334,20 @@ pub struct Probe {
 }
 
 /// Asks a replica for its state and membership record without claiming
-/// anything (epoch 0).
-pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, LinkError> {
+/// anything (epoch 0), over a connection secured by `security`.
+pub async fn probe(
+    addr: SocketAddr,
+    volume: &str,
+    security: &Security,
+) -> Result<Probe, LinkError> {
     let params = SessionParams {
         volume: volume.to_owned(),
         epoch: 0,
         session_id: 0,
         first_io_seq: 0,
+        security: security.clone(),
     };
-    let mut conn = dial(addr).await?;
+    let mut conn = dial(addr, security).await?;
     let ack = hello(&mut conn, &params, 0).await?;
     let status = status(&mut conn, &params, 0).await?;
     let membership = membership(&mut conn, &params, 0).await?;
@@ -326,9 +358,15 @@ pub async fn probe(addr: SocketAddr, volume: &str) -> Result<Probe, LinkError> {
     })
 }
 
-async fn dial(addr: SocketAddr) -> Result<Conn, LinkError> {
-    let stream = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
-    stream.set_nodelay(true).map_err(LinkError::NoDelay)?;
+/// TCP, `TCP_NODELAY`, then the TLS handshake expecting a replica
+/// (module doc, "Security").
+async fn dial(addr: SocketAddr, security: &Security) -> Result<Conn, LinkError> {
+    let tcp = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+    tcp.set_nodelay(true).map_err(LinkError::NoDelay)?;
+    let (stream, _replica) = security
+        .connect(tcp, &[Role::Replica])
+        .await
+        .map_err(LinkError::Tls)?;
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
     Ok(conn)

@@ -63,6 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cstor_proto::{Membership, Name, SnapshotInfo};
+use cstor_tls::Security;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -108,13 +109,18 @@ pub struct VolumeSpec {
     pub hold: Duration,
     /// How long `open` waits for `cf` replicas to answer the probe.
     pub open_timeout: Duration,
+    /// How every connection to a replica (probes, claims, an added
+    /// replica's probe) is secured: mutual TLS expecting the replica role,
+    /// or plaintext by the operator's choice (`link` module doc).
+    pub security: Security,
 }
 
 impl VolumeSpec {
     /// A spec with the default timings: drop a replica after 5 s without an
     /// acknowledgement, hold writes 20 s below quorum (both well under the
-    /// Linux initiator's 30 s SCSI command timeout).
-    pub fn new(name: impl Into<String>, replicas: Vec<SocketAddr>) -> Self {
+    /// Linux initiator's 30 s SCSI command timeout). `security` has no
+    /// default: plaintext is only ever the caller's explicit choice.
+    pub fn new(name: impl Into<String>, replicas: Vec<SocketAddr>, security: Security) -> Self {
         Self {
             name: name.into(),
             replicas,
@@ -122,6 +128,7 @@ impl VolumeSpec {
             ack_timeout: Duration::from_secs(5),
             hold: Duration::from_secs(20),
             open_timeout: Duration::from_secs(60),
+            security,
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct Volume {
     stop: CancellationToken,
     block_size: u32,
     name: String,
+    /// How a replica to add is probed.
+    security: Security,
 }
 
 enum Request {
@@ -155,10 +164,13 @@ impl Volume {
     /// membership record listing it at quorum; it then joins with a full
     /// rebuild and counts for quorum once that is done. Returns the record.
     pub async fn add_replica(&self, address: SocketAddr) -> Result<Membership, VolumeError> {
-        let probe = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(address, &self.name))
-            .await
-            .unwrap_or(Err(link::LinkError::ProbeTimeout))
-            .map_err(|e| VolumeError::Refused(format!("replica {address} unreachable: {e}")))?;
+        let probe = tokio::time::timeout(
+            link::CONNECT_TIMEOUT,
+            link::probe(address, &self.name, &self.security),
+        )
+        .await
+        .unwrap_or(Err(link::LinkError::ProbeTimeout))
+        .map_err(|e| VolumeError::Refused(format!("replica {address} unreachable: {e}")))?;
         if probe.ack.block_size_bytes != self.block_size {
             return Err(VolumeError::Refused(format!(
                 "replica {address} has {}-byte blocks, the volume {}",

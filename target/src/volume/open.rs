@@ -81,9 +81,11 @@ pub(super) async fn probe_quorum(spec: &VolumeSpec, cli_cf: usize) -> Result<Pro
         let mut probes = Vec::new();
         for addr in targets.iter().filter(|a| !answers.contains_key(a)) {
             let name = spec.name.clone();
+            let security = spec.security.clone();
             let addr = *addr;
             probes.push(tokio::spawn(async move {
-                let r = tokio::time::timeout(link::CONNECT_TIMEOUT, link::probe(addr, &name))
+                let probe = link::probe(addr, &name, &security);
+                let r = tokio::time::timeout(link::CONNECT_TIMEOUT, probe)
                     .await
                     .unwrap_or(Err(link::LinkError::ProbeTimeout));
                 (addr, r)
@@ -239,6 +241,7 @@ impl Volume {
             epoch: highest_epoch.saturating_add(1),
             session_id: random_u64(),
             first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
+            security: spec.security.clone(),
         };
         let replica_ids: Vec<Option<u128>> = probes
             .iter()
@@ -337,6 +340,7 @@ impl Volume {
             stop,
             block_size,
             name: spec.name,
+            security: spec.security,
         })
     }
 }

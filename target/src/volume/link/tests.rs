@@ -126,6 +126,7 @@ impl Link {
             epoch: 1,
             session_id: 9,
             first_io_seq: 100,
+            security: Security::Plaintext,
         };
         tokio::spawn(run(
             0,
