@@ -325,9 +325,14 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
         tokio::spawn(metrics_http::serve(listener, render, shutdown.clone()));
     }
     let api_task = mgmt_listener.map(|listener| {
-        let api = mgmt::Service::new(volume.clone(), args.volume.clone())
+        let api = mgmt::Service::new(volume.clone(), args.volume.clone(), &security)
             .with_initiator_access(shared.config.allowed_initiators.clone());
-        tokio::spawn(mgmt::serve(listener, api, shutdown.clone()))
+        tokio::spawn(mgmt::serve(
+            listener,
+            api,
+            security.clone(),
+            shutdown.clone(),
+        ))
     });
     server::serve(listener, shared, shutdown.clone()).await;
     shutdown.cancel();

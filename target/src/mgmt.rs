@@ -7,6 +7,16 @@
 //!
 //! A thin shell: every call turns into one [`Volume`] call; errors map to
 //! gRPC codes as `target.proto` documents them.
+//!
+//! Security (docs/security.md, "What each port accepts"): served over
+//! [`cstor_tls::grpc::incoming`], so a caller without a certificate of the
+//! cluster's CA (or with an expired one) never completes the handshake;
+//! then every call needs the right [`rights_of`] names for its method,
+//! checked by [`RequireRights`] before the call reaches the service
+//! (`PERMISSION_DENIED` otherwise; target and replica identities hold no
+//! management right). In plaintext (`--insecure-plaintext`) every caller
+//! holds every right, and the status says so
+//! (`TargetStatus.insecure_plaintext`).
 
 use std::net::SocketAddr;
 
@@ -23,6 +33,8 @@ use cstor_mgmt::v1::{
 use cstor_mgmt::v1::{
     GetTargetRebuildThrottleRequest, SetTargetRebuildThrottleRequest, TargetRebuildThrottle,
 };
+use cstor_tls::grpc::RequireRights;
+use cstor_tls::{Right, Security};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -41,6 +53,23 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 /// attached to one node, a handful while it moves).
 pub const MAX_ALLOWED_INITIATORS: usize = 64;
 
+/// The service's path prefix (`/package.Service/`).
+const SERVICE_PATH: &str = "/cstor.v1.TargetManager/";
+
+/// The right each call needs, for [`RequireRights`] (module doc): the
+/// reads (`GetStatus`, `ListSnapshots`, `GetAllowedInitiators`,
+/// `GetRebuildThrottle`) need [`Right::Read`]; every mutation, and any
+/// path not listed here (a method added later, another service), needs
+/// [`Right::Admin`]: fail closed.
+pub fn rights_of(path: &str) -> Right {
+    match path.strip_prefix(SERVICE_PATH) {
+        Some("GetStatus" | "ListSnapshots" | "GetAllowedInitiators" | "GetRebuildThrottle") => {
+            Right::Read
+        }
+        _ => Right::Admin,
+    }
+}
+
 /// Why the management API could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum MgmtError {
@@ -58,14 +87,19 @@ pub struct Service {
     volume: Volume,
     name: String,
     access: InitiatorAccess,
+    /// The process runs with `--insecure-plaintext` (shown in the status).
+    plaintext: bool,
 }
 
 impl Service {
-    pub fn new(volume: Volume, name: impl Into<String>) -> Self {
+    /// The service of `volume`, in a process secured by `security` (the
+    /// status reports whether that is plaintext).
+    pub fn new(volume: Volume, name: impl Into<String>, security: &Security) -> Self {
         Service {
             volume,
             name: name.into(),
             access: InitiatorAccess::default(),
+            plaintext: security.is_plaintext(),
         }
     }
 
@@ -78,7 +112,10 @@ impl Service {
     }
 
     fn status(&self) -> TargetStatus {
-        status_message(&self.name, self.volume.block_size(), &self.volume.status())
+        let mut status =
+            status_message(&self.name, self.volume.block_size(), &self.volume.status());
+        status.insecure_plaintext = self.plaintext;
+        status
     }
 }
 
@@ -90,17 +127,26 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MgmtError> {
         .map_err(|source| MgmtError::Listen { addr, source })
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, every connection
+/// secured by `security` and every call checked against [`rights_of`]
+/// (module doc).
 pub async fn serve(
     listener: TcpListener,
     service: Service,
+    security: Security,
     shutdown: CancellationToken,
 ) -> Result<(), MgmtError> {
-    tracing::info!(mgmt = ?listener.local_addr().ok(), volume = %service.name, "target management API serving");
+    tracing::info!(
+        mgmt = ?listener.local_addr().ok(),
+        volume = %service.name,
+        security = %security.describe(),
+        "target management API serving"
+    );
     tonic::transport::Server::builder()
+        .layer(RequireRights::new(rights_of))
         .add_service(TargetManagerServer::new(service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            cstor_tls::grpc::incoming(listener, security),
             shutdown.cancelled_owned(),
         )
         .await?;
@@ -158,6 +204,9 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
         replicas,
         membership_generation: s.membership_generation,
         rebuild_throttle_bytes_per_second: s.rebuild_throttle_bytes_per_sec,
+        // The service fills it in (`Service::status`): it is the
+        // process's, not the volume's.
+        insecure_plaintext: false,
     }
 }
 
@@ -456,6 +505,45 @@ mod tests {
         assert!(m.replicas[0].rebuild.is_none());
         assert_eq!((m.size_bytes, m.epoch, m.next_io_seq), (1 << 20, 4, 99));
         assert!(m.barrier);
+    }
+
+    #[test]
+    fn reads_need_the_read_right_and_everything_else_admin() {
+        use cstor_mgmt::v1::target_manager_server::SERVICE_NAME;
+        assert_eq!(SERVICE_PATH, format!("/{SERVICE_NAME}/"));
+        let path = |method: &str| format!("/{SERVICE_NAME}/{method}");
+        for read in [
+            "GetStatus",
+            "ListSnapshots",
+            "GetAllowedInitiators",
+            "GetRebuildThrottle",
+        ] {
+            assert_eq!(rights_of(&path(read)), Right::Read, "{read}");
+        }
+        for admin in [
+            "CreateSnapshot",
+            "DeleteSnapshot",
+            "Resize",
+            "SetAllowedInitiators",
+            "AddReplica",
+            "RemoveReplica",
+            "SetConsistencyFactor",
+            "SetRebuildThrottle",
+        ] {
+            assert_eq!(rights_of(&path(admin)), Right::Admin, "{admin}");
+        }
+        // Fail closed: an unknown method, another service, near misses.
+        for unknown in [
+            path("DestroyVolume"),
+            path("getstatus"),
+            path("GetStatus/extra"),
+            "/cstor.v1.ReplicaManager/GetStatus".to_owned(),
+            "/cstor.v1.ReplicaManager/GetPool".to_owned(),
+            "GetStatus".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(rights_of(&unknown), Right::Admin, "{unknown}");
+        }
     }
 
     #[test]
