@@ -112,7 +112,7 @@ async fn replica(args: cstor_replica::cli::ReplicaArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ReplicaCommand::Run(run_args) => {
-            let daemon = Daemon::start(&run_args.config()).await?;
+            let daemon = Daemon::start(&run_args.config()?).await?;
             with_signals(|shutdown| async move {
                 daemon.serve(shutdown).await?;
                 Ok(())

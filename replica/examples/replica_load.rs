@@ -4,13 +4,20 @@
 //! IO latency from the rest of the path (docs/benchmarks.md, iSCSI section).
 //!
 //! ```sh
+//! cstor certs ca --out /var/tmp/ca
+//! cstor certs issue --ca /var/tmp/ca --out /var/tmp/replica --role replica --pool p
+//! cstor certs issue --ca /var/tmp/ca --out /var/tmp/load --role target --volume vol
+//! cstor certs issue --ca /var/tmp/ca --out /var/tmp/admin --role admin
 //! cstor replica init --pool p --file /var/tmp/p.img --size 2GiB
-//! cstor replica run --pool p --pool-path /var/tmp/p.img --listen 127.0.0.1:9600 --mgmt-listen 127.0.0.1:9601 &
-//! cstor ctl --mgmt 127.0.0.1:9601 volume create vol --size 1GiB
-//! cargo run --release -p cstor-replica --example replica_load -- 127.0.0.1:9600 vol --prefill-mib 1024
+//! cstor replica run --pool p --pool-path /var/tmp/p.img --tls-dir /var/tmp/replica --listen 127.0.0.1:9600 --mgmt-listen 127.0.0.1:9601 &
+//! cstor ctl --tls-dir /var/tmp/admin --mgmt 127.0.0.1:9601 volume create vol --size 1GiB
+//! cargo run --release -p cstor-replica --example replica_load -- 127.0.0.1:9600 vol --tls-dir /var/tmp/load --prefill-mib 1024
 //! ```
 //!
-//! Arguments: ADDR VOLUME, then any of `--prefill-mib M` (write the first M
+//! Arguments: ADDR VOLUME, then the link security — `--tls-dir DIR` (a
+//! target certificate naming VOLUME; the daemon must present a replica
+//! certificate) or `--insecure-plaintext` (for a daemon run with it) —,
+//! then any of `--prefill-mib M` (write the first M
 //! MiB once, 256 KiB sequential writes, before measuring; default 0),
 //! `--span-mib M` (random offsets within the first M MiB; default 256),
 //! `--secs S` (per measurement; default 5), `--depth D` (default 32),
@@ -26,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cstor_proto::{Auth, Extent, FrameCodec, Hello, Message, Name, Packet, VersionRange, Write};
+use cstor_tls::{Role, Security, Stream};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -43,6 +51,8 @@ const PREFILL_DEPTH: usize = 8;
 struct Args {
     addr: String,
     volume: String,
+    tls_dir: Option<std::path::PathBuf>,
+    insecure_plaintext: bool,
     prefill_mib: u64,
     span_mib: u64,
     secs: u64,
@@ -58,6 +68,8 @@ fn args() -> Result<Args> {
     let mut a = Args {
         addr,
         volume,
+        tls_dir: None,
+        insecure_plaintext: false,
         prefill_mib: 0,
         span_mib: 256,
         secs: 5,
@@ -68,6 +80,8 @@ fn args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || -> Result<u64> { Ok(it.next().ok_or("value missing")?.parse()?) };
         match flag.as_str() {
+            "--tls-dir" => a.tls_dir = Some(it.next().ok_or("value missing")?.into()),
+            "--insecure-plaintext" => a.insecure_plaintext = true,
             "--prefill-mib" => a.prefill_mib = value()?,
             "--span-mib" => a.span_mib = value()?,
             "--secs" => a.secs = value()?,
@@ -84,16 +98,17 @@ fn args() -> Result<Args> {
 }
 
 struct Client {
-    conn: Framed<TcpStream, FrameCodec>,
+    conn: Framed<Stream, FrameCodec>,
     session_id: u64,
     epoch: u64,
     next_seq: u64,
 }
 
 impl Client {
-    async fn open(addr: &str, volume: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    async fn open(addr: &str, volume: &str, security: &Security) -> Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (stream, _) = security.connect(tcp, &[Role::Replica]).await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         let mut client = Self {
             conn: Framed::new(stream, FrameCodec::new()),
@@ -177,7 +192,8 @@ fn random(state: &mut u64) -> u64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
-    let mut client = Client::open(&a.addr, &a.volume).await?;
+    let security = Security::from_flags(a.tls_dir.as_deref(), a.insecure_plaintext)?;
+    let mut client = Client::open(&a.addr, &a.volume, &security).await?;
     if a.prefill_mib > 0 {
         let data = Bytes::from(vec![0x5a; PREFILL_BYTES as usize]);
         let count = a.prefill_mib * 1024 * 1024 / PREFILL_BYTES;

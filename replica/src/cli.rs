@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use cstor_tls::Security;
 
 use crate::daemon::{DaemonError, InitConfig, IoMode, RunConfig};
 
@@ -114,11 +115,26 @@ pub struct RunArgs {
     /// docs/replica.md ("IO mode").
     #[arg(long, env = "CSTOR_REPLICA_IO_MODE", value_enum, default_value_t = IoMode::Buffered)]
     pub io_mode: IoMode,
+    /// This daemon's TLS directory: `ca.crt` (the cluster's CA), `tls.crt`
+    /// (a replica certificate of this --pool) and `tls.key`. Every link is
+    /// mutual TLS: targets, peer replicas (rebuilds) and management clients
+    /// must present certificates of the same CA (docs/security.md).
+    #[arg(long, env = "CSTOR_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Run without authentication or encryption on every port (data,
+    /// rebuild, management): any peer may do anything. Only by explicit
+    /// choice; logged as a warning and shown by the management API.
+    #[arg(long, env = "CSTOR_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
 }
 
 impl RunArgs {
-    pub fn config(&self) -> RunConfig {
-        RunConfig {
+    /// The daemon's configuration; fails when the link security is not
+    /// given (exactly one of `--tls-dir` and `--insecure-plaintext`) or the
+    /// TLS directory cannot be read.
+    pub fn config(&self) -> Result<RunConfig, DaemonError> {
+        let security = Security::from_flags(self.tls_dir.as_deref(), self.insecure_plaintext)?;
+        Ok(RunConfig {
             pool_name: self.pool.clone(),
             devices: self.pool_paths.clone(),
             listen: self.listen,
@@ -127,7 +143,8 @@ impl RunArgs {
             rebuild_limit_bytes_per_sec: self.rebuild_limit,
             shards: self.shards.map_or_else(default_shards, usize::from),
             io_mode: self.io_mode,
-        }
+            security,
+        })
     }
 }
 

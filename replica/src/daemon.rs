@@ -1,8 +1,15 @@
 //! Creating a pool (`cstor replica init`) and serving one (`cstor replica
-//! run`): open the devices and the pool, bind both listeners (a clear error
-//! for an address in use), serve until SIGTERM/SIGINT, then shut down
-//! gracefully: stop accepting, cut sessions, let in-flight requests finish
-//! (bounded by [`SHUTDOWN_GRACE`]), and close the pool (commit + checkpoint).
+//! run`): check the daemon's certificate (a replica of its pool), open the
+//! devices and the pool, bind both listeners (a clear error for an address
+//! in use), serve until SIGTERM/SIGINT, then shut down gracefully: stop
+//! accepting, cut sessions, let in-flight requests finish (bounded by
+//! [`SHUTDOWN_GRACE`]), and close the pool (commit + checkpoint).
+//!
+//! Both ports are secured by the daemon's [`Security`] (docs/security.md):
+//! the data port's connections are handshaken on their shard
+//! (`session::serve`), the management port's by
+//! [`cstor_tls::grpc::incoming`], and each management call needs the right
+//! [`crate::mgmt::rights_of`] names.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +21,8 @@ use cstor_engine::io::{
 use cstor_engine::{DeviceRef, Pool, PoolOptions};
 use cstor_mgmt::metrics_http;
 use cstor_mgmt::v1::replica_manager_server::ReplicaManagerServer;
+use cstor_tls::grpc::RequireRights;
+use cstor_tls::{Identity, Security, TlsError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +55,22 @@ pub enum DaemonError {
     Mgmt(String),
     #[error("cannot start the connection threads: {0}")]
     Shards(std::io::Error),
+    /// The link security flags or the TLS directory (the message says
+    /// what to give or what is wrong with the files).
+    #[error(transparent)]
+    Security(#[from] TlsError),
+    /// The TLS directory holds a certificate that is not this daemon's: not
+    /// a replica identity, or a replica of another pool.
+    #[error(
+        "the certificate in {dir} is for {identity}, but this daemon serves pool {pool}: \
+         give it a replica certificate of pool {pool} \
+         (`cstor certs issue --role replica --pool {pool}`)"
+    )]
+    WrongIdentity {
+        dir: PathBuf,
+        identity: Identity,
+        pool: String,
+    },
 }
 
 /// A pool to create.
@@ -114,6 +139,9 @@ pub struct RunConfig {
     pub shards: usize,
     /// Whether pool IO goes through the page cache.
     pub io_mode: IoMode,
+    /// How every link is secured: mutual TLS with a replica certificate of
+    /// this pool, or plaintext by the operator's explicit choice.
+    pub security: Security,
 }
 
 /// How a daemon reads and writes its pool's devices. Either way a flush
@@ -152,14 +180,17 @@ pub struct Daemon {
     mgmt: TcpListener,
     metrics: Option<TcpListener>,
     info: PoolInfo,
+    security: Security,
 }
 
 impl Daemon {
-    /// Opens the pool and binds both listeners.
+    /// Checks the daemon's own certificate, opens the pool and binds both
+    /// listeners.
     pub async fn start(config: &RunConfig) -> Result<Daemon, DaemonError> {
         if config.devices.is_empty() {
             return Err(DaemonError::NoDevices);
         }
+        check_identity(&config.security, &config.pool_name)?;
         let backend = backend()?;
         let mut devices: Vec<DeviceRef> = Vec::new();
         let mut infos = Vec::new();
@@ -197,6 +228,7 @@ impl Daemon {
                 BackendKind::Threads => "threads".into(),
             },
             format_version: cstor_engine::format::FORMAT_VERSION,
+            insecure_plaintext: config.security.is_plaintext(),
         };
         let registry = Arc::new(Registry::new(Arc::clone(&pool)));
         registry
@@ -211,6 +243,7 @@ impl Daemon {
             mgmt,
             metrics,
             info,
+            security: config.security.clone(),
         })
     }
 
@@ -244,7 +277,15 @@ impl Daemon {
             mgmt,
             metrics,
             info,
+            security,
         } = self;
+        if security.is_plaintext() {
+            warn!(security = %security.describe(), "every port of this daemon accepts any peer");
+        } else {
+            info!(security = %security.describe(), "links secured");
+        }
+        // New certificates (rotation) serve new handshakes.
+        security.watch(shutdown.clone());
         info!(
             pool = %info.name,
             guid = format!("{:032x}", pool.guid()),
@@ -262,13 +303,12 @@ impl Daemon {
         }
         let service = ReplicaManagerServer::new(Service::new(Arc::clone(&registry), info));
         let mgmt_shutdown = shutdown.clone();
+        let mgmt_incoming = cstor_tls::grpc::incoming(mgmt, security.clone());
         let mgmt_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(RequireRights::new(crate::mgmt::rights_of))
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(mgmt),
-                    mgmt_shutdown.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(mgmt_incoming, mgmt_shutdown.cancelled_owned())
                 .await
         });
         let connections = TaskTracker::new();
@@ -291,11 +331,15 @@ impl Daemon {
                             continue;
                         }
                     };
-                    let (registry, shutdown) = (Arc::clone(&registry), shutdown.clone());
+                    let (registry, shutdown, security) =
+                        (Arc::clone(&registry), shutdown.clone(), security.clone());
+                    // The TLS handshake runs on the shard too: a slow or
+                    // silent peer holds no task of the accept loop.
                     shards.spawn(&connections, move || async move {
                         match tokio::net::TcpStream::from_std(stream) {
                             Ok(stream) => {
-                                crate::session::serve(stream, peer, registry, shutdown).await;
+                                crate::session::serve(stream, peer, security, registry, shutdown)
+                                    .await;
                             }
                             Err(e) => warn!(%peer, error = %e, "cannot serve a connection"),
                         }
@@ -336,6 +380,23 @@ impl Daemon {
             Ok(Err(e)) => Err(DaemonError::Mgmt(e.to_string())),
             Err(e) => Err(DaemonError::Mgmt(e.to_string())),
         }
+    }
+}
+
+/// A daemon's certificate must be a replica identity of the pool it
+/// serves (docs/security.md, "Identities"): a target's or another pool's
+/// certificate is a misconfiguration, refused before anything is opened.
+fn check_identity(security: &Security, pool: &str) -> Result<(), DaemonError> {
+    let Some(credentials) = security.credentials() else {
+        return Ok(());
+    };
+    match credentials.identity() {
+        Identity::Replica { pool: ours } if ours == pool => Ok(()),
+        identity => Err(DaemonError::WrongIdentity {
+            dir: credentials.dir().to_owned(),
+            identity,
+            pool: pool.to_owned(),
+        }),
     }
 }
 

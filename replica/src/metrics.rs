@@ -6,7 +6,10 @@
 //!   successful ones, failures;
 //! - pool space and per-volume figures read from the engine at each scrape
 //!   ([`ReplicaMetrics::render`]), and the last rebuild into each volume as
-//!   its sink reports it.
+//!   its sink reports it;
+//! - refusals of the data port by reason ([`Refusal`]): TLS handshakes that
+//!   failed, certificates without a usable identity, and sessions or
+//!   requests the peer's identity may not make.
 //!
 //! Every sample carries `pool`; per-volume ones `volume`. Counters of a
 //! volume live until the volume is deleted or the daemon stops (rate()
@@ -102,15 +105,63 @@ impl VolumeIo {
     }
 }
 
-/// The daemon's metrics: IO counters by volume name.
+/// Why the data port refused a connection or a request
+/// (`cstor_replica_connections_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The TLS handshake failed or timed out: not TLS, no client
+    /// certificate, a certificate of another CA, expired or not yet valid.
+    /// The connection is closed before any frame.
+    Tls,
+    /// The handshake succeeded but the certificate names no usable cstor
+    /// identity. The connection is closed before any frame.
+    Identity,
+    /// The peer's identity may not do what it asked: open that session
+    /// (the `Hello` is refused and the connection closed), or make that
+    /// request on its session (answered `NotAuthenticated`; the session
+    /// goes on).
+    Unauthorized,
+}
+
+impl Refusal {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [Refusal; 3] = [Refusal::Tls, Refusal::Identity, Refusal::Unauthorized];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Tls => "tls",
+            Refusal::Identity => "identity",
+            Refusal::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// The daemon's metrics: IO counters by volume name, refusals by reason.
 #[derive(Debug, Default)]
 pub struct ReplicaMetrics {
     /// One entry per volume a session opened (bounded by the pool's
     /// volumes).
     volumes: Mutex<BTreeMap<String, Arc<VolumeIo>>>,
+    /// Refusals of the data port, indexed like [`Refusal::ALL`].
+    refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl ReplicaMetrics {
+    /// Counts one refusal.
+    pub fn refused(&self, reason: Refusal) {
+        if let Some(c) = self.refused.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals for `reason` since the daemon started.
+    pub fn refused_total(&self, reason: Refusal) -> u64 {
+        self.refused
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// The counters of `volume` (created on first use).
     pub fn volume(&self, volume: &str) -> Arc<VolumeIo> {
         Arc::clone(self.volumes.lock().entry(volume.to_owned()).or_default())
@@ -126,8 +177,27 @@ impl ReplicaMetrics {
     pub fn render(&self, pool_name: &str, registry: &Registry) -> String {
         let mut out = Exposition::new();
         render_pool(&mut out, pool_name, registry.pool());
+        self.render_refusals(&mut out, pool_name);
         self.render_volumes(&mut out, pool_name, registry);
         out.finish()
+    }
+
+    fn render_refusals(&self, out: &mut Exposition, pool_name: &str) {
+        let name = "cstor_replica_connections_refused_total";
+        out.family(
+            name,
+            MetricType::Counter,
+            "Connections and requests the data port refused: failed TLS handshakes (tls), \
+             certificates without a cstor identity (identity), sessions or requests the \
+             peer's identity may not make (unauthorized).",
+        );
+        for reason in Refusal::ALL {
+            out.sample(
+                name,
+                &[("pool", pool_name), ("reason", reason.as_str())],
+                self.refused_total(reason),
+            );
+        }
     }
 
     fn render_volumes(&self, out: &mut Exposition, pool_name: &str, registry: &Registry) {
@@ -378,6 +448,8 @@ mod tests {
             rebuild_limit_bytes_per_sec: 0,
             shards: 2,
             io_mode: IoMode::Buffered,
+            // About pool figures: no session, TLS would add nothing.
+            security: cstor_tls::Security::Plaintext,
         })
         .await
         .unwrap();

@@ -14,6 +14,7 @@ use cstor_mgmt::v1::{
     VolumeReplica,
 };
 use cstor_proto::Name;
+use cstor_tls::Right;
 use tonic::{Request, Response, Status};
 
 use crate::registry::Registry;
@@ -26,6 +27,8 @@ pub struct PoolInfo {
     pub devices: Vec<DeviceInfo>,
     pub io_backend: String,
     pub format_version: u32,
+    /// The daemon runs with `--insecure-plaintext` (shown by `GetPool`).
+    pub insecure_plaintext: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +36,24 @@ pub struct DeviceInfo {
     pub path: String,
     pub size_bytes: u64,
     pub direct_io: bool,
+}
+
+/// The service's path prefix (`/package.Service/`).
+const SERVICE_PATH: &str = "/cstor.v1.ReplicaManager/";
+
+/// The right each management call needs (docs/security.md, "What each port
+/// accepts"), for [`cstor_tls::grpc::RequireRights`]: reads (the pool,
+/// volume replicas, snapshots, the throttle) need [`Right::Read`];
+/// everything else — every mutation, and any path this list does not name
+/// (a method added later, another service) — needs [`Right::Admin`]: new
+/// methods are closed until someone decides otherwise.
+pub fn rights_of(path: &str) -> Right {
+    match path.strip_prefix(SERVICE_PATH) {
+        Some("GetPool" | "GetVolume" | "ListVolumes" | "ListSnapshots" | "GetRebuildThrottle") => {
+            Right::Read
+        }
+        _ => Right::Admin,
+    }
 }
 
 pub struct Service {
@@ -175,6 +196,7 @@ impl ReplicaManager for Service {
                 .collect(),
             format_version: self.info.format_version,
             io_backend: self.info.io_backend.clone(),
+            insecure_plaintext: self.info.insecure_plaintext,
         }))
     }
 
@@ -347,5 +369,45 @@ impl ReplicaManager for Service {
             .collect();
         snapshots.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListSnapshotsResponse { snapshots }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_need_the_read_right_and_everything_else_admin() {
+        use cstor_mgmt::v1::replica_manager_server::SERVICE_NAME;
+        assert_eq!(SERVICE_PATH, format!("/{SERVICE_NAME}/"));
+        let path = |method: &str| format!("/{SERVICE_NAME}/{method}");
+        for read in [
+            "GetPool",
+            "GetVolume",
+            "ListVolumes",
+            "ListSnapshots",
+            "GetRebuildThrottle",
+        ] {
+            assert_eq!(rights_of(&path(read)), Right::Read, "{read}");
+        }
+        for admin in [
+            "CreateVolume",
+            "DeleteVolume",
+            "GrowVolume",
+            "SetRebuildThrottle",
+        ] {
+            assert_eq!(rights_of(&path(admin)), Right::Admin, "{admin}");
+        }
+        // Fail closed: an unknown method, another service, a near miss.
+        for unknown in [
+            path("DestroyPool"),
+            path("getpool"),
+            path("GetPool/extra"),
+            "/cstor.v1.TargetManager/GetPool".to_owned(),
+            "GetPool".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(rights_of(&unknown), Right::Admin, "{unknown}");
+        }
     }
 }

@@ -1,4 +1,12 @@
-//! One target connection: handshake, then pipelined requests.
+//! One target connection: TLS handshake, `Hello`, then pipelined requests.
+//!
+//! Security (docs/security.md): the connection is secured first, on its
+//! shard ([`cstor_tls::Security::accept`], bounded by its handshake
+//! timeout); a failure closes it before any frame is read or sent and is
+//! counted (`cstor_replica_connections_refused_total`, reason `tls` or
+//! `identity`). The peer's identity then decides which session its
+//! `Hello` may open and, for a peer replica, which requests it may make
+//! ([`access`]).
 //!
 //! The read loop is the only reader of the socket and a writer task the only
 //! writer. Each request is admitted in arrival order (`ordering`), then runs
@@ -25,12 +33,13 @@
 //! the request's io_seq and the connection goes on (docs/architecture.md,
 //! invariant 8).
 //!
-//! Parts: [`handshake`] (the `Hello` and its answer), [`route`] (where a
-//! request goes), [`execute`] (an admitted IO against the engine),
+//! Parts: [`access`] (who may do what), [`handshake`] (the `Hello` and its
+//! answer), [`route`] (where a request goes), [`execute`] (an admitted IO against the engine),
 //! [`report`] (the replica's view of its copy), [`reply`] (error replies);
 //! this module holds the connection's read loop and writer, and
 //! [`SessionError`], why a connection ended.
 
+pub mod access;
 mod execute;
 mod handshake;
 mod reply;
@@ -45,6 +54,7 @@ use cstor_proto::{
     EncodeError, FrameCodec, FrameError, Message, MessageError, Opcode, Packet, Status,
     VersionRange,
 };
+use cstor_tls::{Peer, Security, Stream, TlsError};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -58,7 +68,7 @@ use self::handshake::handshake;
 use self::reply::error_reply;
 use self::route::{classify, mutates, writes_data, Route};
 use crate::limits::{MAX_IN_FLIGHT_PER_CONNECTION, REPLY_QUEUE, SESSION_IDLE_TIMEOUT};
-use crate::metrics::VolumeIo;
+use crate::metrics::{Refusal, VolumeIo};
 use crate::rebuild::{self, RebuildError};
 use crate::registry::{Registry, VolumeEntry};
 
@@ -115,20 +125,37 @@ pub enum SessionError {
     RebuildSource(#[from] RebuildError),
 }
 
-/// Serves one accepted connection until it ends, is fenced, or `shutdown`.
+/// Serves one accepted connection: secures it with `security` (module
+/// doc), then serves its session until it ends, is fenced, or `shutdown`.
+/// `security` is also what a rebuild this session starts dials its source
+/// with.
 pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    security: Security,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) {
     let conn_id = registry.next_conn_id();
-    let span = tracing::info_span!("conn", conn = conn_id, %peer);
+    let span = tracing::info_span!("conn", conn = conn_id, %remote);
     async move {
-        if let Err(e) = stream.set_nodelay(true) {
+        if let Err(e) = tcp.set_nodelay(true) {
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        match serve_inner(stream, conn_id, &registry, &shutdown).await {
+        let secured = tokio::select! {
+            () = shutdown.cancelled() => return,
+            secured = security.accept(tcp) => secured,
+        };
+        let (stream, peer) = match secured {
+            Ok(secured) => secured,
+            Err(e) => {
+                registry.metrics().refused(refusal_of(&e));
+                warn!(error = %e, "connection refused");
+                return;
+            }
+        };
+        debug!(%peer, "connection secured");
+        match serve_inner(stream, peer, security, conn_id, &registry, &shutdown).await {
             Ok(()) => debug!("connection closed"),
             Err(reason) => info!(%reason, "connection closed"),
         }
@@ -137,17 +164,27 @@ pub async fn serve(
     .await
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+/// The reason a failed TLS handshake is counted under.
+fn refusal_of(error: &TlsError) -> Refusal {
+    match error {
+        TlsError::NoPeerCertificate | TlsError::PeerIdentity(_) => Refusal::Identity,
+        _ => Refusal::Tls,
+    }
+}
+
+type Conn = Framed<Stream, FrameCodec>;
 
 async fn serve_inner(
-    stream: TcpStream,
+    stream: Stream,
+    peer: Peer,
+    security: Security,
     conn_id: u64,
     registry: &Arc<Registry>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
-    let Some(session) = handshake(&mut conn, conn_id, registry).await? else {
+    let Some(session) = handshake(&mut conn, conn_id, registry, peer, security).await? else {
         return Ok(());
     };
     let entry = Arc::clone(&session.entry);
@@ -173,6 +210,14 @@ struct Session {
     fenced: Option<CancellationToken>,
     /// The volume's IO counters (metrics).
     io: Arc<VolumeIo>,
+    /// Who the peer is (its certificate), and what it may do.
+    peer: Peer,
+    access: access::Access,
+    /// The daemon's link security: a rebuild this session starts (sink)
+    /// dials its source with it.
+    security: Security,
+    /// The daemon's metrics (refusals of requests).
+    registry: Arc<Registry>,
 }
 
 async fn run_session(
@@ -244,6 +289,7 @@ async fn run_session(
                 let reply = match rebuild::sink::start(
                     &session.entry,
                     settings,
+                    session.security.clone(),
                     start,
                     reports,
                     &session_end,

@@ -1,79 +1,64 @@
-//! The rebuild stream between two in-process replica daemons on loopback:
-//! a sink told by its (simulated) target to rebuild pulls the source's
+//! The rebuild stream between two in-process replica daemons on loopback,
+//! over mutual TLS (the sink dials its source with its replica
+//! certificate; the test plays the target with a target certificate): a
+//! sink told by its (simulated) target to rebuild pulls the source's
 //! blocks, keeps a live write that arrived meanwhile, reports progress and
-//! done; a sink whose source is unreachable aborts and stays degraded; a
-//! source streams a snapshot's frozen content, and aborts a stream of a
-//! snapshot it does not have; a failed write holds the durable io_seq a
-//! replica reports below it.
+//! done — also between plaintext daemons; a sink whose source is
+//! unreachable aborts and stays degraded; a source streams a snapshot's
+//! frozen content, and aborts a stream of a snapshot it does not have; a
+//! failed write holds the durable io_seq a replica reports below it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cstor_engine::{Pool, Provisioning};
 use cstor_proto::{
-    Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildSource, RebuildStart,
-    ReplicaState, VersionRange, Write,
+    Message, Name, Opcode, Packet, RebuildSource, RebuildStart, ReplicaState, Write,
 };
-use cstor_replica::daemon::{init, Daemon, InitConfig, IoMode, RunConfig};
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
+use cstor_tls::Security;
+use futures::SinkExt;
+use support::{
+    make_replicated, packet, replica_of, target, Conn, Pki, Replica, BLOCK, VOLUME_BYTES,
+};
 
-const BLOCK: u64 = 4096;
-const VOLUME_BYTES: u64 = 16 << 20;
-
-struct Replica {
-    data: SocketAddr,
-    pool: Arc<Pool>,
-    _dir: tempfile::TempDir,
-    stop: CancellationToken,
+/// The link security of a test's daemons and of its simulated target.
+enum Links {
+    Tls(Box<Pki>),
+    Plaintext,
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.stop.cancel();
+impl Links {
+    fn tls() -> Links {
+        Links::Tls(Box::default())
     }
-}
 
-async fn replica() -> Replica {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pool.img");
-    init(&InitConfig {
-        files: vec![(path.clone(), 128 << 20)],
-        devices: vec![],
-        chunk_bytes: None,
-    })
-    .await
-    .unwrap();
-    let daemon = Daemon::start(&RunConfig {
-        pool_name: "test".into(),
-        devices: vec![path],
-        listen: "127.0.0.1:0".parse().unwrap(),
-        mgmt_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        rebuild_limit_bytes_per_sec: 0,
-        shards: 2,
-        io_mode: IoMode::Direct,
-    })
-    .await
-    .unwrap();
-    let data = daemon.data_addr().unwrap();
-    let pool = Arc::clone(daemon.pool());
-    pool.create_volume("v", VOLUME_BYTES, BLOCK as u32, Provisioning::Thin)
-        .await
-        .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(daemon.serve(stop.clone()));
-    Replica {
-        data,
-        pool,
-        _dir: dir,
-        stop,
+    /// A daemon of pool `name` serving volume `v`.
+    async fn replica(&self, name: &str) -> Replica {
+        let security = match self {
+            Links::Tls(pki) => pki.security(&replica_of(name)),
+            Links::Plaintext => Security::Plaintext,
+        };
+        support::replica(security, name, &["v"]).await
+    }
+
+    /// The simulated target of volume `v`.
+    fn target(&self) -> Security {
+        match self {
+            Links::Tls(pki) => pki.security(&target("v")),
+            Links::Plaintext => Security::Plaintext,
+        }
+    }
+
+    /// A peer replica (a sink probing its source).
+    fn peer_replica(&self) -> Security {
+        match self {
+            Links::Tls(pki) => pki.security(&replica_of("peer")),
+            Links::Plaintext => Security::Plaintext,
+        }
     }
 }
 
@@ -83,34 +68,12 @@ fn block(tag: u8, lba: u64) -> Bytes {
     Bytes::from(data)
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
-
-/// Opens a session on volume `v` at `epoch` (0: probe).
-async fn session(addr: SocketAddr, epoch: u64) -> (Conn, ReplicaState, u64) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut conn = Framed::new(stream, FrameCodec::new());
-    conn.send(packet(epoch, 0, hello())).await.unwrap();
-    match next(&mut conn).await.message {
-        Message::HelloAck(ack) => (conn, ack.state, ack.last_durable_io_seq),
+/// Opens a session on volume `v` at `epoch` (0: probe) as `security`.
+async fn session(addr: SocketAddr, security: &Security, epoch: u64) -> (Conn, ReplicaState, u64) {
+    let (conn, answer) = support::hello(addr, security, "v", epoch).await;
+    match answer {
+        Some(Message::HelloAck(ack)) => (conn.unwrap(), ack.state, ack.last_durable_io_seq),
         other => panic!("hello refused: {other:?}"),
-    }
-}
-
-fn hello() -> Message {
-    Message::Hello(Hello {
-        versions: VersionRange::SUPPORTED,
-        volume: Name::new("v").unwrap(),
-        next_io_seq: 1,
-        auth: Auth::None,
-    })
-}
-
-fn packet(epoch: u64, io_seq: u64, message: Message) -> Packet {
-    Packet {
-        session_id: 9,
-        epoch,
-        io_seq,
-        message,
     }
 }
 
@@ -124,18 +87,27 @@ fn start(peer: SocketAddr, source: RebuildSource) -> Message {
 }
 
 async fn next(conn: &mut Conn) -> Packet {
-    let frame = tokio::time::timeout(Duration::from_secs(20), conn.next())
-        .await
-        .expect("nothing within 20 s")
-        .expect("connection closed")
-        .unwrap();
-    Packet::decode(frame).unwrap()
+    support::next(conn).await.expect("connection closed")
 }
 
 #[tokio::test]
 async fn a_sink_pulls_every_block_but_keeps_a_live_write_that_came_meanwhile() {
-    let source = replica().await;
-    let sink = replica().await;
+    sink_pulls_every_block_but_keeps_a_live_write(Links::tls()).await;
+}
+
+/// The same between daemons run with --insecure-plaintext (the sink dials
+/// its source without TLS).
+#[tokio::test]
+async fn a_sink_pulls_every_block_between_plaintext_daemons() {
+    sink_pulls_every_block_but_keeps_a_live_write(Links::Plaintext).await;
+}
+
+async fn sink_pulls_every_block_but_keeps_a_live_write(links: Links) {
+    let source = links.replica("source").await;
+    let sink = links.replica("sink").await;
+    // The source's volume is in a replica set (its target wrote the
+    // record): the sink's replica certificate may pull it.
+    make_replicated(&source.pool, "v").await;
     let src = source.pool.volume("v").unwrap();
     // 256 blocks (1 MiB) spread over 4 MiB.
     for lba in (0..1024).step_by(4) {
@@ -153,7 +125,7 @@ async fn a_sink_pulls_every_block_but_keeps_a_live_write_that_came_meanwhile() {
         .unwrap();
     src.flush().await.unwrap();
 
-    let (mut target, _, _) = session(sink.data, 1).await;
+    let (mut target, _, _) = session(sink.data, &links.target(), 1).await;
     let first_live = 5000;
     target
         .send(packet(
@@ -212,13 +184,14 @@ async fn a_sink_pulls_every_block_but_keeps_a_live_write_that_came_meanwhile() {
     // Finished: no unfinished marker, the replica reports itself healthy.
     drop(target);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, state, _) = session(sink.data, 0).await;
+    let (_, state, _) = session(sink.data, &links.target(), 0).await;
     assert_eq!(state, ReplicaState::Healthy);
 }
 
 #[tokio::test]
 async fn a_sink_whose_source_is_unreachable_aborts_and_stays_degraded() {
-    let sink = replica().await;
+    let links = Links::tls();
+    let sink = links.replica("sink").await;
     let dst = sink.pool.volume("v").unwrap();
     dst.write(0, &block(1, 0), 7).await.unwrap();
     dst.flush().await.unwrap();
@@ -226,7 +199,7 @@ async fn a_sink_whose_source_is_unreachable_aborts_and_stays_degraded() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let (mut target, _, _) = session(sink.data, 1).await;
+    let (mut target, _, _) = session(sink.data, &links.target(), 1).await;
     target
         .send(packet(1, 77, start(nobody, RebuildSource::Live)))
         .await
@@ -241,14 +214,16 @@ async fn a_sink_whose_source_is_unreachable_aborts_and_stays_degraded() {
     }
     // Complete only through where the rebuild started (0), whatever it
     // holds: a target must rebuild it again.
-    let (_, state, durable) = session(sink.data, 0).await;
+    let (_, state, durable) = session(sink.data, &links.target(), 0).await;
     assert_eq!((state, durable), (ReplicaState::Degraded, 0));
 }
 
 #[tokio::test]
 async fn a_source_aborts_the_stream_of_a_snapshot_it_does_not_have() {
-    let source = replica().await;
-    let (mut probe, _, _) = session(source.data, 0).await;
+    let links = Links::tls();
+    let source = links.replica("source").await;
+    make_replicated(&source.pool, "v").await;
+    let (mut probe, _, _) = session(source.data, &links.peer_replica(), 0).await;
     let snapshot = RebuildSource::Snapshot(Name::new("s1").unwrap());
     probe
         .send(packet(
@@ -268,13 +243,15 @@ async fn a_source_aborts_the_stream_of_a_snapshot_it_does_not_have() {
 
 #[tokio::test]
 async fn a_source_streams_a_snapshot_as_it_was_taken_not_the_live_volume() {
-    let source = replica().await;
+    let links = Links::tls();
+    let source = links.replica("source").await;
+    make_replicated(&source.pool, "v").await;
     let v = source.pool.volume("v").unwrap();
     v.write(0, &block(1, 0), 5).await.unwrap();
     v.write(BLOCK, &block(1, 1), 6).await.unwrap();
     v.create_snapshot("s1").await.unwrap();
     v.write(0, &block(2, 0), 7).await.unwrap();
-    let (mut probe, _, _) = session(source.data, 0).await;
+    let (mut probe, _, _) = session(source.data, &links.peer_replica(), 0).await;
     let snapshot = RebuildSource::Snapshot(Name::new("s1").unwrap());
     probe
         .send(packet(
@@ -323,8 +300,9 @@ async fn a_source_streams_a_snapshot_as_it_was_taken_not_the_live_volume() {
 /// even though later writes succeeded and were flushed.
 #[tokio::test]
 async fn a_failed_write_holds_the_reported_durable_io_seq_below_it() {
-    let r = replica().await;
-    let (mut target, _, _) = session(r.data, 1).await;
+    let links = Links::tls();
+    let r = links.replica("r").await;
+    let (mut target, _, _) = session(r.data, &links.target(), 1).await;
     let write = |offset: u64, lba: u64| {
         Message::Write(Write {
             offset,
@@ -353,6 +331,6 @@ async fn a_failed_write_holds_the_reported_durable_io_seq_below_it() {
         Message::Ack(Opcode::Flush)
     ));
     drop(target);
-    let (_, _, durable) = session(r.data, 2).await;
+    let (_, _, durable) = session(r.data, &links.target(), 2).await;
     assert_eq!(durable, 5, "complete through 5 only: 6 is missing");
 }

@@ -3,7 +3,10 @@
 //! background task and report to the target.
 //!
 //! The task first makes this replica's snapshots the source's
-//! (`snapshots`), then dials the source, probes it (epoch 0), asks for
+//! (`snapshots`), then dials the source (mutual TLS with this daemon's
+//! replica certificate; the source must present a replica certificate
+//! too, and allows the pull only for a volume in a replica set:
+//! `session::access`), probes it (epoch 0), asks for
 //! the live stream and applies each chunk inside the volume's IO order, to
 //! the blocks no live write touched since the start (module doc of
 //! `rebuild`). It paces itself to the daemon's and the volume's throttle
@@ -22,6 +25,7 @@ use cstor_proto::{
     Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk,
     RebuildDone, RebuildProgress, RebuildSource, RebuildStart, VersionRange,
 };
+use cstor_tls::{Role, Security, Stream};
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -56,6 +60,7 @@ pub struct Reports {
 pub fn start(
     entry: &Arc<VolumeEntry>,
     settings: Arc<RebuildSettings>,
+    security: Security,
     start: RebuildStart,
     reports: Reports,
     stop: &CancellationToken,
@@ -114,6 +119,7 @@ pub fn start(
     let run = Run {
         entry: Arc::clone(entry),
         settings,
+        security,
         start,
         first_live_io_seq: reports.request.io_seq,
         generation,
@@ -159,11 +165,13 @@ pub fn unfinished(
     Ok(ResumePoint::decode(&volume.attrs()?))
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+type Conn = Framed<Stream, FrameCodec>;
 
 struct Run {
     entry: Arc<VolumeEntry>,
     settings: Arc<RebuildSettings>,
+    /// How the source is dialled (the daemon's link security).
+    security: Security,
     start: RebuildStart,
     first_live_io_seq: u64,
     generation: u64,
@@ -399,17 +407,23 @@ impl Run {
         Ok(())
     }
 
-    /// Dials the source and opens a probe session on the volume.
+    /// Dials the source, secures the connection (the source must present
+    /// a replica certificate) and opens a probe session on the volume.
     async fn probe(&self) -> Result<(Conn, Name, String), RebuildError> {
-        let stream = TcpStream::connect(self.start.peer_address.as_str())
+        let tcp = TcpStream::connect(self.start.peer_address.as_str())
             .await
             .map_err(|e| self.peer(format!("cannot connect: {e}")))?;
-        if let Err(e) = stream.set_nodelay(true) {
+        if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let local = stream
+        let local = tcp
             .local_addr()
             .map_or_else(|_| "sink".to_owned(), |a| a.to_string());
+        let (stream, _) = self
+            .security
+            .connect(tcp, &[Role::Replica])
+            .await
+            .map_err(|e| self.peer(format!("cannot secure the connection: {e}")))?;
         let mut conn = Framed::new(stream, FrameCodec::new());
         let volume = Name::new(self.entry.name.clone())
             .map_err(|e| self.peer(format!("volume name: {e}")))?;

@@ -1,18 +1,25 @@
 //! The handshake of a connection: the first frame must be a `Hello`; it is
 //! answered with a `HelloAck` (the replica's view of its copy, the
 //! negotiated version) or refused with an error reply, after a version,
-//! authentication, volume or epoch claim check fails. A refusal is sent
-//! before the connection ends.
+//! authentication, authorization (the peer's identity may open this
+//! session: `access::open`, checked before the volume is looked up, so a
+//! stranger learns nothing of which volumes exist), volume or epoch claim
+//! check fails. A refusal is sent before the connection ends.
+
+use std::sync::Arc;
 
 use cstor_engine::Error as EngineError;
 use cstor_proto::{Auth, Frame, Hello, HelloAck, Message, Packet, Status, VersionRange};
+use cstor_tls::{Peer, Security};
 use futures::{SinkExt, StreamExt};
-use tracing::info;
+use tracing::{info, warn};
 
+use super::access;
 use super::reply::error_reply;
 use super::report::{complete_through, replica_state};
 use super::{Conn, Session, SessionError};
 use crate::limits::HANDSHAKE_TIMEOUT;
+use crate::metrics::Refusal;
 use crate::registry::{ClaimError, Registry, VolumeEntry};
 use crate::status::proto_status;
 
@@ -22,7 +29,9 @@ use crate::status::proto_status;
 pub(super) async fn handshake(
     conn: &mut Conn,
     conn_id: u64,
-    registry: &Registry,
+    registry: &Arc<Registry>,
+    peer: Peer,
+    security: Security,
 ) -> Result<Option<Session>, SessionError> {
     let frame = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
         Err(_) => return Err(SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
@@ -54,6 +63,20 @@ pub(super) async fn handshake(
     if let Err(detail) = authenticate(hello) {
         return Err(refused(conn, &packet, Status::NotAuthenticated, detail).await);
     }
+    let access = match access::open(&peer, hello.volume.as_str(), packet.epoch) {
+        Ok(access) => access,
+        Err(detail) => {
+            registry.metrics().refused(Refusal::Unauthorized);
+            warn!(
+                %peer,
+                volume = %hello.volume.as_str(),
+                epoch = packet.epoch,
+                %detail,
+                "session refused"
+            );
+            return Err(refused(conn, &packet, Status::NotAuthenticated, detail).await);
+        }
+    };
     let entry = match registry.entry(hello.volume.as_str()) {
         Ok(entry) => entry,
         Err(e) => {
@@ -89,6 +112,7 @@ pub(super) async fn handshake(
         volume = %entry.name,
         epoch = packet.epoch,
         probe = fenced.is_none(),
+        %peer,
         "session opened"
     );
     Ok(Some(Session {
@@ -98,12 +122,16 @@ pub(super) async fn handshake(
         io: registry.metrics().volume(&entry.name),
         entry,
         fenced,
+        peer,
+        access,
+        security,
+        registry: Arc::clone(registry),
     }))
 }
 
-/// The authentication hook. Authenticated replica links are planned
-/// (docs/architecture.md, "Planned"); until then, only unauthenticated
-/// targets are accepted and a proof is refused rather than silently
+/// The `Hello`'s own authentication field. Links are authenticated by
+/// mutual TLS (the peer's certificate, `access`); a pre-shared-key proof
+/// in the `Hello` is not configured and is refused rather than silently
 /// ignored.
 fn authenticate(hello: &Hello) -> Result<(), String> {
     match hello.auth {

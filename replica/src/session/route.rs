@@ -1,4 +1,5 @@
-//! Routing of a request read on an open session: answered at once by the
+//! Routing of a request read on an open session: refused when the peer's
+//! identity may not make it (`access::request`), answered at once by the
 //! read loop (heartbeat, status, membership record, snapshot listing,
 //! rebuild throttle, refusals), run as an admitted IO (with its ordering
 //! kind), or turned into a rebuild (source on a probe session, sink on the
@@ -8,9 +9,11 @@
 use cstor_proto::{Message, Opcode, Packet, RebuildStart, Status};
 use tracing::{info, warn};
 
+use super::access;
 use super::reply::{engine_error_reply, error_reply};
 use super::report::{snapshot_listing, status_report};
 use super::Session;
+use crate::metrics::Refusal;
 use crate::ordering::IoKind;
 
 /// Where a request goes.
@@ -36,6 +39,16 @@ pub(super) fn classify(session: &Session, packet: &Packet) -> Route {
                 packet.session_id, packet.epoch, session.session_id, session.epoch
             ),
         )));
+    }
+    if let Err(detail) = access::request(
+        session.access,
+        &session.peer,
+        &session.entry,
+        &packet.message,
+    ) {
+        session.registry.metrics().refused(Refusal::Unauthorized);
+        warn!(peer = %session.peer, %detail, "request refused");
+        return Route::Immediate(Some(error_reply(packet, Status::NotAuthenticated, detail)));
     }
     let kind = match &packet.message {
         Message::Heartbeat => {
