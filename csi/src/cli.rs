@@ -6,13 +6,16 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
+use cstor_tls::{Identity, Right, Security, TlsError};
 use tokio_util::sync::CancellationToken;
 
+use crate::certs::{CertError, TargetCerts};
 use crate::controller::{Controller, ControllerConfig};
+use crate::kube::bootstrap::{self, BootstrapArgs, BootstrapError};
 use crate::kube::{KubeConfig, KubeRuntime};
 use crate::local::{LocalConfig, LocalRuntime};
-use crate::mgmt::PoolAddr;
+use crate::mgmt::{Clients, PoolAddr};
 use crate::node::NodeConfig;
 use crate::runtime::RuntimeError;
 use crate::server::{self, Mode, ServeError, ServerConfig};
@@ -35,9 +38,30 @@ pub enum RuntimeArg {
     Kubernetes,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChapArg {
+    /// Mutual CHAP: the node authenticates to the target and the target to
+    /// the node, with random credentials made for each volume.
+    Mutual,
+    /// No CHAP: any initiator the target's allowlist admits may log in.
+    Off,
+}
+
+/// Other things `cstor csi` does besides serving.
+#[derive(Debug, Subcommand)]
+pub enum CsiCommand {
+    /// Creates the cluster's CA and the certificates of the controller
+    /// (admin), the replica daemons (replica) and the node plugins (reader)
+    /// as Kubernetes Secrets, each only if missing; checks the ones there.
+    /// The Helm chart runs it in a pre-install/pre-upgrade hook.
+    BootstrapCerts(BootstrapArgs),
+}
+
 /// CSI driver (CSI spec v1) over a unix socket.
 #[derive(Debug, Args)]
 pub struct CsiArgs {
+    #[command(subcommand)]
+    pub command: Option<CsiCommand>,
     /// Services to serve.
     #[arg(long, value_enum, env = "CSTOR_CSI_MODE", default_value = "all")]
     pub mode: ModeArg,
@@ -98,6 +122,34 @@ pub struct CsiArgs {
     /// Kubernetes runtime: image the targets run (the driver's own image).
     #[arg(long, env = "CSTOR_TARGET_IMAGE")]
     pub target_image: Option<String>,
+    /// Kubernetes runtime: CHAP on every target (default mutual; the
+    /// StorageClass must then name each volume's CHAP Secret as the node-stage
+    /// secret, `${pv.name}-chap`). The local runtime has no CHAP.
+    #[arg(long, value_enum, env = "CSTOR_TARGET_CHAP")]
+    pub target_chap: Option<ChapArg>,
+    /// Kubernetes runtime: memory request of each target container.
+    #[arg(long, env = "CSTOR_TARGET_MEMORY_REQUEST", default_value = crate::kube::objects::DEFAULT_TARGET_MEMORY_REQUEST)]
+    pub target_memory_request: String,
+    /// Kubernetes runtime: memory limit of each target container.
+    #[arg(long, env = "CSTOR_TARGET_MEMORY_LIMIT", default_value = crate::kube::objects::DEFAULT_TARGET_MEMORY_LIMIT)]
+    pub target_memory_limit: String,
+    /// This process's TLS directory (ca.crt, tls.crt, tls.key). The
+    /// controller's certificate must be an admin identity (it calls both
+    /// management APIs), the node plugin's a reader or admin (its remount
+    /// check reads targets' status). Exactly one of this and
+    /// --insecure-plaintext is required.
+    #[arg(long, env = "CSTOR_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Run without authentication or encryption: management calls, and the
+    /// targets the controller starts, in plaintext. Only by explicit
+    /// choice; logged as a warning.
+    #[arg(long, env = "CSTOR_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// Controller with TLS: the cluster CA's directory (ca.crt, ca.key),
+    /// which issues each volume's target its own certificate when the
+    /// target starts.
+    #[arg(long, env = "CSTOR_TLS_CA_DIR", value_name = "DIR")]
+    pub tls_ca_dir: Option<PathBuf>,
 }
 
 fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
@@ -118,6 +170,27 @@ fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{mode} mode needs {needs}, but the certificate in {dir} is for {found}")]
+    Identity {
+        mode: &'static str,
+        needs: &'static str,
+        dir: String,
+        found: Identity,
+    },
+    #[error(
+        "the controller with TLS needs --tls-ca-dir (the CA that issues targets' certificates)"
+    )]
+    NoCaDir,
+    #[error("--tls-ca-dir and --insecure-plaintext exclude each other: plaintext targets need no certificates")]
+    CaDirInPlaintext,
+    #[error("--target-chap is for the Kubernetes runtime (local targets have no CHAP)")]
+    ChapLocal,
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
     #[error("--node-id is required in node and all modes")]
     NoNodeId,
     #[error("controller mode needs at least one --pool")]
@@ -136,20 +209,66 @@ pub enum CliError {
     Serve(#[from] ServeError),
 }
 
-/// Runs the driver until `shutdown`.
+/// This process's security, from its flags: checked against what `mode`
+/// needs, logged (a warning in plaintext), and reloaded when its files
+/// change until `shutdown`.
+pub fn security(
+    args: &CsiArgs,
+    mode: Mode,
+    shutdown: &CancellationToken,
+) -> Result<Security, CliError> {
+    let security = Security::from_flags(args.tls_dir.as_deref(), args.insecure_plaintext)?;
+    if let Some(credentials) = security.credentials() {
+        let found = credentials.identity();
+        let (needed, mode_name, needs) = if mode.controller() {
+            (Right::Admin, "controller", "an admin identity")
+        } else {
+            (Right::Read, "node", "a reader or admin identity")
+        };
+        if found.right().is_none_or(|r| r < needed) {
+            return Err(CliError::Identity {
+                mode: mode_name,
+                needs,
+                dir: credentials.dir().display().to_string(),
+                found,
+            });
+        }
+        tracing::info!(security = %security.describe(), "links secured");
+    } else {
+        tracing::warn!(security = %security.describe(), "management calls and targets are NOT authenticated or encrypted");
+    }
+    security.watch(shutdown.clone());
+    Ok(security)
+}
+
+/// How the controller's targets are secured: like the controller.
+fn target_certs(args: &CsiArgs, security: &Security) -> Result<TargetCerts, CliError> {
+    match (security.is_plaintext(), &args.tls_ca_dir) {
+        (true, None) => Ok(TargetCerts::Plaintext),
+        (true, Some(_)) => Err(CliError::CaDirInPlaintext),
+        (false, None) => Err(CliError::NoCaDir),
+        (false, Some(dir)) => Ok(TargetCerts::load(dir)?),
+    }
+}
+
+/// Runs the driver until `shutdown` (or `bootstrap-certs` once).
 pub async fn run(args: CsiArgs, shutdown: CancellationToken) -> Result<(), CliError> {
+    if let Some(CsiCommand::BootstrapCerts(certs)) = &args.command {
+        return Ok(bootstrap::run(certs).await?);
+    }
     let mode = match args.mode {
         ModeArg::Controller => Mode::Controller,
         ModeArg::Node => Mode::Node,
         ModeArg::All => Mode::All,
     };
+    let security = security(&args, mode, &shutdown)?;
     let node_id = match (&args.node_id, mode.node()) {
         (Some(id), _) => id.clone(),
         (None, true) => return Err(CliError::NoNodeId),
         (None, false) => String::new(),
     };
     let node = mode.node().then(|| {
-        let mut node = NodeConfig::new(node_id.clone());
+        let mut node = NodeConfig::new(node_id.clone(), security.clone());
         if let Some(dir) = &args.node_state_dir {
             node.state_dir.clone_from(dir);
         }
@@ -181,9 +300,12 @@ pub async fn run(args: CsiArgs, shutdown: CancellationToken) -> Result<(), CliEr
     } else {
         args.known_nodes.clone()
     };
+    let clients = Clients::new(security.clone());
+    let certs = target_certs(&args, &security)?;
     let controller_config = ControllerConfig {
         pools: args.pools.clone(),
         known_nodes,
+        clients: clients.clone(),
     };
     match args.target_runtime {
         RuntimeArg::Kubernetes => {
@@ -191,15 +313,23 @@ pub async fn run(args: CsiArgs, shutdown: CancellationToken) -> Result<(), CliEr
             let client = ::kube::Client::try_default()
                 .await
                 .map_err(|e| CliError::Kube(e.to_string()))?;
-            let runtime = Arc::new(KubeRuntime::new(
-                client,
-                KubeConfig::new(args.target_namespace.clone(), image),
-            ));
+            let mut kube_config = KubeConfig::new(args.target_namespace.clone(), image);
+            kube_config.chap = args.target_chap != Some(ChapArg::Off);
+            kube_config
+                .memory_request
+                .clone_from(&args.target_memory_request);
+            kube_config
+                .memory_limit
+                .clone_from(&args.target_memory_limit);
+            let runtime = Arc::new(KubeRuntime::new(client, kube_config, certs));
             let controller = Controller::new(controller_config, Arc::clone(&runtime));
             server::serve(config, Some((controller, args.pools.clone())), shutdown).await?;
             Ok(())
         }
         RuntimeArg::Local => {
+            if args.target_chap.is_some() {
+                return Err(CliError::ChapLocal);
+            }
             let exe = match &args.cstor_exe {
                 Some(exe) => exe.clone(),
                 None => std::env::current_exe().map_err(CliError::Exe)?,
@@ -209,6 +339,8 @@ pub async fn run(args: CsiArgs, shutdown: CancellationToken) -> Result<(), CliEr
                 state_dir: args.state_dir.clone(),
                 portal_host: args.portal_host,
                 ports: args.target_ports.clone(),
+                certs,
+                clients,
             })?;
             let controller = Controller::new(controller_config, Arc::clone(&runtime));
             server::serve(config, Some((controller, args.pools.clone())), shutdown).await?;

@@ -8,7 +8,7 @@ use cstor_mgmt::v1::GetPoolRequest;
 use tonic::{Request, Response, Status};
 
 use crate::limits::DRIVER_NAME;
-use crate::mgmt::{self, PoolAddr};
+use crate::mgmt::{self, Clients, PoolAddr};
 use crate::pb::csi::v1 as csi;
 use crate::pb::csi::v1::identity_server::Identity as IdentityRpc;
 use crate::pb::csi::v1::plugin_capability::{
@@ -17,24 +17,25 @@ use crate::pb::csi::v1::plugin_capability::{
 
 /// The Identity service.
 pub struct Identity {
-    /// Serves the Controller service (with these pools).
-    controller: Option<Vec<PoolAddr>>,
+    /// Serves the Controller service (with these pools, reached through
+    /// these clients).
+    controller: Option<(Clients, Vec<PoolAddr>)>,
 }
 
 impl Identity {
-    /// `controller`: the pools of the Controller service, when this
-    /// process serves it.
-    pub fn new(controller: Option<Vec<PoolAddr>>) -> Self {
+    /// `controller`: the pools of the Controller service and how to reach
+    /// them, when this process serves it.
+    pub fn new(controller: Option<(Clients, Vec<PoolAddr>)>) -> Self {
         Identity { controller }
     }
 
     /// Whether every pool answers (vacuously false without pools).
-    async fn pools_ready(pools: &[PoolAddr]) -> bool {
+    async fn pools_ready(clients: &Clients, pools: &[PoolAddr]) -> bool {
         if pools.is_empty() {
             return false;
         }
-        let answers = mgmt::on_every_pool(pools, |pool| async move {
-            let mut client = mgmt::replica(pool.mgmt).await?;
+        let answers = mgmt::on_every_pool(clients, pools, |clients, pool| async move {
+            let mut client = clients.replica(pool.mgmt).await?;
             mgmt::call(
                 &format!("replica daemon {}", pool.mgmt),
                 mgmt::CALL,
@@ -87,7 +88,7 @@ impl IdentityRpc for Identity {
         _: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         let ready = match &self.controller {
-            Some(pools) => Self::pools_ready(pools).await,
+            Some((clients, pools)) => Self::pools_ready(clients, pools).await,
             None => true,
         };
         Ok(Response::new(csi::ProbeResponse { ready: Some(ready) }))

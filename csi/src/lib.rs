@@ -9,6 +9,7 @@
 
 pub mod capacity;
 pub mod caps;
+pub mod certs;
 pub mod cli;
 pub mod context;
 pub mod controller;

@@ -16,8 +16,15 @@
 //!   closes the sessions of initiators no longer allowed) and persisted.
 //! - Dropping the runtime kills its targets (they are children).
 //! - Deleting a volume's target removes every file the runtime keeps for
-//!   it ([`volume_files`]: its spec, a spec half written, its log), so the
-//!   state directory does not fill with the logs of deleted volumes.
+//!   it ([`volume_files`]: its spec, a spec half written, its log; and its
+//!   TLS directory, [`tls_dir`]), so the state directory does not fill with
+//!   the logs of deleted volumes.
+//! - Targets are secured as the controller is: with TLS, every start of a
+//!   target issues it a new certificate naming only its volume
+//!   (`STATE_DIR/tls/VOLUME`, passed as `--tls-dir`), so a restart also
+//!   renews it; in plaintext the target gets `--insecure-plaintext`. The
+//!   runtime reaches the targets' management APIs with the controller's
+//!   own identity.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -30,11 +37,12 @@ use cstor_mgmt::v1::{GetTargetStatusRequest, SetAllowedInitiatorsRequest};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
+use crate::certs::TargetCerts;
 use crate::limits::{
     MAX_LOCAL_TARGETS, MAX_REPLICAS, TARGET_RESTART_BACKOFF_MAX, TARGET_START_TIMEOUT,
     TARGET_SUPERVISE_INTERVAL,
 };
-use crate::mgmt;
+use crate::mgmt::{self, Clients};
 use crate::naming::is_dns_label;
 use crate::runtime::{RuntimeError, TargetEndpoint, TargetRuntime, TargetSpec};
 
@@ -55,6 +63,10 @@ pub struct LocalConfig {
     pub portal_host: IpAddr,
     /// Ports for portals and management APIs (two per volume).
     pub ports: RangeInclusive<u16>,
+    /// How targets are secured (their certificates, or plaintext).
+    pub certs: TargetCerts,
+    /// How the targets' management APIs are dialled.
+    pub clients: Clients,
 }
 
 /// The IQN of `volume`'s target.
@@ -120,6 +132,16 @@ impl Local {
     }
 
     fn args(&self, config: &LocalConfig) -> Vec<String> {
+        let security = if config.certs.is_plaintext() {
+            vec!["--insecure-plaintext".to_owned()]
+        } else {
+            vec![
+                "--tls-dir".to_owned(),
+                tls_dir(&config.state_dir, &self.spec.volume)
+                    .display()
+                    .to_string(),
+            ]
+        };
         let mut args = vec![
             "target".to_owned(),
             "--listen".to_owned(),
@@ -133,6 +155,7 @@ impl Local {
             "--cf".to_owned(),
             self.spec.consistency_factor.to_string(),
         ];
+        args.extend(security);
         for replica in &self.spec.replicas {
             args.push("--replica".to_owned());
             args.push(replica.clone());
@@ -163,11 +186,19 @@ impl Local {
             .append(true)
             .open(&log_path)
             .map_err(|e| io_error(&log_path, &e))?;
+        config
+            .certs
+            .issue_dir(&volume, &tls_dir(&config.state_dir, &volume))
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
         let mut command = Command::new(&config.exe);
         command
             .args(self.args(config))
             .env_remove("CSTOR_ALLOWED_INITIATORS")
             .env_remove("CSTOR_DENY_INITIATORS")
+            // The controller's own identity is not the target's; the flags
+            // above say how the target is secured.
+            .env_remove("CSTOR_TLS_DIR")
+            .env_remove("CSTOR_INSECURE_PLAINTEXT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -199,7 +230,7 @@ impl Local {
                     log.display()
                 )));
             }
-            if ready(&endpoint).await {
+            if ready(&config.clients, &endpoint).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -215,9 +246,9 @@ impl Local {
     }
 }
 
-async fn ready(endpoint: &TargetEndpoint) -> bool {
+async fn ready(clients: &Clients, endpoint: &TargetEndpoint) -> bool {
     let status = async {
-        let mut client = mgmt::target(&endpoint.mgmt).await?;
+        let mut client = clients.target(&endpoint.mgmt).await?;
         mgmt::call(
             "target",
             std::time::Duration::from_secs(2),
@@ -241,6 +272,13 @@ pub fn volume_files(state_dir: &Path, volume: &str) -> [PathBuf; 3] {
         targets.join(volume).with_extension("tmp"),
         state_dir.join("logs").join(format!("{volume}.log")),
     ]
+}
+
+/// The TLS directory of `volume`'s target (`ca.crt`, `tls.crt`,
+/// `tls.key`), written at each start of the target. `volume` must be a DNS
+/// label.
+pub fn tls_dir(state_dir: &Path, volume: &str) -> PathBuf {
+    state_dir.join("tls").join(volume)
 }
 
 /// Removes `path`; absent already is fine.
@@ -414,7 +452,10 @@ impl TargetRuntime for LocalRuntime {
             local.start(&self.config).await?;
         } else if local.spec.allowed_initiators != spec.allowed_initiators {
             let endpoint = local.endpoint(&self.config);
-            let mut client = mgmt::target(&endpoint.mgmt)
+            let mut client = self
+                .config
+                .clients
+                .target(&endpoint.mgmt)
                 .await
                 .map_err(|e| RuntimeError::Unavailable(e.message().to_owned()))?;
             mgmt::call(
@@ -450,6 +491,12 @@ impl TargetRuntime for LocalRuntime {
         // The spec record last: while it exists, a restarted controller
         // would bring the target back, so a failure part way is retried.
         let [record, tmp, log] = volume_files(&self.config.state_dir, volume);
+        let tls = tls_dir(&self.config.state_dir, volume);
+        match std::fs::remove_dir_all(&tls) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&tls, &e)),
+        }
         for path in [&log, &tmp, &record] {
             remove_if_present(path)?;
         }
@@ -586,6 +633,8 @@ mod tests {
                 state_dir: "/nonexistent".into(),
                 portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 ports: first..=first + 63,
+                certs: TargetCerts::Plaintext,
+                clients: Clients::new(cstor_tls::Security::Plaintext),
             },
             targets: std::sync::Mutex::new(BTreeMap::new()),
         };
@@ -615,6 +664,8 @@ mod tests {
                 state_dir: dir.clone(),
                 portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 ports: 1..=2,
+                certs: TargetCerts::Plaintext,
+                clients: Clients::new(cstor_tls::Security::Plaintext),
             },
             targets: std::sync::Mutex::new(BTreeMap::new()),
         };
@@ -656,6 +707,8 @@ mod tests {
                 state_dir: "/state".into(),
                 portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 ports: 1..=2,
+                certs: TargetCerts::Plaintext,
+                clients: Clients::new(cstor_tls::Security::Plaintext),
             },
             targets: std::sync::Mutex::new(BTreeMap::new()),
         }
@@ -721,6 +774,8 @@ mod tests {
             state_dir: "/tmp".into(),
             portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: 1..=2,
+            certs: TargetCerts::Plaintext,
+            clients: Clients::new(cstor_tls::Security::Plaintext),
         };
         let args = local.args(&config);
         assert!(args.contains(&"--deny-initiators".to_owned()));

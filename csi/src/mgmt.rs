@@ -2,8 +2,14 @@
 //! daemons' `ReplicaManager` (one per pool) and the targets'
 //! `TargetManager`.
 //!
-//! Every call is bounded: a dial timeout and a call timeout from
-//! [`crate::limits`]; a daemon that does not answer in time is
+//! Every connection is secured by the process's [`Security`]: mutual TLS
+//! with its own certificate (the controller's is an admin identity, the
+//! node plugin's a reader), and the server must present the role it is
+//! dialled as (a replica daemon's or a target's certificate), or plaintext
+//! when the operator chose `--insecure-plaintext`.
+//!
+//! Every call is bounded: a dial timeout (TCP and TLS handshake) and a call
+//! timeout from [`crate::limits`]; a daemon that does not answer in time is
 //! UNAVAILABLE, never a hang of the CSI call. Errors keep the daemon's
 //! gRPC code and say which daemon answered.
 
@@ -14,8 +20,9 @@ use std::time::Duration;
 
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::target_manager_client::TargetManagerClient;
+use cstor_tls::{Role, Security};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::limits::{MGMT_CALL_TIMEOUT, MGMT_CONNECT_TIMEOUT};
@@ -48,27 +55,78 @@ impl FromStr for PoolAddr {
     }
 }
 
-/// Dials `url` (`http://host:port`) within the dial timeout.
-async fn channel(url: &str) -> Result<Channel, Status> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Status::internal(format!("management address {url:?}: {e}")))?
-        .connect_timeout(MGMT_CONNECT_TIMEOUT);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot reach {url}: {e}")))
+/// How this process dials the management APIs: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    security: Security,
 }
 
-/// A client of the replica daemon whose management API is at `addr`.
-pub async fn replica(addr: SocketAddr) -> Result<ReplicaManagerClient<Channel>, Status> {
-    Ok(ReplicaManagerClient::new(
-        channel(&format!("http://{addr}")).await?,
-    ))
+impl Clients {
+    pub fn new(security: Security) -> Self {
+        Clients { security }
+    }
+
+    /// The security every connection gets.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// Dials `addr` (`host:port` or `http://host:port`) within the dial
+    /// timeout; the server must present a certificate of role `role`.
+    async fn channel(&self, addr: &str, role: Role) -> Result<Channel, Status> {
+        let expect = [role];
+        let dial = cstor_tls::grpc::channel(addr, &self.security, &expect);
+        match tokio::time::timeout(MGMT_CONNECT_TIMEOUT, dial).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "cannot reach the {} at {addr}: {}",
+                role_name(role),
+                error_chain(&e)
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "cannot reach the {} at {addr}: no connection within {MGMT_CONNECT_TIMEOUT:?}",
+                role_name(role)
+            ))),
+        }
+    }
+
+    /// A client of the replica daemon whose management API is at `addr`.
+    pub async fn replica(&self, addr: SocketAddr) -> Result<ReplicaManagerClient<Channel>, Status> {
+        Ok(ReplicaManagerClient::new(
+            self.channel(&addr.to_string(), Role::Replica).await?,
+        ))
+    }
+
+    /// A client of the target whose management API is at `url`.
+    pub async fn target(&self, url: &str) -> Result<TargetManagerClient<Channel>, Status> {
+        Ok(TargetManagerClient::new(
+            self.channel(url, Role::Target).await?,
+        ))
+    }
 }
 
-/// A client of the target whose management API is at `url`.
-pub async fn target(url: &str) -> Result<TargetManagerClient<Channel>, Status> {
-    Ok(TargetManagerClient::new(channel(url).await?))
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Replica => "replica daemon's management API",
+        Role::Target => "target's management API",
+        Role::Admin | Role::Reader => "management client",
+    }
+}
+
+/// An error with its sources, so a TLS refusal (unknown CA, wrong role,
+/// expired certificate) shows through the transport's wrapping.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Runs one management call within `timeout`, naming `daemon` in errors.
@@ -89,16 +147,21 @@ pub async fn call<T>(
     }
 }
 
-/// Runs `f` against every pool at once; answers in pool order.
-pub async fn on_every_pool<T, F, Fut>(pools: &[PoolAddr], f: F) -> Vec<Result<T, Status>>
+/// Runs `f` against every pool at once (each with its own handle on
+/// `clients`); answers in pool order.
+pub async fn on_every_pool<T, F, Fut>(
+    clients: &Clients,
+    pools: &[PoolAddr],
+    f: F,
+) -> Vec<Result<T, Status>>
 where
     T: Send + 'static,
-    F: Fn(PoolAddr) -> Fut,
+    F: Fn(Clients, PoolAddr) -> Fut,
     Fut: Future<Output = Result<T, Status>> + Send + 'static,
 {
     let mut set = JoinSet::new();
     for (i, pool) in pools.iter().enumerate() {
-        let fut = f(*pool);
+        let fut = f(clients.clone(), *pool);
         set.spawn(async move { (i, fut.await) });
     }
     let mut answers: Vec<Option<Result<T, Status>>> = (0..pools.len()).map(|_| None).collect();

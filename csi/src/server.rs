@@ -119,7 +119,10 @@ pub async fn serve<R: TargetRuntime>(
         (false, _) => None,
     };
     let (controller, pools) = match (config.mode.controller(), controller) {
-        (true, Some((c, pools))) => (Some(c), Some(pools)),
+        (true, Some((c, pools))) => {
+            let probed = (c.clients().clone(), pools);
+            (Some(c), Some(probed))
+        }
         (true, None) => return Err(ServeError::NoController),
         (false, _) => (None, None),
     };

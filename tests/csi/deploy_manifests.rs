@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use clap::{Parser, Subcommand};
-use cstor_csi::kube::objects::{self, Template};
+use cstor_csi::kube::objects::{self, IpFamily, Template};
 use cstor_csi::runtime::TargetSpec;
 
 fn validate(args: &[&str]) -> Output {
@@ -147,30 +147,56 @@ fn every_cstor_container_in_the_manifests_has_arguments_cstor_accepts() {
 
 #[test]
 fn the_kubernetes_target_runtime_starts_targets_with_arguments_cstor_accepts() {
-    let mut spec = TargetSpec {
+    let published = TargetSpec {
         volume: "pvc-1".into(),
         replicas: vec!["10.0.0.1:7600".into(), "10.0.0.2:7600".into()],
         consistency_factor: 2,
         allowed_initiators: vec!["iqn.2016-09.com.openebs.cstor:node.w1".into()],
         chap: None,
     };
-    let template = Template {
+    let template = |tls: bool| Template {
         namespace: "cstor".into(),
         image: "cstor:test".into(),
         image_pull_policy: "IfNotPresent".into(),
+        tls,
+        chap: true,
+        memory_request: objects::DEFAULT_TARGET_MEMORY_REQUEST.into(),
+        memory_limit: objects::DEFAULT_TARGET_MEMORY_LIMIT.into(),
     };
-    for deny in [false, true] {
+    for (deny, tls, family, pod_ip) in [
+        (false, true, IpFamily::V4, "10.244.1.7"),
+        (true, true, IpFamily::V6, "fd00::7"),
+        (false, false, IpFamily::V4, "10.244.1.7"),
+    ] {
+        let mut spec = published.clone();
         if deny {
             spec.allowed_initiators.clear();
         }
-        let deployment = objects::deployment(&spec, &template);
+        let deployment = objects::deployment(&spec, &template(tls), family);
         let pod = deployment.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         assert_eq!(
             container.command.as_deref(),
             Some(&[objects::BINARY.to_owned()][..])
         );
-        let args = container.args.clone().unwrap();
+        // Kubernetes expands $(POD_IP) from the container's env.
+        let env: Vec<String> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        let args: Vec<String> = container
+            .args
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                assert!(!a.contains("$(") || a.contains("$(POD_IP)"), "{a}");
+                a.replace("$(POD_IP)", pod_ip)
+            })
+            .collect();
+        assert!(env.contains(&"POD_IP".to_owned()), "{env:?}");
         let parsed = Cli::try_parse_from(std::iter::once("cstor".to_owned()).chain(args));
         let Cmd::Target(target) = parsed.unwrap().command else {
             panic!("not a target command");
@@ -188,12 +214,20 @@ fn the_kubernetes_target_runtime_starts_targets_with_arguments_cstor_accepts() {
             target.target_name.as_deref(),
             Some("iqn.2016-09.com.openebs.cstor:pvc-1")
         );
-        assert_eq!(target.listen.port(), objects::ISCSI_PORT);
-        assert_eq!(
-            target.mgmt_listen.map(|a| a.port()),
-            Some(objects::MGMT_PORT)
-        );
+        let ip: std::net::IpAddr = pod_ip.parse().unwrap();
+        assert_eq!(target.listen, (ip, objects::ISCSI_PORT).into());
+        assert_eq!(target.mgmt_listen, Some((ip, objects::MGMT_PORT).into()));
         assert_eq!(target.deny_initiators, deny);
         assert_eq!(target.allowed_initiators, spec.allowed_initiators);
+        if tls {
+            assert_eq!(
+                target.tls_dir.as_deref(),
+                Some(Path::new(objects::TLS_MOUNT_PATH))
+            );
+            assert!(!target.insecure_plaintext);
+        } else {
+            assert_eq!(target.tls_dir, None);
+            assert!(target.insecure_plaintext);
+        }
     }
 }

@@ -34,7 +34,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::capacity::round_up;
 use crate::caps;
 use crate::limits::BLOCK_BYTES;
-use crate::mgmt::{self, PoolAddr};
+use crate::mgmt::{self, Clients, PoolAddr};
 use crate::params::majority;
 use crate::pb::csi::v1 as csi;
 use crate::pb::csi::v1::controller_server::Controller as ControllerRpc;
@@ -49,12 +49,16 @@ pub struct ControllerConfig {
     /// Node ids a volume may be published to; empty: any (the controller
     /// cannot tell which nodes exist).
     pub known_nodes: Vec<String>,
+    /// How the management APIs are dialled (the controller's admin
+    /// identity, or plaintext).
+    pub clients: Clients,
 }
 
 /// The Controller service over runtime `R`.
 pub struct Controller<R> {
     pools: Vec<PoolAddr>,
     known_nodes: Vec<String>,
+    mgmt: Clients,
     runtime: Arc<R>,
     busy: Arc<Mutex<HashSet<String>>>,
 }
@@ -137,9 +141,15 @@ impl<R: TargetRuntime> Controller<R> {
         Controller {
             pools: config.pools,
             known_nodes: config.known_nodes,
+            mgmt: config.clients,
             runtime,
             busy: Arc::default(),
         }
+    }
+
+    /// How this controller dials the management APIs.
+    pub fn clients(&self) -> &Clients {
+        &self.mgmt
     }
 
     /// Marks `key` busy, or ABORTED when another call holds it.
@@ -165,8 +175,8 @@ impl<R: TargetRuntime> Controller<R> {
 
     /// Every pool's state, in configuration order.
     async fn survey(&self) -> Vec<Result<Pool, Status>> {
-        mgmt::on_every_pool(&self.pools, |pool| async move {
-            let mut client = mgmt::replica(pool.mgmt).await?;
+        mgmt::on_every_pool(&self.mgmt, &self.pools, |clients, pool| async move {
+            let mut client = clients.replica(pool.mgmt).await?;
             mgmt::call(
                 &format!("replica daemon {}", pool.mgmt),
                 mgmt::CALL,
@@ -180,10 +190,10 @@ impl<R: TargetRuntime> Controller<R> {
     /// The volume replicas named `id` on every pool.
     async fn find_volume(&self, id: &str) -> VolumeView {
         let name = id.to_owned();
-        let answers = mgmt::on_every_pool(&self.pools, move |pool| {
+        let answers = mgmt::on_every_pool(&self.mgmt, &self.pools, move |clients, pool| {
             let name = name.clone();
             async move {
-                let mut client = mgmt::replica(pool.mgmt).await?;
+                let mut client = clients.replica(pool.mgmt).await?;
                 mgmt::call(
                     &format!("replica daemon {}", pool.mgmt),
                     mgmt::CALL,
@@ -230,7 +240,7 @@ impl<R: TargetRuntime> Controller<R> {
         volume: &str,
     ) -> Result<Vec<ReplicaSnapshot>, Status> {
         let addr = self.pool(pool)?;
-        let mut client = mgmt::replica(addr.mgmt).await?;
+        let mut client = self.mgmt.replica(addr.mgmt).await?;
         let listed = mgmt::call(
             &format!("replica daemon {}", addr.mgmt),
             mgmt::CALL,
@@ -273,7 +283,7 @@ impl<R: TargetRuntime> Controller<R> {
     }
 
     async fn target_status(&self, endpoint: &TargetEndpoint) -> Result<TargetStatus, Status> {
-        let mut client = mgmt::target(&endpoint.mgmt).await?;
+        let mut client = self.mgmt.target(&endpoint.mgmt).await?;
         mgmt::call(
             &format!("target {}", endpoint.mgmt),
             mgmt::CALL,
@@ -286,7 +296,7 @@ impl<R: TargetRuntime> Controller<R> {
         &self,
         endpoint: &TargetEndpoint,
     ) -> Result<AllowedInitiators, Status> {
-        let mut client = mgmt::target(&endpoint.mgmt).await?;
+        let mut client = self.mgmt.target(&endpoint.mgmt).await?;
         mgmt::call(
             &format!("target {}", endpoint.mgmt),
             mgmt::CALL,

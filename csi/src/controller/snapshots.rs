@@ -86,8 +86,8 @@ impl<R: TargetRuntime> Controller<R> {
     /// Every volume on the pools (by id, in id order), each with its
     /// replicas; a pool that does not answer is left out (and logged).
     pub(super) async fn all_volumes(&self) -> Vec<VolumeView> {
-        let answers = mgmt::on_every_pool(&self.pools, |pool| async move {
-            let mut client = mgmt::replica(pool.mgmt).await?;
+        let answers = mgmt::on_every_pool(&self.mgmt, &self.pools, |clients, pool| async move {
+            let mut client = clients.replica(pool.mgmt).await?;
             mgmt::call(
                 &format!("replica daemon {}", pool.mgmt),
                 mgmt::CALL,
@@ -168,7 +168,7 @@ impl<R: TargetRuntime> Controller<R> {
             });
         }
         let endpoint = self.target_of(&view).await?;
-        let mut client = mgmt::target(&endpoint.mgmt).await?;
+        let mut client = self.mgmt.target(&endpoint.mgmt).await?;
         mgmt::call(
             &format!("target {}", endpoint.mgmt),
             MGMT_QUORUM_CALL_TIMEOUT,
@@ -207,7 +207,7 @@ impl<R: TargetRuntime> Controller<R> {
             return Ok(csi::DeleteSnapshotResponse {});
         }
         let endpoint = self.target_of(&view).await?;
-        let mut client = mgmt::target(&endpoint.mgmt).await?;
+        let mut client = self.mgmt.target(&endpoint.mgmt).await?;
         mgmt::call(
             &format!("target {}", endpoint.mgmt),
             MGMT_QUORUM_CALL_TIMEOUT,

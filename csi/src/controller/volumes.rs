@@ -206,7 +206,7 @@ impl<R: TargetRuntime> Controller<R> {
             .filter(|p| !view.held.iter().any(|h| h.pool == **p))
         {
             let addr = self.pool(*pool)?;
-            let mut client = mgmt::replica(addr.mgmt).await?;
+            let mut client = self.mgmt.replica(addr.mgmt).await?;
             mgmt::call(
                 &format!("replica daemon {}", addr.mgmt),
                 mgmt::CALL,
@@ -307,7 +307,7 @@ impl<R: TargetRuntime> Controller<R> {
         let mut holders = self.snapshot_holders(&source, &snap.snapshot).await?;
         if holders.is_empty() && take_snapshot {
             let endpoint = self.target_of(&source).await?;
-            let mut client = mgmt::target(&endpoint.mgmt).await?;
+            let mut client = self.mgmt.target(&endpoint.mgmt).await?;
             mgmt::call(
                 &format!("target {}", endpoint.mgmt),
                 MGMT_QUORUM_CALL_TIMEOUT,
@@ -376,7 +376,7 @@ impl<R: TargetRuntime> Controller<R> {
         let grown = range.size(granularity(pools)).map_err(capacity_status)?;
         for held in &clone.held {
             let addr = self.pool(held.pool)?;
-            let mut client = mgmt::replica(addr.mgmt).await?;
+            let mut client = self.mgmt.replica(addr.mgmt).await?;
             mgmt::call(
                 &format!("replica daemon {}", addr.mgmt),
                 mgmt::CALL,
@@ -413,7 +413,7 @@ impl<R: TargetRuntime> Controller<R> {
                 return Ok(());
             }
             let endpoint = self.target_of(source).await?;
-            let mut client = mgmt::target(&endpoint.mgmt).await?;
+            let mut client = self.mgmt.target(&endpoint.mgmt).await?;
             mgmt::call(
                 &format!("target {}", endpoint.mgmt),
                 MGMT_QUORUM_CALL_TIMEOUT,
@@ -432,7 +432,7 @@ impl<R: TargetRuntime> Controller<R> {
     async fn delete_replicas(&self, view: &VolumeView) -> Result<(), Status> {
         for held in &view.held {
             let addr = self.pool(held.pool)?;
-            let mut client = mgmt::replica(addr.mgmt).await?;
+            let mut client = self.mgmt.replica(addr.mgmt).await?;
             mgmt::call(
                 &format!("replica daemon {}", addr.mgmt),
                 mgmt::CALL,
@@ -538,7 +538,7 @@ impl<R: TargetRuntime> Controller<R> {
             .size(granularity(&self.survey().await))
             .map_err(capacity_status)?;
         let endpoint = self.target_of(&view).await?;
-        let mut client = mgmt::target(&endpoint.mgmt).await?;
+        let mut client = self.mgmt.target(&endpoint.mgmt).await?;
         let status = mgmt::call(
             &format!("target {}", endpoint.mgmt),
             MGMT_QUORUM_CALL_TIMEOUT,

@@ -17,13 +17,22 @@
 //! - `find_target` reports a target whose Deployment and Service exist and
 //!   which is not being deleted, ready or not (its portal is already fixed).
 //!
-//! Order of writes in `ensure_target`: the CHAP Secret (if any) before the
-//! Deployment that reads it; the Service before the Deployment (its
-//! ClusterIP is the portal); a Secret no longer wanted is deleted after the
-//! Deployment that stopped reading it.
+//! - The volume's Secrets (its target's certificate, its CHAP credentials)
+//!   are made once and never read back: the controller may create and
+//!   delete Secrets but not get, list or watch them, so it cannot read any
+//!   Secret of the namespace (the cluster CA's included). `ensure_target`
+//!   creates each one, and a Secret that exists already (HTTP 409) is kept
+//!   as it is; `delete_target` deletes them.
+//!
+//! Order of writes in `ensure_target`: the Secrets before the Deployment
+//! that reads them; the Service before the Deployment (its ClusterIP is the
+//! portal, and its address family the pod network's, which the target's
+//! listen addresses follow); a Secret no longer wanted (TLS or CHAP turned
+//! off) is deleted after the Deployment that stopped reading it.
 //!
 //! Tested against a scripted API server (`tests.rs`): no live cluster.
 
+pub mod bootstrap;
 pub mod objects;
 pub mod rollout;
 
@@ -37,12 +46,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::certs::TargetCerts;
 use crate::runtime::{RuntimeError, TargetEndpoint, TargetRuntime, TargetSpec};
-use objects::Template;
+use objects::{ChapCredentials, IpFamily, Template};
 use rollout::Rollout;
 
 /// Field manager of every server-side apply (who owns the fields we set).
@@ -67,6 +77,12 @@ pub struct KubeConfig {
     pub poll_interval: Duration,
     /// Reads before giving up on a rollout or a delete.
     pub polls: u32,
+    /// Every target requires mutual CHAP, with credentials made for its
+    /// volume (on by default).
+    pub chap: bool,
+    /// The target containers' memory request and limit (quantities).
+    pub memory_request: String,
+    pub memory_limit: String,
 }
 
 impl KubeConfig {
@@ -78,14 +94,22 @@ impl KubeConfig {
             image_pull_policy: "IfNotPresent".into(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             polls: DEFAULT_POLLS,
+            chap: true,
+            memory_request: objects::DEFAULT_TARGET_MEMORY_REQUEST.into(),
+            memory_limit: objects::DEFAULT_TARGET_MEMORY_LIMIT.into(),
         }
     }
 
-    fn template(&self) -> Template {
+    /// The objects' template; `tls`: targets run with mutual TLS.
+    fn template(&self, tls: bool) -> Template {
         Template {
             namespace: self.namespace.clone(),
             image: self.image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
+            tls,
+            chap: self.chap,
+            memory_request: self.memory_request.clone(),
+            memory_limit: self.memory_limit.clone(),
         }
     }
 }
@@ -97,12 +121,14 @@ pub struct KubeRuntime {
     services: Api<Service>,
     secrets: Api<Secret>,
     config: KubeConfig,
+    certs: TargetCerts,
 }
 
 impl Debug for KubeRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeRuntime")
             .field("config", &self.config)
+            .field("certs", &self.certs)
             .finish_non_exhaustive()
     }
 }
@@ -110,14 +136,33 @@ impl Debug for KubeRuntime {
 impl KubeRuntime {
     /// A runtime talking through `client` (in a pod:
     /// `kube::Client::try_default().await`, which uses the pod's service
-    /// account; see deploy/kubernetes/rbac.yaml for what it must be allowed).
-    pub fn new(client: kube::Client, config: KubeConfig) -> Self {
+    /// account; see deploy/kubernetes/rbac.yaml for what it must be allowed),
+    /// securing targets with `certs`.
+    pub fn new(client: kube::Client, config: KubeConfig, certs: TargetCerts) -> Self {
         let ns = config.namespace.as_str();
         Self {
             deployments: Api::namespaced(client.clone(), ns),
             services: Api::namespaced(client.clone(), ns),
             secrets: Api::namespaced(client, ns),
             config,
+            certs,
+        }
+    }
+
+    /// Creates the volume's Secret `name` unless it exists (then it is
+    /// kept: see the module doc). Never logs the Secret's data.
+    async fn create_secret(&self, name: &str, secret: &Secret) -> Result<(), RuntimeError> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match self.secrets.create(&params, secret).await {
+            Ok(_) => {
+                tracing::info!(secret = name, "secret created");
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Err(e) => Err(api_error("create", "secret", name, e)),
         }
     }
 
@@ -189,17 +234,23 @@ impl KubeRuntime {
 impl TargetRuntime for KubeRuntime {
     async fn ensure_target(&self, spec: &TargetSpec) -> Result<TargetEndpoint, RuntimeError> {
         objects::validate(spec)?;
-        let template = self.config.template();
+        let template = self.config.template(!self.certs.is_plaintext());
         let volume = spec.volume.as_str();
-        let secret = objects::secret(spec, &template);
-        if let Some(secret) = &secret {
-            apply(
-                &self.secrets,
-                "secret",
-                &objects::secret_name(volume),
-                secret,
-            )
-            .await?;
+        let cert = self
+            .certs
+            .issue(volume)
+            .map_err(|e| RuntimeError::Other(e.to_string()))?;
+        if let Some(cert) = &cert {
+            let name = objects::tls_secret_name(volume);
+            self.create_secret(&name, &objects::tls_secret(volume, &template, cert))
+                .await?;
+        }
+        if template.chap {
+            let chap =
+                ChapCredentials::generate().map_err(|e| RuntimeError::Other(e.to_string()))?;
+            let name = objects::chap_secret_name(volume);
+            self.create_secret(&name, &objects::chap_secret(volume, &template, &chap))
+                .await?;
         }
         let service_name = objects::service_name(volume);
         let service = apply(
@@ -210,16 +261,22 @@ impl TargetRuntime for KubeRuntime {
         )
         .await?;
         let endpoint = objects::endpoint(volume, &service)?;
+        let family = objects::cluster_ip(volume, &service).map(IpFamily::of)?;
         let deployment = apply(
             &self.deployments,
             "deployment",
             &objects::deployment_name(volume),
-            &objects::deployment(spec, &template),
+            &objects::deployment(spec, &template, family),
         )
         .await?;
-        if secret.is_none() {
-            let name = objects::secret_name(volume);
-            delete(&self.secrets, "secret", &name, &DeleteParams::default()).await?;
+        let params = DeleteParams::default();
+        if !template.tls {
+            let name = objects::tls_secret_name(volume);
+            delete(&self.secrets, "secret", &name, &params).await?;
+        }
+        if !template.chap {
+            let name = objects::chap_secret_name(volume);
+            delete(&self.secrets, "secret", &name, &params).await?;
         }
         self.wait_available(volume, deployment).await?;
         tracing::info!(volume, portal = %endpoint.portal, "target available");
@@ -237,13 +294,12 @@ impl TargetRuntime for KubeRuntime {
             &params,
         )
         .await?;
-        delete(
-            &self.secrets,
-            "secret",
-            &objects::secret_name(volume),
-            &params,
-        )
-        .await?;
+        for name in [
+            objects::tls_secret_name(volume),
+            objects::chap_secret_name(volume),
+        ] {
+            delete(&self.secrets, "secret", &name, &params).await?;
+        }
         tracing::info!(volume, "target deleted");
         Ok(())
     }

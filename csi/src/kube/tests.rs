@@ -2,18 +2,25 @@
 //! for each operation, answered with responses in the API server's format
 //! (testdata/, Kubernetes 1.32 shapes). Not a live cluster.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use cstor_tls::issue::CA_VALIDITY;
+use cstor_tls::{Ca, Credentials, Identity, Validity};
 use http::Method;
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::{json, Value};
 
 use super::mock::{Exchange, Script};
 use super::{KubeConfig, KubeRuntime};
+use crate::certs::TargetCerts;
 use crate::runtime::{Chap, RuntimeError, TargetEndpoint, TargetRuntime, TargetSpec};
 
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/cstor/deployments/pvc-1-target";
 const SERVICE: &str = "/api/v1/namespaces/cstor/services/pvc-1";
-const SECRET: &str = "/api/v1/namespaces/cstor/secrets/pvc-1-chap";
+const SECRETS: &str = "/api/v1/namespaces/cstor/secrets";
+const CHAP_SECRET: &str = "/api/v1/namespaces/cstor/secrets/pvc-1-chap";
+const TLS_SECRET: &str = "/api/v1/namespaces/cstor/secrets/pvc-1-tls";
 
 macro_rules! testdata {
     ($name:literal) => {
@@ -35,11 +42,27 @@ fn spec() -> TargetSpec {
     }
 }
 
+/// Targets' certificates from a CA made for the test.
+fn certs() -> TargetCerts {
+    let ca = Ca::generate("test", Validity::from_now(CA_VALIDITY)).unwrap();
+    TargetCerts::Issue(Arc::new(ca))
+}
+
+/// The default runtime: TLS and CHAP.
 fn runtime(script: &Script, polls: u32) -> KubeRuntime {
     let mut config = KubeConfig::new("cstor", "cstor:test");
     config.poll_interval = Duration::ZERO;
     config.polls = polls;
-    KubeRuntime::new(script.client(), config)
+    KubeRuntime::new(script.client(), config, certs())
+}
+
+/// A runtime in plaintext without CHAP.
+fn plain_runtime(script: &Script, polls: u32) -> KubeRuntime {
+    let mut config = KubeConfig::new("cstor", "cstor:test");
+    config.poll_interval = Duration::ZERO;
+    config.polls = polls;
+    config.chap = false;
+    KubeRuntime::new(script.client(), config, TargetCerts::Plaintext)
 }
 
 fn expected_endpoint() -> TargetEndpoint {
@@ -73,6 +96,24 @@ fn apply(path: &str, response: &str) -> Exchange {
         .query("force", "true")
 }
 
+/// Creation (POST) of a Secret named `name` by our field manager.
+fn create_secret(name: &'static str, status: u16, response: &str) -> Exchange {
+    Exchange::new(Method::POST, SECRETS, status, response)
+        .query("fieldManager", "cstor-csi")
+        .body(move |body| {
+            expect_eq(body, "/metadata/name", json!(name))?;
+            expect_eq(body, "/immutable", json!(true))
+        })
+}
+
+fn create_tls_secret() -> Exchange {
+    create_secret("pvc-1-tls", 201, testdata!("secret-tls-created.json"))
+}
+
+fn create_chap_secret() -> Exchange {
+    create_secret("pvc-1-chap", 201, testdata!("secret-chap-created.json"))
+}
+
 fn check_service(body: &Value) -> Result<(), String> {
     expect_eq(body, "/apiVersion", json!("v1"))?;
     expect_eq(body, "/kind", json!("Service"))?;
@@ -93,7 +134,12 @@ fn check_service(body: &Value) -> Result<(), String> {
     expect_eq(body, "/spec/ports/1/port", json!(7700))
 }
 
+/// The Deployment of the default runtime (TLS, CHAP).
 fn check_deployment(body: &Value) -> Result<(), String> {
+    check_deployment_with(body, &["--tls-dir", "/etc/cstor/tls"])
+}
+
+fn check_deployment_with(body: &Value, security: &[&str]) -> Result<(), String> {
     expect_eq(body, "/apiVersion", json!("apps/v1"))?;
     expect_eq(body, "/kind", json!("Deployment"))?;
     expect_eq(body, "/metadata/name", json!("pvc-1-target"))?;
@@ -106,49 +152,61 @@ fn check_deployment(body: &Value) -> Result<(), String> {
     )?;
     let container = "/spec/template/spec/containers/0";
     expect_eq(body, &format!("{container}/image"), json!("cstor:test"))?;
+    let mut args = vec![
+        "target",
+        "--listen",
+        "$(POD_IP):3260",
+        "--mgmt-listen",
+        "$(POD_IP):7700",
+        "--metrics-listen",
+        "$(POD_IP):9500",
+        "--volume",
+        "pvc-1",
+        "--target-name",
+        "iqn.2016-09.com.openebs.cstor:pvc-1",
+        "--cf",
+        "2",
+    ];
+    args.extend(security);
+    args.extend([
+        "--replica",
+        "10.0.0.1:7600",
+        "--replica",
+        "10.0.0.2:7600",
+        "--replica",
+        "10.0.0.3:7600",
+        "--allow-initiator",
+        "iqn.2016-09.com.openebs.cstor:node.w1",
+    ]);
+    expect_eq(body, &format!("{container}/args"), json!(args))?;
     expect_eq(
         body,
-        &format!("{container}/args"),
-        json!([
-            "target",
-            "--listen",
-            "0.0.0.0:3260",
-            "--mgmt-listen",
-            "0.0.0.0:7700",
-            "--metrics-listen",
-            "0.0.0.0:9500",
-            "--volume",
-            "pvc-1",
-            "--target-name",
-            "iqn.2016-09.com.openebs.cstor:pvc-1",
-            "--cf",
-            "2",
-            "--replica",
-            "10.0.0.1:7600",
-            "--replica",
-            "10.0.0.2:7600",
-            "--replica",
-            "10.0.0.3:7600",
-            "--allow-initiator",
-            "iqn.2016-09.com.openebs.cstor:node.w1"
-        ]),
+        &format!("{container}/readinessProbe/httpGet/path"),
+        json!("/metrics"),
     )?;
-    field(body, &format!("{container}/readinessProbe/exec"))?;
+    field(body, &format!("{container}/resources/limits/memory"))?;
+    field(body, &format!("{container}/resources/requests/memory"))?;
     Ok(())
 }
 
+/// The decoded data of a Secret's JSON body.
+fn secret_data(body: &Value) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let secret: Secret = serde_json::from_value(body.clone()).unwrap();
+    secret
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
 #[tokio::test]
-async fn ensure_applies_service_then_deployment_and_waits_until_available() {
+async fn ensure_creates_the_secrets_applies_service_then_deployment_and_waits_until_available() {
     let script = Script::new([
+        create_tls_secret().body(|body| expect_eq(body, "/type", json!("kubernetes.io/tls"))),
+        create_chap_secret().body(|body| expect_eq(body, "/type", json!("Opaque"))),
         apply(SERVICE, testdata!("service-applied.json")).body(check_service),
         apply(DEPLOYMENT, testdata!("deployment-created.json")).body(check_deployment),
-        // No CHAP: a Secret left from an earlier spec is removed.
-        Exchange::new(
-            Method::DELETE,
-            SECRET,
-            404,
-            testdata!("status-404-secret.json"),
-        ),
         Exchange::new(
             Method::GET,
             DEPLOYMENT,
@@ -168,18 +226,42 @@ async fn ensure_applies_service_then_deployment_and_waits_until_available() {
 }
 
 #[tokio::test]
-async fn re_ensure_of_an_unchanged_spec_sends_identical_applies_and_does_not_wait() {
+async fn the_target_secret_holds_a_certificate_for_its_volume_only() {
+    let script = Script::new([
+        create_tls_secret(),
+        create_chap_secret(),
+        apply(SERVICE, testdata!("service-applied.json")),
+        apply(DEPLOYMENT, testdata!("deployment-available.json")),
+    ]);
+    runtime(&script, 10).ensure_target(&spec()).await.unwrap();
+    script.finish().unwrap();
+    let tls = secret_data(&script.bodies()[0]);
+    let dir = tempfile::tempdir().unwrap();
+    for (file, bytes) in &tls {
+        std::fs::write(dir.path().join(file), bytes).unwrap();
+    }
+    let mut files: Vec<&str> = tls.keys().map(String::as_str).collect();
+    files.sort_unstable();
+    assert_eq!(files, ["ca.crt", "tls.crt", "tls.key"]);
+    let credentials = Credentials::load(dir.path()).unwrap();
+    assert_eq!(
+        credentials.identity(),
+        Identity::Target {
+            volumes: vec!["pvc-1".into()]
+        }
+    );
+}
+
+#[tokio::test]
+async fn secrets_that_exist_are_kept_and_a_re_ensure_applies_the_same_objects() {
+    let exists = |name: &'static str| create_secret(name, 409, testdata!("status-409-secret.json"));
     let exchanges = || {
         [
+            exists("pvc-1-tls"),
+            exists("pvc-1-chap"),
             apply(SERVICE, testdata!("service-applied.json")).body(check_service),
             // The stored Deployment already runs this spec: available.
             apply(DEPLOYMENT, testdata!("deployment-available.json")).body(check_deployment),
-            Exchange::new(
-                Method::DELETE,
-                SECRET,
-                404,
-                testdata!("status-404-secret.json"),
-            ),
         ]
     };
     let script = Script::new(exchanges().into_iter().chain(exchanges()));
@@ -190,67 +272,122 @@ async fn re_ensure_of_an_unchanged_spec_sends_identical_applies_and_does_not_wai
     assert_eq!(first, expected_endpoint());
     assert_eq!(first, second);
     let bodies = script.bodies();
-    assert_eq!(bodies.len(), 6, "every request has a JSON body");
-    assert_eq!(bodies[..3], bodies[3..], "the second ensure sent the same");
+    assert_eq!(bodies.len(), 8, "every request has a JSON body");
+    assert_eq!(
+        bodies[2..4],
+        bodies[6..8],
+        "the second ensure applied the same"
+    );
 }
 
 #[tokio::test]
-async fn ensure_with_chap_applies_the_secret_first_and_keeps_it_out_of_the_deployment() {
-    let mut spec = spec();
-    spec.chap = Some(Chap {
+async fn no_secret_reaches_the_deployment_the_service_or_the_endpoint() {
+    let script = Script::new([
+        create_tls_secret(),
+        create_chap_secret(),
+        apply(SERVICE, testdata!("service-applied.json")),
+        apply(DEPLOYMENT, testdata!("deployment-available.json")).body(|body| {
+            let env = "/spec/template/spec/containers/0/env";
+            expect_eq(
+                body,
+                &format!("{env}/2/valueFrom/secretKeyRef"),
+                json!({"name": "pvc-1-chap", "key": "node.session.auth.password", "optional": false}),
+            )?;
+            expect_eq(body, &format!("{env}/2/name"), json!("CSTOR_CHAP_SECRET"))
+        }),
+    ]);
+    let rt = runtime(&script, 10);
+    let endpoint = rt.ensure_target(&spec()).await.unwrap();
+    script.finish().unwrap();
+    let bodies = script.bodies();
+    let tls = secret_data(&bodies[0]);
+    let chap = secret_data(&bodies[1]);
+    let secrets: Vec<String> = [
+        &tls["tls.key"],
+        &chap["node.session.auth.password"],
+        &chap["node.session.auth.password_in"],
+    ]
+    .iter()
+    .map(|b| String::from_utf8((*b).clone()).unwrap())
+    .collect();
+    // In clear and as the Secret's base64: the bodies' raw text.
+    let raw: Vec<String> = [&bodies[0], &bodies[1]]
+        .iter()
+        .flat_map(|b| {
+            b["data"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // The endpoint feeds the volume and publish contexts (PV, VolumeAttachment).
+    let elsewhere = [
+        bodies[2].to_string(),
+        bodies[3].to_string(),
+        format!("{endpoint:?}"),
+        format!("{rt:?}"),
+    ];
+    for text in &elsewhere {
+        for leak in secrets.iter().chain(&raw) {
+            let probe = leak.lines().find(|l| l.len() > 12).unwrap_or(leak);
+            assert!(!text.contains(probe), "a secret leaked into {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn in_plaintext_without_chap_no_secret_is_made_and_leftovers_are_deleted() {
+    let script = Script::new([
+        apply(SERVICE, testdata!("service-applied.json")).body(check_service),
+        apply(DEPLOYMENT, testdata!("deployment-available.json"))
+            .body(|body| check_deployment_with(body, &["--insecure-plaintext"])),
+        Exchange::new(
+            Method::DELETE,
+            TLS_SECRET,
+            404,
+            testdata!("status-404-secret-tls.json"),
+        ),
+        Exchange::new(
+            Method::DELETE,
+            CHAP_SECRET,
+            200,
+            testdata!("secret-chap-created.json"),
+        ),
+    ]);
+    let endpoint = plain_runtime(&script, 10).ensure_target(&spec()).await;
+    script.finish().unwrap();
+    assert_eq!(endpoint.unwrap(), expected_endpoint());
+    let deployment = &script.bodies()[1];
+    let pod = field(deployment, "/spec/template/spec").unwrap();
+    assert!(pod.get("volumes").is_none(), "{pod}");
+    assert!(!pod.to_string().contains("CSTOR_CHAP"), "{pod}");
+}
+
+#[tokio::test]
+async fn a_spec_carrying_chap_is_refused_before_any_request() {
+    let script = Script::new([]);
+    let mut with_chap = spec();
+    with_chap.chap = Some(Chap {
         user: "alice".into(),
         secret: "a-very-secret-value".into(),
     });
-    let no_secret_in_deployment = |body: &Value| {
-        let text = body.to_string();
-        // The secret in clear and in base64 (as in the Secret's data).
-        for leak in ["a-very-secret-value", "YS12ZXJ5LXNlY3JldC12YWx1ZQ"] {
-            if text.contains(leak) {
-                return Err(format!("deployment holds the secret: {text}"));
-            }
-        }
-        let env = "/spec/template/spec/containers/0/env";
-        expect_eq(
-            body,
-            &format!("{env}/1/valueFrom/secretKeyRef"),
-            json!({"name": "pvc-1-chap", "key": "secret", "optional": false}),
-        )?;
-        expect_eq(body, &format!("{env}/1/name"), json!("CSTOR_CHAP_SECRET"))?;
-        field(
-            body,
-            "/spec/template/metadata/annotations/cstor.openebs.io~1chap-digest",
-        )?;
-        Ok(())
-    };
-    let script = Script::new([
-        apply(SECRET, testdata!("secret-applied.json")).body(|body| {
-            expect_eq(body, "/kind", json!("Secret"))?;
-            expect_eq(body, "/type", json!("Opaque"))?;
-            expect_eq(
-                body,
-                "/data",
-                json!({"user": "YWxpY2U=", "secret": "YS12ZXJ5LXNlY3JldC12YWx1ZQ=="}),
-            )
-        }),
-        apply(SERVICE, testdata!("service-applied.json")).body(check_service),
-        apply(DEPLOYMENT, testdata!("deployment-available.json")).body(no_secret_in_deployment),
-    ]);
-    let endpoint = runtime(&script, 10).ensure_target(&spec).await;
+    let result = runtime(&script, 10).ensure_target(&with_chap).await;
     script.finish().unwrap();
-    assert_eq!(endpoint.unwrap(), expected_endpoint());
+    assert!(
+        matches!(result, Err(RuntimeError::InvalidSpec(_))),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
 async fn ensure_gives_up_after_the_bounded_number_of_reads() {
     let script = Script::new([
+        create_tls_secret(),
+        create_chap_secret(),
         apply(SERVICE, testdata!("service-applied.json")),
         apply(DEPLOYMENT, testdata!("deployment-created.json")),
-        Exchange::new(
-            Method::DELETE,
-            SECRET,
-            404,
-            testdata!("status-404-secret.json"),
-        ),
         Exchange::new(
             Method::GET,
             DEPLOYMENT,
@@ -275,14 +412,10 @@ async fn ensure_gives_up_after_the_bounded_number_of_reads() {
 #[tokio::test]
 async fn ensure_stops_waiting_once_the_progress_deadline_passed() {
     let script = Script::new([
+        create_tls_secret(),
+        create_chap_secret(),
         apply(SERVICE, testdata!("service-applied.json")),
         apply(DEPLOYMENT, testdata!("deployment-deadline-exceeded.json")),
-        Exchange::new(
-            Method::DELETE,
-            SECRET,
-            404,
-            testdata!("status-404-secret.json"),
-        ),
     ]);
     let result = runtime(&script, 10).ensure_target(&spec()).await;
     script.finish().unwrap();
@@ -312,7 +445,7 @@ async fn api_errors_are_unavailable_when_a_retry_may_help_and_other_when_not() {
         (403, testdata!("status-403-service.json"), false),
     ] {
         let script = Script::new([Exchange::new(Method::PATCH, SERVICE, status, response)]);
-        let result = runtime(&script, 10).ensure_target(&spec()).await;
+        let result = plain_runtime(&script, 10).ensure_target(&spec()).await;
         script.finish().unwrap();
         match result {
             Err(RuntimeError::Unavailable(m)) if retryable => assert!(m.contains("pvc-1"), "{m}"),
@@ -340,7 +473,13 @@ async fn delete_of_a_target_that_does_not_exist_succeeds() {
         ),
         Exchange::new(
             Method::DELETE,
-            SECRET,
+            TLS_SECRET,
+            404,
+            testdata!("status-404-secret-tls.json"),
+        ),
+        Exchange::new(
+            Method::DELETE,
+            CHAP_SECRET,
             404,
             testdata!("status-404-secret.json"),
         ),
@@ -379,9 +518,15 @@ async fn delete_returns_only_once_the_deployment_is_gone() {
         ),
         Exchange::new(
             Method::DELETE,
-            SECRET,
+            TLS_SECRET,
             200,
-            testdata!("secret-applied.json"),
+            testdata!("secret-tls-created.json"),
+        ),
+        Exchange::new(
+            Method::DELETE,
+            CHAP_SECRET,
+            200,
+            testdata!("secret-chap-created.json"),
         ),
     ]);
     let result = runtime(&script, 10).delete_target("pvc-1").await;
@@ -476,24 +621,32 @@ fn contained(applied: &Value, stored: &Value, path: &str) -> Result<(), String> 
 
 #[test]
 fn recorded_responses_hold_what_the_runtime_applies() {
-    let template = KubeConfig::new("cstor", "cstor:test").template();
-    let mut with_chap = spec();
-    with_chap.chap = Some(Chap {
-        user: "alice".into(),
-        secret: "a-very-secret-value".into(),
-    });
+    use super::objects::{self, ChapCredentials, IpFamily};
+    let template = KubeConfig::new("cstor", "cstor:test").template(true);
+    let cert = certs().issue("pvc-1").unwrap().unwrap();
+    let chap = ChapCredentials::generate().unwrap();
+    // Secrets hold random data: their metadata and type are compared.
+    let without_data = |secret: Secret| {
+        let mut value = serde_json::to_value(secret).unwrap();
+        value.as_object_mut().unwrap().remove("data");
+        value
+    };
     let cases = [
         (
-            serde_json::to_value(super::objects::service(&spec(), &template)).unwrap(),
+            serde_json::to_value(objects::service(&spec(), &template)).unwrap(),
             testdata!("service-applied.json"),
         ),
         (
-            serde_json::to_value(super::objects::deployment(&spec(), &template)).unwrap(),
+            serde_json::to_value(objects::deployment(&spec(), &template, IpFamily::V4)).unwrap(),
             testdata!("deployment-created.json"),
         ),
         (
-            serde_json::to_value(super::objects::secret(&with_chap, &template).unwrap()).unwrap(),
-            testdata!("secret-applied.json"),
+            without_data(objects::tls_secret("pvc-1", &template, &cert)),
+            testdata!("secret-tls-created.json"),
+        ),
+        (
+            without_data(objects::chap_secret("pvc-1", &template, &chap)),
+            testdata!("secret-chap-created.json"),
         ),
     ];
     for (applied, recorded) in cases {

@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! use cstor_csi::node::{NodeConfig, NodeService};
-//! // NodeConfig { node_id, state_dir, device_timeout, remount_interval };
-//! // NodeConfig::new(id) fills in the defaults.
-//! let node = NodeService::new(NodeConfig::new("worker-1"));
+//! // NodeConfig { node_id, state_dir, device_timeout, remount_interval, security };
+//! // NodeConfig::new(id, security) fills in the defaults; `security` (a
+//! // reader identity, or plaintext) is how the remount check reaches targets.
+//! let node = NodeService::new(NodeConfig::new("worker-1", security));
 //! tokio::spawn(node.clone().run_remount_check(shutdown.clone()));
 //! Server::builder().add_service(NodeServer::new(node));
 //! ```

@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cstor_mgmt::v1::TargetStatus;
+use cstor_tls::{Role, Security};
 
 use super::host::{Cmd, Host};
 use super::ops::{NodeOps, Result};
@@ -121,28 +122,33 @@ impl<H: Host> NodeOps<H> {
     }
 }
 
-/// Asks the target at `addr` (`host:port` or a URL) for its status.
-pub async fn target_status(addr: &str) -> std::result::Result<TargetStatus, String> {
+/// Asks the target at `addr` (`host:port` or a URL) for its status, over
+/// `security` (the target must present a target certificate).
+pub async fn target_status(
+    security: &Security,
+    addr: &str,
+) -> std::result::Result<TargetStatus, String> {
     use cstor_mgmt::v1::target_manager_client::TargetManagerClient;
     use cstor_mgmt::v1::GetTargetStatusRequest;
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
+    let dial = cstor_tls::grpc::channel(addr, security, &[Role::Target]);
+    let channel = match tokio::time::timeout(STATUS_TIMEOUT, dial).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(e)) => return Err(format!("cannot reach the target at {addr}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "cannot reach the target at {addr} within {STATUS_TIMEOUT:?}"
+            ))
+        }
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| format!("bad target address {addr:?}: {e}"))?
-        .connect_timeout(STATUS_TIMEOUT)
-        .timeout(STATUS_TIMEOUT);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the target at {addr}: {e}"))?;
-    TargetManagerClient::new(channel)
-        .get_status(GetTargetStatusRequest {})
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|e| format!("target {addr}: {}", e.message()))
+    let mut client = TargetManagerClient::new(channel);
+    let call = client.get_status(GetTargetStatusRequest {});
+    match tokio::time::timeout(STATUS_TIMEOUT, call).await {
+        Ok(Ok(status)) => Ok(status.into_inner()),
+        Ok(Err(e)) => Err(format!("target {addr}: {}", e.message())),
+        Err(_) => Err(format!(
+            "target {addr} did not answer within {STATUS_TIMEOUT:?}"
+        )),
+    }
 }
 
 #[cfg(test)]

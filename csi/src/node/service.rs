@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cstor_tls::Security;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -39,7 +40,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cstor-csi/node";
 pub const TOPOLOGY_KEY: &str = "topology.cstor.openebs.io/node";
 
 /// How the node service runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// This node's id (the Kubernetes node name); its initiator name is
     /// `crate::initiator_name(node_id)`.
@@ -51,16 +52,20 @@ pub struct NodeConfig {
     pub device_timeout: Duration,
     /// Interval of the background remount check.
     pub remount_interval: Duration,
+    /// How the remount check reaches targets' management APIs (a reader
+    /// identity is enough: it only reads their status).
+    pub security: Security,
 }
 
 impl NodeConfig {
-    /// Defaults for everything but the node id.
-    pub fn new(node_id: impl Into<String>) -> Self {
+    /// Defaults for everything but the node id and the security.
+    pub fn new(node_id: impl Into<String>, security: Security) -> Self {
         NodeConfig {
             node_id: node_id.into(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             device_timeout: DEFAULT_DEVICE_TIMEOUT,
             remount_interval: DEFAULT_REMOUNT_INTERVAL,
+            security,
         }
     }
 }
@@ -215,7 +220,7 @@ impl<H: Host> NodeService<H> {
                 tracing::debug!(volume = %c.volume_id, "read-only filesystem, no targetMgmt: not remounted");
                 continue;
             };
-            match remount::target_status(&addr).await {
+            match remount::target_status(&self.inner.config.security, &addr).await {
                 Ok(s) if remount::has_quorum(&s) => {}
                 Ok(_) => {
                     tracing::debug!(volume = %c.volume_id, "read-only filesystem; the target has no quorum yet");
@@ -496,7 +501,7 @@ mod tests {
     fn service() -> (NodeService<FakeHost>, FakeHost) {
         let host = FakeHost::new(&crate::initiator_name("n1"), &[(IQN, GIB)]);
         host.state().dirs.insert(PathBuf::from(STAGING));
-        let mut config = NodeConfig::new("n1");
+        let mut config = NodeConfig::new("n1", Security::Plaintext);
         config.device_timeout = Duration::from_secs(1);
         (NodeService::with_host(config, host.clone()), host)
     }
