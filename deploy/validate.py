@@ -28,7 +28,10 @@ What it checks, without a cluster:
 `--check FILE...` runs 4 and 7 on the given files only.
 `--dump-cstor-args` prints, as JSON, the arguments of every container that
 runs the cstor binary in deploy/kubernetes (tests/deploy_manifests.rs parses
-them with cstor's own command line definitions).
+them with cstor's own command line definitions); `--dump-objects` prints
+every object of deploy/kubernetes as JSON (the same tests check the security
+defaults in them: TLS, listen addresses, memory bounds, NetworkPolicies,
+RBAC, CHAP).
 Exit status: 0 valid, 1 invalid, 2 could not validate.
 """
 
@@ -68,6 +71,8 @@ CRD_KINDS = {
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): "volumesnapshotclass-v1.json",
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): "volumesnapshot-v1.json",
 }
+# Workloads whose selector must match their pod template (a Job's is made
+# by the API server); Jobs' pods are checked like theirs otherwise.
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
 # The venv's bin directory (hadolint, shellcheck).
 BIN = Path(sys.executable).parent
@@ -151,7 +156,7 @@ def check_inline_scripts(source, obj, report):
 
 
 def pod_spec(obj):
-    if obj.get("kind") in WORKLOADS:
+    if obj.get("kind") in WORKLOADS or obj.get("kind") == "Job":
         return ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
     if obj.get("kind") == "Pod":
         return obj.get("spec") or {}
@@ -253,12 +258,19 @@ def render(values, report, label):
 
 
 # Values the chart's values.schema.json must refuse (a typo'd key, a
-# floating tag, a size cstor cannot parse, a pool without its data address).
+# floating tag, a size cstor cannot parse, a pool without its data address,
+# a non-boolean opt-out, an unknown address family, a memory limit that
+# is no quantity, a pool name with a space, an address that is not a CIDR).
 BAD_VALUES = [
     {"controller": {"pool": []}},
     {"image": {"tag": "latest"}},
     {"replica": {"poolFile": {"name": "pool.img", "size": "10XB"}}},
     {"controller": {"pools": [{"mgmt": "10.0.0.1:7601"}]}},
+    {"insecurePlaintext": "yes"},
+    {"ipFamily": "IPv5"},
+    {"controller": {"resources": {"limits": {"memory": "lots"}}}},
+    {"replica": {"pool": "two words"}},
+    {"networkPolicy": {"mgmtAllowedCIDRs": ["10.0.0.1"]}},
 ]
 
 
@@ -352,14 +364,29 @@ def cstor_args():
     return found
 
 
+def plain_objects():
+    """Every object of deploy/kubernetes/*.yaml (not the examples), each
+    with the file it came from under `_source`."""
+    found = []
+    for path in sorted(PLAIN.glob("*.yaml")):
+        for obj in yaml.safe_load_all(path.read_text()):
+            if obj:
+                found.append(dict(obj, _source=path.name))
+    return found
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="regenerate deploy/kubernetes")
     parser.add_argument("--check", nargs="+", metavar="FILE", help="validate these files only")
     parser.add_argument("--dump-cstor-args", action="store_true", help="print cstor containers' args")
+    parser.add_argument("--dump-objects", action="store_true", help="print deploy/kubernetes as JSON")
     args = parser.parse_args()
     if args.dump_cstor_args:
         print(json.dumps(cstor_args(), indent=1))
+        return 0
+    if args.dump_objects:
+        print(json.dumps(plain_objects(), indent=1))
         return 0
     report = Report()
     if args.check:

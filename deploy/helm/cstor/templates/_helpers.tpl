@@ -22,3 +22,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "cstor.pluginDir" -}}
 {{ .Values.node.kubeletDir }}/plugins/{{ .Values.driverName }}
 {{- end -}}
+
+{{/* A listen address on the IP in env variable `var`: $(VAR):PORT, or
+[$(VAR)]:PORT on IPv6 (Kubernetes expands the variable). */}}
+{{- define "cstor.listen" -}}
+{{- if eq .root.Values.ipFamily "IPv6" -}}
+[$({{ .var }})]:{{ .port }}
+{{- else -}}
+$({{ .var }}):{{ .port }}
+{{- end -}}
+{{- end -}}
+
+{{/* The TLS arguments of a cstor process: its certificate's directory, or
+plaintext when the operator chose it. */}}
+{{- define "cstor.tlsArgs" -}}
+{{- if .Values.insecurePlaintext -}}
+- --insecure-plaintext
+{{- else -}}
+- --tls-dir=/etc/cstor/tls
+{{- end -}}
+{{- end -}}
+
+{{/* The volume and mount of a TLS Secret (`secret`) at /etc/cstor/tls. */}}
+{{- define "cstor.tlsVolume" -}}
+- name: tls
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 0400
+{{- end -}}
