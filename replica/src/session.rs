@@ -381,3 +381,24 @@ async fn run_session(
         _ => outcome,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_handshake_is_counted_as_tls_or_identity() {
+        use cstor_tls::IdentityError;
+        assert_eq!(refusal_of(&TlsError::NoPeerCertificate), Refusal::Identity);
+        assert_eq!(
+            refusal_of(&TlsError::PeerIdentity(IdentityError::Missing)),
+            Refusal::Identity
+        );
+        assert_eq!(
+            refusal_of(&TlsError::HandshakeTimeout(Duration::from_secs(5))),
+            Refusal::Tls
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad certificate");
+        assert_eq!(refusal_of(&TlsError::Handshake(io)), Refusal::Tls);
+    }
+}
