@@ -391,13 +391,24 @@ fn check_identity(security: &Security, pool: &str) -> Result<(), DaemonError> {
         return Ok(());
     };
     match credentials.identity() {
-        Identity::Replica { pool: ours } if ours == pool => Ok(()),
-        identity => Err(DaemonError::WrongIdentity {
-            dir: credentials.dir().to_owned(),
-            identity,
-            pool: pool.to_owned(),
-        }),
+        Identity::Replica { pool: ours } if ours == pool => {}
+        identity => {
+            return Err(DaemonError::WrongIdentity {
+                dir: credentials.dir().to_owned(),
+                identity,
+                pool: pool.to_owned(),
+            })
+        }
     }
+    // A rotation must not change the daemon's job either: a reloaded
+    // certificate of another pool or role is refused (the current one stays).
+    let pool = pool.to_owned();
+    credentials
+        .require(Box::new(move |identity| match identity {
+            Identity::Replica { pool: ours } if *ours == pool => Ok(()),
+            other => Err(format!("{other} is not a replica of pool {pool}")),
+        }))
+        .map_err(DaemonError::Security)
 }
 
 fn backend() -> Result<Backend, DaemonError> {

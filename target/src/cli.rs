@@ -266,7 +266,19 @@ pub fn check_identity(security: &Security, volume: &str) -> Result<(), TargetErr
     };
     let identity = credentials.identity();
     if identity.may_serve(volume) {
-        return Ok(());
+        // A rotation must not change the target's job either: a reloaded
+        // certificate that does not name the volume is refused (the current
+        // one stays in use).
+        let volume = volume.to_owned();
+        return credentials
+            .require(Box::new(move |identity| {
+                if identity.may_serve(&volume) {
+                    Ok(())
+                } else {
+                    Err(format!("{identity} does not name volume {volume}"))
+                }
+            }))
+            .map_err(TargetError::Security);
     }
     Err(TargetError::Identity {
         cert: credentials.dir().join(cstor_tls::issue::CERT_FILE),

@@ -66,10 +66,15 @@ impl Stamp {
     }
 }
 
+/// What a process requires of its own identity (see
+/// [`Credentials::require`]): `Err` says why a certificate does not fit.
+pub type IdentityCheck = Box<dyn Fn(&Identity) -> Result<(), String> + Send + Sync>;
+
 /// A process's current certificate, key and trusted CAs.
 pub struct Credentials {
     dir: PathBuf,
     current: RwLock<Arc<Loaded>>,
+    check: RwLock<Option<IdentityCheck>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -88,7 +93,23 @@ impl Credentials {
         Ok(Arc::new(Credentials {
             dir: dir.to_owned(),
             current: RwLock::new(Arc::new(loaded)),
+            check: RwLock::new(None),
         }))
+    }
+
+    /// Requires every certificate this process uses to pass `check` (a
+    /// target's must name its volume, a replica's its pool): the current
+    /// one now, and a reloaded one before it replaces the current set (a
+    /// rotation that would change the process's job is refused, and the
+    /// old set stays in use). A later call replaces the requirement.
+    pub fn require(&self, check: IdentityCheck) -> Result<(), TlsError> {
+        let identity = self.identity();
+        check(&identity).map_err(|reason| TlsError::Bad {
+            path: self.dir.join(CERT_FILE),
+            reason,
+        })?;
+        *self.check.write().unwrap_or_else(PoisonError::into_inner) = Some(check);
+        Ok(())
     }
 
     /// The directory the credentials are read from.
@@ -115,6 +136,17 @@ impl Credentials {
             return Ok(false);
         }
         let loaded = load(&self.dir)?;
+        if let Some(check) = self
+            .check
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            check(&loaded.identity).map_err(|reason| TlsError::Bad {
+                path: self.dir.join(CERT_FILE),
+                reason,
+            })?;
+        }
         let identity = loaded.identity.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
         info!(dir = %self.dir.display(), %identity, "TLS credentials reloaded");

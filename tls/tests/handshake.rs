@@ -210,6 +210,41 @@ async fn reloaded_files_serve_new_handshakes() {
 }
 
 #[test]
+fn a_reload_that_would_change_the_processs_job_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::generate("test", year()).unwrap();
+    ca.issue_dir(&target("v1"), year(), dir.path()).unwrap();
+    let credentials = Credentials::load(dir.path()).unwrap();
+    credentials
+        .require(Box::new(|id| {
+            if id.may_serve("v1") {
+                Ok(())
+            } else {
+                Err(format!("{id} does not name v1"))
+            }
+        }))
+        .unwrap();
+    // A certificate for another volume is not taken.
+    ca.issue_dir(&target("v2"), year(), dir.path()).unwrap();
+    assert!(credentials.reload_if_changed().is_err());
+    assert_eq!(credentials.identity(), target("v1"));
+    // A renewed one for the same volume is.
+    ca.issue_dir(
+        &Identity::Target {
+            volumes: vec!["v1".into(), "v3".into()],
+        },
+        year(),
+        dir.path(),
+    )
+    .unwrap();
+    assert!(credentials.reload_if_changed().unwrap());
+    assert!(credentials.identity().may_serve("v3"));
+    // And a requirement the current certificate fails is refused at once.
+    let other = Credentials::load(dir.path()).unwrap();
+    assert!(other.require(Box::new(|_| Err("no".into()))).is_err());
+}
+
+#[test]
 fn flags_need_tls_or_an_explicit_opt_out() {
     assert!(Security::from_flags(None, false).is_err());
     assert!(Security::from_flags(Some(Path::new("/nonexistent")), true).is_err());
