@@ -760,6 +760,36 @@ mod tests {
     }
 
     #[test]
+    fn a_target_is_secured_as_the_controller_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = cstor_tls::Ca::generate(
+            "test",
+            cstor_tls::Validity::from_now(cstor_tls::issue::CA_VALIDITY),
+        )
+        .unwrap();
+        let config = |certs: TargetCerts| LocalConfig {
+            exe: "cstor".into(),
+            state_dir: dir.path().to_owned(),
+            portal_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: 1..=2,
+            certs,
+            clients: Clients::new(cstor_tls::Security::Plaintext),
+        };
+        let local = Local::new(spec(), 1, 2);
+        let tls = config(TargetCerts::Issue(Arc::new(ca)));
+        let args = local.args(&tls);
+        let at = args.iter().position(|a| a == "--tls-dir").unwrap();
+        assert_eq!(
+            Path::new(&args[at + 1]),
+            tls_dir(dir.path(), "pvc-1").as_path()
+        );
+        assert!(!args.contains(&"--insecure-plaintext".to_owned()));
+        let plain = local.args(&config(TargetCerts::Plaintext));
+        assert!(plain.contains(&"--insecure-plaintext".to_owned()));
+        assert!(!plain.contains(&"--tls-dir".to_owned()));
+    }
+
+    #[test]
     fn a_target_with_no_allowed_initiator_starts_denying_all() {
         let local = Local::new(
             TargetSpec {
