@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod certs;
 mod ctl;
 mod up;
 
@@ -35,6 +36,9 @@ enum Command {
     /// CSI driver (CSI spec v1): identity, controller and node services on
     /// a unix socket for kubelet and the CSI sidecars.
     Csi(cstor_csi::cli::CsiArgs),
+    /// Certificates for mutual TLS: create a cluster CA (`ca`), issue a
+    /// process's TLS directory for --tls-dir (`issue`).
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,13 @@ fn main() -> ExitCode {
             cstor_csi::cli::run(args, shutdown).await?;
             Ok(())
         })),
+        Command::Certs(args) => match certs::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

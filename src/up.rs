@@ -5,8 +5,18 @@
 //! all cleanly on Ctrl-C or SIGTERM. Running it again on the same directory
 //! brings the same data back.
 //!
-//! The children's pids, addresses and logs are in `DIR/cluster.json` and
-//! `DIR/logs/`.
+//! Every link between them is mutual TLS (docs/security.md): on its first
+//! start `up` creates a CA in `DIR/tls/ca` and issues a TLS directory to
+//! each child (`DIR/tls/replica-N`, `DIR/tls/target`) and to the
+//! operator (`DIR/tls/admin`, `DIR/tls/reader`); later starts reuse them,
+//! issuing anew only what is missing, names another identity, comes from
+//! another CA or is about to expire ([`RENEW_BEFORE`]). `up` itself calls
+//! the replicas' management APIs as admin. `--insecure-plaintext` runs
+//! everything without TLS, by explicit choice only.
+//!
+//! The children's pids, addresses, TLS directories and logs are in
+//! `DIR/cluster.json` and `DIR/logs/`; `cstor ctl --state-dir DIR` reads
+//! it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +28,8 @@ use clap::Args;
 use cstor_mgmt::size::{format_size, parse_size};
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, Provisioning};
+use cstor_tls::issue::{CA_KEY_FILE, CERT_VALIDITY};
+use cstor_tls::{Ca, Credentials, Identity, Role, Security, Validity};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +44,30 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Children get this long to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// A certificate of the state directory that expires within this is
+/// issued anew at start (`up` runs for weeks at most between starts).
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The name of the CA `up` creates.
+const CA_NAME: &str = "cstor up";
+
+/// Where the TLS directories live under the state directory, relative to
+/// it (`cstor ctl --state-dir` finds the admin one here too).
+pub const TLS_SUBDIR: &str = "tls";
+/// The CA's directory under [`TLS_SUBDIR`].
+pub const CA_SUBDIR: &str = "ca";
+/// The operator's admin identity under [`TLS_SUBDIR`].
+pub const ADMIN_SUBDIR: &str = "admin";
+/// The read-only identity under [`TLS_SUBDIR`].
+pub const READER_SUBDIR: &str = "reader";
+/// The target's identity under [`TLS_SUBDIR`].
+pub const TARGET_SUBDIR: &str = "target";
+/// The cluster description `up` writes into the state directory.
+pub const CLUSTER_FILE: &str = "cluster.json";
+
+/// The environment variables of the link-security flags: a child gets its
+/// flag explicitly, so these are removed from what it inherits (a
+/// `CSTOR_TLS_DIR` of the operator's shell would contradict it).
+const SECURITY_ENV: [&str; 2] = ["CSTOR_TLS_DIR", "CSTOR_INSECURE_PLAINTEXT"];
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -57,6 +93,11 @@ pub struct UpArgs {
     /// (all loopback).
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
+    /// Run every link without authentication or encryption (replica links,
+    /// rebuilds, management APIs): no CA, no certificates, any local
+    /// process may do anything. Never the default; printed as a warning.
+    #[arg(long, env = "CSTOR_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 }
 
 impl UpArgs {
@@ -75,13 +116,22 @@ impl UpArgs {
     }
 }
 
+/// How `up` knows a child is up.
+enum Ready {
+    /// The address accepts TCP connections (the target's iSCSI portal).
+    Listening(SocketAddr),
+    /// A management API at this address answers a secured connection
+    /// (handshake included) with a server of this role.
+    Mgmt(SocketAddr, Role),
+}
+
 /// One supervised child process.
 struct Proc {
     name: String,
     args: Vec<String>,
     log: PathBuf,
-    /// Address that answers once it is up.
-    ready_addr: SocketAddr,
+    /// What answers once it is up.
+    ready: Ready,
     child: Option<Child>,
     started: tokio::time::Instant,
     backoff: Duration,
@@ -98,7 +148,11 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        for var in SECURITY_ENV {
+            command.env_remove(var);
+        }
+        let child = command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -115,15 +169,25 @@ impl Proc {
         self.child.as_ref().and_then(Child::id)
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    async fn wait_ready(&mut self, security: &Security) -> Result<()> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if tokio::net::TcpStream::connect(self.ready_addr)
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
+            let answer = match self.ready {
+                Ready::Listening(addr) => tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Ready::Mgmt(addr, role) => {
+                    cstor_tls::grpc::channel(&addr.to_string(), security, &[role])
+                        .await
+                        .map(drop)
+                        .map_err(|e| error_chain(&e))
+                }
+            };
+            let last_error = match answer {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     bail!(
@@ -135,9 +199,8 @@ impl Proc {
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "{} did not open {} within {START_TIMEOUT:?}; see {}",
+                    "{} did not answer within {START_TIMEOUT:?} ({last_error}); see {}",
                     self.name,
-                    self.ready_addr,
                     self.log.display()
                 );
             }
@@ -184,6 +247,121 @@ fn default_state_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/cstor"))
 }
 
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
+
+/// The TLS directories of a state directory, as `up` lays them out.
+#[derive(Debug, Clone)]
+pub struct TlsDirs {
+    pub ca: PathBuf,
+    pub admin: PathBuf,
+    pub reader: PathBuf,
+    pub target: PathBuf,
+    /// Replica `i`'s, in order.
+    pub replicas: Vec<PathBuf>,
+}
+
+impl TlsDirs {
+    fn of(state: &Path, replicas: u32) -> TlsDirs {
+        let tls = state.join(TLS_SUBDIR);
+        TlsDirs {
+            ca: tls.join(CA_SUBDIR),
+            admin: tls.join(ADMIN_SUBDIR),
+            reader: tls.join(READER_SUBDIR),
+            target: tls.join(TARGET_SUBDIR),
+            replicas: (0..replicas).map(|i| tls.join(replica_name(i))).collect(),
+        }
+    }
+}
+
+/// Replica `i`'s name: its log, its TLS directory, its cluster.json entry.
+fn replica_name(i: u32) -> String {
+    format!("replica-{i}")
+}
+
+/// Replica `i`'s pool name (its `--pool`, and the pool its certificate
+/// names).
+fn pool_name(i: u32) -> String {
+    format!("pool-{i}")
+}
+
+/// Creates the CA on first use and issues every TLS directory that is not
+/// usable as it is (see [`usable`]).
+fn ensure_tls(dirs: &TlsDirs, volume: &str) -> Result<()> {
+    let fresh_ca = !dirs.ca.join(CA_KEY_FILE).exists();
+    let ca = if fresh_ca {
+        let ca = crate::certs::create_ca(
+            &dirs.ca,
+            CA_NAME,
+            Validity::from_now(cstor_tls::issue::CA_VALIDITY),
+        )?;
+        info!(dir = %dirs.ca.display(), "created the cluster CA");
+        ca
+    } else {
+        Ca::load(&dirs.ca).with_context(|| format!("cannot use the CA in {}", dirs.ca.display()))?
+    };
+    let mut wanted = vec![
+        (dirs.admin.clone(), Identity::Admin),
+        (dirs.reader.clone(), Identity::Reader),
+        (
+            dirs.target.clone(),
+            Identity::Target {
+                volumes: vec![volume.to_owned()],
+            },
+        ),
+    ];
+    for (i, dir) in (0u32..).zip(&dirs.replicas) {
+        wanted.push((dir.clone(), Identity::Replica { pool: pool_name(i) }));
+    }
+    for (dir, identity) in wanted {
+        let check = if fresh_ca {
+            Err("the CA is new")
+        } else {
+            usable(&dir, &identity, &ca)
+        };
+        if let Err(why) = check {
+            ca.issue_dir(&identity, Validity::from_now(CERT_VALIDITY), &dir)
+                .with_context(|| format!("cannot issue a certificate into {}", dir.display()))?;
+            info!(dir = %dir.display(), %identity, why, "issued a certificate");
+        }
+    }
+    Ok(())
+}
+
+/// Whether the TLS directory `dir` holds a certificate for `identity` from
+/// `ca` that is good for at least [`RENEW_BEFORE`]; if not, why.
+fn usable(dir: &Path, identity: &Identity, ca: &Ca) -> Result<(), &'static str> {
+    let credentials = Credentials::load(dir).map_err(|_| "missing or unreadable")?;
+    if credentials.identity() != *identity {
+        return Err("it named another identity");
+    }
+    // Issued by `up` from this CA, the directory trusts it; one that does
+    // not was issued by another CA (the CA was replaced) and would not be
+    // trusted by its peers either.
+    let trusted =
+        std::fs::read_to_string(dir.join(cstor_tls::issue::CA_FILE)).map_err(|_| "no ca.crt")?;
+    if !trusted.contains(ca.cert_pem().trim()) {
+        return Err("it trusts another CA");
+    }
+    let left = credentials
+        .not_after()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if left < RENEW_BEFORE {
+        return Err("it expires soon");
+    }
+    Ok(())
+}
+
 fn loopback(port: u32) -> Result<SocketAddr> {
     let port = u16::try_from(port).context("--base-port leaves no room for the replicas")?;
     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -197,6 +375,26 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = cstor_exe()?;
+    // Link security: a CA and a TLS directory per process, or plaintext by
+    // the operator's choice.
+    let tls = if args.insecure_plaintext {
+        warn!(
+            "--insecure-plaintext: every link of this cluster is unauthenticated and unencrypted"
+        );
+        None
+    } else {
+        let dirs = TlsDirs::of(&dir, u32::from(args.replicas));
+        ensure_tls(&dirs, &args.volume)?;
+        Some(dirs)
+    };
+    // `up`'s own management calls, as admin.
+    let security = match &tls {
+        Some(dirs) => Security::Tls(
+            Credentials::load(&dirs.admin)
+                .with_context(|| format!("cannot use {}", dirs.admin.display()))?,
+        ),
+        None => Security::Plaintext,
+    };
     // Pools: created once, reused by every later `cstor up` on this dir.
     let pool_size = args.size.saturating_mul(2).max(256 << 20);
     let mut replicas = Vec::new();
@@ -204,7 +402,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         let pool = dir.join(format!("pool-{i}.img"));
         if !pool.exists() {
             let status = std::process::Command::new(&exe)
-                .args(["replica", "init", "--pool", &format!("pool-{i}"), "--file"])
+                .args(["replica", "init", "--pool", &pool_name(i), "--file"])
                 .arg(&pool)
                 .args(["--size", &pool_size.to_string()])
                 .stdout(Stdio::null())
@@ -222,24 +420,30 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     let mut procs: Vec<Proc> = replicas
         .iter()
         .map(|(i, pool, data, mgmt)| {
+            let mut child_args: Vec<String> = vec![
+                "replica".into(),
+                "run".into(),
+                "--pool".into(),
+                pool_name(*i),
+                "--pool-path".into(),
+                pool.display().to_string(),
+                "--listen".into(),
+                data.to_string(),
+                "--mgmt-listen".into(),
+                mgmt.to_string(),
+                "--metrics-listen".into(),
+                args.replica_metrics(*i)?.to_string(),
+            ];
+            child_args.extend(security_args(
+                tls.as_ref()
+                    .and_then(|d| d.replicas.get(*i as usize))
+                    .map(PathBuf::as_path),
+            ));
             Ok(Proc {
-                name: format!("replica-{i}"),
-                args: vec![
-                    "replica".into(),
-                    "run".into(),
-                    "--pool".into(),
-                    format!("pool-{i}"),
-                    "--pool-path".into(),
-                    pool.display().to_string(),
-                    "--listen".into(),
-                    data.to_string(),
-                    "--mgmt-listen".into(),
-                    mgmt.to_string(),
-                    "--metrics-listen".into(),
-                    args.replica_metrics(*i)?.to_string(),
-                ],
-                log: logs.join(format!("replica-{i}.log")),
-                ready_addr: *mgmt,
+                name: replica_name(*i),
+                args: child_args,
+                log: logs.join(format!("{}.log", replica_name(*i))),
+                ready: Ready::Mgmt(*mgmt, Role::Replica),
                 child: None,
                 started: tokio::time::Instant::now(),
                 backoff: RESTART_BACKOFF_MIN,
@@ -252,10 +456,10 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         p.spawn().await?;
     }
     for p in &mut procs {
-        p.wait_ready().await?;
+        p.wait_ready(&security).await?;
     }
     for (_, _, _, mgmt) in &replicas {
-        ensure_volume(*mgmt, &args.volume, args.size).await?;
+        ensure_volume(&security, *mgmt, &args.volume, args.size).await?;
     }
     let mut target_args = vec![
         "target".to_string(),
@@ -272,11 +476,12 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         target_args.push("--replica".into());
         target_args.push(data.to_string());
     }
+    target_args.extend(security_args(tls.as_ref().map(|d| d.target.as_path())));
     procs.push(Proc {
         name: "target".into(),
         args: target_args,
         log: logs.join("target.log"),
-        ready_addr: args.iscsi_listen,
+        ready: Ready::Listening(args.iscsi_listen),
         child: None,
         started: tokio::time::Instant::now(),
         backoff: RESTART_BACKOFF_MIN,
@@ -285,8 +490,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     });
     let target = procs.len() - 1;
     procs[target].spawn().await?;
-    procs[target].wait_ready().await?;
-    write_cluster(&dir, &args, &replicas, &procs)?;
+    procs[target].wait_ready(&security).await?;
+    write_cluster(&dir, &args, &replicas, &procs, tls.as_ref())?;
     print_banner(&dir, &args, &replicas);
 
     // Supervise until Ctrl-C / SIGTERM.
@@ -324,7 +529,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
             }
         }
         if changed {
-            write_cluster(&dir, &args, &replicas, &procs)?;
+            write_cluster(&dir, &args, &replicas, &procs, tls.as_ref())?;
         }
     }
     info!("stopping: target first, then the replicas");
@@ -334,15 +539,34 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     for p in procs.iter_mut().take(target) {
         p.stop().await;
     }
-    write_cluster(&dir, &args, &replicas, &procs)?;
+    write_cluster(&dir, &args, &replicas, &procs, tls.as_ref())?;
     Ok(())
 }
 
+/// A child's link-security flag: its TLS directory, or plaintext.
+fn security_args(tls_dir: Option<&Path>) -> Vec<String> {
+    match tls_dir {
+        Some(dir) => vec!["--tls-dir".into(), dir.display().to_string()],
+        None => vec!["--insecure-plaintext".into()],
+    }
+}
+
 /// Creates the volume replica on a daemon, or checks the one there.
-async fn ensure_volume(mgmt: SocketAddr, volume: &str, size: u64) -> Result<()> {
-    let mut client = ReplicaManagerClient::connect(format!("http://{mgmt}"))
+async fn ensure_volume(
+    security: &Security,
+    mgmt: SocketAddr,
+    volume: &str,
+    size: u64,
+) -> Result<()> {
+    let channel = cstor_tls::grpc::channel(&mgmt.to_string(), security, &[Role::Replica])
         .await
-        .with_context(|| format!("cannot reach the replica daemon at {mgmt}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the replica daemon at {mgmt}: {}",
+                error_chain(&e)
+            )
+        })?;
+    let mut client = ReplicaManagerClient::new(channel);
     let result = client
         .create_volume(CreateVolumeRequest {
             name: volume.to_owned(),
@@ -366,13 +590,17 @@ fn write_cluster(
     args: &UpArgs,
     replicas: &[(u32, PathBuf, SocketAddr, SocketAddr)],
     procs: &[Proc],
+    tls: Option<&TlsDirs>,
 ) -> Result<()> {
+    let path_text = |p: &Path| p.display().to_string();
     let replica_entries = replicas
         .iter()
         .zip(procs)
         .map(|((i, pool, data, mgmt), p)| {
             Ok(json!({
-                "name": format!("replica-{i}"),
+                "name": replica_name(*i),
+                "pool_name": pool_name(*i),
+                "tls_dir": tls.and_then(|t| t.replicas.get(*i as usize)).map(|d| path_text(d)),
                 "pid": p.pid(),
                 "pool": pool.display().to_string(),
                 "data": data.to_string(),
@@ -389,8 +617,17 @@ fn write_cluster(
         "size_bytes": args.size,
         "iqn": cstor_target::iscsi::login::target_name_for(&args.volume),
         "portal": args.iscsi_listen.to_string(),
+        "insecure_plaintext": tls.is_none(),
+        "tls": tls.map(|t| json!({
+            "ca": path_text(&t.ca),
+            "admin": path_text(&t.admin),
+            "reader": path_text(&t.reader),
+            "target": path_text(&t.target),
+            "replicas": t.replicas.iter().map(|d| path_text(d)).collect::<Vec<_>>(),
+        })),
         "target": {
             "pid": target.and_then(Proc::pid),
+            "tls_dir": tls.map(|t| path_text(&t.target)),
             "mgmt": args.target_mgmt()?.to_string(),
             "metrics": args.target_metrics()?.to_string(),
             "log": target.map(|t| t.log.display().to_string()),
@@ -398,8 +635,8 @@ fn write_cluster(
         },
         "replicas": replica_entries,
     });
-    let path = dir.join("cluster.json");
-    let tmp = dir.join("cluster.json.tmp");
+    let path = dir.join(CLUSTER_FILE);
+    let tmp = dir.join(format!("{CLUSTER_FILE}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(&cluster)?)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
@@ -409,10 +646,14 @@ fn write_cluster(
 fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr, SocketAddr)]) {
     let iqn = cstor_target::iscsi::login::target_name_for(&args.volume);
     let portal = args.iscsi_listen;
-    let target_mgmt = args
-        .target_mgmt()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let links = if args.insecure_plaintext {
+        "PLAINTEXT: unauthenticated and unencrypted (--insecure-plaintext)".to_string()
+    } else {
+        format!(
+            "mutual TLS 1.3 (CA and certificates in {})",
+            dir.join(TLS_SUBDIR).display()
+        )
+    };
     let first_mgmt = replicas
         .first()
         .map(|r| r.3.to_string())
@@ -430,6 +671,7 @@ fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr
          \n\
          \x20 portal  {portal}\n\
          \x20 IQN     {iqn}\n\
+         \x20 links   {links}\n\
          \n\
          Attach it with open-iscsi:\n\
          \x20 sudo iscsiadm -m discovery -t sendtargets -p {portal}\n\
@@ -437,8 +679,9 @@ fn print_banner(dir: &Path, args: &UpArgs, replicas: &[(u32, PathBuf, SocketAddr
          \x20 lsblk   # the new disk; detach with: sudo iscsiadm -m node -T {iqn} -p {portal} --logout\n\
          \n\
          Inspect it:\n\
-         \x20 cstor ctl --target {target_mgmt} status      # replicas, quorum, rebuilds\n\
-         \x20 cstor ctl --mgmt {first_mgmt} volume list    # one replica's pool\n\
+         \x20 cstor ctl --state-dir {dir} status      # replicas, quorum, rebuilds, link security\n\
+         \x20 cstor ctl --state-dir {dir} pool list   # every replica's pool\n\
+         \x20 cstor ctl --state-dir {dir} --mgmt {first_mgmt} volume list   # one replica's volumes\n\
          \x20 curl -s http://{target_metrics}/metrics      # Prometheus: target (replicas: {first_metrics}, +10 each)\n\
          \x20 cat {dir}/cluster.json; logs in {dir}/logs/\n\
          \n\

@@ -10,11 +10,12 @@ use cstor_mgmt::v1::{
     GetPoolRequest, GrowVolumeRequest, ListSnapshotsRequest, ListVolumesRequest, Pool,
     Provisioning, ReplicaState, SetRebuildThrottleRequest, VolumeReplica,
 };
+use cstor_tls::Role;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::output::{emit, table, throttle_text};
-use super::{channel, CtlArgs, CtlCommand};
+use super::output::{emit, links_text, table, throttle_text};
+use super::{CtlArgs, CtlCommand, Links};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum VolumeCommand {
@@ -62,12 +63,9 @@ fn parse_block_size(text: &str) -> Result<u32> {
 }
 
 /// The subcommands that talk to one replica daemon.
-pub(super) async fn run(args: CtlArgs) -> Result<()> {
-    let addr = match args.mgmt.as_slice() {
-        [one] => one.as_str(),
-        _ => anyhow::bail!("this command talks to one replica daemon: give --mgmt once"),
-    };
-    let mut client = connect(addr).await?;
+pub(super) async fn run(args: CtlArgs, links: &Links) -> Result<()> {
+    let addr = links.one_daemon()?;
+    let mut client = connect(links, addr).await?;
     match args.command {
         CtlCommand::Status
         | CtlCommand::Snapshot(_)
@@ -184,12 +182,12 @@ pub(super) async fn run(args: CtlArgs) -> Result<()> {
 
 /// `pool list`: every daemon's pool, one line each; an unreachable daemon
 /// is a line saying so, and makes the command fail once all are listed.
-pub(super) async fn pool_list(daemons: &[String], as_json: bool) -> Result<()> {
+pub(super) async fn pool_list(links: &Links, as_json: bool) -> Result<()> {
     let mut pools = Vec::new();
     let mut failures = Vec::new();
-    for addr in daemons {
+    for addr in &links.mgmt {
         let answer = async {
-            let mut client = connect(addr).await?;
+            let mut client = connect(links, addr).await?;
             client
                 .get_pool(GetPoolRequest {})
                 .await
@@ -229,17 +227,18 @@ pub(super) async fn pool_list(daemons: &[String], as_json: bool) -> Result<()> {
                     format_size(p.free_bytes),
                     p.devices.len().to_string(),
                     p.io_backend.clone(),
+                    links_text(p.insecure_plaintext).to_string(),
                 ]
             })
             .collect();
         rows.extend(failures.iter().map(|(addr, _)| {
             let mut row = vec![addr.clone(), "unreachable".to_string()];
-            row.resize(7, String::new());
+            row.resize(8, String::new());
             row
         }));
         emit(&table(
             &[
-                "DAEMON", "POOL", "CAPACITY", "USED", "FREE", "DEVICES", "IO",
+                "DAEMON", "POOL", "CAPACITY", "USED", "FREE", "DEVICES", "IO", "LINKS",
             ],
             &rows,
         ));
@@ -255,13 +254,13 @@ pub(super) async fn pool_list(daemons: &[String], as_json: bool) -> Result<()> {
 /// `rebuild throttle`: sets the limit on every daemon named; stops at the
 /// first that fails (the ones before it keep the new limit).
 pub(super) async fn rebuild_throttle(
-    daemons: &[String],
+    links: &Links,
     bytes_per_second: u64,
     as_json: bool,
 ) -> Result<()> {
     let mut set = Vec::new();
-    for addr in daemons {
-        let mut client = connect(addr).await?;
+    for addr in &links.mgmt {
+        let mut client = connect(links, addr).await?;
         let throttle = client
             .set_rebuild_throttle(SetRebuildThrottleRequest { bytes_per_second })
             .await
@@ -285,9 +284,9 @@ pub(super) async fn rebuild_throttle(
     Ok(())
 }
 
-async fn connect(addr: &str) -> Result<ReplicaManagerClient<Channel>> {
+async fn connect(links: &Links, addr: &str) -> Result<ReplicaManagerClient<Channel>> {
     Ok(ReplicaManagerClient::new(
-        channel(addr, "replica daemon").await?,
+        links.channel(addr, Role::Replica, "replica daemon").await?,
     ))
 }
 
@@ -350,6 +349,8 @@ fn pool_json(p: &Pool) -> Value {
         "chunk_size_bytes": p.chunk_size_bytes,
         "format_version": p.format_version,
         "io_backend": p.io_backend,
+        "insecure_plaintext": p.insecure_plaintext,
+        "links": links_text(p.insecure_plaintext),
         "devices": p.devices.iter().map(|d| json!({
             "path": d.path, "size_bytes": d.size_bytes, "direct_io": d.direct_io,
         })).collect::<Vec<_>>(),
@@ -402,9 +403,12 @@ fn print_pool(p: &Pool) {
         format_size(p.free_bytes),
         format_size(u64::from(p.chunk_size_bytes)),
         p.io_backend.clone(),
+        links_text(p.insecure_plaintext).to_string(),
     ]];
     let mut out = table(
-        &["POOL", "GUID", "CAPACITY", "USED", "FREE", "CHUNK", "IO"],
+        &[
+            "POOL", "GUID", "CAPACITY", "USED", "FREE", "CHUNK", "IO", "LINKS",
+        ],
         &rows,
     );
     out.push('\n');

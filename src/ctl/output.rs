@@ -12,6 +12,15 @@ pub(super) fn throttle_text(bytes_per_second: u64) -> String {
     }
 }
 
+/// How a daemon's or target's links are secured, as status shows it.
+pub(super) fn links_text(insecure_plaintext: bool) -> &'static str {
+    if insecure_plaintext {
+        "PLAINTEXT (insecure)"
+    } else {
+        "mutual TLS"
+    }
+}
+
 /// Writes a command's output to stdout. A closed pipe (`| head`) is not
 /// an error worth a panic: the reader has what it wanted.
 pub(super) fn emit(text: &str) {

@@ -1,13 +1,13 @@
 //! The target's status as `cstor ctl status` (and `resize`) prints it: a
-//! table of the volume and one row per replica with its rebuild progress
-//! and ETA, or JSON.
+//! table of the volume (with its link security) and one row per replica
+//! with its rebuild progress and ETA, or JSON.
 
 use anyhow::Result;
 use cstor_mgmt::size::format_size;
 use cstor_mgmt::v1::{TargetReplicaState, TargetStatus};
 use serde_json::{json, Value};
 
-use super::output::{emit, table};
+use super::output::{emit, links_text, table};
 
 fn target_state_name(state: i32) -> &'static str {
     match TargetReplicaState::try_from(state) {
@@ -36,6 +36,8 @@ fn target_status_json(s: &TargetStatus) -> Value {
         "snapshot_or_resize_in_progress": s.barrier,
         "membership_generation": s.membership_generation,
         "rebuild_throttle_bytes_per_second": s.rebuild_throttle_bytes_per_second,
+        "insecure_plaintext": s.insecure_plaintext,
+        "links": links_text(s.insecure_plaintext),
         "replicas": s.replicas.iter().map(|r| json!({
             "address": r.address,
             "replica_id": r.replica_id,
@@ -114,6 +116,7 @@ pub(super) fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()>
             "NEXT_IO_SEQ",
             "IN_FLIGHT",
             "MEMBERSHIP",
+            "LINKS",
         ],
         &[vec![
             s.volume.clone(),
@@ -125,6 +128,7 @@ pub(super) fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()>
             s.next_io_seq.to_string(),
             s.in_flight.to_string(),
             format!("gen {}", s.membership_generation),
+            links_text(s.insecure_plaintext).to_string(),
         ]],
     );
     out.push('\n');

@@ -11,11 +11,12 @@ use cstor_mgmt::v1::{
     ResizeRequest, SetAllowedInitiatorsRequest, SetConsistencyFactorRequest,
     SetTargetRebuildThrottleRequest,
 };
+use cstor_tls::Role;
 use serde_json::{json, Value};
 
 use super::output::{emit, table, throttle_text};
 use super::status::print_target_status;
-use super::{channel, CtlArgs, CtlCommand, DEFAULT_TARGET};
+use super::{CtlArgs, CtlCommand, Links};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum InitiatorsCommand {
@@ -61,9 +62,9 @@ pub(super) enum SnapshotCommand {
 }
 
 /// The target's subcommands.
-pub(super) async fn run(args: CtlArgs) -> Result<()> {
-    let addr = args.target.as_deref().unwrap_or(DEFAULT_TARGET);
-    let mut client = TargetManagerClient::new(channel(addr, "target").await?);
+pub(super) async fn run(args: CtlArgs, links: &Links) -> Result<()> {
+    let addr = links.target.as_str();
+    let mut client = TargetManagerClient::new(links.channel(addr, Role::Target, "target").await?);
     let err = |s| target_rpc_error(addr, s);
     match args.command {
         CtlCommand::Status => {
@@ -181,11 +182,12 @@ pub(super) async fn run(args: CtlArgs) -> Result<()> {
 /// `--target ADDR rebuild throttle`: sets the volume's throttle through
 /// its target, which forwards it to the replicas.
 pub(super) async fn rebuild_throttle(
-    addr: &str,
+    links: &Links,
     bytes_per_second: u64,
     as_json: bool,
 ) -> Result<()> {
-    let mut client = TargetManagerClient::new(channel(addr, "target").await?);
+    let addr = links.target.as_str();
+    let mut client = TargetManagerClient::new(links.channel(addr, Role::Target, "target").await?);
     let throttle = client
         .set_rebuild_throttle(SetTargetRebuildThrottleRequest { bytes_per_second })
         .await
