@@ -19,7 +19,14 @@ fn closed_port() -> u16 {
 fn ctl_reports_an_unreachable_daemon_by_address() {
     let addr = format!("127.0.0.1:{}", closed_port());
     let out = cstor()
-        .args(["ctl", "--mgmt", &addr, "pool", "status"])
+        .args([
+            "ctl",
+            "--insecure-plaintext",
+            "--mgmt",
+            &addr,
+            "pool",
+            "status",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -76,7 +83,16 @@ fn pool_list_names_every_unreachable_daemon_and_fails() {
     let first = format!("127.0.0.1:{}", closed_port());
     let second = format!("127.0.0.1:{}", closed_port());
     let out = cstor()
-        .args(["ctl", "--mgmt", &first, "--mgmt", &second, "pool", "list"])
+        .args([
+            "ctl",
+            "--insecure-plaintext",
+            "--mgmt",
+            &first,
+            "--mgmt",
+            &second,
+            "pool",
+            "list",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -98,7 +114,15 @@ fn pool_list_names_every_unreachable_daemon_and_fails() {
 fn replica_add_reports_an_unreachable_target_by_address() {
     let addr = format!("127.0.0.1:{}", closed_port());
     let out = cstor()
-        .args(["ctl", "--target", &addr, "replica", "add", "127.0.0.1:1"])
+        .args([
+            "ctl",
+            "--insecure-plaintext",
+            "--target",
+            &addr,
+            "replica",
+            "add",
+            "127.0.0.1:1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -127,9 +151,62 @@ fn membership_and_rebuild_subcommands_have_help() {
         vec!["ctl", "replica", "set-cf", "--help"],
         vec!["ctl", "rebuild", "throttle", "--help"],
         vec!["ctl", "pool", "list", "--help"],
+        vec!["certs", "--help"],
+        vec!["certs", "ca", "--help"],
+        vec!["certs", "issue", "--help"],
     ] {
         let out = cstor().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
     }
+}
+
+/// Links are authenticated by default: a `cstor ctl` given no identity,
+/// no `--insecure-plaintext` and no state directory connects nowhere and
+/// says what to give; both at once are refused too.
+#[test]
+fn ctl_without_an_identity_or_an_explicit_plaintext_refuses_to_connect() {
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let out = cstor()
+        .args(["ctl", "--target", &addr, "status"])
+        .env_remove("CSTOR_TLS_DIR")
+        .env_remove("CSTOR_INSECURE_PLAINTEXT")
+        .env_remove("CSTOR_STATE_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--tls-dir")
+            && stderr.contains("--insecure-plaintext")
+            && stderr.contains("--state-dir"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("cannot reach"), "it dialled: {stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = cstor()
+        .args(["ctl", "--insecure-plaintext", "--tls-dir"])
+        .arg(dir.path())
+        .args(["--target", &addr, "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exclude each other"));
+}
+
+/// `--state-dir` names a directory that is not a `cstor up` state
+/// directory: the error says which file is missing.
+#[test]
+fn ctl_state_dir_without_cluster_json_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cstor()
+        .args(["ctl", "--state-dir"])
+        .arg(dir.path())
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.json"), "stderr: {stderr}");
 }

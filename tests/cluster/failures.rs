@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     free_addr, is_stopped, pattern, pattern_run, replica_states, signal, wait_target_status,
-    Client, IscsiSession, ReplicaProcess, TargetProcess,
+    IscsiSession, ReplicaProcess, TargetProcess, TestPki,
 };
 
 const VOLUME: &str = "vol";
@@ -83,9 +83,9 @@ fn start_target(
 
 /// Blocks until the target reports `n` healthy replicas (run off the async
 /// workers: it polls `cstor ctl`).
-fn wait_healthy(mgmt: SocketAddr, n: usize) -> serde_json::Value {
+fn wait_healthy(pki: &TestPki, mgmt: SocketAddr, n: usize) -> serde_json::Value {
     tokio::task::block_in_place(|| {
-        wait_target_status(mgmt, &format!("{n} healthy replicas"), GUARD, |s| {
+        wait_target_status(pki, mgmt, &format!("{n} healthy replicas"), GUARD, |s| {
             replica_states(s).iter().filter(|x| *x == "healthy").count() == n
         })
     })
@@ -107,7 +107,7 @@ fn generation_of(lba: u64, block: &[u8]) -> Option<u64> {
 async fn check_replicas(reps: &[ReplicaProcess], epoch: u64, acked: &[u64], block: u64) {
     let per_read = 256u64;
     for (i, r) in reps.iter().enumerate() {
-        let (mut client, _) = Client::open(r.data, VOLUME, epoch).await;
+        let (mut client, _) = r.open(VOLUME, epoch).await;
         for first in (0..acked.len() as u64).step_by(per_read as usize) {
             let data = client.read(first * block, (per_read * block) as u32).await;
             for (b, got) in data.chunks(block as usize).enumerate() {
@@ -189,7 +189,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
     let reps = replicas(3, dir.path());
     let (portal, mgmt) = (free_addr(), free_addr());
     let mut target = start_target(dir.path(), portal, mgmt, &reps);
-    wait_healthy(mgmt, 3);
+    wait_healthy(&target.pki, mgmt, 3);
     let mut session = IscsiSession::login(portal, &target.iqn, INITIATOR)
         .await
         .unwrap();
@@ -217,12 +217,18 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
     // The target gives up on it after the ack timeout: it leaves the
     // healthy set while it is still stopped.
     let status = tokio::task::block_in_place(|| {
-        wait_target_status(mgmt, "the stopped replica to be ejected", GUARD, |s| {
-            s["replicas"].as_array().is_some_and(|r| {
-                r.iter()
-                    .any(|x| x["address"] == slow_addr.as_str() && x["state"] != "healthy")
-            })
-        })
+        wait_target_status(
+            &target.pki,
+            mgmt,
+            "the stopped replica to be ejected",
+            GUARD,
+            |s| {
+                s["replicas"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|x| x["address"] == slow_addr.as_str() && x["state"] != "healthy")
+                })
+            },
+        )
     });
     eprintln!(
         "stopped replica ejected after {:?} (ack timeout {ACK_TIMEOUT_SECONDS} s): {:?}",
@@ -233,7 +239,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
     // Writes go on GOOD at quorum two while it is stopped.
     load.wait_writes(500).await;
     assert!(is_stopped(slow), "the replica was not stopped throughout");
-    let status = crate::common::target_status(mgmt).unwrap();
+    let status = crate::common::target_status(&target.pki, mgmt).unwrap();
     assert_eq!(
         replica_states(&status)
             .iter()
@@ -246,7 +252,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
     // Woken up, it rejoins, rebuilds what it missed and is healthy again,
     // all while the load goes on.
     signal(slow, "-CONT");
-    wait_healthy(mgmt, 3);
+    wait_healthy(&target.pki, mgmt, 3);
     load.wait_writes(200).await;
     let mut session = load.finish().await;
     assert!(session.sync_cache().await.unwrap().is_good());
@@ -266,7 +272,7 @@ async fn a_stopped_replica_is_ejected_writes_go_on_and_it_rebuilds_after_sigcont
         }
     }
     // And each replica alone holds exactly that.
-    let epoch = crate::common::target_status(mgmt).unwrap()["epoch"]
+    let epoch = crate::common::target_status(&target.pki, mgmt).unwrap()["epoch"]
         .as_u64()
         .unwrap();
     target.kill9();
@@ -289,7 +295,7 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
     let reps = replicas(3, dir.path());
     let (portal, mgmt) = (free_addr(), free_addr());
     let mut target = start_target(dir.path(), portal, mgmt, &reps);
-    wait_healthy(mgmt, 3);
+    wait_healthy(&target.pki, mgmt, 3);
     // Writers, each on its own session and region of the first 8 MiB
     // (so several writes are in flight when the target dies): 64 KiB
     // writes, a SYNCHRONIZE CACHE after every eight, until the connection
@@ -368,7 +374,7 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
 
     // Same portal, same replicas, a new process: a new session.
     let target = start_target(dir.path(), portal, mgmt, &reps);
-    wait_healthy(mgmt, 3);
+    wait_healthy(&target.pki, mgmt, 3);
     let mut session = IscsiSession::login_retrying(portal, &target.iqn, INITIATOR, GUARD).await;
     let block = session.block_size as usize;
     let history = history.lock().unwrap().clone();
@@ -415,13 +421,13 @@ async fn a_target_killed_under_load_loses_no_flushed_write_after_restart() {
     // All three are healthy: each replica alone holds every flushed block,
     // and they agree on the unflushed ones (else reads would flip between
     // an old and a new generation depending on which replica serves them).
-    let epoch = crate::common::target_status(mgmt).unwrap()["epoch"]
+    let epoch = crate::common::target_status(&target.pki, mgmt).unwrap()["epoch"]
         .as_u64()
         .unwrap();
     drop(target);
     let mut images = Vec::new();
     for (i, r) in reps.iter().enumerate() {
-        let (mut client, _) = Client::open(r.data, VOLUME, epoch + 1).await;
+        let (mut client, _) = r.open(VOLUME, epoch + 1).await;
         let mut image = Vec::new();
         for first in (0..history.len() as u64).step_by(256) {
             let data = client

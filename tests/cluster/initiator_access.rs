@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_addr, pattern, IscsiSession, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, pattern, IscsiSession, ReplicaProcess, TargetProcess, TestPki};
 use cstor_mgmt::v1::target_manager_client::TargetManagerClient;
 use cstor_mgmt::v1::{AllowedInitiators, GetAllowedInitiatorsRequest, SetAllowedInitiatorsRequest};
 use tonic::transport::Channel;
@@ -51,7 +51,7 @@ impl Fixture {
         args.extend_from_slice(extra_args);
         let target =
             TargetProcess::start_with(dir.path(), free_addr(), VOLUME, &[replica.data], &args, &[]);
-        let api = connect(mgmt).await;
+        let api = connect(&target.pki, mgmt).await;
         Some(Fixture {
             _dir: dir,
             _replica: replica,
@@ -98,10 +98,13 @@ impl Fixture {
 
 /// The management API once it answers (the target serves it after its
 /// replicas answered).
-async fn connect(addr: SocketAddr) -> TargetManagerClient<Channel> {
+async fn connect(pki: &TestPki, addr: SocketAddr) -> TargetManagerClient<Channel> {
     let deadline = Instant::now() + GUARD;
+    let admin = pki.admin();
     loop {
-        if let Ok(mut client) = TargetManagerClient::connect(format!("http://{addr}")).await {
+        let channel =
+            cstor_tls::grpc::channel(&addr.to_string(), &admin, &[cstor_tls::Role::Target]).await;
+        if let Ok(mut client) = channel.map(TargetManagerClient::new) {
             if client
                 .get_allowed_initiators(GetAllowedInitiatorsRequest {})
                 .await
@@ -223,6 +226,7 @@ fn a_malformed_allow_initiator_flag_stops_the_target() {
             &free_addr().to_string(),
             "--allow-initiator",
             "allowed",
+            "--insecure-plaintext",
         ])
         .output()
         .unwrap();
@@ -239,8 +243,15 @@ async fn ctl_initiators_shows_and_replaces_the_allowlist() {
         return;
     };
     let mgmt = fx.mgmt.to_string();
+    let admin = fx.target.pki.admin_dir();
     let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--target", mgmt.as_str()];
+        let mut all = vec![
+            "ctl",
+            "--target",
+            mgmt.as_str(),
+            "--tls-dir",
+            admin.to_str().unwrap(),
+        ];
         all.extend_from_slice(args);
         Command::new(crate::common::cstor_bin())
             .args(&all)

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod certs;
 mod ctl_cli;
 mod failures;
 mod initiator_access;

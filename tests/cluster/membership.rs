@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use crate::common::{
     free_addr, pattern, replica_states, wait_target_status, Client, HelloOutcome, ReplicaProcess,
-    TargetProcess, VolumeLoad,
+    TargetProcess, TestPki, VolumeLoad,
 };
 use bytes::Bytes;
-use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::SetRebuildThrottleRequest;
 use cstor_target::volume::{Completion, MemberRef, Op, ReplicaState, Volume, VolumeSpec};
 
@@ -36,8 +35,8 @@ fn replica(dir: &std::path::Path, name: &str) -> ReplicaProcess {
     r
 }
 
-fn spec(replicas: &[SocketAddr]) -> VolumeSpec {
-    let mut spec = VolumeSpec::new("vol", replicas.to_vec());
+fn spec(pki: &TestPki, replicas: &[SocketAddr]) -> VolumeSpec {
+    let mut spec = VolumeSpec::new("vol", replicas.to_vec(), pki.target("vol"));
     spec.ack_timeout = Duration::from_secs(3);
     spec.hold = Duration::from_secs(20);
     spec.open_timeout = Duration::from_secs(20);
@@ -75,10 +74,10 @@ async fn fill(volume: &Volume, acked: &Mutex<Vec<u64>>) {
 
 /// Reads every block from each replica alone (a fresh session at a newer
 /// epoch) and checks it holds generation `acked[lba]`.
-async fn check_replicas(replicas: &[SocketAddr], epoch: u64, acked: &[u64]) {
+async fn check_replicas(pki: &TestPki, replicas: &[SocketAddr], epoch: u64, acked: &[u64]) {
     let per_read = 256u64;
     for addr in replicas {
-        let (mut client, _) = Client::open(*addr, "vol", epoch).await;
+        let (mut client, _) = Client::open(pki, *addr, "vol", epoch).await;
         for first in (0..BLOCKS).step_by(per_read as usize) {
             let data = client.read(first * BLOCK, (per_read * BLOCK) as u32).await;
             for b in 0..per_read {
@@ -98,8 +97,8 @@ async fn check_replicas(replicas: &[SocketAddr], epoch: u64, acked: &[u64]) {
 
 /// The highest epoch a replica accepted, asked with a probe (epoch 0,
 /// claims nothing).
-async fn epoch_of(addr: SocketAddr) -> u64 {
-    let mut client = Client::connect(addr).await;
+async fn epoch_of(pki: &TestPki, addr: SocketAddr) -> u64 {
+    let mut client = Client::connect(pki, addr, "vol").await;
     match client.hello("vol", 0, 1).await {
         HelloOutcome::Accepted(ack) => ack.highest_epoch_seen,
         HelloOutcome::Refused(m) => panic!("probe refused: {m:?}"),
@@ -107,9 +106,7 @@ async fn epoch_of(addr: SocketAddr) -> u64 {
 }
 
 async fn set_throttle(r: &ReplicaProcess, bytes_per_second: u64) {
-    let mut client = ReplicaManagerClient::connect(format!("http://{}", r.mgmt))
-        .await
-        .unwrap();
+    let mut client = r.mgmt_client().await;
     client
         .set_rebuild_throttle(SetRebuildThrottleRequest { bytes_per_second })
         .await
@@ -119,11 +116,12 @@ async fn set_throttle(r: &ReplicaProcess, bytes_per_second: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_up_one_to_three_under_load_rebuilds_in_full_and_a_restart_from_one_finds_all() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::of_test(dir.path());
     let reps: Vec<ReplicaProcess> = (0..3)
         .map(|i| replica(dir.path(), &format!("r{i}")))
         .collect();
     let addrs: Vec<SocketAddr> = reps.iter().map(|r| r.data).collect();
-    let volume = Volume::open(spec(&addrs[..1])).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs[..1])).await.unwrap();
     wait_healthy(&volume, 1).await;
     assert_eq!(volume.status().membership_generation, 1);
     let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
@@ -176,7 +174,7 @@ async fn scale_up_one_to_three_under_load_rebuilds_in_full_and_a_restart_from_on
     volume.close();
 
     // A restart naming only the first replica reaches all three.
-    let volume = Volume::open(spec(&addrs[..1])).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs[..1])).await.unwrap();
     wait_healthy(&volume, 3).await;
     let status = volume.status();
     let members: Vec<SocketAddr> = status.replicas.iter().map(|r| r.0).collect();
@@ -187,17 +185,18 @@ async fn scale_up_one_to_three_under_load_rebuilds_in_full_and_a_restart_from_on
     let epoch = status.epoch;
     volume.close();
     let acked = acked.lock().unwrap().clone();
-    check_replicas(&addrs, epoch + 1, &acked).await;
+    check_replicas(&pki, &addrs, epoch + 1, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_keeps_writes_going_and_a_removed_replica_is_never_dialled_again() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::of_test(dir.path());
     let reps: Vec<ReplicaProcess> = (0..3)
         .map(|i| replica(dir.path(), &format!("r{i}")))
         .collect();
     let addrs: Vec<SocketAddr> = reps.iter().map(|r| r.data).collect();
-    let volume = Volume::open(spec(&addrs)).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs)).await.unwrap();
     wait_healthy(&volume, 3).await;
     let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
     fill(&volume, &acked).await;
@@ -220,13 +219,13 @@ async fn scale_down_keeps_writes_going_and_a_removed_replica_is_never_dialled_ag
         addrs[..2]
     );
     assert_eq!(status.healthy, 2);
-    let removed_epoch = epoch_of(addrs[2]).await;
+    let removed_epoch = epoch_of(&pki, addrs[2]).await;
     assert_eq!(volume.submit(Op::Flush).await, Ok(Completion::Done));
     volume.close();
 
     // A restart with the original command line (all three, as `cstor up`
     // does) keeps the removed replica out: never claimed, never written.
-    let volume = Volume::open(spec(&addrs)).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs)).await.unwrap();
     wait_healthy(&volume, 2).await;
     let status = volume.status();
     assert_eq!(
@@ -243,21 +242,22 @@ async fn scale_down_keeps_writes_going_and_a_removed_replica_is_never_dialled_ag
         .await;
     assert_eq!(write, Ok(Completion::Done));
     acked.lock().unwrap()[lba as usize] = 99;
-    assert_eq!(epoch_of(addrs[2]).await, removed_epoch);
+    assert_eq!(epoch_of(&pki, addrs[2]).await, removed_epoch);
     let epoch = status.epoch;
     volume.close();
     let acked = acked.lock().unwrap().clone();
-    check_replicas(&addrs[..2], epoch + 1, &acked).await;
+    check_replicas(&pki, &addrs[..2], epoch + 1, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_is_replaced_by_a_fresh_pool_that_rebuilds_in_full() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::of_test(dir.path());
     let mut reps: Vec<ReplicaProcess> = (0..3)
         .map(|i| replica(dir.path(), &format!("r{i}")))
         .collect();
     let addrs: Vec<SocketAddr> = reps.iter().map(|r| r.data).collect();
-    let volume = Volume::open(spec(&addrs)).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs)).await.unwrap();
     wait_healthy(&volume, 3).await;
     let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
     fill(&volume, &acked).await;
@@ -285,7 +285,7 @@ async fn a_killed_replica_is_replaced_by_a_fresh_pool_that_rebuilds_in_full() {
     let epoch = status.epoch;
     volume.close();
     let acked = acked.lock().unwrap().clone();
-    check_replicas(&members, epoch + 1, &acked).await;
+    check_replicas(&pki, &members, epoch + 1, &acked).await;
 }
 
 /// The same through the binaries: `cstor ctl replica add|remove` against
@@ -293,6 +293,7 @@ async fn a_killed_replica_is_replaced_by_a_fresh_pool_that_rebuilds_in_full() {
 #[test]
 fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::of_test(dir.path());
     let reps: Vec<ReplicaProcess> = (0..2)
         .map(|i| replica(dir.path(), &format!("r{i}")))
         .collect();
@@ -309,11 +310,14 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         )
     };
     let mut target = start(free_addr());
-    wait_target_status(mgmt, "one healthy replica", Duration::from_secs(30), |s| {
-        replica_states(s) == ["healthy"]
-    });
-    let out = crate::common::cstor(&[
-        "ctl",
+    wait_target_status(
+        &pki,
+        mgmt,
+        "one healthy replica",
+        Duration::from_secs(30),
+        |s| replica_states(s) == ["healthy"],
+    );
+    let out = pki.ctl(&[
         "--target",
         &mgmt_arg,
         "replica",
@@ -321,7 +325,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         &reps[1].data.to_string(),
     ]);
     assert!(out.contains("membership generation 2"), "{out}");
-    let status = wait_target_status(mgmt, "two healthy", Duration::from_secs(30), |s| {
+    let status = wait_target_status(&pki, mgmt, "two healthy", Duration::from_secs(30), |s| {
         replica_states(s) == ["healthy", "healthy"]
     });
     assert_eq!(status["membership_generation"], 2);
@@ -330,14 +334,14 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         reps[1].data.to_string().as_str()
     );
     // The table names each replica's id and the membership generation.
-    let table = crate::common::cstor(&["ctl", "--target", &mgmt_arg, "status"]);
+    let table = pki.ctl(&["--target", &mgmt_arg, "status"]);
     assert!(table.contains("gen 2"), "{table}");
     // Both daemons' pools in one table; the throttle set on both.
     let (m0, m1) = (reps[0].mgmt.to_string(), reps[1].mgmt.to_string());
-    let pools = crate::common::cstor(&["ctl", "--mgmt", &m0, "--mgmt", &m1, "pool", "list"]);
+    let pools = pki.ctl(&["--mgmt", &m0, "--mgmt", &m1, "pool", "list"]);
     assert!(pools.contains(&m0) && pools.contains(&m1), "{pools}");
-    let set = crate::common::cstor(&[
-        "ctl", "--mgmt", &m0, "--mgmt", &m1, "--json", "rebuild", "throttle", "2MiB",
+    let set = pki.ctl(&[
+        "--mgmt", &m0, "--mgmt", &m1, "--json", "rebuild", "throttle", "2MiB",
     ]);
     let set: serde_json::Value = serde_json::from_str(&set).unwrap();
     for daemon in set.as_array().unwrap() {
@@ -347,6 +351,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
     target.kill9();
     let _target = start(free_addr());
     let status = wait_target_status(
+        &pki,
         mgmt,
         "both members after a restart",
         Duration::from_secs(30),
@@ -357,8 +362,7 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
         reps[1].data.to_string().as_str()
     );
 
-    let out = crate::common::cstor(&[
-        "ctl",
+    let out = pki.ctl(&[
         "--target",
         &mgmt_arg,
         "--json",
@@ -368,21 +372,17 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
     ]);
     let record: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(record["members"].as_array().unwrap().len(), 1);
-    wait_target_status(mgmt, "one member", Duration::from_secs(10), |s| {
+    wait_target_status(&pki, mgmt, "one member", Duration::from_secs(10), |s| {
         replica_states(s) == ["healthy"]
     });
     // The last member cannot go; the error says why.
-    let out = std::process::Command::new(crate::common::cstor_bin())
-        .args([
-            "ctl",
-            "--target",
-            &mgmt_arg,
-            "replica",
-            "remove",
-            &reps[0].data.to_string(),
-        ])
-        .output()
-        .unwrap();
+    let out = pki.ctl_output(&[
+        "--target",
+        &mgmt_arg,
+        "replica",
+        "remove",
+        &reps[0].data.to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("consistency factor"), "{stderr}");
@@ -395,11 +395,12 @@ fn ctl_adds_and_removes_replicas_and_a_restarted_target_keeps_the_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rf2_at_cf1_never_opens_from_the_stale_replica_alone_and_rebuilds_it() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::of_test(dir.path());
     let mut reps: Vec<ReplicaProcess> = (0..2)
         .map(|i| replica(dir.path(), &format!("r{i}")))
         .collect();
     let addrs: Vec<SocketAddr> = reps.iter().map(|r| r.data).collect();
-    let volume = Volume::open(spec(&addrs)).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs)).await.unwrap();
     wait_healthy(&volume, 2).await;
     assert_eq!(volume.status().cf, 2);
     let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
@@ -416,7 +417,7 @@ async fn rf2_at_cf1_never_opens_from_the_stale_replica_alone_and_rebuilds_it() {
     // Only the stale r1 is up: no target may open the volume from it.
     reps[0].kill9();
     reps[1].start();
-    let mut alone = spec(&addrs);
+    let mut alone = spec(&pki, &addrs);
     alone.open_timeout = Duration::from_secs(3);
     let refused = Volume::open(alone).await;
     assert!(
@@ -429,11 +430,11 @@ async fn rf2_at_cf1_never_opens_from_the_stale_replica_alone_and_rebuilds_it() {
 
     // Both up: r1 is rebuilt from r0 and both hold the newest data.
     reps[0].start();
-    let volume = Volume::open(spec(&addrs)).await.unwrap();
+    let volume = Volume::open(spec(&pki, &addrs)).await.unwrap();
     wait_healthy(&volume, 2).await;
     assert_eq!(volume.status().cf, 1);
     let epoch = volume.status().epoch;
     volume.close();
     let acked = acked.lock().unwrap().clone();
-    check_replicas(&addrs, epoch + 1, &acked).await;
+    check_replicas(&pki, &addrs, epoch + 1, &acked).await;
 }

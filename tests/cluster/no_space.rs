@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     free_addr, pattern, pattern_run, replica_states, target_status, wait_target_status,
-    IscsiSession, ReplicaProcess, ScsiOutcome, TargetProcess,
+    IscsiSession, ReplicaProcess, ScsiOutcome, TargetProcess, TestPki,
 };
 use bytes::Bytes;
 
@@ -122,14 +122,14 @@ struct StatePoller {
 }
 
 impl StatePoller {
-    fn start(mgmt: SocketAddr) -> StatePoller {
+    fn start(pki: &TestPki, mgmt: SocketAddr) -> StatePoller {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, out) = (stop.clone(), samples.clone());
+        let (s, out, pki) = (stop.clone(), samples.clone(), pki.clone());
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             while !s.load(Ordering::Relaxed) {
-                if let Some(status) = target_status(mgmt) {
+                if let Some(status) = target_status(&pki, mgmt) {
                     out.lock()
                         .unwrap()
                         .push((started.elapsed(), replica_states(&status)));
@@ -174,11 +174,11 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
     let (portal, mgmt) = (free_addr(), free_addr());
     let target = start_target(dir.path(), portal, mgmt, &reps);
     tokio::task::block_in_place(|| {
-        wait_target_status(mgmt, "3 healthy replicas", GUARD, |s| {
+        wait_target_status(&target.pki, mgmt, "3 healthy replicas", GUARD, |s| {
             replica_states(s).iter().all(|x| x == "healthy")
         })
     });
-    let poller = StatePoller::start(mgmt);
+    let poller = StatePoller::start(&target.pki, mgmt);
     let mut session = IscsiSession::login(portal, &target.iqn, INITIATOR)
         .await
         .unwrap();
@@ -201,7 +201,7 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
         );
     }
     let written = started.elapsed();
-    let status = target_status(mgmt).unwrap();
+    let status = target_status(&target.pki, mgmt).unwrap();
     let states = replica_states(&status);
     assert_ne!(states[1], "healthy", "the full replica: {status}");
     assert_eq!(states[0], "healthy", "{status}");
@@ -260,7 +260,7 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
         );
         eprintln!("write at {lba} failed after {:?}", at.elapsed());
     }
-    let status = target_status(mgmt).unwrap();
+    let status = target_status(&target.pki, mgmt).unwrap();
     let states = replica_states(&status);
     // Not read-only (below quorum for the hold): out of space. The LU does
     // not turn write protected, the volume answers each write.

@@ -11,9 +11,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{pattern, Client, ReplicaProcess, VolumeLoad};
+use crate::common::{pattern, ReplicaProcess, VolumeLoad};
 use bytes::{Bytes, BytesMut};
-use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{
     GetVolumeRequest, ReplicaState as MgmtReplicaState, SetRebuildThrottleRequest,
 };
@@ -43,7 +42,11 @@ fn show_rebuild_log(r: &ReplicaProcess) {
 }
 
 fn spec(replicas: &[ReplicaProcess]) -> VolumeSpec {
-    let mut spec = VolumeSpec::new("vol", replicas.iter().map(|r| r.data).collect());
+    let mut spec = VolumeSpec::new(
+        "vol",
+        replicas.iter().map(|r| r.data).collect(),
+        replicas[0].pki.target("vol"),
+    );
     spec.ack_timeout = Duration::from_secs(3);
     spec.hold = Duration::from_secs(6);
     spec.open_timeout = Duration::from_secs(20);
@@ -91,7 +94,7 @@ async fn fill(volume: &Volume, blocks: u64, generation: u64, acked: &Mutex<Vec<u
 async fn check_replicas(reps: &[ReplicaProcess], epoch: u64, acked: &[u64]) {
     let per_read = 256u64;
     for (i, r) in reps.iter().enumerate() {
-        let (mut client, _) = Client::open(r.data, "vol", epoch).await;
+        let (mut client, _) = r.open("vol", epoch).await;
         for first in (0..acked.len() as u64).step_by(per_read as usize) {
             let data = client.read(first * BLOCK, (per_read * BLOCK) as u32).await;
             for b in 0..per_read {
@@ -230,9 +233,7 @@ async fn a_rebuild_cut_by_a_crash_of_its_sink_resumes_and_finishes() {
     // ...and resumes from it after a restart, crawling at 256 KiB/s (the
     // rest would take 90 s) until the throttle is lifted at runtime.
     reps[2].start_with_env(&[("CSTOR_REBUILD_LIMIT", "256KiB")]);
-    let mut mgmt = ReplicaManagerClient::connect(format!("http://{}", reps[2].mgmt))
-        .await
-        .unwrap();
+    let mut mgmt = reps[2].mgmt_client().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let replica = loop {
         let replica = mgmt
@@ -281,9 +282,12 @@ async fn a_rebuild_cut_by_a_crash_of_its_sink_resumes_and_finishes() {
 
 /// `cstor ctl --target MGMT --json rebuild throttle RATE`: the rate the
 /// target holds afterwards.
-fn throttle_through_target(mgmt: std::net::SocketAddr, rate: &str) -> u64 {
-    let out = crate::common::cstor(&[
-        "ctl",
+fn throttle_through_target(
+    pki: &crate::common::TestPki,
+    mgmt: std::net::SocketAddr,
+    rate: &str,
+) -> u64 {
+    let out = pki.ctl(&[
         "--target",
         &mgmt.to_string(),
         "--json",
@@ -324,7 +328,7 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
     )
     .await;
     assert_eq!(u64::from(session.block_size), BLOCK);
-    crate::common::wait_target_status(mgmt, "3 healthy", GUARD, |s| s["healthy"] == 3);
+    crate::common::wait_target_status(&target.pki, mgmt, "3 healthy", GUARD, |s| s["healthy"] == 3);
 
     // Replica 2 misses 32 MiB of writes.
     reps[2].kill9();
@@ -341,10 +345,10 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
     assert!(session.sync_cache().await.unwrap().is_good());
 
     // Set while it is away: it learns the rate when it reconnects.
-    assert_eq!(throttle_through_target(mgmt, "1MiB"), LIMIT);
+    assert_eq!(throttle_through_target(&target.pki, mgmt, "1MiB"), LIMIT);
     let started = Instant::now();
     reps[2].start();
-    let paced = crate::common::wait_target_status(mgmt, "3 MiB rebuilt", GUARD, |s| {
+    let paced = crate::common::wait_target_status(&target.pki, mgmt, "3 MiB rebuilt", GUARD, |s| {
         s["replicas"][2]["rebuild"]["done_bytes"]
             .as_u64()
             .is_some_and(|d| d >= 3 << 20)
@@ -367,9 +371,11 @@ async fn a_throttle_set_through_the_target_paces_a_rebuild_until_raised() {
     assert_eq!(paced["rebuild_throttle_bytes_per_second"], LIMIT, "{paced}");
 
     // Raised: the rebuild finishes, and the counter holds all it copied.
-    assert_eq!(throttle_through_target(mgmt, "0"), 0);
+    assert_eq!(throttle_through_target(&target.pki, mgmt, "0"), 0);
     let healthy =
-        crate::common::wait_target_status(mgmt, "3 healthy again", GUARD, |s| s["healthy"] == 3);
+        crate::common::wait_target_status(&target.pki, mgmt, "3 healthy again", GUARD, |s| {
+            s["healthy"] == 3
+        });
     let rebuilt = healthy["replicas"][2]["rebuilt_bytes"].as_u64().unwrap();
     assert!(rebuilt >= blocks * BLOCK, "{healthy}");
     let epoch = healthy["epoch"].as_u64().unwrap();
@@ -389,7 +395,7 @@ async fn only_the_owning_session_sets_a_volume_rebuild_throttle() {
     let throttle = Message::RebuildThrottle {
         bytes_per_second: 3 << 20,
     };
-    let (mut probe, _) = Client::open(reps[0].data, "vol", 0).await;
+    let (mut probe, _) = reps[0].open("vol", 0).await;
     let refused = probe.call(throttle.clone()).await.unwrap();
     match refused.message {
         Message::Error(e) => assert_eq!(e.status, Status::StaleEpoch, "{e:?}"),
@@ -397,7 +403,7 @@ async fn only_the_owning_session_sets_a_volume_rebuild_throttle() {
     }
     let info = reps[0].volume_info("vol").await;
     assert_eq!(info.rebuild_throttle_bytes_per_second, 0, "{info:?}");
-    let (mut owner, _) = Client::open(reps[0].data, "vol", 1).await;
+    let (mut owner, _) = reps[0].open("vol", 1).await;
     let acked = owner.call(throttle).await.unwrap();
     assert_eq!(acked.message, Message::Ack(Opcode::RebuildThrottle));
     let info = reps[0].volume_info("vol").await;

@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{pattern, Client, ReplicaProcess, VolumeLoad};
+use crate::common::{pattern, ReplicaProcess, VolumeLoad};
 use bytes::{Bytes, BytesMut};
-use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, ListSnapshotsRequest};
 use cstor_target::volume::{Completion, Op, Volume, VolumeSpec};
 
@@ -39,7 +38,11 @@ fn replicas(dir: &std::path::Path) -> Vec<ReplicaProcess> {
 }
 
 fn spec(replicas: &[ReplicaProcess]) -> VolumeSpec {
-    let mut spec = VolumeSpec::new("vol", replicas.iter().map(|r| r.data).collect());
+    let mut spec = VolumeSpec::new(
+        "vol",
+        replicas.iter().map(|r| r.data).collect(),
+        replicas[0].pki.target("vol"),
+    );
     spec.ack_timeout = Duration::from_secs(3);
     spec.hold = Duration::from_secs(6);
     spec.open_timeout = Duration::from_secs(20);
@@ -98,7 +101,7 @@ async fn destroy(volume: &Volume, truth: &Mutex<Truth>, name: &str) {
 /// checks every block holds the generation `want` says (zeros for 0).
 async fn check(r: &ReplicaProcess, i: usize, volume: &str, epoch: u64, want: &[u64]) {
     let per_read = 256u64;
-    let (mut client, _) = Client::open(r.data, volume, epoch).await;
+    let (mut client, _) = r.open(volume, epoch).await;
     for first in (0..want.len() as u64).step_by(per_read as usize) {
         let data = client.read(first * BLOCK, (per_read * BLOCK) as u32).await;
         for b in 0..per_read {
@@ -126,9 +129,7 @@ async fn check(r: &ReplicaProcess, i: usize, volume: &str, epoch: u64, want: &[u
 async fn check_all(reps: &[ReplicaProcess], epoch: u64, truth: &Truth) {
     for (i, r) in reps.iter().enumerate() {
         check(r, i, "vol", epoch, &truth.live).await;
-        let mut mgmt = ReplicaManagerClient::connect(format!("http://{}", r.mgmt))
-            .await
-            .unwrap();
+        let mut mgmt = r.mgmt_client().await;
         let mut names: Vec<String> = mgmt
             .list_snapshots(ListSnapshotsRequest {
                 volume: "vol".into(),

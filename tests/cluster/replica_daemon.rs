@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::common::{pattern, Client, HelloOutcome, ReplicaProcess};
+use crate::common::{pattern, HelloOutcome, ReplicaProcess};
 use bytes::{Bytes, BytesMut};
 use cstor_proto::{
     Extent, Frame, FrameHeader, Message, Name, Opcode, SnapshotListRequest, Status, VersionRange,
@@ -32,7 +32,7 @@ fn error_status(message: &Message) -> Status {
 #[tokio::test]
 async fn write_read_flush_and_snapshot_over_the_wire() {
     let (_dir, replica) = setup("64MiB");
-    let (mut client, ack) = Client::open(replica.data, "vol1", 1).await;
+    let (mut client, ack) = replica.open("vol1", 1).await;
     assert_eq!(ack.volume_size_bytes, 64 << 20);
     assert_eq!(ack.block_size_bytes, 4096);
     assert_eq!(ack.highest_epoch_seen, 1);
@@ -118,7 +118,7 @@ async fn write_read_flush_and_snapshot_over_the_wire() {
 #[tokio::test]
 async fn many_pipelined_writes_complete_and_overlapping_ones_keep_their_order() {
     let (_dir, replica) = setup("64MiB");
-    let (mut client, _) = Client::open(replica.data, "vol1", 1).await;
+    let (mut client, _) = replica.open("vol1", 1).await;
     // 200 writes in flight at once, every 10th to the same block: the last
     // one sent must be what the block holds.
     let mut expected = BTreeMap::new();
@@ -150,13 +150,13 @@ async fn many_pipelined_writes_complete_and_overlapping_ones_keep_their_order() 
 #[tokio::test]
 async fn an_older_target_is_refused_and_a_newer_one_cuts_it() {
     let (_dir, mut replica) = setup("16MiB");
-    let (mut old, _) = Client::open(replica.data, "vol1", 5).await;
+    let (mut old, _) = replica.open("vol1", 5).await;
     assert_eq!(
         old.write(0, pattern(0, 1, 4096)).await,
         Message::Ack(Opcode::Write)
     );
 
-    let (mut new, ack) = Client::open(replica.data, "vol1", 7).await;
+    let (mut new, ack) = replica.open("vol1", 7).await;
     assert_eq!(ack.highest_epoch_seen, 7);
     // The old session is cut: its next request gets no answer but a close
     // (or, if it raced the cut, a StaleEpoch refusal), and never lands.
@@ -176,18 +176,18 @@ async fn an_older_target_is_refused_and_a_newer_one_cuts_it() {
 
     // An epoch between the two is stale, and so is the same epoch while the
     // newer session lives (a second target that picked the same number).
-    let mut stale = Client::connect(replica.data).await;
+    let mut stale = replica.connect("vol1").await;
     match stale.hello("vol1", 6, 1).await {
         HelloOutcome::Refused(m) => assert_eq!(error_status(&m), Status::StaleEpoch),
         HelloOutcome::Accepted(a) => panic!("stale epoch accepted: {a:?}"),
     }
-    let mut twin = Client::connect(replica.data).await;
+    let mut twin = replica.connect("vol1").await;
     match twin.hello("vol1", 7, 1).await {
         HelloOutcome::Refused(m) => assert_eq!(error_status(&m), Status::Busy),
         HelloOutcome::Accepted(a) => panic!("second owner accepted: {a:?}"),
     }
     // A probe (epoch 0) may look but not write.
-    let (mut probe, ack) = Client::open(replica.data, "vol1", 0).await;
+    let (mut probe, ack) = replica.open("vol1", 0).await;
     assert_eq!(ack.highest_epoch_seen, 7);
     let refused = probe.write(0, pattern(0, 5, 4096)).await;
     assert_eq!(error_status(&refused), Status::StaleEpoch);
@@ -196,7 +196,7 @@ async fn an_older_target_is_refused_and_a_newer_one_cuts_it() {
     drop((new, probe));
     assert!(replica.terminate(), "unclean exit: {}", replica.log_text());
     replica.start();
-    let mut after = Client::connect(replica.data).await;
+    let mut after = replica.connect("vol1").await;
     match after.hello("vol1", 6, 1).await {
         HelloOutcome::Refused(m) => assert_eq!(error_status(&m), Status::StaleEpoch),
         HelloOutcome::Accepted(a) => panic!("stale epoch accepted after restart: {a:?}"),
@@ -206,17 +206,17 @@ async fn an_older_target_is_refused_and_a_newer_one_cuts_it() {
 #[tokio::test]
 async fn malformed_input_gets_an_error_or_a_close_and_the_daemon_keeps_serving() {
     let (_dir, replica) = setup("16MiB");
-    let (mut good, _) = Client::open(replica.data, "vol1", 1).await;
+    let (mut good, _) = replica.open("vol1", 1).await;
     good.write(0, pattern(0, 1, 4096)).await;
 
     // Garbage bytes: the connection is closed.
-    let mut garbage = Client::connect(replica.data).await;
+    let mut garbage = replica.connect("vol1").await;
     garbage.send_raw(&[0xAB; 200]).await.unwrap();
     assert!(garbage.recv().await.is_none());
 
     // A header announcing a payload beyond the bound: closed before any
     // allocation of that size.
-    let mut huge = Client::connect(replica.data).await;
+    let mut huge = replica.connect("vol1").await;
     let mut frame = BytesMut::new();
     Frame {
         header: header(Opcode::Heartbeat.to_u16(), 1),
@@ -231,7 +231,7 @@ async fn malformed_input_gets_an_error_or_a_close_and_the_daemon_keeps_serving()
     assert!(huge.recv().await.is_none());
 
     // A corrupted payload checksum: closed.
-    let mut corrupt = Client::connect(replica.data).await;
+    let mut corrupt = replica.connect("vol1").await;
     let mut frame = BytesMut::new();
     Frame {
         header: header(Opcode::Hello.to_u16(), 1),
@@ -245,7 +245,7 @@ async fn malformed_input_gets_an_error_or_a_close_and_the_daemon_keeps_serving()
     assert!(corrupt.recv().await.is_none());
 
     // No common version: a VersionMismatch reply naming our range.
-    let mut future = Client::connect(replica.data).await;
+    let mut future = replica.connect("vol1").await;
     let hello = Message::Hello(cstor_proto::Hello {
         versions: VersionRange { min: 900, max: 901 },
         volume: Name::new("vol1").unwrap(),
@@ -259,7 +259,7 @@ async fn malformed_input_gets_an_error_or_a_close_and_the_daemon_keeps_serving()
     );
 
     // Unknown volume: NotFound.
-    let mut lost = Client::connect(replica.data).await;
+    let mut lost = replica.connect("nope").await;
     match lost.hello("nope", 1, 1).await {
         HelloOutcome::Refused(m) => assert_eq!(error_status(&m), Status::NotFound),
         HelloOutcome::Accepted(a) => panic!("{a:?}"),
@@ -267,7 +267,7 @@ async fn malformed_input_gets_an_error_or_a_close_and_the_daemon_keeps_serving()
 
     // Inside a session: an unknown opcode and a malformed payload get error
     // replies with their io_seq, and the session goes on.
-    let (mut session, _) = Client::open(replica.data, "vol1", 2).await;
+    let (mut session, _) = replica.open("vol1", 2).await;
     let mut h = header(0x0777, 4242);
     h.session_id = session.session_id;
     h.epoch = session.epoch;
@@ -298,7 +298,7 @@ async fn malformed_input_gets_an_error_or_a_close_and_the_daemon_keeps_serving()
 
     // The first session (cut by the newer epoch 2) is gone, but the daemon
     // serves new ones.
-    let (mut again, _) = Client::open(replica.data, "vol1", 3).await;
+    let (mut again, _) = replica.open("vol1", 3).await;
     assert_eq!(again.read(0, 4096).await, pattern(0, 1, 4096));
 }
 
@@ -319,7 +319,7 @@ fn header(opcode: u16, io_seq: u64) -> FrameHeader {
 #[tokio::test]
 async fn every_flushed_write_survives_sigkill_under_load() {
     let (_dir, mut replica) = setup("64MiB");
-    let (mut client, _) = Client::open(replica.data, "vol1", 1).await;
+    let (mut client, _) = replica.open("vol1", 1).await;
     // Writes to distinct blocks, 16 in flight, a flush after every 32; the
     // daemon is SIGKILLed in the middle of the stream. A flush covers every
     // write sent before it (the replica orders it after them), so once it
@@ -367,7 +367,7 @@ async fn every_flushed_write_survives_sigkill_under_load() {
     replica.kill9();
     assert!(durable_below >= 32 * kill_after_flushes);
     replica.start();
-    let (mut reader, _) = Client::open(replica.data, "vol1", 2).await;
+    let (mut reader, _) = replica.open("vol1", 2).await;
     for lba in 0..durable_below {
         let data = reader.read(lba * BLOCK, BLOCK as u32).await;
         assert!(
@@ -381,7 +381,7 @@ async fn every_flushed_write_survives_sigkill_under_load() {
 #[tokio::test]
 async fn sigterm_closes_the_pool_cleanly_and_keeps_acknowledged_writes() {
     let (_dir, mut replica) = setup("16MiB");
-    let (mut client, first) = Client::open(replica.data, "vol1", 1).await;
+    let (mut client, first) = replica.open("vol1", 1).await;
     for lba in 0..20u64 {
         client
             .write(lba * BLOCK, pattern(lba, 3, BLOCK as usize))
@@ -390,7 +390,7 @@ async fn sigterm_closes_the_pool_cleanly_and_keeps_acknowledged_writes() {
     // No flush: a graceful shutdown commits what was acknowledged.
     assert!(replica.terminate(), "unclean exit: {}", replica.log_text());
     replica.start();
-    let (mut reader, ack) = Client::open(replica.data, "vol1", 2).await;
+    let (mut reader, ack) = replica.open("vol1", 2).await;
     // Committed at shutdown, without a flush: durable through the last write.
     assert!(ack.last_durable_io_seq >= 20);
     // Identity survives a restart and matches what the management API says.
@@ -418,19 +418,7 @@ fn management_calls_are_idempotent_and_refuse_conflicts_clearly() {
     replica.ctl(&["volume", "create", "a", "--size", "32MiB"]);
     // Same request again: fine. Different size: a precise refusal.
     replica.ctl(&["volume", "create", "a", "--size", "32MiB"]);
-    let out = std::process::Command::new(crate::common::cstor_bin())
-        .args([
-            "ctl",
-            "--mgmt",
-            &replica.mgmt_arg(),
-            "volume",
-            "create",
-            "a",
-            "--size",
-            "64MiB",
-        ])
-        .output()
-        .unwrap();
+    let out = replica.ctl_output(&["volume", "create", "a", "--size", "64MiB"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -438,20 +426,7 @@ fn management_calls_are_idempotent_and_refuse_conflicts_clearly() {
         "{err}"
     );
     // A thick volume larger than the pool is refused.
-    let out = std::process::Command::new(crate::common::cstor_bin())
-        .args([
-            "ctl",
-            "--mgmt",
-            &replica.mgmt_arg(),
-            "volume",
-            "create",
-            "big",
-            "--size",
-            "1GiB",
-            "--thick",
-        ])
-        .output()
-        .unwrap();
+    let out = replica.ctl_output(&["volume", "create", "big", "--size", "1GiB", "--thick"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ResourceExhausted"));
     // Grow, list (JSON), delete twice.
@@ -484,6 +459,8 @@ fn a_missing_pool_a_busy_device_and_a_used_address_are_clear_errors() {
                 listen,
                 "--mgmt-listen",
                 mgmt,
+                // This test is about the pool and the addresses.
+                "--insecure-plaintext",
             ])
             .output()
             .unwrap()
@@ -542,7 +519,7 @@ async fn io_mode_picks_the_page_cache_or_o_direct_and_data_moves_between_them() 
     };
     // The default is buffered: through the page cache.
     assert!(!direct_io(&replica));
-    let (mut client, _) = Client::open(replica.data, "vol1", 1).await;
+    let (mut client, _) = replica.open("vol1", 1).await;
     for lba in 0..64u64 {
         client
             .write(lba * BLOCK, pattern(lba, 5, BLOCK as usize))
@@ -559,7 +536,7 @@ async fn io_mode_picks_the_page_cache_or_o_direct_and_data_moves_between_them() 
         "{}",
         replica.log_text()
     );
-    let (mut client, _) = Client::open(replica.data, "vol1", 2).await;
+    let (mut client, _) = replica.open("vol1", 2).await;
     for lba in 0..64u64 {
         assert_eq!(
             client.read(lba * BLOCK, BLOCK as u32).await,

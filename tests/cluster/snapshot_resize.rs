@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{free_addr, pattern, Client, ReplicaProcess, TargetProcess};
+use crate::common::{free_addr, pattern, ReplicaProcess, TargetProcess};
 use bytes::Bytes;
 use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
 use cstor_mgmt::v1::{CreateVolumeRequest, GetVolumeRequest};
@@ -35,7 +35,11 @@ fn replicas(n: usize, dir: &std::path::Path) -> Vec<ReplicaProcess> {
 }
 
 fn spec(replicas: &[ReplicaProcess]) -> VolumeSpec {
-    let mut spec = VolumeSpec::new("vol", replicas.iter().map(|r| r.data).collect());
+    let mut spec = VolumeSpec::new(
+        "vol",
+        replicas.iter().map(|r| r.data).collect(),
+        replicas[0].pki.target("vol"),
+    );
     // Generous: a replica dropped as slow on a busy 2-core machine would
     // miss the snapshot and make the test about something else.
     spec.ack_timeout = Duration::from_secs(15);
@@ -122,7 +126,7 @@ impl Load {
 /// Reads blocks `0..blocks` of volume replica `volume` on replica `r`
 /// alone, in a fresh session.
 async fn read_replica(r: &ReplicaProcess, volume: &str, blocks: u64) -> Vec<Bytes> {
-    let (mut client, _) = Client::open(r.data, volume, 1).await;
+    let (mut client, _) = r.open(volume, 1).await;
     let data = client.read(0, (blocks * BLOCK) as u32).await;
     (0..blocks)
         .map(|b| data.slice((b * BLOCK) as usize..((b + 1) * BLOCK) as usize))
@@ -130,9 +134,7 @@ async fn read_replica(r: &ReplicaProcess, volume: &str, blocks: u64) -> Vec<Byte
 }
 
 async fn replica_mgmt(r: &ReplicaProcess) -> ReplicaManagerClient<tonic::transport::Channel> {
-    ReplicaManagerClient::connect(format!("http://{}", r.mgmt))
-        .await
-        .unwrap()
+    r.mgmt_client().await
 }
 
 fn generation_of(block: &[u8]) -> u64 {
@@ -230,7 +232,7 @@ async fn a_snapshot_under_write_load_holds_exactly_the_writes_acknowledged_befor
     let epoch = volume.status().epoch + 1;
     volume.close();
     for (i, r) in reps.iter().enumerate() {
-        let (mut client, _) = Client::open(r.data, "vol", epoch).await;
+        let (mut client, _) = r.open("vol", epoch).await;
         let live = client.read(0, (blocks * BLOCK) as u32).await;
         for lba in 0..blocks as usize {
             let block = &live[lba * BLOCK as usize..(lba + 1) * BLOCK as usize];
@@ -327,7 +329,7 @@ fn ctl_drives_snapshots_and_resize_through_the_target_management_api() {
     let reps = replicas(2, dir.path());
     let mgmt = free_addr().to_string();
     let data: Vec<_> = reps.iter().map(|r| r.data).collect();
-    let _target = TargetProcess::start_with(
+    let target = TargetProcess::start_with(
         dir.path(),
         free_addr(),
         "vol",
@@ -336,9 +338,9 @@ fn ctl_drives_snapshots_and_resize_through_the_target_management_api() {
         &[],
     );
     let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--target", &mgmt];
+        let mut all = vec!["--target", &mgmt];
         all.extend_from_slice(args);
-        crate::common::cstor(&all)
+        target.pki.ctl(&all)
     };
     // The target claims its replicas in the background.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -375,10 +377,9 @@ fn ctl_drives_snapshots_and_resize_through_the_target_management_api() {
         serde_json::from_str(&ctl(&["snapshot", "list", "--json"])).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 0);
     // Shrinking is refused with the target's reason.
-    let out = std::process::Command::new(crate::common::cstor_bin())
-        .args(["ctl", "--target", &mgmt, "resize", "--size", "64MiB"])
-        .output()
-        .unwrap();
+    let out = target
+        .pki
+        .ctl_output(&["--target", &mgmt, "resize", "--size", "64MiB"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot shrink"), "{stderr}");
@@ -416,7 +417,7 @@ async fn a_replica_that_missed_a_grow_is_grown_when_it_returns_and_rebuilt() {
     assert_eq!(replica.size_bytes, new_size);
     let epoch = volume.status().epoch + 1;
     volume.close();
-    let (mut client, _) = Client::open(reps[2].data, "vol", epoch).await;
+    let (mut client, _) = reps[2].open("vol", epoch).await;
     let block = client.read(lba * BLOCK, BLOCK as u32).await;
     assert_eq!(block, pattern(lba, 3, BLOCK as usize));
 }
@@ -425,7 +426,14 @@ async fn a_replica_that_missed_a_grow_is_grown_when_it_returns_and_rebuilt() {
 fn ctl_names_an_unreachable_target() {
     let addr = free_addr().to_string();
     let out = std::process::Command::new(crate::common::cstor_bin())
-        .args(["ctl", "--target", &addr, "snapshot", "list"])
+        .args([
+            "ctl",
+            "--target",
+            &addr,
+            "--insecure-plaintext",
+            "snapshot",
+            "list",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -1,16 +1,25 @@
 //! `cstor up` as a new user runs it: replicas and a target as separate
 //! processes on loopback, a killed replica restarted, Ctrl-C stopping all,
 //! and a second run on the same directory bringing the same volume back.
+//! Its links are mutual TLS with a CA of its own, and `cstor ctl
+//! --state-dir` reaches everything with no other flag; `--insecure-plaintext`
+//! is the explicit way out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{cstor, cstor_bin, free_addr};
+use cstor_tls::{Credentials, Identity};
 
 fn up(state: &Path, portal: std::net::SocketAddr, base_port: u16) -> Child {
+    up_with(state, portal, base_port, &[])
+}
+
+fn up_with(state: &Path, portal: std::net::SocketAddr, base_port: u16, extra: &[&str]) -> Child {
     Command::new(cstor_bin())
         .args(["up", "--replicas", "3", "--size", "64MiB", "--state-dir"])
         .arg(state)
@@ -20,10 +29,41 @@ fn up(state: &Path, portal: std::net::SocketAddr, base_port: u16) -> Child {
             "--base-port",
             &base_port.to_string(),
         ])
+        .args(extra)
+        .env_remove("CSTOR_TLS_DIR")
+        .env_remove("CSTOR_INSECURE_PLAINTEXT")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// `cstor ctl --state-dir STATE ARGS` (nothing else: the state directory
+/// names the addresses and the identity).
+fn ctl_state(state: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cstor_bin())
+        .arg("ctl")
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("CSTOR_TLS_DIR")
+        .env_remove("CSTOR_INSECURE_PLAINTEXT")
+        .env_remove("CSTOR_STATE_DIR")
+        .output()
+        .unwrap()
+}
+
+/// The target's status through `cstor ctl --state-dir`, or Null while it
+/// does not answer.
+fn status_of(state: &Path) -> serde_json::Value {
+    let out = ctl_state(state, &["--json", "status"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn all_healthy(status: &serde_json::Value) -> bool {
+    status["replicas"]
+        .as_array()
+        .is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["state"] == "healthy"))
 }
 
 fn cluster(state: &Path) -> serde_json::Value {
@@ -100,26 +140,90 @@ fn up_runs_restarts_stops_and_comes_back_with_the_same_volume() {
     let target_pid = c["target"]["pid"].as_u64().unwrap();
     assert!(alive(target_pid));
     let mgmt = replicas[0]["mgmt"].as_str().unwrap().to_string();
-    let listed: serde_json::Value = serde_json::from_str(&cstor(&[
-        "ctl", "--mgmt", &mgmt, "--json", "volume", "list",
-    ]))
-    .unwrap();
+    let listed = ctl_state(&state, &["--mgmt", &mgmt, "--json", "volume", "list"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["name"], "vol1");
     assert_eq!(listed[0]["size_bytes"], 64 << 20);
     let replica_id = listed[0]["replica_id"].clone();
-    // The target's view: three healthy replicas, read-write.
+    // The target's view through `ctl --state-dir` alone: three healthy
+    // replicas, read-write, over mutual TLS.
+    wait_until("three healthy replicas", || all_healthy(&status_of(&state)));
+    let status = status_of(&state);
+    assert_eq!(status["insecure_plaintext"], false, "{status}");
+    assert_eq!(status["links"], "mutual TLS", "{status}");
+    // Every daemon's pool, each over TLS.
+    let pools = ctl_state(&state, &["--json", "pool", "list"]);
+    assert!(pools.status.success());
+    let pools: serde_json::Value = serde_json::from_slice(&pools.stdout).unwrap();
+    assert_eq!(pools.as_array().unwrap().len(), 3, "{pools}");
+    for pool in pools.as_array().unwrap() {
+        assert_eq!(pool["insecure_plaintext"], false, "{pool}");
+    }
+
+    // The certificates: a CA, a directory per process and for the
+    // operator, each with its identity, private files; cluster.json names
+    // them. Without them (plaintext, or no identity), nothing answers.
+    assert_eq!(c["insecure_plaintext"], false);
+    let tls = state.join("tls");
+    for (i, r) in replicas.iter().enumerate() {
+        let dir = tls.join(format!("replica-{i}"));
+        assert_eq!(r["tls_dir"], dir.to_str().unwrap());
+        assert_eq!(
+            Credentials::load(&dir).unwrap().identity(),
+            Identity::Replica {
+                pool: format!("pool-{i}")
+            }
+        );
+    }
+    assert_eq!(
+        Credentials::load(&tls.join("target")).unwrap().identity(),
+        Identity::Target {
+            volumes: vec!["vol1".into()]
+        }
+    );
+    assert_eq!(c["tls"]["admin"], tls.join("admin").to_str().unwrap());
+    for (name, identity) in [("admin", Identity::Admin), ("reader", Identity::Reader)] {
+        assert_eq!(
+            Credentials::load(&tls.join(name)).unwrap().identity(),
+            identity
+        );
+    }
+    for file in [
+        "ca/ca.key",
+        "admin/tls.key",
+        "target/tls.key",
+        "replica-0/tls.key",
+    ] {
+        let mode = std::fs::metadata(tls.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
     let target_mgmt = c["target"]["mgmt"].as_str().unwrap().to_string();
-    wait_until("three healthy replicas", || {
-        let out = std::process::Command::new(cstor_bin())
-            .args(["ctl", "--target", &target_mgmt, "--json", "status"])
-            .output()
-            .unwrap();
-        let status: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        status["replicas"]
-            .as_array()
-            .is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["state"] == "healthy"))
-    });
+    let plain = Command::new(cstor_bin())
+        .args([
+            "ctl",
+            "--insecure-plaintext",
+            "--target",
+            &target_mgmt,
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        plain.status.code(),
+        Some(1),
+        "a plaintext client was served"
+    );
+    let admin_cert = std::fs::read(tls.join("admin/tls.crt")).unwrap();
+    // A lost directory is issued again at the next start; the others stay.
+    std::fs::remove_dir_all(tls.join("reader")).unwrap();
 
     // Kill one replica: it is restarted under a new pid and the count shows.
     let victim = replicas[1]["pid"].as_u64().unwrap();
@@ -158,10 +262,61 @@ fn up_runs_restarts_stops_and_comes_back_with_the_same_volume() {
     wait_until("the portal again", || {
         std::net::TcpStream::connect(portal).is_ok()
     });
-    let listed: serde_json::Value = serde_json::from_str(&cstor(&[
-        "ctl", "--mgmt", &mgmt, "--json", "volume", "list",
+    let listed = ctl_state(&state, &["--mgmt", &mgmt, "--json", "volume", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["replica_id"], replica_id);
+    assert_eq!(
+        std::fs::read(tls.join("admin/tls.crt")).unwrap(),
+        admin_cert,
+        "the admin certificate was issued anew"
+    );
+    assert_eq!(
+        Credentials::load(&tls.join("reader")).unwrap().identity(),
+        Identity::Reader
+    );
+    wait_until("three healthy replicas again", || {
+        all_healthy(&status_of(&state))
+    });
+    stop(child);
+}
+
+/// `cstor up --insecure-plaintext`: no CA, every child in plaintext (the
+/// explicit way out), recorded in cluster.json so that `ctl --state-dir`
+/// talks plaintext too, and shown in status.
+#[test]
+fn up_in_plaintext_only_when_asked_and_ctl_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let portal = free_addr();
+    let base = free_base_port();
+    let child = up_with(&state, portal, base, &["--insecure-plaintext"]);
+    wait_until("cluster.json", || state.join("cluster.json").exists());
+    let c = cluster(&state);
+    assert_eq!(c["insecure_plaintext"], true);
+    assert!(c["tls"].is_null(), "{c}");
+    assert!(!state.join("tls").exists(), "a CA was made for plaintext");
+    wait_until("three healthy replicas", || all_healthy(&status_of(&state)));
+    let status = status_of(&state);
+    assert_eq!(status["insecure_plaintext"], true, "{status}");
+    assert_eq!(status["links"], "PLAINTEXT (insecure)", "{status}");
+    let table = ctl_state(&state, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("PLAINTEXT (insecure)"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    // A plaintext client with no state directory reaches it too.
+    let mgmt = c["replicas"][0]["mgmt"].as_str().unwrap();
+    let pool: serde_json::Value = serde_json::from_str(&cstor(&[
+        "ctl",
+        "--insecure-plaintext",
+        "--mgmt",
+        mgmt,
+        "--json",
+        "pool",
+        "status",
     ]))
     .unwrap();
-    assert_eq!(listed[0]["replica_id"], replica_id);
+    assert_eq!(pool["insecure_plaintext"], true);
     stop(child);
 }

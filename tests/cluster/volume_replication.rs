@@ -25,7 +25,11 @@ fn replicas(n: usize, dir: &std::path::Path) -> Vec<ReplicaProcess> {
 }
 
 fn spec(replicas: &[ReplicaProcess]) -> VolumeSpec {
-    let mut spec = VolumeSpec::new("vol", replicas.iter().map(|r| r.data).collect());
+    let mut spec = VolumeSpec::new(
+        "vol",
+        replicas.iter().map(|r| r.data).collect(),
+        replicas[0].pki.target("vol"),
+    );
     spec.ack_timeout = Duration::from_secs(2);
     spec.hold = Duration::from_secs(4);
     spec.open_timeout = Duration::from_secs(20);

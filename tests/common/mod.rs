@@ -1,6 +1,12 @@
 //! Shared pieces of the cross-process tests: a replica daemon run as a real
 //! `cstor replica run` child process on loopback, and a small target-side
 //! client built on `cstor-proto`.
+//!
+//! Every link is mutual TLS, as in production: each test directory has its
+//! own CA ([`TestPki`]), and the processes started here, the test's own
+//! target-side [`Client`], its management clients and its `cstor ctl`
+//! runs get certificates of that CA for their role. A test opts into
+//! plaintext explicitly ([`Links::Plaintext`], `--insecure-plaintext`).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,11 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
 use bytes::{Bytes, BytesMut};
+use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
+use cstor_mgmt::v1::target_manager_client::TargetManagerClient;
 use cstor_proto::{Auth, Frame, FrameCodec, Hello, HelloAck, Message, Name, Packet, VersionRange};
+use cstor_tls::{Ca, Credentials, Identity, Role, Security, Validity};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
+use tonic::transport::Channel;
 
 pub fn cstor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cstor")
@@ -43,19 +55,246 @@ pub fn cstor(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+// ------------------------------------------------------------------ PKI
+
+/// Certificates of a test: a CA of its own (in `DIR/pki/ca`) and a TLS
+/// directory per identity (`DIR/pki/<identity>`), issued on first use.
+/// Cheap to clone (the clones share the CA).
+#[derive(Clone)]
+pub struct TestPki {
+    dir: PathBuf,
+    ca: Arc<RwLock<Ca>>,
+}
+
+/// Serialises creating CAs and issuing between the tests of a binary (each
+/// test has its own directory; this only keeps two helpers of one test
+/// from racing on the same files).
+static PKI_LOCK: Mutex<()> = Mutex::new(());
+
+/// Validity of the test certificates.
+const TEST_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// How the processes a helper starts secure their links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Mutual TLS with certificates of the test's CA (the default).
+    Tls,
+    /// `--insecure-plaintext`, chosen explicitly by the test.
+    Plaintext,
+}
+
+impl TestPki {
+    /// The PKI of `dir`: its CA is created in `dir/pki/ca` on first use and
+    /// loaded afterwards. Two directories have two unrelated CAs.
+    pub fn new(dir: &Path) -> TestPki {
+        let _guard = PKI_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let pki = dir.join("pki");
+        let ca_dir = pki.join("ca");
+        let ca = if ca_dir.join(cstor_tls::issue::CA_KEY_FILE).exists() {
+            Ca::load(&ca_dir).unwrap()
+        } else {
+            let ca = Ca::generate(
+                &format!("cstor test CA {}", rand_u64()),
+                Validity::from_now(TEST_CERT_VALIDITY),
+            )
+            .unwrap();
+            ca.save(&ca_dir).unwrap();
+            ca
+        };
+        TestPki {
+            dir: pki,
+            ca: Arc::new(RwLock::new(ca)),
+        }
+    }
+
+    /// The PKI of the test that owns `path`: the one of its top directory
+    /// (the temporary directory directly under the system's temp dir that
+    /// `path` lies in; `path` itself when it is not under it). Every helper
+    /// of a test finds the same CA this way, whichever subdirectory it was
+    /// given.
+    pub fn of_test(path: &Path) -> TestPki {
+        let tmp = std::env::temp_dir();
+        let tmp = tmp.canonicalize().unwrap_or(tmp);
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let root = path
+            .ancestors()
+            .find(|a| a.parent() == Some(tmp.as_path()))
+            .unwrap_or(&path);
+        TestPki::new(root)
+    }
+
+    /// The CA's directory (`ca.crt`, `ca.key`), e.g. for the CSI
+    /// controller's `--tls-ca-dir`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
+
+    /// The TLS directory of `identity`, issued if it does not exist yet.
+    pub fn dir_of(&self, identity: &Identity) -> PathBuf {
+        let name: String = identity
+            .uris()
+            .join("+")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let dir = self.dir.join(name);
+        let _guard = PKI_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        if !dir.join(cstor_tls::issue::CERT_FILE).exists() {
+            let ca = self.ca.read().unwrap_or_else(PoisonError::into_inner);
+            ca.issue_dir(identity, Validity::from_now(TEST_CERT_VALIDITY), &dir)
+                .unwrap();
+        }
+        dir
+    }
+
+    pub fn target_dir(&self, volume: &str) -> PathBuf {
+        self.dir_of(&Identity::Target {
+            volumes: vec![volume.to_owned()],
+        })
+    }
+
+    pub fn replica_dir(&self, pool: &str) -> PathBuf {
+        self.dir_of(&Identity::Replica {
+            pool: pool.to_owned(),
+        })
+    }
+
+    pub fn admin_dir(&self) -> PathBuf {
+        self.dir_of(&Identity::Admin)
+    }
+
+    pub fn reader_dir(&self) -> PathBuf {
+        self.dir_of(&Identity::Reader)
+    }
+
+    /// The credentials of `identity`, as a process would load them.
+    pub fn security(&self, identity: &Identity) -> Security {
+        Security::Tls(Credentials::load(&self.dir_of(identity)).unwrap())
+    }
+
+    pub fn admin(&self) -> Security {
+        self.security(&Identity::Admin)
+    }
+
+    pub fn reader(&self) -> Security {
+        self.security(&Identity::Reader)
+    }
+
+    /// A target's credentials for `volume` (what the test's [`Client`]
+    /// presents to a replica).
+    pub fn target(&self, volume: &str) -> Security {
+        self.security(&Identity::Target {
+            volumes: vec![volume.to_owned()],
+        })
+    }
+
+    /// A replica daemon's management API, as admin.
+    pub async fn replica_mgmt(&self, addr: SocketAddr) -> ReplicaManagerClient<Channel> {
+        ReplicaManagerClient::new(mgmt_channel(&self.admin(), addr, Role::Replica).await)
+    }
+
+    /// A target's management API, as admin.
+    pub async fn target_mgmt(&self, addr: SocketAddr) -> TargetManagerClient<Channel> {
+        TargetManagerClient::new(mgmt_channel(&self.admin(), addr, Role::Target).await)
+    }
+
+    /// `cstor ctl --tls-dir <admin> ARGS`; panics with its stderr if it
+    /// fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let admin = self.admin_dir();
+        let mut all = vec!["ctl", "--tls-dir", admin.to_str().unwrap()];
+        all.extend_from_slice(args);
+        cstor(&all)
+    }
+
+    /// `cstor ctl --tls-dir <admin> ARGS` as it ended.
+    pub fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(cstor_bin())
+            .arg("ctl")
+            .arg("--tls-dir")
+            .arg(self.admin_dir())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Replaces every certificate: a new CA, and every TLS directory issued
+    /// so far gets the new CA as its only trusted one and a new certificate
+    /// and key from it (the same identity). Processes reading these
+    /// directories reload them at their next poll.
+    pub fn rotate_ca(&self) {
+        let _guard = PKI_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let new = Ca::generate(
+            &format!("cstor test CA {}", rand_u64()),
+            Validity::from_now(TEST_CERT_VALIDITY),
+        )
+        .unwrap();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let dir = entry.unwrap().path();
+            if dir == self.ca_dir() || !dir.join(cstor_tls::issue::CERT_FILE).exists() {
+                continue;
+            }
+            let identity = Credentials::load(&dir).unwrap().identity();
+            new.issue_dir(&identity, Validity::from_now(TEST_CERT_VALIDITY), &dir)
+                .unwrap();
+        }
+        let ca_dir = self.ca_dir();
+        for f in [cstor_tls::issue::CA_FILE, cstor_tls::issue::CA_KEY_FILE] {
+            let _ = std::fs::remove_file(ca_dir.join(f));
+        }
+        new.save(&ca_dir).unwrap();
+        *self.ca.write().unwrap_or_else(PoisonError::into_inner) = new;
+    }
+}
+
+/// A management channel secured by `security` to a server of `role`;
+/// retried while the server starts (a hang guard of 30 s).
+pub async fn mgmt_channel(security: &Security, addr: SocketAddr, role: Role) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cstor_tls::grpc::channel(&addr.to_string(), security, &[role]).await {
+            Ok(channel) => return channel,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no management channel to {addr}: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pool name every [`ReplicaProcess`] serves (and its certificate
+/// names).
+pub const TEST_POOL: &str = "test";
+
 /// A replica daemon child process over a pool file in a temp dir.
 pub struct ReplicaProcess {
     pub dir: PathBuf,
     pub pool_file: PathBuf,
     pub data: SocketAddr,
     pub mgmt: SocketAddr,
+    /// The test's certificates (the daemon's and its clients').
+    pub pki: TestPki,
+    pub links: Links,
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl ReplicaProcess {
-    /// Creates a pool of `size` (e.g. "256MiB") in `dir` and starts serving it.
+    /// Creates a pool of `size` (e.g. "256MiB") in `dir` and starts serving
+    /// it, with mutual TLS (a replica certificate of the test's CA).
     pub fn create(dir: &Path, size: &str) -> Self {
+        Self::create_with(dir, size, Links::Tls)
+    }
+
+    /// `create`, with the link security chosen.
+    pub fn create_with(dir: &Path, size: &str, links: Links) -> Self {
         let pool_file = dir.join("pool.img");
         cstor(&[
             "replica",
@@ -72,6 +311,8 @@ impl ReplicaProcess {
             pool_file,
             data: free_addr(),
             mgmt: free_addr(),
+            pki: TestPki::of_test(dir),
+            links,
             child: None,
             log: dir.join("replica.log"),
         };
@@ -115,12 +356,19 @@ impl ReplicaProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let security: Vec<String> = match self.links {
+            Links::Tls => vec![
+                "--tls-dir".into(),
+                self.pki.replica_dir(TEST_POOL).display().to_string(),
+            ],
+            Links::Plaintext => vec!["--insecure-plaintext".into()],
+        };
         let child = Command::new(cstor_bin())
             .args([
                 "replica",
                 "run",
                 "--pool",
-                "test",
+                TEST_POOL,
                 "--pool-path",
                 self.pool_file.to_str().unwrap(),
                 "--listen",
@@ -128,6 +376,7 @@ impl ReplicaProcess {
                 "--mgmt-listen",
                 &self.mgmt.to_string(),
             ])
+            .args(&security)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -157,10 +406,7 @@ impl ReplicaProcess {
     /// The daemon's view of one of its volumes (GetVolume): state, the
     /// last rebuild into it, its rebuild throttle.
     pub async fn volume_info(&self, name: &str) -> cstor_mgmt::v1::VolumeReplica {
-        use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
-        let mut client = ReplicaManagerClient::connect(format!("http://{}", self.mgmt))
-            .await
-            .unwrap();
+        let mut client = self.mgmt_client().await;
         client
             .get_volume(cstor_mgmt::v1::GetVolumeRequest { name: name.into() })
             .await
@@ -179,14 +425,73 @@ impl ReplicaProcess {
         rebuild
     }
 
+    /// The daemon's management API, as admin (plaintext when the daemon
+    /// runs so).
+    pub async fn mgmt_client(&self) -> ReplicaManagerClient<Channel> {
+        ReplicaManagerClient::new(
+            mgmt_channel(&self.client_security(), self.mgmt, Role::Replica).await,
+        )
+    }
+
+    /// What a client of this daemon presents: the admin identity, or
+    /// plaintext.
+    pub fn client_security(&self) -> Security {
+        match self.links {
+            Links::Tls => self.pki.admin(),
+            Links::Plaintext => Security::Plaintext,
+        }
+    }
+
+    /// A target-side session of `volume` at `epoch` with this daemon (as
+    /// [`Client::open`], with the matching credentials).
+    pub async fn open(&self, volume: &str, epoch: u64) -> (Client, HelloAck) {
+        Client::open_with(&self.target_security(volume), self.data, volume, epoch).await
+    }
+
+    /// A target-side connection without a `Hello` yet, presenting a target
+    /// certificate for `volume`.
+    pub async fn connect(&self, volume: &str) -> Client {
+        Client::connect_with(&self.target_security(volume), self.data).await
+    }
+
+    fn target_security(&self, volume: &str) -> Security {
+        match self.links {
+            Links::Tls => self.pki.target(volume),
+            Links::Plaintext => Security::Plaintext,
+        }
+    }
+
     pub fn mgmt_arg(&self) -> String {
         self.mgmt.to_string()
     }
 
-    /// `cstor ctl --mgmt <this daemon> ARGS`.
+    /// The link-security flag of `cstor ctl` for this daemon.
+    pub fn ctl_security_args(&self) -> Vec<String> {
+        match self.links {
+            Links::Tls => vec![
+                "--tls-dir".into(),
+                self.pki.admin_dir().display().to_string(),
+            ],
+            Links::Plaintext => vec!["--insecure-plaintext".into()],
+        }
+    }
+
+    /// `cstor ctl --mgmt <this daemon> ARGS` as admin, as it ended.
+    pub fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(cstor_bin())
+            .args(["ctl", "--mgmt", &self.mgmt_arg()])
+            .args(self.ctl_security_args())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `cstor ctl --mgmt <this daemon> ARGS`, as admin.
     pub fn ctl(&self, args: &[&str]) -> String {
         let mgmt = self.mgmt_arg();
+        let security = self.ctl_security_args();
         let mut all = vec!["ctl", "--mgmt", &mgmt];
+        all.extend(security.iter().map(String::as_str));
         all.extend_from_slice(args);
         cstor(&all)
     }
@@ -248,6 +553,8 @@ impl Drop for ReplicaProcess {
 pub struct TargetProcess {
     pub portal: SocketAddr,
     pub iqn: String,
+    /// The test's certificates (the target's and its clients').
+    pub pki: TestPki,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -283,9 +590,10 @@ impl Drop for TargetProcess {
     }
 }
 
-/// A target-side connection to a replica, speaking `cstor-proto`.
+/// A target-side connection to a replica, speaking `cstor-proto` over
+/// mutual TLS (or plaintext, when the test chose it).
 pub struct Client {
-    pub conn: Framed<TcpStream, FrameCodec>,
+    pub conn: Framed<cstor_tls::Stream, FrameCodec>,
     pub session_id: u64,
     pub epoch: u64,
     pub next_io_seq: u64,
@@ -299,15 +607,33 @@ pub enum HelloOutcome {
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
+    /// Connects to the replica at `addr` as a target of `volume`, with a
+    /// certificate of `pki`.
+    pub async fn connect(pki: &TestPki, addr: SocketAddr, volume: &str) -> Client {
+        Self::connect_with(&pki.target(volume), addr).await
+    }
+
+    /// Connects to the replica at `addr` secured by `security` (expecting a
+    /// replica at the other end); panics if the handshake fails.
+    pub async fn connect_with(security: &Security, addr: SocketAddr) -> Client {
+        Self::try_connect(security, addr).await.unwrap()
+    }
+
+    /// Connects to the replica at `addr` secured by `security`; the
+    /// handshake's error, if any.
+    pub async fn try_connect(
+        security: &Security,
+        addr: SocketAddr,
+    ) -> Result<Client, cstor_tls::TlsError> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (stream, _peer) = security.connect(tcp, &[Role::Replica]).await?;
+        Ok(Client {
             conn: Framed::new(stream, FrameCodec::new()),
             session_id: 0,
             epoch: 0,
             next_io_seq: 1,
-        }
+        })
     }
 
     /// Opens a session on `volume` at `epoch`.
@@ -331,8 +657,25 @@ impl Client {
         }
     }
 
-    pub async fn open(addr: SocketAddr, volume: &str, epoch: u64) -> (Client, HelloAck) {
-        let mut client = Client::connect(addr).await;
+    /// Connects as a target of `volume` (a certificate of `pki`) and
+    /// opens a session at `epoch`; panics if refused.
+    pub async fn open(
+        pki: &TestPki,
+        addr: SocketAddr,
+        volume: &str,
+        epoch: u64,
+    ) -> (Client, HelloAck) {
+        Self::open_with(&pki.target(volume), addr, volume, epoch).await
+    }
+
+    /// [`Client::open`] secured by `security`.
+    pub async fn open_with(
+        security: &Security,
+        addr: SocketAddr,
+        volume: &str,
+        epoch: u64,
+    ) -> (Client, HelloAck) {
+        let mut client = Client::connect_with(security, addr).await;
         match client.hello(volume, epoch, 1).await {
             HelloOutcome::Accepted(ack) => (client, ack),
             HelloOutcome::Refused(m) => panic!("hello refused: {m:?}"),
@@ -462,7 +805,9 @@ pub fn rand_u64() -> u64 {
 
 impl TargetProcess {
     /// `start` with extra command-line arguments and environment variables
-    /// (CHAP, initiator allowlist, …).
+    /// (CHAP, initiator allowlist, …). The target gets `--tls-dir` with a
+    /// target certificate of the test's CA for `volume`, unless
+    /// `extra_args` choose (`--tls-dir DIR` or `--insecure-plaintext`).
     pub fn start_with(
         dir: &Path,
         portal: SocketAddr,
@@ -473,6 +818,18 @@ impl TargetProcess {
     ) -> Self {
         let log = dir.join(format!("target-{}.log", portal.port()));
         let log_file = std::fs::File::create(&log).unwrap();
+        let pki = TestPki::of_test(dir);
+        let chosen = extra_args
+            .iter()
+            .any(|a| *a == "--tls-dir" || *a == "--insecure-plaintext");
+        let security: Vec<String> = if chosen {
+            Vec::new()
+        } else {
+            vec![
+                "--tls-dir".into(),
+                pki.target_dir(volume).display().to_string(),
+            ]
+        };
         let mut command = Command::new(cstor_bin());
         command
             .args([
@@ -483,6 +840,7 @@ impl TargetProcess {
                 volume,
             ])
             .args(extra_args)
+            .args(&security)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -493,6 +851,7 @@ impl TargetProcess {
         let mut target = TargetProcess {
             portal,
             iqn: format!("iqn.2016-09.com.openebs.cstor:{volume}"),
+            pki,
             child: Some(command.spawn().unwrap()),
             log,
         };
@@ -911,11 +1270,13 @@ pub fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
     cdb
 }
 
-/// `cstor ctl --target MGMT --json status`, or `None` while the target's
-/// management API does not answer (starting, killed).
-pub fn target_status(mgmt: SocketAddr) -> Option<serde_json::Value> {
+/// `cstor ctl --target MGMT --json status` as admin of `pki`, or `None`
+/// while the target's management API does not answer (starting, killed).
+pub fn target_status(pki: &TestPki, mgmt: SocketAddr) -> Option<serde_json::Value> {
     let out = Command::new(cstor_bin())
         .args(["ctl", "--target", &mgmt.to_string(), "--json", "status"])
+        .arg("--tls-dir")
+        .arg(pki.admin_dir())
         .output()
         .ok()?;
     if !out.status.success() {
@@ -939,6 +1300,7 @@ pub fn replica_states(status: &serde_json::Value) -> Vec<String> {
 /// Polls `target_status` until `ok` holds for it; panics with the last
 /// status after `guard` (a hang guard, not a timing assertion).
 pub fn wait_target_status(
+    pki: &TestPki,
     mgmt: SocketAddr,
     what: &str,
     guard: Duration,
@@ -947,7 +1309,7 @@ pub fn wait_target_status(
     let deadline = Instant::now() + guard;
     let mut last = None;
     loop {
-        if let Some(status) = target_status(mgmt) {
+        if let Some(status) = target_status(pki, mgmt) {
             if ok(&status) {
                 return status;
             }

@@ -14,7 +14,8 @@
 # when the kernel refuses (aborted journal), reports it abnormal and a
 # fresh unstage/stage (with e2fsck -p) brings it back read-write.
 # Env from the host: NODE_ID, MGMT_EXT4, MGMT_XFS, GROW_EXT4, GROW_XFS (bytes),
-# CHAP_USER, CHAP_SECRET, RO_PORT, RO_IQN, MGMT_RO.
+# CHAP_USER, CHAP_SECRET, RO_PORT, RO_IQN, MGMT_RO; TLS_CA, TLS_CRT, TLS_KEY
+# (the node plugin's TLS directory, PEM).
 set -u
 fail() { echo "E2E-RESULT: FAIL $*"; echo "E2E: csi log:"; tail -n 30 /tmp/csi.log; exit 1; }
 SOCK=unix:///run/csi.sock
@@ -34,7 +35,13 @@ size_k() { df -kP "$1" | awk 'NR==2{print $2}'; }
 mkdir -p /run
 
 t0=$(date +%s)
-cstor csi --mode node --endpoint "$SOCK" --node-id "$NODE_ID" >/tmp/csi.log 2>&1 &
+# The node plugin's identity (a reader: its remount check reads the
+# targets' status over mutual TLS), handed over by the host as PEM text.
+mkdir -p /run/tls && chmod 700 /run/tls
+printf '%s\n' "$TLS_CA" >/run/tls/ca.crt
+printf '%s\n' "$TLS_CRT" >/run/tls/tls.crt
+( umask 077; printf '%s\n' "$TLS_KEY" >/run/tls/tls.key )
+cstor csi --mode node --endpoint "$SOCK" --node-id "$NODE_ID" --tls-dir /run/tls >/tmp/csi.log 2>&1 &
 CSI=$!
 i=0
 until nc wait --seconds 1 >/dev/null 2>&1; do

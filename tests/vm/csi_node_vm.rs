@@ -152,12 +152,15 @@ fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
     let on_signal = {
         let failures = Arc::clone(&failures);
         let pid_b = replica_b.pid().to_string();
+        let admin = replica.pki.admin_dir().display().to_string();
         move |word: &str| {
             let (program, args) = match word {
                 "grow-ext4" => (
                     cstor_bin(),
                     vec![
                         "ctl".to_string(),
+                        "--tls-dir".into(),
+                        admin.clone(),
                         "--target".into(),
                         mgmt_ext4.to_string(),
                         "resize".into(),
@@ -169,6 +172,8 @@ fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
                     cstor_bin(),
                     vec![
                         "ctl".to_string(),
+                        "--tls-dir".into(),
+                        admin.clone(),
                         "--target".into(),
                         mgmt_xfs.to_string(),
                         "resize".into(),
@@ -197,6 +202,10 @@ fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
             }
         }
     };
+    // The node plugin's TLS directory (a reader of the test's CA), handed
+    // to the guest as text.
+    let node_tls = replica.pki.reader_dir();
+    let pem = |file: &str| std::fs::read_to_string(node_tls.join(file)).unwrap();
     let started = Instant::now();
     let outcome = Vm::new(ext4.portal.port(), &ext4.iqn)
         .timeout(Duration::from_secs(900))
@@ -216,6 +225,9 @@ fn csi_node_stages_publishes_expands_and_restages_ext4_and_xfs_in_a_vm() {
         .env("RO_PORT", ro.portal.port())
         .env("RO_IQN", &ro.iqn)
         .env("MGMT_RO", mgmt_ro.port())
+        .env("TLS_CA", pem("ca.crt"))
+        .env("TLS_CRT", pem("tls.crt"))
+        .env("TLS_KEY", pem("tls.key"))
         .on_signal(on_signal)
         .run()
         .unwrap();

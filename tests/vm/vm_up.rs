@@ -9,7 +9,8 @@
 //!    signals the host (`e2e-signal kill-replica`), whose callback kills
 //!    one replica daemon with SIGKILL before the guest goes on writing;
 //!    `cstor up` restarts it (as Kubernetes would), the target rebuilds it
-//!    and reports three healthy replicas (`cstor ctl status --json`); only
+//!    and reports three healthy replicas (`cstor ctl --state-dir DIR
+//!    status --json`, over the mutual TLS `cstor up` sets up); only
 //!    then does the guest hear from the host (HTTP on a loopback port), and
 //!    it checks e2fsck and every file's checksum after a re-login
 //!    (docs/architecture.md, invariants 1 and 6, through a real filesystem).
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use cstor_testkit::vm::{self, Outcome, Vm, VmError};
 use cstor_testkit::{is_root, skip, Need};
 
-use crate::common::{cstor_bin, free_addr, free_up_base_port, replica_states, target_status};
+use crate::common::{cstor_bin, free_addr, free_up_base_port, replica_states};
 
 /// Hang guard of one state change (restart, rebuild); not a timing assertion.
 const GUARD: Duration = Duration::from_secs(240);
@@ -108,6 +109,22 @@ impl Up {
         out
     }
 
+    /// The target's status through `cstor ctl --state-dir` (the addresses
+    /// and the admin identity from the state directory), or None while it
+    /// does not answer.
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(cstor_bin())
+            .args(["ctl", "--json", "--state-dir"])
+            .arg(&self.state)
+            .arg("status")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     fn cluster(&self) -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(self.state.join("cluster.json")).unwrap())
             .unwrap()
@@ -144,8 +161,8 @@ fn wait_until(what: &str, explain: impl Fn() -> String, mut ok: impl FnMut() -> 
     }
 }
 
-fn three_healthy(mgmt: SocketAddr) -> bool {
-    target_status(mgmt).is_some_and(|s| {
+fn three_healthy(up: &Up) -> bool {
+    up.status().is_some_and(|s| {
         let states = replica_states(&s);
         states.len() == 3 && states.iter().all(|x| x == "healthy")
     })
@@ -197,12 +214,13 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
     let iqn = cluster["iqn"].as_str().unwrap().to_owned();
     assert!(banner.contains(&portal.to_string()), "{banner}");
     assert!(banner.contains(&iqn), "{banner}");
-    let target_mgmt: SocketAddr = cluster["target"]["mgmt"].as_str().unwrap().parse().unwrap();
     wait_until(
         "three healthy replicas",
         || up.explain(),
-        || three_healthy(target_mgmt),
+        || three_healthy(&up),
     );
+    let status = up.status().unwrap();
+    assert_eq!(status["links"], "mutual TLS", "{status}");
 
     // 1. The runner's own test against the announced portal and IQN.
     let outcome = Vm::new(portal.port(), &iqn)
@@ -289,7 +307,7 @@ fn kernel_initiator_on_cstor_up_passes_e2e_and_keeps_its_data_through_a_replica_
             "the VM ended before the replica was healthy again\n{}",
             explain()
         );
-        let Some(status) = target_status(target_mgmt) else {
+        let Some(status) = up.status() else {
             return false;
         };
         let away = status["replicas"].as_array().is_some_and(|r| {
