@@ -704,3 +704,91 @@ fn cstor_exe() -> Result<PathBuf> {
     }
     std::env::current_exe().context("cannot find the cstor executable")
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn cert_of(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join(cstor_tls::issue::CERT_FILE)).unwrap()
+    }
+
+    #[test]
+    fn tls_directories_are_issued_once_and_again_only_when_unusable() {
+        let state = tempfile::tempdir().unwrap();
+        let dirs = TlsDirs::of(state.path(), 2);
+        ensure_tls(&dirs, "vol1").unwrap();
+        let identity = |d: &Path| Credentials::load(d).unwrap().identity();
+        assert_eq!(identity(&dirs.admin), Identity::Admin);
+        assert_eq!(identity(&dirs.reader), Identity::Reader);
+        assert_eq!(
+            identity(&dirs.replicas[1]),
+            Identity::Replica {
+                pool: "pool-1".into()
+            }
+        );
+        let admin = cert_of(&dirs.admin);
+        let target = cert_of(&dirs.target);
+
+        // Nothing to do: nothing changes.
+        ensure_tls(&dirs, "vol1").unwrap();
+        assert_eq!(cert_of(&dirs.admin), admin);
+        assert_eq!(cert_of(&dirs.target), target);
+
+        // Another volume: only the target's certificate is issued anew.
+        ensure_tls(&dirs, "vol2").unwrap();
+        assert_eq!(
+            identity(&dirs.target),
+            Identity::Target {
+                volumes: vec!["vol2".into()]
+            }
+        );
+        assert_eq!(cert_of(&dirs.admin), admin);
+
+        // A directory of another CA (the CA was replaced by hand): issued
+        // anew from this one.
+        let stranger = Ca::generate("other", Validity::from_now(CERT_VALIDITY)).unwrap();
+        stranger
+            .issue_dir(
+                &Identity::Admin,
+                Validity::from_now(CERT_VALIDITY),
+                &dirs.admin,
+            )
+            .unwrap();
+        let foreign = cert_of(&dirs.admin);
+        ensure_tls(&dirs, "vol2").unwrap();
+        assert_ne!(cert_of(&dirs.admin), foreign);
+
+        // A new CA: every directory is issued anew.
+        std::fs::remove_dir_all(&dirs.ca).unwrap();
+        let reader = cert_of(&dirs.reader);
+        ensure_tls(&dirs, "vol2").unwrap();
+        assert_ne!(cert_of(&dirs.reader), reader);
+        let ca = Ca::load(&dirs.ca).unwrap();
+        for dir in [&dirs.admin, &dirs.reader, &dirs.target, &dirs.replicas[0]] {
+            assert!(
+                usable(dir, &identity(dir), &ca).is_ok(),
+                "{}",
+                dir.display()
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_about_to_expire_is_not_usable() {
+        let state = tempfile::tempdir().unwrap();
+        let dirs = TlsDirs::of(state.path(), 1);
+        ensure_tls(&dirs, "vol1").unwrap();
+        let ca = Ca::load(&dirs.ca).unwrap();
+        let soon = Validity::from_now(RENEW_BEFORE / 2);
+        ca.issue_dir(&Identity::Reader, soon, &dirs.reader).unwrap();
+        assert_eq!(
+            usable(&dirs.reader, &Identity::Reader, &ca),
+            Err("it expires soon")
+        );
+        ensure_tls(&dirs, "vol1").unwrap();
+        assert_eq!(usable(&dirs.reader, &Identity::Reader, &ca), Ok(()));
+    }
+}
