@@ -14,6 +14,12 @@ pub const REPLY_QUEUE: usize = MAX_IN_FLIGHT_PER_CONNECTION + 16;
 /// Connections served at once; more are accepted and closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// The highest epoch a session may claim. A volume replica that accepted
+/// `u64::MAX` could never be fenced again (no successor exists), so two
+/// targets would end up sharing it: a claim above this is refused
+/// (`StaleEpoch`) and the epoch space of the volume is exhausted.
+pub const MAX_EPOCH: u64 = u64::MAX - 1;
+
 /// A new connection must complete its handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -1,6 +1,8 @@
 //! The management API (gRPC `cstor.v1.ReplicaManager`): pool capacity,
 //! volume replicas and their snapshots. Used by `cstor ctl` and the CSI
 //! controller. Create and delete are idempotent, as CSI needs them to be.
+//! Delete refuses a volume replica in use (a live target session, or a
+//! member of a replica set: `crate::registry` module doc) unless forced.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use cstor_proto::Name;
 use cstor_tls::Right;
 use tonic::{Request, Response, Status};
 
-use crate::registry::Registry;
+use crate::registry::{DeleteRefused, Registry};
 use crate::status::grpc_status;
 
 /// What the daemon knows about its pool beyond the engine's figures.
@@ -274,11 +276,20 @@ impl ReplicaManager for Service {
         &self,
         request: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
-        let name = request.into_inner().name;
+        let DeleteVolumeRequest { name, force } = request.into_inner();
         check_name("volume", &name)?;
-        self.registry.forget(&name);
+        // Held until the volume is gone: no session opens it meanwhile.
+        let _deleting = match self.registry.forget_unless_in_use(&name, force) {
+            Ok(mark) => mark,
+            Err(DeleteRefused::InUse(why)) => {
+                return Err(Status::failed_precondition(format!(
+                    "{why}, or delete with force"
+                )))
+            }
+            Err(DeleteRefused::Engine(e)) => return Err(grpc_status(&e)),
+        };
         match self.registry.pool().delete_volume(&name).await {
-            Ok(()) => tracing::info!(volume = %name, "volume replica deleted"),
+            Ok(()) => tracing::info!(volume = %name, force, "volume replica deleted"),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(grpc_status(&e)),
         }

@@ -12,7 +12,16 @@
 //!   only when no live session holds the volume (`Busy` otherwise), so two
 //!   targets that picked the same epoch can never both write here;
 //! - epoch 0 is a probe: it reads the state but claims nothing and may do
-//!   no IO.
+//!   no IO;
+//! - an epoch above [`MAX_EPOCH`] (i.e. `u64::MAX`) is refused
+//!   (`Exhausted`) and nothing is persisted: no later target could ever
+//!   claim above it, so accepting it would end fencing for the volume.
+//!
+//! Deleting (`Registry::forget_unless_in_use`): a volume replica is in use
+//! while a live session holds a claim on it (or a claim is under way), or
+//! while it holds a membership record naming members (generation above 0):
+//! it is part of a replica set, and deleting it would take a copy of the
+//! data away from its target. Unless forced, such a delete is refused.
 //!
 //! Membership (`VolumeEntry::store_membership`): the volume's membership
 //! record is kept for the target, which owns its meaning
@@ -23,7 +32,7 @@
 //! stored names one record forever.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cstor_engine::{ErrorKind, Pool, Volume};
@@ -31,6 +40,7 @@ use cstor_proto::Membership;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::MAX_EPOCH;
 use crate::metrics::ReplicaMetrics;
 use crate::ordering::{IoKind, IoOrder};
 use crate::rebuild::state::{RebuildSettings, RebuildSlot};
@@ -46,6 +56,40 @@ pub enum ClaimError {
     },
     #[error("volume {volume} is held by a live session of epoch {epoch}")]
     Busy { volume: String, epoch: u64 },
+    #[error(
+        "epoch {epoch} is above the highest claimable epoch {max} for volume {volume}: \
+         the epoch space is exhausted (no successor could fence it)",
+        max = MAX_EPOCH
+    )]
+    Exhausted { volume: String, epoch: u64 },
+    #[error(transparent)]
+    Engine(#[from] cstor_engine::Error),
+}
+
+/// Why a volume replica may not be deleted without force (see the module
+/// doc).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InUse {
+    #[error("volume {volume} has a live target session (epoch {epoch}): stop its target first")]
+    Session { volume: String, epoch: u64 },
+    #[error("a target session is claiming volume {volume}: stop its target first")]
+    Claiming { volume: String },
+    #[error(
+        "volume {volume} is a member of a replica set (membership generation {generation}, \
+         {members} members): remove it from the set first"
+    )]
+    Member {
+        volume: String,
+        generation: u64,
+        members: usize,
+    },
+}
+
+/// Why a delete did not go ahead.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteRefused {
+    #[error(transparent)]
+    InUse(#[from] InUse),
     #[error(transparent)]
     Engine(#[from] cstor_engine::Error),
 }
@@ -54,6 +98,8 @@ pub enum ClaimError {
 pub struct Registry {
     pool: Arc<Pool>,
     volumes: Mutex<HashMap<String, Arc<VolumeEntry>>>,
+    /// Volumes being deleted (how many deletes of each are under way).
+    deleting: Mutex<HashMap<String, usize>>,
     next_conn_id: AtomicU64,
     rebuild_settings: Arc<RebuildSettings>,
     metrics: ReplicaMetrics,
@@ -64,6 +110,7 @@ impl Registry {
         Self {
             pool,
             volumes: Mutex::new(HashMap::new()),
+            deleting: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             rebuild_settings: Arc::new(RebuildSettings::default()),
             metrics: ReplicaMetrics::default(),
@@ -89,11 +136,15 @@ impl Registry {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The entry of a volume, opening it on first use.
+    /// The entry of a volume, opening it on first use; a volume being
+    /// deleted is not found.
     pub fn entry(&self, name: &str) -> Result<Arc<VolumeEntry>, cstor_engine::Error> {
         let mut volumes = self.volumes.lock();
         if let Some(entry) = volumes.get(name) {
             return Ok(Arc::clone(entry));
+        }
+        if self.deleting.lock().contains_key(name) {
+            return Err(being_deleted(name));
         }
         let volume = self.pool.volume(name)?;
         let entry = Arc::new(VolumeEntry {
@@ -103,6 +154,7 @@ impl Registry {
             order: IoOrder::new(),
             owner: Mutex::new(None),
             claim_lock: tokio::sync::Mutex::new(()),
+            forgotten: AtomicBool::new(false),
             last_received_io_seq: AtomicU64::new(0),
             rebuild: RebuildSlot::default(),
             rebuild_settings: Arc::clone(&self.rebuild_settings),
@@ -116,14 +168,35 @@ impl Registry {
         self.volumes.lock().get(name).cloned()
     }
 
-    /// Forgets a volume (before it is deleted): its owner and its rebuild
-    /// are cut.
-    pub fn forget(&self, name: &str) {
-        if let Some(entry) = self.volumes.lock().remove(name) {
+    /// Marks `name` as being deleted and forgets it, unless it is in use
+    /// (module doc) and `force` is not set: then nothing changes. A volume
+    /// that does not exist is not in use. Forgetting cuts the volume's
+    /// owner and its rebuild; a claim under way fails, and no session opens
+    /// the volume again until the returned mark is dropped (after the
+    /// delete). The check and the forgetting are one step under the
+    /// registry's lock, so no session can open the volume between them.
+    pub fn forget_unless_in_use(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<Deleting<'_>, DeleteRefused> {
+        let mut volumes = self.volumes.lock();
+        if !force {
+            in_use(&self.pool, name, volumes.get(name))?;
+        }
+        *self.deleting.lock().entry(name.to_owned()).or_insert(0) += 1;
+        let mark = Deleting {
+            registry: self,
+            name: name.to_owned(),
+        };
+        if let Some(entry) = volumes.remove(name) {
+            entry.forgotten.store(true, Ordering::SeqCst);
             entry.cut_owner();
             entry.rebuild.cancel();
         }
+        drop(volumes);
         self.metrics.forget(name);
+        Ok(mark)
     }
 
     /// Cuts every session and rebuild (shutdown).
@@ -135,6 +208,69 @@ impl Registry {
     }
 }
 
+/// A volume being deleted: sessions cannot open it until this is dropped.
+#[must_use = "the volume is only protected while the mark is held"]
+pub struct Deleting<'a> {
+    registry: &'a Registry,
+    name: String,
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        let mut deleting = self.registry.deleting.lock();
+        if let Some(count) = deleting.get_mut(&self.name) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                deleting.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Whether volume `name` (`entry`: its entry, if a session opened it) is in
+/// use (module doc).
+fn in_use(pool: &Pool, name: &str, entry: Option<&Arc<VolumeEntry>>) -> Result<(), DeleteRefused> {
+    if let Some(entry) = entry {
+        if let Some(epoch) = entry.owner_epoch() {
+            return Err(InUse::Session {
+                volume: name.to_owned(),
+                epoch,
+            }
+            .into());
+        }
+        if entry.claim_lock.try_lock().is_err() {
+            return Err(InUse::Claiming {
+                volume: name.to_owned(),
+            }
+            .into());
+        }
+    }
+    let membership = match entry {
+        Some(entry) => entry.membership()?,
+        None => match pool.volume(name) {
+            Ok(volume) => membership_of(name, &volume)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if membership.generation > 0 && !membership.members.is_empty() {
+        return Err(InUse::Member {
+            volume: name.to_owned(),
+            generation: membership.generation,
+            members: membership.members.len(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn being_deleted(name: &str) -> cstor_engine::Error {
+    cstor_engine::Error::new(
+        ErrorKind::NotFound,
+        format!("volume {name} is being deleted"),
+    )
+}
+
 /// One volume replica as the sessions share it.
 pub struct VolumeEntry {
     pub name: String,
@@ -144,6 +280,9 @@ pub struct VolumeEntry {
     pub order: IoOrder,
     owner: Mutex<Option<Owner>>,
     claim_lock: tokio::sync::Mutex<()>,
+    /// Set (before the owner is cut) when the volume is being deleted: a
+    /// claim then fails instead of owning a volume about to go.
+    forgotten: AtomicBool,
     /// Highest io_seq of a mutating request received (not necessarily
     /// durable); the target starts above it after a restart.
     last_received_io_seq: AtomicU64,
@@ -164,7 +303,16 @@ impl VolumeEntry {
     /// module doc). The returned token is cancelled when a newer session
     /// takes the volume over.
     pub async fn claim(&self, epoch: u64, conn_id: u64) -> Result<CancellationToken, ClaimError> {
+        if epoch > MAX_EPOCH {
+            return Err(ClaimError::Exhausted {
+                volume: self.name.clone(),
+                epoch,
+            });
+        }
         let _claiming = self.claim_lock.lock().await;
+        if self.forgotten.load(Ordering::SeqCst) {
+            return Err(being_deleted(&self.name).into());
+        }
         let highest = self.volume.epoch()?;
         if epoch < highest {
             return Err(ClaimError::Stale {
@@ -188,11 +336,20 @@ impl VolumeEntry {
             self.volume.set_epoch(epoch).await?;
         }
         let cancel = CancellationToken::new();
-        let previous = self.owner.lock().replace(Owner {
-            epoch,
-            conn_id,
-            cancel: cancel.clone(),
-        });
+        let previous = {
+            let mut owner = self.owner.lock();
+            // Checked under the owner's lock, which the delete takes after
+            // setting the flag: either this sees the flag, or the delete
+            // cuts the owner set here.
+            if self.forgotten.load(Ordering::SeqCst) {
+                return Err(being_deleted(&self.name).into());
+            }
+            owner.replace(Owner {
+                epoch,
+                conn_id,
+                cancel: cancel.clone(),
+            })
+        };
         if let Some(previous) = previous {
             tracing::info!(
                 volume = %self.name,
@@ -215,6 +372,15 @@ impl VolumeEntry {
             .lock()
             .as_ref()
             .is_some_and(|o| o.conn_id == conn_id && !o.cancel.is_cancelled())
+    }
+
+    /// The epoch of the live session attached, if any.
+    pub fn owner_epoch(&self) -> Option<u64> {
+        self.owner
+            .lock()
+            .as_ref()
+            .filter(|o| !o.cancel.is_cancelled())
+            .map(|o| o.epoch)
     }
 
     /// Is any live session attached?
@@ -243,12 +409,7 @@ impl VolumeEntry {
 
     /// The membership record held (generation 0: none).
     pub fn membership(&self) -> Result<Membership, cstor_engine::Error> {
-        Membership::from_bytes(&self.volume.membership()?).map_err(|e| {
-            cstor_engine::Error::new(
-                ErrorKind::Corrupt,
-                format!("membership record of volume {}: {e}", self.name),
-            )
-        })
+        membership_of(&self.name, &self.volume)
     }
 
     /// Persists `record` (durable when this returns) if its generation is
@@ -297,5 +458,125 @@ impl VolumeEntry {
         self.last_received_io_seq
             .load(Ordering::Relaxed)
             .max(durable)
+    }
+}
+
+/// The membership record `volume` holds (generation 0: none).
+fn membership_of(name: &str, volume: &Volume) -> Result<Membership, cstor_engine::Error> {
+    Membership::from_bytes(&volume.membership()?).map_err(|e| {
+        cstor_engine::Error::new(
+            ErrorKind::Corrupt,
+            format!("membership record of volume {name}: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use cstor_engine::io::MemDevice;
+    use cstor_engine::{DeviceRef, PoolOptions, Provisioning};
+    use cstor_proto::Member;
+
+    use super::*;
+
+    async fn registry(volumes: &[&str]) -> Registry {
+        let device: DeviceRef = Arc::new(MemDevice::new(64 << 20));
+        let options = PoolOptions {
+            commit_interval: None,
+            ..PoolOptions::default()
+        };
+        let pool = Pool::create(vec![device], &options).await.unwrap();
+        for name in volumes {
+            pool.create_volume(name, 1 << 20, 4096, Provisioning::Thin)
+                .await
+                .unwrap();
+        }
+        Registry::new(Arc::new(pool))
+    }
+
+    #[tokio::test]
+    async fn a_claim_of_the_last_epoch_is_refused_and_changes_nothing() {
+        let registry = registry(&["v"]).await;
+        let entry = registry.entry("v").unwrap();
+        let owner = entry.claim(7, 1).await.unwrap();
+
+        let refused = entry.claim(u64::MAX, 2).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ClaimError::Exhausted {
+                    epoch: u64::MAX,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(entry.volume.epoch().unwrap(), 7);
+        assert!(entry.is_owner(1) && !owner.is_cancelled());
+
+        // The highest claimable epoch is claimed; nothing can follow it.
+        let last = entry.claim(MAX_EPOCH, 3).await.unwrap();
+        assert!(owner.is_cancelled());
+        assert!(matches!(
+            entry.claim(u64::MAX, 4).await,
+            Err(ClaimError::Exhausted { .. })
+        ));
+        assert_eq!(entry.volume.epoch().unwrap(), MAX_EPOCH);
+        assert!(entry.is_owner(3) && !last.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_volume_in_use_is_not_forgotten_unless_forced() {
+        let registry = registry(&["live", "member", "idle"]).await;
+        let live = registry.entry("live").unwrap();
+        let owner = live.claim(1, 1).await.unwrap();
+        assert!(matches!(
+            registry.forget_unless_in_use("live", false),
+            Err(DeleteRefused::InUse(InUse::Session { epoch: 1, .. }))
+        ));
+        assert!(registry.get("live").is_some() && live.is_owner(1));
+
+        let record = Membership {
+            generation: 2,
+            consistency_factor: 1,
+            members: vec![Member {
+                replica_id: 0,
+                address: "127.0.0.1:1".into(),
+            }],
+        };
+        let member = registry.pool().volume("member").unwrap();
+        member
+            .set_membership(&record.to_bytes().unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(
+            registry.forget_unless_in_use("member", false),
+            Err(DeleteRefused::InUse(InUse::Member {
+                generation: 2,
+                members: 1,
+                ..
+            }))
+        ));
+
+        // Neither in use, or missing: forgotten.
+        drop(registry.forget_unless_in_use("idle", false).unwrap());
+        drop(registry.forget_unless_in_use("missing", false).unwrap());
+
+        // Forced: the owner is cut, and the volume cannot be opened or
+        // claimed while the delete is under way.
+        let deleting = registry.forget_unless_in_use("live", true).unwrap();
+        assert!(owner.is_cancelled() && !live.has_owner());
+        assert!(registry.get("live").is_none());
+        assert_eq!(
+            registry.entry("live").err().map(|e| e.kind()),
+            Some(ErrorKind::NotFound)
+        );
+        assert!(matches!(
+            live.claim(2, 2).await,
+            Err(ClaimError::Engine(e)) if e.kind() == ErrorKind::NotFound
+        ));
+        drop(deleting);
+        assert!(registry.entry("live").is_ok());
+        drop(registry.forget_unless_in_use("member", true).unwrap());
     }
 }

@@ -34,8 +34,16 @@ pub(super) enum VolumeCommand {
     },
     /// List volume replicas.
     List,
-    /// Delete a volume replica and its snapshots.
-    Delete { name: String },
+    /// Delete a volume replica and its snapshots. Refused while a target
+    /// holds a live session on it or it is a member of a replica set,
+    /// unless --force.
+    Delete {
+        name: String,
+        /// Delete it even in use: cuts its target's session, and takes a
+        /// copy of the data away from its replica set.
+        #[arg(long)]
+        force: bool,
+    },
     /// Grow a volume replica to a new size.
     Grow {
         name: String,
@@ -118,9 +126,12 @@ pub(super) async fn run(args: CtlArgs, links: &Links) -> Result<()> {
                 .into_inner();
             print_volumes(&list.volumes, args.json)?;
         }
-        CtlCommand::Volume(VolumeCommand::Delete { name }) => {
+        CtlCommand::Volume(VolumeCommand::Delete { name, force }) => {
             client
-                .delete_volume(DeleteVolumeRequest { name: name.clone() })
+                .delete_volume(DeleteVolumeRequest {
+                    name: name.clone(),
+                    force,
+                })
                 .await
                 .map_err(|s| rpc_error(addr, s))?;
             if args.json {

@@ -180,6 +180,14 @@ pub const MAX_COMMAND_DATA_BYTES: u32 = 16 * 1024 * 1024;
 // count ([`MAX_OWED_REQUESTS`]) and by bytes ([`MAX_OWED_BYTES`]); the queue
 // to each link is bounded above both ([`LINK_QUEUE`]).
 
+/// The highest epoch the target claims. A volume opens with one above the
+/// highest epoch any replica accepted; a replica that accepted `u64::MAX`
+/// could never be fenced by a successor, so that epoch is never claimed
+/// (replicas refuse it too): when the highest accepted is `MAX_EPOCH` or
+/// more, the volume does not open (`OpenError::EpochExhausted`) rather than
+/// wrap to an old epoch or share one with another target.
+pub const MAX_EPOCH: u64 = u64::MAX - 1;
+
 /// A degraded replica without a rebuild is dropped (and so redialled, and
 /// offered a rebuild again) after this long.
 pub const REBUILD_RETRY: Duration = Duration::from_secs(2);

@@ -436,8 +436,16 @@ impl<R: TargetRuntime> Controller<R> {
             mgmt::call(
                 &format!("replica daemon {}", addr.mgmt),
                 mgmt::CALL,
+                // Forced: every replica of the volume is a member of its
+                // replica set (the membership record the target wrote), which
+                // the replica daemon refuses to delete otherwise. Deleting
+                // the data is what both callers mean: DeleteVolume (after
+                // its snapshot and publish checks, and after the target was
+                // deleted, so no live session is cut) and a new clone that
+                // came out too large (no target yet).
                 client.delete_volume(ReplicaDelete {
                     name: view.id.clone(),
+                    force: true,
                 }),
             )
             .await?;

@@ -91,7 +91,8 @@ pub(super) async fn handshake(
             Ok(token) => Some(token),
             Err(e) => {
                 let status = match &e {
-                    ClaimError::Stale { .. } => Status::StaleEpoch,
+                    // Fenced for good either way: the target must not retry.
+                    ClaimError::Stale { .. } | ClaimError::Exhausted { .. } => Status::StaleEpoch,
                     ClaimError::Busy { .. } => Status::Busy,
                     ClaimError::Engine(err) => proto_status(err),
                 };

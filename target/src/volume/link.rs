@@ -22,7 +22,8 @@
 //! [`BACKOFF_MAX`], back to the minimum after a claim), or longer when the
 //! controller dropped a failed replica with a pause ([`Reset`],
 //! `crate::limits::failed_retry`). A claim refused for a stale epoch is
-//! final: `Fenced`.
+//! final: `Fenced`; so is an epoch the link must not claim with
+//! ([`LinkError::EpochOutOfRange`]: it never dials).
 //!
 //! What can go wrong while dialling, claiming or probing is a
 //! [`LinkError`]: its message is the `reason` of the `Down` that follows.
@@ -99,6 +100,11 @@ pub enum LinkError {
     /// good (the target is fenced).
     #[error("{0}")]
     StaleEpoch(String),
+    /// The session's epoch is not one a target may claim (0 is a probe,
+    /// above `crate::limits::MAX_EPOCH` no successor could fence it): the
+    /// link never claims with it, for good.
+    #[error("epoch {0} is outside the claimable 1..={max}", max = crate::limits::MAX_EPOCH)]
+    EpochOutOfRange(u64),
     /// The replica refused the handshake.
     #[error("{status:?}: {detail}")]
     HelloRefused { status: Status, detail: String },
@@ -267,6 +273,11 @@ pub async fn run(
                     let _ = events.send(LinkEvent::Fenced { replica, detail });
                     return;
                 }
+                Ok(Err(e @ LinkError::EpochOutOfRange(_))) => {
+                    let detail = e.to_string();
+                    let _ = events.send(LinkEvent::Fenced { replica, detail });
+                    return;
+                }
                 Ok(Err(e)) => {
                     let reason = e.to_string();
                     if matches!(e, LinkError::Tls(_)) {
@@ -317,6 +328,9 @@ async fn claim(
     addr: SocketAddr,
     params: &SessionParams,
 ) -> Result<(Conn, HelloAck, StatusReport, Membership), LinkError> {
+    if !(1..=crate::limits::MAX_EPOCH).contains(&params.epoch) {
+        return Err(LinkError::EpochOutOfRange(params.epoch));
+    }
     let mut conn = dial(addr, &params.security).await?;
     let ack = hello(&mut conn, params, params.epoch).await?;
     let status = status(&mut conn, params, params.epoch).await?;

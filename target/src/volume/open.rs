@@ -12,8 +12,10 @@
 //! - the members are those of the newest membership record, the command
 //!   line only for a new volume, whose first record the driver then writes
 //!   as a barrier once a quorum is healthy;
-//! - the epoch is one above the highest any of them accepted, the first
-//!   io_seq [`IO_SEQ_MARGIN`] above the highest any of them received;
+//! - the epoch is one above the highest any of them accepted ([`next_epoch`]:
+//!   never above [`limits::MAX_EPOCH`], else [`OpenError::EpochExhausted`]),
+//!   the first io_seq [`IO_SEQ_MARGIN`] above the highest any of them
+//!   received;
 //! - the size and block size are the most advanced replicas', which must
 //!   agree ([`OpenError::Geometry`]);
 //! - who is degraded from the start is the controller's call: each probe
@@ -59,6 +61,22 @@ pub enum OpenError {
     Membership(String),
     #[error("replicas disagree on the volume's geometry: {0}")]
     Geometry(String),
+    #[error(
+        "the replicas accepted epoch {highest}: no epoch above it is left to claim \
+         (the highest is {max}), so this target could not fence the last one",
+        max = limits::MAX_EPOCH
+    )]
+    EpochExhausted { highest: u64 },
+}
+
+/// The epoch a target opening the volume claims: one above `highest`, the
+/// highest any replica accepted. Checked, never wrapped or reused: refused
+/// when it would pass [`limits::MAX_EPOCH`].
+pub(super) fn next_epoch(highest: u64) -> Result<u64, OpenError> {
+    highest
+        .checked_add(1)
+        .filter(|epoch| *epoch <= limits::MAX_EPOCH)
+        .ok_or(OpenError::EpochExhausted { highest })
 }
 
 /// Members, CF, the newest record (`None`: a new volume) and every answer.
@@ -238,7 +256,7 @@ impl Volume {
             .collect();
         let params = SessionParams {
             volume: spec.name.clone(),
-            epoch: highest_epoch.saturating_add(1),
+            epoch: next_epoch(highest_epoch)?,
             session_id: random_u64(),
             first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
             security: spec.security.clone(),
@@ -342,5 +360,26 @@ impl Volume {
             name: spec.name,
             security: spec.security,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_epoch_is_one_above_the_highest_and_refused_at_the_top() {
+        assert_eq!(next_epoch(0).unwrap(), 1);
+        assert_eq!(next_epoch(41).unwrap(), 42);
+        assert_eq!(next_epoch(u64::MAX - 2).unwrap(), limits::MAX_EPOCH);
+        for highest in [u64::MAX - 1, u64::MAX] {
+            assert!(
+                matches!(
+                    next_epoch(highest),
+                    Err(OpenError::EpochExhausted { highest: h }) if h == highest
+                ),
+                "highest {highest}"
+            );
+        }
     }
 }

@@ -311,3 +311,42 @@ fn link_errors_read_as_the_reasons_the_link_always_gave() {
         assert_eq!(error.to_string(), text);
     }
 }
+
+#[tokio::test]
+async fn a_link_never_claims_with_an_epoch_outside_the_claimable_range() {
+    for epoch in [0, u64::MAX] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_commands, commands_rx) = mpsc::channel(16);
+        let (_resets, resets_rx) = tokio::sync::watch::channel(None);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let params = SessionParams {
+            volume: "v".into(),
+            epoch,
+            session_id: 9,
+            first_io_seq: 100,
+            security: Security::Plaintext,
+        };
+        let link = tokio::spawn(run(
+            0,
+            addr,
+            params,
+            commands_rx,
+            resets_rx,
+            events_tx,
+            CancellationToken::new(),
+        ));
+        // Fenced for good: the task ends, and it never dialled.
+        match next_event(&mut events).await {
+            LinkEvent::Fenced { replica: 0, detail } => {
+                assert!(detail.contains(&epoch.to_string()), "{detail}");
+            }
+            other => panic!("epoch {epoch}: {other:?}"),
+        }
+        tokio::time::timeout(WAIT, link).await.unwrap().unwrap();
+        assert!(
+            futures::FutureExt::now_or_never(listener.accept()).is_none(),
+            "epoch {epoch}: the link dialled"
+        );
+    }
+}
