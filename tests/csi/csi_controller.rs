@@ -4,6 +4,11 @@
 //! behaviour the CSI spec requires (idempotency, error codes) and what
 //! cstor promises on top: publish fencing checked with real iSCSI logins,
 //! snapshot content seen through a clone, expansion at the target.
+//!
+//! Every link is mutual TLS with the test's CA (tests/common `TestPki`): the
+//! controller calls the replicas and its targets as admin and issues each
+//! target a certificate for its volume only; one test runs the whole path
+//! in plaintext, chosen explicitly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,14 +17,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{pattern, IscsiSession, ReplicaProcess};
+use crate::common::{pattern, IscsiSession, Links, ReplicaProcess, TestPki};
 use cstor_csi::pb::csi::v1 as csi;
 use cstor_csi::pb::csi::v1::controller_client::ControllerClient;
 use cstor_csi::pb::csi::v1::identity_client::IdentityClient;
 use cstor_csi::pb::csi::v1::volume_capability::access_mode::Mode;
 use cstor_csi::pb::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient;
-use cstor_mgmt::v1::{ListSnapshotsRequest as ReplicaListSnapshots, ListVolumesRequest};
+use cstor_mgmt::v1::target_manager_client::TargetManagerClient;
+use cstor_mgmt::v1::{
+    GetTargetStatusRequest, ListSnapshotsRequest as ReplicaListSnapshots, ListVolumesRequest,
+};
+use cstor_tls::{Credentials, Identity, Role, Security};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -30,6 +38,8 @@ const START_GUARD: Duration = Duration::from_secs(60);
 /// Replica daemons plus a `cstor csi` controller process.
 struct Cluster {
     dir: tempfile::TempDir,
+    pki: TestPki,
+    links: Links,
     replicas: Vec<ReplicaProcess>,
     csi: Child,
     socket: PathBuf,
@@ -37,13 +47,19 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// With mutual TLS everywhere.
     fn start(pools: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(pools, extra, Links::Tls)
+    }
+
+    fn start_with(pools: usize, extra: &[&str], links: Links) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new(dir.path());
         let replicas: Vec<ReplicaProcess> = (0..pools)
             .map(|i| {
                 let d = dir.path().join(format!("pool{i}"));
                 std::fs::create_dir_all(&d).unwrap();
-                ReplicaProcess::create(&d, "256MiB")
+                ReplicaProcess::create_with(&d, "256MiB", links)
             })
             .collect();
         let socket = dir.path().join("csi").join("csi.sock");
@@ -68,10 +84,21 @@ impl Cluster {
             args.push("--pool".into());
             args.push(format!("{}={}", r.mgmt, r.data));
         }
+        match links {
+            Links::Tls => args.extend([
+                "--tls-dir".to_owned(),
+                pki.admin_dir().display().to_string(),
+                "--tls-ca-dir".to_owned(),
+                pki.ca_dir().display().to_string(),
+            ]),
+            Links::Plaintext => args.push("--insecure-plaintext".into()),
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let csi = spawn_csi(dir.path(), &args);
         Cluster {
             dir,
+            pki,
+            links,
             replicas,
             csi,
             socket,
@@ -136,8 +163,25 @@ impl Cluster {
     }
 
     /// The pid of the controller's target process of `volume` (a child of
-    /// the controller whose command line names the volume).
+    /// the controller whose command line names the volume). A restarted
+    /// controller starts its targets in the background (after issuing each
+    /// its certificate): waited for, bounded.
     fn target_pid(&self, volume: &str) -> u32 {
+        let deadline = Instant::now() + START_GUARD;
+        loop {
+            if let Some(pid) = self.find_target_pid(volume) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no target process of {volume}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn find_target_pid(&self, volume: &str) -> Option<u32> {
         let pid = self.csi.id();
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
         let children: Vec<u32> = tasks
@@ -150,15 +194,12 @@ impl Cluster {
                     .collect::<Vec<_>>()
             })
             .collect();
-        children
-            .into_iter()
-            .find(|child| {
-                let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-                cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == volume.as_bytes())
-            })
-            .unwrap_or_else(|| panic!("no target process of {volume}"))
+        children.into_iter().find(|child| {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == volume.as_bytes())
+        })
     }
 
     /// The log of the local runtime's target of `volume`.
@@ -171,11 +212,33 @@ impl Cluster {
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    /// How the test's own management clients connect: as admin, or in
+    /// plaintext like the cluster.
+    fn admin(&self) -> Security {
+        match self.links {
+            Links::Tls => self.pki.admin(),
+            Links::Plaintext => Security::Plaintext,
+        }
+    }
+
+    /// A management client of replica daemon `i`.
+    async fn replica_mgmt(
+        &self,
+        i: usize,
+    ) -> cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient<Channel> {
+        let channel =
+            crate::common::mgmt_channel(&self.admin(), self.replicas[i].mgmt, Role::Replica).await;
+        cstor_mgmt::v1::replica_manager_client::ReplicaManagerClient::new(channel)
+    }
+
+    /// The TLS directory the local runtime issued `volume`'s target.
+    fn target_tls_dir(&self, volume: &str) -> PathBuf {
+        self.dir.path().join("state/tls").join(volume)
+    }
+
     /// Volume names on replica daemon `i`.
     async fn volumes_on(&self, i: usize) -> Vec<String> {
-        let mut client = ReplicaManagerClient::connect(format!("http://{}", self.replicas[i].mgmt))
-            .await
-            .unwrap();
+        let mut client = self.replica_mgmt(i).await;
         let listed = client.list_volumes(ListVolumesRequest {}).await.unwrap();
         listed
             .into_inner()
@@ -187,9 +250,7 @@ impl Cluster {
 
     /// Snapshot names of `volume` on replica daemon `i`.
     async fn snapshots_on(&self, i: usize, volume: &str) -> Vec<String> {
-        let mut client = ReplicaManagerClient::connect(format!("http://{}", self.replicas[i].mgmt))
-            .await
-            .unwrap();
+        let mut client = self.replica_mgmt(i).await;
         let listed = client
             .list_snapshots(ReplicaListSnapshots {
                 volume: volume.into(),
@@ -1020,6 +1081,7 @@ async fn node_mode_serves_identity_and_node_without_the_controller() {
     use cstor_csi::pb::csi::v1::plugin_capability::Type;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("node.sock");
+    let pki = TestPki::new(dir.path());
     let mut cluster = Cluster {
         csi: Command::new(crate::common::cstor_bin())
             .args([
@@ -1033,11 +1095,16 @@ async fn node_mode_serves_identity_and_node_without_the_controller() {
             .arg(format!("unix://{}", socket.display()))
             .arg("--node-state-dir")
             .arg(dir.path().join("node"))
+            // A reader identity: the remount check only reads target status.
+            .arg("--tls-dir")
+            .arg(pki.reader_dir())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("csi.log")).unwrap())
             .spawn()
             .unwrap(),
         dir,
+        pki,
+        links: Links::Tls,
         replicas: Vec::new(),
         socket,
         args: Vec::new(),
@@ -1072,4 +1139,190 @@ async fn node_mode_serves_identity_and_node_without_the_controller() {
         .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
         .await;
     assert_eq!(code(missing), Code::Unimplemented);
+}
+
+/// The target of a volume, started by the local runtime, holds a
+/// certificate naming that volume only, serves its management API over
+/// mutual TLS (a client without a certificate gets nothing), says it is not
+/// in plaintext, and its certificate goes with the volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_target_gets_a_certificate_for_its_volume_only_and_serves_over_tls() {
+    let mut cluster = Cluster::start(1, &[]);
+    let mut c = cluster.controller().await;
+    let vol = create(&mut c, create_req("tls-vol", 16 * MIB)).await;
+    let ctx = c
+        .controller_publish_volume(publish_req(&vol.volume_id, "node-a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    let tls = cluster.target_tls_dir(&vol.volume_id);
+    let identity = Credentials::load(&tls).unwrap().identity();
+    assert_eq!(
+        identity,
+        Identity::Target {
+            volumes: vec![vol.volume_id.clone()]
+        }
+    );
+    assert!(!identity.may_serve("another-volume"));
+
+    let mgmt: std::net::SocketAddr = ctx[cstor_csi::context::TARGET_MGMT]
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let channel = crate::common::mgmt_channel(&cluster.pki.admin(), mgmt, Role::Target).await;
+    let status = TargetManagerClient::new(channel)
+        .get_status(GetTargetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.insecure_plaintext, "{status:?}");
+    // No certificate, no answer.
+    let plain = Endpoint::from_shared(format!("http://{mgmt}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    let refused = match plain.connect().await {
+        Err(_) => true,
+        Ok(channel) => TargetManagerClient::new(channel)
+            .get_status(GetTargetStatusRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "the target answered a client without a certificate"
+    );
+    // The volume works through the portal the controller published.
+    let session = login(&ctx, "node-a").await.unwrap();
+    drop(session);
+
+    c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        node_id: "node-a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !tls.exists(),
+        "the target's certificate outlived its volume"
+    );
+}
+
+/// The controller starts only with what it needs: an admin identity (it
+/// calls both management APIs) and, with TLS, the CA that issues its
+/// targets' certificates; plaintext only when asked for, and never mixed
+/// with TLS.
+#[test]
+fn the_controller_refuses_to_start_without_an_admin_identity_and_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let (admin, reader, ca) = (pki.admin_dir(), pki.reader_dir(), pki.ca_dir());
+    let path = |p: &PathBuf| p.display().to_string();
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("no credentials", vec![]),
+        (
+            "a reader identity",
+            vec![
+                "--tls-dir".into(),
+                path(&reader),
+                "--tls-ca-dir".into(),
+                path(&ca),
+            ],
+        ),
+        ("TLS without the CA", vec!["--tls-dir".into(), path(&admin)]),
+        (
+            "TLS and plaintext",
+            vec![
+                "--tls-dir".into(),
+                path(&admin),
+                "--insecure-plaintext".into(),
+            ],
+        ),
+        (
+            "a CA for plaintext targets",
+            vec![
+                "--insecure-plaintext".into(),
+                "--tls-ca-dir".into(),
+                path(&ca),
+            ],
+        ),
+        (
+            "a directory without certificates",
+            vec![
+                "--tls-dir".into(),
+                path(&ca),
+                "--tls-ca-dir".into(),
+                path(&ca),
+            ],
+        ),
+    ];
+    for (what, security) in cases {
+        let socket = dir.path().join("csi.sock");
+        let mut child = Command::new(crate::common::cstor_bin())
+            .args(["csi", "--mode", "controller", "--endpoint"])
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--pool", "127.0.0.1:1=127.0.0.1:2", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(&security)
+            .env_remove("CSTOR_TLS_DIR")
+            .env_remove("CSTOR_INSECURE_PLAINTEXT")
+            .env_remove("CSTOR_TLS_CA_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + START_GUARD;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what}: the controller started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{what}: exited with {status}");
+        assert!(!socket.exists(), "{what}: the controller served");
+    }
+}
+
+/// Plaintext is an explicit choice, and then the whole path works without
+/// certificates: replicas and controller run `--insecure-plaintext`, the
+/// targets the controller starts too (they say so in their status), and no
+/// certificate is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_insecure_plaintext_chosen_the_targets_run_plaintext_too() {
+    let mut cluster = Cluster::start_with(1, &[], Links::Plaintext);
+    let mut c = cluster.controller().await;
+    let vol = create(&mut c, create_req("plain-vol", 16 * MIB)).await;
+    let ctx = c
+        .controller_publish_volume(publish_req(&vol.volume_id, "node-a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    assert!(!cluster.target_tls_dir(&vol.volume_id).exists());
+    let mgmt: std::net::SocketAddr = ctx[cstor_csi::context::TARGET_MGMT]
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let channel = crate::common::mgmt_channel(&Security::Plaintext, mgmt, Role::Target).await;
+    let status = TargetManagerClient::new(channel)
+        .get_status(GetTargetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.insecure_plaintext, "{status:?}");
+    let session = login(&ctx, "node-a").await.unwrap();
+    drop(session);
+    assert_eq!(cluster.volumes_on(0).await, std::slice::from_ref(&vol.volume_id));
 }
