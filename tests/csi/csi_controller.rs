@@ -1324,5 +1324,8 @@ async fn with_insecure_plaintext_chosen_the_targets_run_plaintext_too() {
     assert!(status.insecure_plaintext, "{status:?}");
     let session = login(&ctx, "node-a").await.unwrap();
     drop(session);
-    assert_eq!(cluster.volumes_on(0).await, std::slice::from_ref(&vol.volume_id));
+    assert_eq!(
+        cluster.volumes_on(0).await,
+        std::slice::from_ref(&vol.volume_id)
+    );
 }
