@@ -234,14 +234,10 @@ impl Links {
                     anyhow::anyhow!("invalid management address {addr:?} of the {what}")
                 }
                 cstor_tls::grpc::ConnectError::Transport { source, .. } => {
-                    let mut msg = format!("cannot reach the {what} at {addr}");
-                    let mut next: Option<&dyn std::error::Error> = Some(&source);
-                    while let Some(err) = next {
-                        msg.push_str(": ");
-                        msg.push_str(&err.to_string());
-                        next = err.source();
-                    }
-                    anyhow::anyhow!(msg)
+                    anyhow::anyhow!(
+                        "cannot reach the {what} at {addr}: {}",
+                        crate::up::error_chain(&source)
+                    )
                 }
             })
     }

@@ -247,13 +247,18 @@ fn default_state_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/cstor"))
 }
 
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line. A source that only repeats what
+/// its wrapper already said (tonic's transport errors show their cause
+/// themselves) is left out.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
+        let part = err.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = err.source();
     }
     text
