@@ -238,18 +238,7 @@ pub async fn channel(
     security: &Security,
     expect: &[Role],
 ) -> Result<Channel, ConnectError> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|_| ConnectError::Address(addr.to_owned()))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    let connector = Connector {
-        security: security.clone(),
-        expect: Arc::from(expect),
-    };
+    let (endpoint, connector) = endpoint(addr, security, expect)?;
     endpoint
         .connect_with_connector(connector)
         .await
@@ -266,6 +255,17 @@ pub fn channel_lazy(
     security: &Security,
     expect: &[Role],
 ) -> Result<Channel, ConnectError> {
+    let (endpoint, connector) = endpoint(addr, security, expect)?;
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// The endpoint of `addr` (`host:port` or a URL) and the connector that
+/// secures its connections.
+fn endpoint(
+    addr: &str,
+    security: &Security,
+    expect: &[Role],
+) -> Result<(Endpoint, Connector), ConnectError> {
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -274,10 +274,11 @@ pub fn channel_lazy(
     let endpoint = Endpoint::from_shared(url)
         .map_err(|_| ConnectError::Address(addr.to_owned()))?
         .connect_timeout(CONNECT_TIMEOUT);
-    Ok(endpoint.connect_with_connector_lazy(Connector {
+    let connector = Connector {
         security: security.clone(),
         expect: Arc::from(expect),
-    }))
+    };
+    Ok((endpoint, connector))
 }
 
 /// Dials TCP, then secures the connection.

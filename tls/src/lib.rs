@@ -17,6 +17,8 @@ pub mod grpc;
 pub mod identity;
 pub mod issue;
 pub mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use credentials::Credentials;
 pub use identity::{Identity, IdentityError, Right, Role};

@@ -147,14 +147,7 @@ impl Security {
             .await
             .map_err(|_| TlsError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?
             .map_err(TlsError::Handshake)?;
-        let identity = {
-            let (_, conn) = tls.get_ref();
-            let leaf = conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .ok_or(TlsError::NoPeerCertificate)?;
-            Identity::from_der(leaf).map_err(TlsError::PeerIdentity)?
-        };
+        let identity = peer_identity(tls.get_ref().1)?;
         Ok((Stream::Server(Box::new(tls)), Peer::Authenticated(identity)))
     }
 
@@ -177,16 +170,18 @@ impl Security {
             .await
             .map_err(|_| TlsError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?
             .map_err(TlsError::Handshake)?;
-        let identity = {
-            let (_, conn) = tls.get_ref();
-            let leaf = conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .ok_or(TlsError::NoPeerCertificate)?;
-            Identity::from_der(leaf).map_err(TlsError::PeerIdentity)?
-        };
+        let identity = peer_identity(tls.get_ref().1)?;
         Ok((Stream::Client(Box::new(tls)), Peer::Authenticated(identity)))
     }
+}
+
+/// The identity of the verified certificate the peer presented.
+fn peer_identity(conn: &rustls::CommonState) -> Result<Identity, TlsError> {
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(TlsError::NoPeerCertificate)?;
+    Identity::from_der(leaf).map_err(TlsError::PeerIdentity)
 }
 
 /// A connection, secured or (by choice) not.

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cstor_tls::{Ca, Credentials, Identity, Peer, Role, Security, Validity};
@@ -141,25 +140,10 @@ async fn a_client_without_a_certificate_or_without_tls_is_refused() {
     let (server_saw, client_saw) = exchange(server.clone(), &Security::Plaintext, &[]).await;
     assert!(server_saw.is_err(), "{server_saw:?}");
     assert!(client_saw.is_err(), "{client_saw:?}");
-    // TLS that trusts our CA but presents no certificate.
+    // TLS that presents no certificate.
     let (addr, server_result) = serve_one(server).await;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyServer))
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("x").unwrap();
-    if let Ok(mut tls) = connector.connect(name, tcp).await {
+    if let Ok(mut tls) = cstor_tls::testing::connect_without_certificate(tcp).await {
         // TLS 1.3: the refusal can arrive after the client's finish.
         let _ = tls.write_all(b"hello").await;
         let mut buf = [0u8; 5];
@@ -275,41 +259,4 @@ fn ca_files_are_private_and_never_overwritten() {
     cstor_tls::issue::write_tls_dir(&dir.path().join("admin"), ca.cert_pem(), &issued).unwrap();
     let creds = Credentials::load(&dir.path().join("admin")).unwrap();
     assert_eq!(creds.identity(), Identity::Admin);
-}
-
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

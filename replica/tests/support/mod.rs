@@ -284,28 +284,15 @@ pub async fn session(addr: SocketAddr, security: &Security, volume: &str, epoch:
     }
 }
 
-/// A TLS client that trusts any server and presents no certificate.
-fn no_certificate_config() -> Arc<rustls::ClientConfig> {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyServer))
-    .with_no_client_auth();
-    Arc::new(config)
-}
-
 /// TLS to `addr` without a client certificate; `None` when the server
 /// refused it during the handshake already.
 pub async fn dial_without_certificate(
     addr: SocketAddr,
 ) -> Option<Conn<tokio_rustls::client::TlsStream<TcpStream>>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(no_certificate_config());
-    let name = rustls::pki_types::ServerName::try_from("cstor.invalid").unwrap();
-    let tls = connector.connect(name, tcp).await.ok()?;
+    let tls = cstor_tls::testing::connect_without_certificate(tcp)
+        .await
+        .ok()?;
     Some(Framed::new(tls, FrameCodec::new()))
 }
 
@@ -358,9 +345,9 @@ impl tower_service::Service<Uri> for NoCertificate {
             let host = uri.host().ok_or("no host")?.to_owned();
             let port = uri.port_u16().ok_or("no port")?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            let connector = tokio_rustls::TlsConnector::from(no_certificate_config());
-            let name = rustls::pki_types::ServerName::try_from("cstor.invalid")?;
-            Ok(TokioIo::new(connector.connect(name, tcp).await?))
+            Ok(TokioIo::new(
+                cstor_tls::testing::connect_without_certificate(tcp).await?,
+            ))
         })
     }
 }
@@ -405,47 +392,5 @@ pub async fn assert_refused(replica: &Replica, pool: &str, reason: &str, want: u
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Accepts any server certificate (the tests check what the server does
-/// with the client).
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
