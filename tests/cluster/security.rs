@@ -132,7 +132,7 @@ impl Cluster {
 /// that visits every block) at queue depth 1, reading back the block it
 /// wrote before each write and checking it holds the generation that was
 /// acknowledged: the volume is verified while it is attacked or rotated.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
     acked: Arc<Mutex<Vec<u64>>>,
@@ -141,8 +141,12 @@ struct Load {
 
 impl Load {
     async fn start(target: &TargetProcess) -> Load {
-        let mut session =
-            IscsiSession::login_retrying(target.portal, &target.iqn, INITIATOR, GUARD).await;
+        Load::start_at(target.portal, &target.iqn).await
+    }
+
+    /// The load on the target at `portal` serving `iqn`.
+    pub(crate) async fn start_at(portal: SocketAddr, iqn: &str) -> Load {
+        let mut session = IscsiSession::login_retrying(portal, iqn, INITIATOR, GUARD).await;
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(Mutex::new(vec![0u64; BLOCKS as usize]));
@@ -185,7 +189,7 @@ impl Load {
 
     /// Waits for `more` writes acknowledged (and the block before each
     /// verified) since the call.
-    async fn wait_writes(&self, more: u64) {
+    pub(crate) async fn wait_writes(&self, more: u64) {
         let goal = self.writes.load(Ordering::Relaxed) + more;
         let deadline = Instant::now() + GUARD;
         while self.writes.load(Ordering::Relaxed) < goal {
@@ -197,7 +201,7 @@ impl Load {
 
     /// Stops the load and reads every block back (twice: reads may be
     /// served by different replicas).
-    async fn finish_and_verify(self) {
+    pub(crate) async fn finish_and_verify(self) {
         self.stop.store(true, Ordering::Relaxed);
         let mut session = self.task.await.unwrap();
         assert!(session.sync_cache().await.unwrap().is_good());

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{cstor, cstor_bin, free_addr};
-use cstor_tls::{Credentials, Identity};
+use crate::security::Load;
+use cstor_tls::{Ca, Credentials, Identity, Validity};
 
 fn up(state: &Path, portal: std::net::SocketAddr, base_port: u16) -> Child {
     up_with(state, portal, base_port, &[])
@@ -319,4 +320,116 @@ fn up_in_plaintext_only_when_asked_and_ctl_follows_it() {
     .unwrap();
     assert_eq!(pool["insecure_plaintext"], true);
     stop(child);
+}
+
+/// Rotation under a running `cstor up`, as an operator would do it by
+/// hand: a new CA replaces the old one in `STATE/tls/ca`, and every TLS
+/// directory (each replica's, the target's, admin, reader) gets the new CA
+/// as its only trusted one and a new certificate and key from it — while an
+/// initiator writes and verifies. Every process reloads at its next poll
+/// (`ctl --state-dir` with the new admin identity is answered, the old
+/// admin identity is not); the links made before go on; a replica killed
+/// afterwards is restarted by `cstor up`, makes its handshakes with the new
+/// certificates on both sides (the target's to it, its own to the rebuild
+/// source) and rebuilds; the data verifies at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_certificate_replaced_under_cstor_up_keeps_io_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let portal = free_addr();
+    let base = free_base_port();
+    let child = up(&state, portal, base);
+    wait_until("cluster.json", || state.join("cluster.json").exists());
+    tokio::task::block_in_place(|| {
+        wait_until("three healthy replicas", || all_healthy(&status_of(&state)))
+    });
+    let iqn = cluster(&state)["iqn"].as_str().unwrap().to_owned();
+    let load = Load::start_at(portal, &iqn).await;
+    load.wait_writes(100).await;
+
+    let tls = state.join("tls");
+    let old_admin = dir.path().join("old-admin");
+    copy_dir(&tls.join("admin"), &old_admin);
+    let new_ca = Ca::generate("rotated", Validity::from_now(Duration::from_secs(86_400))).unwrap();
+    // The new CA in place of the old (so that a restarted child is issued
+    // nothing from the old one), then every directory.
+    let staged = dir.path().join("new-ca");
+    new_ca.save(&staged).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        let bytes = std::fs::read(staged.join(file)).unwrap();
+        cstor_tls::issue::write_private(&tls.join("ca").join(file), &bytes).unwrap();
+    }
+    let mut dirs: Vec<String> = (0..3).map(|i| format!("replica-{i}")).collect();
+    dirs.extend(["target", "admin", "reader"].map(String::from));
+    for name in &dirs {
+        let d = tls.join(name);
+        let identity = Credentials::load(&d).unwrap().identity();
+        new_ca
+            .issue_dir(
+                &identity,
+                Validity::from_now(Duration::from_secs(86_400)),
+                &d,
+            )
+            .unwrap();
+    }
+    // Reloaded everywhere: the new admin is answered by the target and
+    // every replica, the old one by none.
+    tokio::task::block_in_place(|| {
+        wait_until("the new certificates taken up", || {
+            let pools = ctl_state(&state, &["--json", "pool", "list"]);
+            pools.status.success() && ctl_state(&state, &["--json", "status"]).status.success()
+        })
+    });
+    let target_mgmt = cluster(&state)["target"]["mgmt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old = Command::new(cstor_bin())
+        .args(["ctl", "--tls-dir"])
+        .arg(&old_admin)
+        .args(["--target", &target_mgmt, "status"])
+        .env_remove("CSTOR_TLS_DIR")
+        .env_remove("CSTOR_INSECURE_PLAINTEXT")
+        .output()
+        .unwrap();
+    assert!(!old.status.success(), "the old CA's admin is still served");
+    load.wait_writes(100).await;
+
+    // A replica killed: restarted by `cstor up`, relinked and rebuilt with
+    // the new certificates.
+    let victim = cluster(&state)["replicas"][1]["pid"].as_u64().unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::task::block_in_place(|| {
+        wait_until("the restart", || {
+            let c = cluster(&state);
+            c["replicas"][1]["pid"]
+                .as_u64()
+                .is_some_and(|p| p != victim && alive(p))
+        });
+        wait_until("three healthy replicas after the restart", || {
+            all_healthy(&status_of(&state))
+        });
+    });
+    load.wait_writes(100).await;
+    let status = status_of(&state);
+    assert_eq!(status["fenced"], false, "{status}");
+    assert_eq!(status["read_only"], false, "{status}");
+    load.finish_and_verify().await;
+    // The restarted replica kept the new certificate (nothing re-issued
+    // from the old CA).
+    let ca_pem = std::fs::read_to_string(tls.join("replica-1/ca.crt")).unwrap();
+    assert_eq!(ca_pem, new_ca.cert_pem());
+    stop(child);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }
