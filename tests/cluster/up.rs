@@ -353,11 +353,11 @@ async fn every_certificate_replaced_under_cstor_up_keeps_io_flowing() {
     let new_ca = Ca::generate("rotated", Validity::from_now(Duration::from_secs(86_400))).unwrap();
     // The new CA in place of the old (so that a restarted child is issued
     // nothing from the old one), then every directory.
-    let staged = dir.path().join("new-ca");
-    new_ca.save(&staged).unwrap();
-    for file in ["ca.crt", "ca.key"] {
-        let bytes = std::fs::read(staged.join(file)).unwrap();
-        cstor_tls::issue::write_private(&tls.join("ca").join(file), &bytes).unwrap();
+    for (file, pem) in [
+        ("ca.crt", new_ca.cert_pem().to_owned()),
+        ("ca.key", new_ca.key_pem()),
+    ] {
+        cstor_tls::issue::write_private(&tls.join("ca").join(file), pem.as_bytes()).unwrap();
     }
     let mut dirs: Vec<String> = (0..3).map(|i| format!("replica-{i}")).collect();
     dirs.extend(["target", "admin", "reader"].map(String::from));

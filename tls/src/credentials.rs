@@ -229,20 +229,39 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
         let path = dir.join(name);
         std::fs::read(&path).map_err(|source| TlsError::Read { path, source })
     };
+    let (ca, cert, key) = (file(CA_FILE)?, file(CERT_FILE)?, file(KEY_FILE)?);
+    parse(dir, &ca, &cert, &key, stamp)
+}
+
+/// Checks a TLS directory's three files given as PEM (e.g. kept in a
+/// Kubernetes Secret) as loading them would: the CAs parse, the key goes
+/// with the certificate, and the certificate names an identity. Returns
+/// the identity and when the certificate expires.
+pub fn inspect(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Identity, SystemTime), TlsError> {
+    let loaded = parse(Path::new(""), ca_pem, cert_pem, key_pem, Stamp(Vec::new()))?;
+    Ok((loaded.identity, loaded.not_after))
+}
+
+/// The credentials of the three files' contents; errors name the files
+/// under `dir`.
+fn parse(dir: &Path, ca: &[u8], cert: &[u8], key: &[u8], stamp: Stamp) -> Result<Loaded, TlsError> {
     let bad = |name: &str, reason: String| TlsError::Bad {
         path: dir.join(name),
         reason,
     };
-    let ca = file(CA_FILE)?;
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&ca) {
+    for cert in CertificateDer::pem_slice_iter(ca) {
         let cert = cert.map_err(|e| bad(CA_FILE, e.to_string()))?;
         roots.add(cert).map_err(|e| bad(CA_FILE, e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(bad(CA_FILE, "no CA certificate in it".into()));
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&file(CERT_FILE)?)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<_, _>>()
         .map_err(|e| bad(CERT_FILE, e.to_string()))?;
     let Some(leaf) = chain.first() else {
@@ -250,8 +269,7 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
     };
     let identity = Identity::from_der(leaf).map_err(|e| bad(CERT_FILE, e.to_string()))?;
     let not_after = not_after(leaf).map_err(|e| bad(CERT_FILE, e))?;
-    let key = PrivateKeyDer::from_pem_slice(&file(KEY_FILE)?)
-        .map_err(|e| bad(KEY_FILE, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(KEY_FILE, e.to_string()))?;
     let provider = provider();
     let key = CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| bad(KEY_FILE, format!("does not go with {CERT_FILE}: {e}")))?;

@@ -54,6 +54,15 @@ pub enum IssueError {
     BadCa { path: PathBuf, reason: String },
 }
 
+/// Which half of a CA's PEM pair is unusable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    #[error("the CA key: {0}")]
+    Key(String),
+    #[error("the CA certificate: {0}")]
+    Cert(String),
+}
+
 /// A certificate's validity window.
 #[derive(Debug, Clone, Copy)]
 pub struct Validity {
@@ -123,17 +132,33 @@ impl Ca {
     pub fn load(dir: &Path) -> Result<Ca, IssueError> {
         let cert_path = dir.join(CA_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        let cert_pem = read(&cert_path)?;
-        let key_pem = read(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| IssueError::BadCa {
-            path: key_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| IssueError::BadCa {
-            path: cert_path.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Ca { cert_pem, issuer })
+        Ca::from_pem(&read(&cert_path)?, &read(&key_path)?).map_err(|e| match e {
+            PemError::Key(reason) => IssueError::BadCa {
+                path: key_path,
+                reason,
+            },
+            PemError::Cert(reason) => IssueError::BadCa {
+                path: cert_path,
+                reason,
+            },
+        })
+    }
+
+    /// A CA from its certificate and key, PEM (e.g. kept in a Kubernetes
+    /// Secret rather than files).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PemError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PemError::Key(e.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| PemError::Cert(e.to_string()))?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// The CA's private key, PEM (what `ca.key` holds).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// Writes `ca.crt` and `ca.key` into `dir` (created 0700 if missing);
@@ -145,7 +170,7 @@ impl Ca {
             return Err(IssueError::Exists(key_path));
         }
         write_private(&dir.join(CA_FILE), self.cert_pem.as_bytes())?;
-        write_private(&key_path, self.issuer.key().serialize_pem().as_bytes())
+        write_private(&key_path, self.key_pem().as_bytes())
     }
 
     /// The CA's certificate, PEM.

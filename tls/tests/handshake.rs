@@ -259,4 +259,24 @@ fn ca_files_are_private_and_never_overwritten() {
     cstor_tls::issue::write_tls_dir(&dir.path().join("admin"), ca.cert_pem(), &issued).unwrap();
     let creds = Credentials::load(&dir.path().join("admin")).unwrap();
     assert_eq!(creds.identity(), Identity::Admin);
+    // The same CA from its PEM pair (as kept in a Secret) signs too, and
+    // the files' contents check out without files.
+    let from_pem = Ca::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+    let issued = from_pem.issue(&Identity::Reader, year()).unwrap();
+    let (identity, not_after) = cstor_tls::credentials::inspect(
+        ca.cert_pem().as_bytes(),
+        issued.cert_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(identity, Identity::Reader);
+    assert!(not_after > SystemTime::now());
+    // A key that is not the certificate's is refused.
+    assert!(cstor_tls::credentials::inspect(
+        ca.cert_pem().as_bytes(),
+        issued.cert_pem.as_bytes(),
+        ca.key_pem().as_bytes(),
+    )
+    .is_err());
+    assert!(Ca::from_pem(ca.cert_pem(), "not a key").is_err());
 }

@@ -21,7 +21,6 @@
 //! (`helm upgrade`), which issues a new one. Renewing before expiry is the
 //! same operation.
 
-use std::path::Path;
 use std::time::SystemTime;
 
 use clap::Args;
@@ -34,7 +33,7 @@ use std::collections::BTreeMap;
 use cstor_tls::issue::{
     IssueError, CA_FILE, CA_KEY_FILE, CA_VALIDITY, CERT_FILE, CERT_VALIDITY, KEY_FILE,
 };
-use cstor_tls::{Ca, Credentials, Identity, TlsError, Validity};
+use cstor_tls::{Ca, Identity, TlsError, Validity};
 
 /// The CA certificate's common name.
 pub const CA_NAME: &str = "cstor cluster CA";
@@ -112,8 +111,6 @@ pub enum BootstrapError {
     },
     #[error("cannot issue: {0}")]
     Issue(#[from] IssueError),
-    #[error("scratch directory: {0}")]
-    Scratch(std::io::Error),
 }
 
 /// What became of one Secret.
@@ -221,12 +218,16 @@ async fn ca(at: &Place<'_>, name: &str) -> Result<(Ca, Outcome), BootstrapError>
         return Ok((load_ca(at, name, &secret)?, Outcome::Kept));
     }
     let ca = Ca::generate(CA_NAME, Validity::from_now(CA_VALIDITY))?;
-    let scratch = scratch()?;
-    ca.save(scratch.path())?;
-    let data = [CA_FILE, CA_KEY_FILE]
-        .into_iter()
-        .map(|file| Ok((file.to_owned(), ByteString(read(scratch.path(), file)?))))
-        .collect::<Result<BTreeMap<_, _>, BootstrapError>>()?;
+    let data = BTreeMap::from([
+        (
+            CA_FILE.to_owned(),
+            ByteString(ca.cert_pem().as_bytes().to_vec()),
+        ),
+        (
+            CA_KEY_FILE.to_owned(),
+            ByteString(ca.key_pem().into_bytes()),
+        ),
+    ]);
     if at
         .create(name, &secret_object(name, "Opaque", data))
         .await?
@@ -242,12 +243,9 @@ async fn ca(at: &Place<'_>, name: &str) -> Result<(Ca, Outcome), BootstrapError>
 }
 
 fn load_ca(at: &Place<'_>, name: &str, secret: &Secret) -> Result<Ca, BootstrapError> {
-    let scratch = scratch()?;
-    for file in [CA_FILE, CA_KEY_FILE] {
-        let text = at.text(name, secret, file)?;
-        cstor_tls::issue::write_private(&scratch.path().join(file), text.as_bytes())?;
-    }
-    Ca::load(scratch.path()).map_err(|e| at.unusable(name, e.to_string()))
+    let cert = at.text(name, secret, CA_FILE)?;
+    let key = at.text(name, secret, CA_KEY_FILE)?;
+    Ca::from_pem(&cert, &key).map_err(|e| at.unusable(name, e.to_string()))
 }
 
 /// One role's Secret: checked if there, else issued and stored.
@@ -292,11 +290,6 @@ fn check_role(
     identity: &Identity,
     secret: &Secret,
 ) -> Result<(), BootstrapError> {
-    let scratch = scratch()?;
-    for file in [CA_FILE, CERT_FILE, KEY_FILE] {
-        let text = at.text(name, secret, file)?;
-        cstor_tls::issue::write_private(&scratch.path().join(file), text.as_bytes())?;
-    }
     let trusted = at.text(name, secret, CA_FILE)?;
     if !trusted.contains(ca.cert_pem().trim()) {
         return Err(at.unusable(
@@ -304,16 +297,18 @@ fn check_role(
             "its ca.crt does not hold the cluster CA's certificate",
         ));
     }
-    let credentials = Credentials::load(scratch.path())
-        .map_err(|e: TlsError| at.unusable(name, e.to_string()))?;
-    let found = credentials.identity();
+    let cert = at.text(name, secret, CERT_FILE)?;
+    let key = at.text(name, secret, KEY_FILE)?;
+    let (found, not_after) =
+        cstor_tls::credentials::inspect(trusted.as_bytes(), cert.as_bytes(), key.as_bytes())
+            .map_err(|e: TlsError| at.unusable(name, e.to_string()))?;
     if found != *identity {
         return Err(at.unusable(
             name,
             format!("its certificate is for {found}, not {identity}"),
         ));
     }
-    if credentials.not_after() <= SystemTime::now() {
+    if not_after <= SystemTime::now() {
         return Err(at.unusable(name, "its certificate has expired"));
     }
     Ok(())
@@ -338,20 +333,6 @@ fn secret_object(name: &str, type_: &str, data: BTreeMap<String, ByteString>) ->
         data: Some(data),
         ..Secret::default()
     }
-}
-
-/// A private scratch directory (0700, removed when dropped) where the CA's
-/// files pass through `cstor_tls`'s file-based loaders.
-fn scratch() -> Result<tempfile::TempDir, BootstrapError> {
-    tempfile::Builder::new()
-        .prefix("cstor-certs-")
-        .tempdir()
-        .map_err(BootstrapError::Scratch)
-}
-
-fn read(dir: &Path, file: &str) -> Result<Vec<u8>, BootstrapError> {
-    let path = dir.join(file);
-    std::fs::read(&path).map_err(|source| IssueError::Io { path, source }.into())
 }
 
 #[cfg(test)]
@@ -429,12 +410,12 @@ mod tests {
     }
 
     /// Loads a role Secret's body as a TLS directory.
-    fn credentials(body: &Value) -> std::sync::Arc<Credentials> {
+    fn credentials(body: &Value) -> std::sync::Arc<cstor_tls::Credentials> {
         let dir = tempfile::tempdir().unwrap();
         for file in [CA_FILE, CERT_FILE, KEY_FILE] {
             std::fs::write(dir.path().join(file), data(body, file)).unwrap();
         }
-        Credentials::load(dir.path()).unwrap()
+        cstor_tls::Credentials::load(dir.path()).unwrap()
     }
 
     /// The first run on an empty namespace: every Secret made.

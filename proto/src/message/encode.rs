@@ -182,6 +182,12 @@ impl Message {
         }
     }
 
+    /// Whether this is a reply to a request (its wire opcode has the
+    /// reply bit).
+    pub fn is_reply(&self) -> bool {
+        self.wire_opcode() & REPLY_BIT != 0
+    }
+
     /// Payload size, exact for data-carrying messages (so a write reserves
     /// once), a small guess for the rest.
     pub(super) fn payload_hint(&self) -> usize {

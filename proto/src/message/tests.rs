@@ -254,3 +254,27 @@ fn rebuild_throttle_carries_its_rate_in_the_payload_and_is_acked() {
     let ack = request.reply(Message::Ack(Opcode::RebuildThrottle));
     assert_eq!(Packet::decode(frame_of(&ack)).unwrap(), ack);
 }
+
+#[test]
+fn replies_and_requests_are_told_apart() {
+    for request in [
+        Message::Flush,
+        Message::Heartbeat,
+        Message::MembershipGet,
+        Message::Status,
+    ] {
+        assert!(!request.is_reply(), "{request:?}");
+    }
+    for reply in [
+        Message::Ack(Opcode::Flush),
+        Message::ReadData(Bytes::from_static(b"x")),
+        Message::Membership(Membership::none()),
+        Message::Error(ErrorReply::new(
+            Opcode::Write.to_u16(),
+            Status::BadRequest,
+            "no",
+        )),
+    ] {
+        assert!(reply.is_reply(), "{reply:?}");
+    }
+}

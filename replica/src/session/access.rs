@@ -81,15 +81,8 @@ pub(crate) fn request(
         return Ok(());
     }
     match message {
-        Message::Heartbeat
-        | Message::HelloAck(_)
-        | Message::VersionMismatch(_)
-        | Message::ReadData(_)
-        | Message::SnapshotListing(_)
-        | Message::StatusReport(_)
-        | Message::Membership(_)
-        | Message::Ack(_)
-        | Message::Error(_) => Ok(()),
+        Message::Heartbeat => Ok(()),
+        reply if reply.is_reply() => Ok(()),
         Message::RebuildStart(_) | Message::SnapshotList(_) => replicated(peer, entry),
         other => Err(format!(
             "{peer} may only pull a rebuild stream on a probe of volume {}, not {}",
