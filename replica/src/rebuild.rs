@@ -1,7 +1,9 @@
 //! Replica-to-replica rebuild (docs/architecture.md, invariant 6): this
 //! daemon as the *source* that streams a volume's changed chunks to a peer
 //! ([`source`]), and as the *sink* that pulls them into its own copy
-//! ([`sink`]), with the per-volume state both share ([`state`]).
+//! ([`sink`]), with the per-volume state both share ([`state`]) and what
+//! they need from the outside world ([`io`]: a clock, links, a task — tokio
+//! in the daemon, anything else in a simulator).
 //!
 //! Protocol (`cstor_proto::message::rebuild`):
 //!
@@ -77,6 +79,7 @@
 //! [`REBUILD_PIECES_IN_FLIGHT`]: crate::limits::REBUILD_PIECES_IN_FLIGHT
 //! [`REBUILD_CHECKPOINT_BYTES`]: crate::limits::REBUILD_CHECKPOINT_BYTES
 
+pub mod io;
 pub mod sink;
 pub mod source;
 pub mod state;

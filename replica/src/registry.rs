@@ -31,7 +31,7 @@
 //! or a lower generation is refused (`Conflict`), so a generation once
 //! stored names one record forever.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -94,12 +94,13 @@ pub enum DeleteRefused {
     Engine(#[from] cstor_engine::Error),
 }
 
-/// The volumes the daemon's sessions have opened.
+/// The volumes the daemon's sessions have opened (by name: [`Registry::cut_all`]
+/// cuts them in name order, the same every run).
 pub struct Registry {
     pool: Arc<Pool>,
-    volumes: Mutex<HashMap<String, Arc<VolumeEntry>>>,
+    volumes: Mutex<BTreeMap<String, Arc<VolumeEntry>>>,
     /// Volumes being deleted (how many deletes of each are under way).
-    deleting: Mutex<HashMap<String, usize>>,
+    deleting: Mutex<BTreeMap<String, usize>>,
     next_conn_id: AtomicU64,
     rebuild_settings: Arc<RebuildSettings>,
     metrics: ReplicaMetrics,
@@ -109,8 +110,8 @@ impl Registry {
     pub fn new(pool: Arc<Pool>) -> Self {
         Self {
             pool,
-            volumes: Mutex::new(HashMap::new()),
-            deleting: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(BTreeMap::new()),
+            deleting: Mutex::new(BTreeMap::new()),
             next_conn_id: AtomicU64::new(1),
             rebuild_settings: Arc::new(RebuildSettings::default()),
             metrics: ReplicaMetrics::default(),

@@ -33,13 +33,17 @@
 //! the request's io_seq and the connection goes on (docs/architecture.md,
 //! invariant 8).
 //!
-//! Parts: [`access`] (who may do what), [`handshake`] (the `Hello` and its
-//! answer), [`route`] (where a request goes), [`execute`] (an admitted IO against the engine),
-//! [`report`] (the replica's view of its copy), [`reply`] (error replies);
-//! this module holds the connection's read loop and writer, and
+//! Parts: [`core`] (the session's decisions, runtime-free: what a `Hello`
+//! opens, where a request goes, an admitted IO run to its reply, a sink
+//! started), [`access`] (who may do what), [`handshake`] (the `Hello` read
+//! and answered), [`route`] (where a request goes), [`execute`] (an
+//! admitted IO against the engine), [`report`] (the replica's view of its
+//! copy), [`reply`] (error replies); this module holds the connection's
+//! read loop and writer (the async shell around [`core`]), and
 //! [`SessionError`], why a connection ended.
 
 pub mod access;
+pub mod core;
 mod execute;
 mod handshake;
 mod reply;
@@ -51,8 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cstor_proto::{
-    EncodeError, FrameCodec, FrameError, Message, MessageError, Opcode, Packet, Status,
-    VersionRange,
+    EncodeError, FrameCodec, FrameError, MessageError, Packet, Status, VersionRange,
 };
 use cstor_tls::{Peer, Security, Stream, TlsError};
 use futures::{SinkExt, StreamExt};
@@ -62,15 +65,14 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use self::execute::execute;
+use self::core::{Routed, SessionCore};
 pub(crate) use self::execute::publish_watermark;
 use self::handshake::handshake;
-use self::reply::error_reply;
-use self::route::{classify, mutates, writes_data, Route};
 use crate::limits::{MAX_IN_FLIGHT_PER_CONNECTION, REPLY_QUEUE, SESSION_IDLE_TIMEOUT};
-use crate::metrics::{Refusal, VolumeIo};
+use crate::metrics::Refusal;
+use crate::rebuild::io::{TokioClock, TokioIo};
 use crate::rebuild::{self, RebuildError};
-use crate::registry::{Registry, VolumeEntry};
+use crate::registry::Registry;
 
 /// Why a connection ended (other than by the target closing it cleanly).
 #[derive(Debug, thiserror::Error)]
@@ -184,45 +186,29 @@ async fn serve_inner(
 ) -> Result<(), SessionError> {
     let mut conn = Framed::new(stream, FrameCodec::new());
     conn.set_backpressure_boundary(cstor_proto::WRITE_BATCH_BYTES);
-    let Some(session) = handshake(&mut conn, conn_id, registry, peer, security).await? else {
+    let Some(session) = handshake(&mut conn, conn_id, registry, peer).await? else {
         return Ok(());
     };
-    let entry = Arc::clone(&session.entry);
     let span = tracing::info_span!(
         "session",
-        volume = %entry.name,
-        epoch = session.epoch,
-        session = session.session_id
+        volume = %session.entry().name,
+        epoch = session.epoch(),
+        session = session.session_id()
     );
-    let result = run_session(conn, session, shutdown).instrument(span).await;
-    entry.release(conn_id);
+    let session = Arc::new(session);
+    let result = run_session(conn, Arc::clone(&session), security, shutdown)
+        .instrument(span)
+        .await;
+    session.close();
     result
 }
 
-/// A session after its handshake.
-struct Session {
-    conn_id: u64,
-    session_id: u64,
-    epoch: u64,
-    entry: Arc<VolumeEntry>,
-    /// Cancelled when a newer target takes the volume over; `None` for a
-    /// probe session (epoch 0), which owns nothing.
-    fenced: Option<CancellationToken>,
-    /// The volume's IO counters (metrics).
-    io: Arc<VolumeIo>,
-    /// Who the peer is (its certificate), and what it may do.
-    peer: Peer,
-    access: access::Access,
-    /// The daemon's link security: a rebuild this session starts (sink)
-    /// dials its source with it.
-    security: Security,
-    /// The daemon's metrics (refusals of requests).
-    registry: Arc<Registry>,
-}
-
+/// The read loop and writer of an open session; `security` is what a
+/// rebuild it starts (sink) dials its source with.
 async fn run_session(
     conn: Conn,
-    session: Session,
+    session: Arc<SessionCore>,
+    security: Security,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let (mut sink, mut stream) = conn.split();
@@ -240,8 +226,7 @@ async fn run_session(
         Ok::<_, cstor_proto::EncodeError>(sink)
     });
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    let session = Arc::new(session);
-    let fenced = session.fenced.clone().unwrap_or_default();
+    let fenced = session.fence().cloned().unwrap_or_default();
     // Ends with the read loop: stops a rebuild this session started.
     let session_end = fenced.child_token();
     let mut source_request = None;
@@ -273,38 +258,26 @@ async fn run_session(
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break Err(SessionError::SlotsClosed);
         };
-        match classify(&session, &packet) {
-            Route::RebuildSource(start) => {
+        match session.route(packet) {
+            Routed::RebuildSource { request, start } => {
                 drop(permit);
-                source_request = Some((packet, start));
+                source_request = Some((request, start));
                 break Ok(());
             }
-            Route::RebuildSink(start) => {
+            Routed::RebuildSink { request, start } => {
                 drop(permit);
-                let reports = rebuild::sink::Reports {
-                    request: packet.clone(),
-                    replies: replies.clone(),
-                };
-                let settings = Arc::clone(&session.entry.rebuild_settings);
-                let reply = match rebuild::sink::start(
-                    &session.entry,
-                    settings,
-                    session.security.clone(),
+                let reply = session.start_sink(
+                    TokioIo::new(security.clone()),
+                    &request,
                     start,
-                    reports,
+                    replies.clone(),
                     &session_end,
-                ) {
-                    Ok(()) => packet.reply(Message::Ack(Opcode::RebuildStart)),
-                    Err(e) => {
-                        warn!(error = %e, "refusing a rebuild");
-                        error_reply(&packet, e.status(), e.to_string())
-                    }
-                };
+                );
                 if replies.send(reply).await.is_err() {
                     break Err(SessionError::WriterGone);
                 }
             }
-            Route::Immediate(reply) => {
+            Routed::Reply(reply) => {
                 drop(permit);
                 if let Some(reply) = reply {
                     if replies.send(reply).await.is_err() {
@@ -312,40 +285,10 @@ async fn run_session(
                     }
                 }
             }
-            Route::Io(kind) => {
-                if mutates(&packet.message) {
-                    session.entry.note_received(packet.io_seq);
-                }
-                let mut ticket = if writes_data(&packet.message) {
-                    let ticket = session.entry.order.admit_mutation(kind, packet.io_seq);
-                    // Before it runs: from the first write on, the engine
-                    // records the watermark, not the highest io_seq.
-                    publish_watermark(&session.entry);
-                    ticket
-                } else {
-                    session.entry.order.admit(kind)
-                };
-                let session = Arc::clone(&session);
+            Routed::Io(task) => {
                 let replies = replies.clone();
                 tokio::spawn(async move {
-                    ticket.ready().await;
-                    let reply = if session.entry.is_owner(session.conn_id) {
-                        execute(&session.entry, &packet).await
-                    } else {
-                        error_reply(
-                            &packet,
-                            Status::StaleEpoch,
-                            "the session was fenced by a newer target".into(),
-                        )
-                    };
-                    if matches!(reply.message, Message::Ack(_)) {
-                        ticket.succeeded();
-                    }
-                    drop(ticket);
-                    if writes_data(&packet.message) {
-                        publish_watermark(&session.entry);
-                    }
-                    session.io.record(&packet.message, &reply.message);
+                    let reply = task.run().await;
                     // The connection may be gone; the IO is done either way.
                     let _ = replies.send(reply).await;
                     drop(permit);
@@ -373,11 +316,16 @@ async fn run_session(
         Ok(Ok(Ok(sink))) => Some(sink),
     };
     match (source_request, sink) {
-        (Some((request, start)), Some(mut sink)) => {
-            rebuild::source::serve(&mut sink, &session.entry, &request, &start, shutdown)
-                .await
-                .map_err(SessionError::from)
-        }
+        (Some((request, start)), Some(mut sink)) => rebuild::source::serve(
+            &mut sink,
+            &TokioClock::new(),
+            session.entry(),
+            &request,
+            &start,
+            shutdown,
+        )
+        .await
+        .map_err(SessionError::from),
         _ => outcome,
     }
 }

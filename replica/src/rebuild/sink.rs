@@ -16,24 +16,31 @@
 //! snapshots taken meanwhile (a second snapshot pass), and at the end
 //! flushes and sends `RebuildDone` (or `RebuildAbort`). Cancelled with the owning session (a
 //! newer target, a disconnect), on volume delete and on shutdown.
+//!
+//! Runtime-free: the task, the links to the source and the time are the
+//! given [`RebuildIo`]'s (the daemon's: [`TokioIo`], TCP and TLS on
+//! tokio); pacing, progress intervals and the rate estimate read only its
+//! clock.
+//!
+//! [`TokioIo`]: super::io::TokioIo
 
 use std::collections::BTreeSet;
+use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use cstor_proto::{
-    Auth, FrameCodec, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk,
-    RebuildDone, RebuildProgress, RebuildSource, RebuildStart, VersionRange,
+    Auth, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone,
+    RebuildProgress, RebuildSource, RebuildStart, VersionRange,
 };
-use cstor_tls::{Role, Security, Stream};
+use futures::future::{self, Either};
 use futures::stream::FuturesOrdered;
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use super::io::{deadline, RebuildIo};
 use super::source::truncate;
 use super::state::{effective_limit, BlockSet, Pacer, RebuildSettings, RebuildStatus, ResumePoint};
 use super::RebuildError;
@@ -51,16 +58,20 @@ pub struct Reports {
     /// The target's `RebuildStart`; reports carry its session, epoch and
     /// io_seq (the first io_seq this session got live, `J`).
     pub request: Packet,
+    /// The session's replies: `RebuildProgress`, then one `RebuildDone` or
+    /// `RebuildAbort`, each a reply to `request`.
     pub replies: mpsc::Sender<Packet>,
 }
 
 /// Starts a sink run for `entry` (called by the session's read loop, so
-/// tracking begins before the next request is admitted). Errors are
+/// tracking begins before the next request is admitted) as a task of
+/// `io`, which also dials the source and keeps the time; `settings` are
+/// the daemon's, `stop` ends the run (the session's end). Errors are
 /// refusals to start, answered to the target as an error reply.
-pub fn start(
+pub fn start<I: RebuildIo>(
     entry: &Arc<VolumeEntry>,
     settings: Arc<RebuildSettings>,
-    security: Security,
+    io: I,
     start: RebuildStart,
     reports: Reports,
     stop: &CancellationToken,
@@ -119,7 +130,7 @@ pub fn start(
     let run = Run {
         entry: Arc::clone(entry),
         settings,
-        security,
+        io: io.clone(),
         start,
         first_live_io_seq: reports.request.io_seq,
         generation,
@@ -127,11 +138,17 @@ pub fn start(
     };
     let span =
         tracing::info_span!("rebuild", volume = %entry.name, source = %run.start.peer_address);
-    tokio::spawn(
+    io.spawn(
         async move {
-            let outcome = tokio::select! {
-                () = cancel.cancelled() => Err(RebuildError::Cancelled),
-                outcome = run.pull(&reports) => outcome,
+            let outcome = {
+                // The cancel first: a run cancelled and done at once is
+                // cancelled.
+                let cancelled = pin!(cancel.cancelled());
+                let pulling = pin!(run.pull(&reports));
+                match future::select(cancelled, pulling).await {
+                    Either::Left(((), _)) => Err(RebuildError::Cancelled),
+                    Either::Right((outcome, _)) => outcome,
+                }
             };
             if run.entry.rebuild.end(run.generation, false) {
                 run.entry.volume.end_rebuild();
@@ -152,7 +169,8 @@ pub fn start(
             // The session may be gone; the target learns it from that.
             let _ = reports.replies.send(reports.request.reply(message)).await;
         }
-        .instrument(span),
+        .instrument(span)
+        .boxed(),
     );
     Ok(())
 }
@@ -165,13 +183,11 @@ pub fn unfinished(
     Ok(ResumePoint::decode(&volume.attrs()?))
 }
 
-type Conn = Framed<Stream, FrameCodec>;
-
-struct Run {
+struct Run<I: RebuildIo> {
     entry: Arc<VolumeEntry>,
     settings: Arc<RebuildSettings>,
-    /// How the source is dialled (the daemon's link security).
-    security: Security,
+    /// How the source is dialled, and the time.
+    io: I,
     start: RebuildStart,
     first_live_io_seq: u64,
     generation: u64,
@@ -181,13 +197,13 @@ struct Run {
     pre_session_snapshots: BTreeSet<String>,
 }
 
-/// Counters of one run (all its streams).
+/// Counters of one run (all its streams); times are the run's clock's.
 struct Progress {
-    started: Instant,
+    started: Duration,
     done_bytes: u64,
     total_bytes: u64,
     since_checkpoint: u64,
-    last_report: Instant,
+    last_report: Duration,
     pacer: Pacer,
 }
 
@@ -215,7 +231,7 @@ enum Dest<'a> {
     Snapshot(&'a str),
 }
 
-impl Run {
+impl<I: RebuildIo> Run<I> {
     fn engine(&self, e: cstor_engine::Error) -> RebuildError {
         RebuildError::engine(&self.entry.name, e)
     }
@@ -248,13 +264,14 @@ impl Run {
             resume_offset = resume.map_or(0, |p| p.next_offset),
             "rebuild started"
         );
+        let now = self.io.now();
         let mut progress = Progress {
-            started: Instant::now(),
+            started: now,
             done_bytes: 0,
             total_bytes: 0,
             since_checkpoint: 0,
-            last_report: Instant::now(),
-            pacer: Pacer::new(Instant::now()),
+            last_report: now,
+            pacer: Pacer::new(now),
         };
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
             .await?;
@@ -293,7 +310,7 @@ impl Run {
     /// delays the next read, not the applies.
     async fn stream(
         &self,
-        conn: &mut Conn,
+        conn: &mut I::Conn,
         reports: &Reports,
         progress: &mut Progress,
         into: Dest<'_>,
@@ -301,7 +318,8 @@ impl Run {
         // This stream's total adds to what the earlier ones did.
         let done_before = progress.done_bytes;
         let mut applying = FuturesOrdered::new();
-        let mut paused_until: Option<tokio::time::Instant> = None;
+        // When the pacer's pause ends (the run's clock).
+        let mut paused_until: Option<Duration> = None;
         loop {
             let step = tokio::select! {
                 biased;
@@ -330,8 +348,9 @@ impl Run {
                         self.settings.limit_bytes_per_sec(),
                         self.entry.rebuild.limit_bytes_per_sec(),
                     );
-                    let pause = progress.pacer.delay(Instant::now(), len, limit);
-                    paused_until = (!pause.is_zero()).then(|| tokio::time::Instant::now() + pause);
+                    let now = self.io.now();
+                    let pause = progress.pacer.delay(now, len, limit);
+                    paused_until = (!pause.is_zero()).then(|| now.saturating_add(pause));
                 }
                 Message::RebuildDone(done) => {
                     while let Some(applied) = applying.next().await {
@@ -366,11 +385,14 @@ impl Run {
     /// The next packet of the stream, once the pacer's pause is over.
     async fn paced_next(
         &self,
-        conn: &mut Conn,
-        paused_until: Option<tokio::time::Instant>,
+        conn: &mut I::Conn,
+        paused_until: Option<Duration>,
     ) -> Result<Packet, RebuildError> {
         if let Some(until) = paused_until {
-            tokio::time::sleep_until(until).await;
+            let left = until.saturating_sub(self.io.now());
+            if !left.is_zero() {
+                self.io.sleep(left).await;
+            }
         }
         self.next(conn).await
     }
@@ -409,22 +431,8 @@ impl Run {
 
     /// Dials the source, secures the connection (the source must present
     /// a replica certificate) and opens a probe session on the volume.
-    async fn probe(&self) -> Result<(Conn, Name, String), RebuildError> {
-        let tcp = TcpStream::connect(self.start.peer_address.as_str())
-            .await
-            .map_err(|e| self.peer(format!("cannot connect: {e}")))?;
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        let local = tcp
-            .local_addr()
-            .map_or_else(|_| "sink".to_owned(), |a| a.to_string());
-        let (stream, _) = self
-            .security
-            .connect(tcp, &[Role::Replica])
-            .await
-            .map_err(|e| self.peer(format!("cannot secure the connection: {e}")))?;
-        let mut conn = Framed::new(stream, FrameCodec::new());
+    async fn probe(&self) -> Result<(I::Conn, Name, String), RebuildError> {
+        let (mut conn, local) = self.io.dial(self.start.peer_address.as_str()).await?;
         let volume = Name::new(self.entry.name.clone())
             .map_err(|e| self.peer(format!("volume name: {e}")))?;
         let hello = Message::Hello(Hello {
@@ -448,7 +456,11 @@ impl Run {
 
     /// Dials the source, probes the volume and asks for the stream of
     /// `source` (live volume or a snapshot) after `from_io_seq`.
-    async fn connect(&self, source: RebuildSource, from_io_seq: u64) -> Result<Conn, RebuildError> {
+    async fn connect(
+        &self,
+        source: RebuildSource,
+        from_io_seq: u64,
+    ) -> Result<I::Conn, RebuildError> {
         let connecting = async {
             let (mut conn, volume, local) = self.probe().await?;
             let request = Message::RebuildStart(RebuildStart {
@@ -462,7 +474,7 @@ impl Run {
                 other => Err(self.refused("RebuildStart", other)),
             }
         };
-        tokio::time::timeout(REBUILD_CONNECT_TIMEOUT, connecting)
+        deadline(&self.io, REBUILD_CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| self.peer(format!("no answer within {REBUILD_CONNECT_TIMEOUT:?}")))?
     }
@@ -488,7 +500,7 @@ impl Run {
 
     async fn call(
         &self,
-        conn: &mut Conn,
+        conn: &mut I::Conn,
         io_seq: u64,
         message: Message,
     ) -> Result<Message, RebuildError> {
@@ -504,14 +516,13 @@ impl Run {
         Ok(self.next(conn).await?.message)
     }
 
-    async fn next(&self, conn: &mut Conn) -> Result<Packet, RebuildError> {
-        match tokio::time::timeout(REBUILD_STREAM_IDLE_TIMEOUT, conn.next()).await {
+    async fn next(&self, conn: &mut I::Conn) -> Result<Packet, RebuildError> {
+        match deadline(&self.io, REBUILD_STREAM_IDLE_TIMEOUT, conn.next()).await {
             Err(_) => Err(self.peer(format!("silent for {REBUILD_STREAM_IDLE_TIMEOUT:?}"))),
             Ok(None) => Err(self.peer("connection closed".into())),
-            Ok(Some(Err(e))) => Err(self.peer(format!("bad frame: {e}"))),
-            Ok(Some(Ok(frame))) => {
-                Packet::decode(frame).map_err(|e| self.peer(format!("undecodable message: {e}")))
-            }
+            // "bad frame: …" or "undecodable message: …" (the link's words).
+            Ok(Some(Err(e))) => Err(self.peer(e.0)),
+            Ok(Some(Ok(packet))) => Ok(packet),
         }
     }
 
@@ -609,18 +620,22 @@ impl Run {
         last: bool,
     ) -> Result<(), RebuildError> {
         let total = progress.total_bytes.max(progress.done_bytes);
-        let (rate, eta) =
-            RebuildStatus::estimate(progress.done_bytes, total, progress.started.elapsed());
+        let now = self.io.now();
+        let (rate, eta) = RebuildStatus::estimate(
+            progress.done_bytes,
+            total,
+            now.saturating_sub(progress.started),
+        );
         self.entry.rebuild.update(self.generation, |s| {
             s.done_bytes = progress.done_bytes;
             s.total_bytes = total;
             s.rate_bytes_per_sec = rate;
             s.eta = eta;
         });
-        if !last && progress.last_report.elapsed() < REBUILD_PROGRESS_INTERVAL {
+        if !last && now.saturating_sub(progress.last_report) < REBUILD_PROGRESS_INTERVAL {
             return Ok(());
         }
-        progress.last_report = Instant::now();
+        progress.last_report = now;
         let message = Message::RebuildProgress(RebuildProgress {
             done_bytes: progress.done_bytes,
             total_bytes: total,

@@ -14,41 +14,58 @@
 //! sink: a piece read earlier misses at most writes the sink gets live. A
 //! snapshot is frozen: its pieces are read without taking an IO-order
 //! ticket, and its stream's `through_io_seq` is the snapshot's io_seq.
+//!
+//! Runtime-free: the stream is any sink of packets, and the send timeout
+//! runs on the given [`Clock`] (the daemon's: tokio's).
 
 use std::collections::VecDeque;
+use std::fmt::Display;
+use std::pin::pin;
 
 use bytes::Bytes;
 use cstor_proto::limits::MAX_REBUILD_CHUNK_BLOCKS;
 use cstor_proto::{
-    EncodeError, Message, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
+    Message, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
     RebuildSource, RebuildStart,
 };
+use futures::future::{self, Either};
 use futures::stream::FuturesOrdered;
 use futures::{Sink, SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::io::{deadline, Clock};
 use super::RebuildError;
 use crate::limits::{REBUILD_PIECES_IN_FLIGHT, REBUILD_PIECE_BYTES, REBUILD_STREAM_IDLE_TIMEOUT};
 use crate::ordering::IoKind;
 use crate::registry::VolumeEntry;
 
-/// Serves one rebuild stream on `sink` (the probe session's socket) and
-/// returns when it is done, aborted, or the sink went away.
-pub async fn serve<S>(
+/// Serves one rebuild stream on `sink` (the probe session's socket:
+/// `request` is the sink's `RebuildStart`, `start` its content) and
+/// returns when it is done, aborted, `stop`ped, or the sink went away.
+/// `clock` times the sends.
+pub async fn serve<S, C>(
     sink: &mut S,
+    clock: &C,
     entry: &VolumeEntry,
     request: &Packet,
     start: &RebuildStart,
     stop: &CancellationToken,
 ) -> Result<(), RebuildError>
 where
-    S: Sink<Packet, Error = EncodeError> + Unpin,
+    S: Sink<Packet> + Unpin,
+    S::Error: Display,
+    C: Clock,
 {
     let peer = &start.peer_address;
-    let outcome = tokio::select! {
-        () = stop.cancelled() => Err(RebuildError::Cancelled),
-        outcome = stream(sink, entry, request, start) => outcome,
+    let outcome = {
+        // The stop first: a stream stopped and done at once is stopped.
+        let stopped = pin!(stop.cancelled());
+        let streaming = pin!(stream(sink, clock, entry, request, start));
+        match future::select(stopped, streaming).await {
+            Either::Left(((), _)) => Err(RebuildError::Cancelled),
+            Either::Right((outcome, _)) => outcome,
+        }
     };
     match &outcome {
         Ok(()) => {}
@@ -60,20 +77,23 @@ where
                 status: e.status(),
                 detail: truncate(e.to_string()),
             });
-            put(sink, request.reply(abort), peer).await?;
+            put(sink, clock, request.reply(abort), peer).await?;
         }
     }
     outcome
 }
 
-async fn stream<S>(
+async fn stream<S, C>(
     sink: &mut S,
+    clock: &C,
     entry: &VolumeEntry,
     request: &Packet,
     start: &RebuildStart,
 ) -> Result<(), RebuildError>
 where
-    S: Sink<Packet, Error = EncodeError> + Unpin,
+    S: Sink<Packet> + Unpin,
+    S::Error: Display,
+    C: Clock,
 {
     let peer = &start.peer_address;
     if start.volume.as_str() != entry.name {
@@ -111,12 +131,14 @@ where
     let total_bytes = total(entry, snapshot, start.from_io_seq)?;
     put(
         sink,
+        clock,
         request.reply(Message::Ack(Opcode::RebuildStart)),
         peer,
     )
     .await?;
     put(
         sink,
+        clock,
         request.reply(Message::RebuildProgress(RebuildProgress {
             done_bytes: 0,
             total_bytes,
@@ -156,10 +178,17 @@ where
         let Some(chunk) = reads.next().await else {
             break;
         };
-        put(sink, request.reply(Message::RebuildChunk(chunk?)), peer).await?;
+        put(
+            sink,
+            clock,
+            request.reply(Message::RebuildChunk(chunk?)),
+            peer,
+        )
+        .await?;
     }
     put(
         sink,
+        clock,
         request.reply(Message::RebuildDone(RebuildDone { through_io_seq })),
         peer,
     )
@@ -289,15 +318,17 @@ async fn read_chunk(
 
 /// Sends one packet of the stream; a sink that takes nothing for
 /// [`REBUILD_STREAM_IDLE_TIMEOUT`] is given up (it may have stalled).
-async fn put<S>(sink: &mut S, packet: Packet, peer: &str) -> Result<(), RebuildError>
+async fn put<S, C>(sink: &mut S, clock: &C, packet: Packet, peer: &str) -> Result<(), RebuildError>
 where
-    S: Sink<Packet, Error = EncodeError> + Unpin,
+    S: Sink<Packet> + Unpin,
+    S::Error: Display,
+    C: Clock,
 {
     let gone = |detail: String| RebuildError::Peer {
         peer: peer.to_owned(),
         detail,
     };
-    match tokio::time::timeout(REBUILD_STREAM_IDLE_TIMEOUT, sink.send(packet)).await {
+    match deadline(clock, REBUILD_STREAM_IDLE_TIMEOUT, sink.send(packet)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(gone(format!("cannot send: {e}"))),
         Err(_) => Err(gone(format!(

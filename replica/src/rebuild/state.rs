@@ -19,7 +19,7 @@
 //!   holds an IO-order ticket covering the same range.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -342,16 +342,17 @@ impl ResumePoint {
 }
 
 /// Holds a sink to `limit` bytes per second over a window that restarts
-/// whenever the limit changes.
+/// whenever the limit changes. Times are a clock's (`rebuild::io::Clock`):
+/// time since an origin fixed for the run.
 #[derive(Debug)]
 pub struct Pacer {
-    window_start: Instant,
+    window_start: Duration,
     window_bytes: u64,
     limit: u64,
 }
 
 impl Pacer {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Duration) -> Self {
         Self {
             window_start: now,
             window_bytes: 0,
@@ -361,7 +362,7 @@ impl Pacer {
 
     /// `bytes` more were applied at `now` under `limit`: how long to wait
     /// before the next chunk.
-    pub fn delay(&mut self, now: Instant, bytes: u64, limit: u64) -> Duration {
+    pub fn delay(&mut self, now: Duration, bytes: u64, limit: u64) -> Duration {
         if limit != self.limit {
             self.limit = limit;
             self.window_start = now;
@@ -373,7 +374,7 @@ impl Pacer {
         self.window_bytes = self.window_bytes.saturating_add(bytes);
         let due_ms = u128::from(self.window_bytes) * 1000 / u128::from(limit);
         let due = Duration::from_millis(u64::try_from(due_ms).unwrap_or(u64::MAX));
-        due.saturating_sub(now.saturating_duration_since(self.window_start))
+        due.saturating_sub(now.saturating_sub(self.window_start))
     }
 }
 
@@ -430,7 +431,7 @@ mod tests {
 
     #[test]
     fn pacer_holds_the_limit_and_restarts_when_it_changes() {
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(1000);
         let mut pacer = Pacer::new(t0);
         assert_eq!(pacer.delay(t0, 1 << 20, 0), Duration::ZERO);
         // 1 MiB at 1 MiB/s: one second after the window started.

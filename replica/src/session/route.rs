@@ -10,9 +10,9 @@ use cstor_proto::{Message, Opcode, Packet, RebuildStart, Status};
 use tracing::{info, warn};
 
 use super::access;
+use super::core::SessionCore;
 use super::reply::{engine_error_reply, error_reply};
 use super::report::{snapshot_listing, status_report};
-use super::Session;
 use crate::metrics::Refusal;
 use crate::ordering::IoKind;
 
@@ -29,7 +29,7 @@ pub(super) enum Route {
     RebuildSink(RebuildStart),
 }
 
-pub(super) fn classify(session: &Session, packet: &Packet) -> Route {
+pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
     if packet.session_id != session.session_id || packet.epoch != session.epoch {
         return Route::Immediate(Some(error_reply(
             packet,
@@ -136,7 +136,7 @@ pub(super) fn classify(session: &Session, packet: &Packet) -> Route {
 
 /// The owning target sets the volume's rebuild rate limit
 /// (`rebuild::state` module doc); a probe or fenced session may not.
-fn rebuild_throttle(session: &Session, packet: &Packet, bytes_per_second: u64) -> Packet {
+fn rebuild_throttle(session: &SessionCore, packet: &Packet, bytes_per_second: u64) -> Packet {
     if session.fenced.is_none() || !session.entry.is_owner(session.conn_id) {
         return error_reply(
             packet,

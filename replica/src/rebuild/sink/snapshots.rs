@@ -30,6 +30,7 @@ use tracing::info;
 
 use super::{Dest, Progress, Reports, Run};
 use crate::limits::REBUILD_CONNECT_TIMEOUT;
+use crate::rebuild::io::{deadline, RebuildIo};
 use crate::rebuild::state::ResumePoint;
 use crate::rebuild::RebuildError;
 
@@ -81,7 +82,7 @@ fn base_io_seq(local: &[Snap], io_seq: u64) -> u64 {
         .unwrap_or(0)
 }
 
-impl Run {
+impl<I: RebuildIo> Run<I> {
     /// One pass of the module doc.
     pub(super) async fn sync_snapshots(
         &self,
@@ -172,7 +173,7 @@ impl Run {
             }
             Ok(all)
         };
-        tokio::time::timeout(REBUILD_CONNECT_TIMEOUT, listing)
+        deadline(&self.io, REBUILD_CONNECT_TIMEOUT, listing)
             .await
             .map_err(|_| self.peer(format!("no listing within {REBUILD_CONNECT_TIMEOUT:?}")))?
     }
