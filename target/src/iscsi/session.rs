@@ -523,12 +523,14 @@ impl<'a> FullFeature<'a> {
 
     /// Aborts every live task matching `pred`: none of them is answered.
     fn abort_where(&mut self, pred: impl Fn(&LiveTask) -> bool) {
-        let itts: Vec<u32> = self
+        let mut itts: Vec<u32> = self
             .tasks
             .iter()
             .filter(|(_, t)| pred(t))
             .map(|(itt, _)| *itt)
             .collect();
+        // In ITT order, not the map's: the same inputs drop the same way.
+        itts.sort_unstable();
         for itt in itts {
             self.drop_task(itt);
         }

@@ -11,6 +11,12 @@
 //!   write its exclusive side from the read to the end of its write.
 //! - GET LBA STATUS: the volume does not report allocation yet, so it
 //!   answers one mapped extent (true for any block, SBC-3 allows it).
+//!
+//! The requests go to any [`BlockVolume`]: the target's [`Volume`], or a
+//! simulator's handle to the same controller (crate `cstor-sim`), so that
+//! both run this one translation.
+
+use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use cstor_proto::limits::MAX_IO_BYTES;
@@ -19,6 +25,26 @@ use tokio::sync::RwLock;
 use crate::metrics::{IoOp, TargetMetrics};
 use crate::scsi::{BlockRequest, Extent, IoData, IoError, IoResult, LbaStatusExtent, Provisioning};
 use crate::volume::{Completion, Op, Volume, VolumeError};
+
+/// A volume block requests can be carried out on: what [`perform`] needs
+/// of it. The future need not be `Send` (a simulator polls it on one
+/// thread); the target's [`Volume`]'s is, so its block IO can be spawned.
+pub trait BlockVolume {
+    /// Performs one volume operation.
+    fn submit(&self, op: Op) -> impl Future<Output = Result<Completion, VolumeError>>;
+    /// The volume's size now.
+    fn size_bytes(&self) -> u64;
+}
+
+impl BlockVolume for Volume {
+    fn submit(&self, op: Op) -> impl Future<Output = Result<Completion, VolumeError>> {
+        Volume::submit(self, op)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        Volume::size_bytes(self)
+    }
+}
 
 /// Orders COMPARE AND WRITE against other writes of the volume.
 #[derive(Debug, Default)]
@@ -29,9 +55,9 @@ pub struct WriteGate(RwLock<()>);
 const MAX_EXTENT_BYTES: u64 = 1 << 30;
 
 /// [`perform`], counted in `metrics` (operation, bytes, latency, error).
-pub async fn perform_measured(
+pub async fn perform_measured<V: BlockVolume>(
     metrics: &TargetMetrics,
-    volume: &Volume,
+    volume: &V,
     gate: &WriteGate,
     block_size: u32,
     request: &BlockRequest,
@@ -45,8 +71,8 @@ pub async fn perform_measured(
 }
 
 /// Performs one block request. `block_size` is the logical block size.
-pub async fn perform(
-    volume: &Volume,
+pub async fn perform<V: BlockVolume>(
+    volume: &V,
     gate: &WriteGate,
     block_size: u32,
     request: &BlockRequest,
@@ -135,7 +161,7 @@ pub async fn perform(
 /// "Replicas run out of space": a volume that cannot allocate is write
 /// protected too, DATA PROTECT, never MEDIUM ERROR: nothing is wrong with
 /// the data that is there).
-fn map_error(err: VolumeError) -> IoError {
+pub fn map_error(err: VolumeError) -> IoError {
     match err {
         VolumeError::OutOfRange => IoError::LbaOutOfRange,
         VolumeError::ReadOnly { .. } => IoError::WriteProtected,
@@ -145,7 +171,7 @@ fn map_error(err: VolumeError) -> IoError {
     }
 }
 
-async fn read(volume: &Volume, offset: u64, len: u64) -> Result<Bytes, IoError> {
+async fn read<V: BlockVolume>(volume: &V, offset: u64, len: u64) -> Result<Bytes, IoError> {
     let Some(end) = offset.checked_add(len) else {
         return Err(IoError::LbaOutOfRange);
     };
@@ -163,7 +189,7 @@ async fn read(volume: &Volume, offset: u64, len: u64) -> Result<Bytes, IoError> 
     Ok(out.freeze())
 }
 
-async fn read_piece(volume: &Volume, offset: u64, len: u64) -> Result<Bytes, IoError> {
+async fn read_piece<V: BlockVolume>(volume: &V, offset: u64, len: u64) -> Result<Bytes, IoError> {
     let len_bytes = u32::try_from(len).map_err(|_| IoError::LbaOutOfRange)?;
     match volume.submit(Op::Read { offset, len_bytes }).await {
         Ok(Completion::Data(data)) if data.len() as u64 == len => Ok(data),
@@ -172,7 +198,7 @@ async fn read_piece(volume: &Volume, offset: u64, len: u64) -> Result<Bytes, IoE
     }
 }
 
-async fn write(volume: &Volume, offset: u64, data: &Bytes, fua: bool) -> IoResult {
+async fn write<V: BlockVolume>(volume: &V, offset: u64, data: &Bytes, fua: bool) -> IoResult {
     let max = MAX_IO_BYTES as usize;
     let mut at = 0usize;
     while at < data.len() {
@@ -188,8 +214,8 @@ async fn write(volume: &Volume, offset: u64, data: &Bytes, fua: bool) -> IoResul
     Ok(IoData::Done)
 }
 
-async fn write_repeated(
-    volume: &Volume,
+async fn write_repeated<V: BlockVolume>(
+    volume: &V,
     offset: u64,
     len: u64,
     block: &Bytes,
@@ -220,8 +246,8 @@ async fn write_repeated(
     Ok(())
 }
 
-async fn extents(
-    volume: &Volume,
+async fn extents<V: BlockVolume>(
+    volume: &V,
     offset: u64,
     len: u64,
     op: impl Fn(u64, u32) -> Op,
@@ -237,10 +263,10 @@ async fn extents(
     Ok(())
 }
 
-async fn flush(volume: &Volume) -> Result<(), IoError> {
+async fn flush<V: BlockVolume>(volume: &V) -> Result<(), IoError> {
     submit(volume, Op::Flush).await
 }
 
-async fn submit(volume: &Volume, op: Op) -> Result<(), IoError> {
+async fn submit<V: BlockVolume>(volume: &V, op: Op) -> Result<(), IoError> {
     volume.submit(op).await.map(|_| ()).map_err(map_error)
 }

@@ -38,7 +38,6 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -47,15 +46,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::block;
+use super::task::{self, Started, TaskIo};
 use super::Shared;
 use crate::iscsi::access::{self, Allowlist};
 use crate::iscsi::codec::{CodecError, IscsiCodec, Rejected};
 use crate::iscsi::keepalive::{Keepalive, KeepaliveAction};
 use crate::iscsi::login::{LoginAction, LoginMachine, SessionType};
 use crate::iscsi::pdu::Pdu;
-use crate::iscsi::session::{Action, FullFeature, ResetKind, Task, TaskId, TaskResult};
+use crate::iscsi::session::{Action, FullFeature, Task, TaskId, TaskResult};
 use crate::limits::{EVENTS_PER_FLUSH, FIRST_PDU_TIMEOUT, SEND_TIMEOUT};
-use crate::scsi::{respond_without_lu, Completed, Nexus, Outcome, Pending, Response};
+use crate::scsi::Nexus;
 
 pub use crate::limits::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, LOGIN_TIMEOUT};
 
@@ -103,10 +103,8 @@ pub enum ConnError {
 
 /// A task that finished its block IO.
 struct Finished {
-    id: TaskId,
-    pending: Pending,
+    io: TaskIo,
     result: crate::scsi::IoResult,
-    cdb: Bytes,
 }
 
 /// Serves one accepted connection until it ends.
@@ -330,16 +328,7 @@ async fn full_feature(
                             pending_actions.extend(ff.complete(id, result));
                         }
                     }
-                    Action::Reset { kind, lun } => {
-                        if lun == 0
-                            && matches!(
-                                kind,
-                                ResetKind::LogicalUnitReset | ResetKind::TargetWarmReset
-                            )
-                        {
-                            shared.lu.lock().lun_reset();
-                        }
-                    }
+                    Action::Reset { kind, lun } => task::reset(&mut shared.lu.lock(), kind, lun),
                     Action::Close => close = true,
                 }
             }
@@ -383,11 +372,7 @@ fn ready_event<S: futures::Stream + Unpin>(
 /// the session core answers it, or ends it silently when the logical unit
 /// says it was aborted meanwhile (another initiator's PREEMPT AND ABORT).
 fn finish(shared: &Shared, ff: &mut FullFeature<'_>, f: Finished) -> Vec<Action> {
-    let completed = shared.lu.lock().complete(f.pending, f.result);
-    match completed {
-        Completed::Respond(response) => ff.complete(f.id, task_result(shared, &f.cdb, response)),
-        Completed::Aborted => ff.aborted(f.id),
-    }
+    task::finish(&mut shared.lu.lock(), ff, f.io, f.result)
 }
 
 /// Starts a task: answered at once (`Some`), or its block IO spawned and
@@ -398,16 +383,7 @@ fn execute(
     task: Task,
     done: &mpsc::UnboundedSender<Finished>,
 ) -> Option<(TaskId, TaskResult)> {
-    if task.lun != 0 {
-        let response = respond_without_lu(&task.cdb);
-        return Some((task.id, task_result(shared, &task.cdb, response)));
-    }
-    let (outcome, refused) = {
-        let mut lu = shared.lu.lock();
-        let before = lu.write_protected_refusals();
-        let outcome = lu.execute(nexus, &task.cdb, task.data_out);
-        (outcome, lu.write_protected_refusals() > before)
-    };
+    let (started, refused) = task::start(&mut shared.lu.lock(), nexus, task);
     if refused {
         // Refused by the unit (the volume is read-only): counted as the
         // volume's own DATA PROTECT answers are.
@@ -416,40 +392,23 @@ fn execute(
             .metrics
             .record(crate::metrics::IoOp::Write, 0, Duration::ZERO, &refusal);
     }
-    match outcome {
-        Outcome::Done(response) => Some((task.id, task_result(shared, &task.cdb, response))),
-        Outcome::Io(pending) => {
+    match started {
+        Started::Done(id, result) => Some((id, result)),
+        Started::Io(io) => {
             let shared = Arc::clone(shared);
             let done = done.clone();
-            let id = task.id;
-            let cdb = task.cdb;
             tokio::spawn(async move {
                 let result = block::perform_measured(
                     &shared.metrics,
                     &shared.volume,
                     &shared.gate,
                     shared.block_size,
-                    pending.request(),
+                    io.pending.request(),
                 )
                 .await;
-                let _ = done.send(Finished {
-                    id,
-                    pending,
-                    result,
-                    cdb,
-                });
+                let _ = done.send(Finished { io, result });
             });
             None
         }
-    }
-}
-
-fn task_result(shared: &Shared, cdb: &[u8], response: Response) -> TaskResult {
-    let wanted = shared.lu.lock().data_out_len(cdb);
-    TaskResult {
-        status: response.status.code(),
-        data_in: response.data_in,
-        sense: response.sense.map(Bytes::from),
-        data_out_wanted: (wanted > 0).then(|| u32::try_from(wanted).unwrap_or(u32::MAX)),
     }
 }

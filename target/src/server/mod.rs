@@ -3,7 +3,8 @@
 //!
 //! One [`LogicalUnit`] (LUN 0) is shared by every session of the target (its
 //! unit attentions and reservations are per I_T nexus); its block requests
-//! go to the [`Volume`]. Connections run in their own tasks ([`conn`]),
+//! go to the [`Volume`] ([`block`]; what a task does on the unit is
+//! [`task`], without IO). Connections run in their own tasks ([`conn`]),
 //! once admitted by the connection caps ([`admit`]): one over a cap is
 //! closed at accept, before it can hold anything.
 //! The volume's state reaches the LU from the volume's status (size and
@@ -16,6 +17,7 @@
 pub mod admit;
 pub mod block;
 pub mod conn;
+pub mod task;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;

@@ -17,13 +17,15 @@
 //!   a full queue is a packet not sent, which the controller answers by
 //!   dropping the replica; resets travel on a watch beside the queue;
 //! - the rebuild throttle is sent to every linked replica when it changes.
+//!
+//! What the driver decides without IO is in `glue` (the link that comes
+//! up, the `RebuildStart` packet, the membership change's plan), so that a
+//! simulator runs it too.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use cstor_proto::{
-    HelloAck, Membership, Message, Name, Packet, RebuildSource, RebuildStart, StatusReport,
-};
+use cstor_proto::{Membership, Packet};
 // Looked up on every request: a fast seeded hash, not SipHash.
 use foldhash::HashMap;
 use tokio::sync::mpsc::error::TrySendError;
@@ -32,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::controller::{
-    self, Action, Completion, Controller, MemberChange, Op, ReplicaHello, ReplicaIndex,
-    ReplicaState, Tag, VolumeError,
+    self, Action, Completion, Controller, MemberChange, Op, ReplicaIndex, Tag, VolumeError,
 };
+use super::glue::{self, LinkUp, Roster};
 use super::link::{self, LinkCommand, LinkEvent, SessionParams};
 use super::membership;
 use super::status::{rebuilt_growth, RebuildClock, VolumeStatus};
@@ -67,15 +69,14 @@ pub(super) struct LinkHandle {
 
 pub(super) struct Driver {
     pub(super) controller: Controller,
-    /// Per replica index (never reused): its data address.
-    pub(super) addrs: Vec<SocketAddr>,
+    /// The committed record, the highest generation, and per replica
+    /// index (never reused) its address and replica id.
+    pub(super) roster: Roster,
     /// Per replica index: its link's commands and stop token.
     pub(super) links: Vec<LinkHandle>,
     pub(super) waiters: HashMap<Tag, oneshot::Sender<Result<Completion, VolumeError>>>,
     pub(super) changes: HashMap<Tag, PendingChange>,
     pub(super) next_tag: Tag,
-    /// Per replica: the replica id it last reported (or the record's).
-    pub(super) replica_ids: Vec<Option<u128>>,
     pub(super) rebuild_clock: Vec<Option<RebuildClock>>,
     /// Per replica index: bytes its rebuild runs reported (module doc).
     pub(super) rebuilt_bytes: Vec<u64>,
@@ -84,10 +85,6 @@ pub(super) struct Driver {
     pub(super) params: SessionParams,
     pub(super) events: mpsc::UnboundedSender<LinkEvent>,
     pub(super) stop: CancellationToken,
-    /// The committed membership record.
-    pub(super) record: Membership,
-    /// The highest generation seen or sent: the next record gets one more.
-    pub(super) generation: u64,
     pub(super) status: watch::Sender<VolumeStatus>,
     /// The shape of the status last published, and when it was published.
     pub(super) published: (u64, Instant),
@@ -97,29 +94,13 @@ pub(super) struct Driver {
     pub(super) deferred: std::collections::VecDeque<Request>,
 }
 
-/// The facts of a replica's handshake the controller judges it on.
-pub(super) fn hello_facts(
-    generation: controller::Generation,
-    ack: &HelloAck,
-    status: &StatusReport,
-) -> ReplicaHello {
-    ReplicaHello {
-        generation,
-        replica_id: ack.replica_id,
-        size_bytes: ack.volume_size_bytes,
-        last_durable_io_seq: ack.last_durable_io_seq,
-        last_received_io_seq: status.last_received_io_seq,
-        state: ack.state,
-    }
-}
-
 impl Driver {
     /// Starts the link of a new replica index.
     pub(super) fn link(&mut self, addr: SocketAddr, replica_id: Option<u128>) {
-        let index = self.addrs.len();
         let (tx, rx) = mpsc::channel(limits::LINK_QUEUE);
         let (resets, resets_rx) = watch::channel(None);
         let stop = self.stop.child_token();
+        let index = self.roster.push(addr, replica_id);
         tokio::spawn(link::run(
             index,
             addr,
@@ -129,13 +110,11 @@ impl Driver {
             self.events.clone(),
             stop.clone(),
         ));
-        self.addrs.push(addr);
         self.links.push(LinkHandle {
             commands: tx,
             resets,
             stop,
         });
-        self.replica_ids.push(replica_id);
         self.rebuild_clock.push(None);
         self.rebuilt_bytes.push(0);
     }
@@ -232,28 +211,7 @@ impl Driver {
     pub(super) fn on_throttle(&mut self, bytes_per_second: u64) -> Vec<Action> {
         self.rebuild_throttle = bytes_per_second;
         info!(volume = %self.params.volume, bytes_per_second, "rebuild throttle set");
-        let linked: Vec<ReplicaIndex> = self
-            .controller
-            .replica_states()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_linked())
-            .map(|(i, _)| i)
-            .collect();
-        linked
-            .into_iter()
-            .map(|replica| self.throttle_message(replica))
-            .collect()
-    }
-
-    /// The volume's rebuild throttle, for `replica` (unawaited: an old
-    /// replica that does not know the message answers an error nobody
-    /// waits for).
-    pub(super) fn throttle_message(&mut self, replica: ReplicaIndex) -> Action {
-        let message = Message::RebuildThrottle {
-            bytes_per_second: self.rebuild_throttle,
-        };
-        self.controller.unawaited(replica, message)
+        glue::throttle_actions(&mut self.controller, bytes_per_second)
     }
 
     /// Is a record write the target started by itself (no caller waits
@@ -268,68 +226,29 @@ impl Driver {
         tag
     }
 
-    /// Validates a change against the committed record and submits the new
-    /// record as a barrier.
+    /// Validates a change against the committed record
+    /// ([`glue::plan_change`]) and submits the new record as a barrier.
     pub(super) fn on_membership_request(
         &mut self,
         change: membership::Change,
         reply: oneshot::Sender<Result<Membership, VolumeError>>,
     ) -> Vec<Action> {
-        let next_generation = self.generation.saturating_add(1);
-        let record = match membership::apply(&self.record, &change, next_generation) {
-            Ok(record) => self.with_known_ids(record),
+        let states = self.controller.replica_states();
+        let plan = match glue::plan_change(&self.roster, &states, &change) {
+            Ok(plan) => plan,
             Err(e) => {
-                let _ = reply.send(Err(VolumeError::Refused(e.to_string())));
+                let _ = reply.send(Err(e));
                 return Vec::new();
             }
         };
-        let (member_change, added) = match &change {
-            membership::Change::Add {
-                address,
-                replica_id,
-            } => (MemberChange::Add, Some((*address, *replica_id))),
-            membership::Change::Remove(which) => {
-                let index = which.position(&self.record).and_then(|p| {
-                    let address = self.record.members.get(p)?.address.clone();
-                    (0..self.addrs.len()).find(|i| {
-                        self.addrs[*i].to_string() == address
-                            && self.controller.replica_states().get(*i)
-                                != Some(&ReplicaState::Removed)
-                    })
-                });
-                match index {
-                    Some(i) => (MemberChange::Remove(i), None),
-                    None => {
-                        let _ = reply.send(Err(VolumeError::Refused(
-                            "the member has no link on this target".into(),
-                        )));
-                        return Vec::new();
-                    }
-                }
-            }
-            membership::Change::SetCf(_) => (MemberChange::None, None),
-        };
-        let new_cf = usize::from(record.consistency_factor);
-        info!(volume = %self.params.volume, ?change, generation = record.generation, "membership change requested");
-        self.submit_record(record, member_change, new_cf, added, Some(reply))
-    }
-
-    /// Fills in replica ids learnt since a member was recorded without one.
-    pub(super) fn with_known_ids(&self, mut record: Membership) -> Membership {
-        let before = record.clone();
-        for member in record.members.iter_mut().filter(|m| m.replica_id == 0) {
-            let known = (0..self.addrs.len())
-                .filter(|i| self.addrs[*i].to_string() == member.address)
-                .find_map(|i| self.replica_ids.get(i).copied().flatten());
-            if let Some(id) = known {
-                member.replica_id = id;
-            }
-        }
-        if record.check().is_ok() {
-            record
-        } else {
-            before
-        }
+        info!(volume = %self.params.volume, ?change, generation = plan.record.generation, "membership change requested");
+        self.submit_record(
+            plan.record,
+            plan.change,
+            plan.new_cf,
+            plan.added,
+            Some(reply),
+        )
     }
 
     /// Submits `record` as a barrier; `perform` finishes the change when
@@ -342,7 +261,7 @@ impl Driver {
         added: Option<(SocketAddr, u128)>,
         reply: Option<oneshot::Sender<Result<Membership, VolumeError>>>,
     ) -> Vec<Action> {
-        self.generation = self.generation.max(record.generation);
+        self.roster.note_sent(&record);
         let tag = self.take_tag();
         self.changes.insert(
             tag,
@@ -385,7 +304,7 @@ impl Driver {
                     }
                     _ => {}
                 }
-                self.record = pending.record.clone();
+                self.roster.commit(pending.record.clone());
                 Ok(pending.record)
             }
             Err(e) => {
@@ -405,41 +324,19 @@ impl Driver {
                 ack,
                 status,
                 membership,
-            } => {
-                // A record this target never saw (a change of an earlier
-                // target that reached only this replica): never reuse its
-                // generation.
-                self.generation = self.generation.max(membership.generation);
-                // The record and the status show the id it reports now;
-                // whether it changed is the controller's call.
-                if let Some(id) = self.replica_ids.get_mut(replica) {
-                    *id = Some(ack.replica_id);
-                }
-                let hello = hello_facts(generation, &ack, &status);
-                // Before its rebuild starts (if it needs one): the rate it
-                // is to pull at.
-                let throttle = Message::RebuildThrottle {
-                    bytes_per_second: self.rebuild_throttle,
-                };
-                let mut actions = self
-                    .controller
-                    .on_hello(now, replica, hello, vec![throttle]);
-                // After the rebuild start and the resent writes: the record,
-                // so that every member holds it, unless it does already.
-                if membership != self.record
-                    && self
-                        .controller
-                        .replica_states()
-                        .get(replica)
-                        .is_some_and(|s| s.is_linked())
-                {
-                    actions.push(
-                        self.controller
-                            .unawaited(replica, Message::MembershipSet(self.record.clone())),
-                    );
-                }
-                actions
-            }
+            } => glue::on_link_up(
+                &mut self.controller,
+                &mut self.roster,
+                now,
+                LinkUp {
+                    replica,
+                    generation,
+                    ack: &ack,
+                    status: &status,
+                    membership: &membership,
+                },
+                self.rebuild_throttle,
+            ),
             LinkEvent::Reply {
                 replica,
                 generation,
@@ -505,23 +402,19 @@ impl Driver {
                     from_io_seq,
                     first_live_io_seq,
                 } => {
-                    let Some(source_addr) = self.addrs.get(source) else {
+                    let Some(source_addr) = self.roster.addrs.get(source) else {
                         continue;
                     };
-                    let Ok(volume) = Name::new(self.params.volume.clone()) else {
+                    let Some(packet) = glue::rebuild_start_packet(
+                        self.params.session_id,
+                        self.params.epoch,
+                        &self.params.volume,
+                        source_addr.to_string(),
+                        from_io_seq,
+                        first_live_io_seq,
+                    ) else {
                         warn!(volume = %self.params.volume, "volume name cannot travel: no rebuild");
                         continue;
-                    };
-                    let packet = Packet {
-                        session_id: self.params.session_id,
-                        epoch: self.params.epoch,
-                        io_seq: first_live_io_seq,
-                        message: Message::RebuildStart(RebuildStart {
-                            peer_address: source_addr.to_string(),
-                            volume,
-                            from_io_seq,
-                            source: RebuildSource::Live,
-                        }),
                     };
                     queue.extend(self.queue_to_link(replica, generation, packet));
                 }

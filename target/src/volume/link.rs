@@ -501,6 +501,19 @@ fn not_sent(
     }
 }
 
+/// Does the link, on connection `current`, carry out a command (a `Send`
+/// or a [`Reset`]) the controller decided for connection `decided_for`?
+/// Only if it was decided for this very connection (module doc,
+/// "Connection generations"): what was meant for an earlier one is dropped
+/// (a `Send` reported [`LinkEvent::NotSent`], a `Reset` ignored), so that
+/// nothing meant for an old connection reaches a new one before what the
+/// controller decided the new one gets first (its `RebuildStart`). The one
+/// place the rule is written: the link task and a simulator's link both
+/// ask it.
+pub fn carries(current: Generation, decided_for: Generation) -> bool {
+    decided_for == current
+}
+
 /// What one command does to connection `current`.
 enum Step {
     /// Feed this packet.
@@ -518,7 +531,9 @@ fn step(
     events: &mpsc::UnboundedSender<LinkEvent>,
 ) -> Step {
     match command {
-        LinkCommand::Send { generation, packet } if generation == current => Step::Feed(packet),
+        LinkCommand::Send { generation, packet } if carries(current, generation) => {
+            Step::Feed(packet)
+        }
         stale => {
             if not_sent(replica, stale, events) {
                 Step::Skip
@@ -566,7 +581,7 @@ async fn pump(
                     return ("volume closed".into(), Duration::ZERO);
                 }
                 let reset = *resets.borrow_and_update();
-                if let Some(Reset { pause, .. }) = reset.filter(|r| r.generation == generation) {
+                if let Some(Reset { pause, .. }) = reset.filter(|r| carries(generation, r.generation)) {
                     return ("reset by the controller".into(), pause);
                 }
             },

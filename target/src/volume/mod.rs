@@ -7,6 +7,9 @@
 //!   the first io_seq, start the links and the driver);
 //! - `driver`: the driver task that owns the controller and turns its
 //!   actions into link commands and completions;
+//! - [`glue`]: the driver's decisions without IO (a link coming up, the
+//!   `RebuildStart` packet, a membership change's plan), which the driver
+//!   and a simulator both call;
 //! - `status`: the [`VolumeStatus`] the driver publishes (rebuilt bytes,
 //!   rebuild ETAs);
 //! - this module: the [`Volume`] handle the SCSI layer and the management
@@ -53,6 +56,7 @@
 
 pub mod controller;
 mod driver;
+pub mod glue;
 pub mod link;
 pub mod membership;
 mod open;
@@ -68,8 +72,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use controller::{Completion, Op, RebuildRun, ReplicaState, VolumeError};
+pub use glue::{
+    hello_facts, on_link_up, plan_change, rebuild_start_packet, throttle_actions, LinkUp,
+    PlannedChange, Roster,
+};
+pub use link::carries;
 pub use membership::MemberRef;
-pub use open::OpenError;
+pub use open::{geometry, next_epoch, OpenError};
 pub use status::VolumeStatus;
 
 /// The first io_seq of a new target is this far above the highest io_seq

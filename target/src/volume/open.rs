@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::controller::{Controller, ControllerConfig, MemberChange};
-use super::driver::{hello_facts, Driver};
+use super::driver::Driver;
+use super::glue::{hello_facts, Roster};
 use super::link::{self, SessionParams};
 use super::membership::{self, OpenStep};
 use super::status::VolumeStatus;
@@ -72,7 +73,7 @@ pub enum OpenError {
 /// The epoch a target opening the volume claims: one above `highest`, the
 /// highest any replica accepted. Checked, never wrapped or reused: refused
 /// when it would pass [`limits::MAX_EPOCH`].
-pub(super) fn next_epoch(highest: u64) -> Result<u64, OpenError> {
+pub fn next_epoch(highest: u64) -> Result<u64, OpenError> {
     highest
         .checked_add(1)
         .filter(|epoch| *epoch <= limits::MAX_EPOCH)
@@ -165,7 +166,7 @@ pub(super) async fn probe_quorum(spec: &VolumeSpec, cli_cf: usize) -> Result<Pro
 
 /// Size and block size, from the most advanced replicas (a grow may have
 /// reached only some of the others).
-pub(super) fn geometry(
+pub fn geometry(
     members: &[SocketAddr],
     probes: &[Option<(HelloAck, StatusReport)>],
     max_received: u64,
@@ -318,20 +319,17 @@ impl Volume {
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let mut driver = Driver {
             controller,
-            addrs: Vec::with_capacity(members.len()),
+            roster: Roster::new(record, generation),
             links: Vec::with_capacity(members.len()),
             waiters: HashMap::default(),
             changes: HashMap::default(),
             next_tag: 1,
-            replica_ids: Vec::with_capacity(members.len()),
             rebuild_clock: Vec::with_capacity(members.len()),
             rebuilt_bytes: Vec::with_capacity(members.len()),
             rebuild_throttle: 0,
             params,
             events: events_tx,
             stop: stop.clone(),
-            record,
-            generation,
             status: watch::channel(VolumeStatus::default()).0,
             published: (0, Instant::now()),
             deferred: std::collections::VecDeque::new(),
@@ -345,7 +343,7 @@ impl Volume {
         if write_record {
             // A new volume: its command line becomes the first record,
             // written once a quorum is healthy (a barrier like any change).
-            let record = driver.record.clone();
+            let record = driver.roster.record.clone();
             let actions = driver.submit_record(record, MemberChange::None, cf, None, None);
             driver.perform(actions);
         }

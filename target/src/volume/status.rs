@@ -143,8 +143,8 @@ impl Driver {
         let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         for (i, state) in controller.replica_states().iter().enumerate() {
             state.hash(&mut h);
-            self.addrs.get(i).hash(&mut h);
-            self.replica_ids.get(i).hash(&mut h);
+            self.roster.addrs.get(i).hash(&mut h);
+            self.roster.replica_ids.get(i).hash(&mut h);
             controller
                 .rebuild(i)
                 .map(|r| (r.source, r.from_io_seq, r.first_live_io_seq, r.accepted))
@@ -154,7 +154,7 @@ impl Driver {
         (config.cf, config.epoch, controller.healthy()).hash(&mut h);
         (controller.is_read_only(now), controller.is_fenced()).hash(&mut h);
         (controller.size_bytes(), controller.barrier_in_progress()).hash(&mut h);
-        (self.record.generation, self.rebuild_throttle).hash(&mut h);
+        (self.roster.record.generation, self.rebuild_throttle).hash(&mut h);
         h.finish()
     }
 
@@ -163,10 +163,10 @@ impl Driver {
         let now = Instant::now();
         let controller = &self.controller;
         let states = controller.replica_states();
-        let members: Vec<usize> = (0..self.addrs.len())
+        let members: Vec<usize> = (0..self.roster.addrs.len())
             .filter(|i| states.get(*i).is_some_and(|s| *s != ReplicaState::Removed))
             .collect();
-        for i in 0..self.addrs.len() {
+        for i in 0..self.roster.addrs.len() {
             let run = controller.rebuild(i).filter(|r| r.accepted);
             let clock = self.rebuild_clock.get_mut(i);
             if let Some(clock) = clock {
@@ -189,11 +189,18 @@ impl Driver {
         VolumeStatus {
             replicas: members
                 .iter()
-                .map(|i| (self.addrs[*i], states[*i]))
+                .map(|i| (self.roster.addrs[*i], states[*i]))
                 .collect(),
             replica_ids: members
                 .iter()
-                .map(|i| self.replica_ids.get(*i).copied().flatten().unwrap_or(0))
+                .map(|i| {
+                    self.roster
+                        .replica_ids
+                        .get(*i)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(0)
+                })
                 .collect(),
             cf: controller.config().cf,
             healthy: controller.healthy(),
@@ -223,7 +230,7 @@ impl Driver {
             in_flight: controller.in_flight(),
             size_bytes: controller.size_bytes(),
             barrier: controller.barrier_in_progress(),
-            membership_generation: self.record.generation,
+            membership_generation: self.roster.record.generation,
             rebuilt_bytes: members
                 .iter()
                 .map(|i| self.rebuilt_bytes.get(*i).copied().unwrap_or(0))

@@ -350,3 +350,11 @@ async fn a_link_never_claims_with_an_epoch_outside_the_claimable_range() {
         );
     }
 }
+
+#[test]
+fn a_link_carries_only_what_was_decided_for_its_current_connection() {
+    assert!(carries(2, 2));
+    assert!(!carries(2, 1), "decided for an earlier connection");
+    assert!(!carries(1, 2));
+    assert!(!carries(0, 1), "no connection yet");
+}
