@@ -228,10 +228,45 @@ pub(crate) fn to_usize(v: u64) -> Result<usize> {
     usize::try_from(v).map_err(|_| invalid(format!("{v} does not fit in memory")))
 }
 
+thread_local! {
+    /// This thread's seeded id stream ([`seed_ids`]): the next state.
+    static SEEDED_IDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the pool guids and replica ids drawn on this thread from now on
+/// come from a stream fixed by `seed` (`None`: random again, the default).
+/// For a simulator that runs whole clusters in one thread and must replay
+/// a seed exactly; ids need uniqueness only, and the stream's are unique
+/// (splitmix64 is a bijection of its state). Other threads are unaffected.
+pub fn seed_ids(seed: Option<u64>) {
+    SEEDED_IDS.with(|ids| ids.set(seed));
+}
+
+/// The next id of this thread's seeded stream, if it has one.
+fn seeded_u128() -> Option<u128> {
+    SEEDED_IDS.with(|ids| {
+        let mut state = ids.get()?;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let id = (u128::from(next()) << 64) | u128::from(next());
+        ids.set(Some(state));
+        Some(id)
+    })
+}
+
 /// A random u128 from the OS-seeded hasher keys, the clock and a counter
-/// (pool guids and replica ids need uniqueness, not secrecy).
+/// (pool guids and replica ids need uniqueness, not secrecy), or the next
+/// of this thread's seeded stream ([`seed_ids`]).
 pub(crate) fn random_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
+    if let Some(id) = seeded_u128() {
+        return id;
+    }
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -836,6 +871,24 @@ mod tests {
     fn random_ids_differ() {
         let ids: BTreeSet<u128> = (0..1000).map(|_| random_u128()).collect();
         assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn seeded_ids_repeat_per_seed_differ_and_stay_on_their_thread() {
+        let draw = |seed| {
+            seed_ids(Some(seed));
+            let ids: Vec<u128> = (0..1000).map(|_| random_u128()).collect();
+            seed_ids(None);
+            ids
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert_ne!(a, draw(8));
+        assert_eq!(a.iter().collect::<BTreeSet<_>>().len(), 1000);
+        seed_ids(Some(7));
+        let other = std::thread::spawn(random_u128).join().unwrap();
+        seed_ids(None);
+        assert_ne!(other, a[0]);
     }
 
     #[test]
