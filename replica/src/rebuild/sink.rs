@@ -25,8 +25,10 @@
 //! [`TokioIo`]: super::io::TokioIo
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use cstor_proto::{
@@ -321,12 +323,27 @@ impl<I: RebuildIo> Run<I> {
         // When the pacer's pause ends (the run's clock).
         let mut paused_until: Option<Duration> = None;
         loop {
-            let step = tokio::select! {
-                biased;
-                Some(applied) = applying.next(), if !applying.is_empty() => Step::Applied(applied),
-                packet = self.paced_next(conn, paused_until),
-                    if applying.len() < REBUILD_PIECES_IN_FLIGHT => Step::Received(packet),
-                else => Step::Received(Err(RebuildError::Cancelled)),
+            // The oldest apply first, then (with room for another) the
+            // next packet: always in that order, never at random.
+            let step = {
+                let receiving = applying.len() < REBUILD_PIECES_IN_FLIGHT;
+                let mut next = pin!(self.paced_next(conn, paused_until));
+                future::poll_fn(|cx| {
+                    if !applying.is_empty() {
+                        if let Poll::Ready(Some(applied)) = applying.poll_next_unpin(cx) {
+                            return Poll::Ready(Step::Applied(applied));
+                        }
+                    } else if !receiving {
+                        return Poll::Ready(Step::Received(Err(RebuildError::Cancelled)));
+                    }
+                    if receiving {
+                        if let Poll::Ready(packet) = next.as_mut().poll(cx) {
+                            return Poll::Ready(Step::Received(packet));
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
             };
             let packet = match step {
                 Step::Applied(applied) => {
