@@ -1,0 +1,332 @@
+//! The oracle of block semantics and durability: what every READ may
+//! return, block by block.
+//!
+//! Every write of the workload gets a unique id and every block it writes
+//! a self-describing content ([`block_content`]): the id, the block's LBA
+//! (or a WRITE SAME marker) and filler derived from both, so a read tells
+//! exactly which write each block came from, and a torn block, a block of
+//! another LBA or of another command's data is detected.
+//!
+//! A write `w` of a block is *allowed* for a read issued at `s` and
+//! answered at `e` when it was issued before `e` and no write `w2` of the
+//! block *dominates* it: `w2` was acknowledged GOOD before `s`, was issued
+//! after `w` ended (`w` answered, or its target-side work finished,
+//! whichever is known: a failed or aborted write may still have landed
+//! until then), and `w2` cannot have been lost since: no replica lost
+//! power between `w2`'s acknowledgement and `e`, unless `w2` was durable
+//! (FUA, or a SYNCHRONIZE CACHE acknowledged after it was issued after `w2`
+//! was acknowledged) before that power cut. So acknowledged writes are
+//! never older than what a read returns, durable writes survive every
+//! crash, and the value 0 (never written, unmapped, zeroed) is a write
+//! like any other.
+
+use std::collections::BTreeMap;
+
+/// Logical block size of the simulated unit.
+pub const BLOCK: usize = 4096;
+const MAGIC: u32 = 0x5349_4d42; // "SIMB"
+/// The LBA field of a WRITE SAME block (the same content at every LBA).
+pub const SAME_LBA: u32 = u32::MAX;
+
+/// The content write `id` puts in a block (`lba_tag`: the LBA, or
+/// [`SAME_LBA`]). Id 0 is the zero block.
+pub fn block_content(id: u64, lba_tag: u32) -> Vec<u8> {
+    let mut out = vec![0u8; BLOCK];
+    if id == 0 {
+        return out;
+    }
+    out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    out[4..12].copy_from_slice(&id.to_le_bytes());
+    out[12..16].copy_from_slice(&lba_tag.to_le_bytes());
+    let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(lba_tag).rotate_left(29) ^ 1;
+    for word in out[16..].chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Which write a block read holds: `Ok((id, lba_tag))`, or why it is
+/// nobody's write.
+pub fn decode_block(block: &[u8], lba: u64) -> Result<u64, String> {
+    if block.len() != BLOCK {
+        return Err(format!("block of {} bytes", block.len()));
+    }
+    if block.iter().all(|b| *b == 0) {
+        return Ok(0);
+    }
+    let word = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&block[r]);
+        u64::from_le_bytes(b)
+    };
+    if word(0..4) != u64::from(MAGIC) {
+        return Err("content nobody wrote (no block header)".into());
+    }
+    let id = word(4..12);
+    let tag = word(12..16) as u32;
+    if tag != SAME_LBA && u64::from(tag) != lba {
+        return Err(format!("block of LBA {tag} (write {id}) read at LBA {lba}"));
+    }
+    if block_content(id, tag) != block {
+        return Err(format!("torn or corrupt block of write {id}"));
+    }
+    Ok(id)
+}
+
+/// One write of one block, as the oracle knows it.
+#[derive(Debug, Clone)]
+struct Rec {
+    /// The value it leaves: its write id, or 0 for a zeroing.
+    id: u64,
+    /// The command that wrote it.
+    cmd: u64,
+    issued: u64,
+    /// When it can no longer land (answered and its target-side work over).
+    ended: Option<u64>,
+    acked: Option<u64>,
+    durable: Option<u64>,
+}
+
+/// The history of every block, the power cuts, and the open commands.
+#[derive(Debug, Default)]
+pub struct Model {
+    blocks: BTreeMap<u64, Vec<Rec>>,
+    /// Times at which a replica lost power.
+    power_cuts: Vec<u64>,
+    /// Writes by id: their blocks (for ends, acks and durability).
+    writes: BTreeMap<u64, Vec<u64>>,
+    /// Acknowledged, not yet durable writes (for SYNCHRONIZE CACHE).
+    volatile: BTreeMap<u64, u64>,
+    next_id: u64,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Model {
+            next_id: 1,
+            ..Model::default()
+        }
+    }
+
+    fn history(&mut self, lba: u64) -> &mut Vec<Rec> {
+        self.blocks.entry(lba).or_insert_with(|| {
+            vec![Rec {
+                id: 0,
+                cmd: 0,
+                issued: 0,
+                ended: Some(0),
+                acked: Some(0),
+                durable: Some(0),
+            }]
+        })
+    }
+
+    /// A new write (or unmap/zeroing, `zero`: its blocks become id 0 —
+    /// then the id only names the command) of `lbas` issued at `now`;
+    /// returns its id.
+    pub fn issue_write(&mut self, now: u64, lbas: &[u64], zero: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        for &lba in lbas {
+            let rec = Rec {
+                id: if zero { 0 } else { id },
+                cmd: id,
+                issued: now,
+                ended: None,
+                acked: None,
+                durable: None,
+            };
+            self.history(lba).push(rec);
+        }
+        self.writes.insert(id, lbas.to_vec());
+        id
+    }
+
+    fn recs_of(&mut self, id: u64) -> Vec<(u64, usize)> {
+        let Some(lbas) = self.writes.get(&id).cloned() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for lba in lbas {
+            if let Some(h) = self.blocks.get(&lba) {
+                if let Some(i) = h.iter().rposition(|r| r.cmd == id) {
+                    out.push((lba, i));
+                }
+            }
+        }
+        out
+    }
+
+    /// The write was answered GOOD at `now` (`fua`: durable too).
+    pub fn ack_write(&mut self, id: u64, now: u64, fua: bool) {
+        for (lba, i) in self.recs_of(id) {
+            if let Some(r) = self.blocks.get_mut(&lba).and_then(|h| h.get_mut(i)) {
+                r.acked = Some(now);
+                r.ended = Some(now);
+                if fua {
+                    r.durable = Some(now);
+                }
+            }
+        }
+        if !fua {
+            self.volatile.insert(id, now);
+        }
+        self.writes.remove(&id);
+    }
+
+    /// The write failed or was aborted; it may have landed until `ended`.
+    pub fn end_write(&mut self, id: u64, ended: u64) {
+        for (lba, i) in self.recs_of(id) {
+            if let Some(r) = self.blocks.get_mut(&lba).and_then(|h| h.get_mut(i)) {
+                r.ended = Some(ended);
+            }
+        }
+        self.writes.remove(&id);
+    }
+
+    /// A SYNCHRONIZE CACHE issued at `issued` was acknowledged at `now`:
+    /// every write acknowledged before `issued` is durable.
+    pub fn flushed(&mut self, issued: u64, now: u64) {
+        let ids: Vec<u64> = self
+            .volatile
+            .iter()
+            .filter(|(_, acked)| **acked < issued)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.volatile.remove(id);
+        }
+        let ids: std::collections::BTreeSet<u64> = ids.into_iter().collect();
+        for h in self.blocks.values_mut() {
+            for r in h.iter_mut() {
+                if r.durable.is_none()
+                    && r.acked.is_some_and(|a| a < issued)
+                    && ids.contains(&r.cmd)
+                {
+                    r.durable = Some(now);
+                }
+            }
+        }
+    }
+
+    /// A replica lost power at `now`.
+    pub fn power_cut(&mut self, now: u64) {
+        self.power_cuts.push(now);
+    }
+
+    fn lost_maybe(&self, w2: &Rec, until: u64) -> bool {
+        let Some(acked) = w2.acked else {
+            return true;
+        };
+        self.power_cuts
+            .iter()
+            .any(|&t| t > acked && t < until && w2.durable.is_none_or(|d| d > t))
+    }
+
+    /// The write ids block `lba` may hold for a read issued at `s` and
+    /// answered at `e`.
+    pub fn allowed(&self, lba: u64, s: u64, e: u64) -> Vec<u64> {
+        let zero = [Rec {
+            id: 0,
+            cmd: 0,
+            issued: 0,
+            ended: Some(0),
+            acked: Some(0),
+            durable: Some(0),
+        }];
+        let h: &[Rec] = self.blocks.get(&lba).map_or(&zero, |h| h.as_slice());
+        h.iter()
+            .filter(|r| r.issued < e)
+            .filter(|r| {
+                !h.iter().any(|w2| {
+                    w2.acked.is_some_and(|a| a < s)
+                        && r.ended.is_some_and(|end| w2.issued > end)
+                        && !self.lost_maybe(w2, e)
+                })
+            })
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Checks one block of a read; `Err` names what is wrong.
+    pub fn check_block(&self, lba: u64, block: &[u8], s: u64, e: u64) -> Result<(), String> {
+        let id = decode_block(block, lba)?;
+        let allowed = self.allowed(lba, s, e);
+        if allowed.contains(&id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "LBA {lba} holds write {id}, but a read issued at {s} µs and answered at {e} µs may only see writes {allowed:?}"
+            ))
+        }
+    }
+
+    /// Forgets history no read can need any more: records dominated for
+    /// every read issued at or after `oldest_open` (the oldest command
+    /// still open) by a durable acknowledged write.
+    pub fn prune(&mut self, oldest_open: u64) {
+        for h in self.blocks.values_mut() {
+            if h.len() < 24 {
+                continue;
+            }
+            let dominators: Vec<(u64, u64)> = h
+                .iter()
+                .filter(|w2| w2.durable.is_some_and(|d| d < oldest_open))
+                .filter_map(|w2| w2.acked.map(|a| (a, w2.issued)))
+                .filter(|(a, _)| *a < oldest_open)
+                .collect();
+            h.retain(|r| {
+                !dominators
+                    .iter()
+                    .any(|(_, issued)| r.ended.is_some_and(|end| *issued > end))
+            });
+        }
+    }
+
+    pub fn writes_issued(&self) -> u64 {
+        self.next_id - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_name_their_write_and_reject_foreign_content() {
+        let b = block_content(42, 7);
+        assert_eq!(decode_block(&b, 7), Ok(42));
+        assert!(decode_block(&b, 8).is_err(), "another LBA's block");
+        let mut torn = b.clone();
+        torn[3000] ^= 1;
+        assert!(decode_block(&torn, 7).is_err());
+        assert_eq!(decode_block(&vec![0u8; BLOCK], 3), Ok(0));
+        assert_eq!(decode_block(&block_content(5, SAME_LBA), 99), Ok(5));
+    }
+
+    #[test]
+    fn an_acknowledged_write_hides_older_ones_until_a_power_cut_unless_durable() {
+        let mut m = Model::new();
+        let a = m.issue_write(10, &[0], false);
+        m.ack_write(a, 20, false);
+        let b = m.issue_write(30, &[0], false);
+        m.ack_write(b, 40, false);
+        assert_eq!(m.allowed(0, 50, 60), vec![b]);
+        // Concurrent with the read: both.
+        let c = m.issue_write(55, &[0], false);
+        assert_eq!(m.allowed(0, 50, 60), vec![b, c]);
+        m.end_write(c, 70);
+        // A power cut after b's ack: b may be lost, a and 0 come back.
+        m.power_cut(80);
+        assert_eq!(m.allowed(0, 90, 100), vec![0, a, b, c]);
+        // Made durable by a flush issued after it: survives the next cut.
+        let d = m.issue_write(110, &[0], false);
+        m.ack_write(d, 120, false);
+        m.flushed(130, 140);
+        m.power_cut(150);
+        assert_eq!(m.allowed(0, 160, 170), vec![d]);
+    }
+}
