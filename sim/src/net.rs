@@ -218,6 +218,11 @@ impl Net {
         }
     }
 
+    /// The extra delay of `host` (0: not slow).
+    pub fn slowness(&self, host: Host) -> u64 {
+        self.slow.get(&host).copied().unwrap_or(0)
+    }
+
     pub fn open_conns(&self) -> usize {
         self.conns.values().filter(|c| c.open).count()
     }

@@ -370,6 +370,8 @@ struct Replica {
     lives: u64,
     /// Removed from the volume by the operator: never started again.
     retired: bool,
+    /// A disk fault is armed on its device (until the daemon restarts).
+    disk_armed: bool,
 }
 
 /// A link of the target to one replica index.
@@ -556,6 +558,9 @@ pub struct World<'c> {
     opts: Options,
     draining: bool,
     drain_since: u64,
+    /// Faults may hit any replica, the last healthy one included (some
+    /// seeds): only the safety oracles hold then.
+    beyond_tolerance: bool,
 }
 
 fn fnv(h: u64, v: u64) -> u64 {
@@ -619,6 +624,7 @@ impl<'c> World<'c> {
             opts,
             draining: false,
             drain_since: 0,
+            beyond_tolerance: false,
         };
         for (i, bytes) in plan.pool_bytes.iter().enumerate() {
             let host = w.new_replica(*bytes, i == 0)?;

@@ -22,12 +22,56 @@ impl World<'_> {
             .collect()
     }
 
+    /// Is replica `host` under a fault now (down, cut off, slow, or its
+    /// disk armed to fail)?
+    fn faulty(&self, host: u32) -> bool {
+        let Some(r) = self.replicas.get(host as usize) else {
+            return true;
+        };
+        r.running.is_none()
+            || r.disk_armed
+            || self.net.is_cut(Host::Replica(host))
+            || self.net.slowness(Host::Replica(host)) > 0
+    }
+
+    /// The replicas a fault may hit: while the run stays within what the
+    /// volume tolerates, never the last healthy replica that no fault
+    /// touches (with it, acknowledged writes could exist nowhere else:
+    /// docs/simulation.md, "Faults"). A volume of one member tolerates
+    /// its crash (it carries on from what its pool kept).
+    fn fault_candidates(&mut self) -> Vec<u32> {
+        let live = self.live_replicas();
+        if self.beyond_tolerance {
+            return live;
+        }
+        let Some((states, addrs, _, _)) = self.volume_view() else {
+            // No open target: the states are unknown; hit nothing.
+            return Vec::new();
+        };
+        let members: Vec<u32> = states
+            .iter()
+            .zip(&addrs)
+            .filter(|(s, _)| **s != ReplicaState::Removed)
+            .filter_map(|(_, a)| self.replicas.iter().find(|r| r.addr == *a).map(|r| r.host))
+            .collect();
+        let sound: Vec<u32> = states
+            .iter()
+            .zip(&addrs)
+            .filter(|(s, _)| **s == ReplicaState::Healthy)
+            .filter_map(|(_, a)| self.replicas.iter().find(|r| r.addr == *a).map(|r| r.host))
+            .filter(|h| !self.faulty(*h))
+            .collect();
+        live.into_iter()
+            .filter(|h| members.len() == 1 || sound.iter().any(|o| o != h))
+            .collect()
+    }
+
     /// The next fault, then schedules the one after.
     pub(super) fn fault(&mut self) {
         if self.quiet {
             return;
         }
-        let live = self.live_replicas();
+        let live = self.fault_candidates();
         let roll = self.rng.below(100);
         match roll {
             0..=19 => {
@@ -54,7 +98,7 @@ impl World<'_> {
             }
             30..=49 => {
                 // A partition of a replica (or of the target) that heals.
-                let host = if self.rng.chance(80) {
+                let host = if self.rng.chance(80) || self.beyond_tolerance {
                     self.rng.pick(&live).map(|h| Host::Replica(*h))
                 } else {
                     Some(Host::Target)
@@ -111,7 +155,8 @@ impl World<'_> {
                 // A disk error: the next write or sync of a replica fails;
                 // the daemon is restarted later (its pool is poisoned).
                 if let Some(&host) = self.rng.pick(&live) {
-                    if let Some(r) = self.replicas.get(host as usize) {
+                    if let Some(r) = self.replicas.get_mut(host as usize) {
+                        r.disk_armed = true;
                         let counts = r.device.counts();
                         if self.rng.chance(50) {
                             r.device
@@ -244,6 +289,10 @@ impl World<'_> {
                 }
             }
         }
+    }
+
+    pub(super) fn volume_view_size_bytes(&self) -> Option<u64> {
+        self.volume_view_size()
     }
 
     fn volume_view_size(&self) -> Option<u64> {

@@ -36,6 +36,7 @@ impl World<'_> {
             running: None,
             lives: 0,
             retired: false,
+            disk_armed: false,
         });
         self.start_replica(host)?;
         Ok(host)
@@ -106,7 +107,10 @@ impl World<'_> {
             dev.live_image()
         };
         match CrashDevice::from_image(image, cstor_engine::io::Device::alignment(dev)) {
-            Ok(d) => r.device = Arc::new(FaultyDevice::new(d)),
+            Ok(d) => {
+                r.device = Arc::new(FaultyDevice::new(d));
+                r.disk_armed = false;
+            }
             Err(e) => {
                 let name = r.pool_name.clone();
                 self.fail(format!("crash image of {name}: {e}"));
@@ -129,8 +133,15 @@ impl World<'_> {
     }
 
     /// Closes `conn` (both ends learn of it after their delay).
+    #[track_caller]
     pub(super) fn close_conn(&mut self, conn: ConnId) {
         let now = self.now();
+        if self.opts.verbose && self.net.is_open(conn) {
+            eprintln!(
+                "{now:>12}   close conn {conn} from {}",
+                std::panic::Location::caller()
+            );
+        }
         if let Some(ends) = self.net.close(&mut self.rng, now, conn) {
             for (end, at) in ends {
                 self.schedule_at(at, Ev::Closed { conn, end });

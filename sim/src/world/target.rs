@@ -709,9 +709,6 @@ impl<'c> World<'c> {
         membership: &Membership,
     ) {
         let now = self.instant();
-        let Some(v) = self.open_volume(instance) else {
-            return;
-        };
         let up = LinkUp {
             replica,
             generation,
@@ -719,7 +716,20 @@ impl<'c> World<'c> {
             status,
             membership,
         };
+        let verbose = self.opts.verbose;
+        let Some(v) = self.open_volume(instance) else {
+            return;
+        };
         let actions = glue::on_link_up(&mut v.controller, &mut v.roster, now, up, 0);
+        if verbose {
+            eprintln!(
+                "             link {replica} up: states {:?} missed_from {:?}",
+                v.controller.replica_states(),
+                (0..v.links.len())
+                    .map(|i| v.controller.missed_from(i))
+                    .collect::<Vec<_>>()
+            );
+        }
         v.claimed.insert(replica);
         self.perform(instance, actions);
         self.resolve_ambiguous();
@@ -1079,45 +1089,10 @@ impl<'c> World<'c> {
             t.lu.as_mut(),
             t.sessions.get_mut(&conn).and_then(|s| s.ff.as_mut()),
         ) {
-            (Some(lu), Some(ff)) => {
-                if self.opts.verbose {
-                    eprintln!(
-                        "    live tasks {} id {:?} result ok {}",
-                        ff.live_tasks(),
-                        io.id,
-                        result.is_ok()
-                    );
-                }
-                task::finish(lu, ff, io, result)
-            }
-            (lu, ff) => {
-                if self.opts.verbose {
-                    eprintln!("    lu {} ff {}", lu.is_some(), ff.is_some());
-                    for (c, s) in &t.sessions {
-                        eprintln!(
-                            "      session {c}: login {} ff {}",
-                            s.login.is_some(),
-                            s.ff.is_some()
-                        );
-                    }
-                }
-                Vec::new()
-            }
+            (Some(lu), Some(ff)) => task::finish(lu, ff, io, result),
+            // The connection (or the unit) is gone: nobody to answer.
+            _ => Vec::new(),
         };
-        if self.opts.verbose {
-            eprintln!(
-                "{:>12}   performed {perform} on conn {conn}: {} actions {:?}",
-                self.now(),
-                actions.len(),
-                actions
-                    .iter()
-                    .map(|a| match a {
-                        IscsiAction::Send(p) => format!("send itt {}", p.itt()),
-                        other => format!("{other:?}").chars().take(40).collect(),
-                    })
-                    .collect::<Vec<_>>()
-            );
-        }
         self.iscsi_actions(conn, actions);
         self.resolve_ambiguous();
     }

@@ -489,15 +489,29 @@ impl World<'_> {
         if self.initiators.iter().any(|i| i.ini.open_commands() > 0) {
             return false;
         }
-        let Some((states, _, _, busy)) = self.volume_view() else {
+        let Some((states, addrs, _, busy)) = self.volume_view() else {
             return false;
         };
         !busy
-            && states
-                .iter()
-                .all(|s| matches!(s, ReplicaState::Healthy | ReplicaState::Removed))
+            && states.iter().zip(&addrs).all(|(s, a)| {
+                matches!(s, ReplicaState::Healthy | ReplicaState::Removed)
+                    || (*s == ReplicaState::Failed && self.pool_full(*a))
+            })
             && self.performs_running().is_none()
             && self.exec_quiet()
+    }
+
+    /// A replica that cannot hold the volume (its pool is too small for
+    /// the data and snapshots): out of space, it rightly stays failed.
+    fn pool_full(&self, addr: SocketAddr) -> bool {
+        let size = self
+            .volume_view_size_bytes()
+            .unwrap_or(self.plan.volume_bytes);
+        self.replicas
+            .iter()
+            .find(|r| r.addr == addr)
+            .and_then(|r| r.running.as_ref())
+            .is_some_and(|run| run.registry.pool().stats().free_bytes < size)
     }
 
     fn exec_quiet(&self) -> bool {
@@ -548,7 +562,10 @@ impl World<'_> {
                     return;
                 }
             };
-            let size = volume.size_bytes().unwrap_or(0);
+            // The volume's size (a replica that grew past it keeps the rest).
+            let size = self
+                .volume_view_size_bytes()
+                .unwrap_or_else(|| volume.size_bytes().unwrap_or(0));
             let mut data = vec![0u8; size as usize];
             match at_once(volume.read(0, &mut data)) {
                 Ok(Ok(())) => {}
@@ -559,7 +576,7 @@ impl World<'_> {
             }
             let mut snaps = BTreeMap::new();
             for info in volume.list_snapshots().unwrap_or_default() {
-                let mut s = vec![0u8; size as usize];
+                let mut s = vec![0u8; info.size_bytes as usize];
                 match at_once(volume.read_snapshot(&info.name, 0, &mut s)) {
                     Ok(Ok(())) => {
                         snaps.insert(info.name.clone(), s);
