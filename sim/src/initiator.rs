@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use cstor_target::iscsi::pdu::{
-    DataOut, LoginRequest, LogoutRequest, Pdu, ScsiCommand, TaskAttr, TaskMgmtRequest, TmfFunction,
+    tmf_response, DataOut, LoginRequest, LogoutRequest, Pdu, ScsiCommand, TaskAttr,
+    TaskMgmtRequest, TmfFunction,
 };
 use cstor_target::iscsi::text::{parse, TextWriter};
 
@@ -179,8 +180,9 @@ pub struct Initiator {
     /// The target's MaxRecvDataSegmentLength (Data-Out pieces).
     target_mrdsl: u32,
     open: BTreeMap<u32, Open>,
-    /// TMFs in flight: their ITT → the commands they abort.
-    tmfs: BTreeMap<u32, (bool, Vec<u32>)>,
+    /// TMFs in flight: their ITT → the commands they abort (ITT, CmdSN:
+    /// the ITT alone may be reused meanwhile).
+    tmfs: BTreeMap<u32, (bool, Vec<(u32, u32)>)>,
     /// A LOGICAL UNIT RESET is in flight: no new command until it is
     /// answered (the SCSI error handler quiesces the queue).
     resetting: bool,
@@ -192,6 +194,11 @@ pub struct Initiator {
 const TARGET_IQN_PREFIX: &str = "iqn.2016-09.com.openebs.cstor:";
 /// TMF ITTs live above the command ITTs (which reuse small numbers).
 const TMF_ITT_BASE: u32 = 0x4000_0000;
+/// A command unanswered this long is aborted (Linux's SCSI command
+/// timeout, 30 s by default): a target may end a command without any
+/// status (TAS = 0: another initiator's LOGICAL UNIT RESET or PREEMPT AND
+/// ABORT), and only this timeout makes the initiator learn of it.
+pub const COMMAND_TIMEOUT_US: u64 = 30_000_000;
 
 impl Initiator {
     pub fn new(index: u32) -> Self {
@@ -350,9 +357,28 @@ impl Initiator {
             + (1..)
                 .find(|i| !self.tmfs.contains_key(&(TMF_ITT_BASE + i)))
                 .unwrap_or(1);
-        self.tmfs.insert(tmf_itt, (false, vec![itt]));
+        self.tmfs.insert(tmf_itt, (false, vec![(itt, open.cmd_sn)]));
         self.aborting.insert(itt);
         vec![self.tmf(TmfFunction::AbortTask, tmf_itt, itt, open.cmd_sn)]
+    }
+
+    /// The CmdSN of the open command `itt` (with the ITT, it names one
+    /// command for good: CmdSN only grows).
+    pub fn cmd_sn_of(&self, itt: u32) -> Option<u32> {
+        self.open.get(&itt).map(|o| o.cmd_sn)
+    }
+
+    /// The command timeout of command `itt` (CmdSN `cmd_sn`) expired: if
+    /// it is still open and not being aborted, ABORT TASK, as Linux's SCSI
+    /// error handler does.
+    pub fn timed_out(&mut self, itt: u32, cmd_sn: u32) -> Vec<Pdu> {
+        if self.phase != Phase::Full
+            || self.aborting.contains(&itt)
+            || self.cmd_sn_of(itt) != Some(cmd_sn)
+        {
+            return Vec::new();
+        }
+        self.abort_task(itt)
     }
 
     /// LOGICAL UNIT RESET (immediate).
@@ -361,8 +387,8 @@ impl Initiator {
             + (1..)
                 .find(|i| !self.tmfs.contains_key(&(TMF_ITT_BASE + i)))
                 .unwrap_or(1);
-        let all: Vec<u32> = self.open.keys().copied().collect();
-        self.aborting.extend(all.iter().copied());
+        let all: Vec<(u32, u32)> = self.open.iter().map(|(i, o)| (*i, o.cmd_sn)).collect();
+        self.aborting.extend(all.iter().map(|(i, _)| *i));
         self.tmfs.insert(tmf_itt, (true, all));
         self.resetting = true;
         vec![self.tmf(
@@ -566,12 +592,19 @@ impl Initiator {
                 if reset {
                     self.resetting = false;
                 }
-                for itt in aborted {
+                for (itt, cmd_sn) in aborted {
                     self.aborting.remove(&itt);
-                    // "Task does not exist": it ended before (its answer
-                    // came first) — nothing to end here.
-                    if r.response != 0 {
+                    // "Task does not exist": it ended before. Either its
+                    // answer came first (the connection keeps order) and
+                    // it is no longer open, or the target ended it without
+                    // a status (TAS = 0): then no answer will ever come and
+                    // it ends here, unknown, as Linux fails it back.
+                    let gone = !reset && r.response == tmf_response::TASK_DOES_NOT_EXIST;
+                    if r.response != tmf_response::FUNCTION_COMPLETE && !gone {
                         continue;
+                    }
+                    if self.cmd_sn_of(itt) != Some(cmd_sn) {
+                        continue; // answered, and its ITT reused since
                     }
                     if let Some(o) = self.open.remove(&itt) {
                         done.push(Finished {

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{Clock, Executor, NodeId};
-use crate::initiator::{Command, Finished, Initiator, Outcome, Phase};
+use crate::initiator::{Command, Finished, Initiator, Outcome, Phase, COMMAND_TIMEOUT_US};
 use crate::model::{block_content, Model, BLOCK, SAME_LBA};
 use crate::net::{ConnId, End, Host, Latency, Net};
 use crate::rebuild_io::{link_pair, LinkHandle, Requests, SimRebuildIo};
@@ -273,6 +273,13 @@ enum Ev {
     Work {
         initiator: u32,
     },
+    /// The command timeout of an initiator's command `itt` (CmdSN
+    /// `cmd_sn`) expires.
+    CommandTimeout {
+        initiator: u32,
+        itt: u32,
+        cmd_sn: u32,
+    },
     /// The next fault.
     Fault,
     /// The next operator action.
@@ -333,6 +340,9 @@ impl Ev {
             Ev::LinkReply {
                 replica, packet, ..
             } => (21, (*replica as u64) << 48 ^ packet.io_seq),
+            Ev::CommandTimeout {
+                initiator, cmd_sn, ..
+            } => (22, u64::from(*initiator) << 32 | u64::from(*cmd_sn)),
         }
     }
 }
@@ -854,6 +864,11 @@ impl<'c> World<'c> {
             Ev::Dial { instance, replica } => self.link_dial(instance, replica),
             Ev::Probe { instance } => self.probe_round(instance),
             Ev::Work { initiator } => self.work(initiator),
+            Ev::CommandTimeout {
+                initiator,
+                itt,
+                cmd_sn,
+            } => self.command_timeout(initiator, itt, cmd_sn),
             Ev::Fault => self.fault(),
             Ev::Operator => self.operator(),
             Ev::StartReplica { host } => {

@@ -240,11 +240,38 @@ impl World<'_> {
         };
         let (itt, pdus) = ini.ini.issue(command, now);
         ini.stalled_check.insert(itt, now);
+        let cmd_sn = ini.ini.cmd_sn_of(itt).unwrap_or(0);
         self.stats.commands += 1;
+        self.schedule(
+            COMMAND_TIMEOUT_US,
+            Ev::CommandTimeout {
+                initiator: i,
+                itt,
+                cmd_sn,
+            },
+        );
         if let Some(conn) = conn {
             for pdu in pdus {
                 self.initiator_send(conn, pdu);
             }
+        }
+    }
+
+    /// A command's timeout expired: the initiator aborts it if it is still
+    /// open (a command the target ended without status ends so).
+    pub(super) fn command_timeout(&mut self, i: u32, itt: u32, cmd_sn: u32) {
+        let Some(ini) = self.initiators.get_mut(i as usize) else {
+            return;
+        };
+        let Some(conn) = ini.conn else {
+            return;
+        };
+        let pdus = ini.ini.timed_out(itt, cmd_sn);
+        if !pdus.is_empty() {
+            self.count_op("timeout_abort");
+        }
+        for pdu in pdus {
+            self.initiator_send(conn, pdu);
         }
     }
 

@@ -249,7 +249,25 @@ pub fn plan_change(
                 })
             });
             match index {
-                Some(i) => (MemberChange::Remove(i), None),
+                Some(i) => {
+                    // The record only counts members; the acknowledged
+                    // writes are certainly only on the healthy ones (an
+                    // added member is not one until its full rebuild is
+                    // done; one that is offline now may hold the newest
+                    // data). So a removal must leave CF healthy members.
+                    let healthy_left = states
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, s)| *j != i && **s == ReplicaState::Healthy)
+                        .count();
+                    let cf = usize::from(record.consistency_factor);
+                    if healthy_left < cf {
+                        return Err(VolumeError::Refused(format!(
+                            "removing it would leave {healthy_left} healthy replicas, below the consistency factor {cf}: wait for the rebuilds or lower it first"
+                        )));
+                    }
+                    (MemberChange::Remove(i), None)
+                }
                 None => {
                     return Err(VolumeError::Refused(
                         "the member has no link on this target".into(),
@@ -330,6 +348,36 @@ mod tests {
         ));
         assert!(matches!(
             plan_change(&roster, &healthy, &membership::Change::SetCf(9)),
+            Err(VolumeError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn a_removal_must_leave_cf_healthy_members() {
+        // CF 2; replica 2 (index 1) is not rebuilt yet (e.g. just added).
+        let roster = roster();
+        let states = [
+            ReplicaState::Healthy,
+            ReplicaState::Degraded,
+            ReplicaState::Healthy,
+        ];
+        let healthy_one = membership::Change::Remove(membership::MemberRef::Address(addr(1)));
+        assert!(matches!(
+            plan_change(&roster, &states, &healthy_one),
+            Err(VolumeError::Refused(_))
+        ));
+        // Removing the one that is not healthy leaves the two that are.
+        let degraded_one = membership::Change::Remove(membership::MemberRef::Address(addr(2)));
+        let plan = plan_change(&roster, &states, &degraded_one).unwrap();
+        assert_eq!(plan.change, MemberChange::Remove(1));
+        // With a healthy one offline, the other healthy one is not enough.
+        let offline = [
+            ReplicaState::Offline,
+            ReplicaState::Degraded,
+            ReplicaState::Healthy,
+        ];
+        assert!(matches!(
+            plan_change(&roster, &offline, &degraded_one),
             Err(VolumeError::Refused(_))
         ));
     }
