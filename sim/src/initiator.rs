@@ -640,9 +640,11 @@ impl Initiator {
                     .header
                     .get(16..20)
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                // Data-Out racing an abort: the task is gone at the target.
-                if opcode == 0x05 && (self.aborting.contains(&itt) || !self.open.contains_key(&itt))
-                {
+                // Data-Out racing an abort — ours, or another initiator's
+                // LUN RESET, which ends our task silently (TAS = 0): the
+                // task is gone at the target; the command times out and is
+                // aborted like any unanswered one.
+                if opcode == 0x05 {
                     return Ok((send, done));
                 }
                 return Err(format!(
