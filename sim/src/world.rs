@@ -558,7 +558,8 @@ pub struct World<'c> {
     stats: Stats,
     quiet: bool,
     quiet_since: u64,
-    snapshots: BTreeMap<String, u64>,
+    /// Acknowledged snapshots: when asked for and when taken.
+    snapshots: BTreeMap<String, (u64, u64)>,
     ambiguous: Vec<Ambiguous>,
     next_perform: u64,
     next_node: NodeId,

@@ -76,12 +76,15 @@ impl World<'_> {
 
     /// Kills the daemon of `host`: `power_cut` loses what was not synced
     /// (the device decides, seeded; `torn` tears the last write), else the
-    /// process alone dies and the OS keeps every write.
+    /// process alone dies and the OS keeps every write (but the pool's
+    /// uncommitted metadata is lost all the same).
     pub(super) fn crash_replica(&mut self, host: u32, power_cut: bool, torn: bool) {
         let seed = self.rng.next_u64();
+        let tears = power_cut && torn && !self.healthy_peer(host);
         let Some(r) = self.replicas.get_mut(host as usize) else {
             return;
         };
+        let retired = r.retired;
         let Some(run) = r.running.take() else {
             return;
         };
@@ -126,9 +129,25 @@ impl World<'_> {
         for conn in conns {
             self.close_conn(conn);
         }
-        if power_cut {
+        if !retired {
+            // Killed or cut, a daemon loses what its pool had not committed
+            // (a kill too: the pending metadata records die with it).
             let now = self.now();
-            self.model.power_cut(now);
+            self.model.power_cut(now, tears);
+        }
+    }
+
+    /// Has the open volume a healthy member other than `host` (one a
+    /// rebuild of `host` would come from)? Without an open target: has
+    /// the volume another member at all.
+    fn healthy_peer(&self, host: u32) -> bool {
+        let addr = self.replicas.get(host as usize).map(|r| r.addr);
+        match self.volume_view() {
+            Some((states, addrs, _, _)) => states
+                .iter()
+                .zip(&addrs)
+                .any(|(s, a)| *s == ReplicaState::Healthy && Some(*a) != addr),
+            None => self.replicas.iter().any(|r| r.host != host && !r.retired),
         }
     }
 

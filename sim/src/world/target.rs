@@ -878,7 +878,8 @@ impl<'c> World<'c> {
         }
         match op {
             Some(OperatorOp::Snapshot { name, submitted }) if ok => {
-                self.snapshots.insert(name, submitted);
+                let taken = self.now();
+                self.snapshots.insert(name, (submitted, taken));
             }
             Some(OperatorOp::DestroySnapshot { name }) if ok => {
                 self.snapshots.remove(&name);
@@ -1254,6 +1255,19 @@ impl<'c> World<'c> {
             v.controller.config().cf,
             v.controller.barrier_in_progress() || !v.changes.is_empty(),
         ))
+    }
+
+    /// Does a linked replica still owe an answer to a mutating request
+    /// (sent, or on its way: its content is not final yet)?
+    pub(super) fn replicas_owe(&self) -> bool {
+        let Some(t) = self.target.as_ref() else {
+            return false;
+        };
+        let TargetState::Open(v) = &t.state else {
+            return false;
+        };
+        let states = v.controller.replica_states();
+        (0..states.len()).any(|i| states[i].is_linked() && v.controller.owed_by(i) > 0)
     }
 
     /// Is the target's volume open and every member claimed since?

@@ -525,6 +525,7 @@ impl World<'_> {
                     || (*s == ReplicaState::Failed && self.pool_full(*a))
             })
             && self.performs_running().is_none()
+            && !self.replicas_owe()
             && self.exec_quiet()
     }
 
@@ -627,11 +628,14 @@ impl World<'_> {
                         }
                     }
                     for (name, content) in &snaps {
-                        let Some(taken) = self.snapshots.get(name).copied() else {
+                        let Some((asked, taken)) = self.snapshots.get(name).copied() else {
                             continue; // taken by too few replicas: destroyed later, or never acknowledged
                         };
                         for (k, block) in content.chunks(BLOCK).enumerate() {
-                            if let Err(e) = self.model.check_block(k as u64, block, taken, taken) {
+                            if let Err(e) = self
+                                .model
+                                .check_snapshot_block(k as u64, block, asked, taken)
+                            {
                                 self.fail(format!("snapshot {name} on replica {host}: {e}"));
                                 return;
                             }

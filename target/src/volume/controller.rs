@@ -142,10 +142,13 @@
 //!   the source's copy must be at least as new everywhere else. Requests
 //!   neither completed nor held by the sink are resent to it live, and a
 //!   completed write is older than any pending write to the same block;
-//! - no such source at connect, or a rebuild aborted: the replica stays
-//!   degraded and its link is dropped after [`REBUILD_RETRY`] so that the
-//!   next connect tries again (a retry needs a fresh link, see the first
-//!   rule);
+//! - no such source at connect: its link is dropped at once and redialled
+//!   after [`REBUILD_RETRY`] (a live write sent before its `RebuildStart`
+//!   would raise its completion watermark over what it missed); a rebuild
+//!   aborted: the replica stays degraded (its watermark held by the
+//!   aborted run) and its link is dropped after [`REBUILD_RETRY`] so that
+//!   the next connect tries again (a retry needs a fresh link, see the
+//!   first rule);
 //! - the replica is [`ReplicaState::Rebuilding`] once it accepted
 //!   (`Ack(RebuildStart)`), follows `RebuildProgress`, and on `RebuildDone`
 //!   becomes healthy: `missed_from` is cleared, it counts for quorum and

@@ -364,6 +364,15 @@ impl Controller {
         tracing::info!(replica, state = ?r.state, "replica connected");
         if r.state == ReplicaState::Degraded {
             self.start_rebuild(now, replica, &mut actions);
+            if self
+                .replicas
+                .get(replica)
+                .is_none_or(|r| !r.state.is_linked())
+            {
+                // No source: dropped, it gets nothing on this connection.
+                self.settle(now, &mut actions);
+                return actions;
+            }
         }
         // Everything still pending that it has not acknowledged goes to it
         // again, in io_seq order, before any new request.

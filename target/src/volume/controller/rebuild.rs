@@ -7,7 +7,8 @@
 //!   controller's next io_seq, the first one sent live;
 //! - its source is a healthy replica that acknowledged every pending
 //!   mutating request that is completed or that the sink already holds;
-//!   with none, the replica stays degraded and is redialled after
+//!   with none, the link is dropped at once (no live write may reach the
+//!   replica before its `RebuildStart`) and redialled after
 //!   [`REBUILD_RETRY`];
 //! - reports carry `J`: a report of another run is ignored. Accepted, the
 //!   replica is rebuilding; done, it is healthy (its failures forgotten),
@@ -76,12 +77,22 @@ impl Controller {
                     .filter(|p| p.op.mutates() && (p.completed || p.acked.contains(&replica)))
                     .all(|p| p.acked.contains(s))
         });
-        let Some(r) = self.replicas.get_mut(replica) else {
+        let Some(source) = source else {
+            // Not kept linked meanwhile: a live write reaching it without a
+            // `RebuildStart` first would raise its completion watermark over
+            // the writes it missed (nothing holds it), and a later target
+            // would find it complete (invariant 6). Redialled after the
+            // retry delay, when a source may be back.
+            self.drop_link(
+                now,
+                replica,
+                "no rebuild source yet: retrying later".into(),
+                REBUILD_RETRY,
+                actions,
+            );
             return;
         };
-        let Some(source) = source else {
-            tracing::info!(replica, "no rebuild source yet: retrying later");
-            r.retry_at = Some(now + REBUILD_RETRY);
+        let Some(r) = self.replicas.get_mut(replica) else {
             return;
         };
         let run = RebuildRun {
