@@ -501,7 +501,8 @@ impl World<'_> {
         }
     }
 
-    /// Every command answered, every replica healthy, nothing rebuilding.
+    /// Every command answered, every replica healthy and answered, nothing
+    /// rebuilding.
     pub(super) fn drained(&mut self) -> bool {
         self.check_liveness();
         let now = self.now();

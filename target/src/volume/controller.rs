@@ -295,6 +295,23 @@ impl Op {
         !matches!(self, Op::Read { .. } | Op::ListSnapshots { .. })
     }
 
+    /// A replica counts it in the highest io_seq it reports received
+    /// (`cstor_replica`'s session routing: data and snapshot, snapshot
+    /// destroy and grow requests). A flush or a membership record is not
+    /// counted there and leaves nothing a restart could lose, so its
+    /// acknowledgement must not make a replica that reconnects look behind.
+    fn noted_received(&self) -> bool {
+        matches!(
+            self,
+            Op::Write { .. }
+                | Op::Unmap { .. }
+                | Op::WriteZeroes { .. }
+                | Op::SnapshotCreate { .. }
+                | Op::SnapshotDestroy { .. }
+                | Op::Resize { .. }
+        )
+    }
+
     /// Data bytes it carries to a replica (a write's payload).
     fn data_bytes(&self) -> u64 {
         match self {
@@ -480,8 +497,9 @@ struct Replica {
     rebuild: Option<RebuildRun>,
     /// A degraded replica without a rebuild is redialled at this time.
     retry_at: Option<Instant>,
-    /// Highest io_seq of a mutating request it acknowledged: if it comes
-    /// back reporting less, it lost acknowledged (unflushed) writes.
+    /// Highest io_seq of a request it acknowledged that it notes as
+    /// received ([`Op::noted_received`]): if it comes back reporting less,
+    /// it lost acknowledged (unflushed) writes.
     acked_max: u64,
     /// Lowest io_seq of a mutating request that another replica
     /// acknowledged and this one did not: it must be rebuilt from there.
@@ -619,7 +637,8 @@ impl Controller {
         self.config.size_bytes
     }
 
-    /// Highest io_seq of a mutating request `replica` acknowledged.
+    /// Highest io_seq of a request `replica` acknowledged that it notes as
+    /// received (a flush or a membership record is not).
     pub fn acked_max(&self, replica: ReplicaIndex) -> u64 {
         self.replicas.get(replica).map_or(0, |r| r.acked_max)
     }

@@ -177,7 +177,9 @@ impl Controller {
                 pending.acked.insert(replica);
                 pending.refused.remove(&replica);
                 if let Some(r) = self.replicas.get_mut(replica) {
-                    r.acked_max = r.acked_max.max(io_seq);
+                    if pending.op.noted_received() {
+                        r.acked_max = r.acked_max.max(io_seq);
+                    }
                     if r.state == ReplicaState::Healthy {
                         // Proven sound again: the next failure starts the
                         // backoff over.

@@ -161,7 +161,10 @@ impl Controller {
             .filter(|i| {
                 self.replicas[*i].state == ReplicaState::Degraded
                     && self.replicas[*i].rebuild.is_none()
-                    && self.replicas[*i].retry_at.is_some_and(|t| now >= t)
+                    // None: it was found lacking a write while linked
+                    // (`note_missed`), and nothing will rebuild it on this
+                    // link: a fresh one starts its rebuild.
+                    && self.replicas[*i].retry_at.is_none_or(|t| now >= t)
             })
             .collect();
         for replica in retry {

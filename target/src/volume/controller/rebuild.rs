@@ -162,12 +162,26 @@ impl Controller {
                     through_io_seq = done.through_io_seq,
                     "rebuild done: replica healthy"
                 );
+                let first_live = run.first_live_io_seq;
                 r.state = ReplicaState::Healthy;
                 r.rebuild = None;
                 r.missed_from = None;
                 r.failures = 0;
                 r.no_space = false;
                 r.redial_at = None;
+                // It now holds every request before the run's first live
+                // io_seq that it was not sent live on this link: each was
+                // completed at the start, so the source held it and the
+                // rebuild copied it. An entry still waiting for a slower
+                // replica must not find it lacking when it goes
+                // (`note_missed`), or it would be degraded again for a write
+                // it holds.
+                for (_, p) in self.pending.range_mut(..first_live) {
+                    let live = p.sent.contains_key(&replica) && !p.failed.contains(&replica);
+                    if p.op.mutates() && !p.op.is_barrier() && p.completed && !live {
+                        p.acked.insert(replica);
+                    }
+                }
                 self.update_quorum(now);
                 self.dispatch_waiting_reads(now, actions);
             }
