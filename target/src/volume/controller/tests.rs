@@ -702,6 +702,65 @@ fn a_rebuild_never_starts_from_a_source_that_owes_a_completed_write() {
 }
 
 #[test]
+fn a_replica_a_rebuild_made_whole_stays_healthy_when_a_slower_replica_acknowledges_later() {
+    // cf 1: the write completes with replica 2's ack while replica 0 still
+    // owes it; replica 1, away, is rebuilt from replica 2 and never gets
+    // the write live (it was completed before its first live io_seq).
+    let mut sim = Sim::new(3, 1);
+    sim.disconnect(1);
+    let w = sim.write(3, 3);
+    sim.deliver(2);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.owed_by(0), 1, "replica 0 still owes the write");
+    sim.connect(1);
+    let (source, _, _) = rebuild_start(&sim, 1).expect("no RebuildStart");
+    assert_eq!(source, 2);
+    sim.deliver(1);
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Rebuilding);
+    sim.finish_rebuild(1);
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Healthy);
+    // The slower replica answers and the entry goes: the rebuild copied the
+    // write, so replica 1 is not found lacking it.
+    sim.deliver(0);
+    assert_eq!(sim.ctl.in_flight(), 0);
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+    assert_eq!(sim.ctl.missed_from(1), None);
+    sim.advance(REBUILD_RETRY);
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+    assert!(sim.up[1], "a replica the rebuild made whole was dropped");
+    assert_eq!(sim.disks[1], sim.disks[0]);
+}
+
+#[test]
+fn a_linked_replica_found_lacking_a_request_without_a_rebuild_is_redialled_to_start_one() {
+    // Replica 2 is away when a snapshot starts and comes back healthy (it
+    // missed nothing yet) while it waits: the snapshot a quorum took
+    // degrades it on its link, where nothing will rebuild it.
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    let snap = sim.submit(snapshot("s"));
+    sim.connect(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+    sim.deliver_all();
+    assert_eq!(sim.result(snap), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
+    assert!(sim.up[2]);
+    assert_eq!(sim.ctl.rebuild(2), None);
+    // The next tick drops its link; the next one rebuilds it.
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Offline);
+    assert!(
+        !sim.up[2],
+        "a degraded replica without a rebuild stayed linked"
+    );
+    sim.connect(2);
+    assert!(rebuild_start(&sim, 2).is_some());
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
+}
+
+#[test]
 fn an_aborted_rebuild_is_retried_on_a_fresh_link_and_old_reports_are_ignored() {
     let mut sim = Sim::new(3, 2);
     sim.disconnect(2);
@@ -1942,6 +2001,35 @@ fn a_replica_that_missed_nothing_is_readmitted_healthy() {
     sim.hello(2, |h| h);
     assert_eq!(sim.ctl.admission(2), Some(Admission::Healthy));
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_replica_that_lost_nothing_is_readmitted_healthy_after_a_flush_or_a_membership_record() {
+    // Neither a flush nor a membership record counts in what a replica
+    // reports as received: acknowledging one must not make it look behind.
+    for after in [Op::Flush, set_membership(MemberChange::None, 2)] {
+        let mut sim = Sim::new(3, 2);
+        let write_seq = sim.ctl.next_io_seq();
+        let w = sim.write(0, 1);
+        let later = sim.submit(after.clone());
+        // A barrier is sent once the write is answered everywhere.
+        sim.deliver_all();
+        sim.deliver_all();
+        assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+        assert_eq!(sim.result(later), Some(&Ok(Completion::Done)), "{after:?}");
+        sim.disconnect(2);
+        sim.hello(2, |h| ReplicaHello {
+            last_durable_io_seq: write_seq,
+            last_received_io_seq: write_seq,
+            ..h
+        });
+        assert_eq!(
+            sim.ctl.admission(2),
+            Some(Admission::Healthy),
+            "after {after:?}"
+        );
+        assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+    }
 }
 
 #[test]
