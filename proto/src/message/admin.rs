@@ -49,6 +49,8 @@ pub struct SnapshotInfo {
     pub io_seq: u64,
     /// Creation time, seconds since the Unix epoch (replica clock).
     pub created_unix_secs: u64,
+    /// The volume's size when it was taken (the snapshot's size).
+    pub size_bytes: u64,
 }
 
 /// One page of snapshots.
@@ -89,6 +91,7 @@ impl SnapshotListing {
                 name: src.name("snapshots.name")?,
                 io_seq: src.u64("snapshots.io_seq")?,
                 created_unix_secs: src.u64("snapshots.created_unix_secs")?,
+                size_bytes: src.u64("snapshots.size_bytes")?,
             });
         }
         Ok(SnapshotListing { snapshots, more })
@@ -102,13 +105,14 @@ impl SnapshotListing {
             snapshot.name.put(dst);
             dst.put_u64_le(snapshot.io_seq);
             dst.put_u64_le(snapshot.created_unix_secs);
+            dst.put_u64_le(snapshot.size_bytes);
         }
     }
 
     pub(crate) fn wire_len(&self) -> usize {
         self.snapshots
             .iter()
-            .map(|s| s.name.wire_len() + 16)
+            .map(|s| s.name.wire_len() + 24)
             .fold(5, usize::saturating_add)
     }
 }

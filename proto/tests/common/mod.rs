@@ -158,12 +158,14 @@ fn arb_rebuild_chunk() -> impl Strategy<Value = RebuildChunk> {
 }
 
 fn arb_listing() -> impl Strategy<Value = SnapshotListing> {
-    let info =
-        (arb_name(), any::<u64>(), any::<u64>()).prop_map(|(name, io_seq, created)| SnapshotInfo {
+    let info = (arb_name(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(name, io_seq, created, size_bytes)| SnapshotInfo {
             name,
             io_seq,
             created_unix_secs: created,
-        });
+            size_bytes,
+        },
+    );
     (vec(info, 0..8), any::<bool>())
         .prop_map(|(snapshots, more)| SnapshotListing { snapshots, more })
 }
@@ -382,11 +384,13 @@ pub fn samples() -> Vec<Packet> {
                     name: name("snap-a"),
                     io_seq: 100,
                     created_unix_secs: 1_790_000_000,
+                    size_bytes: 1 << 30,
                 },
                 SnapshotInfo {
                     name: name("snap-b"),
                     io_seq: 200,
                     created_unix_secs: 1_790_000_100,
+                    size_bytes: 2 << 30,
                 },
             ],
             more: true,

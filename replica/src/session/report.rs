@@ -75,6 +75,7 @@ pub(super) fn snapshot_listing(
                     name,
                     io_seq: s.io_seq,
                     created_unix_secs: 0,
+                    size_bytes: s.size_bytes,
                 })
                 .map_err(|e| {
                     EngineError::new(

@@ -230,6 +230,7 @@ fn answer(seen: &Seen, replica_id: u128, packet: &Packet) -> Option<Packet> {
                 name: name.clone(),
                 io_seq: packet.io_seq,
                 created_unix_secs: 0,
+                size_bytes: 0,
             });
             ack(Opcode::SnapshotCreate)
         }

@@ -18,8 +18,9 @@
 //!    and clears the name from the resume point.
 //!
 //! Live writes are never touched: they land in the live layer, above every
-//! inserted one. Rebuilt snapshots have the volume's current size (the
-//! listing does not carry a snapshot's size).
+//! inserted one. A rebuilt snapshot has the size the source lists for it
+//! (the volume's size when it was taken, smaller than today's after a
+//! resize).
 
 use std::collections::BTreeSet;
 
@@ -34,11 +35,13 @@ use crate::rebuild::io::{deadline, RebuildIo};
 use crate::rebuild::state::ResumePoint;
 use crate::rebuild::RebuildError;
 
-/// A snapshot as a replica lists it.
+/// A snapshot as a replica lists it. Two snapshots are the same only when
+/// all three agree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snap {
     name: String,
     io_seq: u64,
+    size_bytes: u64,
 }
 
 /// What one pass changes on the sink.
@@ -103,12 +106,11 @@ impl<I: RebuildIo> Run<I> {
             let base = base_io_seq(&self.local_snapshots()?, snap.io_seq);
             let name = Name::new(snap.name.clone())
                 .map_err(|e| self.peer(format!("snapshot name {:?}: {e}", snap.name)))?;
-            let size = volume.size_bytes().map_err(|e| self.engine(e))?;
             // Durable before the snapshot exists: a crash from here on
             // leaves a resume point naming it, and the next run deletes it.
             self.checkpoint(resume, 0, Some(&snap.name)).await?;
             volume
-                .insert_rebuilt_snapshot(&snap.name, snap.io_seq, size)
+                .insert_rebuilt_snapshot(&snap.name, snap.io_seq, snap.size_bytes)
                 .await
                 .map_err(|e| self.engine(e))?;
             deletable.insert(snap.name.clone());
@@ -132,6 +134,7 @@ impl<I: RebuildIo> Run<I> {
             .map(|s| Snap {
                 name: s.name,
                 io_seq: s.io_seq,
+                size_bytes: s.size_bytes,
             })
             .collect())
     }
@@ -161,6 +164,7 @@ impl<I: RebuildIo> Run<I> {
                 all.extend(page.snapshots.into_iter().map(|s| Snap {
                     name: s.name.as_str().to_owned(),
                     io_seq: s.io_seq,
+                    size_bytes: s.size_bytes,
                 }));
                 if all.len() > MAX_CHAIN_DEPTH {
                     return Err(self.peer(format!(
@@ -207,6 +211,7 @@ mod tests {
         Snap {
             name: name.into(),
             io_seq,
+            size_bytes: 1 << 30,
         }
     }
 
@@ -241,6 +246,21 @@ mod tests {
         // Not deletable: the clash is left alone.
         let p = plan(&[snap("daily", 200)], &[snap("daily", 50)], &names(&[]));
         assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn a_local_snapshot_of_another_size_is_another_snapshot() {
+        let small = Snap {
+            size_bytes: 1 << 20,
+            ..snap("pre-resize", 10)
+        };
+        let p = plan(
+            std::slice::from_ref(&small),
+            &[snap("pre-resize", 10)],
+            &names(&["pre-resize"]),
+        );
+        assert_eq!(p.delete, vec!["pre-resize".to_owned()]);
+        assert_eq!(p.create, vec![small]);
     }
 
     #[test]
