@@ -15,7 +15,12 @@
 //!   a replica rebuilding meanwhile rebuilds again; a resize changes the
 //!   volume's size; a membership record's [`MemberChange`] and CF apply);
 //!   fewer and it fails naming each replica's error, a snapshot some took
-//!   being destroyed on them (best effort);
+//!   being destroyed on them (best effort), and a replica that failed it
+//!   with an IO error (it may hold part of it) dropped, and degraded from
+//!   its io_seq when a healthy peer is left to rebuild it from (the
+//!   rebuild gives it that peer's snapshots);
+//! - a snapshot destroy answered `NotFound` counts as taken (a retry of a
+//!   destroy that some replicas took before it failed completes);
 //! - the requests held behind it then go on in their order.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +54,9 @@ pub(super) struct Barrier {
     pub(super) io_seq: Option<u64>,
     /// What the replicas that failed it said.
     pub(super) errors: Vec<String>,
+    /// Replicas that failed it with an IO error or poisoned: they may hold
+    /// part of it.
+    pub(super) troubled: BTreeSet<ReplicaIndex>,
 }
 
 impl Controller {
@@ -203,6 +211,26 @@ impl Controller {
                 "{what} failed: {healthy_acks} of the {cf} healthy replicas needed took it ({errors})"
             );
             tracing::warn!(io_seq = seq, %detail, "barrier failed");
+            // A replica that failed it with an IO error may hold part of it
+            // (a snapshot written but not synced, then found after a
+            // restart): it leaves the healthy set and is rebuilt from its
+            // io_seq, which makes its snapshots a healthy peer's (when
+            // there is one: the only copy is just dropped and redialled).
+            let peer = (0..self.replicas.len()).any(|r| {
+                !barrier.troubled.contains(&r) && self.replicas[r].state == ReplicaState::Healthy
+            });
+            for replica in &barrier.troubled {
+                if peer {
+                    self.mark_missed(*replica, seq);
+                }
+                self.fail_replica(
+                    now,
+                    *replica,
+                    cstor_proto::Status::IoError,
+                    format!("failed {:?} with an IO error", p.op.opcode()),
+                    actions,
+                );
+            }
             if let Op::SnapshotCreate { name } = &p.op {
                 let undo = Op::SnapshotDestroy { name: name.clone() };
                 let undo_seq = self.next_io_seq;

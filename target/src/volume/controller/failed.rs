@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use cstor_proto::Status;
 
-use super::{complete, Action, Controller, ReplicaIndex, ReplicaState, VolumeError};
+use super::{complete, Action, Controller, Op, ReplicaIndex, ReplicaState, VolumeError};
 use crate::limits::failed_retry;
 
 impl Controller {
@@ -68,11 +68,20 @@ impl Controller {
         if status != Status::StaleEpoch && self.barrier_io_seq() == Some(io_seq) {
             // Judged when every replica has answered (module doc).
             if let Some(p) = self.pending.get_mut(&io_seq) {
+                if status == Status::NotFound && matches!(p.op, Op::SnapshotDestroy { .. }) {
+                    // Not there: destroyed on it already (a retry of a
+                    // destroy some replicas took before it failed).
+                    p.acked.insert(replica);
+                    return;
+                }
                 p.failed.insert(replica);
             }
             if let Some(b) = self.barrier.as_mut() {
                 b.errors
                     .push(format!("replica {replica}: {status:?}: {detail}"));
+                if matches!(status, Status::IoError | Status::VolumePoisoned) {
+                    b.troubled.insert(replica);
+                }
             }
             return;
         }

@@ -56,6 +56,7 @@ impl Controller {
                 submitted: now,
                 io_seq: None,
                 errors: Vec::new(),
+                troubled: BTreeSet::new(),
             });
             self.settle(now, &mut actions);
             return actions;

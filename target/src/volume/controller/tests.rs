@@ -35,6 +35,9 @@ struct Sim {
     snapshots: Vec<BTreeMap<String, BTreeMap<u64, Bytes>>>,
     /// Per replica: it fails snapshots and resizes (e.g. its pool is full).
     refuse_barriers: Vec<bool>,
+    /// Per replica: it takes a snapshot, then fails it as poisoned (its
+    /// journal's sync failed; the snapshot is found after a restart).
+    poison_snapshots: Vec<bool>,
     /// Per replica: its pool is full: a write to a block it does not hold
     /// yet (one that needs a new chunk) fails with `NoSpace`, and so does a
     /// rebuild that would have to add blocks.
@@ -83,6 +86,7 @@ impl Sim {
             rebuilding: vec![None; replicas],
             snapshots: vec![BTreeMap::new(); replicas],
             refuse_barriers: vec![false; replicas],
+            poison_snapshots: vec![false; replicas],
             full: vec![false; replicas],
         };
         for r in 0..replicas {
@@ -325,11 +329,26 @@ impl Sim {
                 }
                 Message::SnapshotCreate(name) => {
                     self.snapshots[r].insert(name.as_str().to_owned(), self.disks[r].clone());
-                    Message::Ack(Opcode::SnapshotCreate)
+                    if self.poison_snapshots[r] {
+                        Message::Error(cstor_proto::ErrorReply::new(
+                            packet.message.wire_opcode(),
+                            Status::VolumePoisoned,
+                            "journal fdatasync failed",
+                        ))
+                    } else {
+                        Message::Ack(Opcode::SnapshotCreate)
+                    }
                 }
                 Message::SnapshotDestroy(name) => {
-                    self.snapshots[r].remove(name.as_str());
-                    Message::Ack(Opcode::SnapshotDestroy)
+                    if self.snapshots[r].remove(name.as_str()).is_some() {
+                        Message::Ack(Opcode::SnapshotDestroy)
+                    } else {
+                        Message::Error(cstor_proto::ErrorReply::new(
+                            packet.message.wire_opcode(),
+                            Status::NotFound,
+                            "no such snapshot",
+                        ))
+                    }
                 }
                 Message::Resize { .. } => Message::Ack(Opcode::Resize),
                 Message::MembershipSet(_) => Message::Ack(Opcode::MembershipSet),
@@ -340,6 +359,7 @@ impl Sim {
                             name: Name::new(name.clone()).unwrap(),
                             io_seq: 0,
                             created_unix_secs: 0,
+                            size_bytes: 0,
                         })
                         .collect(),
                     more: false,
@@ -1039,6 +1059,54 @@ fn a_replica_that_failed_a_snapshot_a_quorum_took_is_dropped_and_must_rebuild() 
     sim.connect(2);
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
     assert_eq!(sim.ctl.missed_from(2), Some(snapshot_seq));
+}
+
+#[test]
+fn a_replica_that_failed_a_failed_snapshot_with_an_io_error_is_dropped_and_must_rebuild() {
+    // Replicas 1 and 2 wrote the snapshot, then their journal sync failed:
+    // the snapshot fails (1 of 2), is undone on replica 0, and the two may
+    // hold it after a restart: they must be rebuilt from its io_seq.
+    let mut sim = Sim::new(3, 2);
+    sim.poison_snapshots[1] = true;
+    sim.poison_snapshots[2] = true;
+    let snap = sim.submit(snapshot("s"));
+    let snapshot_seq = sim.links[0].front().unwrap().io_seq;
+    sim.deliver_all();
+    sim.deliver_all();
+    match sim.result(snap) {
+        Some(Err(VolumeError::Refused(detail))) => {
+            assert!(detail.contains("1 of the 2"), "{detail}")
+        }
+        other => panic!("snapshot answered {other:?}"),
+    }
+    assert!(sim.snapshots[0].is_empty(), "undone where taken");
+    let states = sim.ctl.replica_states();
+    assert_eq!(states[0], ReplicaState::Healthy);
+    assert_eq!(states[1], ReplicaState::Failed);
+    assert_eq!(states[2], ReplicaState::Failed);
+    sim.poison_snapshots = vec![false; 3];
+    sim.advance(Duration::from_secs(120));
+    sim.connect(1);
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Degraded);
+    assert_eq!(sim.ctl.missed_from(1), Some(snapshot_seq));
+}
+
+#[test]
+fn a_destroy_retried_after_some_replicas_took_it_completes() {
+    // A destroy that replicas 0 and 1 took before it failed: they answer
+    // the retry `NotFound`, which counts as done.
+    let mut sim = Sim::new(3, 2);
+    sim.submit(snapshot("a"));
+    sim.deliver_all();
+    sim.snapshots[0].clear();
+    sim.snapshots[1].clear();
+    let destroy = sim.submit(Op::SnapshotDestroy {
+        name: Name::new("a").unwrap(),
+    });
+    sim.deliver_all();
+    assert_eq!(sim.result(destroy), Some(&Ok(Completion::Done)));
+    assert!(sim.snapshots.iter().all(|s| s.is_empty()));
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
 }
 
 #[test]
