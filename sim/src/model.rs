@@ -13,7 +13,8 @@
 //! after `w` ended (`w` answered, or its target-side work finished,
 //! whichever is known: a failed or aborted write may still have landed
 //! until then), and `w2` cannot have been lost since: no replica lost
-//! power between `w2`'s acknowledgement and `e`, unless `w2` was durable
+//! power between `w2`'s issue (a replica may take it, lose power, and
+//! the GOOD reach the initiator after the cut) and `e`, unless `w2` was durable
 //! (FUA, or a SYNCHRONIZE CACHE acknowledged after it was issued after `w2`
 //! was acknowledged) before that power cut. A replica killed without a
 //! power cut loses the same (its pool's uncommitted metadata dies with the
@@ -238,13 +239,17 @@ impl Model {
         }
     }
 
+    /// May a crash before `until` have lost `w2`? Any crash after it was
+    /// issued may have (a replica can take it, lose power, and the target's
+    /// GOOD reach the initiator only after the cut), unless it was durable
+    /// by then.
     fn lost_maybe(&self, w2: &Rec, until: u64) -> bool {
-        let Some(acked) = w2.acked else {
+        if w2.acked.is_none() {
             return true;
-        };
+        }
         self.power_cuts
             .iter()
-            .any(|&t| t > acked && t < until && w2.durable.is_none_or(|d| d > t))
+            .any(|&t| t > w2.issued && t < until && w2.durable.is_none_or(|d| d > t))
     }
 
     /// The write ids block `lba` may hold for a read issued at `s` and
@@ -319,7 +324,32 @@ impl Model {
         let id = match decode_block(block, lba) {
             Ok(id) => id,
             Err(_) if torn_of(block, lba, &recs) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Whose each sector is, among every write the block had.
+                let mut ids: Vec<u64> = self
+                    .blocks
+                    .get(&lba)
+                    .map(|h| h.iter().map(|r| r.id).collect())
+                    .unwrap_or_default();
+                ids.push(0);
+                let sectors: Vec<String> = block
+                    .chunks(SECTOR)
+                    .enumerate()
+                    .map(|(k, sector)| {
+                        let range = k * SECTOR..(k + 1) * SECTOR;
+                        ids.iter()
+                            .find(|id| {
+                                [lba as u32, SAME_LBA].iter().any(|tag| {
+                                    block_content(**id, *tag).get(range.clone()) == Some(sector)
+                                })
+                            })
+                            .map_or("?".into(), |id| id.to_string())
+                    })
+                    .collect();
+                return Err(format!(
+                    "{e} (sectors from writes {sectors:?}; may hold {recs:?} as (write, torn))"
+                ));
+            }
         };
         if recs.iter().any(|(r, _)| *r == id) {
             Ok(())

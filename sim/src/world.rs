@@ -69,6 +69,9 @@ const HOLD: Duration = Duration::from_secs(20);
 /// A link's dial backoff (as `cstor_target::volume::link`).
 const BACKOFF_MIN_US: u64 = 100_000;
 const BACKOFF_MAX_US: u64 = 5_000_000;
+/// A link's dial and claim (or a probe) must finish within this
+/// (`cstor_target::volume::link::CONNECT_TIMEOUT`).
+const CONNECT_TIMEOUT_US: u64 = 5_000_000;
 /// The driver → link and link → driver channel hop.
 const HOP_MAX_US: u64 = 200;
 /// Liveness: with quorum and no faults, a command completes within this.
@@ -260,6 +263,12 @@ enum Ev {
     Tick {
         instance: u64,
     },
+    /// A link's claim on `conn` times out unless it finished.
+    ClaimTimeout {
+        instance: u64,
+        replica: usize,
+        conn: ConnId,
+    },
     /// A link dials (again).
     Dial {
         instance: u64,
@@ -336,6 +345,7 @@ impl Ev {
             Ev::Heal { .. } => (17, 0),
             Ev::Quiet => (18, 0),
             Ev::Drain => (19, 0),
+            Ev::ClaimTimeout { conn, .. } => (22, *conn),
             Ev::RestartReplica { host } => (20, u64::from(*host)),
             Ev::LinkReply {
                 replica, packet, ..
@@ -382,6 +392,9 @@ struct Replica {
     retired: bool,
     /// A disk fault is armed on its device (until the daemon restarts).
     disk_armed: bool,
+    /// Its last answer to the target that was not an ack said `NoSpace`
+    /// (a write or a rebuild found no free chunk in its pool).
+    out_of_space: bool,
 }
 
 /// A link of the target to one replica index.
@@ -413,6 +426,8 @@ enum LinkState {
 /// A probe of the opening target.
 struct Probe {
     addr: SocketAddr,
+    /// When it was dialled.
+    started: u64,
     ack: Option<HelloAck>,
     status: Option<StatusReport>,
 }
@@ -560,6 +575,12 @@ pub struct World<'c> {
     quiet_since: u64,
     /// Acknowledged snapshots: when asked for and when taken.
     snapshots: BTreeMap<String, (u64, u64)>,
+    /// Snapshots in doubt: a create or destroy that failed (or whose
+    /// target crashed) may have been taken by some replicas. Where one
+    /// exists it must hold the content of when it was taken (if it was
+    /// acknowledged once); the operator retries the destroy until it
+    /// succeeds, as CSI does, before the final checks.
+    doubtful_snapshots: BTreeMap<String, Option<(u64, u64)>>,
     ambiguous: Vec<Ambiguous>,
     next_perform: u64,
     next_node: NodeId,
@@ -627,6 +648,7 @@ impl<'c> World<'c> {
             quiet: false,
             quiet_since: 0,
             snapshots: BTreeMap::new(),
+            doubtful_snapshots: BTreeMap::new(),
             ambiguous: Vec::new(),
             next_perform: 1,
             next_node: 1,
@@ -839,9 +861,12 @@ impl<'c> World<'c> {
                 replica,
                 generation,
                 packet,
-            } => self.driver_event(instance, |c, now| {
-                c.on_reply(now, replica, generation, packet)
-            }),
+            } => {
+                self.note_space(instance, replica, &packet.message);
+                self.driver_event(instance, |c, now| {
+                    c.on_reply(now, replica, generation, packet)
+                })
+            }
             Ev::NotSent {
                 instance,
                 replica,
@@ -863,6 +888,11 @@ impl<'c> World<'c> {
                 }
             }
             Ev::Dial { instance, replica } => self.link_dial(instance, replica),
+            Ev::ClaimTimeout {
+                instance,
+                replica,
+                conn,
+            } => self.claim_timeout(instance, replica, conn),
             Ev::Probe { instance } => self.probe_round(instance),
             Ev::Work { initiator } => self.work(initiator),
             Ev::CommandTimeout {

@@ -213,7 +213,11 @@ impl World<'_> {
                 }
             }
             40..=54 => {
-                let names: Vec<String> = self.snapshots.keys().cloned().collect();
+                // A refused destroy is retried too, as CSI does.
+                let names: Vec<String> = (self.snapshots.keys())
+                    .chain(self.doubtful_snapshots.keys())
+                    .cloned()
+                    .collect();
                 if let Some(name) = self.rng.pick(&names).cloned() {
                     let Ok(n) = Name::new(name.clone()) else {
                         return;

@@ -37,6 +37,7 @@ impl World<'_> {
             lives: 0,
             retired: false,
             disk_armed: false,
+            out_of_space: false,
         });
         self.start_replica(host)?;
         Ok(host)
@@ -126,6 +127,12 @@ impl World<'_> {
             }
         }
         self.rebuild_links.retain(|(_, _, l)| !l.is_done());
+        // Every connection of the host, also those whose first packet has
+        // not arrived yet: the peer sees them reset.
+        let mut conns = conns;
+        conns.extend(self.net.conns_of(Host::Replica(host)));
+        conns.sort_unstable();
+        conns.dedup();
         for conn in conns {
             self.close_conn(conn);
         }

@@ -49,11 +49,33 @@ impl<'c> World<'c> {
             return;
         };
         self.exec.kill(t.node);
+        if let TargetState::Open(v) = &t.state {
+            let unanswered: Vec<OperatorOp> = v.operator.values().cloned().collect();
+            for op in unanswered {
+                self.snapshot_in_doubt(Some(op));
+            }
+        }
         drop(t);
         for conn in self.net.conns_of(Host::Target) {
             self.close_conn(conn);
         }
         self.target_down_since = Some(self.now());
+    }
+
+    /// A snapshot create or destroy failed or went unanswered: some
+    /// replicas may have taken it.
+    fn snapshot_in_doubt(&mut self, op: Option<OperatorOp>) {
+        match op {
+            Some(OperatorOp::Snapshot { name, .. }) => {
+                self.doubtful_snapshots.entry(name).or_insert(None);
+            }
+            Some(OperatorOp::DestroySnapshot { name }) => {
+                if let Some(times) = self.snapshots.remove(&name) {
+                    self.doubtful_snapshots.insert(name, Some(times));
+                }
+            }
+            _ => {}
+        }
     }
 
     fn instance(&self) -> Option<u64> {
@@ -97,6 +119,26 @@ impl<'c> World<'c> {
                 record,
             }) => self.open_target(instance, members, cf, record),
             Ok(OpenStep::Probe(addrs)) => {
+                // A probe unanswered within the connect timeout is given up
+                // (and made again).
+                let now = self.now();
+                let expired: Vec<ConnId> = match self.target.as_mut().map(|t| &mut t.state) {
+                    Some(TargetState::Probing { probes, .. }) => {
+                        let old: Vec<ConnId> = probes
+                            .iter()
+                            .filter(|(_, p)| now >= p.started + CONNECT_TIMEOUT_US)
+                            .map(|(c, _)| *c)
+                            .collect();
+                        for c in &old {
+                            probes.remove(c);
+                        }
+                        old
+                    }
+                    _ => Vec::new(),
+                };
+                for conn in expired {
+                    self.close_conn(conn);
+                }
                 let in_flight: BTreeSet<SocketAddr> = match self.target.as_ref().map(|t| &t.state) {
                     Some(TargetState::Probing { probes, .. }) => {
                         probes.values().map(|p| p.addr).collect()
@@ -135,6 +177,7 @@ impl<'c> World<'c> {
                                 addr,
                                 ack: None,
                                 status: None,
+                                started: now,
                             },
                         );
                     }
@@ -460,6 +503,15 @@ impl<'c> World<'c> {
                 status: None,
             };
         }
+        // The claim must finish within the link's connect timeout.
+        self.schedule(
+            CONNECT_TIMEOUT_US,
+            Ev::ClaimTimeout {
+                instance,
+                replica,
+                conn,
+            },
+        );
         let hello = Packet {
             session_id,
             epoch,
@@ -640,6 +692,17 @@ impl<'c> World<'c> {
                 _ => self.link_failed(instance, replica, Some(conn)),
             },
             LinkState::Idle => {}
+        }
+    }
+
+    /// A claim still unanswered after the connect timeout fails the dial.
+    pub(super) fn claim_timeout(&mut self, instance: u64, replica: usize, conn: ConnId) {
+        let stuck = self
+            .open_volume(instance)
+            .and_then(|v| v.links.get(replica))
+            .is_some_and(|l| matches!(l.state, LinkState::Claiming { conn: c, .. } if c == conn));
+        if stuck {
+            self.link_failed(instance, replica, Some(conn));
         }
     }
 
@@ -883,6 +946,10 @@ impl<'c> World<'c> {
             }
             Some(OperatorOp::DestroySnapshot { name }) if ok => {
                 self.snapshots.remove(&name);
+                self.doubtful_snapshots.remove(&name);
+            }
+            Some(OperatorOp::Snapshot { .. } | OperatorOp::DestroySnapshot { .. }) => {
+                self.snapshot_in_doubt(op);
             }
             Some(OperatorOp::Membership {
                 retiring: Some(host),

@@ -517,21 +517,69 @@ impl World<'_> {
         if self.initiators.iter().any(|i| i.ini.open_commands() > 0) {
             return false;
         }
-        let Some((states, addrs, _, busy)) = self.volume_view() else {
+        let Some((states, addrs, cf, busy)) = self.volume_view() else {
             return false;
         };
-        !busy
+        let healthy = states
+            .iter()
+            .filter(|s| **s == ReplicaState::Healthy)
+            .count();
+        let settled = !busy
             && states.iter().zip(&addrs).all(|(s, a)| {
                 matches!(s, ReplicaState::Healthy | ReplicaState::Removed)
                     || (*s == ReplicaState::Failed && self.pool_full(*a))
             })
             && self.performs_running().is_none()
             && !self.replicas_owe()
-            && self.exec_quiet()
+            && self.exec_quiet();
+        // A destroy needs quorum: without it (a replica rightly failed for
+        // want of space under a CF of every member) there is no retry.
+        settled && !(healthy >= cf && self.retry_doubtful_destroy())
+    }
+
+    /// The operator destroys a snapshot in doubt (one whose create or
+    /// destroy failed), once at a time, until it succeeds; true while one
+    /// is left.
+    fn retry_doubtful_destroy(&mut self) -> bool {
+        let Some(name) = self.doubtful_snapshots.keys().next().cloned() else {
+            return false;
+        };
+        let in_flight = self
+            .target
+            .as_ref()
+            .is_some_and(|t| matches!(&t.state, TargetState::Open(v) if !v.operator.is_empty()));
+        if !in_flight {
+            if let Ok(n) = Name::new(name.clone()) {
+                self.submit_operator(
+                    Op::SnapshotDestroy { name: n },
+                    OperatorOp::DestroySnapshot { name },
+                );
+            }
+        }
+        true
+    }
+
+    /// Remembers whether a replica's last refusal was for want of space.
+    pub(super) fn note_space(&mut self, instance: u64, replica: usize, message: &Message) {
+        let full = match message {
+            Message::Error(e) => e.status == Status::NoSpace,
+            Message::RebuildAbort(a) => a.status == Status::NoSpace,
+            Message::RebuildDone(_) => false,
+            _ => return,
+        };
+        let host = self
+            .open_volume(instance)
+            .and_then(|v| v.links.get(replica))
+            .map(|l| l.host);
+        if let Some(r) = host.and_then(|h| self.replicas.get_mut(h as usize)) {
+            r.out_of_space = full;
+        }
     }
 
     /// A replica that cannot hold the volume (its pool is too small for
-    /// the data and snapshots): out of space, it rightly stays failed.
+    /// the data and snapshots, or its last refusal was for want of space:
+    /// a rebuild into a sink keeping its own snapshots may need more than
+    /// the source holds): out of space, it rightly stays failed.
     fn pool_full(&self, addr: SocketAddr) -> bool {
         let size = self
             .volume_view_size_bytes()
@@ -539,8 +587,12 @@ impl World<'_> {
         self.replicas
             .iter()
             .find(|r| r.addr == addr)
-            .and_then(|r| r.running.as_ref())
-            .is_some_and(|run| run.registry.pool().stats().free_bytes < size)
+            .is_some_and(|r| {
+                r.out_of_space
+                    || r.running
+                        .as_ref()
+                        .is_some_and(|run| run.registry.pool().stats().free_bytes < size)
+            })
     }
 
     fn exec_quiet(&self) -> bool {
@@ -629,7 +681,9 @@ impl World<'_> {
                         }
                     }
                     for (name, content) in &snaps {
-                        let Some((asked, taken)) = self.snapshots.get(name).copied() else {
+                        let doubtful = self.doubtful_snapshots.get(name).copied().flatten();
+                        let Some((asked, taken)) = self.snapshots.get(name).copied().or(doubtful)
+                        else {
                             continue; // taken by too few replicas: destroyed later, or never acknowledged
                         };
                         for (k, block) in content.chunks(BLOCK).enumerate() {
