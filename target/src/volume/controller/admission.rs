@@ -140,11 +140,6 @@ impl Controller {
         hello: &ReplicaHello,
         contact: bool,
     ) -> (Option<Admission>, bool) {
-        let members = self
-            .replicas
-            .iter()
-            .filter(|r| r.state != ReplicaState::Removed)
-            .count();
         let volume_size = self.config.size_bytes;
         let at_open = self.config.max_received_at_open;
         let Some(r) = self.replicas.get_mut(replica) else {
@@ -193,10 +188,20 @@ impl Controller {
             tracing::warn!(replica, "replica has an unfinished rebuild");
             self.mark_missed(replica, resume);
         }
-        let alone = behind && members == 1;
+        // Another member that may hold what this one lost: one that missed
+        // nothing, or only requests after the first this one lacks. Without
+        // one, what it lost exists nowhere (members that lack it too, or
+        // hold nothing yet: added, awaiting their full rebuild).
+        let other_copy = self.replicas.iter().enumerate().any(|(i, r)| {
+            i != replica
+                && r.state != ReplicaState::Removed
+                && r.missed_from.is_none_or(|m| m > resume)
+        });
+        let alone = behind && !other_copy;
         if alone {
             // The only copy: what it lost was never flushed (a flushed write
-            // is durable on it) and exists nowhere else.
+            // is durable on it) and exists nowhere else (the other members,
+            // if any, hold nothing yet).
             tracing::warn!(
                 replica,
                 received,
