@@ -82,6 +82,10 @@ impl World<'_> {
     pub(super) fn crash_replica(&mut self, host: u32, power_cut: bool, torn: bool) {
         let seed = self.rng.next_u64();
         let tears = power_cut && torn && !self.healthy_peer(host);
+        if self.opts.verbose {
+            let now = self.now();
+            eprintln!("{now:>12}   crash replica {host}: power cut {power_cut}, torn {torn}, tears a served block {tears}");
+        }
         let Some(r) = self.replicas.get_mut(host as usize) else {
             return;
         };

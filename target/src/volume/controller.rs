@@ -106,7 +106,9 @@
 //! was replaced): rebuilt in full; smaller than the volume (it missed a
 //! grow): grown first, then rebuilt in full; an unfinished rebuild, first
 //! reached after the open and behind what the open saw
-//! ([`ControllerConfig::max_received_at_open`]), or reporting less than the
+//! ([`ControllerConfig::max_received_at_open`]) or what a member reached
+//! later reports (it is behind that one: degraded from when it was first
+//! seen), or reporting less than the
 //! highest io_seq it acknowledged (it lost unflushed writes): rebuilt from
 //! its durable io_seq; the only member and it lost unflushed writes: those
 //! exist nowhere else, it carries on healthy; otherwise healthy. Requests still
@@ -491,6 +493,11 @@ struct Replica {
     replica_id: Option<u128>,
     /// It answered a hello on this target already.
     contacted: bool,
+    /// What it first said of itself to this target (probe or hello): the
+    /// highest io_seq it had received and the one it would be rebuilt from
+    /// (its durable io_seq + 1). A member that turns up later having
+    /// received more shows it lacks the difference.
+    first_seen: Option<(u64, u64)>,
     /// How it was last taken back.
     admission: Option<Admission>,
     /// The current rebuild, while degraded or rebuilding.
@@ -526,6 +533,7 @@ impl Replica {
             generation: 0,
             replica_id: None,
             contacted: false,
+            first_seen: None,
             admission: None,
             rebuild: None,
             retry_at: None,

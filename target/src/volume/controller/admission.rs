@@ -150,6 +150,8 @@ impl Controller {
         let previous_id = r.replica_id.replace(hello.replica_id);
         let first_contact = !r.contacted;
         r.contacted |= contact;
+        let first_seen = r.first_seen.is_none();
+        r.first_seen.get_or_insert((received, resume));
         // Reached for the first time and behind what the open saw, or
         // restarted and lost writes it had acknowledged (not flushed).
         let behind = (first_contact && received < at_open) || received < r.acked_max;
@@ -197,6 +199,30 @@ impl Controller {
                 && r.state != ReplicaState::Removed
                 && r.missed_from.is_none_or(|m| m > resume)
         });
+        if first_seen && received > at_open {
+            // Ahead of every member seen so far (one the open did not
+            // reach): those seen with less lack what it holds beyond them
+            // (acknowledged by it and a peer, lost by that peer in a power
+            // cut before the target restarted), however far they got since.
+            self.config.max_received_at_open = received;
+            let behind_it: Vec<(ReplicaIndex, u64)> = (self.replicas.iter().enumerate())
+                .filter(|(i, r)| *i != replica && r.state != ReplicaState::Removed)
+                .filter_map(|(i, r)| {
+                    r.first_seen
+                        .filter(|(seen, _)| *seen < received)
+                        .map(|(_, from)| (i, from))
+                })
+                .collect();
+            for (other, from) in behind_it {
+                tracing::warn!(
+                    replica = other,
+                    ahead = replica,
+                    received,
+                    "a member reached later received more: rebuilt from its durable io_seq"
+                );
+                self.mark_missed(other, from);
+            }
+        }
         let alone = behind && !other_copy;
         if alone {
             // The only copy: what it lost was never flushed (a flushed write
