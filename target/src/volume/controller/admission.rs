@@ -182,23 +182,15 @@ impl Controller {
                 size_bytes: hello.size_bytes,
             });
         }
-        if matches!(
+        let unfinished = matches!(
             hello.state,
             cstor_proto::ReplicaState::Degraded | cstor_proto::ReplicaState::Rebuilding
-        ) {
+        );
+        if unfinished {
             // Complete only through its durable io_seq, whatever else it holds.
             tracing::warn!(replica, "replica has an unfinished rebuild");
             self.mark_missed(replica, resume);
         }
-        // Another member that may hold what this one lost: one that missed
-        // nothing, or only requests after the first this one lacks. Without
-        // one, what it lost exists nowhere (members that lack it too, or
-        // hold nothing yet: added, awaiting their full rebuild).
-        let other_copy = self.replicas.iter().enumerate().any(|(i, r)| {
-            i != replica
-                && r.state != ReplicaState::Removed
-                && r.missed_from.is_none_or(|m| m > resume)
-        });
         if first_seen && received > at_open {
             // Ahead of every member seen so far (one the open did not
             // reach): those seen with less lack what it holds beyond them
@@ -223,17 +215,41 @@ impl Controller {
                 self.mark_missed(other, from);
             }
         }
-        let alone = behind && !other_copy;
+        // The first io_seq it may lack: what it missed, or lost.
+        let missed = self.replicas.get(replica).and_then(|r| r.missed_from);
+        let lacks_from = match (missed, behind.then_some(resume)) {
+            (Some(m), Some(l)) => Some(m.min(l)),
+            (m, l) => m.or(l),
+        };
+        // Another member that may hold what it lacks: one that missed
+        // nothing, or only requests after that. Without one, what it lacks
+        // exists nowhere (the others lack it too, or hold nothing yet:
+        // added, awaiting their full rebuild), and it is the best copy
+        // there is (not one with an unfinished rebuild, a new pool or a
+        // missed grow).
+        let other_copy = lacks_from.is_some_and(|from| {
+            self.replicas.iter().enumerate().any(|(i, r)| {
+                i != replica
+                    && r.state != ReplicaState::Removed
+                    && r.missed_from.is_none_or(|m| m > from)
+            })
+        });
+        let alone = lacks_from.is_some() && !other_copy && !unfinished && decision.is_none();
         if alone {
             // The only copy: what it lost was never flushed (a flushed write
-            // is durable on it) and exists nowhere else (the other members,
-            // if any, hold nothing yet).
+            // is durable on it) and exists nowhere else; what it missed
+            // while away, nobody else holds either. It carries on from what
+            // it holds; the others are rebuilt from it.
             tracing::warn!(
                 replica,
                 received,
                 acked_max,
-                "the only replica restarted and lost unflushed writes"
+                ?missed,
+                "no other member holds what this one lacks: it carries on from what it holds"
             );
+            if let Some(r) = self.replicas.get_mut(replica) {
+                r.missed_from = None;
+            }
         } else if behind {
             tracing::warn!(
                 replica,
