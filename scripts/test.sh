@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command): every test of
-# the workspace, then the pool store's suite again on its other IO backend,
-# then one summary: each test binary with its counts and time, each skipped
-# test with its reason, each failure, the total time, and last
+# the workspace, the simulator's seed budget in release mode, then the pool
+# store's suite again on its other IO backend, then one summary: each test
+# binary with its counts and time, each skipped test with its reason, each
+# failure, the total time, and last
 #     tests: P passed, F failed, S skipped
 # A skipped test is never counted as passed. The run goes on to the end when
 # a test binary fails; the exit status is 1 if anything failed.
@@ -45,7 +46,10 @@ stage() {
   printf 'STAGE-EXIT\t%s\t%s\n' "$name" "${PIPESTATUS[0]}" >>"$log"
 }
 
-stage workspace cargo test --workspace --locked --no-fail-fast "$@"
+# The simulator (sim/, docs/simulation.md) runs its seed budget in release
+# mode, a stage of its own: a debug build simulates ten times slower.
+stage workspace cargo test --workspace --exclude cstor-sim --locked --no-fail-fast "$@"
+stage simulator cargo test --release --locked --no-fail-fast -p cstor-sim "$@"
 # The pool store's whole suite on the other IO backend (the run above used
 # the default: io_uring where the kernel allows it).
 stage engine-threads env CSTOR_IO_BACKEND=threads cargo test --locked --no-fail-fast -p cstor-engine "$@"

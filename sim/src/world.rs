@@ -47,7 +47,7 @@ use cstor_target::volume::controller::{
 };
 use cstor_target::volume::glue::{self, LinkUp, PlannedChange, Roster};
 use cstor_target::volume::membership::{self, OpenStep};
-use cstor_target::volume::{carries, geometry, next_epoch, IO_SEQ_MARGIN, TICK};
+use cstor_target::volume::{carries, plan_open, OpenPlan, IO_SEQ_MARGIN, TICK};
 use cstor_tls::{Identity, Peer};
 use futures::channel::oneshot;
 use futures::FutureExt;
@@ -113,9 +113,15 @@ impl Plan {
         };
         let volume_bytes = 1 << 20;
         let mut pool_bytes = vec![16u64 << 20; replicas];
-        // Out of space: one pool (or all) too small to hold the volume.
+        // Out of space: one pool (or all) too small to hold the volume
+        // (1.5 MiB: about 1 MiB of data chunks beside the metadata) or its
+        // snapshots (3 MiB).
         if rng.chance(20) {
-            let small = 3u64 << 20;
+            let small = if rng.chance(50) {
+                3u64 << 19
+            } else {
+                3u64 << 20
+            };
             if rng.chance(30) {
                 pool_bytes.iter_mut().for_each(|p| *p = small);
             } else if let Some(p) = pool_bytes.get_mut(rng.below(replicas as u64) as usize) {
@@ -432,11 +438,8 @@ struct Probe {
     status: Option<StatusReport>,
 }
 
-struct Probed {
-    ack: HelloAck,
-    status: StatusReport,
-    membership: Membership,
-}
+/// A probe's answer: the target's own type (`volume::plan_open` reads it).
+type Probed = cstor_target::volume::link::Probe;
 
 /// The volume, once open.
 struct OpenVolume {

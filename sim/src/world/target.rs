@@ -294,67 +294,15 @@ impl<'c> World<'c> {
             let conns: Vec<ConnId> = probes.keys().copied().collect();
             (conns, std::mem::take(answers))
         };
-        let probes: Vec<Option<(HelloAck, StatusReport)>> = members
-            .iter()
-            .map(|a| answers.get(a).map(|p| (p.ack, p.status)))
-            .collect();
-        let answered: Vec<_> = probes.iter().flatten().collect();
-        let highest_epoch = answered
-            .iter()
-            .map(|p| p.0.highest_epoch_seen.max(p.1.highest_epoch_seen))
-            .max()
-            .unwrap_or(0);
-        let max_received = answered
-            .iter()
-            .map(|p| p.1.last_received_io_seq.max(p.0.last_durable_io_seq))
-            .max()
-            .unwrap_or(0);
-        let (size_bytes, _block) = match geometry(&members, &probes, max_received) {
-            Ok(g) => g,
+        let plan = match plan_open(&members, cf, record, &answers) {
+            Ok(plan) => plan,
             Err(e) => {
                 self.fail(format!("open: {e}"));
                 return;
             }
         };
-        let epoch = match next_epoch(highest_epoch) {
-            Ok(e) => e,
-            Err(e) => {
-                self.fail(format!("open: {e}"));
-                return;
-            }
-        };
-        let recorded_ids: Vec<Option<u128>> = members
-            .iter()
-            .map(|a| {
-                record
-                    .as_ref()
-                    .and_then(|r| r.member(&a.to_string()))
-                    .map(|m| m.replica_id)
-                    .filter(|id| *id != 0)
-            })
-            .collect();
-        let replica_ids: Vec<Option<u128>> = probes
-            .iter()
-            .zip(&recorded_ids)
-            .map(|(p, recorded)| p.as_ref().map(|(ack, _)| ack.replica_id).or(*recorded))
-            .collect();
-        let (record, write_record) = match record {
-            Some(r) => (r, false),
-            None => match membership::initial(&members, &replica_ids, cf) {
-                Ok(r) => (r, true),
-                Err(e) => {
-                    self.fail(format!("open: {e}"));
-                    return;
-                }
-            },
-        };
-        let generation = answers
-            .values()
-            .map(|p| p.membership.generation)
-            .max()
-            .unwrap_or(0)
-            .max(record.generation);
         let session_id = self.rng.next_u64() | 1;
+        let (epoch, size_bytes, max_received) = (plan.epoch, plan.size_bytes, plan.max_received);
         let config = ControllerConfig {
             replicas: members.len(),
             cf,
@@ -362,20 +310,20 @@ impl<'c> World<'c> {
             hold: HOLD,
             session_id,
             epoch,
-            first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
+            first_io_seq: plan.first_io_seq,
             size_bytes,
             max_received_at_open: max_received,
             max_owed_requests: cstor_target::limits::MAX_OWED_REQUESTS,
             max_owed_bytes: cstor_target::limits::MAX_OWED_BYTES,
         };
-        let now = self.instant();
-        let mut controller = Controller::new(config, &vec![None; members.len()], now)
-            .with_replica_ids(&recorded_ids);
-        for (replica, probe) in probes.iter().enumerate() {
-            if let Some((ack, status)) = probe {
-                controller.on_probe(replica, glue::hello_facts(0, ack, status));
-            }
-        }
+        let controller = plan.controller(config, self.instant());
+        let OpenPlan {
+            replica_ids,
+            record,
+            write_record,
+            generation,
+            ..
+        } = plan;
         let mut roster = Roster::new(record.clone(), generation);
         let mut links = Vec::new();
         for (addr, id) in members.iter().zip(&replica_ids) {
@@ -431,6 +379,7 @@ impl<'c> World<'c> {
         if write_record {
             let cf_now = cf;
             let tag = self.take_tag(instance);
+            let now = self.instant();
             if let Some(v) = self.open_volume(instance) {
                 let planned = PlannedChange {
                     record: v.roster.record.clone(),

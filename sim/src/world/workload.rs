@@ -531,6 +531,11 @@ impl World<'_> {
             })
             && self.performs_running().is_none()
             && !self.replicas_owe()
+            // A disk fault armed late may fire after the faults stopped;
+            // the run waits for the restart it scheduled (the pool may be
+            // poisoned without the target knowing, as no IO is left).
+            && !self.replicas.iter().any(|r| r.disk_armed && r.running.is_some())
+            && self.replicas.iter().all(|r| r.running.is_some() || r.retired)
             && self.exec_quiet();
         // A destroy needs quorum: without it (a replica rightly failed for
         // want of space under a CF of every member) there is no retry.

@@ -78,7 +78,7 @@ pub use glue::{
 };
 pub use link::carries;
 pub use membership::MemberRef;
-pub use open::{geometry, next_epoch, OpenError};
+pub use open::{geometry, next_epoch, plan_open, OpenError, OpenPlan};
 pub use status::VolumeStatus;
 
 /// The first io_seq of a new target is this far above the highest io_seq

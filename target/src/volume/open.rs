@@ -192,6 +192,120 @@ pub fn geometry(
     Ok((size, block))
 }
 
+/// What an open decides from the probes' answers, without any IO: the one
+/// place these rules are written (the target's open and a simulator's both
+/// call it).
+#[derive(Debug, Clone)]
+pub struct OpenPlan {
+    /// Per member: its probe's handshake answer and status, if it answered.
+    pub probes: Vec<Option<(HelloAck, StatusReport)>>,
+    /// The highest io_seq any member received.
+    pub max_received: u64,
+    /// The volume's size and block size ([`geometry`]).
+    pub size_bytes: u64,
+    pub block_size: u32,
+    /// The epoch to claim ([`next_epoch`]) and the first io_seq to use.
+    pub epoch: u64,
+    pub first_io_seq: u64,
+    /// Per member: the replica id the membership record knows.
+    pub recorded_ids: Vec<Option<u128>>,
+    /// Per member: the id it answered with, else the record's.
+    pub replica_ids: Vec<Option<u128>>,
+    /// The membership record to serve, and whether it is new (a new
+    /// volume: written once a quorum is healthy).
+    pub record: Membership,
+    pub write_record: bool,
+    /// The highest record generation seen.
+    pub generation: u64,
+}
+
+impl OpenPlan {
+    /// The controller of this open: the record's ids known, and each
+    /// probe judged as a hello is (behind the others, an unfinished
+    /// rebuild, another id than the record's: degraded from the start).
+    pub fn controller(&self, config: ControllerConfig, now: Instant) -> Controller {
+        let mut controller = Controller::new(config, &vec![None; self.probes.len()], now)
+            .with_replica_ids(&self.recorded_ids);
+        for (replica, probe) in self.probes.iter().enumerate() {
+            if let Some((ack, status)) = probe {
+                controller.on_probe(replica, hello_facts(0, ack, status));
+            }
+        }
+        controller
+    }
+}
+
+/// Plans the open of `members` (with `cf`, the newest `record` the
+/// replicas hold if any) from the probes' `answers`.
+pub fn plan_open(
+    members: &[SocketAddr],
+    cf: usize,
+    record: Option<Membership>,
+    answers: &BTreeMap<SocketAddr, link::Probe>,
+) -> Result<OpenPlan, OpenError> {
+    let probes: Vec<Option<(HelloAck, StatusReport)>> = members
+        .iter()
+        .map(|a| answers.get(a).map(|p| (p.ack, p.status)))
+        .collect();
+    let answered: Vec<_> = probes.iter().flatten().collect();
+    let highest_epoch = answered
+        .iter()
+        .map(|p| p.0.highest_epoch_seen.max(p.1.highest_epoch_seen))
+        .max()
+        .unwrap_or(0);
+    let max_received = answered
+        .iter()
+        .map(|p| p.1.last_received_io_seq.max(p.0.last_durable_io_seq))
+        .max()
+        .unwrap_or(0);
+    let (size_bytes, block_size) = geometry(members, &probes, max_received)?;
+    // The ids the record knows: a member answering with another id had its
+    // pool replaced.
+    let recorded_ids: Vec<Option<u128>> = members
+        .iter()
+        .map(|a| {
+            record
+                .as_ref()
+                .and_then(|r| r.member(&a.to_string()))
+                .map(|m| m.replica_id)
+                .filter(|id| *id != 0)
+        })
+        .collect();
+    let epoch = next_epoch(highest_epoch)?;
+    let replica_ids: Vec<Option<u128>> = probes
+        .iter()
+        .zip(&recorded_ids)
+        .map(|(p, recorded)| p.as_ref().map(|(ack, _)| ack.replica_id).or(*recorded))
+        .collect();
+    let (record, write_record) = match record {
+        Some(record) => (record, false),
+        None => (
+            membership::initial(members, &replica_ids, cf)
+                .map_err(|e| OpenError::Membership(e.to_string()))?,
+            true,
+        ),
+    };
+    let generation = answers
+        .values()
+        .map(|p| p.membership.generation)
+        .max()
+        .unwrap_or(0)
+        .max(record.generation);
+    Ok(OpenPlan {
+        probes,
+        max_received,
+        size_bytes,
+        block_size,
+        epoch,
+        first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
+        recorded_ids,
+        replica_ids,
+        record,
+        write_record,
+        generation,
+    })
+}
+
 pub(super) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
@@ -227,60 +341,16 @@ impl Volume {
                 "not a member of the volume (membership record): ignored; add it with `cstor ctl replica add`"
             );
         }
-        let probes: Vec<Option<(HelloAck, StatusReport)>> = members
-            .iter()
-            .map(|a| answers.get(a).map(|p| (p.ack, p.status)))
-            .collect();
-        let answered: Vec<_> = probes.iter().flatten().collect();
-        let highest_epoch = answered
-            .iter()
-            .map(|p| p.0.highest_epoch_seen.max(p.1.highest_epoch_seen))
-            .max()
-            .unwrap_or(0);
-        let max_received = answered
-            .iter()
-            .map(|p| p.1.last_received_io_seq.max(p.0.last_durable_io_seq))
-            .max()
-            .unwrap_or(0);
-        let (size_bytes, block_size) = geometry(&members, &probes, max_received)?;
-        // The ids the record knows: a member answering with another id had
-        // its pool replaced.
-        let recorded_ids: Vec<Option<u128>> = members
-            .iter()
-            .map(|a| {
-                record
-                    .as_ref()
-                    .and_then(|r| r.member(&a.to_string()))
-                    .map(|m| m.replica_id)
-                    .filter(|id| *id != 0)
-            })
-            .collect();
+        let plan = plan_open(&members, cf, record, &answers)?;
         let params = SessionParams {
             volume: spec.name.clone(),
-            epoch: next_epoch(highest_epoch)?,
+            epoch: plan.epoch,
             session_id: random_u64(),
-            first_io_seq: max_received.saturating_add(IO_SEQ_MARGIN),
+            first_io_seq: plan.first_io_seq,
             security: spec.security.clone(),
         };
-        let replica_ids: Vec<Option<u128>> = probes
-            .iter()
-            .zip(&recorded_ids)
-            .map(|(p, recorded)| p.as_ref().map(|(ack, _)| ack.replica_id).or(*recorded))
-            .collect();
-        let (record, write_record) = match record {
-            Some(record) => (record, false),
-            None => (
-                membership::initial(&members, &replica_ids, cf)
-                    .map_err(|e| OpenError::Membership(e.to_string()))?,
-                true,
-            ),
-        };
-        let generation = answers
-            .values()
-            .map(|p| p.membership.generation)
-            .max()
-            .unwrap_or(0)
-            .max(record.generation);
+        let size_bytes = plan.size_bytes;
+        let block_size = plan.block_size;
         info!(
             volume = %spec.name,
             epoch = params.epoch,
@@ -288,7 +358,7 @@ impl Volume {
             size_bytes,
             cf,
             members = ?members,
-            generation = record.generation,
+            generation = plan.record.generation,
             "opening volume"
         );
         let config = ControllerConfig {
@@ -300,20 +370,21 @@ impl Volume {
             epoch: params.epoch,
             first_io_seq: params.first_io_seq,
             size_bytes,
-            max_received_at_open: max_received,
+            max_received_at_open: plan.max_received,
             max_owed_requests: limits::MAX_OWED_REQUESTS,
             max_owed_bytes: limits::MAX_OWED_BYTES,
         };
         // Who is degraded from the start is the controller's call, as for
         // every later hello: behind the others, an unfinished rebuild,
         // another id than the record's.
-        let mut controller = Controller::new(config, &vec![None; members.len()], Instant::now())
-            .with_replica_ids(&recorded_ids);
-        for (replica, probe) in probes.iter().enumerate() {
-            if let Some((ack, status)) = probe {
-                controller.on_probe(replica, hello_facts(0, ack, status));
-            }
-        }
+        let controller = plan.controller(config, Instant::now());
+        let OpenPlan {
+            replica_ids,
+            record,
+            write_record,
+            generation,
+            ..
+        } = plan;
         let stop = CancellationToken::new();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
