@@ -8,7 +8,7 @@
 use cstor_sim::{run_seed, Options};
 
 /// Seeds 1..=CI_SEEDS run in CI (release); override with CSTOR_SIM_SEEDS.
-const CI_SEEDS: u64 = 400;
+const CI_SEEDS: u64 = 1000;
 const DEBUG_SEEDS: u64 = 20;
 
 fn budget() -> u64 {
