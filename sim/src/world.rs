@@ -588,7 +588,8 @@ pub struct World<'c> {
     next_perform: u64,
     next_node: NodeId,
     next_snapshot: u64,
-    /// Initial replica addresses (the target's command line).
+    /// The target's command line: the initial replicas and every one the
+    /// operator added.
     cli: Vec<SocketAddr>,
     opts: Options,
     draining: bool,

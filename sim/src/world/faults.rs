@@ -278,6 +278,10 @@ impl World<'_> {
                     };
                     if self.submit_change(change, None) {
                         self.count_operator("replica_add");
+                        // The operator names it on the target's command
+                        // line too (a restarted target that reached only
+                        // removed replicas would not find the volume).
+                        self.cli.push(addr);
                     }
                 } else if members.len() > cf.max(1) {
                     if let Some(&addr) = self.rng.pick(&members) {

@@ -2218,6 +2218,38 @@ fn the_only_member_that_lost_unflushed_writes_carries_on_healthy() {
 }
 
 #[test]
+fn a_read_never_goes_to_a_replica_that_owes_an_earlier_write_over_its_blocks() {
+    // Replica 2 is slow to answer a write that 0 and 1 took (and will fail
+    // it: its pool is full). A read of those blocks it answered first would
+    // hold the old data (seed 6974 of the simulator read zeros).
+    let mut sim = Sim::new(3, 2);
+    sim.full[2] = true;
+    let w = sim.write(7, 9);
+    sim.deliver(0);
+    sim.deliver(1);
+    assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
+    let reads: Vec<Tag> = (0..6).map(|_| sim.read(7)).collect();
+    assert!(
+        !sim.links[2]
+            .iter()
+            .any(|p| matches!(p.message, Message::Read(_))),
+        "a read went to the replica that owes the write"
+    );
+    // Another block: replica 2 owes nothing there, and takes its turn.
+    let _ = (0..3).map(|_| sim.read(100)).count();
+    assert!(sim.links[2]
+        .iter()
+        .any(|p| matches!(p.message, Message::Read(_))));
+    sim.deliver_all();
+    for r in reads {
+        assert_eq!(
+            sim.result(r),
+            Some(&Ok(Completion::Data(Bytes::from(vec![9; 4096]))))
+        );
+    }
+}
+
+#[test]
 fn a_member_that_lost_unflushed_writes_beside_members_holding_nothing_carries_on_healthy() {
     // Replica 1 was added and awaits its full rebuild (it holds nothing):
     // what replica 0 lost exists nowhere else, as if it were alone (seed
