@@ -382,6 +382,9 @@ struct Running {
     node: NodeId,
     registry: Arc<Registry>,
     conns: BTreeMap<ConnId, RConn>,
+    /// IO tasks running, whether or not their connection is still open
+    /// (a write taken before the target went away still lands).
+    ios: usize,
     /// Cancelled when the process dies (its sinks stop).
     stop: CancellationToken,
 }

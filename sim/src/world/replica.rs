@@ -70,6 +70,7 @@ impl World<'_> {
             node,
             registry,
             conns: BTreeMap::new(),
+            ios: 0,
             stop: CancellationToken::new(),
         });
         Ok(())
@@ -333,6 +334,7 @@ impl World<'_> {
                 Routed::Reply(None) => {}
                 Routed::Io(task) => {
                     *in_flight += 1;
+                    run.ios += 1;
                     let tx = replies.clone();
                     self.exec.spawn(node, async move {
                         let reply = task.run().await;
@@ -374,6 +376,7 @@ impl World<'_> {
         if run.life != life {
             return;
         }
+        run.ios = run.ios.saturating_sub(1);
         if let Some(RConn::Open { in_flight, .. }) = run.conns.get_mut(&conn) {
             *in_flight = in_flight.saturating_sub(1);
         }

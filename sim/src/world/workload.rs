@@ -601,15 +601,17 @@ impl World<'_> {
     }
 
     fn exec_quiet(&self) -> bool {
-        // Rebuild tasks and in-flight IOs have ended on every replica.
+        // Rebuild tasks and in-flight IOs have ended on every replica
+        // (also IOs of connections closed meanwhile).
         self.replicas.iter().all(|r| {
             r.running.as_ref().is_none_or(|run| {
-                run.conns.values().all(|c| match c {
-                    RConn::Open {
-                        in_flight, waiting, ..
-                    } => *in_flight == 0 && waiting.is_empty(),
-                    RConn::Opening(_) => false,
-                })
+                run.ios == 0
+                    && run.conns.values().all(|c| match c {
+                        RConn::Open {
+                            in_flight, waiting, ..
+                        } => *in_flight == 0 && waiting.is_empty(),
+                        RConn::Opening(_) => false,
+                    })
             })
         })
     }
