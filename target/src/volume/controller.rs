@@ -297,21 +297,6 @@ impl Op {
         !matches!(self, Op::Read { .. } | Op::ListSnapshots { .. })
     }
 
-    /// The bytes of the volume it reads or changes: `offset..end`.
-    fn extent(&self) -> Option<(u64, u64)> {
-        match self {
-            Op::Read { offset, len_bytes }
-            | Op::Unmap { offset, len_bytes }
-            | Op::WriteZeroes { offset, len_bytes } => {
-                Some((*offset, offset.saturating_add(u64::from(*len_bytes))))
-            }
-            Op::Write { offset, data, .. } => {
-                Some((*offset, offset.saturating_add(data.len() as u64)))
-            }
-            _ => None,
-        }
-    }
-
     /// A replica counts it in the highest io_seq it reports received
     /// (`cstor_replica`'s session routing: data and snapshot, snapshot
     /// destroy and grow requests). A flush or a membership record is not

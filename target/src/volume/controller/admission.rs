@@ -150,11 +150,16 @@ impl Controller {
         let previous_id = r.replica_id.replace(hello.replica_id);
         let first_contact = !r.contacted;
         r.contacted |= contact;
-        let first_seen = r.first_seen.is_none();
+        let seen_before = r.first_seen.map(|(seen, _)| seen);
+        let first_seen = seen_before.is_none();
         r.first_seen.get_or_insert((received, resume));
         // Reached for the first time and behind what the open saw, or
-        // restarted and lost writes it had acknowledged (not flushed).
-        let behind = (first_contact && received < at_open) || received < r.acked_max;
+        // restarted and lost writes it had acknowledged (not flushed), or
+        // that it said it held when this target first saw it (a previous
+        // target's writes, not yet durable on it).
+        let behind = (first_contact && received < at_open)
+            || received < r.acked_max
+            || seen_before.is_some_and(|seen| received < seen);
         let acked_max = r.acked_max;
         let mut decision = None;
         if let Some(was) = previous_id.filter(|id| *id != hello.replica_id) {

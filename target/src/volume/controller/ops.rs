@@ -107,8 +107,7 @@ impl Controller {
                     actions.push(self.send(index, io_seq, &pending.op));
                 }
             }
-        } else if let Some(reader) = self.pick_reader(io_seq, pending.op.extent(), &pending.failed)
-        {
+        } else if let Some(reader) = self.pick_reader(&pending.failed) {
             pending.sent.insert(reader, now);
             actions.push(self.send(reader, io_seq, &pending.op));
         }
@@ -166,12 +165,6 @@ impl Controller {
             return actions;
         }
         let io_seq = packet.io_seq;
-        let unsure_read = matches!(packet.message, Message::ReadData(_))
-            && self.owes_earlier_overlapping(
-                replica,
-                io_seq,
-                self.pending.get(&io_seq).and_then(|p| p.op.extent()),
-            );
         let Some(pending) = self.pending.get_mut(&io_seq) else {
             // A late reply to something completed already (e.g. a slow
             // replica's ack): nothing to do.
@@ -200,12 +193,7 @@ impl Controller {
                     Op::Read { len_bytes, .. } => len_bytes as usize,
                     _ => 0,
                 };
-                if unsure_read {
-                    // It has not answered an earlier write over these
-                    // blocks: if that write failed on it (out of space),
-                    // this data predates it. Read again, elsewhere if any.
-                    pending.failed.insert(replica);
-                } else if data.len() == expected {
+                if data.len() == expected {
                     let tag = pending.tag;
                     self.remove_pending(io_seq);
                     actions.push(complete(tag, Ok(Completion::Data(data))));
@@ -247,26 +235,6 @@ impl Controller {
         actions
     }
 
-    /// Does `replica` owe an answer to a request older than `seq` that
-    /// changes bytes of `extent`? Its answer to a read `seq` then cannot
-    /// tell whether that request took effect on it.
-    fn owes_earlier_overlapping(
-        &self,
-        replica: ReplicaIndex,
-        seq: u64,
-        extent: Option<(u64, u64)>,
-    ) -> bool {
-        let Some((start, end)) = extent else {
-            return false;
-        };
-        self.pending.range(..seq).any(|(_, p)| {
-            p.op.mutates()
-                && p.sent.contains_key(&replica)
-                && !p.acked.contains(&replica)
-                && p.op.extent().is_some_and(|(s, e)| s < end && start < e)
-        })
-    }
-
     /// Sends reads that have no live attempt to a healthy replica.
     pub(super) fn dispatch_waiting_reads(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let waiting: Vec<u64> = self
@@ -276,14 +244,10 @@ impl Controller {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in waiting {
-            let Some((failed, extent)) = self
-                .pending
-                .get(&seq)
-                .map(|p| (p.failed.clone(), p.op.extent()))
-            else {
+            let Some(failed) = self.pending.get(&seq).map(|p| p.failed.clone()) else {
                 continue;
             };
-            let Some(reader) = self.pick_reader(seq, extent, &failed) else {
+            let Some(reader) = self.pick_reader(&failed) else {
                 continue;
             };
             if let Some(p) = self.pending.get_mut(&seq) {
@@ -294,28 +258,16 @@ impl Controller {
         }
     }
 
-    /// A healthy replica for read `seq` over `extent`, in turn, not one
-    /// in `exclude` if it can be helped; never one that owes an answer to
-    /// an earlier write over the same bytes (the read waits for it).
-    pub(super) fn pick_reader(
-        &mut self,
-        seq: u64,
-        extent: Option<(u64, u64)>,
-        exclude: &BTreeSet<ReplicaIndex>,
-    ) -> Option<ReplicaIndex> {
+    pub(super) fn pick_reader(&mut self, exclude: &BTreeSet<ReplicaIndex>) -> Option<ReplicaIndex> {
         let n = self.replicas.len();
-        let fit = |c: &Controller, i: usize| {
-            c.replicas[i].state == ReplicaState::Healthy
-                && !c.owes_earlier_overlapping(i, seq, extent)
-        };
         for step in 0..n {
             let index = (self.next_reader + step) % n;
-            if fit(self, index) && !exclude.contains(&index) {
+            if self.replicas[index].state == ReplicaState::Healthy && !exclude.contains(&index) {
                 self.next_reader = (index + 1) % n;
                 return Some(index);
             }
         }
-        // Every fit replica failed this read once: try them again.
-        (0..n).find(|i| fit(self, *i))
+        // Every healthy replica failed this read once: try them again.
+        (0..n).find(|i| self.replicas[*i].state == ReplicaState::Healthy)
     }
 }
