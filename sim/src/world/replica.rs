@@ -245,22 +245,14 @@ impl World<'_> {
         }
         self.send_frame(conn, End::Client, reply);
         let Some(session) = session else {
-            if let Some(run) = self
-                .replicas
-                .get_mut(host as usize)
-                .and_then(|r| r.running.as_mut())
-            {
+            if let Some(run) = running_mut(&mut self.replicas, host) {
                 run.conns.remove(&conn);
             }
             self.close_conn(conn);
             return;
         };
         let outbox = Rc::clone(&self.outbox);
-        let Some(run) = self
-            .replicas
-            .get_mut(host as usize)
-            .and_then(|r| r.running.as_mut())
-        else {
+        let Some(run) = running_mut(&mut self.replicas, host) else {
             return;
         };
         let waiting = match run.conns.remove(&conn) {
@@ -293,11 +285,7 @@ impl World<'_> {
         loop {
             let outbox = Rc::clone(&self.outbox);
             let io = self.replica_rebuild_io(host);
-            let Some(run) = self
-                .replicas
-                .get_mut(host as usize)
-                .and_then(|r| r.running.as_mut())
-            else {
+            let Some(run) = running_mut(&mut self.replicas, host) else {
                 return;
             };
             let node = run.node;
@@ -366,11 +354,7 @@ impl World<'_> {
 
     /// An IO slot of `conn` is free.
     pub(super) fn replica_io_done(&mut self, host: u32, life: u64, conn: ConnId) {
-        let Some(run) = self
-            .replicas
-            .get_mut(host as usize)
-            .and_then(|r| r.running.as_mut())
-        else {
+        let Some(run) = running_mut(&mut self.replicas, host) else {
             return;
         };
         if run.life != life {
@@ -388,11 +372,7 @@ impl World<'_> {
         let Some(host) = self.serving(conn) else {
             return;
         };
-        let Some(run) = self
-            .replicas
-            .get_mut(host as usize)
-            .and_then(|r| r.running.as_mut())
-        else {
+        let Some(run) = running_mut(&mut self.replicas, host) else {
             return;
         };
         if let Some(RConn::Open { session, stop, .. }) = run.conns.remove(&conn) {
@@ -522,4 +502,11 @@ fn pool_options() -> PoolOptions {
         max_data_bytes: None,
         commit_interval: None,
     }
+}
+
+/// The running daemon of `host`, if any.
+fn running_mut(replicas: &mut [Replica], host: u32) -> Option<&mut Running> {
+    replicas
+        .get_mut(host as usize)
+        .and_then(|r| r.running.as_mut())
 }
