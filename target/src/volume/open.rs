@@ -165,7 +165,8 @@ pub(super) async fn probe_quorum(spec: &VolumeSpec, cli_cf: usize) -> Result<Pro
 }
 
 /// Size and block size, from the most advanced replicas (a grow may have
-/// reached only some of the others); among them, those without an
+/// reached only some of the others; the largest size among them); among
+/// them, those without an
 /// unfinished rebuild when there are any (a replica being rebuilt takes
 /// live writes, so it may be as advanced, yet be short of a grow it is
 /// still to get).
@@ -190,16 +191,20 @@ pub fn geometry(
     };
     let any_complete = advanced(true).next().is_some();
     let mut current = advanced(any_complete);
-    let Some((_, size, block)) = current.next() else {
+    let Some((_, mut size, block)) = current.next() else {
         return Err(OpenError::Geometry("no replica answered".into()));
     };
     for (i, s, b) in current {
-        if s != size || b != block {
+        if b != block {
             let addr = members.get(i).map_or_else(String::new, |a| a.to_string());
             return Err(OpenError::Geometry(format!(
-                "{addr} has {s} bytes in {b}-byte blocks, another {size} in {block}"
+                "{addr} has {b}-byte blocks, another {block}-byte blocks"
             )));
         }
+        // A grow that failed short of quorum may have reached some of them
+        // (it has no undo): the volume keeps it, the others are grown
+        // when they link (a volume never shrinks).
+        size = size.max(s);
     }
     Ok((size, block))
 }
@@ -493,15 +498,23 @@ mod tests {
             None,
         ];
         assert_eq!(geometry(&members, &probes, 930).unwrap(), (1 << 20, 4096));
-        // Complete replicas that disagree: refused, naming one.
+        // A grow that failed short of quorum reached one of them (seed 7198
+        // of the simulator: the open refused): the volume keeps it.
         let probes = [
             probe(ReplicaState::Healthy, 930, 1 << 20),
             None,
             probe(ReplicaState::Healthy, 930, 2 << 20),
         ];
+        assert_eq!(geometry(&members, &probes, 930).unwrap(), (2 << 20, 4096));
+        // Other block sizes: refused, naming one.
+        let mut other = probe(ReplicaState::Healthy, 930, 2 << 20);
+        if let Some((ack, _)) = other.as_mut() {
+            ack.block_size_bytes = 512;
+        }
+        let probes = [probe(ReplicaState::Healthy, 930, 2 << 20), other, None];
         assert!(matches!(
             geometry(&members, &probes, 930),
-            Err(OpenError::Geometry(detail)) if detail.contains("10.0.0.3")
+            Err(OpenError::Geometry(detail)) if detail.contains("10.0.0.2")
         ));
     }
 
