@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             *actions.entry(k).or_default() += v;
         }
         if single || args.verbose {
-            println!(
+            say(format_args!(
                 "seed {seed}: {} | trace {:016x} | {} commands, {} reads checked, {} events, {:.1} s simulated | plan: {} replicas cf {} {} initiator(s) pools {:?} | faults {:?} | operator {:?}",
                 r.failure.as_deref().map_or("ok".to_string(), |f| format!("FAILED: {f}")),
                 r.trace_hash,
@@ -70,21 +70,21 @@ fn main() -> ExitCode {
                 r.plan.pool_bytes,
                 r.stats.faults_by_kind,
                 r.stats.operator_by_kind,
-            );
+            ));
         }
         if let Some(f) = &r.failure {
             failed += 1;
             if !single && !args.verbose {
-                println!(
+                say(format_args!(
                     "seed {seed} FAILED: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed})"
-                );
+                ));
             }
         }
     }
     let secs = started.elapsed().as_secs_f64();
     let n = seeds.len() as u64;
     if n > 1 {
-        println!(
+        say(format_args!(
             "mix per seed: faults {:?} | operator {:?}",
             faults
                 .iter()
@@ -94,15 +94,24 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|(k, v)| (*k, format!("{:.2}", *v as f64 / n as f64)))
                 .collect::<Vec<_>>()
-        );
+        ));
     }
-    println!(
+    say(format_args!(
         "{n} seeds, {failed} failed, {ops} ops, {secs:.1} s ({:.1} seeds/s)",
         n as f64 / secs.max(1e-9)
-    );
+    ));
     if failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// One line on standard output; a reader that went away (`| head`) ends
+/// the run quietly instead of a panic.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        std::process::exit(0);
     }
 }
