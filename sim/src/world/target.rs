@@ -303,20 +303,7 @@ impl<'c> World<'c> {
         };
         let session_id = self.rng.next_u64() | 1;
         let (epoch, size_bytes, max_received) = (plan.epoch, plan.size_bytes, plan.max_received);
-        let config = ControllerConfig {
-            replicas: members.len(),
-            cf,
-            ack_timeout: ACK_TIMEOUT,
-            hold: HOLD,
-            session_id,
-            epoch,
-            first_io_seq: plan.first_io_seq,
-            size_bytes,
-            max_received_at_open: max_received,
-            max_owed_requests: cstor_target::limits::MAX_OWED_REQUESTS,
-            max_owed_bytes: cstor_target::limits::MAX_OWED_BYTES,
-        };
-        let controller = plan.controller(config, self.instant());
+        let controller = plan.controller(session_id, ACK_TIMEOUT, HOLD, self.instant());
         let OpenPlan {
             replica_ids,
             record,

@@ -234,13 +234,34 @@ pub struct OpenPlan {
     pub write_record: bool,
     /// The highest record generation seen.
     pub generation: u64,
+    /// The consistency factor it opens with.
+    pub cf: usize,
 }
 
 impl OpenPlan {
     /// The controller of this open: the record's ids known, and each
     /// probe judged as a hello is (behind the others, an unfinished
     /// rebuild, another id than the record's: degraded from the start).
-    pub fn controller(&self, config: ControllerConfig, now: Instant) -> Controller {
+    pub fn controller(
+        &self,
+        session_id: u64,
+        ack_timeout: Duration,
+        hold: Duration,
+        now: Instant,
+    ) -> Controller {
+        let config = ControllerConfig {
+            replicas: self.probes.len(),
+            cf: self.cf,
+            ack_timeout,
+            hold,
+            session_id,
+            epoch: self.epoch,
+            first_io_seq: self.first_io_seq,
+            size_bytes: self.size_bytes,
+            max_received_at_open: self.max_received,
+            max_owed_requests: limits::MAX_OWED_REQUESTS,
+            max_owed_bytes: limits::MAX_OWED_BYTES,
+        };
         let mut controller = Controller::new(config, &vec![None; self.probes.len()], now)
             .with_replica_ids(&self.recorded_ids);
         for (replica, probe) in self.probes.iter().enumerate() {
@@ -320,6 +341,7 @@ pub fn plan_open(
         record,
         write_record,
         generation,
+        cf,
     })
 }
 
@@ -378,23 +400,15 @@ impl Volume {
             generation = plan.record.generation,
             "opening volume"
         );
-        let config = ControllerConfig {
-            replicas: members.len(),
-            cf,
-            ack_timeout: spec.ack_timeout,
-            hold: spec.hold,
-            session_id: params.session_id,
-            epoch: params.epoch,
-            first_io_seq: params.first_io_seq,
-            size_bytes,
-            max_received_at_open: plan.max_received,
-            max_owed_requests: limits::MAX_OWED_REQUESTS,
-            max_owed_bytes: limits::MAX_OWED_BYTES,
-        };
         // Who is degraded from the start is the controller's call, as for
         // every later hello: behind the others, an unfinished rebuild,
         // another id than the record's.
-        let controller = plan.controller(config, Instant::now());
+        let controller = plan.controller(
+            params.session_id,
+            spec.ack_timeout,
+            spec.hold,
+            Instant::now(),
+        );
         let OpenPlan {
             replica_ids,
             record,

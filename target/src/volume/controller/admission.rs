@@ -151,7 +151,7 @@ impl Controller {
         let first_contact = !r.contacted;
         r.contacted |= contact;
         let seen_before = r.first_seen.map(|(seen, _)| seen);
-        let first_seen = seen_before.is_none();
+        let newly_seen = seen_before.is_none();
         r.first_seen.get_or_insert((received, resume));
         // Reached for the first time and behind what the open saw, or
         // restarted and lost writes it had acknowledged (not flushed), or
@@ -196,7 +196,7 @@ impl Controller {
             tracing::warn!(replica, "replica has an unfinished rebuild");
             self.mark_missed(replica, resume);
         }
-        if first_seen && received > at_open {
+        if newly_seen && received > at_open {
             // Ahead of every member seen so far (one the open did not
             // reach): those seen with less lack what it holds beyond them
             // (acknowledged by it and a peer, lost by that peer in a power
@@ -222,10 +222,7 @@ impl Controller {
         }
         // The first io_seq it may lack: what it missed, or lost.
         let missed = self.replicas.get(replica).and_then(|r| r.missed_from);
-        let lacks_from = match (missed, behind.then_some(resume)) {
-            (Some(m), Some(l)) => Some(m.min(l)),
-            (m, l) => m.or(l),
-        };
+        let lacks_from = missed.into_iter().chain(behind.then_some(resume)).min();
         // Another member that may hold what it lacks: one that missed
         // nothing, or only requests after that. Without one, what it lacks
         // exists nowhere (the others lack it too, or hold nothing yet:

@@ -216,9 +216,10 @@ impl Controller {
             // restart): it leaves the healthy set and is rebuilt from its
             // io_seq, which makes its snapshots a healthy peer's (when
             // there is one: the only copy is just dropped and redialled).
-            let peer = (0..self.replicas.len()).any(|r| {
-                !barrier.troubled.contains(&r) && self.replicas[r].state == ReplicaState::Healthy
-            });
+            let peer =
+                self.replicas.iter().enumerate().any(|(i, r)| {
+                    !barrier.troubled.contains(&i) && r.state == ReplicaState::Healthy
+                });
             for replica in &barrier.troubled {
                 if peer {
                     self.mark_missed(*replica, seq);

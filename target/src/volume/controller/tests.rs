@@ -2049,6 +2049,16 @@ impl Sim {
         self.apply(actions);
     }
 
+    /// Replica `r` comes back saying it is complete through `durable` and
+    /// received through `received`.
+    fn hello_through(&mut self, r: usize, durable: u64, received: u64) {
+        self.hello(r, |h| ReplicaHello {
+            last_durable_io_seq: durable,
+            last_received_io_seq: received,
+            ..h
+        });
+    }
+
     /// A volume whose replicas all said hello with their ids.
     fn with_hellos(replicas: usize, cf: usize) -> Sim {
         let mut sim = Sim::new(replicas, cf);
@@ -2086,11 +2096,7 @@ fn a_replica_that_lost_nothing_is_readmitted_healthy_after_a_flush_or_a_membersh
         assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
         assert_eq!(sim.result(later), Some(&Ok(Completion::Done)), "{after:?}");
         sim.disconnect(2);
-        sim.hello(2, |h| ReplicaHello {
-            last_durable_io_seq: write_seq,
-            last_received_io_seq: write_seq,
-            ..h
-        });
+        sim.hello_through(2, write_seq, write_seq);
         assert_eq!(
             sim.ctl.admission(2),
             Some(Admission::Healthy),
@@ -2148,11 +2154,7 @@ fn a_replica_that_lost_writes_it_acknowledged_is_rebuilt_from_its_durable_io_seq
     sim.deliver_all();
     let acked = sim.ctl.acked_max(2);
     sim.disconnect(2);
-    sim.hello(2, |h| ReplicaHello {
-        last_durable_io_seq: acked - 1,
-        last_received_io_seq: acked - 1,
-        ..h
-    });
+    sim.hello_through(2, acked - 1, acked - 1);
     assert_eq!(
         sim.ctl.admission(2),
         Some(Admission::Rebuild { from_io_seq: acked })
@@ -2182,11 +2184,7 @@ fn a_replica_first_reached_after_the_open_and_behind_it_is_rebuilt() {
     let mut sim = Sim::new(3, 2);
     sim.ctl.config.max_received_at_open = 900;
     sim.disconnect(2);
-    sim.hello(2, |h| ReplicaHello {
-        last_durable_io_seq: 800,
-        last_received_io_seq: 850,
-        ..h
-    });
+    sim.hello_through(2, 800, 850);
     assert_eq!(
         sim.ctl.admission(2),
         Some(Admission::Rebuild { from_io_seq: 801 })
@@ -2208,11 +2206,7 @@ fn the_only_member_that_lost_unflushed_writes_carries_on_healthy() {
     assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
     let acked = sim.ctl.acked_max(0);
     sim.disconnect(0);
-    sim.hello(0, |h| ReplicaHello {
-        last_durable_io_seq: acked - 1,
-        last_received_io_seq: acked - 1,
-        ..h
-    });
+    sim.hello_through(0, acked - 1, acked - 1);
     assert_eq!(sim.ctl.admission(0), Some(Admission::AloneLostUnflushed));
     assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Healthy);
 }
@@ -2231,11 +2225,7 @@ fn a_member_that_lost_unflushed_writes_beside_members_holding_nothing_carries_on
     assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
     let acked = sim.ctl.acked_max(0);
     sim.disconnect(0);
-    sim.hello(0, |h| ReplicaHello {
-        last_durable_io_seq: acked - 1,
-        last_received_io_seq: acked - 1,
-        ..h
-    });
+    sim.hello_through(0, acked - 1, acked - 1);
     assert_eq!(sim.ctl.admission(0), Some(Admission::AloneLostUnflushed));
     assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Healthy);
     // Beside a member that holds the write it lost, it is degraded.
@@ -2245,11 +2235,7 @@ fn a_member_that_lost_unflushed_writes_beside_members_holding_nothing_carries_on
     assert_eq!(sim.result(w), Some(&Ok(Completion::Done)));
     let acked = sim.ctl.acked_max(0);
     sim.disconnect(0);
-    sim.hello(0, |h| ReplicaHello {
-        last_durable_io_seq: acked - 1,
-        last_received_io_seq: acked - 1,
-        ..h
-    });
+    sim.hello_through(0, acked - 1, acked - 1);
     assert_eq!(sim.ctl.missed_from(0), Some(acked));
     assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Degraded);
 }
@@ -2273,11 +2259,7 @@ fn a_member_that_lost_what_the_others_missed_carries_on_and_they_rebuild_from_it
     sim.hello(0, |h| h);
     // No source to rebuild from yet: dropped at connect, redialled later.
     assert_ne!(sim.ctl.replica_states()[0], ReplicaState::Healthy);
-    sim.hello(1, |h| ReplicaHello {
-        last_durable_io_seq: lost - 1,
-        last_received_io_seq: lost - 1,
-        ..h
-    });
+    sim.hello_through(1, lost - 1, lost - 1);
     assert_eq!(sim.ctl.admission(1), Some(Admission::AloneLostUnflushed));
     assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Healthy);
     assert_eq!(
@@ -2298,19 +2280,11 @@ fn a_member_that_comes_back_with_less_than_it_first_said_it_held_is_rebuilt() {
         sim.disconnect(r);
     }
     for r in 0..3 {
-        sim.hello(r, |h| ReplicaHello {
-            last_durable_io_seq: 100,
-            last_received_io_seq: 120,
-            ..h
-        });
+        sim.hello_through(r, 100, 120);
     }
     assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
     sim.disconnect(1);
-    sim.hello(1, |h| ReplicaHello {
-        last_durable_io_seq: 100,
-        last_received_io_seq: 100,
-        ..h
-    });
+    sim.hello_through(1, 100, 100);
     assert_eq!(sim.ctl.missed_from(1), Some(101));
     assert_ne!(sim.ctl.replica_states()[1], ReplicaState::Healthy);
 }
@@ -2326,18 +2300,10 @@ fn members_seen_before_one_that_received_more_are_rebuilt_from_where_they_were()
         sim.disconnect(r);
     }
     for r in 0..2 {
-        sim.hello(r, |h| ReplicaHello {
-            last_durable_io_seq: 100,
-            last_received_io_seq: 100,
-            ..h
-        });
+        sim.hello_through(r, 100, 100);
     }
     assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Healthy);
-    sim.hello(2, |h| ReplicaHello {
-        last_durable_io_seq: 120,
-        last_received_io_seq: 120,
-        ..h
-    });
+    sim.hello_through(2, 120, 120);
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
     for r in 0..2 {
         assert_eq!(sim.ctl.missed_from(r), Some(101), "replica {r}");
