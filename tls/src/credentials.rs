@@ -47,19 +47,25 @@ struct Loaded {
     stamp: Stamp,
 }
 
-/// What the files looked like when they were read (modification time and
-/// length of each); a change of any means "read again".
+/// What the files looked like when they were read (modification time,
+/// length and a digest of the content of each: a file rewritten with the
+/// same length within the file system's time granularity still differs);
+/// a change of any means "read again".
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<Option<(SystemTime, u64)>>);
+struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);
 
 impl Stamp {
     fn of(dir: &Path) -> Stamp {
+        use std::hash::{Hash, Hasher};
         Stamp(
             [CA_FILE, CERT_FILE, KEY_FILE]
                 .iter()
                 .map(|f| {
-                    let meta = std::fs::metadata(dir.join(f)).ok()?;
-                    Some((meta.modified().ok()?, meta.len()))
+                    let path = dir.join(f);
+                    let meta = std::fs::metadata(&path).ok()?;
+                    let mut digest = std::collections::hash_map::DefaultHasher::new();
+                    std::fs::read(&path).ok()?.hash(&mut digest);
+                    Some((meta.modified().ok()?, meta.len(), digest.finish()))
                 })
                 .collect(),
         )
