@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod certs;
 mod ctl;
 mod up;
@@ -39,6 +40,10 @@ enum Command {
     /// Certificates for mutual TLS: create a cluster CA (`ca`), issue a
     /// process's TLS directory for --tls-dir (`issue`).
     Certs(certs::CertsArgs),
+    /// Load generator speaking iSCSI: random/sequential read/write/mix IO
+    /// against a LUN, pipelined, with latency percentiles, a verify mode
+    /// and JSON output.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,10 @@ fn main() -> ExitCode {
             cstor_csi::cli::run(args, shutdown).await?;
             Ok(())
         })),
+        Command::Bench(args) => {
+            let threads = usize::from(args.threads);
+            block_on_threads(threads, bench::run(args))
+        }
         Command::Certs(args) => match certs::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
