@@ -39,6 +39,20 @@ pub const MGMT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// the target's hold time below quorum (20 s by default).
 pub const MGMT_QUORUM_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The CSI sidecars' `--timeout` as the chart sets it
+/// (`controller.timeout` in deploy/helm/cstor/values.yaml; a test reads it
+/// there): how long a sidecar waits for one call before it gives up with
+/// DEADLINE_EXCEEDED and retries.
+pub const SIDECAR_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Every Controller RPC answers within this, UNAVAILABLE when its work is
+/// not done by then (what it did stays: every call is idempotent, and the
+/// retry carries on). 30 s below [`SIDECAR_TIMEOUT`], so the sidecar always
+/// gets the controller's answer, never its own deadline. The waits inside a
+/// call are shorter still (the Kubernetes runtime's rollout wait,
+/// `kube::DEFAULT_WAIT`, 120 s).
+pub const CONTROLLER_CALL_BUDGET: Duration = Duration::from_secs(150);
+
 /// How long a local target may take to start serving.
 pub const TARGET_START_TIMEOUT: Duration = Duration::from_secs(30);
 

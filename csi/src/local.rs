@@ -503,6 +503,21 @@ impl TargetRuntime for LocalRuntime {
         Ok(())
     }
 
+    async fn serving_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
+        let Some(entry) = self.entry(volume) else {
+            return Ok(None);
+        };
+        let mut local = entry.local.lock().await;
+        if !local.alive() {
+            // Starting waits until it serves (bounded).
+            local.start(&self.config).await?;
+        } else if !ready(&self.config.clients, &local.endpoint(&self.config)).await {
+            let [_, _, log] = volume_files(&self.config.state_dir, volume);
+            local.wait_ready(&self.config, &log).await?;
+        }
+        Ok(Some(local.endpoint(&self.config)))
+    }
+
     async fn find_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
         let Some(entry) = self.entry(volume) else {
             return Ok(None);

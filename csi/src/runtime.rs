@@ -84,7 +84,18 @@ pub trait TargetRuntime: Send + Sync + 'static {
     /// Succeeds when there is none.
     fn delete_target(&self, volume: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// The volume's running target, if any.
+    /// The volume's target once it serves, waiting for it within the
+    /// runtime's bound: `None` when there is no target; `Unavailable` when
+    /// one exists but does not serve within the bound. A target that exists
+    /// is not yet one that serves: a retried CreateVolume must not take the
+    /// first for the second.
+    fn serving_target(
+        &self,
+        volume: &str,
+    ) -> impl Future<Output = Result<Option<TargetEndpoint>, RuntimeError>> + Send;
+
+    /// The volume's target, if one exists, serving or not (its portal is
+    /// fixed either way).
     fn find_target(
         &self,
         volume: &str,

@@ -20,9 +20,14 @@ mod publish;
 mod snapshots;
 mod volumes;
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::collections::HashSet;
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use cstor_mgmt::v1::{
     AllowedInitiators, GetAllowedInitiatorsRequest, GetPoolRequest, GetTargetStatusRequest,
@@ -33,7 +38,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::capacity::round_up;
 use crate::caps;
-use crate::limits::BLOCK_BYTES;
+use crate::limits::{BLOCK_BYTES, CONTROLLER_CALL_BUDGET, SIDECAR_TIMEOUT};
 use crate::mgmt::{self, Clients, PoolAddr};
 use crate::params::majority;
 use crate::pb::csi::v1 as csi;
@@ -335,63 +340,61 @@ impl<R: TargetRuntime> ControllerRpc for Controller<R> {
         &self,
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        self.do_create_volume(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget("CreateVolume", self.do_create_volume(request.into_inner())).await
     }
 
     async fn delete_volume(
         &self,
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        self.do_delete_volume(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget("DeleteVolume", self.do_delete_volume(request.into_inner())).await
     }
 
     async fn controller_publish_volume(
         &self,
         request: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        self.do_publish(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "ControllerPublishVolume",
+            self.do_publish(request.into_inner()),
+        )
+        .await
     }
 
     async fn controller_unpublish_volume(
         &self,
         request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        self.do_unpublish(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "ControllerUnpublishVolume",
+            self.do_unpublish(request.into_inner()),
+        )
+        .await
     }
 
     async fn validate_volume_capabilities(
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        self.do_validate(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "ValidateVolumeCapabilities",
+            self.do_validate(request.into_inner()),
+        )
+        .await
     }
 
     async fn list_volumes(
         &self,
         request: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        self.do_list_volumes(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget("ListVolumes", self.do_list_volumes(request.into_inner())).await
     }
 
     async fn get_capacity(
         &self,
         request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        self.do_get_capacity(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget("GetCapacity", self.do_get_capacity(request.into_inner())).await
     }
 
     async fn controller_get_capabilities(
@@ -416,45 +419,55 @@ impl<R: TargetRuntime> ControllerRpc for Controller<R> {
         &self,
         request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        self.do_create_snapshot(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "CreateSnapshot",
+            self.do_create_snapshot(request.into_inner()),
+        )
+        .await
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        self.do_delete_snapshot(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "DeleteSnapshot",
+            self.do_delete_snapshot(request.into_inner()),
+        )
+        .await
     }
 
     async fn list_snapshots(
         &self,
         request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        self.do_list_snapshots(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "ListSnapshots",
+            self.do_list_snapshots(request.into_inner()),
+        )
+        .await
     }
 
     async fn controller_expand_volume(
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        self.do_expand(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "ControllerExpandVolume",
+            self.do_expand(request.into_inner()),
+        )
+        .await
     }
 
     async fn controller_get_volume(
         &self,
         request: Request<csi::ControllerGetVolumeRequest>,
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        self.do_get_volume(request.into_inner())
-            .await
-            .map(Response::new)
+        within_budget(
+            "ControllerGetVolume",
+            self.do_get_volume(request.into_inner()),
+        )
+        .await
     }
 
     async fn controller_modify_volume(
@@ -464,6 +477,34 @@ impl<R: TargetRuntime> ControllerRpc for Controller<R> {
         Err(Status::unimplemented(
             "ControllerModifyVolume: cstor volumes have no mutable parameters",
         ))
+    }
+}
+
+/// Runs one RPC within [`CONTROLLER_CALL_BUDGET`] (below the sidecars'
+/// timeout): UNAVAILABLE when it is not done by then. Dropping the call's
+/// future at an await is what a client's cancellation does too; every RPC
+/// is idempotent, so the retry finishes what this one started.
+async fn within_budget<T>(
+    rpc: &str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    within(CONTROLLER_CALL_BUDGET, rpc, call).await
+}
+
+async fn within<T>(
+    budget: Duration,
+    rpc: &str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    match tokio::time::timeout(budget, call).await {
+        Ok(result) => result.map(Response::new),
+        Err(_) => {
+            tracing::warn!(rpc, ?budget, "call not done within its budget");
+            Err(Status::unavailable(format!(
+                "{rpc} not done within {budget:?} (the sidecars wait {SIDECAR_TIMEOUT:?}); \
+                 what it did stays, a retry carries on"
+            )))
+        }
     }
 }
 

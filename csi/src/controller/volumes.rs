@@ -169,6 +169,10 @@ impl<R: TargetRuntime> Controller<R> {
             )));
         }
         if complete {
+            // Made in full, but OK only once its target serves: a retry of
+            // a call that timed out waiting for the target waits again (or
+            // is UNAVAILABLE), never OK with the target still coming up.
+            self.require_serving(id).await?;
             return Ok(size);
         }
         let count = (count as usize).max(held);
@@ -233,10 +237,33 @@ impl<R: TargetRuntime> Controller<R> {
             .is_some())
     }
 
-    /// Starts a new volume's target admitting nobody, unless it runs
-    /// (a repeated CreateVolume must not unpublish the volume).
+    /// The volume's target, once it serves (waiting within the runtime's
+    /// bound); UNAVAILABLE when it does not serve in time or there is none.
+    async fn require_serving(&self, id: &str) -> Result<(), Status> {
+        match self
+            .runtime
+            .serving_target(id)
+            .await
+            .map_err(runtime_status)?
+        {
+            Some(_) => Ok(()),
+            None => Err(Status::unavailable(format!(
+                "the target of volume {id} went away while starting; retry"
+            ))),
+        }
+    }
+
+    /// Starts a new volume's target admitting nobody, unless one exists
+    /// (a repeated CreateVolume must not unpublish the volume); either way
+    /// returns only once it serves.
     async fn start_target(&self, id: &str, pools: &[usize], cf: u32) -> Result<(), Status> {
-        if self.has_target(id).await? {
+        if self
+            .runtime
+            .serving_target(id)
+            .await
+            .map_err(runtime_status)?
+            .is_some()
+        {
             return Ok(());
         }
         let replicas = pools
@@ -284,6 +311,7 @@ impl<R: TargetRuntime> Controller<R> {
             )));
         }
         if view.exists() && self.has_target(id).await? {
+            self.require_serving(id).await?;
             if take_snapshot && source.exists() {
                 self.drop_clone_snapshot(&source, &snap.snapshot).await;
             }

@@ -15,7 +15,9 @@
 //!   [`KubeConfig::poll_interval`] apart.
 //! - Deleting what does not exist (HTTP 404) is success.
 //! - `find_target` reports a target whose Deployment and Service exist and
-//!   which is not being deleted, ready or not (its portal is already fixed).
+//!   which is not being deleted, ready or not (its portal is already fixed);
+//!   `serving_target` only one whose rollout is complete (its pod ready: the
+//!   volume opened at its replicas), waiting for it within the bound.
 //!
 //! - The volume's Secrets (its target's certificate, its CHAP credentials)
 //!   are made once and never read back: the controller may create and
@@ -33,11 +35,13 @@
 //! Tested against a scripted API server (`tests.rs`): no live cluster.
 
 pub mod bootstrap;
+pub mod crd;
 pub mod objects;
 pub mod rollout;
+pub mod yaml;
 
 #[cfg(test)]
-mod mock;
+pub(crate) mod mock;
 #[cfg(test)]
 mod tests;
 
@@ -59,10 +63,18 @@ use rollout::Rollout;
 pub const FIELD_MANAGER: &str = "cstor-csi";
 /// Default time between two reads while waiting for a rollout or a delete.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
-/// Default number of such reads: with the interval, a 3-minute bound, long
-/// enough to pull the image on a fresh node and open the volume at its
-/// replicas.
-pub const DEFAULT_POLLS: u32 = 90;
+/// Default number of such reads: with the interval, a 120 s bound — below
+/// [`crate::limits::CONTROLLER_CALL_BUDGET`] (150 s), itself below the
+/// sidecars' `--timeout` (180 s), so the sidecar gets the controller's
+/// answer rather than its own deadline; and above the target Deployment's
+/// progress deadline ([`objects::PROGRESS_DEADLINE_SECONDS`], 100 s), so a
+/// rollout that stalls is reported as such inside the wait. A slow image
+/// pull on a fresh node makes the call UNAVAILABLE and its retry waits on.
+pub const DEFAULT_POLLS: u32 = 60;
+
+/// The longest wait of one runtime operation with the default bounds.
+pub const DEFAULT_WAIT: Duration =
+    Duration::from_secs(DEFAULT_POLL_INTERVAL.as_secs() * DEFAULT_POLLS as u64);
 
 /// How the Kubernetes runtime makes targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +314,30 @@ impl TargetRuntime for KubeRuntime {
         }
         tracing::info!(volume, "target deleted");
         Ok(())
+    }
+
+    async fn serving_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
+        objects::validate_volume(volume)?;
+        let name = objects::deployment_name(volume);
+        let deployment = self
+            .deployments
+            .get_opt(&name)
+            .await
+            .map_err(|e| api_error("read", "deployment", &name, e))?;
+        let deployment = match deployment {
+            Some(d) if d.metadata.deletion_timestamp.is_none() => d,
+            _ => return Ok(None),
+        };
+        self.wait_available(volume, deployment).await?;
+        let name = objects::service_name(volume);
+        let service = self
+            .services
+            .get_opt(&name)
+            .await
+            .map_err(|e| api_error("read", "service", &name, e))?;
+        service
+            .map(|service| objects::endpoint(volume, &service))
+            .transpose()
     }
 
     async fn find_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {

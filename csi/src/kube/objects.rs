@@ -73,6 +73,12 @@ pub const CHAP_TARGET_USER: &str = "cstor-target";
 /// while its target's node is, and the target holds no state; replicas fence
 /// the old target by epoch if it comes back.
 pub const NODE_LOST_TOLERATION_SECONDS: i64 = 30;
+/// The target Deployment's `progressDeadlineSeconds`: a rollout that made
+/// no progress for this long is `ProgressDeadlineExceeded`, which ends the
+/// controller's wait at once with the reason. Below the wait
+/// ([`super::DEFAULT_WAIT`], 120 s) so that it can fire inside it
+/// (Kubernetes' default, 600 s, never could); a test pins the order.
+pub const PROGRESS_DEADLINE_SECONDS: i32 = 100;
 /// Where the image keeps the binary (deploy/Dockerfile).
 pub const BINARY: &str = "/usr/local/bin/cstor";
 /// Prefix of every target's IQN; the volume name follows.
@@ -514,6 +520,7 @@ pub fn deployment(spec: &TargetSpec, template: &Template, family: IpFamily) -> D
         metadata: metadata(deployment_name(volume), template, volume),
         spec: Some(DeploymentSpec {
             replicas: Some(1),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
             selector: LabelSelector {
                 match_labels: Some(selector(volume)),
                 ..LabelSelector::default()
