@@ -117,10 +117,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
     /// Verify mode: writes stamp every block with its LBA, --seed and a
-    /// generation; reads check them (a read-only run checks blocks an
-    /// earlier verify run wrote with the same seed); blocks this run wrote
-    /// are read back and checked at the end. A mismatch is reported with
-    /// its LBA and makes the exit status 1. At most 16 Mi blocks of range.
+    /// generation. A run that writes checks every block it wrote when it
+    /// reads it, and reads back all it wrote at the end (not measured); a
+    /// read-only run (--rw read) checks every block it reads against
+    /// --seed (written by an earlier verify run). A mismatch is reported
+    /// with its LBA and makes the exit status 1. At most 16 Mi blocks of
+    /// range.
     #[arg(long)]
     verify: bool,
     /// Seed of the verify content and of the offsets.
