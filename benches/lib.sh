@@ -1,12 +1,14 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # TGT_*, REPLICA_*, TARGET_*, RESULT_* are outputs
 # Shared helpers of the iSCSI benchmark scripts (iscsi-vs-tgt.sh,
-# replication.sh): sourced, never run.
+# replication.sh, tls.sh, rebuild.sh): sourced, never run.
 #
 # Job: install the initiators and tgt when missing, build cstor in release
 # when it is stale, start throwaway servers on free loopback ports with their
 # pools/backing files in one temporary directory (so one disk), measure IOPS
-# with real initiators, and tear everything down on exit, failure or Ctrl-C.
+# with real initiators (libiscsi's iscsi-perf and qemu-img bench, and our own
+# `cstor bench` where they fall short: random writes, mixes), and tear
+# everything down on exit, failure or Ctrl-C.
 #
 # Invariants:
 # - every process started here is recorded by PID and ended by PID in
@@ -51,6 +53,7 @@ ensure_packages() {
     local need=() qv bv cand
     command -v tgtd >/dev/null && command -v tgtadm >/dev/null || need+=(tgt)
     command -v iscsi-perf >/dev/null && command -v iscsi-readcapacity16 >/dev/null || need+=(libiscsi-bin)
+    command -v jq >/dev/null || need+=(jq) # reads cstor bench --json
     qv="$(pkg_version qemu-utils)"
     bv="$(pkg_version qemu-block-extra)"
     if [[ -z "$qv" || "$qv" != "$bv" ]]; then
@@ -372,6 +375,42 @@ write_iops() {
     RESULT_IOPS="$(awk -v c="$count" -v s="$secs" 'BEGIN{printf "%d", c / s}')"
     RESULT_CPU="$(cpu_percent $((c1 - c0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')")"
 }
+
+# bench_iops URL RW PATTERN DEPTH SECONDS PIDS...: `cstor bench` (our own
+# iSCSI load generator: random offsets for writes too) against URL, 4 KiB
+# IOs, RW read|write|mix (70 % reads), PATTERN rand|seq, DEPTH in flight
+# on one session, 1 s of warm-up then SECONDS measured. Sets RESULT_IOPS,
+# RESULT_CPU (PIDS' CPU, percent of one core, as read_iops), RESULT_P99_US
+# (p99 latency) and RESULT_CLIENT_US (the bench's own CPU per IO, µs).
+bench_iops() {
+    local url="$1" rw="$2" pattern="$3" depth="$4" secs="$5" rest portal iqn lun out c0 c1 t0 t1
+    shift 5
+    # iscsi://HOST:PORT/IQN/LUN
+    rest="${url#iscsi://}"
+    portal="${rest%%/*}"
+    rest="${rest#*/}"
+    iqn="${rest%/*}"
+    lun="${rest##*/}"
+    c0="$(cpu_ticks "$@")"
+    t0=$EPOCHREALTIME
+    out="$(timeout -k 5 $((BENCH_CLIENT_SLACK_S + secs)) "$CSTOR" bench --portal "$portal" --target "$iqn" \
+        --lun "$lun" --rw "$rw" --pattern "$pattern" --bs 4k --qd "$depth" --warmup 1s \
+        --runtime "${secs}s" --json 2>"$WORK/cstor-bench.err")" ||
+        die "cstor bench on $url failed: $(tail -n 3 "$WORK/cstor-bench.err")"
+    t1=$EPOCHREALTIME
+    c1="$(cpu_ticks "$@")"
+    RESULT_IOPS="$(jq -r '.iops | floor' <<<"$out")"
+    RESULT_P99_US="$(jq -r '.latency_us.p99 | floor' <<<"$out")"
+    RESULT_CLIENT_US="$(jq -r '.cpu.us_per_io' <<<"$out")"
+    [[ "$RESULT_IOPS" =~ ^[0-9]+$ ]] || die "cstor bench on $url gave no IOPS: $out"
+    # The servers' CPU over the whole client run (warm-up included) against
+    # the whole client time: a rate, comparable with read_iops'.
+    RESULT_CPU="$(cpu_percent $((c1 - c0)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')")"
+}
+
+# cpu_us_per_io CPU_PERCENT IOPS: server CPU per IO in µs (percent of one
+# core over IO per second).
+cpu_us_per_io() { awk -v c="$1" -v i="$2" 'BEGIN{ if (i > 0 && c != "-") printf "%.0f", c * 1e4 / i; else print "-" }'; }
 
 # A 4 KiB write stride that visits every 4 KiB block of the LUN once per pass
 # in a scattered order: an odd number of blocks (coprime with the LUN's
