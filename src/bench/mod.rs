@@ -50,21 +50,22 @@ const DEFAULT_RUNTIME: Duration = Duration::from_secs(10);
 /// later `--verify --rw read` run checks what an earlier one wrote.
 const DEFAULT_SEED: u64 = 0x00c5_70b0;
 
-/// Load generator speaking iSCSI: random/sequential read/write/mix IO
-/// against a LUN, pipelined, with latency percentiles and a verify mode.
-///
-/// Examples:
-///   cstor bench --portal 127.0.0.1:3260 --target iqn.2016-09.com.openebs.cstor:vol1 \
-///       --pattern rand --rw mix --bs 4k --qd 32 --runtime 30s
-///   cstor bench ... --rw write --verify --size 64MiB --ios 100000
-///   cstor bench ... --rw read --verify --size 64MiB --pattern seq --json
-///
-/// Exit status: 0 when every IO succeeded (and verified); 1 on bad input,
-/// an unreachable portal, a refused login, a failed IO, or a verify
-/// mismatch (the report is still printed); 2 on a command-line syntax
-/// error.
+/// The text after `cstor bench --help`'s options.
+const AFTER_HELP: &str = "\
+Examples:
+  cstor bench --portal 127.0.0.1:3260 --target iqn.2016-09.com.openebs.cstor:vol1 \\
+      --pattern rand --rw mix --bs 4k --qd 32 --runtime 30s
+  cstor bench ... --rw write --verify --size 64MiB --ios 100000
+  cstor bench ... --rw read --verify --size 64MiB --pattern seq --json
+
+Exit status: 0 when every IO succeeded (and verified); 1 on bad input, an
+unreachable portal, a refused login, a failed IO, or a verify mismatch (the
+report is still printed); 2 on a command-line syntax error.
+The JSON schema: docs/benchmarks.md.";
+
+/// `cstor bench`'s command line.
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// iSCSI portal, HOST:PORT (e.g. 127.0.0.1:3260, what `cstor up`
     /// prints).
