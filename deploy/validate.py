@@ -15,7 +15,9 @@ What it checks, without a cluster:
      for each version in KUBE_VERSIONS. Kinds served by CRDs (the
      external-snapshotter's VolumeSnapshotClass and VolumeSnapshot) are not
      in those schemas: they are checked against deploy/schemas/, a subset
-     transcribed from the external-snapshotter v8 CRDs.
+     transcribed from the external-snapshotter v8 CRDs. cstor's own kinds
+     (CStorVolume, CStorPool) are checked against the chart's
+     templates/crds.yaml, strictly (unknown fields are errors).
   5. The API responses csi/src/kube/testdata/*.json that KubeRuntime's
      tests answer with: objects valid like the rest, Status well formed.
   6. deploy/Dockerfile with hadolint; deploy/iscsiadm, this script's shell
@@ -77,6 +79,8 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
 # The venv's bin directory (hadolint, shellcheck).
 BIN = Path(sys.executable).parent
 SHELLS = {"/bin/sh", "sh", "/bin/bash", "bash"}
+# The image's wrapper that runs cstor with its arguments (deploy/cstor-args).
+CSTOR_ARGS = "/usr/local/bin/cstor-args"
 
 
 class Report:
@@ -101,8 +105,50 @@ def load_all(text, source, report):
         return []
 
 
+def strict(schema):
+    """An openAPIV3Schema of a CRD as a strict JSON schema: unknown fields
+    are errors (the API server would prune them silently), `nullable`
+    admits null."""
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) if isinstance(v, dict) else v for k, v in schema.items()}
+    if "items" in out:
+        out["items"] = strict(out["items"])
+    if "properties" in out:
+        out["properties"] = {k: strict(v) for k, v in out["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    if out.pop("nullable", False) and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def own_crd_schemas():
+    """{(apiVersion, kind): JSON schema} of cstor's own CRDs, from the
+    chart's templates/crds.yaml (generated from csi/src/kube/crd.rs)."""
+    schemas = {}
+    for crd in yaml.safe_load_all((CHART / "templates/crds.yaml").read_text()):
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = strict(version["schema"]["openAPIV3Schema"])
+            props = schema.setdefault("properties", {})
+            props["apiVersion"] = {"const": f"{group}/{version['name']}"}
+            props["kind"] = {"const": kind}
+            props["metadata"] = {"type": "object"}
+            schemas[(f"{group}/{version['name']}", kind)] = schema
+    return schemas
+
+
+OWN_CRD_KINDS = own_crd_schemas()
+
+
 def check_schema(source, obj, report):
     key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in OWN_CRD_KINDS:
+        validator = jsonschema.Draft202012Validator(OWN_CRD_KINDS[key])
+        for e in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
+            path = ".".join(str(p) for p in e.path)
+            report.error(where(source, obj), f"{path}: {e.message} (cstor CRD)")
+        return
     if key in CRD_KINDS:
         schema = json.loads((SCHEMAS / CRD_KINDS[key]).read_text())
         errors = sorted(
@@ -134,7 +180,7 @@ def run_tool(label, argv, report):
 
 def lint_files(report):
     run_tool("deploy/Dockerfile", [str(BIN / "hadolint"), str(ROOT / "deploy/Dockerfile")], report)
-    scripts = [ROOT / "deploy/iscsiadm", ROOT / "scripts/validate-deploy.sh"]
+    scripts = [ROOT / "deploy/iscsiadm", ROOT / "deploy/cstor-args", ROOT / "scripts/validate-deploy.sh"]
     run_tool("shell scripts", [str(BIN / "shellcheck")] + [str(p) for p in scripts], report)
 
 
@@ -260,7 +306,8 @@ def render(values, report, label):
 # Values the chart's values.schema.json must refuse (a typo'd key, a
 # floating tag, a size cstor cannot parse, a pool without its data address,
 # a non-boolean opt-out, an unknown address family, a memory limit that
-# is no quantity, a pool name with a space, an address that is not a CIDR).
+# is no quantity, a pool name with a space, an address that is not a CIDR,
+# a pool node that is no node name).
 BAD_VALUES = [
     {"controller": {"pool": []}},
     {"image": {"tag": "latest"}},
@@ -271,6 +318,7 @@ BAD_VALUES = [
     {"controller": {"resources": {"limits": {"memory": "lots"}}}},
     {"replica": {"pool": "two words"}},
     {"networkPolicy": {"mgmtAllowedCIDRs": ["10.0.0.1"]}},
+    {"replica": {"poolNodes": ["Node_A"]}},
 ]
 
 
@@ -355,9 +403,11 @@ def cstor_args():
         for obj in yaml.safe_load_all(path.read_text()):
             spec = pod_spec(obj or {})
             for c in (spec or {}).get("containers") or []:
-                if str(c.get("image", "")).rsplit(":", 1)[0].endswith("/cstor") and not c.get(
+                # No command (the image's entrypoint is cstor), or the
+                # image's cstor-args, which runs cstor with the arguments.
+                if str(c.get("image", "")).rsplit(":", 1)[0].endswith("/cstor") and c.get(
                     "command"
-                ):
+                ) in (None, [], [CSTOR_ARGS]):
                     found.append(
                         {"source": path.name, "container": c["name"], "args": c.get("args", [])}
                     )

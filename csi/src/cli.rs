@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::{CertError, TargetCerts};
 use crate::controller::{Controller, ControllerConfig};
 use crate::kube::bootstrap::{self, BootstrapArgs, BootstrapError};
+use crate::kube::mirror::Mirror;
+use crate::kube::pool_agent::{self, AgentError, PoolAgentArgs};
 use crate::kube::{KubeConfig, KubeRuntime};
 use crate::local::{LocalConfig, LocalRuntime};
 use crate::mgmt::{Clients, PoolAddr};
@@ -55,6 +57,14 @@ pub enum CsiCommand {
     /// as Kubernetes Secrets, each only if missing; checks the ones there.
     /// The Helm chart runs it in a pre-install/pre-upgrade hook.
     BootstrapCerts(BootstrapArgs),
+    /// Prints the CustomResourceDefinitions of CStorVolume and CStorPool
+    /// (the chart's templates/crds.yaml), e.g. `cstor csi crds | kubectl
+    /// apply --server-side -f -`.
+    Crds,
+    /// The replica DaemonSet's init container: creates this node's pool
+    /// from its CStorPool object once, records its devices for the replica
+    /// daemon, and reports in the object's status.
+    PoolAgent(PoolAgentArgs),
 }
 
 /// CSI driver (CSI spec v1) over a unix socket.
@@ -191,6 +201,10 @@ pub enum CliError {
     Certs(#[from] CertError),
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    #[error("pool agent: {0}")]
+    PoolAgent(#[from] AgentError),
+    #[error("cannot render the CRDs: {0}")]
+    Crds(String),
     #[error("--node-id is required in node and all modes")]
     NoNodeId,
     #[error("controller mode needs at least one --pool")]
@@ -253,8 +267,15 @@ fn target_certs(args: &CsiArgs, security: &Security) -> Result<TargetCerts, CliE
 
 /// Runs the driver until `shutdown` (or `bootstrap-certs` once).
 pub async fn run(args: CsiArgs, shutdown: CancellationToken) -> Result<(), CliError> {
-    if let Some(CsiCommand::BootstrapCerts(certs)) = &args.command {
-        return Ok(bootstrap::run(certs).await?);
+    match &args.command {
+        Some(CsiCommand::BootstrapCerts(certs)) => return Ok(bootstrap::run(certs).await?),
+        Some(CsiCommand::Crds) => {
+            let yaml = crate::kube::crd::crds_yaml().map_err(|e| CliError::Crds(e.to_string()))?;
+            print!("{yaml}");
+            return Ok(());
+        }
+        Some(CsiCommand::PoolAgent(agent)) => return Ok(pool_agent::run(agent).await?),
+        None => {}
     }
     let mode = match args.mode {
         ModeArg::Controller => Mode::Controller,
@@ -321,8 +342,14 @@ pub async fn run(args: CsiArgs, shutdown: CancellationToken) -> Result<(), CliEr
             kube_config
                 .memory_limit
                 .clone_from(&args.target_memory_limit);
-            let runtime = Arc::new(KubeRuntime::new(client, kube_config, certs));
+            let runtime = Arc::new(KubeRuntime::new(client.clone(), kube_config, certs));
             let controller = Controller::new(controller_config, Arc::clone(&runtime));
+            if mode.controller() {
+                // CStorVolume / CStorPool objects: a mirror, written
+                // beside the CSI calls, never consulted by them.
+                let mirror = Mirror::new(controller.clone(), client, &args.target_namespace);
+                tokio::spawn(mirror.run(shutdown.clone()));
+            }
             server::serve(config, Some((controller, args.pools.clone())), shutdown).await?;
             Ok(())
         }

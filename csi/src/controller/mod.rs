@@ -16,6 +16,7 @@
 //! - [`publish`]: ControllerPublish/Unpublish (fencing at the target).
 //! - [`snapshots`]: Create/Delete/List snapshots.
 
+pub mod observe;
 mod publish;
 mod snapshots;
 mod volumes;
@@ -34,6 +35,7 @@ use cstor_mgmt::v1::{
     GetVolumeRequest, ListSnapshotsRequest as ReplicaListSnapshots, Pool,
     Snapshot as ReplicaSnapshot, TargetStatus, VolumeReplica,
 };
+use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
 
 use crate::capacity::round_up;
@@ -66,6 +68,24 @@ pub struct Controller<R> {
     mgmt: Clients,
     runtime: Arc<R>,
     busy: Arc<Mutex<HashSet<String>>>,
+    /// Woken after every call that changed a volume, so that its mirror
+    /// object is written soon (`kube::mirror`), not at the next sweep.
+    changed: Arc<Notify>,
+}
+
+/// A handle on the same controller (its pools, clients, runtime and busy
+/// set are shared).
+impl<R> Clone for Controller<R> {
+    fn clone(&self) -> Self {
+        Controller {
+            pools: self.pools.clone(),
+            known_nodes: self.known_nodes.clone(),
+            mgmt: self.mgmt.clone(),
+            runtime: Arc::clone(&self.runtime),
+            busy: Arc::clone(&self.busy),
+            changed: Arc::clone(&self.changed),
+        }
+    }
 }
 
 /// The capabilities this controller implements, exactly.
@@ -149,7 +169,22 @@ impl<R: TargetRuntime> Controller<R> {
             mgmt: config.clients,
             runtime,
             busy: Arc::default(),
+            changed: Arc::default(),
         }
+    }
+
+    /// Notified after every call that changed a volume.
+    pub fn changes(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+
+    /// Passes `answer` on, waking the mirror when the call changed
+    /// something.
+    fn changed<T>(&self, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        if answer.is_ok() {
+            self.changed.notify_one();
+        }
+        answer
     }
 
     /// How this controller dials the management APIs.
@@ -340,36 +375,44 @@ impl<R: TargetRuntime> ControllerRpc for Controller<R> {
         &self,
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        within_budget("CreateVolume", self.do_create_volume(request.into_inner())).await
+        self.changed(
+            within_budget("CreateVolume", self.do_create_volume(request.into_inner())).await,
+        )
     }
 
     async fn delete_volume(
         &self,
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        within_budget("DeleteVolume", self.do_delete_volume(request.into_inner())).await
+        self.changed(
+            within_budget("DeleteVolume", self.do_delete_volume(request.into_inner())).await,
+        )
     }
 
     async fn controller_publish_volume(
         &self,
         request: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        within_budget(
-            "ControllerPublishVolume",
-            self.do_publish(request.into_inner()),
+        self.changed(
+            within_budget(
+                "ControllerPublishVolume",
+                self.do_publish(request.into_inner()),
+            )
+            .await,
         )
-        .await
     }
 
     async fn controller_unpublish_volume(
         &self,
         request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        within_budget(
-            "ControllerUnpublishVolume",
-            self.do_unpublish(request.into_inner()),
+        self.changed(
+            within_budget(
+                "ControllerUnpublishVolume",
+                self.do_unpublish(request.into_inner()),
+            )
+            .await,
         )
-        .await
     }
 
     async fn validate_volume_capabilities(
@@ -419,22 +462,26 @@ impl<R: TargetRuntime> ControllerRpc for Controller<R> {
         &self,
         request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        within_budget(
-            "CreateSnapshot",
-            self.do_create_snapshot(request.into_inner()),
+        self.changed(
+            within_budget(
+                "CreateSnapshot",
+                self.do_create_snapshot(request.into_inner()),
+            )
+            .await,
         )
-        .await
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        within_budget(
-            "DeleteSnapshot",
-            self.do_delete_snapshot(request.into_inner()),
+        self.changed(
+            within_budget(
+                "DeleteSnapshot",
+                self.do_delete_snapshot(request.into_inner()),
+            )
+            .await,
         )
-        .await
     }
 
     async fn list_snapshots(
@@ -452,11 +499,13 @@ impl<R: TargetRuntime> ControllerRpc for Controller<R> {
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        within_budget(
-            "ControllerExpandVolume",
-            self.do_expand(request.into_inner()),
+        self.changed(
+            within_budget(
+                "ControllerExpandVolume",
+                self.do_expand(request.into_inner()),
+            )
+            .await,
         )
-        .await
     }
 
     async fn controller_get_volume(

@@ -61,8 +61,10 @@ pub struct CStorVolumeSpec {
     pub capacity: String,
     /// Number of replicas.
     pub replicas: u32,
-    /// Replicas that must acknowledge a write (consistency factor).
-    pub consistency_factor: u32,
+    /// Replicas that must acknowledge a write (consistency factor); absent
+    /// while the target cannot be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_factor: Option<u32>,
     /// The replica daemons holding the volume: their data addresses.
     pub pools: Vec<String>,
     /// For a clone: the snapshot it was made from, `volume@snapshot`.
@@ -212,9 +214,10 @@ pub enum PoolPhase {
     Error,
 }
 
-/// A pool's state: what the pool agent made (phase, devices) and what the
-/// replica daemon reports through the controller (capacity, use, volume
-/// replicas). Each part is written by its own field manager.
+/// A pool's state: what the pool agent made (its address, devices,
+/// message, error; field manager `cstor-pool-agent`) and what the replica
+/// daemon reports through the controller (phase, capacity, use, volume
+/// replicas; field manager `cstor-csi`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CStorPoolStatus {
@@ -247,9 +250,12 @@ pub struct CStorPoolStatus {
     pub volume_replicas: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_replica_count: Option<u32>,
-    /// What the agent last did or why the pool is not usable.
+    /// What the agent last did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_message: Option<String>,
+    /// Why the agent could not make the pool from the spec (the pod waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_error: Option<String>,
     /// What the controller last saw (e.g. why deletion waits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

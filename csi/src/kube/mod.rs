@@ -36,7 +36,10 @@
 
 pub mod bootstrap;
 pub mod crd;
+pub mod mirror;
 pub mod objects;
+pub mod pool_agent;
+pub mod rbac;
 pub mod rollout;
 pub mod yaml;
 
@@ -58,6 +61,28 @@ use crate::certs::TargetCerts;
 use crate::runtime::{RuntimeError, TargetEndpoint, TargetRuntime, TargetSpec};
 use objects::{ChapCredentials, IpFamily, Template};
 use rollout::Rollout;
+
+/// The API calls of the target runtime (this module), for the RBAC test
+/// (`rbac.rs`). A server-side apply that may create its object is
+/// authorized as `patch` and as `create`.
+pub const CALLS: &[rbac::ApiCall] = &[
+    // find_target, serving_target, the rollout and delete waits.
+    ns("apps", "deployments", "get"),
+    ns("apps", "deployments", "patch"),
+    ns("apps", "deployments", "create"),
+    ns("apps", "deployments", "delete"),
+    ns("", "services", "get"),
+    ns("", "services", "patch"),
+    ns("", "services", "create"),
+    ns("", "services", "delete"),
+    // Made once, never read back (module doc).
+    ns("", "secrets", "create"),
+    ns("", "secrets", "delete"),
+];
+
+const fn ns(group: &'static str, resource: &'static str, verb: &'static str) -> rbac::ApiCall {
+    rbac::ApiCall::new(rbac::Scope::Namespace, group, resource, verb)
+}
 
 /// Field manager of every server-side apply (who owns the fields we set).
 pub const FIELD_MANAGER: &str = "cstor-csi";
