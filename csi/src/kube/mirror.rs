@@ -626,3 +626,97 @@ mod tests {
         assert!(release_blocker(&agent(), Some(&down)).is_some());
     }
 }
+
+/// Sweeps against fake replica daemons and the scripted API server
+/// (recorded-style responses written here): the requests a sweep makes,
+/// and that a second sweep with nothing changed writes nothing.
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::controller::tests::{controller, fake_pools};
+    use crate::kube::mock::{Exchange, Script};
+    use crate::runtime::{RuntimeError, TargetEndpoint, TargetSpec};
+    use cstor_mgmt::v1::replica_manager_server::ReplicaManager;
+    use cstor_mgmt::v1::CreateVolumeRequest;
+    use http::Method;
+
+    /// A runtime with no target at all (a double).
+    struct NoTargets;
+
+    impl TargetRuntime for NoTargets {
+        async fn ensure_target(&self, _: &TargetSpec) -> Result<TargetEndpoint, RuntimeError> {
+            Err(RuntimeError::Other("not in this double".into()))
+        }
+        async fn delete_target(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn serving_target(&self, _: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
+            Ok(None)
+        }
+        async fn find_target(&self, _: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
+            Ok(None)
+        }
+    }
+
+    const VOLUME: &str = "/apis/cstor.openebs.io/v1alpha1/namespaces/cstor/cstorvolumes/pvc-1";
+    const VOLUMES: &str = "/apis/cstor.openebs.io/v1alpha1/namespaces/cstor/cstorvolumes";
+    const POOLS: &str = "/apis/cstor.openebs.io/v1alpha1/cstorpools";
+    const STORED: &str = r#"{"apiVersion":"cstor.openebs.io/v1alpha1","kind":"CStorVolume",
+        "metadata":{"name":"pvc-1","namespace":"cstor","uid":"u1","resourceVersion":"1"},
+        "spec":{"sizeBytes":1073741824,"capacity":"1Gi","replicas":2,"pools":["10.0.0.1:7600","10.0.0.2:7600"]}}"#;
+
+    fn list(kind: &str, items: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"cstor.openebs.io/v1alpha1","kind":"{kind}","metadata":{{"resourceVersion":"1"}},"items":[{items}]}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn a_sweep_applies_spec_then_status_and_a_second_one_writes_nothing_unchanged() {
+        let stale = STORED.replace("\"pvc-1\"", "\"pvc-gone\"");
+        let volumes = list("CStorVolumeList", &format!("{STORED},{stale}"));
+        let pools = list("CStorPoolList", "");
+        let apply = |path: &str| {
+            Exchange::new(Method::PATCH, path, 200, STORED)
+                .content_type("application/apply-patch+yaml")
+                .query("fieldManager", "cstor-csi")
+        };
+        let script = Script::new([
+            apply(VOLUME).body(|b| {
+                (b["spec"]["replicas"] == 2 && b["spec"]["capacity"] == "1Gi")
+                    .then_some(())
+                    .ok_or_else(|| format!("spec {b}"))
+            }),
+            apply(&format!("{VOLUME}/status")).body(|b| {
+                (b["status"]["phase"] == "Offline" && b["status"]["health"] == "?/2")
+                    .then_some(())
+                    .ok_or_else(|| format!("status {b}"))
+            }),
+            Exchange::new(Method::GET, VOLUMES, 200, &volumes).query(
+                "labelSelector",
+                "app.kubernetes.io%2Fmanaged-by%3Dcstor-csi",
+            ),
+            // Every pool answered and none holds pvc-gone: its object goes.
+            Exchange::new(Method::DELETE, &format!("{VOLUMES}/pvc-gone"), 200, &stale),
+            Exchange::new(Method::GET, POOLS, 200, &pools),
+            // The second sweep: the same state, only the listings.
+            Exchange::new(Method::GET, VOLUMES, 200, &list("CStorVolumeList", STORED)),
+            Exchange::new(Method::GET, POOLS, 200, &pools),
+        ]);
+        let (addrs, fakes) = fake_pools(2).await;
+        for fake in &fakes {
+            fake.create_volume(tonic::Request::new(CreateVolumeRequest {
+                name: "pvc-1".into(),
+                size_bytes: 1 << 30,
+                block_size: 4096,
+                ..CreateVolumeRequest::default()
+            }))
+            .await
+            .unwrap();
+        }
+        let mut mirror = Mirror::new(controller(addrs, NoTargets), script.client(), "cstor");
+        assert_eq!(mirror.sweep().await.unwrap(), 3);
+        assert_eq!(mirror.sweep().await.unwrap(), 0);
+        script.finish().unwrap();
+    }
+}

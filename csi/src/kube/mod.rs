@@ -44,6 +44,8 @@ pub mod rollout;
 pub mod yaml;
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 pub(crate) mod mock;
 #[cfg(test)]
 mod tests;
