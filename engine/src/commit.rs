@@ -160,7 +160,7 @@ impl PoolInner {
                 .map(|v| (v.id, v.max_io_seq))
                 .collect();
             for (id, s) in &seqs {
-                if m.recorded_seq.get(id).copied().unwrap_or(0) < *s {
+                if m.recorded_seq.get(id).copied().unwrap_or(0) != *s {
                     m.pending.push(Record::VolumeSeq {
                         volume: *id,
                         io_seq: *s,
@@ -223,7 +223,7 @@ impl PoolInner {
             }
             for (id, s) in seqs {
                 if let Some(rt) = m.vols.get_mut(&id) {
-                    rt.durable_io_seq = rt.durable_io_seq.max(s);
+                    rt.durable_io_seq = s;
                 }
             }
         }

@@ -149,6 +149,9 @@ pub(crate) struct Meta {
     pub(crate) in_flight: BTreeSet<u64>,
     pub(crate) vols: HashMap<VolumeId, VolRuntime>,
     pub(crate) recorded_seq: HashMap<VolumeId, u64>,
+    /// Chunks promised to running writes and not yet allocated
+    /// (`volume::io::Promise`): no other allocation may take them.
+    pub(crate) promised: u64,
 }
 
 pub(crate) fn state_err(e: StateError) -> Error {
@@ -182,6 +185,7 @@ impl Meta {
             in_flight: BTreeSet::new(),
             vols,
             recorded_seq,
+            promised: 0,
         }
     }
 

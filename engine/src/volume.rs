@@ -54,7 +54,9 @@ impl Volume {
         self.block_bytes
     }
 
-    fn chunk_bytes(&self) -> u64 {
+    /// The pool's chunk size: the unit of allocation, copy-on-write and
+    /// the io_seq a rebuild compares.
+    pub fn chunk_bytes(&self) -> u64 {
         u64::from(self.pool.chunk_bytes)
     }
 

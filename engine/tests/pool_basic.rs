@@ -140,6 +140,45 @@ async fn thick_volume_is_refused_when_the_pool_cannot_hold_it() {
 }
 
 #[tokio::test]
+async fn a_write_refused_for_space_changes_none_of_its_chunks() {
+    let (_, d) = mem(2 << 20);
+    let pool = Pool::create(vec![d], &opts()).await.unwrap();
+    let chunks = pool.stats().total_bytes / u64::from(CHUNK);
+    let v = pool
+        .create_volume(
+            "v",
+            (chunks + 4) * u64::from(CHUNK),
+            512,
+            Provisioning::Thin,
+        )
+        .await
+        .unwrap();
+    let old = pattern(1, CHUNK as usize);
+    // Every chunk but one is taken.
+    for c in 0..chunks - 1 {
+        v.write(c * u64::from(CHUNK), &old, c + 1).await.unwrap();
+    }
+    let used = pool.audit().owned;
+    // Three chunks' worth from the last written one: it is overwritten in
+    // place, the next takes the last free chunk, the one after has none.
+    let at = (chunks - 2) * u64::from(CHUNK);
+    let new = pattern(2, 3 * CHUNK as usize);
+    let err = v.write(at, &new, 500).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace);
+    assert_eq!(read(&v, at, CHUNK as usize).await, old, "first piece");
+    assert_eq!(
+        read(&v, at + u64::from(CHUNK), 2 * CHUNK as usize).await,
+        vec![0; 2 * CHUNK as usize],
+        "the rest"
+    );
+    assert_eq!(pool.audit().owned, used, "no chunk was taken");
+    // What fits still goes: the last free chunk is there to take.
+    v.write(at + u64::from(CHUNK), &new[..CHUNK as usize], 501)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn thin_pool_runs_out_of_space_cleanly_and_unmap_gives_it_back() {
     let (_, d) = mem(2 << 20);
     let pool = Pool::create(vec![d], &opts()).await.unwrap();
@@ -239,6 +278,11 @@ async fn unmap_over_a_snapshot_hides_data_without_freeing_the_snapshot() {
         kinds,
         vec![(0, ChangeKind::Zero), (u64::from(CHUNK), ChangeKind::Data)]
     );
+    // Per chunk, through the snapshot: the unmap's io_seq for the first
+    // two, the snapshot's write for none (all were rewritten), 0 beyond.
+    assert_eq!(v.live_chunk_io_seq(0).unwrap(), 2);
+    assert_eq!(v.live_chunk_io_seq(u64::from(CHUNK) + 4096).unwrap(), 2);
+    assert_eq!(v.live_chunk_io_seq(4 * u64::from(CHUNK)).unwrap(), 0);
 }
 
 #[tokio::test]

@@ -75,7 +75,9 @@
 //! 0x0026  MembershipGet    -                                         Membership: as MembershipSet's
 //! 0x0030  Heartbeat        - (either direction)                      Ack
 //! 0x0040  RebuildStart     from_io_seq u64, volume str, peer str,    Ack
-//!                          source u8 (0 live, 1 snapshot + name str)
+//!                          source u8 (0 live, 1 snapshot + name str,
+//!                          2 ranges + count u32, count × (offset u64,
+//!                          len u64))
 //! 0x0041  RebuildChunk     block_size u32, count u32, count × io_seq one-way
 //!                          u64, data (header offset/length)
 //! 0x0042  RebuildProgress  done u64, total u64                       one-way
@@ -114,10 +116,10 @@ pub use codec::{reserve_read_ahead, FrameCodec, READ_AHEAD_BYTES, WRITE_BATCH_BY
 pub use frame::{EncodeError, Frame, FrameError};
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use message::{
-    Auth, ErrorReply, Extent, Hello, HelloAck, Member, Membership, Message, MessageError, Packet,
-    RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource, RebuildStart,
-    ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport, VersionRange,
-    Write, FLAG_FUA,
+    Auth, ByteRange, ErrorReply, Extent, Hello, HelloAck, Member, Membership, Message,
+    MessageError, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource,
+    RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport,
+    VersionRange, Write, FLAG_FUA,
 };
 pub use opcode::{Opcode, ReplyKind, REPLY_BIT};
 pub use status::Status;

@@ -55,6 +55,10 @@ pub const MAX_BLOCK_BYTES: u32 = 64 * 1024;
 /// `MAX_IO_BYTES` whatever the block size.
 pub const MAX_REBUILD_CHUNK_BLOCKS: u32 = 256;
 
+/// Most byte ranges in one `RebuildStart` of `RebuildSource::Ranges`; a
+/// sink with more asks for them in several streams.
+pub const MAX_REBUILD_RANGES: usize = 4096;
+
 // The bounds agree with each other; checked at compile time.
 const _: () = {
     // A full rebuild chunk: block size, count and one io_seq per block.
@@ -63,6 +67,9 @@ const _: () = {
     // A full snapshot listing: count, flag and (name, io_seq, time) entries.
     let listing = 5 + MAX_SNAPSHOTS_PER_LISTING * (2 + MAX_NAME_BYTES + 8 + 8);
     assert!(listing <= DEFAULT_MAX_PAYLOAD_BYTES as usize);
+    // A full ranges request: the start's fixed fields and 16 bytes a range.
+    let ranges = 8 + 2 + MAX_NAME_BYTES + 2 + MAX_ADDRESS_BYTES + 1 + 4 + 16 * MAX_REBUILD_RANGES;
+    assert!(ranges <= DEFAULT_MAX_PAYLOAD_BYTES as usize);
     assert!(MIN_BLOCK_BYTES.is_power_of_two() && MAX_BLOCK_BYTES.is_power_of_two());
     assert!(MIN_BLOCK_BYTES <= MAX_BLOCK_BYTES && MAX_BLOCK_BYTES <= MAX_IO_BYTES);
     // Strings carry a u16 length.

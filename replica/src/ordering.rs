@@ -95,6 +95,8 @@ pub struct Ticket {
     /// succeeded (`Ticket::succeeded`): reported to the watermark on drop.
     io_seq: Option<u64>,
     ok: bool,
+    /// A rerun ([`IoOrder::admit_mutation`]).
+    reruns: bool,
     // Dropped with the ticket: wakes every later IO waiting for this one.
     _done: watch::Sender<()>,
 }
@@ -102,6 +104,15 @@ pub struct Ticket {
 impl IoOrder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An order for a volume whose engine records it complete through
+    /// `durable` (its watermark starts there, not at 0: a watermark
+    /// published before any write must not claim less than is true).
+    pub fn starting_at(durable: u64) -> Self {
+        let order = Self::default();
+        order.inner.lock().watermark = Watermark::starting_at(durable);
+        order
     }
 
     /// Admits an IO after every IO admitted before it. Call in arrival
@@ -113,6 +124,11 @@ impl IoOrder {
     /// [`IoOrder::admit`] for a mutating request of the target numbered
     /// `io_seq`: the watermark counts it running until the ticket drops,
     /// and failed unless [`Ticket::succeeded`] was called.
+    ///
+    /// A rerun — `io_seq` at or below the watermark, a write this replica
+    /// completed (or got from a rebuild) and is sent again — lowers the
+    /// watermark below it until it is done (it may put older data back
+    /// over newer until the later reruns follow): [`Ticket::reruns`].
     pub fn admit_mutation(&self, kind: IoKind, io_seq: u64) -> Ticket {
         self.admit_inner(kind, Some(io_seq))
     }
@@ -120,6 +136,14 @@ impl IoOrder {
     /// The completion watermark (`watermark` module doc).
     pub fn complete_io_seq(&self) -> u64 {
         self.inner.lock().watermark.complete_through()
+    }
+
+    /// Calls `publish` with the completion watermark, under the order's
+    /// lock: two publishers never record their values out of order (a
+    /// value read before a rerun lowered it is never recorded after).
+    pub fn publish_watermark<T>(&self, publish: impl FnOnce(u64) -> T) -> T {
+        let state = self.inner.lock();
+        publish(state.watermark.complete_through())
     }
 
     /// A rebuild of this replica from `from_io_seq` started.
@@ -135,7 +159,9 @@ impl IoOrder {
     fn admit_inner(&self, kind: IoKind, io_seq: Option<u64>) -> Ticket {
         let (tx, rx) = watch::channel(());
         let mut state = self.inner.lock();
+        let mut reruns = false;
         if let Some(io_seq) = io_seq {
+            reruns = io_seq <= state.watermark.complete_through();
             state.watermark.admit(io_seq);
         }
         let wait_for = state
@@ -153,6 +179,7 @@ impl IoOrder {
             wait_for,
             io_seq,
             ok: false,
+            reruns,
             _done: tx,
         }
     }
@@ -181,6 +208,13 @@ impl Ticket {
     pub fn succeeded(&mut self) {
         self.ok = true;
     }
+
+    /// Was this mutation admitted as a rerun of one the watermark had
+    /// passed ([`IoOrder::admit_mutation`])? Its owner makes the lowered
+    /// watermark durable before running it.
+    pub fn reruns(&self) -> bool {
+        self.reruns
+    }
 }
 
 impl Drop for Ticket {
@@ -196,6 +230,23 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rerun_of_a_completed_write_lowers_the_watermark_until_it_is_done() {
+        let order = IoOrder::starting_at(150);
+        assert_eq!(order.complete_io_seq(), 150, "starts where the engine was");
+        let mut rerun = order.admit_mutation(IoKind::Write(0..512), 140);
+        assert!(rerun.reruns());
+        assert_eq!(order.complete_io_seq(), 139);
+        let new = order.admit_mutation(IoKind::Write(4096..4608), 200);
+        assert!(!new.reruns(), "a write above the watermark is no rerun");
+        rerun.succeeded();
+        drop(rerun);
+        assert_eq!(order.complete_io_seq(), 199, "200 still runs");
+        drop(new);
+        assert_eq!(order.complete_io_seq(), 199, "200 failed: held below it");
+        assert_eq!(order.publish_watermark(|h| h), 199);
+    }
     use std::time::Duration;
     use tokio::time::timeout;
 

@@ -43,6 +43,16 @@
 //! lower of its daemon's limit and the volume's, which the volume's target
 //! sets (`RebuildThrottle` on the owning session).
 //!
+//! What only the sink got: a write after `from_io_seq` that reached the
+//! sink but never the source (it never completed: a partition, a target
+//! crash) sits in a chunk the source may not have changed since, so the
+//! live stream does not carry it. After the live stream the sink lists
+//! the chunks it changed itself after `from_io_seq` (taken before any
+//! rebuilt block landed), and pulls those the stream did not carry by
+//! range (`RebuildSource::Ranges`: the source's content whatever its
+//! io_seq, zeros where it never wrote), applied like the live stream.
+//! Usually there are none.
+//!
 //! Resumable: every [`REBUILD_CHECKPOINT_BYTES`] the sink flushes and
 //! persists a [`state::ResumePoint`] in the volume attributes. A new rebuild
 //! with the same `from_io_seq` skips a chunk below the saved offset when the

@@ -148,11 +148,12 @@ impl Registry {
             return Err(being_deleted(name));
         }
         let volume = self.pool.volume(name)?;
+        let durable = volume.last_durable_io_seq()?;
         let entry = Arc::new(VolumeEntry {
             name: name.to_owned(),
             pool: Arc::clone(&self.pool),
             volume,
-            order: IoOrder::new(),
+            order: IoOrder::starting_at(durable),
             owner: Mutex::new(None),
             claim_lock: tokio::sync::Mutex::new(()),
             forgotten: AtomicBool::new(false),

@@ -6,7 +6,9 @@
 //! done — also between plaintext daemons; a sink whose source is
 //! unreachable aborts and stays degraded; a source streams a snapshot's
 //! frozen content, and aborts a stream of a snapshot it does not have; a
-//! failed write holds the durable io_seq a replica reports below it.
+//! delta rebuild replaces what only the sink got with the source's
+//! content; a failed write holds the durable io_seq a replica reports
+//! below it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -186,6 +188,76 @@ async fn sink_pulls_every_block_but_keeps_a_live_write(links: Links) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, state, _) = session(sink.data, &links.target(), 0).await;
     assert_eq!(state, ReplicaState::Healthy);
+}
+
+/// A delta rebuild also undoes what the sink alone got: writes after
+/// `from_io_seq` that never reached the source (they never completed) in
+/// chunks the source did not change since. The sink ends with the source's
+/// content there: its older data, or zeros where it never wrote.
+#[tokio::test]
+async fn a_delta_rebuild_replaces_writes_only_the_sink_got_with_the_sources_content() {
+    let links = Links::tls();
+    let source = links.replica("source").await;
+    let sink = links.replica("sink").await;
+    make_replicated(&source.pool, "v").await;
+    let src = source.pool.volume("v").unwrap();
+    let dst = sink.pool.volume("v").unwrap();
+    let chunk_blocks = src.chunk_bytes() / BLOCK;
+    // What both have (through io_seq 20): the first four chunks.
+    for lba in 0..4 * chunk_blocks {
+        src.write(lba * BLOCK, &block(1, lba), 10).await.unwrap();
+        dst.write(lba * BLOCK, &block(1, lba), 10).await.unwrap();
+    }
+    // Only the sink got these (never completed): into a chunk both have,
+    // and into one the source never wrote.
+    let shared_lba = chunk_blocks + 3;
+    let fresh_lba = 40 * chunk_blocks + 1;
+    dst.write(shared_lba * BLOCK, &block(7, shared_lba), 30)
+        .await
+        .unwrap();
+    dst.write(fresh_lba * BLOCK, &block(7, fresh_lba), 31)
+        .await
+        .unwrap();
+    // Only the source got this one (the sink missed it): the stream
+    // carries it.
+    let missed_lba = 3 * chunk_blocks;
+    src.write(missed_lba * BLOCK, &block(3, missed_lba), 40)
+        .await
+        .unwrap();
+    src.flush().await.unwrap();
+    dst.flush().await.unwrap();
+
+    let (mut target, _, _) = session(sink.data, &links.target(), 1).await;
+    let rebuild = Message::RebuildStart(RebuildStart {
+        peer_address: source.data.to_string(),
+        volume: Name::new("v").unwrap(),
+        from_io_seq: 20,
+        source: RebuildSource::Live,
+    });
+    target.send(packet(1, 5000, rebuild)).await.unwrap();
+    loop {
+        match next(&mut target).await.message {
+            Message::Ack(Opcode::RebuildStart) | Message::RebuildProgress(_) => {}
+            Message::RebuildDone(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut want = vec![0u8; BLOCK as usize];
+    let mut got = vec![0u8; BLOCK as usize];
+    for lba in (0..4 * chunk_blocks).chain(40 * chunk_blocks..41 * chunk_blocks) {
+        src.read(lba * BLOCK, &mut want).await.unwrap();
+        dst.read(lba * BLOCK, &mut got).await.unwrap();
+        assert!(got == want, "block {lba} differs from the source");
+    }
+    dst.read(shared_lba * BLOCK, &mut got).await.unwrap();
+    assert_eq!(got, block(1, shared_lba), "the sink's own write stayed");
+    dst.read(fresh_lba * BLOCK, &mut got).await.unwrap();
+    assert!(
+        got.iter().all(|b| *b == 0),
+        "the sink's own fresh write stayed"
+    );
+    dst.read(missed_lba * BLOCK, &mut got).await.unwrap();
+    assert_eq!(got, block(3, missed_lba), "the missed write was not pulled");
 }
 
 #[tokio::test]

@@ -568,7 +568,8 @@ impl State {
                     .volumes
                     .get_mut(volume)
                     .ok_or_else(|| nf(format!("volume {volume}")))?;
-                v.max_io_seq = v.max_io_seq.max(*io_seq);
+                // The last record wins: a completion watermark may go down.
+                v.max_io_seq = *io_seq;
             }
         }
         Ok(freed)

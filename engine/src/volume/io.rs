@@ -136,8 +136,14 @@ impl Volume {
     }
 
     /// Plans a write into the live layer (`into: None`) or into a rebuilt
-    /// snapshot's layer.
-    fn plan_write(&self, chunk: u64, into: Option<LayerId>) -> Result<Plan> {
+    /// snapshot's layer; a fresh chunk comes from `promise` when it has
+    /// one left, else from what no promise holds.
+    fn plan_write(
+        &self,
+        chunk: u64,
+        into: Option<LayerId>,
+        promise: Option<&Promise<'_>>,
+    ) -> Result<Plan> {
         let mut m = self.pool.meta.lock();
         let dest = m
             .state
@@ -165,13 +171,22 @@ impl Volume {
                 }),
         };
         self.pool.admit(&m.state, 1, 0)?;
-        let phys = match into {
+        if let Some(promise) = promise {
+            promise.take_one(&mut m);
+        }
+        // What other writes were promised is not ours to take.
+        let thick = m.state.volumes.get(&self.id).is_some_and(|v| v.thick);
+        let room = match (into, thick) {
+            // A thick volume's live layer draws on its reservation.
+            (None, true) => m.state.alloc.free_count(),
             // A rebuilt snapshot's chunks are beyond a thick volume's
             // reservation (which covers its live layer only).
-            Some(_) if m.state.available_chunks() == 0 => None,
-            _ => m.state.alloc_for(self.id),
-        }
-        .ok_or_else(|| no_space(format!("no free chunk for volume {}", self.name)))?;
+            _ => m.state.available_chunks(),
+        };
+        let phys = (room > m.promised)
+            .then(|| m.state.alloc_for(self.id))
+            .flatten()
+            .ok_or_else(|| no_space(format!("no free chunk for volume {}", self.name)))?;
         m.in_flight.insert(phys);
         Ok(Plan::Fresh { phys, source })
     }
@@ -222,13 +237,14 @@ impl Volume {
         data: &[u8],
         io_seq: u64,
         into: Option<LayerId>,
+        promise: Option<&Promise<'_>>,
     ) -> Result<()> {
-        let plan = match self.plan_write(chunk, into) {
+        let plan = match self.plan_write(chunk, into, promise) {
             Err(e) if e.kind() == ErrorKind::NoSpace && self.pool.meta.lock().frees_pending() => {
                 // Chunks freed by an uncommitted unmap come back once the
                 // commit is durable.
                 self.pool.flush_all().await?;
-                self.plan_write(chunk, into)?
+                self.plan_write(chunk, into, promise)?
             }
             other => other?,
         };
@@ -329,12 +345,15 @@ impl Volume {
         let _s = self.pool.structure.read().await;
         let (_, size) = self.usable()?;
         self.check_range(size, offset, data.len() as u64)?;
+        // All or nothing when space runs out: every fresh chunk the write
+        // needs is promised before its first piece lands.
+        let promise = self.promise(offset, data.len() as u64).await?;
         for p in pieces(offset, data.len() as u64, self.chunk_bytes()) {
             let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
             let piece = data
                 .get(p.buf_off..p.buf_off + p.len)
                 .ok_or_else(|| invalid("piece"))?;
-            self.write_locked(p.chunk, p.off, piece, io_seq, None)
+            self.write_locked(p.chunk, p.off, piece, io_seq, None, Some(&promise))
                 .await?;
             self.track(p.chunk, p.off, p.len, io_seq);
         }
@@ -410,7 +429,8 @@ impl Volume {
             ZeroPlan::Record(r) => self.pool.meta.lock().record(r),
             ZeroPlan::WriteZeros => {
                 let zeros = vec![0u8; len];
-                self.write_locked(chunk, off, &zeros, io_seq, None).await
+                self.write_locked(chunk, off, &zeros, io_seq, None, None)
+                    .await
             }
         }
     }
@@ -421,6 +441,100 @@ impl Volume {
         self.usable()?;
         self.pool.flush_all().await?;
         self.usable().map(|_| ())
+    }
+}
+
+/// Fresh chunks promised to one write (`Volume::write`): taken one by one
+/// as its pieces allocate; what is left goes back when it is dropped.
+pub(super) struct Promise<'a> {
+    meta: &'a parking_lot::Mutex<Meta>,
+    left: std::sync::atomic::AtomicU64,
+}
+
+impl Promise<'_> {
+    /// One promised chunk is being allocated now (`m` is `meta`, locked).
+    fn take_one(&self, m: &mut Meta) {
+        use std::sync::atomic::Ordering;
+        if self.left.load(Ordering::Relaxed) > 0 {
+            self.left.fetch_sub(1, Ordering::Relaxed);
+            m.promised = m.promised.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Promise<'_> {
+    fn drop(&mut self) {
+        let left = *self.left.get_mut();
+        if left > 0 {
+            let mut m = self.meta.lock();
+            m.promised = m.promised.saturating_sub(left);
+        }
+    }
+}
+
+impl Volume {
+    /// Promises every fresh chunk a write of `len` bytes at `offset` needs
+    /// (each piece whose chunk the live layer does not hold as data), or
+    /// fails with `NoSpace` having changed nothing. Chunks freed by an
+    /// uncommitted unmap are waited for (a commit) before giving up.
+    async fn promise(&self, offset: u64, len: u64) -> Result<Promise<'_>> {
+        for attempt in 0..2 {
+            {
+                let mut m = self.pool.meta.lock();
+                let needed = self.fresh_chunks(&m, offset, len)?;
+                let thick = m.state.volumes.get(&self.id).is_some_and(|v| v.thick);
+                let room = if thick {
+                    m.state.alloc.free_count()
+                } else {
+                    m.state.available_chunks()
+                };
+                if needed == 0 || room.saturating_sub(m.promised) >= needed {
+                    self.pool.admit(&m.state, needed, 0)?;
+                    m.promised = m.promised.saturating_add(needed);
+                    return Ok(Promise {
+                        meta: &self.pool.meta,
+                        left: std::sync::atomic::AtomicU64::new(needed),
+                    });
+                }
+                if attempt > 0 || !m.frees_pending() {
+                    return Err(no_space(format!(
+                        "volume {}: a write of {len} bytes at {offset} needs {needed} \
+                         free chunks, {} are left",
+                        self.name,
+                        room.saturating_sub(m.promised)
+                    )));
+                }
+            }
+            self.pool.flush_all().await?;
+        }
+        Err(no_space(format!("volume {}: no free chunk", self.name)))
+    }
+
+    /// Pieces of `offset..offset+len` whose chunk the live layer does not
+    /// hold as data (a write there allocates).
+    fn fresh_chunks(&self, m: &Meta, offset: u64, len: u64) -> Result<u64> {
+        let live = m
+            .state
+            .volumes
+            .get(&self.id)
+            .map(|v| v.live)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        let layer = m
+            .state
+            .layers
+            .get(&live)
+            .ok_or_else(|| not_found(format!("layer {live}")))?;
+        Ok(pieces(offset, len, self.chunk_bytes())
+            .filter(|p| {
+                !matches!(
+                    layer.map.get(p.chunk),
+                    Some(Entry {
+                        target: Target::Data(_),
+                        ..
+                    })
+                )
+            })
+            .count() as u64)
     }
 }
 

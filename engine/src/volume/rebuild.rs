@@ -121,6 +121,22 @@ impl Volume {
         })
     }
 
+    /// The io_seq of the last write into the live volume's chunk holding
+    /// byte `offset` (through the snapshot chain, as a read resolves it),
+    /// 0 for a chunk never written; what a rebuild source sends with
+    /// blocks a sink asked for by range (`RebuildSource::Ranges`).
+    pub fn live_chunk_io_seq(&self, offset: u64) -> Result<u64> {
+        let m = self.pool.meta.lock();
+        let live = m
+            .state
+            .volumes
+            .get(&self.id)
+            .map(|v| v.live)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        let chunk = offset / self.chunk_bytes();
+        Ok(m.state.resolve(live, chunk).map_or(0, |(_, e)| e.io_seq))
+    }
+
     /// Starts tracking, per block, the io_seq of live writes (so rebuilt
     /// data never overwrites a newer live write).
     pub fn begin_rebuild(&self) -> Result<()> {
@@ -202,7 +218,8 @@ impl Volume {
                     .get(p.buf_off + i * block..p.buf_off + j * block)
                     .ok_or_else(|| invalid("piece"))?;
                 let off = p.off + (i * block) as u64;
-                self.write_locked(p.chunk, off, bytes, seq, None).await?;
+                self.write_locked(p.chunk, off, bytes, seq, None, None)
+                    .await?;
                 i = j;
             }
         }
@@ -290,7 +307,7 @@ impl Volume {
             let piece = data
                 .get(p.buf_off..p.buf_off + p.len)
                 .ok_or_else(|| invalid("piece"))?;
-            self.write_locked(p.chunk, p.off, piece, seq, Some(layer))
+            self.write_locked(p.chunk, p.off, piece, seq, Some(layer), None)
                 .await?;
         }
         Ok(())

@@ -31,9 +31,12 @@ impl Volume {
     /// Declares that every write to this volume with an io_seq at most
     /// `io_seq` that its owner will ever have completed has completed (the
     /// replica's arrival-order watermark). From the first call on, a commit
-    /// records this watermark (monotonic) as the volume's durable io_seq
-    /// instead of the highest io_seq written, so a write still running below
-    /// a completed one is never claimed durable.
+    /// records this watermark as the volume's durable io_seq instead of the
+    /// highest io_seq written, so a write still running below a completed
+    /// one is never claimed durable. It may go down: an owner that runs
+    /// again a write it had completed (a target resends what it was not
+    /// answered) holds older data there until the rerun is done, and says
+    /// so (FORMAT.md "Durable io_seq is a completion watermark").
     pub fn set_complete_io_seq(&self, io_seq: u64) -> Result<()> {
         let mut m = self.pool.meta.lock();
         let rt = m
@@ -46,7 +49,13 @@ impl Volume {
             .volumes
             .get_mut(&self.id)
             .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
-        v.max_io_seq = v.max_io_seq.max(io_seq);
+        let lowered = io_seq < v.max_io_seq;
+        v.max_io_seq = io_seq;
+        if lowered {
+            // A lower claim is a change the next flush must make durable
+            // (a higher one rides on the data that raised it).
+            m.change = m.change.saturating_add(1);
+        }
         Ok(())
     }
 

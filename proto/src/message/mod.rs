@@ -31,7 +31,8 @@ pub use handshake::{Auth, Hello, HelloAck, ReplicaState, VersionRange};
 pub use io::{Extent, Write, FLAG_FUA};
 pub use membership::{Member, Membership};
 pub use rebuild::{
-    RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource, RebuildStart,
+    ByteRange, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource,
+    RebuildStart,
 };
 
 use bytes::{Bytes, BytesMut};

@@ -19,7 +19,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::limits::{MAX_ADDRESS_BYTES, MAX_DETAIL_BYTES, MAX_IO_BYTES, MAX_REBUILD_CHUNK_BLOCKS};
+use crate::limits::{
+    MAX_ADDRESS_BYTES, MAX_DETAIL_BYTES, MAX_IO_BYTES, MAX_REBUILD_CHUNK_BLOCKS, MAX_REBUILD_RANGES,
+};
 use crate::message::handshake::check_block_size;
 use crate::message::io::Extent;
 use crate::status::Status;
@@ -37,10 +39,64 @@ pub enum RebuildSource {
     /// carries the snapshot's io_seq. A sink asks for one per snapshot it
     /// lacks (`cstor_replica::rebuild`).
     Snapshot(Name),
+    /// Byte ranges of the live volume, whatever their io_seq (`from_io_seq`
+    /// is not used): every block in them, each with the io_seq of its
+    /// chunk's last write, blocks never written as zeros with io_seq 0.
+    /// A sink asks for the chunks it changed itself that the live stream
+    /// did not carry — writes the source never got — so that it ends with
+    /// the source's content there too (`cstor_replica::rebuild`). At least
+    /// one and at most [`MAX_REBUILD_RANGES`] ranges, each non-empty, in
+    /// ascending order, not overlapping, not wrapping.
+    Ranges(Vec<ByteRange>),
+}
+
+/// A byte range of the volume, for [`RebuildSource::Ranges`] (longer than
+/// an IO's [`Extent`]: a range may cover many chunks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes, at least 1.
+    pub len_bytes: u64,
+}
+
+impl ByteRange {
+    /// One past the last byte; `None` if the range wraps.
+    pub fn end(self) -> Option<u64> {
+        self.offset.checked_add(self.len_bytes)
+    }
 }
 
 const SOURCE_LIVE: u8 = 0;
 const SOURCE_SNAPSHOT: u8 = 1;
+const SOURCE_RANGES: u8 = 2;
+
+/// Checks the ranges of a [`RebuildSource::Ranges`] (module doc).
+fn check_ranges(ranges: &[ByteRange]) -> Result<(), PayloadError> {
+    if ranges.is_empty() || ranges.len() > MAX_REBUILD_RANGES {
+        return Err(PayloadError::TooLong {
+            field: "source.ranges",
+            len: ranges.len(),
+            max: MAX_REBUILD_RANGES,
+        });
+    }
+    let mut floor = 0u64;
+    for range in ranges {
+        let invalid = |reason| PayloadError::Invalid {
+            field: "source.ranges",
+            reason,
+        };
+        if range.len_bytes == 0 {
+            return Err(invalid("empty range"));
+        }
+        let end = range.end().ok_or(invalid("range wraps"))?;
+        if range.offset < floor {
+            return Err(invalid("ranges out of order or overlapping"));
+        }
+        floor = end;
+    }
+    Ok(())
+}
 
 /// Start a rebuild.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +121,11 @@ impl RebuildStart {
                 reason: "empty address",
             });
         }
-        check_text("peer_address", &self.peer_address, MAX_ADDRESS_BYTES)
+        check_text("peer_address", &self.peer_address, MAX_ADDRESS_BYTES)?;
+        match &self.source {
+            RebuildSource::Ranges(ranges) => check_ranges(ranges),
+            RebuildSource::Live | RebuildSource::Snapshot(_) => Ok(()),
+        }
     }
 
     pub(crate) fn decode(src: &mut Reader) -> Result<RebuildStart, PayloadError> {
@@ -76,6 +136,25 @@ impl RebuildStart {
             source: match src.u8("source")? {
                 SOURCE_LIVE => RebuildSource::Live,
                 SOURCE_SNAPSHOT => RebuildSource::Snapshot(src.name("source.snapshot")?),
+                SOURCE_RANGES => {
+                    let count = src.u32("source.ranges")?;
+                    let count = usize::try_from(count).unwrap_or(usize::MAX);
+                    if count > MAX_REBUILD_RANGES {
+                        return Err(PayloadError::TooLong {
+                            field: "source.ranges",
+                            len: count,
+                            max: MAX_REBUILD_RANGES,
+                        });
+                    }
+                    let mut ranges = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        ranges.push(ByteRange {
+                            offset: src.u64("source.ranges.offset")?,
+                            len_bytes: src.u64("source.ranges.len")?,
+                        });
+                    }
+                    RebuildSource::Ranges(ranges)
+                }
                 _ => {
                     return Err(PayloadError::Invalid {
                         field: "source",
@@ -97,6 +176,14 @@ impl RebuildStart {
             RebuildSource::Snapshot(name) => {
                 dst.put_u8(SOURCE_SNAPSHOT);
                 name.put(dst);
+            }
+            RebuildSource::Ranges(ranges) => {
+                dst.put_u8(SOURCE_RANGES);
+                dst.put_u32_le(u32::try_from(ranges.len()).unwrap_or(u32::MAX));
+                for range in ranges {
+                    dst.put_u64_le(range.offset);
+                    dst.put_u64_le(range.len_bytes);
+                }
             }
         }
     }
@@ -311,5 +398,54 @@ mod tests {
             total_bytes: 1,
         };
         assert!(bad.check().is_err());
+    }
+
+    fn range(offset: u64, len_bytes: u64) -> ByteRange {
+        ByteRange { offset, len_bytes }
+    }
+
+    #[test]
+    fn ranges_must_be_non_empty_ascending_disjoint_and_bounded() {
+        let ok = [range(0, 4096), range(4096, 8192), range(1 << 40, 1)];
+        assert_eq!(check_ranges(&ok), Ok(()));
+        let refused: [(&[ByteRange], &str); 5] = [
+            (&[], "no range"),
+            (&[range(0, 0)], "empty range"),
+            (&[range(u64::MAX, 2)], "wrapping range"),
+            (&[range(4096, 10), range(0, 10)], "out of order"),
+            (&[range(0, 8192), range(4096, 10)], "overlapping"),
+        ];
+        for (ranges, what) in refused {
+            assert!(check_ranges(ranges).is_err(), "{what} accepted");
+        }
+        let too_many = vec![range(0, 1); MAX_REBUILD_RANGES + 1];
+        assert!(matches!(
+            check_ranges(&too_many),
+            Err(PayloadError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn a_count_beyond_the_bound_is_refused_before_reading_the_ranges() {
+        let start = RebuildStart {
+            peer_address: "h:1".into(),
+            volume: Name::new("v").unwrap(),
+            from_io_seq: 0,
+            source: RebuildSource::Ranges(vec![range(0, 4096)]),
+        };
+        let mut buf = BytesMut::new();
+        start.put(&mut buf);
+        // The count is the u32 after the source tag, the payload's last
+        // 4 + 16 bytes being count and the one range.
+        let at = buf.len() - 20;
+        buf[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut reader = Reader::new(buf.freeze());
+        assert!(matches!(
+            RebuildStart::decode(&mut reader),
+            Err(PayloadError::TooLong {
+                field: "source.ranges",
+                ..
+            })
+        ));
     }
 }

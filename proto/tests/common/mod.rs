@@ -128,7 +128,20 @@ fn arb_write() -> impl Strategy<Value = Write> {
 fn arb_rebuild_start() -> impl Strategy<Value = RebuildStart> {
     let source = prop_oneof![
         Just(RebuildSource::Live),
-        arb_name().prop_map(RebuildSource::Snapshot)
+        arb_name().prop_map(RebuildSource::Snapshot),
+        proptest::collection::vec((0u64..1 << 20, 1u64..1 << 20), 1..8).prop_map(|gaps| {
+            // Ascending, disjoint: each range starts past the last's end.
+            let mut at = 0u64;
+            RebuildSource::Ranges(
+                gaps.into_iter()
+                    .map(|(gap, len_bytes)| {
+                        let offset = at + gap;
+                        at = offset + len_bytes;
+                        ByteRange { offset, len_bytes }
+                    })
+                    .collect(),
+            )
+        })
     ];
     ("[a-z0-9.:\\[\\]-]{1,60}", arb_name(), any::<u64>(), source).prop_map(
         |(peer_address, volume, from_io_seq, source)| RebuildStart {
@@ -348,6 +361,21 @@ pub fn samples() -> Vec<Packet> {
             volume: name("pvc-0a1b2c3d"),
             from_io_seq: 0,
             source: RebuildSource::Snapshot(name("snap-a")),
+        }),
+        Message::RebuildStart(RebuildStart {
+            peer_address: "10.0.0.12:3270".into(),
+            volume: name("pvc-0a1b2c3d"),
+            from_io_seq: 0,
+            source: RebuildSource::Ranges(vec![
+                ByteRange {
+                    offset: 0,
+                    len_bytes: 1 << 20,
+                },
+                ByteRange {
+                    offset: 8 << 20,
+                    len_bytes: 3 << 20,
+                },
+            ]),
         }),
         Message::RebuildChunk(RebuildChunk {
             offset: 4096,

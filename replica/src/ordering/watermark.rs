@@ -53,6 +53,14 @@ pub struct Watermark {
 }
 
 impl Watermark {
+    /// The watermark of a volume recorded complete through `durable`.
+    pub fn starting_at(durable: u64) -> Self {
+        Self {
+            admitted: durable,
+            ..Self::default()
+        }
+    }
+
     /// A mutating request of `io_seq` was admitted (arrival order).
     pub fn admit(&mut self, io_seq: u64) {
         self.admitted = self.admitted.max(io_seq);

@@ -31,8 +31,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use cstor_proto::limits::MAX_REBUILD_RANGES;
 use cstor_proto::{
-    Auth, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone,
+    Auth, ByteRange, Hello, Message, Name, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone,
     RebuildProgress, RebuildSource, RebuildStart, VersionRange,
 };
 use futures::future::{self, Either};
@@ -231,6 +232,10 @@ enum Dest<'a> {
     Live(Option<ResumePoint>),
     /// A rebuilt snapshot being filled.
     Snapshot(&'a str),
+    /// The live volume again, to the blocks no live write touched, for
+    /// the ranges this replica changed itself that the live stream did not
+    /// carry (`Run::repair_own_changes`); not checkpointed.
+    Repair,
 }
 
 impl<I: RebuildIo> Run<I> {
@@ -261,6 +266,9 @@ impl<I: RebuildIo> Run<I> {
         // Durable before any rebuilt block lands: after a crash the replica
         // reports itself degraded, complete only through `from_io_seq`.
         self.checkpoint(resume, 0, None).await?;
+        // What this replica changed itself after `from_io_seq`, before any
+        // rebuilt block lands (which would count as a change too).
+        let own_changes = self.own_changes()?;
         info!(
             from_io_seq = self.start.from_io_seq,
             resume_offset = resume.map_or(0, |p| p.next_offset),
@@ -280,8 +288,18 @@ impl<I: RebuildIo> Run<I> {
         let mut conn = self
             .connect(RebuildSource::Live, self.start.from_io_seq)
             .await?;
+        let mut carried = self.chunk_set()?;
         let through_io_seq = self
-            .stream(&mut conn, reports, &mut progress, Dest::Live(resume))
+            .stream(
+                &mut conn,
+                reports,
+                &mut progress,
+                Dest::Live(resume),
+                Some(&mut carried),
+            )
+            .await?;
+        drop(conn);
+        self.repair_own_changes(&own_changes, &carried, reports, &mut progress)
             .await?;
         // Snapshots the healthy replicas took while this one was rebuilding.
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
@@ -310,12 +328,15 @@ impl<I: RebuildIo> Run<I> {
     /// in LBA order) and finish in stream order, so a checkpoint names an
     /// offset below which every chunk was applied. The pacer's pause
     /// delays the next read, not the applies.
+    /// Every chunk received (applied or skipped) is marked in `carried`
+    /// when given.
     async fn stream(
         &self,
         conn: &mut I::Conn,
         reports: &Reports,
         progress: &mut Progress,
         into: Dest<'_>,
+        mut carried: Option<&mut BlockSet>,
     ) -> Result<u64, RebuildError> {
         // This stream's total adds to what the earlier ones did.
         let done_before = progress.done_bytes;
@@ -358,6 +379,9 @@ impl<I: RebuildIo> Run<I> {
                 }
                 Message::RebuildChunk(chunk) => {
                     let len = chunk.data.len() as u64;
+                    if let Some(carried) = carried.as_deref_mut() {
+                        carried.mark(chunk.offset, len);
+                    }
                     progress.done_bytes = progress.done_bytes.saturating_add(len);
                     applying.push_back(self.apply_to(chunk, into));
                     self.report(reports, progress, false).await?;
@@ -399,6 +423,98 @@ impl<I: RebuildIo> Run<I> {
         }
     }
 
+    /// An empty set of the live volume's chunks.
+    fn chunk_set(&self) -> Result<BlockSet, RebuildError> {
+        let volume = &self.entry.volume;
+        let size = volume.size_bytes().map_err(|e| self.engine(e))?;
+        Ok(BlockSet::new(size, volume.chunk_bytes()))
+    }
+
+    /// The chunks of the live volume this replica last wrote after
+    /// `from_io_seq` (a pass over the metadata only).
+    fn own_changes(&self) -> Result<BlockSet, RebuildError> {
+        let volume = &self.entry.volume;
+        let mut changed = self.chunk_set()?;
+        let mut next = Some(0u64);
+        while let Some(from) = next {
+            let page = volume
+                .changed_chunks(None, self.start.from_io_seq, from)
+                .map_err(|e| self.engine(e))?;
+            for change in &page.changes {
+                changed.mark(change.offset_bytes, change.len_bytes);
+            }
+            next = page.next_offset;
+        }
+        Ok(changed)
+    }
+
+    /// Makes this replica's copy the source's in the chunks it changed
+    /// itself after `from_io_seq` (`own`) that the live stream did not
+    /// carry. Such a chunk holds a write the source never got: had the
+    /// source got it, its own io_seq for the chunk would be after
+    /// `from_io_seq` and the stream would have carried it. It is a write
+    /// that never completed (it reached this replica alone, say, before a
+    /// partition or a target crash): either content is allowed to a
+    /// reader, but the replicas must agree. So those chunks are pulled
+    /// from the source by range, whatever their io_seq there, and applied
+    /// like the live stream (never over a live write of this run). Usually
+    /// there are none.
+    async fn repair_own_changes(
+        &self,
+        own: &BlockSet,
+        carried: &BlockSet,
+        reports: &Reports,
+        progress: &mut Progress,
+    ) -> Result<(), RebuildError> {
+        let volume = &self.entry.volume;
+        let size = volume.size_bytes().map_err(|e| self.engine(e))?;
+        let chunk = volume.chunk_bytes().max(1);
+        let mut ranges: Vec<ByteRange> = Vec::new();
+        let chunks = size.div_ceil(chunk);
+        let mut c = 0u64;
+        while c < chunks {
+            if !own.contains(c) || carried.contains(c) {
+                c += 1;
+                continue;
+            }
+            let offset = c * chunk;
+            let len_bytes = chunk.min(size - offset);
+            match ranges.last_mut() {
+                Some(last) if last.offset.saturating_add(last.len_bytes) == offset => {
+                    last.len_bytes += len_bytes;
+                }
+                _ => ranges.push(ByteRange { offset, len_bytes }),
+            }
+            c += 1;
+            if ranges.len() == MAX_REBUILD_RANGES {
+                self.pull_ranges(std::mem::take(&mut ranges), reports, progress)
+                    .await?;
+            }
+        }
+        if !ranges.is_empty() {
+            self.pull_ranges(ranges, reports, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// One stream of `ranges` of the live volume from the source, applied
+    /// as [`Dest::Repair`].
+    async fn pull_ranges(
+        &self,
+        ranges: Vec<ByteRange>,
+        reports: &Reports,
+        progress: &mut Progress,
+    ) -> Result<(), RebuildError> {
+        info!(
+            ranges = ranges.len(),
+            "rebuild pulls the chunks only this replica changed"
+        );
+        let mut conn = self.connect(RebuildSource::Ranges(ranges), 0).await?;
+        self.stream(&mut conn, reports, progress, Dest::Repair, None)
+            .await?;
+        Ok(())
+    }
+
     /// The next packet of the stream, once the pacer's pause is over.
     async fn paced_next(
         &self,
@@ -419,6 +535,7 @@ impl<I: RebuildIo> Run<I> {
         let len_bytes = chunk.data.len() as u64;
         let end = match into {
             Dest::Live(resume) => self.apply(&chunk, resume).await?,
+            Dest::Repair => self.apply(&chunk, None).await?,
             Dest::Snapshot(name) => {
                 self.apply_snapshot(&chunk, name).await?;
                 chunk.offset.saturating_add(len_bytes)

@@ -1,7 +1,9 @@
 //! The rebuild source: answers a peer's `RebuildStart` on a probe session
 //! (epoch 0) by streaming every chunk of the live volume — or of one of its
 //! snapshots (`RebuildSource::Snapshot`) — last written after `from_io_seq`,
-//! in LBA order.
+//! in LBA order; or, for `RebuildSource::Ranges`, every block of the live
+//! volume in the ranges the sink names, whatever its io_seq (the chunks the
+//! sink changed itself that this replica never got: `sink` module doc).
 //!
 //! Stream: `Ack`, `RebuildProgress{0, total}`, `RebuildChunk`…,
 //! `RebuildDone{through_io_seq}` — or `RebuildAbort` on an error. Each chunk
@@ -25,7 +27,7 @@ use std::pin::pin;
 use bytes::Bytes;
 use cstor_proto::limits::MAX_REBUILD_CHUNK_BLOCKS;
 use cstor_proto::{
-    Message, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
+    ByteRange, Message, Opcode, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
     RebuildSource, RebuildStart,
 };
 use futures::future::{self, Either};
@@ -107,9 +109,10 @@ where
     }
     let volume = &entry.volume;
     let engine = |e| RebuildError::engine(&entry.name, e);
-    let snapshot = match &start.source {
-        RebuildSource::Live => None,
-        RebuildSource::Snapshot(name) => Some(name.as_str()),
+    let (snapshot, ranges) = match &start.source {
+        RebuildSource::Live => (None, None),
+        RebuildSource::Snapshot(name) => (Some(name.as_str()), None),
+        RebuildSource::Ranges(ranges) => (None, Some(ranges.as_slice())),
     };
     let through_io_seq = match snapshot {
         // Every write received so far is in the stream (read after it in
@@ -128,7 +131,13 @@ where
                 ))
             })?,
     };
-    let total_bytes = total(entry, snapshot, start.from_io_seq)?;
+    let total_bytes = match ranges {
+        None => total(entry, snapshot, start.from_io_seq)?,
+        Some(ranges) => {
+            check_ranges(entry, ranges)?;
+            ranges.iter().map(|r| r.len_bytes).sum()
+        }
+    };
     put(
         sink,
         clock,
@@ -165,6 +174,7 @@ where
         block_len,
         piece_len: piece_blocks * block_len,
         next_page: Some(0),
+        ranges: ranges.map(|r| r.iter().copied().collect()),
         queue: VecDeque::new(),
     };
     let mut reads = FuturesOrdered::new();
@@ -207,7 +217,8 @@ struct Piece {
 }
 
 /// The pieces of a stream in LBA order, a page of the engine's changed
-/// chunks at a time (validated before any is read).
+/// chunks at a time (validated before any is read) — or, for a stream of
+/// ranges, a chunk of a range at a time.
 struct Pieces<'a> {
     entry: &'a VolumeEntry,
     snapshot: Option<&'a str>,
@@ -216,11 +227,16 @@ struct Pieces<'a> {
     piece_len: u64,
     /// The next page of changes to ask for; `None` after the last one.
     next_page: Option<u64>,
+    /// The ranges still to cut, for a stream of ranges (validated).
+    ranges: Option<VecDeque<ByteRange>>,
     queue: VecDeque<Piece>,
 }
 
 impl Pieces<'_> {
     fn next(&mut self) -> Result<Option<Piece>, RebuildError> {
+        if self.ranges.is_some() {
+            return self.next_of_ranges();
+        }
         while self.queue.is_empty() {
             let Some(from) = self.next_page else {
                 return Ok(None);
@@ -250,6 +266,81 @@ impl Pieces<'_> {
         }
         Ok(self.queue.pop_front())
     }
+}
+
+impl Pieces<'_> {
+    /// The next piece of a stream of ranges: each range is cut at the
+    /// engine's chunk boundaries (a piece carries one chunk's io_seq), a
+    /// chunk at a time.
+    fn next_of_ranges(&mut self) -> Result<Option<Piece>, RebuildError> {
+        let volume = &self.entry.volume;
+        let chunk_len = volume.chunk_bytes().max(1);
+        while self.queue.is_empty() {
+            let Some(range) = self.ranges.as_mut().and_then(VecDeque::pop_front) else {
+                return Ok(None);
+            };
+            // Validated: does not wrap.
+            let end = range.offset.saturating_add(range.len_bytes);
+            let chunk_end = (range.offset / chunk_len + 1).saturating_mul(chunk_len);
+            let part_end = end.min(chunk_end);
+            let io_seq = volume
+                .live_chunk_io_seq(range.offset)
+                .map_err(|e| RebuildError::engine(&self.entry.name, e))?;
+            split(
+                range.offset,
+                part_end - range.offset,
+                io_seq,
+                self.block_len,
+                self.piece_len,
+                &mut self.queue,
+            )
+            .map_err(|e| RebuildError::Unsupported {
+                volume: self.entry.name.clone(),
+                detail: e.to_string(),
+            })?;
+            if part_end < end {
+                if let Some(ranges) = self.ranges.as_mut() {
+                    ranges.push_front(ByteRange {
+                        offset: part_end,
+                        len_bytes: end - part_end,
+                    });
+                }
+            }
+        }
+        Ok(self.queue.pop_front())
+    }
+}
+
+/// Refuses ranges that are not whole blocks inside the volume (the
+/// protocol checked they are ascending, disjoint and do not wrap).
+fn check_ranges(entry: &VolumeEntry, ranges: &[ByteRange]) -> Result<(), RebuildError> {
+    let block = u64::from(entry.volume.block_bytes()).max(1);
+    let size = entry
+        .volume
+        .size_bytes()
+        .map_err(|e| RebuildError::engine(&entry.name, e))?;
+    for range in ranges {
+        let end = range.offset.saturating_add(range.len_bytes);
+        if !range.offset.is_multiple_of(block) || !range.len_bytes.is_multiple_of(block) {
+            return Err(RebuildError::Unsupported {
+                volume: entry.name.clone(),
+                detail: format!(
+                    "range {}+{} is not whole {block}-byte blocks",
+                    range.offset, range.len_bytes
+                ),
+            });
+        }
+        if end > size {
+            return Err(RebuildError::Unsupported {
+                volume: entry.name.clone(),
+                detail: format!(
+                    "range {}+{} ends past the volume's {size} bytes",
+                    range.offset, range.len_bytes
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Why a changed chunk cannot be cut into pieces.

@@ -98,7 +98,9 @@ impl RebuildStatus {
     }
 }
 
-/// One bit per block: blocks written live since the current run started.
+/// One bit per block: blocks written live since the current run started
+/// (or, with the engine's chunk as the block, the chunks a sink changed
+/// itself, and those a stream carried: `sink`).
 #[derive(Debug)]
 pub struct BlockSet {
     block_bytes: u64,
@@ -107,8 +109,8 @@ pub struct BlockSet {
 
 impl BlockSet {
     /// A set for a volume of `size_bytes` in `block_bytes` blocks.
-    pub fn new(size_bytes: u64, block_bytes: u32) -> Self {
-        let block_bytes = u64::from(block_bytes).max(1);
+    pub fn new(size_bytes: u64, block_bytes: impl Into<u64>) -> Self {
+        let block_bytes = block_bytes.into().max(1);
         let blocks = size_bytes.div_ceil(block_bytes);
         let words = usize::try_from(blocks.div_ceil(64)).unwrap_or(0);
         Self {
@@ -492,14 +494,14 @@ mod tests {
         );
         let first_cancel = CancellationToken::new();
         let first = slot.begin(
-            BlockSet::new(1 << 20, 4096),
+            BlockSet::new(1 << 20, 4096u32),
             first_cancel.clone(),
             status.clone(),
         );
         slot.note_live(4096, 8192);
         assert_eq!(slot.rebuildable(0, 4), vec![true, false, false, true]);
         let second = slot.begin(
-            BlockSet::new(1 << 20, 4096),
+            BlockSet::new(1 << 20, 4096u32),
             CancellationToken::new(),
             status,
         );
@@ -527,7 +529,7 @@ mod tests {
             marks in proptest::collection::vec((0u64..300, 1u64..5), 0..20),
         ) {
             let block = 512u64;
-            let mut set = BlockSet::new(256 * block, 512);
+            let mut set = BlockSet::new(256 * block, 512u32);
             let mut model = std::collections::BTreeSet::new();
             for (first, count) in marks {
                 set.mark(first * block, count * block);

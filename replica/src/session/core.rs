@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use super::access::{self, Access};
 use super::execute::{execute, publish_watermark};
-use super::reply::error_reply;
+use super::reply::{engine_error_reply, error_reply};
 use super::report::{complete_through, replica_state};
 use super::route::{classify, mutates, writes_data, Route};
 use super::SessionError;
@@ -392,14 +392,22 @@ impl IoTask {
             io,
         } = self;
         ticket.ready().await;
-        let reply = if entry.is_owner(conn_id) {
-            execute(&entry, &packet).await
-        } else {
+        let reply = if !entry.is_owner(conn_id) {
             error_reply(
                 &packet,
                 Status::StaleEpoch,
                 "the session was fenced by a newer target".into(),
             )
+        } else if ticket.reruns() {
+            // The watermark went below this write when it was admitted;
+            // that must be durable before the rerun can put older data
+            // back (after a crash the replica then says it lacks it).
+            match entry.volume.flush().await {
+                Ok(()) => execute(&entry, &packet).await,
+                Err(e) => engine_error_reply(&packet, &e),
+            }
+        } else {
+            execute(&entry, &packet).await
         };
         if matches!(reply.message, Message::Ack(_)) {
             ticket.succeeded();

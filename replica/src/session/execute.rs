@@ -14,8 +14,8 @@ use crate::registry::VolumeEntry;
 /// at its next commit as the durable io_seq.
 pub(crate) fn publish_watermark(entry: &VolumeEntry) {
     if let Err(e) = entry
-        .volume
-        .set_complete_io_seq(entry.order.complete_io_seq())
+        .order
+        .publish_watermark(|h| entry.volume.set_complete_io_seq(h))
     {
         debug!(volume = %entry.name, error = %e, "cannot record the completion watermark");
     }

@@ -115,8 +115,14 @@ impl<I: RebuildIo> Run<I> {
                 .map_err(|e| self.engine(e))?;
             deletable.insert(snap.name.clone());
             let mut conn = self.connect(RebuildSource::Snapshot(name), base).await?;
-            self.stream(&mut conn, reports, progress, Dest::Snapshot(&snap.name))
-                .await?;
+            self.stream(
+                &mut conn,
+                reports,
+                progress,
+                Dest::Snapshot(&snap.name),
+                None,
+            )
+            .await?;
             volume.flush().await.map_err(|e| self.engine(e))?;
             self.checkpoint(resume, 0, None).await?;
             info!(snapshot = %snap.name, io_seq = snap.io_seq, base_io_seq = base, "snapshot rebuilt");
