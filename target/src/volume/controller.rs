@@ -314,6 +314,18 @@ impl Op {
         )
     }
 
+    /// The bytes it reads or changes: `(offset, len)`; `None` for the
+    /// requests that touch no block range.
+    fn extent(&self) -> Option<(u64, u64)> {
+        match self {
+            Op::Read { offset, len_bytes }
+            | Op::Unmap { offset, len_bytes }
+            | Op::WriteZeroes { offset, len_bytes } => Some((*offset, u64::from(*len_bytes))),
+            Op::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            _ => None,
+        }
+    }
+
     /// Data bytes it carries to a replica (a write's payload).
     fn data_bytes(&self) -> u64 {
         match self {

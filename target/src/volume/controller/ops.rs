@@ -107,7 +107,7 @@ impl Controller {
                     actions.push(self.send(index, io_seq, &pending.op));
                 }
             }
-        } else if let Some(reader) = self.pick_reader(&pending.failed) {
+        } else if let Some(reader) = self.pick_reader_for(&pending.op, &pending.failed) {
             pending.sent.insert(reader, now);
             actions.push(self.send(reader, io_seq, &pending.op));
         }
@@ -244,10 +244,14 @@ impl Controller {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in waiting {
-            let Some(failed) = self.pending.get(&seq).map(|p| p.failed.clone()) else {
+            let Some((op, failed)) = self
+                .pending
+                .get(&seq)
+                .map(|p| (p.op.clone(), p.failed.clone()))
+            else {
                 continue;
             };
-            let Some(reader) = self.pick_reader(&failed) else {
+            let Some(reader) = self.pick_reader_for(&op, &failed) else {
                 continue;
             };
             if let Some(p) = self.pending.get_mut(&seq) {
@@ -256,6 +260,55 @@ impl Controller {
                 actions.push(self.send(reader, seq, &op));
             }
         }
+    }
+
+    /// A healthy replica for `read`, not in `exclude`, and — when one is —
+    /// one that answered every completed write overlapping it. A replica
+    /// whose answer to such a write has not come yet may still fail it
+    /// (out of space, say) and read the older data back, although the
+    /// initiator was told the write was done: its answer is not awaited,
+    /// another replica serves the read. (When no such replica is healthy
+    /// the read goes to one that is, as before: the completed write's
+    /// acknowledgers have all left the healthy set.)
+    pub(super) fn pick_reader_for(
+        &mut self,
+        read: &Op,
+        exclude: &BTreeSet<ReplicaIndex>,
+    ) -> Option<ReplicaIndex> {
+        let owing = self.owing_completed_writes(read);
+        if !owing.is_empty() {
+            let mut narrower = exclude.clone();
+            narrower.extend(owing);
+            let has_other = (0..self.replicas.len()).any(|i| {
+                self.replicas[i].state == ReplicaState::Healthy && !narrower.contains(&i)
+            });
+            if has_other {
+                return self.pick_reader(&narrower);
+            }
+        }
+        self.pick_reader(exclude)
+    }
+
+    /// Replicas that have not acknowledged a completed write overlapping
+    /// `read` (no answer yet, or a failure).
+    fn owing_completed_writes(&self, read: &Op) -> BTreeSet<ReplicaIndex> {
+        let Some((offset, len)) = read.extent() else {
+            return BTreeSet::new();
+        };
+        let end = offset.saturating_add(len);
+        self.pending
+            .values()
+            .filter(|p| p.completed && p.op.mutates())
+            .filter(|p| {
+                p.op.extent().is_some_and(|(o, l)| o < end && offset < o.saturating_add(l))
+            })
+            .flat_map(|p| {
+                p.sent
+                    .keys()
+                    .filter(|r| !p.acked.contains(r))
+                    .copied()
+            })
+            .collect()
     }
 
     pub(super) fn pick_reader(&mut self, exclude: &BTreeSet<ReplicaIndex>) -> Option<ReplicaIndex> {
