@@ -523,11 +523,12 @@ struct Replica {
     /// Lowest io_seq of a mutating request that another replica
     /// acknowledged and this one did not: it must be rebuilt from there.
     missed_from: Option<u64>,
-    /// Lowest io_seq of a snapshot create or destroy that a quorum took
-    /// while this replica's rebuild ran: the rebuild's snapshot listing may
-    /// predate it, so the replica is rebuilt once more (from there) before
-    /// it is healthy.
-    snapshot_missed_in_rebuild: Option<u64>,
+    /// Lowest io_seq this replica's running rebuild may not have brought:
+    /// a snapshot create or destroy a quorum took while it ran (its
+    /// snapshot listing may predate it), or the first request its source
+    /// was found to lack meanwhile (`mark_missed` of the source). The
+    /// replica is rebuilt once more (from there) before it is healthy.
+    missed_in_rebuild: Option<u64>,
     /// Failures in a row, without a success since (rule 6): sets the
     /// backoff before it is dialled again.
     failures: u32,
@@ -551,7 +552,7 @@ impl Replica {
             retry_at: None,
             acked_max: 0,
             missed_from,
-            snapshot_missed_in_rebuild: None,
+            missed_in_rebuild: None,
             failures: 0,
             redial_at: None,
             no_space: false,

@@ -274,6 +274,15 @@ impl Controller {
                 r.state = ReplicaState::Degraded;
             }
         }
+        // A rebuild from it may have copied its copy without those
+        // requests: its sink is rebuilt once more from there when done.
+        for r in self
+            .replicas
+            .iter_mut()
+            .filter(|r| r.rebuild.is_some_and(|run| run.source == replica))
+        {
+            r.missed_in_rebuild = Some(r.missed_in_rebuild.map_or(io_seq, |m| m.min(io_seq)));
+        }
     }
 
     /// A replica's link is up and its session claimed; it reported

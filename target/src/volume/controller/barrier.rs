@@ -179,8 +179,7 @@ impl Controller {
             }
             if matches!(p.op, Op::SnapshotCreate { .. } | Op::SnapshotDestroy { .. }) {
                 for r in self.replicas.iter_mut().filter(|r| r.rebuild.is_some()) {
-                    r.snapshot_missed_in_rebuild =
-                        Some(r.snapshot_missed_in_rebuild.map_or(seq, |m| m.min(seq)));
+                    r.missed_in_rebuild = Some(r.missed_in_rebuild.map_or(seq, |m| m.min(seq)));
                 }
             }
             if let Op::Resize { size_bytes } = p.op {

@@ -12,8 +12,9 @@
 //!   [`REBUILD_RETRY`];
 //! - reports carry `J`: a report of another run is ignored. Accepted, the
 //!   replica is rebuilding; done, it is healthy (its failures forgotten),
-//!   unless a snapshot a quorum took changed the peer meanwhile: then it is
-//!   rebuilt again from there;
+//!   unless a snapshot a quorum took changed the peer meanwhile, or the
+//!   source was found to lack requests (a member reached later held more):
+//!   then it is rebuilt again from there;
 //! - aborted or refused for lack of space or a poisoned volume, the replica
 //!   failed (rule 6, `super::failed`); otherwise it stays degraded and is
 //!   offered a new rebuild after the longer of [`REBUILD_RETRY`] and its
@@ -110,7 +111,7 @@ impl Controller {
         );
         r.rebuild = Some(run);
         // This run lists the peer's snapshots after every snapshot taken so far.
-        r.snapshot_missed_in_rebuild = None;
+        r.missed_in_rebuild = None;
         r.retry_at = None;
         actions.push(Action::StartRebuild {
             replica,
@@ -144,12 +145,12 @@ impl Controller {
             }
             Message::RebuildProgress(progress) => run.progress = progress,
             Message::RebuildDone(done) => {
-                if let Some(seq) = r.snapshot_missed_in_rebuild.take() {
+                if let Some(seq) = r.missed_in_rebuild.take() {
                     tracing::info!(
                         replica,
                         through_io_seq = done.through_io_seq,
                         snapshot_io_seq = seq,
-                        "rebuild done, but a snapshot changed meanwhile: rebuilding again"
+                        "rebuild done, but it may lack a snapshot taken or a request its source was found lacking meanwhile: rebuilding again"
                     );
                     r.state = ReplicaState::Degraded;
                     r.rebuild = None;

@@ -1650,6 +1650,39 @@ fn a_snapshot_taken_during_a_rebuild_makes_the_replica_rebuild_again_before_heal
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
 }
 
+/// Seed 5841 of the simulator: a new target rebuilt a replica from a
+/// member that a member reached later showed to lack requests; the sink
+/// became healthy with the source's gap. It is rebuilt once more, from the
+/// first request the source was found to lack.
+#[test]
+fn a_rebuild_whose_source_is_found_lacking_meanwhile_is_done_again_before_healthy() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    sim.write(1, 1);
+    sim.deliver_all();
+    sim.connect(2);
+    let (source, _, _) = rebuild_start(&sim, 2).expect("no RebuildStart");
+    sim.deliver(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    // The shell learns the source lacks requests from `gap` on.
+    let gap = 3;
+    sim.ctl.mark_missed(source, gap);
+    sim.finish_rebuild(2);
+    assert_eq!(
+        sim.ctl.replica_states()[2],
+        ReplicaState::Degraded,
+        "healthy although its source lacked requests"
+    );
+    sim.advance(TICK_FOR_TESTS);
+    sim.connect(2);
+    let (again, from, _) = rebuild_start(&sim, 2).expect("no second RebuildStart");
+    assert_ne!(again, source, "rebuilt again from the lacking member");
+    assert!(from < gap, "rebuilt from {from}, not before {gap}");
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
 #[test]
 fn a_rebuild_that_starts_after_a_snapshot_is_not_repeated_for_it() {
     let mut sim = Sim::new(3, 2);
