@@ -82,7 +82,11 @@ impl World<'_> {
     /// uncommitted metadata is lost all the same).
     pub(super) fn crash_replica(&mut self, host: u32, power_cut: bool, torn: bool) {
         let seed = self.rng.next_u64();
-        let tears = power_cut && torn && !self.healthy_peer(host);
+        // A tear it may serve: no healthy peer to rebuild it from, or a
+        // consistency factor of 1 (an acknowledged write may be on this
+        // replica alone: a peer, healthy or not, cannot give it back).
+        let cf_one = self.volume_view().is_some_and(|(_, _, cf, _)| cf <= 1);
+        let tears = power_cut && torn && (!self.healthy_peer(host) || cf_one);
         if self.opts.verbose {
             let now = self.now();
             eprintln!("{now:>12}   crash replica {host}: power cut {power_cut}, torn {torn}, tears a served block {tears}");

@@ -736,7 +736,14 @@ impl World<'_> {
                     }
                     for (name, c0) in s0 {
                         if snaps.get(name) != Some(c0) {
-                            let msg = format!("convergence: snapshot {name} differs between replicas {h0} and {host}");
+                            let at = snaps.get(name).and_then(|c1| {
+                                c0.chunks(BLOCK)
+                                    .zip(c1.chunks(BLOCK))
+                                    .position(|(a, b)| a != b)
+                            });
+                            let at = at
+                                .map_or_else(|| "in size".to_owned(), |k| format!("at block {k}"));
+                            let msg = format!("convergence: snapshot {name} differs between replicas {h0} and {host} ({at})");
                             self.fail(msg);
                             return;
                         }
