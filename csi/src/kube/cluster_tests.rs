@@ -12,9 +12,9 @@
 //! pod that runs (a kubelet) and its Service reachable (kube-proxy): not
 //! part of this control-plane suite.
 //!
-//! Without `KUBECONFIG` the test skips visibly: it says so on stderr and
-//! records the skip in `CSTOR_TEST_SKIP_LOG` (the test summary counts it as
-//! skipped, never passed). It does not fail in strict mode
+//! Without `KUBECONFIG` the test skips visibly (`cstor_testkit::skip`,
+//! `Need::External`): it says so on stderr and the test summary counts it
+//! as skipped, never passed. It does not fail in strict mode
 //! (`CSTOR_TEST_STRICT=1`): strict mode fails skips for prerequisites the
 //! run is supposed to have, and a Kubernetes cluster is not one of them
 //! (no kube-apiserver is installable from the project's package sources).
@@ -23,7 +23,6 @@
 //! kube::cluster_tests -- --nocapture` (docs/deploy.md). It works in a
 //! namespace of its own, `cstor-test-<random>`, deleted at the end.
 
-use std::io::Write;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -38,22 +37,6 @@ use crate::certs::TargetCerts;
 use crate::controller::tests::{controller, create_request, fake_pools};
 use crate::pb::csi::v1 as csi;
 use crate::pb::csi::v1::controller_server::Controller as _;
-
-/// Records a skip the way `cstor_testkit::skip` does (one line in the skip
-/// log), without its strict-mode failure (module doc).
-fn skip_without_cluster(test: &str) {
-    let reason = "KUBECONFIG is not set: no Kubernetes API server to run against";
-    eprintln!("SKIPPED {test}: needs a Kubernetes API server: {reason}");
-    if let Some(path) = std::env::var_os(cstor_testkit::skip::SKIP_LOG_ENV) {
-        let line = format!("cstor_csi\t{test}\ta Kubernetes API server (KUBECONFIG)\t{reason}\n");
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        assert!(written.is_ok(), "cannot record the skip in {path:?}");
-    }
-}
 
 /// Polls `check` up to `tries` times, a second apart, until it holds.
 async fn eventually<F, Fut>(tries: u32, mut check: F) -> bool
@@ -72,10 +55,11 @@ where
 
 #[tokio::test]
 async fn against_a_real_api_server_volumes_make_their_objects_and_status() {
-    let test =
-        "kube::cluster_tests::against_a_real_api_server_volumes_make_their_objects_and_status";
     if std::env::var_os("KUBECONFIG").is_none() {
-        return skip_without_cluster(test);
+        return cstor_testkit::skip::skip(
+            cstor_testkit::skip::Need::External("a Kubernetes API server (KUBECONFIG)"),
+            "KUBECONFIG is not set: no Kubernetes API server to run against",
+        );
     }
     let client = kube::Client::try_default().await.unwrap();
     // The chart's CRDs, by server-side apply (what `helm install` makes).
