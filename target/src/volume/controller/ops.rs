@@ -279,9 +279,8 @@ impl Controller {
         if !owing.is_empty() {
             let mut narrower = exclude.clone();
             narrower.extend(owing);
-            let has_other = (0..self.replicas.len()).any(|i| {
-                self.replicas[i].state == ReplicaState::Healthy && !narrower.contains(&i)
-            });
+            let has_other = (0..self.replicas.len())
+                .any(|i| self.replicas[i].state == ReplicaState::Healthy && !narrower.contains(&i));
             if has_other {
                 return self.pick_reader(&narrower);
             }
@@ -300,14 +299,10 @@ impl Controller {
             .values()
             .filter(|p| p.completed && p.op.mutates())
             .filter(|p| {
-                p.op.extent().is_some_and(|(o, l)| o < end && offset < o.saturating_add(l))
+                p.op.extent()
+                    .is_some_and(|(o, l)| o < end && offset < o.saturating_add(l))
             })
-            .flat_map(|p| {
-                p.sent
-                    .keys()
-                    .filter(|r| !p.acked.contains(r))
-                    .copied()
-            })
+            .flat_map(|p| p.sent.keys().filter(|r| !p.acked.contains(r)).copied())
             .collect()
     }
 
