@@ -124,11 +124,16 @@ fn block_on_threads(
 
 async fn replica(args: cstor_replica::cli::ReplicaArgs) -> anyhow::Result<()> {
     use cstor_replica::cli::ReplicaCommand;
-    use cstor_replica::daemon::{init, Daemon};
+    use cstor_replica::daemon::{add_device, init, Daemon};
     match args.command {
         ReplicaCommand::Init(init_args) => {
             let guid = init(&init_args.config()?).await?;
             println!("created pool {} (guid {guid:032x})", init_args.pool);
+            Ok(())
+        }
+        ReplicaCommand::AddDevice(add_args) => {
+            let total = add_device(&add_args.config()?).await?;
+            println!("pool grown: {total} bytes of data");
             Ok(())
         }
         ReplicaCommand::Run(run_args) => {

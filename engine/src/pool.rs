@@ -443,6 +443,15 @@ impl Pool {
         Self { inner }
     }
 
+    /// The guid of the pool `dev` belongs to, if it carries a pool's label
+    /// (whether or not the pool's other devices are at hand); `None` for a
+    /// device without one (new, or holding something else).
+    pub async fn label_of(dev: &DeviceRef) -> Option<u128> {
+        let block = to_usize(META_BLOCK_BYTES).ok()?;
+        let b = read_exact(dev, 0, block).await.ok()?;
+        Label::decode(b.as_slice()).ok().map(|l| l.pool_guid)
+    }
+
     /// Opens the pool on `devices` (any order; labels give it), replays the
     /// journal and writes a fresh checkpoint so the journal restarts empty.
     pub async fn open(devices: Vec<DeviceRef>, opts: &PoolOptions) -> Result<Self> {

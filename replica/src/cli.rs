@@ -1,4 +1,5 @@
-//! `cstor replica …` command line: `init` creates a pool, `run` serves it.
+//! `cstor replica …` command line: `init` creates a pool, `add-device`
+//! grows it, `run` serves it.
 //! Every flag can also be set through the environment variable its help
 //! names.
 
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use cstor_tls::Security;
 
-use crate::daemon::{DaemonError, InitConfig, IoMode, RunConfig};
+use crate::daemon::{AddDeviceConfig, DaemonError, InitConfig, IoMode, NewDevice, RunConfig};
 
 #[derive(Debug, Args)]
 pub struct ReplicaArgs {
@@ -20,6 +21,10 @@ pub struct ReplicaArgs {
 pub enum ReplicaCommand {
     /// Create a pool on new files and/or existing block devices.
     Init(InitArgs),
+    /// Grow a pool by one device (a new file, or an existing block device
+    /// used whole), while no daemon serves it: its chunks join the pool.
+    /// Serve it afterwards with every --pool-path, the new one last.
+    AddDevice(AddDeviceArgs),
     /// Serve a pool: the replication protocol for targets and the
     /// management API.
     Run(RunArgs),
@@ -62,6 +67,48 @@ impl InitArgs {
             files: self.files.iter().cloned().zip(self.sizes.clone()).collect(),
             devices: self.devices.clone(),
             chunk_bytes: Some(chunk_bytes),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AddDeviceArgs {
+    /// The pool's devices, in the order they were added. Repeat, or
+    /// separate with commas in the variable.
+    #[arg(
+        long = "pool-path",
+        env = "CSTOR_POOL_PATH",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub pool_paths: Vec<PathBuf>,
+    /// A new file to create (sparse) as the added device; give --size.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "device",
+        requires = "size"
+    )]
+    pub file: Option<PathBuf>,
+    /// Size of the --file, e.g. 10GiB.
+    #[arg(long, value_parser = cstor_mgmt::size::parse_size, requires = "file")]
+    pub size: Option<u64>,
+    /// An existing block device (or file) to add, used whole. Refused if
+    /// it already holds a pool.
+    #[arg(long, value_name = "PATH", required_unless_present = "file")]
+    pub device: Option<PathBuf>,
+}
+
+impl AddDeviceArgs {
+    pub fn config(&self) -> Result<AddDeviceConfig, DaemonError> {
+        let device = match (&self.file, self.size, &self.device) {
+            (Some(file), Some(size), None) => NewDevice::File(file.clone(), size),
+            (None, None, Some(device)) => NewDevice::Existing(device.clone()),
+            _ => return Err(DaemonError::NoDevices),
+        };
+        Ok(AddDeviceConfig {
+            pool_paths: self.pool_paths.clone(),
+            device,
         })
     }
 }

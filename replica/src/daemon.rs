@@ -98,15 +98,7 @@ pub async fn init(config: &InitConfig) -> Result<u128, DaemonError> {
     }
     for path in &config.devices {
         let dev = open(&backend, path, &DeviceOptions::existing())?;
-        let probe: Vec<DeviceRef> = vec![dev.clone()];
-        if let Ok(existing) = Pool::open(probe, &no_timer()).await {
-            let guid = existing.guid();
-            drop(existing);
-            return Err(DaemonError::Device {
-                path: path.display().to_string(),
-                reason: format!("it already holds pool {guid:032x}; refusing to overwrite it"),
-            });
-        }
+        refuse_pool_device(&dev, path).await?;
         devices.push(dev);
     }
     let mut options = PoolOptions::default();
@@ -121,6 +113,113 @@ pub async fn init(config: &InitConfig) -> Result<u128, DaemonError> {
         .await
         .map_err(|e| DaemonError::Pool(format!("cannot close the new pool: {e}")))?;
     Ok(guid)
+}
+
+/// A device to add to an existing pool, while no daemon serves it.
+#[derive(Debug, Clone)]
+pub struct AddDeviceConfig {
+    /// The pool's devices, in the order they were added.
+    pub pool_paths: Vec<PathBuf>,
+    /// The new device: a file to create (path, size) or an existing block
+    /// device or file to use whole.
+    pub device: NewDevice,
+}
+
+/// A device [`add_device`] adds.
+#[derive(Debug, Clone)]
+pub enum NewDevice {
+    /// A new (sparse) file of this size.
+    File(PathBuf, u64),
+    /// An existing device or file, used whole.
+    Existing(PathBuf),
+}
+
+impl NewDevice {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            NewDevice::File(path, _) | NewDevice::Existing(path) => path,
+        }
+    }
+}
+
+/// Adds a device to the pool on `config.pool_paths` (no daemon may be
+/// serving it: the pool is opened here) and returns the pool's new size in
+/// bytes. Its chunks join the pool; durable when this returns. A device
+/// that already holds another pool is refused; one that is already this
+/// pool's next device is left as it is (the call is idempotent).
+pub async fn add_device(config: &AddDeviceConfig) -> Result<u64, DaemonError> {
+    if config.pool_paths.is_empty() {
+        return Err(DaemonError::NoDevices);
+    }
+    let backend = backend()?;
+    let new_path = config.device.path();
+    if config.pool_paths.iter().any(|p| p == new_path) {
+        return Err(DaemonError::Device {
+            path: new_path.display().to_string(),
+            reason: "it is already one of the pool's devices".into(),
+        });
+    }
+    let mut devices: Vec<DeviceRef> = Vec::new();
+    for path in &config.pool_paths {
+        devices.push(open(&backend, path, &DeviceOptions::existing())?);
+    }
+    // An existing device is checked first: one that holds a pool is never
+    // written. If it is this pool's next device already (an earlier run
+    // added it and was cut short before its caller noted it), there is
+    // nothing to do: adding a device twice is a no-op.
+    let existing = match &config.device {
+        NewDevice::Existing(path) => {
+            let dev = open(&backend, path, &DeviceOptions::existing())?;
+            if Pool::label_of(&dev).await.is_some() {
+                let mut all = devices.clone();
+                all.push(dev.clone());
+                if let Ok(pool) = Pool::open(all, &no_timer()).await {
+                    let total = pool.stats().total_bytes;
+                    pool.close()
+                        .await
+                        .map_err(|e| DaemonError::Pool(format!("cannot close the pool: {e}")))?;
+                    return Ok(total);
+                }
+                refuse_pool_device(&dev, path).await?;
+            }
+            Some(dev)
+        }
+        NewDevice::File(..) => None,
+    };
+    let pool = Pool::open(devices, &no_timer()).await.map_err(|e| {
+        DaemonError::Pool(format!(
+            "cannot open the pool on {}: {e}",
+            paths(&config.pool_paths)
+        ))
+    })?;
+    let dev = match (existing, &config.device) {
+        (Some(dev), _) => dev,
+        (None, NewDevice::File(path, size)) => open(&backend, path, &DeviceOptions::create(*size))?,
+        (None, NewDevice::Existing(path)) => open(&backend, path, &DeviceOptions::existing())?,
+    };
+    pool.add_device(dev)
+        .await
+        .map_err(|e| DaemonError::Device {
+            path: new_path.display().to_string(),
+            reason: format!("cannot add it to the pool: {e}"),
+        })?;
+    let total = pool.stats().total_bytes;
+    pool.close()
+        .await
+        .map_err(|e| DaemonError::Pool(format!("cannot close the pool: {e}")))?;
+    Ok(total)
+}
+
+/// Refuses a device that carries a pool's label (one device of a pool of
+/// several included): it would be overwritten.
+async fn refuse_pool_device(dev: &DeviceRef, path: &std::path::Path) -> Result<(), DaemonError> {
+    match Pool::label_of(dev).await {
+        Some(guid) => Err(DaemonError::Device {
+            path: path.display().to_string(),
+            reason: format!("it already holds pool {guid:032x}; refusing to overwrite it"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A pool to serve.

@@ -509,6 +509,90 @@ fn a_missing_pool_a_busy_device_and_a_used_address_are_clear_errors() {
     );
 }
 
+/// `cstor replica add-device` grows a stopped pool by a device: refused
+/// while the daemon serves the pool, or for a device of another pool, a
+/// no-op when repeated; the pool then serves on both devices, bigger, with
+/// its data.
+#[tokio::test]
+async fn add_device_grows_a_stopped_pool_and_its_data_stays() {
+    let (dir, mut replica) = setup("16MiB");
+    let capacity = |replica: &ReplicaProcess| {
+        let pool: serde_json::Value =
+            serde_json::from_str(&replica.ctl(&["--json", "pool", "status"])).unwrap();
+        pool["capacity_bytes"].as_u64().unwrap()
+    };
+    let before = capacity(&replica);
+    let (mut client, _) = replica.open("vol1", 1).await;
+    for lba in 0..32u64 {
+        client
+            .write(lba * BLOCK, pattern(lba, 9, BLOCK as usize))
+            .await;
+    }
+    assert_eq!(client.flush().await, Message::Ack(Opcode::Flush));
+    drop(client);
+    let second = dir.path().join("second.img");
+    let pool_file = replica.pool_file.clone();
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "replica",
+            "add-device",
+            "--pool-path",
+            pool_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(crate::common::cstor_bin())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let file_args = ["--file", second.to_str().unwrap(), "--size", "256MiB"];
+    let busy = add(&file_args);
+    assert_eq!(busy.status.code(), Some(1), "added while served");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
+    assert!(replica.terminate(), "unclean exit: {}", replica.log_text());
+    let grown = add(&file_args);
+    assert!(
+        grown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grown.stderr)
+    );
+    // Adding it again is a no-op (a caller cut short may retry), and a
+    // device of another pool is refused.
+    let again = add(&["--device", second.to_str().unwrap()]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let other = dir.path().join("other.img");
+    crate::common::cstor(&[
+        "replica",
+        "init",
+        "--pool",
+        "other",
+        "--file",
+        other.to_str().unwrap(),
+        "--size",
+        "64MiB",
+    ]);
+    let foreign = add(&["--device", other.to_str().unwrap()]);
+    assert_eq!(foreign.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&foreign.stderr);
+    assert!(err.contains("already holds pool"), "{err}");
+    replica.added_devices.push(second);
+    replica.start();
+    let after = capacity(&replica);
+    assert!(
+        after >= before + (200 << 20),
+        "capacity {before} -> {after} bytes"
+    );
+    let (mut client, _) = replica.open("vol1", 2).await;
+    for lba in 0..32u64 {
+        let data = client.read(lba * BLOCK, BLOCK as u32).await;
+        assert_eq!(data, pattern(lba, 9, BLOCK as usize), "block {lba}");
+    }
+}
+
 #[tokio::test]
 async fn io_mode_picks_the_page_cache_or_o_direct_and_data_moves_between_them() {
     let (_dir, mut replica) = setup("16MiB");

@@ -282,6 +282,9 @@ pub struct ReplicaProcess {
     /// The test's certificates (the daemon's and its clients').
     pub pki: TestPki,
     pub links: Links,
+    /// Devices added to the pool after `pool_file` (`cstor replica
+    /// add-device`), served after it in this order.
+    pub added_devices: Vec<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -313,6 +316,7 @@ impl ReplicaProcess {
             mgmt: free_addr(),
             pki: TestPki::of_test(dir),
             links,
+            added_devices: Vec::new(),
             child: None,
             log: dir.join("replica.log"),
         };
@@ -363,6 +367,11 @@ impl ReplicaProcess {
             ],
             Links::Plaintext => vec!["--insecure-plaintext".into()],
         };
+        let added: Vec<String> = self
+            .added_devices
+            .iter()
+            .flat_map(|p| ["--pool-path".to_owned(), p.display().to_string()])
+            .collect();
         let child = Command::new(cstor_bin())
             .args([
                 "replica",
@@ -371,6 +380,9 @@ impl ReplicaProcess {
                 TEST_POOL,
                 "--pool-path",
                 self.pool_file.to_str().unwrap(),
+            ])
+            .args(&added)
+            .args([
                 "--listen",
                 &self.data.to_string(),
                 "--mgmt-listen",

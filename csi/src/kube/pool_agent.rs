@@ -11,12 +11,15 @@
 //! - The spec is checked before anything runs ([`plan`], pure): devices or
 //!   a file, not both, not neither; a file name with no `/`; sizes cstor
 //!   parses.
-//! - Growing a pool by a device added to the spec needs the replica
-//!   daemon to add a device to an existing pool, which `cstor replica`
-//!   cannot do yet: such a device is reported in `status.pendingDevices`
-//!   with a message saying so, never silently ignored, and the pool keeps
-//!   running on its recorded devices. A device removed from the spec stays
-//!   in the pool (a pool cannot shrink), also with a message.
+//! - A device added to the spec grows the pool at the agent's next run
+//!   (the replica pod's next start: the daemon does not serve the pool
+//!   meanwhile): `cstor replica add-device`, one device at a time, each
+//!   recorded once added (the command is a no-op for a device already
+//!   added, so a run cut short between the two is finished by the next).
+//!   A device that cannot be added is reported in `status.pendingDevices`
+//!   with the command's error, and the pool runs on its recorded devices.
+//!   A device removed from the spec stays in the pool (a pool cannot
+//!   shrink), with a message.
 
 use std::path::{Path, PathBuf};
 
@@ -94,7 +97,7 @@ pub enum AgentError {
     },
     #[error("{path}: {why}")]
     Record { path: String, why: String },
-    #[error("`cstor replica init` failed: {0}")]
+    #[error("`cstor replica` failed: {0}")]
     Init(String),
     #[error("Kubernetes API: {0}")]
     Kube(String),
@@ -239,6 +242,27 @@ fn write_record(path: &Path, paths: &[String]) -> Result<(), AgentError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Runs `cstor ARGS` (the agent's own executable unless `--cstor-exe`
+/// names another); its error output is the error.
+async fn run_cstor(args: &PoolAgentArgs, cstor: &[String]) -> Result<(), AgentError> {
+    let exe = match &args.cstor_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().map_err(|e| AgentError::Init(e.to_string()))?,
+    };
+    let out = tokio::process::Command::new(&exe)
+        .args(cstor)
+        .output()
+        .await
+        .map_err(|e| AgentError::Init(format!("{}: {e}", exe.display())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(AgentError::Init(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
+    }
+}
+
 /// Runs the agent once: the pool of this node exists and is recorded when
 /// it returns Ok.
 pub async fn run(args: &PoolAgentArgs) -> Result<(), AgentError> {
@@ -274,43 +298,48 @@ pub async fn run(args: &PoolAgentArgs) -> Result<(), AgentError> {
         )?;
         match plan {
             Plan::Create { args: init, paths } => {
-                let exe = match &args.cstor_exe {
-                    Some(exe) => exe.clone(),
-                    None => std::env::current_exe().map_err(|e| AgentError::Init(e.to_string()))?,
-                };
-                let out = tokio::process::Command::new(&exe)
-                    .args(&init)
-                    .output()
-                    .await
-                    .map_err(|e| AgentError::Init(format!("{}: {e}", exe.display())))?;
-                if !out.status.success() {
-                    return Err(AgentError::Init(
-                        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                    ));
-                }
+                run_cstor(args, &init).await?;
                 write_record(&record, &paths)?;
                 tracing::info!(pool = %name, ?paths, "pool created");
                 let message = format!("pool created on {}", paths.join(", "));
                 Ok((paths, Vec::new(), message))
             }
             Plan::Exists {
-                paths,
+                mut paths,
                 pending,
                 dropped,
             } => {
                 let mut message = "pool exists".to_owned();
-                if !pending.is_empty() {
-                    message.push_str(&format!(
-                        "; {pending:?} not added: growing an existing pool by a device is not \
-                         supported by `cstor replica` yet (the pool runs on its devices as made)"
-                    ));
+                let mut left = Vec::new();
+                for device in pending {
+                    if !left.is_empty() {
+                        // Devices are added in the spec's order.
+                        left.push(device);
+                        continue;
+                    }
+                    let mut add = vec!["replica".to_owned(), "add-device".to_owned()];
+                    add.extend(paths.iter().map(|p| format!("--pool-path={p}")));
+                    add.push(format!("--device={device}"));
+                    match run_cstor(args, &add).await {
+                        Ok(()) => {
+                            paths.push(device.clone());
+                            write_record(&record, &paths)?;
+                            tracing::info!(pool = %name, %device, "pool grown");
+                            message.push_str(&format!("; grown by {device}"));
+                        }
+                        Err(e) => {
+                            message.push_str(&format!("; {device} not added: {e}"));
+                            left.push(device);
+                        }
+                    }
                 }
+                let pending = left;
                 if !dropped.is_empty() {
                     message.push_str(&format!(
                         "; {dropped:?} left the spec but stay in the pool (a pool cannot shrink)"
                     ));
                 }
-                Ok((paths, pending, message))
+                Ok::<_, AgentError>((paths, pending, message))
             }
         }
     }
