@@ -607,3 +607,32 @@ async fn unmap_frees_the_chunk_and_reports_it_to_rebuild() {
         (ChangeKind::Zero, 10)
     );
 }
+
+/// A peer that took a grow which failed short of quorum (it stays larger)
+/// may hold snapshots larger than this replica's volume: a rebuild inserts
+/// them at their own size, and the live volume keeps its size.
+#[tokio::test]
+async fn a_rebuilt_snapshot_may_be_larger_than_the_live_volume() {
+    let (_, d) = mem(8 << 20);
+    let pool = Pool::create(vec![d], &opts()).await.unwrap();
+    let v = pool
+        .create_volume("v", 1 << 20, 4096, Provisioning::Thin)
+        .await
+        .unwrap();
+    v.write(0, &pattern(1, 4096), 1).await.unwrap();
+    v.insert_rebuilt_snapshot("big", 5, 2 << 20).await.unwrap();
+    let beyond = (1 << 20) + 8192;
+    v.apply_rebuild_snapshot("big", beyond, &pattern(2, 4096), &[4])
+        .await
+        .unwrap();
+    let snaps = v.list_snapshots().unwrap();
+    assert_eq!(snaps[0].size_bytes, 2 << 20);
+    let mut got = vec![0u8; 4096];
+    v.read_snapshot("big", beyond, &mut got).await.unwrap();
+    assert_eq!(got, pattern(2, 4096));
+    assert_eq!(
+        v.size_bytes().unwrap(),
+        1 << 20,
+        "the live volume kept its size"
+    );
+}

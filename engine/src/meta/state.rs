@@ -585,10 +585,9 @@ impl State {
             .volumes
             .get(&snap.volume)
             .ok_or_else(|| nf(format!("volume {}", snap.volume)))?;
-        if snap.size_bytes == 0
-            || snap.size_bytes > v.size_bytes
-            || !snap.size_bytes.is_multiple_of(u64::from(v.block_bytes))
-        {
+        // It may be larger than the live volume (FORMAT.md "Rebuilt
+        // snapshots": a peer that took a grow that failed short of quorum).
+        if snap.size_bytes == 0 || !snap.size_bytes.is_multiple_of(u64::from(v.block_bytes)) {
             return Err(inv(format!("rebuilt snapshot size {}", snap.size_bytes)));
         }
         let owned = v.live == below
