@@ -64,6 +64,15 @@ impl Volume {
         format!("{what} volume {} at {offset}", self.name)
     }
 
+    /// The volume's live layer in `m` (the pool's metadata, locked).
+    fn live_layer(&self, m: &crate::pool::Meta) -> Result<LayerId> {
+        m.state
+            .volumes
+            .get(&self.id)
+            .map(|v| v.live)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))
+    }
+
     /// Checks the pool, the volume and its poison; returns (live layer, size).
     fn usable(&self) -> Result<(LayerId, u64)> {
         self.pool.check_usable()?;

@@ -194,12 +194,7 @@ impl Volume {
     fn map_done(&self, chunk: u64, phys: u64, io_seq: u64, into: Option<LayerId>) -> Result<()> {
         let mut m = self.pool.meta.lock();
         m.in_flight.remove(&phys);
-        let live = m
-            .state
-            .volumes
-            .get(&self.id)
-            .map(|v| v.live)
-            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        let live = self.live_layer(&m)?;
         // A rebuilt snapshot's content is history: it says nothing about
         // which live writes this replica completed.
         let dest = match into {
@@ -385,12 +380,7 @@ impl Volume {
         let full = off == 0 && len as u64 == self.chunk_bytes();
         let plan = {
             let mut m = self.pool.meta.lock();
-            let live = m
-                .state
-                .volumes
-                .get(&self.id)
-                .map(|v| v.live)
-                .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+            let live = self.live_layer(&m)?;
             note_written(&mut m, self.id, io_seq);
             let layer = m
                 .state
@@ -513,12 +503,7 @@ impl Volume {
     /// Pieces of `offset..offset+len` whose chunk the live layer does not
     /// hold as data (a write there allocates).
     fn fresh_chunks(&self, m: &Meta, offset: u64, len: u64) -> Result<u64> {
-        let live = m
-            .state
-            .volumes
-            .get(&self.id)
-            .map(|v| v.live)
-            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        let live = self.live_layer(m)?;
         let layer = m
             .state
             .layers

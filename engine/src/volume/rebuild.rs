@@ -127,12 +127,7 @@ impl Volume {
     /// blocks a sink asked for by range (`RebuildSource::Ranges`).
     pub fn live_chunk_io_seq(&self, offset: u64) -> Result<u64> {
         let m = self.pool.meta.lock();
-        let live = m
-            .state
-            .volumes
-            .get(&self.id)
-            .map(|v| v.live)
-            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        let live = self.live_layer(&m)?;
         let chunk = offset / self.chunk_bytes();
         Ok(m.state.resolve(live, chunk).map_or(0, |(_, e)| e.io_seq))
     }
@@ -244,12 +239,7 @@ impl Volume {
         self.usable()?;
         {
             let mut m = self.pool.meta.lock();
-            let live = m
-                .state
-                .volumes
-                .get(&self.id)
-                .map(|v| v.live)
-                .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+            let live = self.live_layer(&m)?;
             let below = m
                 .state
                 .snapshots

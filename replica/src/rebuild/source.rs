@@ -249,18 +249,7 @@ impl Pieces<'_> {
             for change in page.changes {
                 // A zeroed chunk (`ChangeKind::Zero`) is read, and travels,
                 // as zeros: the sink must learn that older data there is gone.
-                split(
-                    change.offset_bytes,
-                    change.len_bytes,
-                    change.io_seq,
-                    self.block_len,
-                    self.piece_len,
-                    &mut self.queue,
-                )
-                .map_err(|e| RebuildError::Unsupported {
-                    volume: self.entry.name.clone(),
-                    detail: e.to_string(),
-                })?;
+                self.queue(change.offset_bytes, change.len_bytes, change.io_seq)?;
             }
             self.next_page = page.next_offset;
         }
@@ -269,6 +258,22 @@ impl Pieces<'_> {
 }
 
 impl Pieces<'_> {
+    /// Queues the pieces of `len` bytes at `offset`, all of `io_seq`.
+    fn queue(&mut self, offset: u64, len: u64, io_seq: u64) -> Result<(), RebuildError> {
+        split(
+            offset,
+            len,
+            io_seq,
+            self.block_len,
+            self.piece_len,
+            &mut self.queue,
+        )
+        .map_err(|e| RebuildError::Unsupported {
+            volume: self.entry.name.clone(),
+            detail: e.to_string(),
+        })
+    }
+
     /// The next piece of a stream of ranges: each range is cut at the
     /// engine's chunk boundaries (a piece carries one chunk's io_seq), a
     /// chunk at a time.
@@ -286,18 +291,7 @@ impl Pieces<'_> {
             let io_seq = volume
                 .live_chunk_io_seq(range.offset)
                 .map_err(|e| RebuildError::engine(&self.entry.name, e))?;
-            split(
-                range.offset,
-                part_end - range.offset,
-                io_seq,
-                self.block_len,
-                self.piece_len,
-                &mut self.queue,
-            )
-            .map_err(|e| RebuildError::Unsupported {
-                volume: self.entry.name.clone(),
-                detail: e.to_string(),
-            })?;
+            self.queue(range.offset, part_end - range.offset, io_seq)?;
             if part_end < end {
                 if let Some(ranges) = self.ranges.as_mut() {
                     ranges.push_front(ByteRange {
