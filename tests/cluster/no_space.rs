@@ -151,19 +151,33 @@ impl StatePoller {
     }
 }
 
-/// Reads `0..blocks` in 1 MiB reads; panics unless block `lba` holds
-/// `expect(lba)`.
-async fn read_back(session: &mut IscsiSession, blocks: u64, expect: impl Fn(u64) -> Bytes) {
+/// Reads `0..blocks` in 1 MiB reads; says which block first differs from
+/// `expect(lba)` (and how), if any.
+async fn read_back(
+    session: &mut IscsiSession,
+    blocks: u64,
+    expect: impl Fn(u64) -> Bytes,
+) -> Result<(), String> {
     let block = session.block_size as usize;
     for first in (0..blocks).step_by(READ_RUN as usize) {
         let n = READ_RUN.min(blocks - first);
         let done = session.read(first, n as u32).await.unwrap();
-        assert!(done.is_good(), "read at {first}: {done:?}");
+        if !done.is_good() {
+            return Err(format!("read at {first}: {done:?}"));
+        }
         for (i, got) in done.data.chunks(block).enumerate() {
             let lba = first + i as u64;
-            assert!(got == expect(lba).as_ref(), "block {lba} changed");
+            let want = expect(lba);
+            if got != want.as_ref() {
+                return Err(format!(
+                    "block {lba} changed: its first 16 bytes are {:02x?}, expected {:02x?}",
+                    &got[..16.min(got.len())],
+                    &want[..16.min(want.len())]
+                ));
+            }
         }
     }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +227,8 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
     );
     // Every block, many times: always the acknowledged data.
     for _ in 0..READ_PASSES {
-        read_back(&mut session, FIRST_BLOCKS, |lba| pattern(lba, 1, block)).await;
+        let read = read_back(&mut session, FIRST_BLOCKS, |lba| pattern(lba, 1, block)).await;
+        assert!(read.is_ok(), "{read:?}; target log: {}", target.log_text());
     }
 
     // Phase 2: on until the 48 MiB pool is full too: fewer than CF replicas
@@ -271,7 +286,8 @@ async fn a_full_replica_leaves_the_healthy_set_writes_go_on_at_quorum_and_a_full
     assert_ne!(states[2], "healthy", "{status}");
     // Reads go on: everything acknowledged, and the blocks of the failed
     // write the same on every read.
-    read_back(&mut session, failed_at, |lba| pattern(lba, 1, block)).await;
+    let read = read_back(&mut session, failed_at, |lba| pattern(lba, 1, block)).await;
+    assert!(read.is_ok(), "{read:?}; target log: {}", target.log_text());
     let first = session.read(failed_at, RUN as u32).await.unwrap();
     assert!(first.is_good(), "{first:?}");
     for _ in 0..READ_PASSES {
