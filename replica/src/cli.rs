@@ -71,17 +71,25 @@ impl InitArgs {
     }
 }
 
+/// A pool's devices on the command line (`run`, `add-device`).
 #[derive(Debug, Args)]
-pub struct AddDeviceArgs {
-    /// The pool's devices, in the order they were added. Repeat, or
-    /// separate with commas in the variable.
+pub struct PoolPaths {
+    /// The pool's backing devices (files or block devices), in the order
+    /// they were added. Repeat, or separate with commas in the variable.
     #[arg(
         long = "pool-path",
+        value_name = "PATH",
         env = "CSTOR_POOL_PATH",
         value_delimiter = ',',
         required = true
     )]
-    pub pool_paths: Vec<PathBuf>,
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddDeviceArgs {
+    #[command(flatten)]
+    pub pool: PoolPaths,
     /// A new file to create (sparse) as the added device; give --size.
     #[arg(
         long,
@@ -107,7 +115,7 @@ impl AddDeviceArgs {
             _ => return Err(DaemonError::NoDevices),
         };
         Ok(AddDeviceConfig {
-            pool_paths: self.pool_paths.clone(),
+            pool_paths: self.pool.paths.clone(),
             device,
         })
     }
@@ -118,15 +126,8 @@ pub struct RunArgs {
     /// Name of the pool (for logs and `cstor ctl`).
     #[arg(long, env = "CSTOR_POOL", default_value = "pool")]
     pub pool: String,
-    /// The pool's backing devices (files or block devices), in the order
-    /// they were added. Repeat, or separate with commas in the variable.
-    #[arg(
-        long = "pool-path",
-        env = "CSTOR_POOL_PATH",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub pool_paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub pool_paths: PoolPaths,
     /// Address for targets (replication protocol).
     #[arg(long, env = "CSTOR_REPLICA_LISTEN", default_value = "0.0.0.0:7600")]
     pub listen: SocketAddr,
@@ -183,7 +184,7 @@ impl RunArgs {
         let security = Security::from_flags(self.tls_dir.as_deref(), self.insecure_plaintext)?;
         Ok(RunConfig {
             pool_name: self.pool.clone(),
-            devices: self.pool_paths.clone(),
+            devices: self.pool_paths.paths.clone(),
             listen: self.listen,
             mgmt_listen: self.mgmt_listen,
             metrics_listen: self.metrics_listen,

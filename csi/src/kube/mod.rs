@@ -344,6 +344,25 @@ impl TargetRuntime for KubeRuntime {
     }
 
     async fn serving_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
+        let Some(deployment) = self.live_deployment(volume).await? else {
+            return Ok(None);
+        };
+        self.wait_available(volume, deployment).await?;
+        self.endpoint(volume).await
+    }
+
+    async fn find_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
+        if self.live_deployment(volume).await?.is_none() {
+            return Ok(None);
+        }
+        self.endpoint(volume).await
+    }
+}
+
+impl KubeRuntime {
+    /// The target Deployment of `volume`, unless there is none or it is
+    /// being deleted (a target on its way out).
+    async fn live_deployment(&self, volume: &str) -> Result<Option<Deployment>, RuntimeError> {
         objects::validate_volume(volume)?;
         let name = objects::deployment_name(volume);
         let deployment = self
@@ -351,11 +370,11 @@ impl TargetRuntime for KubeRuntime {
             .get_opt(&name)
             .await
             .map_err(|e| api_error("read", "deployment", &name, e))?;
-        let deployment = match deployment {
-            Some(d) if d.metadata.deletion_timestamp.is_none() => d,
-            _ => return Ok(None),
-        };
-        self.wait_available(volume, deployment).await?;
+        Ok(deployment.filter(|d| d.metadata.deletion_timestamp.is_none()))
+    }
+
+    /// The endpoint of `volume`'s target Service, if it exists.
+    async fn endpoint(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
         let name = objects::service_name(volume);
         let service = self
             .services
@@ -365,31 +384,6 @@ impl TargetRuntime for KubeRuntime {
         service
             .map(|service| objects::endpoint(volume, &service))
             .transpose()
-    }
-
-    async fn find_target(&self, volume: &str) -> Result<Option<TargetEndpoint>, RuntimeError> {
-        objects::validate_volume(volume)?;
-        let name = objects::deployment_name(volume);
-        let deployment = self
-            .deployments
-            .get_opt(&name)
-            .await
-            .map_err(|e| api_error("read", "deployment", &name, e))?;
-        // A Deployment being deleted is a target on its way out.
-        match deployment {
-            Some(d) if d.metadata.deletion_timestamp.is_none() => {}
-            _ => return Ok(None),
-        }
-        let name = objects::service_name(volume);
-        let service = self
-            .services
-            .get_opt(&name)
-            .await
-            .map_err(|e| api_error("read", "service", &name, e))?;
-        match service {
-            Some(service) => objects::endpoint(volume, &service).map(Some),
-            None => Ok(None),
-        }
     }
 }
 
