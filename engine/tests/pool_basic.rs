@@ -393,6 +393,70 @@ async fn grow_and_add_device_extend_volume_and_pool() {
 }
 
 #[tokio::test]
+async fn shrink_undoes_a_grow_durably_and_never_discards_data() {
+    let (_, d) = mem(4 << 20);
+    let pool = Pool::create(vec![d.clone()], &opts()).await.unwrap();
+    let chunk = u64::from(CHUNK);
+    // 2.5 chunks: the new end falls inside chunk 2.
+    let size = 2 * chunk + 4096;
+    let v = pool
+        .create_volume("v", size, 512, Provisioning::Thick)
+        .await
+        .unwrap();
+    v.write(2 * chunk, &pattern(3, 4096), 1).await.unwrap();
+    v.create_snapshot("s").await.unwrap();
+    let reserved = pool.stats().reserved_bytes;
+
+    // A grow nothing was written into is undone, durably.
+    pool.grow_volume("v", 8 * chunk).await.unwrap();
+    assert!(
+        pool.stats().reserved_bytes > reserved,
+        "the grow reserved space"
+    );
+    v.shrink(size).await.unwrap();
+    assert_eq!(v.size_bytes().unwrap(), size);
+    assert_eq!(
+        pool.stats().reserved_bytes,
+        reserved,
+        "reservation given back"
+    );
+    let err = v.write(size, &pattern(1, 512), 2).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange, "{err}");
+    pool.close().await.unwrap();
+    let pool = Pool::open(vec![d], &opts()).await.unwrap();
+    let v = pool.volume("v").unwrap();
+    assert_eq!(v.size_bytes().unwrap(), size);
+    assert_eq!(read(&v, 2 * chunk, 4096).await, pattern(3, 4096));
+
+    // Data beyond the new end is never discarded: in the live layer, in
+    // the chunk across the end, or only in a snapshot the volume reads
+    // through (hidden there by a tombstone, still refused).
+    pool.grow_volume("v", 8 * chunk).await.unwrap();
+    v.write(5 * chunk, &pattern(4, 512), 3).await.unwrap();
+    let err = v.shrink(size).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("chunk 5"), "{err}");
+    v.unmap(5 * chunk, chunk, 4).await.unwrap();
+    v.write(size + 512, &pattern(5, 512), 5).await.unwrap();
+    let err = v.shrink(size).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("non-zero byte"), "{err}");
+    v.unmap(size, 512 * 2, 6).await.unwrap();
+    v.write(6 * chunk, &pattern(6, 512), 7).await.unwrap();
+    v.create_snapshot("t").await.unwrap();
+    v.unmap(6 * chunk, chunk, 8).await.unwrap();
+    let err = v.shrink(size).await.unwrap_err();
+    assert!(err.to_string().contains("chunk 6"), "{err}");
+    assert_eq!(v.size_bytes().unwrap(), 8 * chunk);
+    v.delete_snapshot("t").await.unwrap();
+    v.shrink(size).await.unwrap();
+    assert_eq!(v.size_bytes().unwrap(), size);
+    pool.grow_volume("v", 8 * chunk).await.unwrap();
+    let rest = 6 * CHUNK as usize - 4096;
+    assert_eq!(read(&v, size, rest).await, vec![0; rest]);
+}
+
+#[tokio::test]
 async fn open_refuses_a_device_of_another_pool() {
     let (_, a) = mem(2 << 20);
     let (_, b) = mem(2 << 20);

@@ -49,6 +49,15 @@ pub enum Record {
         /// New size (larger).
         size_bytes: u64,
     },
+    /// Undoes a grow: the volume's size drops back. The live path writes
+    /// it only when nothing but zeros lies beyond the new size
+    /// (`Volume::shrink`), so it discards no data.
+    ShrinkVolume {
+        /// Volume.
+        id: VolumeId,
+        /// New size (smaller).
+        size_bytes: u64,
+    },
     /// Freezes the volume's live layer as a snapshot; the volume continues
     /// in a new empty layer above it.
     CreateSnapshot {
@@ -159,6 +168,7 @@ const T_REMOVE: u8 = 10;
 const T_VOLUME_SEQ: u8 = 11;
 const T_SET_MEMBERSHIP: u8 = 12;
 const T_INSERT_SNAPSHOT: u8 = 13;
+const T_SHRINK_VOLUME: u8 = 14;
 
 /// Encodes an optional layer id (ids start at 1; 0 means none).
 pub(crate) fn opt_id(id: Option<u64>) -> u64 {
@@ -206,6 +216,9 @@ impl Record {
             }
             Record::GrowVolume { id, size_bytes } => {
                 w.u8(T_GROW_VOLUME).u64(*id).u64(*size_bytes);
+            }
+            Record::ShrinkVolume { id, size_bytes } => {
+                w.u8(T_SHRINK_VOLUME).u64(*id).u64(*size_bytes);
             }
             Record::CreateSnapshot {
                 volume,
@@ -295,6 +308,10 @@ impl Record {
                 id: r.u64()?,
                 size_bytes: r.u64()?,
             },
+            T_SHRINK_VOLUME => Record::ShrinkVolume {
+                id: r.u64()?,
+                size_bytes: r.u64()?,
+            },
             T_CREATE_SNAPSHOT => Record::CreateSnapshot {
                 volume: r.u64()?,
                 id: r.u64()?,
@@ -369,6 +386,10 @@ mod tests {
             Record::GrowVolume {
                 id: 1,
                 size_bytes: 2 << 30,
+            },
+            Record::ShrinkVolume {
+                id: 1,
+                size_bytes: 1 << 30,
             },
             Record::CreateSnapshot {
                 volume: 1,

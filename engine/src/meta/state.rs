@@ -415,6 +415,22 @@ impl State {
                 }
                 v.size_bytes = *size_bytes;
             }
+            Record::ShrinkVolume { id, size_bytes } => {
+                let block = self
+                    .volumes
+                    .get(id)
+                    .ok_or_else(|| nf(format!("volume {id}")))?
+                    .block_bytes;
+                self.check_size(*size_bytes, block)?;
+                let v = self
+                    .volumes
+                    .get_mut(id)
+                    .ok_or_else(|| nf(format!("volume {id}")))?;
+                if *size_bytes > v.size_bytes {
+                    return Err(inv("a shrink cannot grow a volume"));
+                }
+                v.size_bytes = *size_bytes;
+            }
             Record::CreateSnapshot {
                 volume,
                 id,

@@ -432,6 +432,75 @@ impl Volume {
         self.pool.flush_all().await?;
         self.usable().map(|_| ())
     }
+
+    /// Undoes a grow: the volume's size drops to `size_bytes`, durably
+    /// (FORMAT.md "Undoing a grow"). Refused with `InvalidArgument` when
+    /// anything but zeros lies beyond it, in the volume or in a snapshot
+    /// it reads through: a shrink never discards data, and a later grow
+    /// over the same range reads zeros. The same or a larger size changes
+    /// nothing (a grow is [`crate::Pool::grow_volume`]'s).
+    pub async fn shrink(&self, size_bytes: u64) -> Result<()> {
+        let _s = self.pool.structure.write().await;
+        let (live, size) = self.usable()?;
+        if size_bytes >= size {
+            return Ok(());
+        }
+        let chunk_bytes = self.chunk_bytes();
+        let beyond = |what: String| {
+            invalid(format!(
+                "volume {} cannot shrink from {size} to {size_bytes} bytes: {what} lies beyond",
+                self.name
+            ))
+        };
+        let tail = {
+            let m = self.pool.meta.lock();
+            let first_whole = size_bytes.div_ceil(chunk_bytes);
+            for layer in m.state.chain(live) {
+                let l = m
+                    .state
+                    .layers
+                    .get(&layer)
+                    .ok_or_else(|| not_found(format!("layer {layer}")))?;
+                if let Some((chunk, _)) = l
+                    .map
+                    .iter_from(first_whole)
+                    .find(|(_, e)| matches!(e.target, Target::Data(_)))
+                {
+                    return Err(beyond(format!("data of chunk {chunk} (layer {layer})")));
+                }
+            }
+            let off = size_bytes % chunk_bytes;
+            match m.state.resolve(live, size_bytes / chunk_bytes) {
+                Some((
+                    _,
+                    Entry {
+                        target: Target::Data(phys),
+                        ..
+                    },
+                )) if off != 0 => Some((phys, off)),
+                _ => None,
+            }
+        };
+        if let Some((phys, off)) = tail {
+            // The chunk across the new end holds data: what lies past the
+            // end must be zeros (it is, unless the volume once held data
+            // there at a larger size).
+            let len = usize::try_from(chunk_bytes - off).map_err(|_| invalid("chunk"))?;
+            let mut rest = vec![0u8; len];
+            self.read_phys(phys, off, &mut rest).await?;
+            if let Some(at) = rest.iter().position(|b| *b != 0) {
+                return Err(beyond(format!(
+                    "a non-zero byte at {}",
+                    size_bytes + at as u64
+                )));
+            }
+        }
+        self.pool.meta.lock().record(Record::ShrinkVolume {
+            id: self.id,
+            size_bytes,
+        })?;
+        self.pool.flush_all().await
+    }
 }
 
 /// Fresh chunks promised to one write (`Volume::write`): taken one by one

@@ -65,7 +65,9 @@ pub enum Message {
     SnapshotDestroy(Name),
     /// List snapshots (one page).
     SnapshotList(SnapshotListRequest),
-    /// Grow the volume to this size.
+    /// Grow the volume to this size, or undo a grow that failed short of
+    /// quorum: a smaller size is taken only when nothing but zeros lies
+    /// beyond it (else `InvalidArgument`).
     Resize {
         /// New size in bytes.
         new_size_bytes: u64,

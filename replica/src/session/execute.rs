@@ -72,15 +72,10 @@ pub(super) async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
             Message::Resize { new_size_bytes } => {
                 let current = volume.size_bytes()?;
                 if *new_size_bytes < current {
-                    return Err(EngineError::new(
-                        cstor_engine::ErrorKind::InvalidArgument,
-                        format!(
-                            "volume {} cannot shrink from {current} to {new_size_bytes} bytes",
-                            entry.name
-                        ),
-                    ));
-                }
-                if *new_size_bytes > current {
+                    // The target undoes a grow that failed short of quorum;
+                    // the engine refuses it over anything but zeros.
+                    volume.shrink(*new_size_bytes).await?;
+                } else if *new_size_bytes > current {
                     entry.pool.grow_volume(&entry.name, *new_size_bytes).await?;
                 }
                 Message::Ack(Opcode::Resize)

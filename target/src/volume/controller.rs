@@ -42,8 +42,10 @@
 //!      an in-range request with OutOfRange is dropped, not the request.
 //!    - fewer: the request fails with a message naming each replica's
 //!      error; a snapshot that some replicas took is destroyed on them
-//!      (best effort, its own io_seq, answers ignored). A grow cannot be
-//!      undone: replicas that grew stay larger than the volume, harmlessly.
+//!      (best effort, its own io_seq, answers ignored), and a grow is
+//!      undone the same way: the replicas that took it are shrunk back
+//!      (one not linked then is shrunk when it connects); the replica
+//!      refuses a shrink over data, and nothing was written there.
 //!    - without quorum it waits up to the grace period from its
 //!      submission, then fails with [`VolumeError::ReadOnly`].
 //!

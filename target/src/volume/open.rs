@@ -202,8 +202,9 @@ pub fn geometry(
             )));
         }
         // A grow that failed short of quorum may have reached some of them
-        // (it has no undo): the volume keeps it, the others are grown
-        // when they link (a volume never shrinks).
+        // before its undo did (or the target stopped first): the volume
+        // keeps it, the others are grown when they link (a volume never
+        // shrinks below what a replica of its newest state holds).
         size = size.max(s);
     }
     Ok((size, block))

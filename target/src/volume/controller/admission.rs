@@ -288,7 +288,11 @@ impl Controller {
     /// A replica's link is up and its session claimed; it reported
     /// `size_bytes`. One smaller than the volume (it missed a grow) is
     /// grown first: a `Resize` with its own io_seq, answer not awaited (if
-    /// it fails, the replica's out-of-range answers drop it again).
+    /// it fails, the replica's out-of-range answers drop it again). One
+    /// larger (it took a grow that failed short of quorum and missed its
+    /// undo) is shrunk back the same way; the replica refuses that over
+    /// data (none is written beyond the volume's size), and if it does, it
+    /// stays larger, harmlessly but for the size of its later snapshots.
     ///
     /// `preamble`: messages the shell wants first on the new connection
     /// (unawaited, each its own io_seq), sent if the replica is taken.
@@ -316,12 +320,12 @@ impl Controller {
         let backing_off = self.replicas.get(replica).is_some_and(|r| {
             r.state == ReplicaState::Failed && r.redial_at.is_some_and(|at| at > now)
         });
-        if size_bytes < self.config.size_bytes && replica < self.replicas.len() && !backing_off {
+        if size_bytes != self.config.size_bytes && replica < self.replicas.len() && !backing_off {
             tracing::info!(
                 replica,
                 have = size_bytes,
                 want = self.config.size_bytes,
-                "growing a replica that missed a resize"
+                "resizing a replica that missed a resize or its undo"
             );
             let io_seq = self.next_io_seq;
             self.next_io_seq += 1;

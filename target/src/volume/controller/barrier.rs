@@ -231,8 +231,19 @@ impl Controller {
                     actions,
                 );
             }
-            if let Op::SnapshotCreate { name } = &p.op {
-                let undo = Op::SnapshotDestroy { name: name.clone() };
+            // Undone where it was taken (best effort, its own io_seq,
+            // answers ignored): a snapshot is destroyed, a grow shrunk back
+            // (the replica refuses that over data; none was written there).
+            // A replica that took it and is not linked now is shrunk when
+            // it connects (`on_connected_sized`).
+            let undo = match &p.op {
+                Op::SnapshotCreate { name } => Some(Op::SnapshotDestroy { name: name.clone() }),
+                Op::Resize { .. } => Some(Op::Resize {
+                    size_bytes: self.config.size_bytes,
+                }),
+                _ => None,
+            };
+            if let Some(undo) = undo {
                 let undo_seq = self.next_io_seq;
                 self.next_io_seq += 1;
                 for replica in &p.acked {

@@ -42,6 +42,9 @@ struct Sim {
     /// yet (one that needs a new chunk) fails with `NoSpace`, and so does a
     /// rebuild that would have to add blocks.
     full: Vec<bool>,
+    /// Per replica: its volume's size (a replica that refuses barriers
+    /// keeps its own).
+    sizes: Vec<u64>,
 }
 
 /// A sink's rebuild in the simulation: live writes since `RebuildStart`
@@ -88,6 +91,7 @@ impl Sim {
             refuse_barriers: vec![false; replicas],
             poison_snapshots: vec![false; replicas],
             full: vec![false; replicas],
+            sizes: vec![1 << 20; replicas],
         };
         for r in 0..replicas {
             sim.connect(r);
@@ -350,7 +354,10 @@ impl Sim {
                         ))
                     }
                 }
-                Message::Resize { .. } => Message::Ack(Opcode::Resize),
+                Message::Resize { new_size_bytes } => {
+                    self.sizes[r] = *new_size_bytes;
+                    Message::Ack(Opcode::Resize)
+                }
                 Message::MembershipSet(_) => Message::Ack(Opcode::MembershipSet),
                 Message::SnapshotList(_) => Message::SnapshotListing(SnapshotListing {
                     snapshots: self.snapshots[r]
@@ -404,6 +411,7 @@ impl Sim {
         self.snapshots.push(BTreeMap::new());
         self.refuse_barriers.push(false);
         self.full.push(false);
+        self.sizes.push(1 << 20);
     }
 }
 
@@ -1187,6 +1195,59 @@ fn a_resize_fewer_than_cf_replicas_took_leaves_the_size_alone() {
         Some(Err(VolumeError::Refused(_)))
     ));
     assert_eq!(sim.ctl.size_bytes(), 1 << 20);
+}
+
+#[test]
+fn a_grow_that_failed_short_of_quorum_is_shrunk_back_where_taken() {
+    // Replica 0 takes the grow, 1 and 2 refuse it: it fails and replica 0
+    // is shrunk back at once, so a later snapshot has one size everywhere.
+    let mut sim = Sim::new(3, 2);
+    sim.refuse_barriers[1] = true;
+    sim.refuse_barriers[2] = true;
+    let grow = sim.submit(Op::Resize {
+        size_bytes: 4 << 20,
+    });
+    sim.deliver_all();
+    assert!(matches!(
+        sim.result(grow),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    assert_eq!(sim.sizes[0], 4 << 20, "replica 0 took it");
+    sim.deliver_all();
+    assert_eq!(sim.ctl.size_bytes(), 1 << 20);
+    assert_eq!(sim.sizes, vec![1 << 20; 3]);
+
+    // A replica that took a failed grow and was away for its undo is
+    // shrunk back when it connects.
+    sim.refuse_barriers[1] = false;
+    sim.disconnect(0);
+    let grow = sim.submit(Op::Resize {
+        size_bytes: 4 << 20,
+    });
+    sim.deliver_all();
+    assert!(matches!(
+        sim.result(grow),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    sim.deliver_all();
+    assert_eq!(sim.sizes[1], 1 << 20, "undone on the linked one");
+    sim.up[0] = true;
+    sim.last_seq[0] = 0;
+    sim.gens[0] += 1;
+    let actions = sim
+        .ctl
+        .on_connected_sized(sim.now, 0, sim.gens[0], 4 << 20, Vec::new());
+    match actions.first() {
+        Some(Action::Send {
+            replica: 0, packet, ..
+        }) => assert_eq!(
+            packet.message,
+            Message::Resize {
+                new_size_bytes: 1 << 20
+            }
+        ),
+        other => panic!("first action {other:?}"),
+    }
 }
 
 #[test]
