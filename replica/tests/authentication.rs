@@ -365,7 +365,19 @@ async fn a_replica_certificate_pulls_the_rebuild_stream_of_a_member_volume() {
         }
         other => panic!("listing: {other:?}"),
     }
-    // Then pulls the live stream: the written block comes.
+    // No target session owns the volume on this daemon (as after a
+    // restart, before its target claimed it again): it serves no stream.
+    let refused = try_to_pull(support::dial(r.data, &peer).await.unwrap()).await;
+    assert!(!carries_data(&refused), "{refused:?}");
+    match refused.last() {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.status, Status::Busy, "{e:?}");
+            assert!(e.detail.contains("no target session"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Its target claims it; then the live stream comes, with the block.
+    let _owner = session(r.data, &pki.security(&target("v")), "v", 1).await;
     let mut conn = support::dial(r.data, &peer).await.unwrap();
     let start = Message::RebuildStart(RebuildStart {
         peer_address: "127.0.0.1:1".into(),

@@ -110,6 +110,8 @@ async fn sink_pulls_every_block_but_keeps_a_live_write(links: Links) {
     // The source's volume is in a replica set (its target wrote the
     // record): the sink's replica certificate may pull it.
     make_replicated(&source.pool, "v").await;
+    // A source serves only while its target owns the volume there.
+    let _owner = session(source.data, &links.target(), 1).await;
     let src = source.pool.volume("v").unwrap();
     // 256 blocks (1 MiB) spread over 4 MiB.
     for lba in (0..1024).step_by(4) {
@@ -200,6 +202,8 @@ async fn a_delta_rebuild_replaces_writes_only_the_sink_got_with_the_sources_cont
     let source = links.replica("source").await;
     let sink = links.replica("sink").await;
     make_replicated(&source.pool, "v").await;
+    // A source serves only while its target owns the volume there.
+    let _owner = session(source.data, &links.target(), 1).await;
     let src = source.pool.volume("v").unwrap();
     let dst = sink.pool.volume("v").unwrap();
     let chunk_blocks = src.chunk_bytes() / BLOCK;
@@ -295,6 +299,8 @@ async fn a_source_aborts_the_stream_of_a_snapshot_it_does_not_have() {
     let links = Links::tls();
     let source = links.replica("source").await;
     make_replicated(&source.pool, "v").await;
+    // A source serves only while its target owns the volume there.
+    let _owner = session(source.data, &links.target(), 1).await;
     let (mut probe, _, _) = session(source.data, &links.peer_replica(), 0).await;
     let snapshot = RebuildSource::Snapshot(Name::new("s1").unwrap());
     probe
@@ -318,6 +324,8 @@ async fn a_source_streams_a_snapshot_as_it_was_taken_not_the_live_volume() {
     let links = Links::tls();
     let source = links.replica("source").await;
     make_replicated(&source.pool, "v").await;
+    // A source serves only while its target owns the volume there.
+    let _owner = session(source.data, &links.target(), 1).await;
     let v = source.pool.volume("v").unwrap();
     v.write(0, &block(1, 0), 5).await.unwrap();
     v.write(BLOCK, &block(1, 1), 6).await.unwrap();

@@ -5,6 +5,11 @@
 //! volume in the ranges the sink names, whatever its io_seq (the chunks the
 //! sink changed itself that this replica never got: `sink` module doc).
 //!
+//! A replica is a source only while a target session owns its volume on
+//! this process (`Busy` otherwise): the target chose it as healthy on a
+//! link to this process, not to one before a restart that may have lost
+//! writes it acknowledged (the session router checks it).
+//!
 //! Stream: `Ack`, `RebuildProgress{0, total}`, `RebuildChunk`…,
 //! `RebuildDone{through_io_seq}` — or `RebuildAbort` on an error. Each chunk
 //! carries at most [`REBUILD_PIECE_BYTES`], with the io_seq the engine

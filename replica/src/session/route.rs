@@ -84,9 +84,22 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
         }
         Message::RebuildStart(start) => {
             return match session.fenced {
+                // A source only while a target session owns the volume on
+                // this process: the target chose it as healthy on a link to
+                // this process, not to one before a restart that may have
+                // lost acknowledged writes (until the target claims it
+                // again and judges it, it serves no rebuild).
+                None if !session.entry.has_owner() => Route::Immediate(Some(error_reply(
+                    packet,
+                    Status::Busy,
+                    format!(
+                        "volume {} has no target session on this replica: it serves a rebuild only once its target claimed it",
+                        session.entry.name
+                    ),
+                ))),
                 None => Route::RebuildSource(start.clone()),
                 Some(_) => Route::RebuildSink(start.clone()),
-            }
+            };
         }
         Message::RebuildChunk(_)
         | Message::RebuildProgress(_)

@@ -320,7 +320,22 @@ impl Controller {
         let backing_off = self.replicas.get(replica).is_some_and(|r| {
             r.state == ReplicaState::Failed && r.redial_at.is_some_and(|at| at > now)
         });
-        if size_bytes != self.config.size_bytes && replica < self.replicas.len() && !backing_off {
+        // A grow in progress may have reached it: it keeps that size, and
+        // the grow's end decides (done: the volume's; failed: undone on
+        // every linked replica).
+        let growing_to = self
+            .barrier
+            .as_ref()
+            .filter(|b| b.io_seq.is_some())
+            .and_then(|b| match b.op {
+                Op::Resize { size_bytes } => Some(size_bytes),
+                _ => None,
+            });
+        if size_bytes != self.config.size_bytes
+            && Some(size_bytes) != growing_to
+            && replica < self.replicas.len()
+            && !backing_off
+        {
             tracing::info!(
                 replica,
                 have = size_bytes,

@@ -232,27 +232,36 @@ impl Controller {
                 );
             }
             // Undone where it was taken (best effort, its own io_seq,
-            // answers ignored): a snapshot is destroyed, a grow shrunk back
-            // (the replica refuses that over data; none was written there).
-            // A replica that took it and is not linked now is shrunk when
-            // it connects (`on_connected_sized`).
+            // answers ignored): a snapshot is destroyed where acknowledged;
+            // a grow is shrunk back on every linked replica (one whose
+            // answer was lost with its connection may hold it; a shrink to
+            // the size held changes nothing, and the replica refuses one
+            // over data, none was written there). A replica that took it
+            // and is not linked now is shrunk when it connects
+            // (`on_connected_sized`).
             let undo = match &p.op {
-                Op::SnapshotCreate { name } => Some(Op::SnapshotDestroy { name: name.clone() }),
-                Op::Resize { .. } => Some(Op::Resize {
-                    size_bytes: self.config.size_bytes,
-                }),
+                Op::SnapshotCreate { name } => Some((
+                    Op::SnapshotDestroy { name: name.clone() },
+                    p.acked.iter().copied().collect::<Vec<_>>(),
+                )),
+                Op::Resize { .. } => Some((
+                    Op::Resize {
+                        size_bytes: self.config.size_bytes,
+                    },
+                    (0..self.replicas.len()).collect(),
+                )),
                 _ => None,
             };
-            if let Some(undo) = undo {
+            if let Some((undo, on)) = undo {
                 let undo_seq = self.next_io_seq;
                 self.next_io_seq += 1;
-                for replica in &p.acked {
+                for replica in on {
                     if self
                         .replicas
-                        .get(*replica)
+                        .get(replica)
                         .is_some_and(|r| r.state.is_linked())
                     {
-                        actions.push(self.send(*replica, undo_seq, &undo));
+                        actions.push(self.send(replica, undo_seq, &undo));
                     }
                 }
             }

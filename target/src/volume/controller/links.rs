@@ -6,6 +6,9 @@
 //! - a down report or a not-sent report of an older connection changes
 //!   nothing; a packet not sent on the current one drops the replica (it
 //!   gets what it owes again on its next connection);
+//! - a replica that goes offline while it is a rebuild's source makes that
+//!   rebuild done again once it is done (the process that serves the rest
+//!   may be a restarted one that lost acknowledged writes);
 //! - a replica that goes offline is sent again, on reconnect, what it has
 //!   not acknowledged of the unanswered mutating requests; of an answered
 //!   one it lacks, it is degraded from its io_seq at once (a quick
@@ -154,6 +157,23 @@ impl Controller {
         }
         r.rebuild = None;
         r.retry_at = None;
+        // A rebuild it is the source of may be served, from here on, by a
+        // process that is not the one this link knew (it restarted and
+        // lost writes it had acknowledged; its daemon serves a source only
+        // while a target session owns its volume, so only once it is
+        // claimed again): that sink is rebuilt once more when done.
+        for r in self
+            .replicas
+            .iter_mut()
+            .filter(|r| r.rebuild.is_some_and(|run| run.source == replica))
+        {
+            if let Some(run) = r.rebuild {
+                r.missed_in_rebuild = Some(
+                    r.missed_in_rebuild
+                        .map_or(run.from_io_seq, |m| m.min(run.from_io_seq)),
+                );
+            }
+        }
         let mut lacks = Vec::new();
         for (seq, p) in self.pending.iter_mut() {
             if !p.sent.contains_key(&replica) || p.acked.contains(&replica) {

@@ -13,8 +13,9 @@
 //! - reports carry `J`: a report of another run is ignored. Accepted, the
 //!   replica is rebuilding; done, it is healthy (its failures forgotten),
 //!   unless a snapshot a quorum took changed the peer meanwhile, or the
-//!   source was found to lack requests (a member reached later held more):
-//!   then it is rebuilt again from there;
+//!   source was found to lack requests (a member reached later held more)
+//!   or went offline meanwhile (what it served after may come from a
+//!   restarted process): then it is rebuilt again from there;
 //! - aborted or refused for lack of space or a poisoned volume, the replica
 //!   failed (rule 6, `super::failed`); otherwise it stays degraded and is
 //!   offered a new rebuild after the longer of [`REBUILD_RETRY`] and its

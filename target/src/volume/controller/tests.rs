@@ -1251,6 +1251,37 @@ fn a_grow_that_failed_short_of_quorum_is_shrunk_back_where_taken() {
 }
 
 #[test]
+fn a_replica_back_during_a_grow_it_took_keeps_the_new_size() {
+    let mut sim = Sim::new(3, 2);
+    let grow = sim.submit(Op::Resize {
+        size_bytes: 4 << 20,
+    });
+    sim.deliver(0);
+    assert_eq!(sim.sizes[0], 4 << 20);
+    // Its link drops and comes back before the grow is decided.
+    sim.disconnect(0);
+    sim.up[0] = true;
+    sim.last_seq[0] = 0;
+    sim.gens[0] += 1;
+    let actions = sim
+        .ctl
+        .on_connected_sized(sim.now, 0, sim.gens[0], 4 << 20, Vec::new());
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::Send { packet, .. } if matches!(packet.message, Message::Resize { .. })
+        )),
+        "shrunk back while the grow it took was still in progress: {actions:?}"
+    );
+    sim.apply(actions);
+    sim.deliver_all();
+    sim.deliver_all();
+    assert_eq!(sim.result(grow), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.size_bytes(), 4 << 20);
+    assert_eq!(sim.sizes, vec![4 << 20; 3]);
+}
+
+#[test]
 fn a_second_barrier_is_refused_while_one_is_in_progress() {
     let mut sim = Sim::new(1, 1);
     let first = sim.submit(snapshot("a"));
@@ -1739,6 +1770,38 @@ fn a_rebuild_whose_source_is_found_lacking_meanwhile_is_done_again_before_health
     let (again, from, _) = rebuild_start(&sim, 2).expect("no second RebuildStart");
     assert_ne!(again, source, "rebuilt again from the lacking member");
     assert!(from < gap, "rebuilt from {from}, not before {gap}");
+    sim.deliver(2);
+    sim.finish_rebuild(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_rebuild_whose_source_went_offline_meanwhile_is_done_again_before_healthy() {
+    // The source's link went down while the sink pulled: the rest may have
+    // come from a restarted process that lost acknowledged writes.
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    sim.write(1, 1);
+    sim.deliver_all();
+    sim.connect(2);
+    let (source, first_from, _) = rebuild_start(&sim, 2).expect("no RebuildStart");
+    sim.deliver(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    sim.disconnect(source);
+    sim.finish_rebuild(2);
+    assert_eq!(
+        sim.ctl.replica_states()[2],
+        ReplicaState::Degraded,
+        "healthy although its source went away during the rebuild"
+    );
+    sim.connect(source);
+    sim.advance(TICK_FOR_TESTS);
+    sim.connect(2);
+    let (_, from, _) = rebuild_start(&sim, 2).expect("no second RebuildStart");
+    assert!(
+        from <= first_from,
+        "rebuilt again from {from}, not {first_from}"
+    );
     sim.deliver(2);
     sim.finish_rebuild(2);
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
