@@ -179,6 +179,44 @@ async fn a_write_refused_for_space_changes_none_of_its_chunks() {
 }
 
 #[tokio::test]
+async fn an_unmap_refused_for_space_changes_none_of_its_chunks() {
+    let (_, d) = mem(2 << 20);
+    let pool = Pool::create(vec![d], &opts()).await.unwrap();
+    let chunk = u64::from(CHUNK);
+    let chunks = pool.stats().total_bytes / chunk;
+    let v = pool
+        .create_volume("v", (chunks + 4) * chunk, 512, Provisioning::Thin)
+        .await
+        .unwrap();
+    let old = pattern(1, CHUNK as usize);
+    for c in 0..3 {
+        v.write(c * chunk, &old, c + 1).await.unwrap();
+    }
+    // The three chunks are shared with a snapshot: zeroing part of one
+    // copies it first. Every chunk but one is taken.
+    v.create_snapshot("s").await.unwrap();
+    for c in 3..chunks - 1 {
+        v.write(c * chunk, &old, c + 1).await.unwrap();
+    }
+    let used = pool.audit().owned;
+    // Half of chunk 0, all of chunk 1, half of chunk 2: two copies needed,
+    // one chunk free.
+    let err = v.unmap(chunk / 2, 2 * chunk, 500).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
+    assert!(
+        read(&v, 0, 3 * CHUNK as usize).await == pattern(1, CHUNK as usize).repeat(3),
+        "an unmap refused changed the volume"
+    );
+    assert_eq!(pool.audit().owned, used, "no chunk was taken");
+    // What fits still goes: one copy, one tombstone.
+    v.unmap(chunk / 2, chunk + chunk / 2, 501).await.unwrap();
+    assert_eq!(
+        read(&v, chunk, CHUNK as usize).await,
+        vec![0; CHUNK as usize]
+    );
+}
+
+#[tokio::test]
 async fn thin_pool_runs_out_of_space_cleanly_and_unmap_gives_it_back() {
     let (_, d) = mem(2 << 20);
     let pool = Pool::create(vec![d], &opts()).await.unwrap();

@@ -28,6 +28,13 @@ enum Plan {
     Fresh { phys: u64, source: Option<u64> },
 }
 
+/// What a range asks of the pool's free chunks (`Volume::promise`).
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    Write,
+    Zero,
+}
+
 enum ZeroPlan {
     Nothing,
     Record(Record),
@@ -342,7 +349,7 @@ impl Volume {
         self.check_range(size, offset, data.len() as u64)?;
         // All or nothing when space runs out: every fresh chunk the write
         // needs is promised before its first piece lands.
-        let promise = self.promise(offset, data.len() as u64).await?;
+        let promise = self.promise(offset, data.len() as u64, Need::Write).await?;
         for p in pieces(offset, data.len() as u64, self.chunk_bytes()) {
             let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
             let piece = data
@@ -368,15 +375,27 @@ impl Volume {
         let _s = self.pool.structure.read().await;
         let (_, size) = self.usable()?;
         self.check_extent(size, offset, len)?;
+        // All or nothing when space runs out, as a write: a partial chunk
+        // zeroed through copy-on-write needs a fresh chunk, promised
+        // before the first piece changes anything.
+        let promise = self.promise(offset, len, Need::Zero).await?;
         for p in pieces(offset, len, self.chunk_bytes()) {
             let _g = self.pool.locks.exclusive(self.id, p.chunk).await;
-            self.zero_locked(p.chunk, p.off, p.len, io_seq).await?;
+            self.zero_locked(p.chunk, p.off, p.len, io_seq, &promise)
+                .await?;
             self.track(p.chunk, p.off, p.len, io_seq);
         }
         Ok(())
     }
 
-    async fn zero_locked(&self, chunk: u64, off: u64, len: usize, io_seq: u64) -> Result<()> {
+    async fn zero_locked(
+        &self,
+        chunk: u64,
+        off: u64,
+        len: usize,
+        io_seq: u64,
+        promise: &Promise<'_>,
+    ) -> Result<()> {
         let full = off == 0 && len as u64 == self.chunk_bytes();
         let plan = {
             let mut m = self.pool.meta.lock();
@@ -419,7 +438,7 @@ impl Volume {
             ZeroPlan::Record(r) => self.pool.meta.lock().record(r),
             ZeroPlan::WriteZeros => {
                 let zeros = vec![0u8; len];
-                self.write_locked(chunk, off, &zeros, io_seq, None, None)
+                self.write_locked(chunk, off, &zeros, io_seq, None, Some(promise))
                     .await
             }
         }
@@ -536,11 +555,11 @@ impl Volume {
     /// (each piece whose chunk the live layer does not hold as data), or
     /// fails with `NoSpace` having changed nothing. Chunks freed by an
     /// uncommitted unmap are waited for (a commit) before giving up.
-    async fn promise(&self, offset: u64, len: u64) -> Result<Promise<'_>> {
+    async fn promise(&self, offset: u64, len: u64, need: Need) -> Result<Promise<'_>> {
         for attempt in 0..2 {
             {
                 let mut m = self.pool.meta.lock();
-                let needed = self.fresh_chunks(&m, offset, len)?;
+                let (needed, entries) = self.fresh_chunks(&m, offset, len, need)?;
                 let thick = m.state.volumes.get(&self.id).is_some_and(|v| v.thick);
                 let room = if thick {
                     m.state.alloc.free_count()
@@ -548,7 +567,7 @@ impl Volume {
                     m.state.available_chunks()
                 };
                 if needed == 0 || room.saturating_sub(m.promised) >= needed {
-                    self.pool.admit(&m.state, needed, 0)?;
+                    self.pool.admit(&m.state, entries, 0)?;
                     m.promised = m.promised.saturating_add(needed);
                     return Ok(Promise {
                         meta: &self.pool.meta,
@@ -557,9 +576,13 @@ impl Volume {
                 }
                 if attempt > 0 || !m.frees_pending() {
                     return Err(no_space(format!(
-                        "volume {}: a write of {len} bytes at {offset} needs {needed} \
+                        "volume {}: {} of {len} bytes at {offset} needs {needed} \
                          free chunks, {} are left",
                         self.name,
+                        match need {
+                            Need::Write => "a write",
+                            Need::Zero => "zeroing",
+                        },
                         room.saturating_sub(m.promised)
                     )));
                 }
@@ -569,26 +592,55 @@ impl Volume {
         Err(no_space(format!("volume {}: no free chunk", self.name)))
     }
 
-    /// Pieces of `offset..offset+len` whose chunk the live layer does not
-    /// hold as data (a write there allocates).
-    fn fresh_chunks(&self, m: &Meta, offset: u64, len: u64) -> Result<u64> {
+    /// Fresh chunks `offset..offset+len` needs, and the map entries it may
+    /// add. A write allocates for every piece whose chunk the live layer
+    /// does not hold as data; zeroing only for a partial piece over data
+    /// the live layer does not own (copy-on-write), and adds a tombstone
+    /// for a whole chunk it does not own that shows data from below
+    /// (`zero_locked`'s plan).
+    fn fresh_chunks(&self, m: &Meta, offset: u64, len: u64, need: Need) -> Result<(u64, u64)> {
         let live = self.live_layer(m)?;
         let layer = m
             .state
             .layers
             .get(&live)
             .ok_or_else(|| not_found(format!("layer {live}")))?;
-        Ok(pieces(offset, len, self.chunk_bytes())
-            .filter(|p| {
-                !matches!(
-                    layer.map.get(p.chunk),
-                    Some(Entry {
-                        target: Target::Data(_),
-                        ..
-                    })
-                )
-            })
-            .count() as u64)
+        let owned = |chunk: u64| {
+            matches!(
+                layer.map.get(chunk),
+                Some(Entry {
+                    target: Target::Data(_),
+                    ..
+                })
+            )
+        };
+        let (mut fresh, mut entries) = (0u64, 0u64);
+        for p in pieces(offset, len, self.chunk_bytes()) {
+            match need {
+                Need::Write => {
+                    if !owned(p.chunk) {
+                        fresh += 1;
+                        entries += 1;
+                    }
+                }
+                Need::Zero => {
+                    if layer.map.get(p.chunk).is_some() {
+                        continue;
+                    }
+                    let below = layer
+                        .parent
+                        .and_then(|parent| m.state.resolve(parent, p.chunk))
+                        .is_some_and(|(_, e)| matches!(e.target, Target::Data(_)));
+                    if below {
+                        entries += 1;
+                        if p.len as u64 != self.chunk_bytes() {
+                            fresh += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((fresh, entries))
     }
 }
 

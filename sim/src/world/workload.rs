@@ -717,8 +717,20 @@ impl World<'_> {
                         .zip(data.chunks(BLOCK))
                         .position(|(a, b)| a != b)
                     {
-                        let msg =
-                            format!("convergence: replicas {h0} and {host} differ at block {k}");
+                        let holds = |d: &[u8]| {
+                            d.chunks(BLOCK).nth(k).map_or_else(
+                                || "nothing".to_owned(),
+                                |b| match crate::model::decode_block(b, k as u64) {
+                                    Ok(id) => format!("write {id}"),
+                                    Err(e) => e,
+                                },
+                            )
+                        };
+                        let msg = format!(
+                            "convergence: replicas {h0} and {host} differ at block {k} ({} and {})",
+                            holds(&d0),
+                            holds(&data)
+                        );
                         self.fail(msg);
                         return;
                     }
