@@ -418,6 +418,11 @@ struct Link {
     dial_scheduled: bool,
     /// When the last command queued to this link arrives (FIFO).
     last_command: u64,
+    /// A slow link task (fault "slow_link_task"): until `lag_until`, each
+    /// command the controller queues reaches the link `lag_us` late, while
+    /// the link's connections come and go on time.
+    lag_us: u64,
+    lag_until: u64,
 }
 
 enum LinkState {

@@ -170,6 +170,29 @@ impl World<'_> {
                     self.schedule(restart, Ev::RestartReplica { host });
                 }
             }
+            85..=91 => {
+                // A slow link task: the target's task for one replica's link
+                // falls behind the controller (commands reach it late) while
+                // its connections come and go on time, so a command decided
+                // for one connection may reach the link once the next is up.
+                let now = self.now();
+                let lag = self.rng.range(20_000, 1_500_000);
+                let lasts = self.rng.range(500_000, 5_000_000);
+                let pick = self.rng.below(8) as usize;
+                let lagged = self.target.as_mut().and_then(|t| match &mut t.state {
+                    TargetState::Open(v) => {
+                        let n = v.links.len();
+                        let l = v.links.get_mut(pick % n.max(1))?;
+                        l.lag_us = lag;
+                        l.lag_until = now + lasts;
+                        Some(())
+                    }
+                    TargetState::Probing { .. } => None,
+                });
+                if lagged.is_some() {
+                    self.count_fault("slow_link_task");
+                }
+            }
             _ => {
                 // A slower network for everyone, briefly: nothing to do
                 // but vary the delays (kept in the latency of the run).

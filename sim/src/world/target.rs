@@ -808,7 +808,12 @@ impl<'c> World<'c> {
             return;
         };
         let mut last = l.last_command;
-        let at = hop(&mut self.rng, now, &mut last);
+        let base = if now < l.lag_until {
+            now + l.lag_us
+        } else {
+            now
+        };
+        let at = hop(&mut self.rng, base, &mut last);
         if let Some(l) = self
             .open_volume(instance)
             .and_then(|v| v.links.get_mut(replica))
@@ -1309,6 +1314,8 @@ fn new_link(host: u32) -> Link {
         stopped: false,
         dial_scheduled: true,
         last_command: 0,
+        lag_us: 0,
+        lag_until: 0,
     }
 }
 
