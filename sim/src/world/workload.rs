@@ -728,7 +728,7 @@ impl World<'_> {
                         };
                         let msg = format!(
                             "convergence: replicas {h0} and {host} differ at block {k} ({} and {})",
-                            holds(&d0),
+                            holds(d0),
                             holds(&data)
                         );
                         self.fail(msg);
