@@ -256,11 +256,7 @@ impl Controller {
                 let undo_seq = self.next_io_seq;
                 self.next_io_seq += 1;
                 for replica in on {
-                    if self
-                        .replicas
-                        .get(replica)
-                        .is_some_and(|r| r.state.is_linked())
-                    {
+                    if self.takes_requests(replica) {
                         actions.push(self.send(replica, undo_seq, &undo));
                     }
                 }

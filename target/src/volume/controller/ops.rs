@@ -101,8 +101,8 @@ impl Controller {
             completed: false,
         };
         if pending.op.mutates() {
-            for (index, replica) in self.replicas.iter().enumerate() {
-                if replica.state.is_linked() {
+            for index in 0..self.replicas.len() {
+                if self.takes_requests(index) {
                     pending.sent.insert(index, now);
                     actions.push(self.send(index, io_seq, &pending.op));
                 }
@@ -116,6 +116,19 @@ impl Controller {
         if mutates {
             self.bound_backlogs(now, actions);
         }
+    }
+
+    /// Does a new mutating request go to `replica`? Every linked replica
+    /// takes them, but a degraded one without a rebuild: it lacks a
+    /// completed request and its link is dropped at the next tick (a
+    /// rebuild starts only on a fresh link). A later request would raise
+    /// what it reports as received past what it lacks, and a target that
+    /// restarts meanwhile would take it for the most advanced member
+    /// (seed 5077); it gets what it lacks through its rebuild.
+    pub(super) fn takes_requests(&self, replica: ReplicaIndex) -> bool {
+        self.replicas.get(replica).is_some_and(|r| {
+            r.state.is_linked() && !(r.state == ReplicaState::Degraded && r.rebuild.is_none())
+        })
     }
 
     pub(super) fn check_range(&self, op: &Op) -> Option<VolumeError> {
