@@ -271,6 +271,29 @@ impl State {
         Ok(())
     }
 
+    /// A grow (`grow`) or the undo of one: the new size is checked against
+    /// the block size and may only go the one way.
+    fn set_size(&mut self, id: VolumeId, size_bytes: u64, grow: bool) -> Result<(), StateError> {
+        let block = self
+            .volumes
+            .get(&id)
+            .ok_or_else(|| nf(format!("volume {id}")))?
+            .block_bytes;
+        self.check_size(size_bytes, block)?;
+        let v = self
+            .volumes
+            .get_mut(&id)
+            .ok_or_else(|| nf(format!("volume {id}")))?;
+        if grow && size_bytes < v.size_bytes {
+            return Err(inv("volumes only grow"));
+        }
+        if !grow && size_bytes > v.size_bytes {
+            return Err(inv("a shrink cannot grow a volume"));
+        }
+        v.size_bytes = size_bytes;
+        Ok(())
+    }
+
     fn check_size(&self, size_bytes: u64, block_bytes: u32) -> Result<(), StateError> {
         if block_bytes != 512 && block_bytes != 4096 {
             return Err(inv(format!("block size {block_bytes}")));
@@ -399,38 +422,8 @@ impl State {
                     self.collapse(l, &mut freed);
                 }
             }
-            Record::GrowVolume { id, size_bytes } => {
-                let block = self
-                    .volumes
-                    .get(id)
-                    .ok_or_else(|| nf(format!("volume {id}")))?
-                    .block_bytes;
-                self.check_size(*size_bytes, block)?;
-                let v = self
-                    .volumes
-                    .get_mut(id)
-                    .ok_or_else(|| nf(format!("volume {id}")))?;
-                if *size_bytes < v.size_bytes {
-                    return Err(inv("volumes only grow"));
-                }
-                v.size_bytes = *size_bytes;
-            }
-            Record::ShrinkVolume { id, size_bytes } => {
-                let block = self
-                    .volumes
-                    .get(id)
-                    .ok_or_else(|| nf(format!("volume {id}")))?
-                    .block_bytes;
-                self.check_size(*size_bytes, block)?;
-                let v = self
-                    .volumes
-                    .get_mut(id)
-                    .ok_or_else(|| nf(format!("volume {id}")))?;
-                if *size_bytes > v.size_bytes {
-                    return Err(inv("a shrink cannot grow a volume"));
-                }
-                v.size_bytes = *size_bytes;
-            }
+            Record::GrowVolume { id, size_bytes } => self.set_size(*id, *size_bytes, true)?,
+            Record::ShrinkVolume { id, size_bytes } => self.set_size(*id, *size_bytes, false)?,
             Record::CreateSnapshot {
                 volume,
                 id,

@@ -399,6 +399,17 @@ impl Sim {
         self.results.get(&tag)
     }
 
+    /// Replica `r`'s link comes back on a fresh connection, its daemon
+    /// reporting a volume of `size_bytes`: the controller's actions, not
+    /// yet applied.
+    fn reconnect_sized(&mut self, r: usize, size_bytes: u64) -> Vec<Action> {
+        self.up[r] = true;
+        self.last_seq[r] = 0;
+        self.gens[r] += 1;
+        self.ctl
+            .on_connected_sized(self.now, r, self.gens[r], size_bytes, Vec::new())
+    }
+
     /// Room for a replica the controller added (empty disk, no link yet).
     fn grow(&mut self) {
         self.disks.push(BTreeMap::new());
@@ -1263,12 +1274,7 @@ fn a_grow_that_failed_short_of_quorum_is_shrunk_back_where_taken() {
     ));
     sim.deliver_all();
     assert_eq!(sim.sizes[1], 1 << 20, "undone on the linked one");
-    sim.up[0] = true;
-    sim.last_seq[0] = 0;
-    sim.gens[0] += 1;
-    let actions = sim
-        .ctl
-        .on_connected_sized(sim.now, 0, sim.gens[0], 4 << 20, Vec::new());
+    let actions = sim.reconnect_sized(0, 4 << 20);
     match actions.first() {
         Some(Action::Send {
             replica: 0, packet, ..
@@ -1292,12 +1298,7 @@ fn a_replica_back_during_a_grow_it_took_keeps_the_new_size() {
     assert_eq!(sim.sizes[0], 4 << 20);
     // Its link drops and comes back before the grow is decided.
     sim.disconnect(0);
-    sim.up[0] = true;
-    sim.last_seq[0] = 0;
-    sim.gens[0] += 1;
-    let actions = sim
-        .ctl
-        .on_connected_sized(sim.now, 0, sim.gens[0], 4 << 20, Vec::new());
+    let actions = sim.reconnect_sized(0, 4 << 20);
     assert!(
         !actions.iter().any(|a| matches!(
             a,
@@ -1499,12 +1500,7 @@ fn a_replica_that_missed_a_grow_is_grown_first_when_it_connects() {
     });
     sim.deliver_all();
     assert_eq!(sim.result(grow), Some(&Ok(Completion::Done)));
-    sim.up[2] = true;
-    sim.last_seq[2] = 0;
-    sim.gens[2] += 1;
-    let actions = sim
-        .ctl
-        .on_connected_sized(sim.now, 2, sim.gens[2], 1 << 20, Vec::new());
+    let actions = sim.reconnect_sized(2, 1 << 20);
     match actions.first() {
         Some(Action::Send {
             replica: 2, packet, ..
@@ -1520,12 +1516,7 @@ fn a_replica_that_missed_a_grow_is_grown_first_when_it_connects() {
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Degraded);
     // A replica of the right size gets no resize.
     sim.disconnect(1);
-    sim.up[1] = true;
-    sim.last_seq[1] = 0;
-    sim.gens[1] += 1;
-    let actions = sim
-        .ctl
-        .on_connected_sized(sim.now, 1, sim.gens[1], 2 << 20, Vec::new());
+    let actions = sim.reconnect_sized(1, 2 << 20);
     assert!(!actions.iter().any(|a| matches!(
         a,
         Action::Send { packet, .. } if matches!(packet.message, Message::Resize { .. })
