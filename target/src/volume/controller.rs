@@ -106,7 +106,7 @@
 //! lost. The decision ([`Admission`], the first that applies): refused (not
 //! a member, or failed and backing off); its replica id changed (its pool
 //! was replaced): rebuilt in full; smaller than the volume (it missed a
-//! grow): grown first, then rebuilt in full; an unfinished rebuild, first
+//! grow): grown first, then rebuilt from its durable io_seq; an unfinished rebuild, first
 //! reached after the open and behind what the open saw
 //! ([`ControllerConfig::max_received_at_open`]) or what a member reached
 //! later reports (it is behind that one: degraded from when it was first

@@ -10,7 +10,9 @@
 //!   to wait);
 //! - from what the replica says of itself ([`ReplicaHello`], the first
 //!   that applies): its replica id changed, rebuilt in full; smaller than
-//!   the volume, grown first then rebuilt in full; an unfinished rebuild,
+//!   the volume, grown first then rebuilt from its durable io_seq (every
+//!   request past its size failed on it and held that below it); an
+//!   unfinished rebuild,
 //!   first reached after the open and behind what it saw, or reporting
 //!   less than it acknowledged, rebuilt from its durable io_seq; the only
 //!   member and it lost unflushed writes, healthy as it is; otherwise
@@ -54,7 +56,8 @@ pub enum Admission {
     /// Its replica id changed (its pool was replaced): rebuilt in full.
     IdentityChanged { was: u128, now: u128 },
     /// Smaller than the volume (it missed a grow): grown first, then
-    /// rebuilt in full.
+    /// rebuilt from its durable io_seq (or, the best copy there is, taken
+    /// as it is once grown).
     Undersized { size_bytes: u64 },
     /// Lacks writes from `from_io_seq` on (behind the others, lost writes
     /// it had acknowledged, an unfinished rebuild, or missed while away):
@@ -176,13 +179,17 @@ impl Controller {
             });
         }
         if hello.size_bytes < volume_size {
+            // It missed a grow, and so every request from the grow's io_seq
+            // on that went past its size: each failed on it (out of range)
+            // and held its durable io_seq below it. Grown first, it lacks
+            // nothing before that io_seq.
             tracing::warn!(
                 replica,
                 have = hello.size_bytes,
                 want = volume_size,
-                "replica is smaller than the volume: grown, then a full rebuild"
+                "replica is smaller than the volume: grown, then rebuilt from its durable io_seq"
             );
-            self.mark_missed(replica, 0);
+            self.mark_missed(replica, resume);
             decision.get_or_insert(Admission::Undersized {
                 size_bytes: hello.size_bytes,
             });
@@ -236,7 +243,12 @@ impl Controller {
                     && r.missed_from.is_none_or(|m| m > from)
             })
         });
-        let alone = lacks_from.is_some() && !other_copy && !unfinished && decision.is_none();
+        // (A missed grow does not rule it out: it is grown first. A new
+        // pool does: it holds nothing.)
+        let alone = lacks_from.is_some()
+            && !other_copy
+            && !unfinished
+            && !matches!(decision, Some(Admission::IdentityChanged { .. }));
         if alone {
             // The only copy: what it lost was never flushed (a flushed write
             // is durable on it) and exists nowhere else; what it missed

@@ -2344,8 +2344,10 @@ fn a_replica_whose_id_changed_is_rebuilt_in_full() {
 }
 
 #[test]
-fn a_replica_smaller_than_the_volume_is_grown_first_and_rebuilt_in_full() {
+fn a_replica_smaller_than_the_volume_is_grown_first_and_rebuilt_from_its_durable_io_seq() {
     let mut sim = Sim::with_hellos(3, 2);
+    sim.write(0, 1);
+    sim.deliver_all();
     sim.disconnect(2);
     sim.hello(2, |h| ReplicaHello {
         size_bytes: h.size_bytes / 2,
@@ -2361,8 +2363,44 @@ fn a_replica_smaller_than_the_volume_is_grown_first_and_rebuilt_in_full() {
         sim.links[2].front().map(|p| &p.message),
         Some(Message::Resize { new_size_bytes }) if *new_size_bytes == 1 << 20
     ));
-    assert_eq!(sim.ctl.missed_from(2), Some(0));
-    assert_eq!(sim.ctl.rebuild(2).map(|r| r.from_io_seq), Some(0));
+    let from = sim.ctl.rebuild(2).map(|r| r.from_io_seq);
+    assert!(from > Some(0), "a full rebuild for a missed grow: {from:?}");
+    assert_eq!(from, sim.ctl.missed_from(2).map(|m| m - 1));
+}
+
+#[test]
+fn members_all_smaller_than_the_volume_the_open_saw_are_not_stuck() {
+    // A grow that failed short of quorum reached one member, which the
+    // open saw first (so the volume keeps it); that member then lost it
+    // (its undo, then a restart). Every member is smaller than the volume:
+    // the best copy is grown and carries on, the others rebuild from it.
+    let mut sim = Sim::with_hellos(3, 2);
+    sim.write(0, 1);
+    sim.deliver_all();
+    for r in 0..3 {
+        sim.disconnect(r);
+    }
+    for r in 0..3 {
+        sim.hello(r, |h| ReplicaHello {
+            size_bytes: h.size_bytes / 2,
+            ..h
+        });
+    }
+    let states = sim.ctl.replica_states();
+    assert!(
+        states.contains(&ReplicaState::Healthy),
+        "every member waits for a full rebuild nobody can source: {states:?}"
+    );
+    sim.deliver_all();
+    for r in 0..3 {
+        if sim.ctl.replica_states()[r] != ReplicaState::Healthy {
+            sim.advance(REBUILD_RETRY);
+            sim.connect(r);
+            sim.deliver(r);
+            sim.finish_rebuild(r);
+        }
+    }
+    assert_eq!(sim.ctl.replica_states(), vec![ReplicaState::Healthy; 3]);
 }
 
 #[test]
