@@ -1,7 +1,11 @@
 //! Pool benches: 4 KiB random writes and reads at queue depth 32 through the
 //! engine on a 1 GiB file, beside fio (io_uring, O_DIRECT) on the same file
 //! (its data area) in the same run, alternating, ratio printed (goal:
-//! engine ≥ 0.8 × fio); and snapshot
+//! engine ≥ 0.8 × fio). The writes are overwrites of allocated chunks, over
+//! the whole volume and over a 64 MiB hot set (1,024 chunks, where
+//! overwrites of one chunk between two commits are many); for each the
+//! journal bytes, records and checkpoint bytes per write are printed (the
+//! pool's counters, commits by the default timer). And snapshot
 //! create time on a 1 GiB and a 1 TiB thin volume holding data (goal: the
 //! same for both). Prints the in-memory metadata bytes per TiB allocated.
 //!
@@ -36,6 +40,34 @@ const QUEUE_DEPTH: usize = 32;
 const ROUNDS: usize = 2;
 /// Chunks holding data in each snapshot-bench volume (both fit the file).
 const DATA_CHUNKS: u64 = 4096;
+/// The hot set of the second random-write row.
+const HOT_LEN: u64 = 64 << 20;
+
+/// One row of the IOPS table.
+#[derive(Clone, Copy)]
+struct Row {
+    name: &'static str,
+    rw: Rw,
+    span_bytes: u64,
+}
+
+const ROWS: [Row; 3] = [
+    Row {
+        name: "randwrite",
+        rw: Rw::RandWrite,
+        span_bytes: VOL_LEN,
+    },
+    Row {
+        name: "randwrite-64M",
+        rw: Rw::RandWrite,
+        span_bytes: HOT_LEN,
+    },
+    Row {
+        name: "randread",
+        rw: Rw::RandRead,
+        span_bytes: VOL_LEN,
+    },
+];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -65,16 +97,18 @@ fn bench_file() -> PathBuf {
     path
 }
 
-/// `QUEUE_DEPTH` tasks doing random 4 KiB IOs until `ops` are done or the
-/// deadline passes; returns (ops done, elapsed).
+/// `QUEUE_DEPTH` tasks doing random 4 KiB IOs over the first `span_bytes`
+/// of the volume until `ops` are done or the deadline passes; returns (ops
+/// done, elapsed).
 async fn drive(
     v: &Arc<Volume>,
     rw: Rw,
+    span_bytes: u64,
     ops: Option<u64>,
     until: Option<Instant>,
 ) -> (u64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
-    let blocks = VOL_LEN / BLOCK as u64;
+    let blocks = span_bytes / BLOCK as u64;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..QUEUE_DEPTH {
@@ -154,29 +188,43 @@ fn main() {
         .unwrap()
         .data_offset;
     println!(
-        "\n{:<10} {:>12} {:>12} {:>8}   (best of {ROUNDS} alternating runs of {secs} s each)",
-        "rw", "engine IOPS", "fio IOPS", "ratio"
+        "\n{:<14} {:>12} {:>12} {:>8} {:>13} {:>11} {:>13}   (best of {ROUNDS} alternating runs of {secs} s each)",
+        "rw", "engine IOPS", "fio IOPS", "ratio", "journal B/op", "records/op", "ckpt B/op"
     );
-    for rw in [Rw::RandWrite, Rw::RandRead] {
+    for row in ROWS {
         let (mut engine, mut fio) = (0f64, None::<f64>);
+        let (mut ops_total, mut journal_bytes, mut journal_records, mut ckpt_bytes) =
+            (0u64, 0u64, 0u64, 0u64);
         for _ in 0..ROUNDS {
-            if let Some(f) = fio_iops(&path, rw, secs, data_offset, VOL_LEN) {
+            if let Some(f) = fio_iops(&path, row.rw, secs, data_offset, row.span_bytes) {
                 fio = Some(fio.map_or(f, |b| b.max(f)));
             }
             let until = Instant::now() + Duration::from_secs(secs);
-            let (ops, elapsed) = rt.block_on(drive(&v, rw, None, Some(until)));
+            let before = pool.stats();
+            let (ops, elapsed) = rt.block_on(drive(&v, row.rw, row.span_bytes, None, Some(until)));
+            // What the run left to commit counts too.
+            rt.block_on(pool.flush()).unwrap();
+            let after = pool.stats();
+            ops_total += ops;
+            journal_bytes += after.journal_bytes - before.journal_bytes;
+            journal_records += after.journal_records - before.journal_records;
+            ckpt_bytes += after.checkpoint_bytes - before.checkpoint_bytes;
             engine = engine.max(ops as f64 / elapsed.as_secs_f64());
         }
         let (fio_text, ratio) = match fio {
             Some(f) if f > 0.0 => (format!("{f:.0}"), format!("{:.2}", engine / f)),
             _ => ("-".to_owned(), "-".to_owned()),
         };
+        let per_op = |n: u64| n as f64 / ops_total.max(1) as f64;
         println!(
-            "{:<10} {:>12.0} {:>12} {:>8}",
-            rw.fio_name(),
+            "{:<14} {:>12.0} {:>12} {:>8} {:>13.1} {:>11.3} {:>13.1}",
+            row.name,
             engine,
             fio_text,
-            ratio
+            ratio,
+            per_op(journal_bytes),
+            per_op(journal_records),
+            per_op(ckpt_bytes)
         );
     }
     let s = pool.stats();
@@ -192,9 +240,12 @@ fn main() {
     {
         let mut g = c.benchmark_group("pool_4k_qd32");
         g.throughput(Throughput::Elements(1));
-        for rw in [Rw::RandWrite, Rw::RandRead] {
-            g.bench_function(rw.fio_name(), |b| {
-                b.iter_custom(|iters| rt.block_on(drive(&v, rw, Some(iters), None)).1);
+        for row in ROWS {
+            g.bench_function(row.name, |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(drive(&v, row.rw, row.span_bytes, Some(iters), None))
+                        .1
+                });
             });
         }
         g.finish();

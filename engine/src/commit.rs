@@ -2,10 +2,15 @@
 //!
 //! Protocol (FORMAT.md "Commit"), one commit at a time under the commit
 //! mutex, shared by every flush waiting for it (group commit):
-//! 1. under the metadata lock, take the pending records and the chunks they
-//!    free (and, when checkpointing, encode the whole state);
-//! 2. fdatasync every device — all data whose mapping is in the taken
-//!    records was written before its record existed, so it is now durable;
+//! 1. under the metadata lock, take the pending records, one `Map` record
+//!    per chunk overwritten in place since the last commit (carrying its
+//!    latest io_seq: FORMAT.md "Coalesced overwrites"), and the chunks they
+//!    free (and, when checkpointing, encode the whole state, which holds
+//!    the overwrites' io_seqs: their records are then dropped with the
+//!    others, never lost nor applied twice);
+//! 2. fdatasync every device — all data whose mapping or io_seq is in the
+//!    taken records was written before its record existed, so it is now
+//!    durable;
 //! 3. append the records as one checksummed journal batch and fdatasync
 //!    device 0 — or write a checkpoint to the unused region, fdatasync,
 //!    write the next superblock slot, fdatasync;
@@ -153,6 +158,7 @@ impl PoolInner {
         }
         let (records, frees, change, ck, seqs) = {
             let mut m = self.meta.lock();
+            m.take_coalesced();
             let seqs: Vec<(VolumeId, u64)> = m
                 .state
                 .volumes
@@ -250,6 +256,10 @@ impl PoolInner {
             .map_err(|e| format!("journal fdatasync failed: {e}"))?;
         cs.journal_pos += bytes.len() as u64;
         cs.next_seq += 1;
+        self.journal_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.journal_records
+            .fetch_add(u64::from(count), Ordering::Relaxed);
         Ok(())
     }
 
@@ -272,6 +282,8 @@ impl PoolInner {
         write_all(dev0, region.offset, &padded)
             .await
             .map_err(|e| format!("checkpoint write failed: {e}"))?;
+        self.checkpoint_bytes
+            .fetch_add(padded.len() as u64, Ordering::Relaxed);
         dev0.sync_data()
             .await
             .map_err(|e| format!("checkpoint fdatasync failed: {e}"))?;

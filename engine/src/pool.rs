@@ -5,7 +5,9 @@
 //!
 //! Invariants: structural changes (volume / snapshot / clone create and
 //! delete, add-device, close) hold the structure lock exclusively, so no IO
-//! runs under them, and are durable when they return.
+//! runs under them, and are durable when they return. Whoever takes the
+//! metadata lock ([`MetaLock`]) sees every in-place overwrite completed
+//! before: the lock applies the ones handed over since it was last taken.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -28,6 +30,7 @@ use crate::limits::{
 };
 use crate::locks::ChunkLocks;
 use crate::meta::checkpoint;
+use crate::meta::overwrites::{Coalesced, Overwrite};
 use crate::meta::record::{Record, VolumeId};
 use crate::meta::state::{Audit, Mode, State, StateError};
 use crate::volume::Volume;
@@ -96,6 +99,14 @@ pub struct PoolStats {
     pub commits: u64,
     /// Checkpoints written since open.
     pub checkpoints: u64,
+    /// Journal bytes written since open (batches, headers and padding
+    /// included; checkpoints not).
+    pub journal_bytes: u64,
+    /// Journal records written since open.
+    pub journal_records: u64,
+    /// Checkpoint bytes written since open (padding included; the one
+    /// written at open too).
+    pub checkpoint_bytes: u64,
 }
 
 /// A volume as listed.
@@ -143,7 +154,14 @@ pub(crate) struct VolRuntime {
 
 pub(crate) struct Meta {
     pub(crate) state: State,
+    /// Records for the next commit, in the order they were applied.
     pub(crate) pending: Vec<Record>,
+    /// Chunks overwritten in place whose records the next commit writes
+    /// (FORMAT.md "Coalesced overwrites").
+    pub(crate) coalesced: Coalesced,
+    /// Overwrites handed over by the IO path (`MetaLock::overwritten`),
+    /// applied by the next `MetaLock::lock`.
+    overwrites: std::sync::mpsc::Receiver<Overwrite>,
     pub(crate) pending_free: Vec<u64>,
     pub(crate) change: u64,
     pub(crate) in_flight: BTreeSet<u64>,
@@ -163,7 +181,7 @@ pub(crate) fn state_err(e: StateError) -> Error {
 }
 
 impl Meta {
-    fn new(state: State) -> Self {
+    fn new(state: State, overwrites: std::sync::mpsc::Receiver<Overwrite>) -> Self {
         let mut vols = HashMap::new();
         let mut recorded_seq = HashMap::new();
         for v in state.volumes.values() {
@@ -180,6 +198,8 @@ impl Meta {
         Self {
             state,
             pending: Vec::new(),
+            coalesced: Coalesced::default(),
+            overwrites,
             pending_free: Vec::new(),
             change: 0,
             in_flight: BTreeSet::new(),
@@ -190,12 +210,99 @@ impl Meta {
     }
 
     /// Applies a live record and queues it (and what it frees) for commit.
+    /// The coalesced record of a chunk it changes goes first, and all of
+    /// them before a record that is not a chunk's (a snapshot may freeze
+    /// their layer, a delete drop it): the journal then replays exactly as
+    /// one record per overwrite would.
     pub(crate) fn record(&mut self, rec: Record) -> Result<()> {
+        match &rec {
+            Record::Map { layer, chunk, .. }
+            | Record::Zero { layer, chunk, .. }
+            | Record::Remove { layer, chunk } => {
+                if let Some(r) = self.coalesced.take_one(&self.state, *layer, *chunk) {
+                    self.pending.push(r);
+                }
+            }
+            _ => self.take_coalesced(),
+        }
         let freed = self.state.apply(&rec, Mode::Live).map_err(state_err)?;
         self.pending.push(rec);
         self.pending_free.extend(freed);
         self.change = self.change.saturating_add(1);
         Ok(())
+    }
+
+    /// Moves every coalesced overwrite's record to the pending records.
+    pub(crate) fn take_coalesced(&mut self) {
+        let recs = self.coalesced.take_all(&self.state);
+        self.pending.extend(recs);
+    }
+
+    /// A live write (or unmap) of `io_seq` reached the map: it raises the
+    /// highest io_seq written and, unless the owner declared a completion
+    /// watermark, the io_seq the next commit records.
+    pub(crate) fn note_written(&mut self, id: VolumeId, io_seq: u64) {
+        let watermarked = match self.vols.get_mut(&id) {
+            Some(rt) => {
+                rt.written_io_seq = rt.written_io_seq.max(io_seq);
+                rt.watermarked
+            }
+            None => false,
+        };
+        if !watermarked {
+            if let Some(v) = self.state.volumes.get_mut(&id) {
+                v.max_io_seq = v.max_io_seq.max(io_seq);
+            }
+        }
+    }
+
+    /// Records, while a rebuild of the volume runs, the io_seq of a live
+    /// write per block of `[offset, offset + len_bytes)` (so rebuilt data
+    /// never overwrites it).
+    pub(crate) fn track(&mut self, id: VolumeId, offset: u64, len_bytes: u64, io_seq: u64) {
+        let block = self
+            .state
+            .volumes
+            .get(&id)
+            .map_or(0, |v| u64::from(v.block_bytes));
+        let Some(map) = self.vols.get_mut(&id).and_then(|r| r.rebuild.as_mut()) else {
+            return;
+        };
+        if block == 0 {
+            return;
+        }
+        let first = offset / block;
+        for b in first..first.saturating_add(len_bytes / block) {
+            let e = map.entry(b).or_insert(0);
+            *e = (*e).max(io_seq);
+        }
+    }
+
+    /// Applies a completed in-place overwrite of the live layer: the
+    /// chunk's io_seq, the volume's written io_seq, a rebuild's per-block
+    /// io_seqs, and the chunk's coalesced record for the next commit.
+    pub(crate) fn overwritten(&mut self, o: &Overwrite) {
+        self.note_written(o.volume, o.io_seq);
+        if let Some((offset, len_bytes)) = o.track {
+            self.track(o.volume, offset, len_bytes, o.io_seq);
+        }
+        if !self
+            .coalesced
+            .apply(&mut self.state, o.layer, o.chunk, o.phys, o.io_seq)
+        {
+            // Unreachable: the chunk lock and the structure lock were held
+            // from the lookup to the hand-over, so the entry is still the
+            // one the data went to. A `Map` naming it now could make a
+            // chunk owned twice; the chunk's io_seq stays below the write
+            // instead (a rebuild sends it again: safe).
+            tracing::error!(
+                volume = o.volume,
+                chunk = o.chunk,
+                "an overwritten chunk changed its mapping before its io_seq was recorded"
+            );
+            return;
+        }
+        self.change = self.change.saturating_add(1);
     }
 
     /// True when freed chunks wait for a commit (a NoSpace may go away).
@@ -204,20 +311,72 @@ impl Meta {
     }
 }
 
+/// The metadata mutex. An in-place overwrite takes it once, before its
+/// data write, and hands its completion over afterwards through a channel
+/// (no lock); every [`MetaLock::lock`] applies what was handed over before
+/// anything else, so no one holding the lock sees a state without an
+/// overwrite that completed before they took it. The channel holds at most
+/// the overwrites that completed since the lock was last taken, each of
+/// which took it before its data write: it is bounded by the IO in flight.
+pub(crate) struct MetaLock {
+    meta: Mutex<Meta>,
+    overwrites: std::sync::mpsc::Sender<Overwrite>,
+    /// Acquisitions, for the tests that bound them per IO.
+    #[cfg(test)]
+    pub(crate) taken: AtomicU64,
+}
+
+impl MetaLock {
+    fn new(state: State) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self {
+            meta: Mutex::new(Meta::new(state, rx)),
+            overwrites: tx,
+            #[cfg(test)]
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    /// Locks the metadata, having applied every overwrite handed over.
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, Meta> {
+        #[cfg(test)]
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.meta.lock();
+        while let Ok(o) = m.overwrites.try_recv() {
+            m.overwritten(&o);
+        }
+        m
+    }
+
+    /// Hands over an in-place overwrite whose data write completed (the
+    /// caller still holds its chunk lock and the structure lock shared).
+    pub(crate) fn overwritten(&self, o: Overwrite) {
+        if let Err(std::sync::mpsc::SendError(o)) = self.overwrites.send(o) {
+            // The receiver lives as long as the sender (both are ours).
+            self.lock().overwritten(&o);
+        }
+    }
+}
+
 pub(crate) struct PoolInner {
     pub(crate) guid: u128,
     pub(crate) chunk_bytes: u32,
     pub(crate) devices: RwLock<Devices>,
-    pub(crate) meta: Mutex<Meta>,
+    pub(crate) meta: MetaLock,
     pub(crate) commit: tokio::sync::Mutex<CommitState>,
     /// Held shared by every IO, exclusively by snapshot / clone / delete /
     /// add-device, so those never run under an IO.
     pub(crate) structure: tokio::sync::RwLock<()>,
     pub(crate) locks: ChunkLocks,
     pub(crate) poison: Mutex<Option<String>>,
+    /// Set with `poison`: checked on every IO without taking its mutex.
+    poisoned: AtomicBool,
     pub(crate) closed: AtomicBool,
     pub(crate) commits: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) journal_bytes: AtomicU64,
+    pub(crate) journal_records: AtomicU64,
+    pub(crate) checkpoint_bytes: AtomicU64,
     pub(crate) checkpoint_capacity: u64,
     /// The group-commit timer task, stopped by `close`.
     timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -420,7 +579,7 @@ impl Pool {
             guid,
             chunk_bytes: sb.chunk_bytes,
             devices: RwLock::new(Devices { devs, space }),
-            meta: Mutex::new(Meta::new(state)),
+            meta: MetaLock::new(state),
             checkpoint_capacity: sb.checkpoints[0].len_bytes,
             max_data_chunks: sb.max_data_chunks,
             commit: tokio::sync::Mutex::new(CommitState {
@@ -432,9 +591,13 @@ impl Pool {
             structure: tokio::sync::RwLock::new(()),
             locks: ChunkLocks::new(),
             poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            journal_bytes: AtomicU64::new(0),
+            journal_records: AtomicU64::new(0),
+            checkpoint_bytes: AtomicU64::new(0),
             timer: Mutex::new(None),
         });
         if let Some(interval) = opts.commit_interval {
@@ -582,6 +745,9 @@ impl Pool {
             metadata_bytes_per_tib: per_tib,
             commits: self.inner.commits.load(Ordering::Relaxed),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+            journal_bytes: self.inner.journal_bytes.load(Ordering::Relaxed),
+            journal_records: self.inner.journal_records.load(Ordering::Relaxed),
+            checkpoint_bytes: self.inner.checkpoint_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -802,6 +968,9 @@ impl PoolInner {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::new(ErrorKind::Closed, "pool is closed"));
         }
+        if !self.poisoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if let Some(p) = self.poison.lock().as_ref() {
             return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
         }
@@ -814,6 +983,7 @@ impl PoolInner {
         if p.is_none() {
             *p = Some(why);
         }
+        self.poisoned.store(true, Ordering::SeqCst);
     }
 
     /// Refuses a metadata change when the checkpoint could no longer hold

@@ -4,7 +4,10 @@
 //! writes dropped or kept at random, the last one torn) must reopen with
 //! every write made durable by a flush intact, later writes either old or
 //! new, snapshots exact, and space accounting exact (no chunk leaked or
-//! owned twice).
+//! owned twice). Each chunk's io_seq (what a rebuild compares) must come
+//! back at least as the pool held it at the last flush — an overwrite's
+//! coalesced record lost by a commit fails here — and must never claim a
+//! write whose data did not survive (FORMAT.md "Coalesced overwrites").
 //! `CSTOR_CRASH_WORKLOADS` raises the number of workloads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +21,8 @@ const BLOCK: usize = 512;
 const CHUNK: u32 = 4096;
 const DEV_BYTES: usize = 2 << 20;
 const VOL_BLOCKS: usize = 96;
+const BLOCKS_PER_CHUNK: usize = CHUNK as usize / BLOCK;
+const VOL_CHUNKS: usize = VOL_BLOCKS / BLOCKS_PER_CHUNK;
 
 struct Rng(u64);
 
@@ -94,25 +99,32 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
         .collect()
 }
 
-/// Per block, every value it may hold after a crash: the durable one first,
-/// then those of writes not yet covered by a successful flush.
+/// Per block, every value it may hold after a crash with the io_seq of
+/// the op that wrote it: the durable one first, then those of writes not
+/// yet covered by a successful flush. Per chunk, its io_seq as the pool
+/// held it at the last successful flush, and the volume's durable io_seq
+/// then.
 #[derive(Clone, Default)]
 struct Vol {
-    blocks: Vec<Vec<Vec<u8>>>,
+    blocks: Vec<Vec<(u64, Vec<u8>)>>,
     snaps: Vec<(String, Vec<u8>)>,
+    chunk_seqs: Vec<u64>,
+    durable_seq: u64,
 }
 
 impl Vol {
     fn new() -> Self {
         Self {
-            blocks: vec![vec![vec![0; BLOCK]]; VOL_BLOCKS],
+            blocks: vec![vec![(0, vec![0; BLOCK])]; VOL_BLOCKS],
             snaps: Vec::new(),
+            chunk_seqs: vec![0; VOL_CHUNKS],
+            durable_seq: 0,
         }
     }
     fn current(&self) -> Vec<u8> {
         self.blocks
             .iter()
-            .flat_map(|c| c.last().unwrap().clone())
+            .flat_map(|c| c.last().unwrap().1.clone())
             .collect()
     }
     fn settle(&mut self) {
@@ -133,6 +145,18 @@ impl Model {
     fn settle(&mut self) {
         for v in self.vols.values_mut() {
             v.settle();
+        }
+    }
+
+    /// After a successful flush: what the pool holds is durable, io_seqs
+    /// included.
+    fn note_durable_seqs(&mut self, pool: &Pool) {
+        for (name, mv) in &mut self.vols {
+            let v = pool.volume(name).unwrap();
+            for (c, s) in mv.chunk_seqs.iter_mut().enumerate() {
+                *s = v.live_chunk_io_seq((c * CHUNK as usize) as u64).unwrap();
+            }
+            mv.durable_seq = v.last_durable_io_seq().unwrap();
         }
     }
 }
@@ -197,7 +221,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                 let res = v.write((block * BLOCK) as u64, &data, seq).await;
                 let mv = m.vols.get_mut(&name).unwrap();
                 for i in 0..n {
-                    mv.blocks[block + i].push(data[i * BLOCK..(i + 1) * BLOCK].to_vec());
+                    mv.blocks[block + i].push((seq, data[i * BLOCK..(i + 1) * BLOCK].to_vec()));
                 }
                 if res.is_err() {
                     return m;
@@ -212,7 +236,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                     .await;
                 let mv = m.vols.get_mut(&name).unwrap();
                 for i in 0..n {
-                    mv.blocks[block + i].push(vec![0; BLOCK]);
+                    mv.blocks[block + i].push((seq, vec![0; BLOCK]));
                 }
                 if res.is_err() {
                     return m;
@@ -223,6 +247,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                     return m;
                 }
                 m.settle();
+                m.note_durable_seqs(pool);
             }
             Op::Snapshot { vol } => {
                 let name = pick(*vol);
@@ -239,6 +264,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                     return m;
                 }
                 m.settle();
+                m.note_durable_seqs(pool);
                 let mv = m.vols.get_mut(&name).unwrap();
                 let cur = mv.current();
                 mv.snaps.push((s, cur));
@@ -259,6 +285,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                     return m;
                 }
                 m.settle();
+                m.note_durable_seqs(pool);
                 m.vols.get_mut(&name).unwrap().snaps.remove(0);
             }
             Op::Clone { vol } => {
@@ -281,9 +308,10 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                 m.settle();
                 let mut v = Vol::new();
                 for (i, b) in v.blocks.iter_mut().enumerate() {
-                    *b = vec![data[i * BLOCK..(i + 1) * BLOCK].to_vec()];
+                    *b = vec![(0, data[i * BLOCK..(i + 1) * BLOCK].to_vec())];
                 }
                 m.vols.insert(c, v);
+                m.note_durable_seqs(pool);
             }
             Op::RebuiltSnapshot { vol } => {
                 let name = pick(*vol);
@@ -298,6 +326,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                     return m;
                 }
                 m.settle();
+                m.note_durable_seqs(pool);
                 // Until the flush after the fill the snapshot is incomplete
                 // (a rebuild deletes and redoes it): only the volume, whose
                 // content the fill must not change, is checked meanwhile.
@@ -309,6 +338,7 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
                     return m;
                 }
                 m.settle();
+                m.note_durable_seqs(pool);
                 m.vols.get_mut(&name).unwrap().snaps.push((s, cur));
             }
         }
@@ -351,9 +381,35 @@ async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
         for (i, cands) in mv.blocks.iter().enumerate() {
             let b = &got[i * BLOCK..(i + 1) * BLOCK];
             assert!(
-                cands.iter().any(|c| c == b),
+                cands.iter().any(|(_, c)| c == b),
                 "{what}: volume {name} block {i} holds neither its durable value nor a later write"
             );
+        }
+        let durable_seq = v.last_durable_io_seq().unwrap();
+        assert!(
+            durable_seq >= mv.durable_seq,
+            "{what}: volume {name}: durable io_seq {durable_seq}, {} at the last flush",
+            mv.durable_seq
+        );
+        for (c, flushed) in mv.chunk_seqs.iter().enumerate() {
+            let seq = v.live_chunk_io_seq((c * CHUNK as usize) as u64).unwrap();
+            assert!(
+                seq >= *flushed,
+                "{what}: volume {name} chunk {c}: io_seq {seq}, {flushed} at the last flush \
+                 (an overwrite's record lost)"
+            );
+            // The io_seq claims every write into the chunk up to it: each
+            // block holds the last such write's value, or a later one.
+            for i in c * BLOCKS_PER_CHUNK..(c + 1) * BLOCKS_PER_CHUNK {
+                let cands = &mv.blocks[i];
+                let claimed = cands.iter().rposition(|(s, _)| *s <= seq).unwrap_or(0);
+                let b = &got[i * BLOCK..(i + 1) * BLOCK];
+                assert!(
+                    cands[claimed..].iter().any(|(_, d)| d == b),
+                    "{what}: volume {name} chunk {c} claims io_seq {seq} but block {i} \
+                     lacks the write it claims"
+                );
+            }
         }
         for (s, want) in &mv.snaps {
             let mut got = vec![0; want.len()];

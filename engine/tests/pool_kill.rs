@@ -3,7 +3,11 @@
 //! logging each write's intent before issuing it and each flush after it
 //! returns; the parent SIGKILLs it mid-stream, reopens the pool and checks
 //! that every write covered by a completed flush reads back (later writes
-//! may read old or new) and that space accounting is exact.
+//! may read old or new), that each chunk's io_seq is at least that of the
+//! last flushed write into it (most writes overwrite a chunk in place, and
+//! their io_seqs reach the journal coalesced, one record per chunk and
+//! commit) and claims no write that did not survive, and that space
+//! accounting is exact.
 //! Runs on the backend `CSTOR_IO_BACKEND` selects.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +22,7 @@ use cstor_engine::{DeviceRef, Pool, PoolOptions, Provisioning};
 const CHILD_ENV: &str = "CSTOR_KILL_CHILD_DIR";
 const BLOCK: usize = 4096;
 const VOL_BYTES: u64 = 8 << 20;
+const CHUNK: u64 = 16384;
 const FLUSHES_BEFORE_KILL: usize = 40;
 
 fn pattern(seq: u64) -> Vec<u8> {
@@ -31,7 +36,7 @@ fn pattern(seq: u64) -> Vec<u8> {
 
 fn opts() -> PoolOptions {
     PoolOptions {
-        chunk_bytes: 16384,
+        chunk_bytes: CHUNK as u32,
         ..PoolOptions::default()
     }
 }
@@ -160,6 +165,48 @@ fn verify(img: &Path, writes: &[(u64, u64)], flushed: u64) {
                 "offset {off}: flushed write lost (durable seq {:?})",
                 durable.get(&off)
             );
+        }
+        assert!(
+            v.last_durable_io_seq().unwrap() >= flushed,
+            "durable io_seq {} below the last flush's {flushed}",
+            v.last_durable_io_seq().unwrap()
+        );
+        // Per chunk: its io_seq comes back at least as the last flushed
+        // write into it left it, and every write into it up to that io_seq
+        // reads back (or a later one).
+        let mut chunks: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for &(seq, off) in writes {
+            chunks.entry(off / CHUNK).or_default().push((seq, off));
+        }
+        for (chunk, ws) in &chunks {
+            let seq = v.live_chunk_io_seq(chunk * CHUNK).unwrap();
+            let floor = ws.iter().map(|w| w.0).filter(|s| *s <= flushed).max();
+            assert!(
+                floor.is_none_or(|f| seq >= f),
+                "chunk {chunk}: io_seq {seq} below its last flushed write {floor:?} \
+                 (an overwrite's record lost)"
+            );
+            for off in ws
+                .iter()
+                .map(|w| w.1)
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                let claimed = ws
+                    .iter()
+                    .filter(|w| w.1 == off && w.0 <= seq)
+                    .map(|w| w.0)
+                    .max();
+                let Some(claimed) = claimed else { continue };
+                let mut got = vec![0; BLOCK];
+                v.read(off, &mut got).await.unwrap();
+                let ok = ws
+                    .iter()
+                    .any(|w| w.1 == off && w.0 >= claimed && pattern(w.0) == got);
+                assert!(
+                    ok,
+                    "chunk {chunk} claims io_seq {seq}: offset {off} lacks write {claimed}"
+                );
+            }
         }
         let mut base = vec![1; BLOCK];
         v.read_snapshot("base", 0, &mut base).await.unwrap();

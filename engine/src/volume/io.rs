@@ -10,6 +10,15 @@
 //! data before writing records, never makes a mapping durable before its
 //! data.
 //!
+//! Overwrites: a write within one chunk the live layer owns takes the
+//! metadata lock once, before its data write (checks and lookup,
+//! `Volume::overwrite`); once the data is written it hands the overwrite
+//! over without the lock (`MetaLock::overwritten`), and the next holder of
+//! the lock applies it: the chunk's io_seq, the volume's written io_seq,
+//! and one coalesced `Map` record per chunk for the next commit (FORMAT.md
+//! "Coalesced overwrites"). In-place pieces of other writes are applied
+//! the same way under the lock they take anyway.
+//!
 //! Copy-on-write: a chunk the live layer does not own (shared with a
 //! snapshot or clone, or unmapped) is written to a freshly allocated chunk,
 //! the rest of which is copied from the visible chunk or zero-filled
@@ -20,8 +29,9 @@ use super::Volume;
 use crate::error::{invalid, no_space, not_found, Error, ErrorKind, Result};
 use crate::io::{AlignedBuf, Device};
 use crate::meta::chunk_map::{Entry, Target};
-use crate::meta::record::{LayerId, Record, VolumeId};
-use crate::pool::Meta;
+use crate::meta::overwrites::Overwrite;
+use crate::meta::record::{LayerId, Record};
+use crate::pool::{Meta, MetaLock};
 
 enum Plan {
     InPlace(u64),
@@ -73,24 +83,6 @@ pub(super) fn pieces(offset: u64, len: u64, chunk_bytes: u64) -> impl Iterator<I
         pos += n;
         Some(piece)
     })
-}
-
-/// A live write (or unmap) of `io_seq` reached the map: it raises the
-/// highest io_seq written and, unless the owner declared a completion
-/// watermark, the io_seq the next commit records.
-fn note_written(m: &mut Meta, id: VolumeId, io_seq: u64) {
-    let watermarked = match m.vols.get_mut(&id) {
-        Some(rt) => {
-            rt.written_io_seq = rt.written_io_seq.max(io_seq);
-            rt.watermarked
-        }
-        None => false,
-    };
-    if !watermarked {
-        if let Some(v) = m.state.volumes.get_mut(&id) {
-            v.max_io_seq = v.max_io_seq.max(io_seq);
-        }
-    }
 }
 
 impl Volume {
@@ -207,7 +199,7 @@ impl Volume {
         let dest = match into {
             Some(layer) => layer,
             None => {
-                note_written(&mut m, self.id, io_seq);
+                m.note_written(self.id, io_seq);
                 live
             }
         };
@@ -251,6 +243,22 @@ impl Volume {
             other => other?,
         };
         match plan {
+            Plan::InPlace(p) if into.is_none() => {
+                self.write_phys(p, off, data).await?;
+                let mut m = self.pool.meta.lock();
+                let layer = self.live_layer(&m)?;
+                m.overwritten(&Overwrite {
+                    volume: self.id,
+                    layer,
+                    chunk,
+                    phys: p,
+                    io_seq,
+                    // The caller tracks live writes for a rebuild; a
+                    // rebuild's own are not live.
+                    track: None,
+                });
+                Ok(())
+            }
             Plan::InPlace(p) => {
                 self.write_phys(p, off, data).await?;
                 self.map_done(chunk, p, io_seq, into)
@@ -283,16 +291,75 @@ impl Volume {
     }
 
     fn track(&self, chunk: u64, off: u64, len: usize, io_seq: u64) {
-        let block = u64::from(self.block_bytes);
-        let mut m = self.pool.meta.lock();
-        let Some(map) = m.vols.get_mut(&self.id).and_then(|r| r.rebuild.as_mut()) else {
-            return;
-        };
-        let first = (chunk * self.chunk_bytes() + off) / block;
-        for b in first..first + len as u64 / block {
-            let e = map.entry(b).or_insert(0);
-            *e = (*e).max(io_seq);
+        let offset = chunk * self.chunk_bytes() + off;
+        self.pool
+            .meta
+            .lock()
+            .track(self.id, offset, len as u64, io_seq);
+    }
+
+    /// The write of `data` at `offset` when it lies within one chunk the
+    /// live layer owns: one metadata-lock acquisition (checks, lookup),
+    /// the data write in place, then the hand-over of the overwrite
+    /// (`MetaLock::overwritten`). False, having changed nothing, for any
+    /// other write. The caller holds the structure lock shared.
+    async fn overwrite(&self, offset: u64, data: &[u8], io_seq: u64) -> Result<bool> {
+        let chunk_bytes = self.chunk_bytes();
+        let len = data.len() as u64;
+        let (chunk, off) = (offset / chunk_bytes, offset % chunk_bytes);
+        if len == 0 || off.checked_add(len).is_none_or(|end| end > chunk_bytes) {
+            return Ok(false);
         }
+        self.pool.check_usable()?;
+        let _g = self.pool.locks.exclusive(self.id, chunk).await;
+        let (layer, phys) = {
+            let m = self.pool.meta.lock();
+            let (live, size) = self.usable_locked(&m)?;
+            self.check_range(size, offset, len)?;
+            let owned = m
+                .state
+                .layers
+                .get(&live)
+                .and_then(|l| l.map.get(chunk))
+                .and_then(|e| match e.target {
+                    Target::Data(p) => Some(p),
+                    Target::Zero => None,
+                });
+            let Some(phys) = owned else {
+                return Ok(false);
+            };
+            // What `promise` checks of a write that needs no fresh chunk.
+            self.pool.admit(&m.state, 0, 0)?;
+            (live, phys)
+        };
+        self.write_phys(phys, off, data).await?;
+        self.pool.meta.overwritten(Overwrite {
+            volume: self.id,
+            layer,
+            chunk,
+            phys,
+            io_seq,
+            track: Some((offset, len)),
+        });
+        Ok(true)
+    }
+
+    /// `usable` for a caller holding the metadata lock (`m`): the volume
+    /// and its poison; returns (live layer, size). The pool's own state
+    /// (closed, poisoned) is the caller's to check.
+    fn usable_locked(&self, m: &Meta) -> Result<(LayerId, u64)> {
+        let v = m
+            .state
+            .volumes
+            .get(&self.id)
+            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
+        if let Some(p) = m.vols.get(&self.id).and_then(|r| r.poisoned.as_ref()) {
+            return Err(Error::new(
+                ErrorKind::Poisoned,
+                format!("volume {}: {p}", self.name),
+            ));
+        }
+        Ok((v.live, v.size_bytes))
     }
 
     /// Reads `buf.len()` bytes at `offset`; unmapped ranges read as zeros.
@@ -345,6 +412,9 @@ impl Volume {
     /// Writes `data` at `offset` as the target's write `io_seq`.
     pub async fn write(&self, offset: u64, data: &[u8], io_seq: u64) -> Result<()> {
         let _s = self.pool.structure.read().await;
+        if self.overwrite(offset, data, io_seq).await? {
+            return Ok(());
+        }
         let (_, size) = self.usable()?;
         self.check_range(size, offset, data.len() as u64)?;
         // All or nothing when space runs out: every fresh chunk the write
@@ -400,7 +470,7 @@ impl Volume {
         let plan = {
             let mut m = self.pool.meta.lock();
             let live = self.live_layer(&m)?;
-            note_written(&mut m, self.id, io_seq);
+            m.note_written(self.id, io_seq);
             let layer = m
                 .state
                 .layers
@@ -525,7 +595,7 @@ impl Volume {
 /// Fresh chunks promised to one write (`Volume::write`): taken one by one
 /// as its pieces allocate; what is left goes back when it is dropped.
 pub(super) struct Promise<'a> {
-    meta: &'a parking_lot::Mutex<Meta>,
+    meta: &'a MetaLock,
     left: std::sync::atomic::AtomicU64,
 }
 
@@ -647,6 +717,48 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Metadata-lock acquisitions `f` makes on `v`'s pool.
+    async fn lock_takes<F: std::future::Future<Output = Result<()>>>(v: &Volume, f: F) -> u64 {
+        use std::sync::atomic::Ordering;
+        let before = v.pool.meta.taken.load(Ordering::Relaxed);
+        f.await.unwrap();
+        v.pool.meta.taken.load(Ordering::Relaxed) - before
+    }
+
+    #[tokio::test]
+    async fn an_overwrite_of_an_owned_chunk_takes_the_metadata_lock_once() {
+        use crate::io::MemDevice;
+        use crate::{Pool, PoolOptions, Provisioning};
+        let opts = PoolOptions {
+            chunk_bytes: 65536,
+            commit_interval: None,
+            ..PoolOptions::default()
+        };
+        let dev: crate::DeviceRef = std::sync::Arc::new(MemDevice::new(8 << 20));
+        let pool = Pool::create(vec![dev], &opts).await.unwrap();
+        let v = pool
+            .create_volume("v", 1 << 20, 4096, Provisioning::Thin)
+            .await
+            .unwrap();
+        let data = vec![7u8; 4096];
+        // The first write allocates (the ordinary path, several).
+        assert!(lock_takes(&v, v.write(0, &data, 1)).await > 1);
+        for seq in 2..20u64 {
+            let off = (seq % 16) * 4096;
+            assert_eq!(lock_takes(&v, v.write(off, &data, seq)).await, 1);
+        }
+        // Whoever takes the lock next sees the overwrites.
+        assert_eq!(v.live_chunk_io_seq(0).unwrap(), 19);
+        // A rebuild tracking live writes sees them too, at no extra cost.
+        v.begin_rebuild().unwrap();
+        assert_eq!(lock_takes(&v, v.write(4096, &data, 20)).await, 1);
+        v.apply_rebuild(4096, &[1u8; 4096], &[20]).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        v.read(4096, &mut got).await.unwrap();
+        assert_eq!(got, data, "a rebuilt block overwrote a live write as new");
+        v.end_rebuild();
+    }
 
     #[test]
     fn pieces_split_at_chunk_boundaries_and_cover_the_request() {
