@@ -53,7 +53,9 @@
 //!
 //! 5. **Membership changes are barriers too** ([`Op::SetMembership`],
 //!    design in `super::membership`): the record goes to every healthy
-//!    replica and commits with `min(cf, new_cf)` healthy acknowledgements;
+//!    replica and commits with `min(cf, new_cf)` healthy acknowledgements
+//!    (for a removal, of members that stay: each holds, behind the record
+//!    on its link, every request before it);
 //!    only then does its [`MemberChange`] apply: an added replica gets the
 //!    next index and starts offline with `missed_from = 0` (a full rebuild:
 //!    it counts for no quorum and serves no reads until that rebuild is

@@ -149,9 +149,20 @@ impl Controller {
             self.release_held(now, actions);
             return;
         };
+        // A removal counts only the members that stay: the one leaving may
+        // be the only one that took the requests before it, and what it
+        // acknowledged must be on the members that go on (seed 9230).
+        let leaving = match &p.op {
+            Op::SetMembership {
+                change: MemberChange::Remove(r),
+                ..
+            } => Some(*r),
+            _ => None,
+        };
         let healthy_acks = p
             .acked
             .iter()
+            .filter(|r| Some(**r) != leaving)
             .filter(|r| {
                 self.replicas
                     .get(**r)

@@ -1588,6 +1588,35 @@ fn a_removed_replica_is_dropped_gets_nothing_and_counts_for_nothing() {
 }
 
 #[test]
+fn a_removal_commits_only_on_members_that_stay() {
+    // CF 1, two replicas: replica 1 does not answer the record (slow, then
+    // gone); replica 0, the one leaving, took it and every write before.
+    // Its acknowledgement alone must not remove it: replica 1 may lack
+    // what only replica 0 holds.
+    let mut sim = Sim::new(2, 1);
+    let remove = sim.submit(set_membership(MemberChange::Remove(0), 1));
+    sim.deliver(0);
+    assert_eq!(
+        sim.result(remove),
+        None,
+        "decided on the leaving member's word"
+    );
+    sim.disconnect(1);
+    match sim.result(remove) {
+        Some(Err(VolumeError::Refused(_))) => {}
+        other => panic!("removal answered {other:?}"),
+    }
+    assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Healthy);
+    // With the member that stays answering, it goes.
+    sim.connect(1);
+    sim.deliver_all();
+    let remove = sim.submit(set_membership(MemberChange::Remove(0), 1));
+    sim.deliver_all();
+    assert_eq!(sim.result(remove), Some(&Ok(Completion::Done)));
+    assert_eq!(sim.ctl.replica_states()[0], ReplicaState::Removed);
+}
+
+#[test]
 fn lowering_the_cf_commits_at_the_lower_cf_and_then_applies() {
     let mut sim = Sim::new(2, 2);
     sim.disconnect(1);
