@@ -185,11 +185,16 @@ async fn sink_pulls_every_block_but_keeps_a_live_write(links: Links) {
             assert!(got == want, "block {lba} differs from the source");
         }
     }
-    // Finished: no unfinished marker, the replica reports itself healthy.
+    // Finished: no unfinished marker, the replica reports itself healthy,
+    // complete through what it received live (the one write at
+    // `first_live`), not through the stream's end: the live requests
+    // between them have not reached it (a target that stopped here must
+    // rebuild it from there).
     drop(target);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, state, _) = session(sink.data, &links.target(), 0).await;
+    let (_, state, durable) = session(sink.data, &links.target(), 0).await;
     assert_eq!(state, ReplicaState::Healthy);
+    assert_eq!(durable, first_live, "the stream went through {through}");
 }
 
 /// A delta rebuild also undoes what the sink alone got: writes after

@@ -304,13 +304,20 @@ impl<I: RebuildIo> Run<I> {
         // Snapshots the healthy replicas took while this one was rebuilding.
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
             .await?;
-        // Everything through the stream's end is here (running live writes
-        // excepted, which the watermark still waits for): the commits below
-        // record it.
+        // Everything before the first live io_seq is here; what the stream
+        // carried from there on counts only as the live requests arrive
+        // (they come on the session, in order, and the watermark follows
+        // them). A live request that reaches this replica after the stream
+        // brought newer data puts older data back until the requests after
+        // it follow; a target that stops in between must find this replica
+        // complete only through what it received, not through the stream's
+        // end (seed 4418). The commits below record it.
         if !self.entry.rebuild.is_current(self.generation) {
             return Err(RebuildError::Cancelled);
         }
-        self.entry.order.rebuilt_through(through_io_seq);
+        self.entry
+            .order
+            .rebuilt_through(through_io_seq.min(self.first_live_io_seq.saturating_sub(1)));
         crate::session::publish_watermark(&self.entry);
         volume.flush().await.map_err(|e| self.engine(e))?;
         // The resume point is spent; `set_attrs` is durable.
