@@ -32,9 +32,13 @@
 //!   once the rebuild is done (controller rule). Adding a member again is
 //!   refused; a removed replica that is added back is rebuilt in full.
 //! - **remove** (scale down): refused if fewer members than CF would stay;
-//!   once the record without it committed (it went to the replica too, if
-//!   healthy, so it knows it is out), its link closes and it counts for
-//!   nothing. CF changes only when asked.
+//!   the record goes to the members that stay only and commits on their
+//!   acknowledgements (each holds, behind it on its link, every request
+//!   before it); once it committed, the leaving replica's link closes and
+//!   it counts for nothing. Not stored on the leaving replica, a failed
+//!   removal cannot be taken from there by a later target, which would
+//!   leave behind the data only that replica held. CF changes only when
+//!   asked.
 //! - **set CF**: 1 ..= member count.
 //! - **replace** = remove the lost one, then add the new one.
 //!

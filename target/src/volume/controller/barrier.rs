@@ -116,6 +116,17 @@ impl Controller {
         let io_seq = self.next_io_seq;
         self.next_io_seq += 1;
         barrier.io_seq = Some(io_seq);
+        // A removal's record goes to the members that stay only: stored on
+        // the leaving one (and the change failing), a later target could
+        // take it from there and leave that replica's data behind; it is
+        // dropped once the change commits (seed 9230).
+        let leaving = match &barrier.op {
+            Op::SetMembership {
+                change: MemberChange::Remove(r),
+                ..
+            } => Some(*r),
+            _ => None,
+        };
         let pending = Pending {
             tag: barrier.tag,
             op: barrier.op.clone(),
@@ -124,7 +135,7 @@ impl Controller {
                 .replicas
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.state == ReplicaState::Healthy)
+                .filter(|(i, r)| r.state == ReplicaState::Healthy && Some(*i) != leaving)
                 .map(|(i, _)| (i, now))
                 .collect(),
             acked: BTreeSet::new(),

@@ -1590,11 +1590,18 @@ fn a_removed_replica_is_dropped_gets_nothing_and_counts_for_nothing() {
 #[test]
 fn a_removal_commits_only_on_members_that_stay() {
     // CF 1, two replicas: replica 1 does not answer the record (slow, then
-    // gone); replica 0, the one leaving, took it and every write before.
-    // Its acknowledgement alone must not remove it: replica 1 may lack
+    // gone); replica 0, the one leaving, took every write before. The
+    // record does not go to it (a later target could adopt it from there),
+    // and nothing but replica 1's answer may commit it: replica 1 may lack
     // what only replica 0 holds.
     let mut sim = Sim::new(2, 1);
     let remove = sim.submit(set_membership(MemberChange::Remove(0), 1));
+    assert!(
+        !sim.links[0]
+            .iter()
+            .any(|p| matches!(p.message, Message::MembershipSet(_))),
+        "the record went to the leaving member"
+    );
     sim.deliver(0);
     assert_eq!(
         sim.result(remove),
