@@ -77,18 +77,7 @@ impl Volume {
     fn usable(&self) -> Result<(LayerId, u64)> {
         self.pool.check_usable()?;
         let m = self.pool.meta.lock();
-        let v = m
-            .state
-            .volumes
-            .get(&self.id)
-            .ok_or_else(|| not_found(format!("volume {}", self.name)))?;
-        if let Some(p) = m.vols.get(&self.id).and_then(|r| r.poisoned.as_ref()) {
-            return Err(Error::new(
-                ErrorKind::Poisoned,
-                format!("volume {}: {p}", self.name),
-            ));
-        }
-        Ok((v.live, v.size_bytes))
+        self.usable_locked(&m)
     }
 
     /// Validates a data transfer (read, write, rebuild): block-aligned, at

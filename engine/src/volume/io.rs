@@ -347,7 +347,7 @@ impl Volume {
     /// `usable` for a caller holding the metadata lock (`m`): the volume
     /// and its poison; returns (live layer, size). The pool's own state
     /// (closed, poisoned) is the caller's to check.
-    fn usable_locked(&self, m: &Meta) -> Result<(LayerId, u64)> {
+    pub(super) fn usable_locked(&self, m: &Meta) -> Result<(LayerId, u64)> {
         let v = m
             .state
             .volumes
