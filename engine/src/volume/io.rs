@@ -45,6 +45,49 @@ enum Need {
     Zero,
 }
 
+/// What zeroing a piece of a chunk takes (`zero_locked` carries it out,
+/// `fresh_chunks` counts it for the promise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroStep {
+    /// Nothing visible there: nothing to do.
+    Nothing,
+    /// A tombstone over the whole chunk (not a removal, even with nothing
+    /// below: it carries the unmap's io_seq, so `changed_chunks` reports
+    /// the chunk to a rebuild; it frees the chunk it replaces).
+    /// `new_entry`: the layer had no entry for the chunk.
+    Tombstone { new_entry: bool },
+    /// Zeros written over part of the chunk: in place when the layer owns
+    /// it, else (`copy`) into a copy of the chunk below.
+    Zeros { copy: bool },
+}
+
+/// The [`ZeroStep`] for zeroing part (or, `full`, all) of `chunk` in the
+/// live layer `live`.
+fn zero_step(m: &Meta, live: LayerId, chunk: u64, full: bool) -> Result<ZeroStep> {
+    let layer = m
+        .state
+        .layers
+        .get(&live)
+        .ok_or_else(|| not_found(format!("layer {live}")))?;
+    let own = layer.map.get(chunk);
+    let below_data = layer
+        .parent
+        .and_then(|p| m.state.resolve(p, chunk))
+        .is_some_and(|(_, e)| matches!(e.target, Target::Data(_)));
+    let own_data = own.is_some_and(|e| matches!(e.target, Target::Data(_)));
+    Ok(if full && (below_data || own.is_some()) {
+        ZeroStep::Tombstone {
+            new_entry: own.is_none(),
+        }
+    } else if !full && own_data {
+        ZeroStep::Zeros { copy: false }
+    } else if !full && own.is_none() && below_data {
+        ZeroStep::Zeros { copy: true }
+    } else {
+        ZeroStep::Nothing
+    })
+}
+
 enum ZeroPlan {
     Nothing,
     Record(Record),
@@ -471,36 +514,19 @@ impl Volume {
             let mut m = self.pool.meta.lock();
             let live = self.live_layer(&m)?;
             m.note_written(self.id, io_seq);
-            let layer = m
-                .state
-                .layers
-                .get(&live)
-                .ok_or_else(|| not_found(format!("layer {live}")))?;
-            let own = layer.map.get(chunk);
-            let below_data = layer
-                .parent
-                .and_then(|p| m.state.resolve(p, chunk))
-                .is_some_and(|(_, e)| matches!(e.target, Target::Data(_)));
-            let visible_data = match own {
-                Some(e) => matches!(e.target, Target::Data(_)),
-                None => below_data,
-            };
-            if full && (below_data || own.is_some()) {
-                // A tombstone (not a removal) even with nothing below: it
-                // carries the unmap's io_seq, so `changed_chunks` reports
-                // the chunk to a rebuild. It frees the chunk it replaces.
-                if own.is_none() {
-                    self.pool.admit(&m.state, 1, 0)?;
+            match zero_step(&m, live, chunk, full)? {
+                ZeroStep::Tombstone { new_entry } => {
+                    if new_entry {
+                        self.pool.admit(&m.state, 1, 0)?;
+                    }
+                    ZeroPlan::Record(Record::Zero {
+                        layer: live,
+                        chunk,
+                        io_seq,
+                    })
                 }
-                ZeroPlan::Record(Record::Zero {
-                    layer: live,
-                    chunk,
-                    io_seq,
-                })
-            } else if !full && visible_data {
-                ZeroPlan::WriteZeros
-            } else {
-                ZeroPlan::Nothing
+                ZeroStep::Zeros { .. } => ZeroPlan::WriteZeros,
+                ZeroStep::Nothing => ZeroPlan::Nothing,
             }
         };
         match plan {
@@ -675,40 +701,30 @@ impl Volume {
             .layers
             .get(&live)
             .ok_or_else(|| not_found(format!("layer {live}")))?;
-        let owned = |chunk: u64| {
-            matches!(
-                layer.map.get(chunk),
-                Some(Entry {
-                    target: Target::Data(_),
-                    ..
-                })
-            )
-        };
         let (mut fresh, mut entries) = (0u64, 0u64);
         for p in pieces(offset, len, self.chunk_bytes()) {
-            match need {
+            let (chunk, entry) = match need {
                 Need::Write => {
-                    if !owned(p.chunk) {
-                        fresh += 1;
-                        entries += 1;
-                    }
+                    let owned = matches!(
+                        layer.map.get(p.chunk),
+                        Some(Entry {
+                            target: Target::Data(_),
+                            ..
+                        })
+                    );
+                    (!owned, !owned)
                 }
                 Need::Zero => {
-                    if layer.map.get(p.chunk).is_some() {
-                        continue;
-                    }
-                    let below = layer
-                        .parent
-                        .and_then(|parent| m.state.resolve(parent, p.chunk))
-                        .is_some_and(|(_, e)| matches!(e.target, Target::Data(_)));
-                    if below {
-                        entries += 1;
-                        if p.len as u64 != self.chunk_bytes() {
-                            fresh += 1;
-                        }
+                    let full = p.len as u64 == self.chunk_bytes();
+                    match zero_step(m, live, p.chunk, full)? {
+                        ZeroStep::Tombstone { new_entry } => (false, new_entry),
+                        ZeroStep::Zeros { copy } => (copy, copy),
+                        ZeroStep::Nothing => (false, false),
                     }
                 }
-            }
+            };
+            fresh += u64::from(chunk);
+            entries += u64::from(entry);
         }
         Ok((fresh, entries))
     }

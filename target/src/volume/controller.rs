@@ -338,6 +338,17 @@ impl Op {
         }
     }
 
+    /// The member a membership record removes, if it removes one.
+    pub(crate) fn leaving_member(&self) -> Option<ReplicaIndex> {
+        match self {
+            Op::SetMembership {
+                change: MemberChange::Remove(r),
+                ..
+            } => Some(*r),
+            _ => None,
+        }
+    }
+
     /// Runs alone, between the requests before and after it (module doc).
     pub(crate) fn is_barrier(&self) -> bool {
         matches!(
@@ -544,6 +555,12 @@ struct Replica {
 }
 
 impl Replica {
+    /// Its running rebuild may not have brought what came from `io_seq`
+    /// on: it is rebuilt once more from there before it is healthy.
+    fn rebuild_again_from(&mut self, io_seq: u64) {
+        self.missed_in_rebuild = Some(self.missed_in_rebuild.map_or(io_seq, |m| m.min(io_seq)));
+    }
+
     fn new(state: ReplicaState, missed_from: Option<u64>) -> Replica {
         Replica {
             state,

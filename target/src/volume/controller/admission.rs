@@ -293,7 +293,7 @@ impl Controller {
             .iter_mut()
             .filter(|r| r.rebuild.is_some_and(|run| run.source == replica))
         {
-            r.missed_in_rebuild = Some(r.missed_in_rebuild.map_or(io_seq, |m| m.min(io_seq)));
+            r.rebuild_again_from(io_seq);
         }
     }
 

@@ -120,13 +120,7 @@ impl Controller {
         // the leaving one (and the change failing), a later target could
         // take it from there and leave that replica's data behind; it is
         // dropped once the change commits (seed 9230).
-        let leaving = match &barrier.op {
-            Op::SetMembership {
-                change: MemberChange::Remove(r),
-                ..
-            } => Some(*r),
-            _ => None,
-        };
+        let leaving = barrier.op.leaving_member();
         let pending = Pending {
             tag: barrier.tag,
             op: barrier.op.clone(),
@@ -163,13 +157,7 @@ impl Controller {
         // A removal counts only the members that stay: the one leaving may
         // be the only one that took the requests before it, and what it
         // acknowledged must be on the members that go on (seed 9230).
-        let leaving = match &p.op {
-            Op::SetMembership {
-                change: MemberChange::Remove(r),
-                ..
-            } => Some(*r),
-            _ => None,
-        };
+        let leaving = p.op.leaving_member();
         let healthy_acks = p
             .acked
             .iter()
@@ -201,7 +189,7 @@ impl Controller {
             }
             if matches!(p.op, Op::SnapshotCreate { .. } | Op::SnapshotDestroy { .. }) {
                 for r in self.replicas.iter_mut().filter(|r| r.rebuild.is_some()) {
-                    r.missed_in_rebuild = Some(r.missed_in_rebuild.map_or(seq, |m| m.min(seq)));
+                    r.rebuild_again_from(seq);
                 }
             }
             if let Op::Resize { size_bytes } = p.op {

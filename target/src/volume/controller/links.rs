@@ -162,16 +162,9 @@ impl Controller {
         // lost writes it had acknowledged; its daemon serves a source only
         // while a target session owns its volume, so only once it is
         // claimed again): that sink is rebuilt once more when done.
-        for r in self
-            .replicas
-            .iter_mut()
-            .filter(|r| r.rebuild.is_some_and(|run| run.source == replica))
-        {
-            if let Some(run) = r.rebuild {
-                r.missed_in_rebuild = Some(
-                    r.missed_in_rebuild
-                        .map_or(run.from_io_seq, |m| m.min(run.from_io_seq)),
-                );
+        for r in self.replicas.iter_mut() {
+            if let Some(run) = r.rebuild.filter(|run| run.source == replica) {
+                r.rebuild_again_from(run.from_io_seq);
             }
         }
         let mut lacks = Vec::new();

@@ -1765,13 +1765,7 @@ proptest! {
 
 #[test]
 fn a_snapshot_taken_during_a_rebuild_makes_the_replica_rebuild_again_before_healthy() {
-    let mut sim = Sim::new(3, 2);
-    sim.disconnect(2);
-    sim.write(1, 1);
-    sim.deliver_all();
-    sim.connect(2);
-    sim.deliver(2);
-    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    let (mut sim, _, _) = replica_2_rebuilding();
     // A snapshot at quorum while replica 2 rebuilds: it goes to the healthy
     // replicas only, and the rebuild's listing of the peer's snapshots may
     // predate it.
@@ -1807,14 +1801,7 @@ fn a_snapshot_taken_during_a_rebuild_makes_the_replica_rebuild_again_before_heal
 /// first request the source was found to lack.
 #[test]
 fn a_rebuild_whose_source_is_found_lacking_meanwhile_is_done_again_before_healthy() {
-    let mut sim = Sim::new(3, 2);
-    sim.disconnect(2);
-    sim.write(1, 1);
-    sim.deliver_all();
-    sim.connect(2);
-    let (source, _, _) = rebuild_start(&sim, 2).expect("no RebuildStart");
-    sim.deliver(2);
-    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    let (mut sim, source, _) = replica_2_rebuilding();
     // The shell learns the source lacks requests from `gap` on.
     let gap = 3;
     sim.ctl.mark_missed(source, gap);
@@ -1838,14 +1825,7 @@ fn a_rebuild_whose_source_is_found_lacking_meanwhile_is_done_again_before_health
 fn a_rebuild_whose_source_went_offline_meanwhile_is_done_again_before_healthy() {
     // The source's link went down while the sink pulled: the rest may have
     // come from a restarted process that lost acknowledged writes.
-    let mut sim = Sim::new(3, 2);
-    sim.disconnect(2);
-    sim.write(1, 1);
-    sim.deliver_all();
-    sim.connect(2);
-    let (source, first_from, _) = rebuild_start(&sim, 2).expect("no RebuildStart");
-    sim.deliver(2);
-    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    let (mut sim, source, first_from) = replica_2_rebuilding();
     sim.disconnect(source);
     sim.finish_rebuild(2);
     assert_eq!(
@@ -1877,6 +1857,20 @@ fn a_rebuild_that_starts_after_a_snapshot_is_not_repeated_for_it() {
     sim.deliver(2);
     sim.finish_rebuild(2);
     assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Healthy);
+}
+
+/// Replica 2 missed a write and rebuilds (its run accepted): the
+/// simulation, the run's source and its `from_io_seq`.
+fn replica_2_rebuilding() -> (Sim, usize, u64) {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(2);
+    sim.write(1, 1);
+    sim.deliver_all();
+    sim.connect(2);
+    let (source, from, _) = rebuild_start(&sim, 2).expect("no RebuildStart");
+    sim.deliver(2);
+    assert_eq!(sim.ctl.replica_states()[2], ReplicaState::Rebuilding);
+    (sim, source, from)
 }
 
 const TICK_FOR_TESTS: Duration = Duration::from_millis(100);
