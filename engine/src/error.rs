@@ -33,6 +33,10 @@ pub enum ErrorKind {
     Conflict,
     /// The pool was closed.
     Closed,
+    /// Data read back does not match the checksum stored when it was
+    /// written: the blocks named by [`Error::bad_ranges`] are bad on this
+    /// copy (the rest of the request was fine). Never returned with data.
+    Checksum,
 }
 
 /// The engine's error: a kind, a human context, and an optional IO cause.
@@ -42,6 +46,9 @@ pub struct Error {
     context: String,
     #[source]
     source: Option<io::Error>,
+    /// For [`ErrorKind::Checksum`]: the bad byte ranges (offset, length)
+    /// of the volume, whole 4 KiB blocks, sorted and merged.
+    bad: Vec<(u64, u64)>,
 }
 
 impl fmt::Display for Error {
@@ -61,7 +68,35 @@ impl Error {
             kind,
             context: context.into(),
             source: None,
+            bad: Vec::new(),
         }
+    }
+
+    /// An [`ErrorKind::Checksum`] error naming the bad byte ranges of the
+    /// volume (merged when adjacent).
+    pub fn checksum(context: impl Into<String>, mut bad: Vec<(u64, u64)>) -> Self {
+        bad.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(bad.len());
+        for (off, len) in bad {
+            match merged.last_mut() {
+                Some((o, l)) if o.saturating_add(*l) >= off => {
+                    *l = (*l).max(off.saturating_add(len) - *o);
+                }
+                _ => merged.push((off, len)),
+            }
+        }
+        Self {
+            kind: ErrorKind::Checksum,
+            context: context.into(),
+            source: None,
+            bad: merged,
+        }
+    }
+
+    /// For a checksum error, the bad byte ranges (offset, length) of the
+    /// volume; empty for every other kind.
+    pub fn bad_ranges(&self) -> &[(u64, u64)] {
+        &self.bad
     }
 
     /// An [`ErrorKind::Io`] error wrapping the device error.
@@ -70,6 +105,7 @@ impl Error {
             kind: ErrorKind::Io,
             context: context.into(),
             source: Some(source),
+            bad: Vec::new(),
         }
     }
 
@@ -107,6 +143,15 @@ pub(crate) fn no_space(context: impl Into<String>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_error_merges_its_ranges() {
+        let e = Error::checksum("read v1", vec![(8192, 4096), (0, 4096), (4096, 4096)]);
+        assert_eq!(e.kind(), ErrorKind::Checksum);
+        assert_eq!(e.bad_ranges(), &[(0, 12288)]);
+        let e = Error::checksum("read v1", vec![(0, 4096), (16384, 4096)]);
+        assert_eq!(e.bad_ranges(), &[(0, 4096), (16384, 4096)]);
+    }
 
     #[test]
     fn display_names_kind_context_and_cause() {

@@ -25,4 +25,6 @@ pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};
 pub use pool::{DeviceRef, Pool, PoolOptions, PoolStats, Provisioning, VolumeInfo};
-pub use volume::{ChangeKind, ChangesPage, ChunkChange, SnapshotInfo, Volume, VolumeStats};
+pub use volume::{
+    ChangeKind, ChangesPage, ChunkChange, RangeDigest, SnapshotInfo, Volume, VolumeStats,
+};

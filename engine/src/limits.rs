@@ -37,3 +37,9 @@ pub const MAX_VOLUME_BYTES: u64 = 1 << 50;
 /// Chunks changed since an io_seq returned per page by
 /// `Volume::changed_chunks`.
 pub const MAX_CHANGES_PER_PAGE: usize = 4096;
+/// Bytes a checksum covers: every 4 KiB block of a physical chunk has its
+/// own crc32c (FORMAT.md "Block checksums").
+pub const SUM_BLOCK_BYTES: u64 = 4096;
+/// Largest range one `Volume::digest` call covers (it ships no data, so it
+/// may be larger than [`MAX_IO_BYTES`]; it reads every mapped block of it).
+pub const MAX_DIGEST_BYTES: u64 = 64 * 1024 * 1024;

@@ -9,6 +9,7 @@
 //! a request against the volume (`usable`, `check_range`, `check_extent`)
 //! and poisoning.
 
+mod integrity;
 mod io;
 mod rebuild;
 mod records;
@@ -22,6 +23,7 @@ use crate::limits::MAX_IO_BYTES;
 use crate::meta::record::{LayerId, VolumeId};
 use crate::pool::PoolInner;
 
+pub use self::integrity::RangeDigest;
 pub use self::rebuild::{ChangeKind, ChangesPage, ChunkChange};
 pub use self::snapshots::SnapshotInfo;
 pub use self::stats::VolumeStats;

@@ -13,7 +13,7 @@ pub fn proto_status(err: &Error) -> Status {
         ErrorKind::NoSpace => Status::NoSpace,
         ErrorKind::InvalidArgument => Status::BadRequest,
         ErrorKind::Poisoned => Status::VolumePoisoned,
-        ErrorKind::Io | ErrorKind::Corrupt => Status::IoError,
+        ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::Checksum => Status::IoError,
         ErrorKind::Conflict | ErrorKind::Closed => Status::Busy,
     }
 }
@@ -27,7 +27,7 @@ pub fn grpc_status(err: &Error) -> tonic::Status {
         ErrorKind::OutOfRange | ErrorKind::InvalidArgument => tonic::Status::invalid_argument(msg),
         ErrorKind::NoSpace => tonic::Status::resource_exhausted(msg),
         ErrorKind::Poisoned | ErrorKind::Conflict => tonic::Status::failed_precondition(msg),
-        ErrorKind::Io | ErrorKind::Corrupt => tonic::Status::internal(msg),
+        ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::Checksum => tonic::Status::internal(msg),
         ErrorKind::Closed => tonic::Status::unavailable(msg),
     }
 }

@@ -147,6 +147,23 @@ impl Volume {
         Ok(())
     }
 
+    /// The crc32c of each 4 KiB block of `[off, off + len)` in physical
+    /// chunk `phys` (4 KiB aligned), read from the device and verified
+    /// against the stored checksums: `None` for a block that fails.
+    pub(super) async fn block_crcs(
+        &self,
+        phys: u64,
+        off: u64,
+        len: usize,
+    ) -> Result<Vec<Option<u32>>> {
+        let mut buf = vec![0u8; len];
+        self.read_phys(phys, off, &mut buf).await?;
+        Ok(buf
+            .chunks(crate::limits::SUM_BLOCK_BYTES as usize)
+            .map(|b| Some(crc32c::crc32c(b)))
+            .collect())
+    }
+
     /// Writes `data` at `off` in physical chunk `phys` (read-modify-write
     /// when the device's alignment is coarser than the request). Any error
     /// poisons the volume.
