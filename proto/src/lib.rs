@@ -57,7 +57,8 @@
 //! 0x0001  Hello            min u16, max u16, next_io_seq u64,        HelloAck / VersionMismatch
 //!                          volume str, auth u8 (0 none, 1 psk + proof str)
 //! 0x0010  Write            data (header offset/length, flag FUA)     Ack
-//! 0x0011  Read             - (header offset/length ≤ 1 MiB)          ReadData: data
+//! 0x0011  Read             - (header offset/length ≤ 1 MiB)          ReadData: data, or
+//!                                                                    ChecksumError (below)
 //! 0x0012  Flush            -                                         Ack
 //! 0x0013  Unmap            - (header offset/length)                  Ack
 //! 0x0014  WriteZeroes      - (header offset/length)                  Ack
@@ -89,7 +90,14 @@
 //! `HelloAck` is `version u16, state u8, block_size u32, replica_id u128,
 //! pool_guid u128, last_durable_io_seq u64, volume_size u64,
 //! highest_epoch_seen u64`; `VersionMismatch` (reply to Hello, status
-//! `VersionMismatch`) is the replier's `min u16, max u16`. Any reply with a
+//! `VersionMismatch`) is the replier's `min u16, max u16`. [`ChecksumError`]
+//! (reply to Read, status `ChecksumError`: blocks of the read failed their
+//! checksum on the replica) carries the read's extent in the header
+//! (offset/length) and `count u16, count × (offset u64, len u64)`: the bad
+//! byte ranges of the volume, never data; whole 4 KiB blocks
+//! ([`limits::CHECKSUM_BLOCK_BYTES`]), ascending and merged, within the
+//! read's extent aligned out to blocks, 1 to
+//! [`limits::MAX_CHECKSUM_RANGES`] of them. Any other reply with a
 //! status other than `Ok` is an [`ErrorReply`] whose payload is a detail
 //! string; its opcode is the request's, even one the replier did not know.
 //!
@@ -116,10 +124,10 @@ pub use codec::{reserve_read_ahead, FrameCodec, READ_AHEAD_BYTES, WRITE_BATCH_BY
 pub use frame::{EncodeError, Frame, FrameError};
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use message::{
-    Auth, ByteRange, ErrorReply, Extent, Hello, HelloAck, Member, Membership, Message,
-    MessageError, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildSource,
-    RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport,
-    VersionRange, Write, FLAG_FUA,
+    Auth, ByteRange, ChecksumError, ErrorReply, Extent, Hello, HelloAck, Member, Membership,
+    Message, MessageError, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
+    RebuildSource, RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing,
+    StatusReport, VersionRange, Write, FLAG_FUA,
 };
 pub use opcode::{Opcode, ReplyKind, REPLY_BIT};
 pub use status::Status;

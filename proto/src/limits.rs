@@ -59,6 +59,18 @@ pub const MAX_REBUILD_CHUNK_BLOCKS: u32 = 256;
 /// sink with more asks for them in several streams.
 pub const MAX_REBUILD_RANGES: usize = 4096;
 
+/// The unit a replica verifies data in, and so the unit of the ranges a
+/// `ChecksumError` reply names: a checksum covers each 4 KiB block of the
+/// volume (the engine's `SUM_BLOCK_BYTES`).
+pub const CHECKSUM_BLOCK_BYTES: u64 = 4096;
+
+/// Most bad ranges in one `ChecksumError` reply. Its ranges are whole
+/// [`CHECKSUM_BLOCK_BYTES`] blocks within the read's extent aligned out to
+/// blocks, merged (never adjacent): a read of [`MAX_IO_BYTES`] touches at
+/// most 257 blocks, so at most 129 ranges (every other block bad).
+pub const MAX_CHECKSUM_RANGES: usize =
+    (MAX_IO_BYTES as usize / CHECKSUM_BLOCK_BYTES as usize + 1).div_ceil(2);
+
 // The bounds agree with each other; checked at compile time.
 const _: () = {
     // A full rebuild chunk: block size, count and one io_seq per block.
@@ -72,6 +84,10 @@ const _: () = {
     assert!(ranges <= DEFAULT_MAX_PAYLOAD_BYTES as usize);
     assert!(MIN_BLOCK_BYTES.is_power_of_two() && MAX_BLOCK_BYTES.is_power_of_two());
     assert!(MIN_BLOCK_BYTES <= MAX_BLOCK_BYTES && MAX_BLOCK_BYTES <= MAX_IO_BYTES);
+    // A full checksum error: its count and 16 bytes a range.
+    assert!(MAX_CHECKSUM_RANGES == 129);
+    assert!(2 + 16 * MAX_CHECKSUM_RANGES <= DEFAULT_MAX_PAYLOAD_BYTES as usize);
+    assert!(MAX_CHECKSUM_RANGES <= u16::MAX as usize);
     // Strings carry a u16 length.
     assert!(MAX_NAME_BYTES <= u16::MAX as usize);
     assert!(MAX_ADDRESS_BYTES <= u16::MAX as usize);

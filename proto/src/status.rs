@@ -42,6 +42,12 @@ pub enum Status {
     Busy,
     /// The volume or replica is read-only.
     ReadOnly,
+    /// Data read back does not match the checksum stored with it: the
+    /// blocks are bad on this copy (the replica is not failed for it). The
+    /// reply to a `Read` is [`Message::ChecksumError`](crate::Message)
+    /// naming the bad ranges, never data; to any other request an error
+    /// reply with a detail.
+    ChecksumError,
     /// A value this version does not know.
     Unknown(u16),
 }
@@ -64,6 +70,7 @@ impl Status {
             Status::NotAuthenticated => 11,
             Status::Busy => 12,
             Status::ReadOnly => 13,
+            Status::ChecksumError => 14,
             Status::Unknown(value) => value,
         }
     }
@@ -86,6 +93,7 @@ impl Status {
             11 => Status::NotAuthenticated,
             12 => Status::Busy,
             13 => Status::ReadOnly,
+            14 => Status::ChecksumError,
             other => Status::Unknown(other),
         }
     }
@@ -118,8 +126,9 @@ mod tests {
 
     #[test]
     fn unassigned_values_decode_as_unknown() {
-        assert_eq!(Status::from_u16(14), Status::Unknown(14));
+        assert_eq!(Status::from_u16(15), Status::Unknown(15));
         assert_eq!(Status::from_u16(u16::MAX), Status::Unknown(u16::MAX));
         assert_eq!(Status::from_u16(13), Status::ReadOnly);
+        assert_eq!(Status::from_u16(14), Status::ChecksumError);
     }
 }

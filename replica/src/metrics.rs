@@ -74,6 +74,9 @@ struct OpCounters {
 #[derive(Debug, Default)]
 pub struct VolumeIo {
     ops: [OpCounters; Op::ALL.len()],
+    /// 4 KiB blocks reads found failing their checksum (answered
+    /// `ChecksumError`).
+    checksum_blocks: AtomicU64,
 }
 
 impl VolumeIo {
@@ -87,11 +90,20 @@ impl VolumeIo {
             return;
         };
         c.ops.fetch_add(1, Ordering::Relaxed);
-        if matches!(reply, Message::Error(_)) {
+        if let Message::ChecksumError(e) = reply {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            self.checksum_blocks
+                .fetch_add(e.bad_blocks(), Ordering::Relaxed);
+        } else if matches!(reply, Message::Error(_)) {
             c.errors.fetch_add(1, Ordering::Relaxed);
         } else {
             c.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// Blocks reads of the volume found bad since the daemon started.
+    pub fn checksum_blocks(&self) -> u64 {
+        self.checksum_blocks.load(Ordering::Relaxed)
     }
 
     fn load(&self, op: Op) -> (u64, u64, u64) {
@@ -274,6 +286,16 @@ impl ReplicaMetrics {
                     out.sample(&name, &[p, ("volume", volume)], value);
                 }
             }
+        }
+        let name = "cstor_replica_checksum_errors_total";
+        out.family(
+            name,
+            MetricType::Counter,
+            "4 KiB blocks reads of targets found failing their checksum (answered ChecksumError, \
+             never returned), per volume.",
+        );
+        for (volume, counters) in &io {
+            out.sample(name, &[p, ("volume", volume)], counters.checksum_blocks());
         }
         render_rebuilds(out, pool_name, &volumes, registry);
     }
@@ -486,6 +508,23 @@ mod tests {
         );
         stop.cancel();
         served.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_checksum_error_counts_a_read_error_and_its_bad_blocks() {
+        let io = VolumeIo::default();
+        let extent = Extent {
+            offset: 0,
+            len_bytes: 65536,
+        };
+        let bad = cstor_proto::ChecksumError::new(extent, [(4096, 8192), (32768, 4096)]).unwrap();
+        io.record(&Message::Read(extent), &Message::ChecksumError(bad));
+        io.record(
+            &Message::Read(extent),
+            &Message::ReadData(Bytes::from(vec![0; 65536])),
+        );
+        assert_eq!(io.load(Op::Read), (2, 65536, 1));
+        assert_eq!(io.checksum_blocks(), 3);
     }
 
     #[test]

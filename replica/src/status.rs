@@ -13,7 +13,10 @@ pub fn proto_status(err: &Error) -> Status {
         ErrorKind::NoSpace => Status::NoSpace,
         ErrorKind::InvalidArgument => Status::BadRequest,
         ErrorKind::Poisoned => Status::VolumePoisoned,
-        ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::Checksum => Status::IoError,
+        ErrorKind::Io | ErrorKind::Corrupt => Status::IoError,
+        // Bad blocks on this copy, not a failed replica: the reply to a
+        // read names them (`session::reply::checksum_reply`).
+        ErrorKind::Checksum => Status::ChecksumError,
         ErrorKind::Conflict | ErrorKind::Closed => Status::Busy,
     }
 }
@@ -27,7 +30,8 @@ pub fn grpc_status(err: &Error) -> tonic::Status {
         ErrorKind::OutOfRange | ErrorKind::InvalidArgument => tonic::Status::invalid_argument(msg),
         ErrorKind::NoSpace => tonic::Status::resource_exhausted(msg),
         ErrorKind::Poisoned | ErrorKind::Conflict => tonic::Status::failed_precondition(msg),
-        ErrorKind::Io | ErrorKind::Corrupt | ErrorKind::Checksum => tonic::Status::internal(msg),
+        ErrorKind::Io | ErrorKind::Corrupt => tonic::Status::internal(msg),
+        ErrorKind::Checksum => tonic::Status::data_loss(msg),
         ErrorKind::Closed => tonic::Status::unavailable(msg),
     }
 }
@@ -67,6 +71,11 @@ mod tests {
             ),
             (ErrorKind::Io, Status::IoError, tonic::Code::Internal),
             (ErrorKind::Corrupt, Status::IoError, tonic::Code::Internal),
+            (
+                ErrorKind::Checksum,
+                Status::ChecksumError,
+                tonic::Code::DataLoss,
+            ),
             (
                 ErrorKind::Conflict,
                 Status::Busy,

@@ -5,9 +5,9 @@
 use bytes::Bytes;
 
 use super::{
-    check_read_data, ErrorReply, Extent, Hello, HelloAck, Membership, Message, MessageError,
-    RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildStart, SnapshotListRequest,
-    SnapshotListing, StatusReport, VersionRange, Write,
+    check_read_data, ChecksumError, ErrorReply, Extent, Hello, HelloAck, Membership, Message,
+    MessageError, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildStart,
+    SnapshotListRequest, SnapshotListing, StatusReport, VersionRange, Write,
 };
 use crate::header::FrameHeader;
 use crate::limits::{MAX_DETAIL_BYTES, MAX_IO_BYTES};
@@ -90,6 +90,11 @@ fn decode_failure(
     opcode: Option<Opcode>,
     src: &mut Reader,
 ) -> Result<Message, PayloadError> {
+    if opcode == Some(Opcode::Read) && header.status == Status::ChecksumError {
+        // The read's extent travels in the header, as the request's.
+        let extent = checked_extent(header, MAX_IO_BYTES)?;
+        return Ok(Message::ChecksumError(ChecksumError::decode(extent, src)?));
+    }
     plain(header)?;
     if opcode == Some(Opcode::Hello) && header.status == Status::VersionMismatch {
         return Ok(Message::VersionMismatch(VersionRange::decode(src)?));

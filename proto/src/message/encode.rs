@@ -112,6 +112,15 @@ impl Message {
                 check_read_data(data)?;
                 Shape::reply(Opcode::Read)
             }
+            Message::ChecksumError(reply) => {
+                reply.check()?;
+                Shape {
+                    status: Status::ChecksumError,
+                    offset: reply.extent.offset,
+                    length: reply.extent.len_bytes,
+                    ..Shape::reply(Opcode::Read)
+                }
+            }
             Message::SnapshotListing(listing) => {
                 listing.check()?;
                 Shape::reply(Opcode::SnapshotList)
@@ -173,7 +182,7 @@ impl Message {
             Message::RebuildAbort(_) => request(Opcode::RebuildAbort),
             Message::RebuildThrottle { .. } => request(Opcode::RebuildThrottle),
             Message::HelloAck(_) | Message::VersionMismatch(_) => reply(Opcode::Hello),
-            Message::ReadData(_) => reply(Opcode::Read),
+            Message::ReadData(_) | Message::ChecksumError(_) => reply(Opcode::Read),
             Message::SnapshotListing(_) => reply(Opcode::SnapshotList),
             Message::StatusReport(_) => reply(Opcode::Status),
             Message::Membership(_) => reply(Opcode::MembershipGet),
@@ -196,6 +205,7 @@ impl Message {
             Message::ReadData(data) => data.len(),
             Message::RebuildChunk(chunk) => chunk.wire_len(),
             Message::SnapshotListing(listing) => listing.wire_len(),
+            Message::ChecksumError(reply) => reply.wire_len(),
             _ => 128,
         }
     }
@@ -227,6 +237,7 @@ impl Message {
             Message::HelloAck(ack) => ack.put(dst),
             Message::VersionMismatch(range) => range.put(dst),
             Message::ReadData(data) => dst.extend_from_slice(data),
+            Message::ChecksumError(reply) => reply.put(dst),
             Message::SnapshotListing(listing) => listing.put(dst),
             Message::StatusReport(report) => report.put(dst),
             Message::MembershipSet(membership) | Message::Membership(membership) => {
@@ -255,6 +266,12 @@ fn check_error_reply(error: &ErrorReply) -> Result<(), PayloadError> {
         return Err(PayloadError::Invalid {
             field: "status",
             reason: "a version mismatch on Hello is Message::VersionMismatch",
+        });
+    }
+    if error.request_opcode == Opcode::Read.to_u16() && error.status == Status::ChecksumError {
+        return Err(PayloadError::Invalid {
+            field: "status",
+            reason: "a checksum error on Read is Message::ChecksumError",
         });
     }
     check_text("detail", &error.detail, MAX_DETAIL_BYTES)

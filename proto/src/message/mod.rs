@@ -9,9 +9,11 @@
 //! Replies set [`REPLY_BIT`] on the request's opcode and echo its session,
 //! epoch and io_seq. A reply whose status is not `Ok` is an [`ErrorReply`]
 //! (its payload a detail string), whatever its opcode, even one unknown
-//! here; the one exception is the reply to `Hello` with status
+//! here; the two exceptions are the reply to `Hello` with status
 //! `VersionMismatch`, which is [`Message::VersionMismatch`] naming the
-//! replier's supported versions.
+//! replier's supported versions, and the reply to `Read` with status
+//! `ChecksumError`, which is [`Message::ChecksumError`] naming the bad
+//! blocks.
 //!
 //! [`MessageError`]s are not fatal, unlike frame errors: the frame was
 //! intact, so the stream is still in sync. [`MessageError::reply_to`] builds
@@ -19,6 +21,7 @@
 //! the request's io_seq, and the connection goes on.
 
 mod admin;
+mod checksum;
 mod decode;
 mod encode;
 mod handshake;
@@ -27,6 +30,7 @@ mod membership;
 mod rebuild;
 
 pub use admin::{SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport};
+pub use checksum::ChecksumError;
 pub use handshake::{Auth, Hello, HelloAck, ReplicaState, VersionRange};
 pub use io::{Extent, Write, FLAG_FUA};
 pub use membership::{Member, Membership};
@@ -102,6 +106,9 @@ pub enum Message {
     VersionMismatch(VersionRange),
     /// Reply to `Read`: 1 byte to [`MAX_IO_BYTES`] of data.
     ReadData(Bytes),
+    /// Reply to `Read` (status `ChecksumError`): blocks of the read failed
+    /// their checksum on the replier; which ones, never data.
+    ChecksumError(ChecksumError),
     /// Reply to `SnapshotList`.
     SnapshotListing(SnapshotListing),
     /// Reply to `Status`.

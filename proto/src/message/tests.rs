@@ -278,3 +278,139 @@ fn replies_and_requests_are_told_apart() {
         assert!(reply.is_reply(), "{reply:?}");
     }
 }
+
+fn checksum_error(offset: u64, len_bytes: u32, bad: &[(u64, u64)]) -> Message {
+    Message::ChecksumError(ChecksumError {
+        extent: Extent { offset, len_bytes },
+        bad: bad
+            .iter()
+            .map(|&(offset, len_bytes)| ByteRange { offset, len_bytes })
+            .collect(),
+    })
+}
+
+#[test]
+fn a_checksum_error_echoes_the_read_extent_in_the_header_and_names_blocks() {
+    let reply = packet(checksum_error(512, 8192, &[(0, 4096), (8192, 4096)]));
+    let frame = frame_of(&reply);
+    assert_eq!(frame.header.opcode, Opcode::Read.to_u16() | REPLY_BIT);
+    assert_eq!(frame.header.status, Status::ChecksumError);
+    assert_eq!((frame.header.offset, frame.header.length), (512, 8192));
+    assert_eq!(frame.payload.len(), 2 + 2 * 16);
+    assert_eq!(Packet::decode(frame).unwrap(), reply);
+    let Message::ChecksumError(e) = &reply.message else {
+        unreachable!()
+    };
+    assert_eq!(e.bad_blocks(), 2);
+    assert!(reply.message.is_reply());
+}
+
+#[test]
+fn malformed_checksum_errors_are_refused_with_the_field_named() {
+    let base = frame_of(&packet(checksum_error(0, 16384, &[(4096, 4096)])));
+    let payload = |count: u16, ranges: &[(u64, u64)]| {
+        let mut p = BytesMut::new();
+        p.extend_from_slice(&count.to_le_bytes());
+        for (o, l) in ranges {
+            p.extend_from_slice(&o.to_le_bytes());
+            p.extend_from_slice(&l.to_le_bytes());
+        }
+        p.freeze()
+    };
+    let cases: Vec<(Bytes, &str)> = vec![
+        (payload(0, &[]), "bad: 0 exceeds the bound of 129"),
+        (payload(130, &[]), "bad: 130 exceeds the bound of 129"),
+        (payload(2, &[(0, 4096)]), "bad.offset: needs 8 bytes"),
+        (payload(1, &[(100, 4096)]), "whole 4 KiB blocks"),
+        (
+            payload(1, &[(16384, 4096)]),
+            "outside the blocks of the read",
+        ),
+        (
+            payload(2, &[(8192, 4096), (0, 4096)]),
+            "out of order, overlapping or adjacent",
+        ),
+        (
+            payload(2, &[(0, 4096), (4096, 4096)]),
+            "out of order, overlapping or adjacent",
+        ),
+        (payload(1, &[(0, 0)]), "empty range"),
+    ];
+    for (bad_payload, expected) in cases {
+        let mut frame = base.clone();
+        frame.payload = bad_payload;
+        let err = Packet::decode(frame).unwrap_err();
+        assert!(
+            matches!(err, MessageError::Malformed { .. }) && err.to_string().contains(expected),
+            "{expected}: {err}"
+        );
+        // A reply: never answered.
+        assert_eq!(err.reply_to(&base.header), None);
+    }
+    // Trailing bytes after the list.
+    let mut frame = base.clone();
+    let mut longer = BytesMut::from(&frame.payload[..]);
+    longer.extend_from_slice(&[0]);
+    frame.payload = longer.freeze();
+    assert!(matches!(
+        Packet::decode(frame),
+        Err(MessageError::Malformed {
+            source: PayloadError::Trailing { len: 1 },
+            ..
+        })
+    ));
+    // The extent in the header must be a valid read.
+    for (offset, length) in [(0, 0), (0, MAX_IO_BYTES + 1), (u64::MAX, 4096)] {
+        let mut frame = base.clone();
+        frame.header.offset = offset;
+        frame.header.length = length;
+        assert!(matches!(
+            Packet::decode(frame),
+            Err(MessageError::Malformed { .. })
+        ));
+    }
+    // No flags.
+    let mut frame = base;
+    frame.header.flags = 1;
+    assert!(matches!(
+        Packet::decode(frame),
+        Err(MessageError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn a_checksum_error_is_a_typed_reply_on_read_only() {
+    // On Read it is its own message, never a detail string.
+    let mut buf = BytesMut::new();
+    let as_error = packet(Message::Error(ErrorReply::new(
+        Opcode::Read.to_u16(),
+        Status::ChecksumError,
+        "bad block",
+    )));
+    assert!(matches!(
+        as_error.encode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES),
+        Err(EncodeError::Invalid { .. })
+    ));
+    // On any other request it is an error reply with a detail.
+    let on_write = packet(Message::Error(ErrorReply::new(
+        Opcode::Write.to_u16(),
+        Status::ChecksumError,
+        "read-modify-write of a bad block",
+    )));
+    assert_eq!(Packet::decode(frame_of(&on_write)).unwrap(), on_write);
+    // Invalid ranges are refused by the encoder too.
+    for invalid in [
+        checksum_error(0, 4096, &[]),
+        checksum_error(0, 4096, &[(4096, 4096)]),
+        checksum_error(0, 8192, &[(0, 4096), (4096, 4096)]),
+    ] {
+        let mut buf = BytesMut::new();
+        assert!(
+            matches!(
+                packet(invalid.clone()).encode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES),
+                Err(EncodeError::Invalid { .. })
+            ),
+            "{invalid:?}"
+        );
+    }
+}

@@ -229,13 +229,51 @@ fn arb_membership() -> impl Strategy<Value = Membership> {
 fn arb_error_reply() -> impl Strategy<Value = ErrorReply> {
     (0u16..REPLY_BIT, 1u16..=u16::MAX, arb_text(MAX_DETAIL_BYTES))
         .prop_filter(
-            "a version mismatch on Hello is its own message",
+            "a version mismatch on Hello and a checksum error on Read are their own messages",
             |(op, status, _)| {
-                !(*op == Opcode::Hello.to_u16()
-                    && Status::from_u16(*status) == Status::VersionMismatch)
+                let own_message = match Status::from_u16(*status) {
+                    Status::VersionMismatch => *op == Opcode::Hello.to_u16(),
+                    Status::ChecksumError => *op == Opcode::Read.to_u16(),
+                    _ => false,
+                };
+                !own_message
             },
         )
         .prop_map(|(op, status, detail)| ErrorReply::new(op, Status::from_u16(status), detail))
+}
+
+/// A valid checksum error: a read extent and, within its blocks, bad
+/// ranges chosen block by block (merged as a replica sends them).
+fn arb_checksum_error() -> impl Strategy<Value = ChecksumError> {
+    let block = limits::CHECKSUM_BLOCK_BYTES;
+    (0u64..1 << 40, 1u32..=MAX_IO_BYTES).prop_flat_map(move |(offset, len_bytes)| {
+        let first = offset / block;
+        let end = (offset + u64::from(len_bytes)).div_ceil(block);
+        let blocks = (end - first) as usize;
+        vec(any::<bool>(), blocks).prop_map(move |mut bad| {
+            if !bad.contains(&true) {
+                bad[0] = true;
+            }
+            let mut ranges: Vec<ByteRange> = Vec::new();
+            for (i, is_bad) in bad.iter().enumerate() {
+                if !is_bad {
+                    continue;
+                }
+                let at = (first + i as u64) * block;
+                match ranges.last_mut() {
+                    Some(r) if r.offset + r.len_bytes == at => r.len_bytes += block,
+                    _ => ranges.push(ByteRange {
+                        offset: at,
+                        len_bytes: block,
+                    }),
+                }
+            }
+            ChecksumError {
+                extent: Extent { offset, len_bytes },
+                bad: ranges,
+            }
+        })
+    })
 }
 
 fn arb_ack() -> impl Strategy<Value = Opcode> {
@@ -276,6 +314,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         arb_hello_ack().prop_map(Message::HelloAck),
         arb_versions().prop_map(Message::VersionMismatch),
         arb_data(4096).prop_map(Message::ReadData),
+        arb_checksum_error().prop_map(Message::ChecksumError),
         arb_listing().prop_map(Message::SnapshotListing),
         arb_status_report().prop_map(Message::StatusReport),
         arb_membership().prop_map(Message::Membership),
@@ -464,6 +503,23 @@ pub fn samples() -> Vec<Packet> {
             Status::StaleEpoch,
             "epoch 5 < 6",
         )),
+        // Added after the others: the seed corpus keeps its numbering.
+        Message::ChecksumError(ChecksumError {
+            extent: Extent {
+                offset: 512,
+                len_bytes: 16384,
+            },
+            bad: vec![
+                ByteRange {
+                    offset: 0,
+                    len_bytes: 4096,
+                },
+                ByteRange {
+                    offset: 8192,
+                    len_bytes: 8192,
+                },
+            ],
+        }),
     ];
     messages
         .into_iter()

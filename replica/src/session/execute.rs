@@ -7,7 +7,7 @@ use cstor_engine::Error as EngineError;
 use cstor_proto::{Message, Opcode, Packet};
 use tracing::{debug, warn};
 
-use super::reply::engine_error_reply;
+use super::reply::{checksum_reply, engine_error_reply};
 use crate::registry::VolumeEntry;
 
 /// Hands the volume's completion watermark to the engine, which records it
@@ -93,7 +93,16 @@ pub(super) async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
         Ok(message) => packet.reply(message),
         Err(e) => {
             warn!(io_seq, error = %e, "request failed");
-            engine_error_reply(packet, &e)
+            match &packet.message {
+                // Bad blocks on this copy (docs/checksums-design.md,
+                // "Reads"): named, never returned; the target reads them
+                // elsewhere and writes them back. Not a failure of the
+                // replica: nothing is poisoned.
+                Message::Read(extent) if e.kind() == cstor_engine::ErrorKind::Checksum => {
+                    checksum_reply(packet, *extent, &e)
+                }
+                _ => engine_error_reply(packet, &e),
+            }
         }
     }
 }

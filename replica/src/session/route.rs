@@ -115,6 +115,7 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
         Message::HelloAck(_)
         | Message::VersionMismatch(_)
         | Message::ReadData(_)
+        | Message::ChecksumError(_)
         | Message::SnapshotListing(_)
         | Message::StatusReport(_)
         | Message::Membership(_)
