@@ -37,6 +37,7 @@ fn target_status_json(s: &TargetStatus) -> Value {
         "membership_generation": s.membership_generation,
         "rebuild_throttle_bytes_per_second": s.rebuild_throttle_bytes_per_second,
         "insecure_plaintext": s.insecure_plaintext,
+        "blocks_repaired": s.blocks_repaired,
         "links": links_text(s.insecure_plaintext),
         "replicas": s.replicas.iter().map(|r| json!({
             "address": r.address,
@@ -45,6 +46,9 @@ fn target_status_json(s: &TargetStatus) -> Value {
             "acked_io_seq": r.acked_io_seq,
             "in_flight": r.in_flight,
             "rebuilt_bytes": r.rebuilt_bytes,
+            "checksum_errors": r.checksum_errors,
+            "checksum_errors_recent": r.checksum_errors_recent,
+            "checksum_warning": r.checksum_warning,
             "rebuild": r.rebuild.as_ref().map(|b| json!({
                 "source": b.source,
                 "from_io_seq": b.from_io_seq,
@@ -55,6 +59,24 @@ fn target_status_json(s: &TargetStatus) -> Value {
             })),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A replica's checksum errors as the status table shows them: the blocks
+/// its reads found bad since the target started, and a warning when more
+/// than the bound were in the target's window
+/// (`cstor_target::limits::CHECKSUM_ERROR_WINDOW`).
+fn checksum_cell(r: &cstor_mgmt::v1::TargetReplica) -> String {
+    if r.checksum_warning {
+        let window = cstor_target::limits::CHECKSUM_ERROR_WINDOW.as_secs();
+        format!(
+            "{} (WARNING: {} in the last {})",
+            r.checksum_errors,
+            r.checksum_errors_recent,
+            format_eta(window)
+        )
+    } else {
+        r.checksum_errors.to_string()
+    }
 }
 
 /// A rebuild as the status table shows it: done/total (percent), source,
@@ -116,6 +138,7 @@ pub(super) fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()>
             "NEXT_IO_SEQ",
             "IN_FLIGHT",
             "MEMBERSHIP",
+            "REPAIRED",
             "LINKS",
         ],
         &[vec![
@@ -128,6 +151,7 @@ pub(super) fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()>
             s.next_io_seq.to_string(),
             s.in_flight.to_string(),
             format!("gen {}", s.membership_generation),
+            format!("{} blocks", s.blocks_repaired),
             links_text(s.insecure_plaintext).to_string(),
         ]],
     );
@@ -142,6 +166,7 @@ pub(super) fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()>
                 target_state_name(r.state).to_string(),
                 r.acked_io_seq.to_string(),
                 r.in_flight.to_string(),
+                checksum_cell(r),
                 r.rebuild.as_ref().map_or_else(String::new, rebuild_cell),
             ]
         })
@@ -153,6 +178,7 @@ pub(super) fn print_target_status(s: &TargetStatus, as_json: bool) -> Result<()>
             "STATE",
             "ACKED_IO_SEQ",
             "IN_FLIGHT",
+            "BAD_BLOCKS",
             "REBUILD",
         ],
         &rows,
@@ -171,6 +197,20 @@ mod tests {
         assert_eq!(format_eta(59), "59s");
         assert_eq!(format_eta(61), "1m01s");
         assert_eq!(format_eta(3723), "1h02m03s");
+    }
+
+    #[test]
+    fn a_checksum_cell_shows_the_count_and_warns() {
+        let mut r = cstor_mgmt::v1::TargetReplica {
+            checksum_errors: 3,
+            checksum_errors_recent: 3,
+            ..Default::default()
+        };
+        assert_eq!(checksum_cell(&r), "3");
+        r.checksum_errors = 40;
+        r.checksum_errors_recent = 17;
+        r.checksum_warning = true;
+        assert_eq!(checksum_cell(&r), "40 (WARNING: 17 in the last 1h00m00s)");
     }
 
     #[test]

@@ -234,6 +234,26 @@ pub const FAILED_RETRY_MIN: Duration = Duration::from_secs(1);
 /// comes back by itself.
 pub const FAILED_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// A replica whose reads named more than this many bad 4 KiB blocks
+/// (`ChecksumError`, controller rule 7) within [`CHECKSUM_ERROR_WINDOW`] is
+/// reported in the volume status (`checksum_warning`; docs/metrics.md,
+/// `cstor_volume_replica_checksum_warning`). It stays healthy: each bad
+/// block is read from another replica and written back, and one bad block
+/// is not a failed disk; a disk that keeps rotting is the operator's to
+/// replace. 16 blocks (64 KiB) in an hour is far above what a healthy disk
+/// shows (none) and what a single bad sector makes (one block per read of
+/// it until the write-back lands).
+pub const CHECKSUM_WARN_BLOCKS: u64 = 16;
+
+/// The window [`CHECKSUM_WARN_BLOCKS`] counts over.
+pub const CHECKSUM_ERROR_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Checksum error reports kept per replica for that window at most: past
+/// it, the newest entry absorbs further reports (and is kept longest, so
+/// the window's count errs high, never low). Bounds what a replica
+/// answering every read with a checksum error makes the target hold.
+pub const MAX_CHECKSUM_ERROR_EVENTS: usize = 256;
+
 /// The wait before a replica that failed `failures` times in a row (at
 /// least once) is dialled again: [`FAILED_RETRY_MIN`] doubled per failure
 /// after the first, capped at [`FAILED_RETRY_MAX`].

@@ -229,7 +229,51 @@ impl TargetMetrics {
         self.render_bounds(&mut out);
         render_status(&mut out, &self.volume, status);
         self.render_rebuild(&mut out, status);
+        self.render_integrity(&mut out, status);
         out.finish()
+    }
+
+    /// Checksum errors the replicas reported and the blocks written back
+    /// (controller rule 7): counters kept by the volume driver, from the
+    /// status.
+    fn render_integrity(&self, out: &mut Exposition, status: &VolumeStatus) {
+        let v = self.volume.as_str();
+        out.family(
+            "cstor_checksum_errors_total",
+            MetricType::Counter,
+            "4 KiB blocks each replica's reads found failing their checksum (read elsewhere, \
+             written back).",
+        );
+        for ((replica, _), blocks) in status.replicas.iter().zip(&status.checksum_errors) {
+            out.sample(
+                "cstor_checksum_errors_total",
+                &[("volume", v), ("replica", &replica.to_string())],
+                *blocks,
+            );
+        }
+        out.family(
+            "cstor_volume_replica_checksum_warning",
+            MetricType::Gauge,
+            "1 while a replica's reads found more than CHECKSUM_WARN_BLOCKS bad blocks within \
+             CHECKSUM_ERROR_WINDOW (its disk may be going bad; it stays healthy).",
+        );
+        for ((replica, _), warning) in status.replicas.iter().zip(&status.checksum_warnings) {
+            out.sample(
+                "cstor_volume_replica_checksum_warning",
+                &[("volume", v), ("replica", &replica.to_string())],
+                u64::from(*warning),
+            );
+        }
+        out.family(
+            "cstor_blocks_repaired_total",
+            MetricType::Counter,
+            "4 KiB blocks written back after a replica found them bad, acknowledged at quorum.",
+        );
+        out.sample(
+            "cstor_blocks_repaired_total",
+            &[("volume", v)],
+            status.blocks_repaired,
+        );
     }
 
     fn render_io(&self, out: &mut Exposition) {
@@ -749,5 +793,47 @@ mod tests {
         };
         assert_eq!(counter("127.0.0.1:1"), Some(0.0));
         assert_eq!(counter("127.0.0.1:2"), Some(4126.0));
+    }
+
+    #[test]
+    fn checksum_errors_warnings_and_repairs_come_from_the_status() {
+        let m = TargetMetrics::new("vol-a");
+        let mut s = status(
+            vec![
+                (addr(1), ReplicaState::Healthy),
+                (addr(2), ReplicaState::Healthy),
+            ],
+            vec![None, None],
+        );
+        s.checksum_errors = vec![3, 40];
+        s.checksum_warnings = vec![false, true];
+        s.blocks_repaired = 42;
+        let samples = parse(&m.render(&s)).unwrap();
+        let per_replica =
+            |name: &str, r: &str| find(&samples, name, &[("volume", "vol-a"), ("replica", r)]);
+        assert_eq!(
+            per_replica("cstor_checksum_errors_total", "127.0.0.1:1"),
+            Some(3.0)
+        );
+        assert_eq!(
+            per_replica("cstor_checksum_errors_total", "127.0.0.1:2"),
+            Some(40.0)
+        );
+        assert_eq!(
+            per_replica("cstor_volume_replica_checksum_warning", "127.0.0.1:1"),
+            Some(0.0)
+        );
+        assert_eq!(
+            per_replica("cstor_volume_replica_checksum_warning", "127.0.0.1:2"),
+            Some(1.0)
+        );
+        assert_eq!(
+            find(
+                &samples,
+                "cstor_blocks_repaired_total",
+                &[("volume", "vol-a")]
+            ),
+            Some(42.0)
+        );
     }
 }

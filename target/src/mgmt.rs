@@ -187,6 +187,9 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
                 }),
             replica_id: format!("{:032x}", s.replica_ids.get(i).copied().unwrap_or(0)),
             rebuilt_bytes: s.rebuilt_bytes.get(i).copied().unwrap_or(0),
+            checksum_errors: s.checksum_errors.get(i).copied().unwrap_or(0),
+            checksum_errors_recent: s.checksum_errors_recent.get(i).copied().unwrap_or(0),
+            checksum_warning: s.checksum_warnings.get(i).copied().unwrap_or(false),
         })
         .collect();
     TargetStatus {
@@ -204,6 +207,7 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
         replicas,
         membership_generation: s.membership_generation,
         rebuild_throttle_bytes_per_second: s.rebuild_throttle_bytes_per_sec,
+        blocks_repaired: s.blocks_repaired,
         // The service fills it in (`Service::status`): it is the
         // process's, not the volume's.
         insecure_plaintext: false,
@@ -247,6 +251,7 @@ fn grpc_status(err: VolumeError) -> Status {
         VolumeError::ReadOnly { .. } | VolumeError::Unavailable | VolumeError::Fenced => {
             Status::unavailable(msg)
         }
+        VolumeError::Unrecoverable { .. } => Status::data_loss(msg),
     }
 }
 
@@ -486,6 +491,10 @@ mod tests {
             membership_generation: 3,
             rebuilt_bytes: vec![0, 1 << 20],
             rebuild_throttle_bytes_per_sec: 5 << 20,
+            checksum_errors: vec![20, 0],
+            checksum_errors_recent: vec![17, 0],
+            checksum_warnings: vec![true, false],
+            blocks_repaired: 19,
         };
         let m = status_message("v", 4096, &status);
         assert_eq!(m.replicas.len(), 2);
@@ -502,6 +511,16 @@ mod tests {
         assert_eq!(m.membership_generation, 3);
         assert_eq!(m.replicas[1].rebuilt_bytes, 1 << 20);
         assert_eq!(m.rebuild_throttle_bytes_per_second, 5 << 20);
+        assert_eq!(
+            (
+                m.replicas[0].checksum_errors,
+                m.replicas[0].checksum_errors_recent,
+                m.replicas[0].checksum_warning
+            ),
+            (20, 17, true)
+        );
+        assert!(!m.replicas[1].checksum_warning);
+        assert_eq!(m.blocks_repaired, 19);
         assert!(m.replicas[0].rebuild.is_none());
         assert_eq!((m.size_bytes, m.epoch, m.next_io_seq), (1 << 20, 4, 99));
         assert!(m.barrier);
@@ -559,5 +578,9 @@ mod tests {
         );
         assert_eq!(code(VolumeError::Fenced), tonic::Code::Unavailable);
         assert_eq!(code(VolumeError::OutOfRange), tonic::Code::InvalidArgument);
+        assert_eq!(
+            code(VolumeError::Unrecoverable { offset: 4096 }),
+            tonic::Code::DataLoss
+        );
     }
 }

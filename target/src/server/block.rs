@@ -160,7 +160,9 @@ pub async fn perform<V: BlockVolume>(
 /// 3: below quorum, DATA PROTECT / WRITE PROTECTED; docs/failure-behaviour.md,
 /// "Replicas run out of space": a volume that cannot allocate is write
 /// protected too, DATA PROTECT, never MEDIUM ERROR: nothing is wrong with
-/// the data that is there).
+/// the data that is there). A block no replica holds a good copy of is
+/// MEDIUM ERROR, UNRECOVERED READ ERROR (docs/failure-behaviour.md, "A
+/// block goes bad").
 pub fn map_error(err: VolumeError) -> IoError {
     match err {
         VolumeError::OutOfRange => IoError::LbaOutOfRange,
@@ -168,6 +170,9 @@ pub fn map_error(err: VolumeError) -> IoError {
         VolumeError::NoSpace => IoError::SpaceAllocationFailed,
         VolumeError::Unavailable | VolumeError::Fenced => IoError::NotReady,
         VolumeError::Refused(_) => IoError::Internal,
+        // No replica holds a good copy (controller rule 7): MEDIUM ERROR,
+        // UNRECOVERED READ ERROR, never the bad bytes.
+        VolumeError::Unrecoverable { .. } => IoError::ReadError,
     }
 }
 

@@ -8,7 +8,7 @@
 //! simulation (`tests` at the bottom).
 //!
 //! Rules (1 to 4 and 9 are the invariants of docs/architecture.md with
-//! the same numbers; rules 5 and 6 are this controller's own):
+//! the same numbers; rules 5 to 7 are this controller's own):
 //! 1. **Acknowledged means replicated.** Every mutating request gets the
 //!    next io_seq and goes to every connected replica, in io_seq order per
 //!    replica; it completes once `cf` *healthy* replicas acknowledged it
@@ -92,6 +92,23 @@
 //!    of being held, while reads go on; a replica that failed for lack of
 //!    space counts as able to allocate again once a rebuild made it healthy.
 //!
+//! 7. **A checksum error is repaired, not a failure** (`repair`;
+//!    docs/checksums-design.md, "Reads"). A replica that answers a read
+//!    with `ChecksumError` (blocks that failed their checksum there, never
+//!    data) stays healthy; its bad blocks are counted
+//!    ([`Controller::checksum_errors`]) and, past [`CHECKSUM_WARN_BLOCKS`]
+//!    within [`CHECKSUM_ERROR_WINDOW`], reported
+//!    ([`Controller::checksum_warning`]). The read is assembled from
+//!    pieces of its own: what the replica vouched for from any healthy
+//!    replica, each bad range from a healthy replica that has not found it
+//!    bad, in turn until one has a good copy. With none, the read fails
+//!    with [`VolumeError::Unrecoverable`] (MEDIUM ERROR). Once it is
+//!    answered, the good copies are written back as ordinary writes (own
+//!    io_seq, every linked replica, tag [`REPAIR_TAG`], never completed to
+//!    the shell) except where a write dispatched after the read, held, or
+//!    still pending makes that moot; each acknowledged at quorum counts
+//!    its blocks ([`Controller::blocks_repaired`]).
+//!
 //! 9. **A slow replica is dropped**: a healthy replica that has not
 //!    acknowledged a request within `ack_timeout` leaves the healthy set
 //!    (its link is dropped) instead of stalling the volume; and so does any
@@ -165,7 +182,7 @@
 //! and its queries; the sub-machines are in submodules, each an
 //! `impl Controller` of its own: `ops` (submitting requests, sending them,
 //! taking replies in), `pending` (the pending table, completion at quorum,
-//! slow replicas), `barrier` (snapshots, resizes, membership records),
+//! slow replicas), `repair` (reads a replica found bad, rule 7), `barrier` (snapshots, resizes, membership records),
 //! `rebuild` (rebuild orchestration), `admission` (connects, hellos and
 //! probes: who is taken back and how), `links` (links going down, drops,
 //! fencing) and `failed` (failed replicas, their backoff, lack of space).
@@ -180,8 +197,8 @@ use cstor_proto::{
 };
 
 pub use crate::limits::{
-    failed_retry, FAILED_RETRY_MAX, FAILED_RETRY_MIN, MAX_HELD, MAX_OWED_BYTES, MAX_OWED_REQUESTS,
-    REBUILD_RETRY,
+    failed_retry, CHECKSUM_ERROR_WINDOW, CHECKSUM_WARN_BLOCKS, FAILED_RETRY_MAX, FAILED_RETRY_MIN,
+    MAX_CHECKSUM_ERROR_EVENTS, MAX_HELD, MAX_OWED_BYTES, MAX_OWED_REQUESTS, REBUILD_RETRY,
 };
 
 mod admission;
@@ -191,6 +208,7 @@ mod links;
 mod ops;
 mod pending;
 mod rebuild;
+mod repair;
 
 pub use admission::{Admission, ReplicaHello};
 use barrier::Barrier;
@@ -203,6 +221,11 @@ pub type ReplicaIndex = usize;
 
 /// Identifies a request of the SCSI layer.
 pub type Tag = u64;
+
+/// The tag of the controller's own writes (the write-back of blocks a
+/// replica found bad, rule 7): never completed to the shell, so no shell
+/// tag may be this value (shells count theirs up from 0 or 1).
+pub const REPAIR_TAG: Tag = Tag::MAX;
 
 /// Number of one connection of a replica's link: 1 for its first, one
 /// more for each after (0: none yet). Learnt with the connect event; every
@@ -431,6 +454,11 @@ pub enum VolumeError {
     /// The replicas refused the request (e.g. a malformed extent).
     #[error("replicas refused the request: {0}")]
     Refused(String),
+    /// Every healthy replica found the block at this byte offset failing
+    /// its checksum (rule 7): no good copy is left to read. MEDIUM ERROR /
+    /// UNRECOVERED READ ERROR; never the bad bytes.
+    #[error("no replica holds a good copy of the block at byte {offset}")]
+    Unrecoverable { offset: u64 },
 }
 
 /// What a completed request yields.
@@ -552,6 +580,12 @@ struct Replica {
     /// It failed for lack of space, and has not been healthy since: it
     /// cannot be counted on to allocate (rule 6).
     no_space: bool,
+    /// 4 KiB blocks its reads named bad (`ChecksumError`, rule 7) since
+    /// this target started.
+    checksum_errors: u64,
+    /// Those of the last [`CHECKSUM_ERROR_WINDOW`]: (when, blocks), oldest
+    /// first, at most [`MAX_CHECKSUM_ERROR_EVENTS`] entries.
+    checksum_recent: VecDeque<(Instant, u64)>,
 }
 
 impl Replica {
@@ -577,6 +611,8 @@ impl Replica {
             failures: 0,
             redial_at: None,
             no_space: false,
+            checksum_errors: 0,
+            checksum_recent: VecDeque::new(),
         }
     }
 }
@@ -598,6 +634,13 @@ pub struct Controller {
     barrier: Option<Barrier>,
     /// Mutating requests submitted after the barrier, in order.
     held: VecDeque<(Tag, Op)>,
+    /// io_seqs of the pending reads of the SCSI layer (not their pieces,
+    /// rule 7): the writes dispatched while they are pending make the
+    /// write-back of what they overlap moot.
+    reads: std::collections::BTreeSet<u64>,
+    /// 4 KiB blocks written back after a replica found them bad (rule 7),
+    /// acknowledged at quorum, since this target started.
+    blocks_repaired: u64,
 }
 
 impl Controller {
@@ -625,6 +668,8 @@ impl Controller {
             fenced: false,
             barrier: None,
             held: VecDeque::new(),
+            reads: std::collections::BTreeSet::new(),
+            blocks_repaired: 0,
         }
     }
 

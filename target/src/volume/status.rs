@@ -30,7 +30,9 @@ use super::STATUS_COUNTERS_EVERY;
 /// or ending, ...); the counters that move with every IO (`next_io_seq`,
 /// `in_flight`, `acked_io_seqs`, `owed`, rebuild progress and bytes) are
 /// brought up to date at most every [`STATUS_COUNTERS_EVERY`], so that IO
-/// does not rebuild the status and wake its watchers twice per command.
+/// does not rebuild the status and wake its watchers twice per command; so
+/// are the checksum error counts and the blocks repaired, while a
+/// replica's checksum warning turning on or off is a change of shape.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VolumeStatus {
     pub replicas: Vec<(SocketAddr, ReplicaState)>,
@@ -67,6 +69,17 @@ pub struct VolumeStatus {
     /// The volume's rebuild throttle the replicas were sent (bytes per
     /// second; 0: none of the volume's own).
     pub rebuild_throttle_bytes_per_sec: u64,
+    /// Per replica: 4 KiB blocks its reads found failing their checksum
+    /// (`ChecksumError`) since this target started (only grows).
+    pub checksum_errors: Vec<u64>,
+    /// Per replica: those of the last `limits::CHECKSUM_ERROR_WINDOW`.
+    pub checksum_errors_recent: Vec<u64>,
+    /// Per replica: more than `limits::CHECKSUM_WARN_BLOCKS` of them in
+    /// that window (a disk going bad; the replica stays healthy).
+    pub checksum_warnings: Vec<bool>,
+    /// 4 KiB blocks written back after a replica found them bad and
+    /// acknowledged at quorum, since this target started (only grows).
+    pub blocks_repaired: u64,
 }
 
 /// When a rebuild run was first seen making progress (for its ETA).
@@ -149,6 +162,7 @@ impl Driver {
                 .rebuild(i)
                 .map(|r| (r.source, r.from_io_seq, r.first_live_io_seq, r.accepted))
                 .hash(&mut h);
+            controller.checksum_warning(i, now).hash(&mut h);
         }
         let config = controller.config();
         (config.cf, config.epoch, controller.healthy()).hash(&mut h);
@@ -236,6 +250,19 @@ impl Driver {
                 .map(|i| self.rebuilt_bytes.get(*i).copied().unwrap_or(0))
                 .collect(),
             rebuild_throttle_bytes_per_sec: self.rebuild_throttle,
+            checksum_errors: members
+                .iter()
+                .map(|i| controller.checksum_errors(*i))
+                .collect(),
+            checksum_errors_recent: members
+                .iter()
+                .map(|i| controller.recent_checksum_errors(*i, now))
+                .collect(),
+            checksum_warnings: members
+                .iter()
+                .map(|i| controller.checksum_warning(*i, now))
+                .collect(),
+            blocks_repaired: controller.blocks_repaired(),
         }
     }
 }

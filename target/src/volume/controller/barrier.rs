@@ -137,6 +137,7 @@ impl Controller {
             refused: BTreeMap::new(),
             refusal: None,
             completed: false,
+            repair: None,
         };
         tracing::info!(io_seq, op = ?pending.op, replicas = pending.sent.len(), "barrier sent");
         for replica in pending.sent.keys() {

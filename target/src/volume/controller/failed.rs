@@ -97,10 +97,17 @@ impl Controller {
             return;
         };
         if !p.op.mutates() {
+            if p.is_repair_job() {
+                // Assembled from its pieces now (rule 7): a late answer to
+                // the read itself changes nothing.
+                return;
+            }
             if status == Status::BadRequest {
                 // The request itself is wrong (the same on every replica):
                 // fail it, keep the replica.
-                if let Some(p) = self.remove_pending(io_seq) {
+                if let Some(parent) = p.piece_of() {
+                    self.fail_repair_job(parent, VolumeError::Refused(detail), actions);
+                } else if let Some(p) = self.remove_pending(io_seq) {
                     actions.push(complete(p.tag, Err(VolumeError::Refused(detail))));
                 }
             } else {

@@ -20,6 +20,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::ops::answer;
 use super::{complete, Action, Controller, Generation, ReplicaIndex, ReplicaState, VolumeError};
 
 impl Controller {
@@ -81,8 +82,13 @@ impl Controller {
         }
         self.fenced = true;
         self.pending_bytes = 0;
+        self.reads.clear();
         for (_, p) in std::mem::take(&mut self.pending) {
-            actions.push(complete(p.tag, Err(VolumeError::Fenced)));
+            // A piece of a repaired read answers nothing: its read is in
+            // `pending` too.
+            if p.piece_of().is_none() && !p.completed {
+                answer(actions, p.tag, Err(VolumeError::Fenced));
+            }
         }
         if let Some(b) = self.barrier.take() {
             // Once sent, its entry was in `pending`, answered above.
@@ -91,7 +97,7 @@ impl Controller {
             }
         }
         for (tag, _) in std::mem::take(&mut self.held) {
-            actions.push(complete(tag, Err(VolumeError::Fenced)));
+            answer(actions, tag, Err(VolumeError::Fenced));
         }
         for index in 0..self.replicas.len() {
             if self.replicas[index].state.is_linked() {

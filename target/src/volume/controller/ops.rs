@@ -27,7 +27,7 @@ use cstor_proto::{Message, Packet};
 use super::rebuild::is_rebuild_report;
 use super::{
     complete, Action, Barrier, Completion, Controller, Generation, Op, Pending, ReplicaIndex,
-    ReplicaState, Tag, VolumeError,
+    ReplicaState, Tag, VolumeError, REPAIR_TAG,
 };
 use crate::limits::MAX_HELD;
 
@@ -35,20 +35,33 @@ impl Controller {
     /// A new request from the SCSI layer.
     pub fn submit(&mut self, now: Instant, tag: Tag, op: Op) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.submit_into(now, tag, op, &mut actions);
+        actions
+    }
+
+    /// [`Controller::submit`], into `actions`; the controller's own
+    /// write-backs come through here too (tag [`REPAIR_TAG`]).
+    pub(super) fn submit_into(
+        &mut self,
+        now: Instant,
+        tag: Tag,
+        op: Op,
+        actions: &mut Vec<Action>,
+    ) {
         if self.fenced {
-            actions.push(complete(tag, Err(VolumeError::Fenced)));
-            return actions;
+            answer(actions, tag, Err(VolumeError::Fenced));
+            return;
         }
         if let Some(err) = self.check_range(&op) {
-            actions.push(complete(tag, Err(err)));
-            return actions;
+            answer(actions, tag, Err(err));
+            return;
         }
         if op.is_barrier() {
             if self.barrier.is_some() {
                 let busy =
                     "another snapshot, resize or membership change of the volume is in progress";
                 actions.push(complete(tag, Err(VolumeError::Refused(busy.into()))));
-                return actions;
+                return;
             }
             self.barrier = Some(Barrier {
                 tag,
@@ -58,37 +71,42 @@ impl Controller {
                 errors: Vec::new(),
                 troubled: BTreeSet::new(),
             });
-            self.settle(now, &mut actions);
-            return actions;
+            self.settle(now, actions);
+            return;
         }
         if op.mutates() && self.barrier.is_some() {
             if self.held.len() >= MAX_HELD {
-                actions.push(complete(tag, Err(VolumeError::Unavailable)));
+                answer(actions, tag, Err(VolumeError::Unavailable));
             } else {
                 self.held.push_back((tag, op));
             }
-            return actions;
+            return;
         }
-        self.dispatch(now, tag, op, &mut actions);
-        actions
+        self.dispatch(now, tag, op, actions);
     }
 
     /// Sends a request that may go now: numbered, to every linked replica
     /// (mutating) or to one healthy replica (reads).
     pub(super) fn dispatch(&mut self, now: Instant, tag: Tag, op: Op, actions: &mut Vec<Action>) {
         if op.mutates() && self.cannot_allocate() {
-            actions.push(complete(tag, Err(VolumeError::NoSpace)));
+            answer(actions, tag, Err(VolumeError::NoSpace));
             return;
         }
         if op.mutates() && self.is_read_only(now) {
-            actions.push(complete(
+            answer(
+                actions,
                 tag,
                 Err(VolumeError::ReadOnly { cf: self.config.cf }),
-            ));
+            );
             return;
         }
         let io_seq = self.next_io_seq;
         self.next_io_seq += 1;
+        if op.mutates() {
+            // Writing back what a pending read found bad is moot where
+            // this changes it (rule 7).
+            self.note_overwritten(&op);
+        }
         let mut pending = Pending {
             tag,
             op,
@@ -99,6 +117,7 @@ impl Controller {
             refused: BTreeMap::new(),
             refusal: None,
             completed: false,
+            repair: None,
         };
         if pending.op.mutates() {
             for index in 0..self.replicas.len() {
@@ -201,15 +220,26 @@ impl Controller {
                     }
                 }
             }
+            _ if pending.is_repair_job() => {
+                // The read is assembled from its pieces now; a late answer
+                // to it changes nothing.
+            }
+            Message::ChecksumError(reply) if matches!(pending.op, Op::Read { .. }) => {
+                self.on_checksum_error(now, replica, io_seq, reply, &mut actions);
+            }
             Message::ReadData(data) if matches!(pending.op, Op::Read { .. }) => {
                 let expected = match pending.op {
                     Op::Read { len_bytes, .. } => len_bytes as usize,
                     _ => 0,
                 };
                 if data.len() == expected {
-                    let tag = pending.tag;
-                    self.remove_pending(io_seq);
-                    actions.push(complete(tag, Ok(Completion::Data(data))));
+                    if pending.piece_of().is_some() {
+                        self.on_piece_data(now, io_seq, data, &mut actions);
+                    } else {
+                        let tag = pending.tag;
+                        self.remove_pending(io_seq);
+                        actions.push(complete(tag, Ok(Completion::Data(data))));
+                    }
                 } else {
                     pending.failed.insert(replica);
                     self.drop_replica(
@@ -253,18 +283,39 @@ impl Controller {
         let waiting: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| !p.op.mutates() && p.sent.keys().all(|r| p.failed.contains(r)))
+            .filter(|(_, p)| {
+                !p.op.mutates() && !p.is_repair_job() && p.sent.keys().all(|r| p.failed.contains(r))
+            })
             .map(|(seq, _)| *seq)
             .collect();
         for seq in waiting {
-            let Some((op, failed)) = self
+            let Some((op, failed, bad_on)) = self
                 .pending
                 .get(&seq)
-                .map(|p| (p.op.clone(), p.failed.clone()))
+                .map(|p| (p.op.clone(), p.failed.clone(), p.bad_on().cloned()))
             else {
                 continue;
             };
-            let Some(reader) = self.pick_reader_for(&op, &failed) else {
+            let reader = match bad_on {
+                // A piece of a read being repaired: never a replica that
+                // found its blocks bad (rule 7).
+                Some(bad_on) => match self.pick_piece_reader(&op, &bad_on, &failed) {
+                    Ok(reader) => reader,
+                    Err(offset) => {
+                        if !self.renew_or_fail_piece(seq, offset, actions) {
+                            continue;
+                        }
+                        let bad_on = self
+                            .pending
+                            .get(&seq)
+                            .and_then(|p| p.bad_on().cloned())
+                            .unwrap_or_default();
+                        self.pick_piece_reader(&op, &bad_on, &failed).ok().flatten()
+                    }
+                },
+                None => self.pick_reader_for(&op, &failed),
+            };
+            let Some(reader) = reader else {
                 continue;
             };
             if let Some(p) = self.pending.get_mut(&seq) {
@@ -330,5 +381,13 @@ impl Controller {
         }
         // Every healthy replica failed this read once: try them again.
         (0..n).find(|i| self.replicas[*i].state == ReplicaState::Healthy)
+    }
+}
+
+/// Completes request `tag`, unless it is one of the controller's own
+/// write-backs ([`REPAIR_TAG`]: nobody waits for it).
+pub(super) fn answer(actions: &mut Vec<Action>, tag: Tag, result: Result<Completion, VolumeError>) {
+    if tag != REPAIR_TAG {
+        actions.push(complete(tag, result));
     }
 }

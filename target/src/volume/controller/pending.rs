@@ -27,8 +27,10 @@ use std::time::Instant;
 
 use cstor_proto::Status;
 
+use super::repair::{self, Repair};
 use super::{
     complete, Action, Completion, Controller, Op, ReplicaIndex, ReplicaState, Tag, VolumeError,
+    REPAIR_TAG,
 };
 
 #[derive(Debug)]
@@ -54,6 +56,10 @@ pub(super) struct Pending {
     /// it was sent to acknowledged it or was dropped, so that a replica that
     /// never does is known to have missed it.
     pub(super) completed: bool,
+    /// A read a replica answered `ChecksumError`, or a piece of one: how it
+    /// is made whole (rule 7, `super::repair`). `None` for every other
+    /// request.
+    pub(super) repair: Option<Box<Repair>>,
 }
 
 impl Pending {
@@ -66,19 +72,27 @@ impl Pending {
 }
 
 impl Controller {
-    /// Requests the SCSI layer still waits for.
+    /// Requests the SCSI layer still waits for (not the controller's own:
+    /// the pieces of a read being repaired, write-backs).
     pub fn in_flight(&self) -> usize {
-        self.pending.values().filter(|p| !p.completed).count()
+        self.pending
+            .values()
+            .filter(|p| !p.completed && p.tag != REPAIR_TAG)
+            .count()
     }
 
     pub(super) fn insert_pending(&mut self, io_seq: u64, pending: Pending) {
         self.pending_bytes = self.pending_bytes.saturating_add(pending.op.data_bytes());
+        if matches!(pending.op, Op::Read { .. }) && pending.tag != REPAIR_TAG {
+            self.reads.insert(io_seq);
+        }
         self.pending.insert(io_seq, pending);
     }
 
     pub(super) fn remove_pending(&mut self, io_seq: u64) -> Option<Pending> {
         let pending = self.pending.remove(&io_seq)?;
         self.pending_bytes = self.pending_bytes.saturating_sub(pending.op.data_bytes());
+        self.reads.remove(&io_seq);
         Some(pending)
     }
 
@@ -215,7 +229,8 @@ impl Controller {
                 } else if read_only {
                     answers.push((*seq, Err(VolumeError::ReadOnly { cf })));
                 }
-            } else if p.sent.keys().all(|r| p.failed.contains(r))
+            } else if !p.is_repair_job()
+                && p.sent.keys().all(|r| p.failed.contains(r))
                 && self.healthy() == 0
                 && now.saturating_duration_since(p.submitted) >= self.config.hold
             {
@@ -226,8 +241,28 @@ impl Controller {
             let Some(p) = self.pending.get_mut(&seq) else {
                 continue;
             };
+            if let Some(parent) = p.piece_of() {
+                // A piece of a read being repaired: the read fails.
+                self.fail_repair_job(parent, VolumeError::Unavailable, actions);
+                continue;
+            }
             p.completed = true;
-            actions.push(complete(p.tag, result));
+            if p.tag == REPAIR_TAG {
+                // A write-back: nobody waits for it (rule 7).
+                if result.is_ok() {
+                    self.blocks_repaired = self
+                        .blocks_repaired
+                        .saturating_add(repair::blocks(p.op.data_bytes()));
+                } else {
+                    tracing::warn!(
+                        io_seq = seq,
+                        ?result,
+                        "write-back of repaired blocks failed"
+                    );
+                }
+            } else {
+                actions.push(complete(p.tag, result));
+            }
             if !p.op.mutates() {
                 self.remove_pending(seq);
                 continue;

@@ -45,6 +45,10 @@ struct Sim {
     /// Per replica: its volume's size (a replica that refuses barriers
     /// keeps its own).
     sizes: Vec<u64>,
+    /// Per replica: blocks (offsets) whose data fails its checksum there:
+    /// a read of them answers `ChecksumError`, a write of the block makes
+    /// it good (rule 7, `repair` tests).
+    corrupt: Vec<BTreeSet<u64>>,
 }
 
 /// A sink's rebuild in the simulation: live writes since `RebuildStart`
@@ -92,6 +96,7 @@ impl Sim {
             poison_snapshots: vec![false; replicas],
             full: vec![false; replicas],
             sizes: vec![1 << 20; replicas],
+            corrupt: vec![BTreeSet::new(); replicas],
         };
         for r in 0..replicas {
             sim.connect(r);
@@ -279,7 +284,16 @@ impl Sim {
     /// The replica handles every packet on its link, and its replies reach
     /// the controller.
     fn deliver(&mut self, r: usize) {
-        while let Some(packet) = self.links[r].pop_front() {
+        while self.deliver_one(r) {}
+    }
+
+    /// The replica handles the first packet on its link, if any; false
+    /// when there was none or the replica is down after it.
+    fn deliver_one(&mut self, r: usize) -> bool {
+        {
+            let Some(packet) = self.links[r].pop_front() else {
+                return false;
+            };
             if let (Some(run), Message::Write(Write { offset, .. }))
             | (Some(run), Message::Unmap(Extent { offset, .. }))
             | (Some(run), Message::WriteZeroes(Extent { offset, .. })) =
@@ -304,15 +318,10 @@ impl Sim {
                     ))
                 }
                 Message::Write(w) => {
-                    self.disks[r].insert(w.offset, w.data.clone());
+                    self.write_blocks(r, w.offset, &w.data);
                     Message::Ack(Opcode::Write)
                 }
-                Message::Read(e) => Message::ReadData(
-                    self.disks[r]
-                        .get(&e.offset)
-                        .cloned()
-                        .unwrap_or_else(|| Bytes::from(vec![0; e.len_bytes as usize])),
-                ),
+                Message::Read(e) => self.read_reply(r, *e),
                 Message::Flush => Message::Ack(Opcode::Flush),
                 Message::Unmap(e) => {
                     self.disks[r].remove(&e.offset);
@@ -377,10 +386,64 @@ impl Sim {
                 .ctl
                 .on_reply(self.now, r, self.gens[r], packet.reply(reply));
             self.apply(actions);
-            if !self.up[r] {
-                break;
+        }
+        self.up[r]
+    }
+
+    /// A write as the replica stores it: one entry per block it covers
+    /// (a write of one block, the tests' usual, is one entry); the blocks
+    /// it writes whole are good again.
+    fn write_blocks(&mut self, r: usize, offset: u64, data: &Bytes) {
+        if data.len() as u64 <= BLOCK || !offset.is_multiple_of(BLOCK) {
+            self.disks[r].insert(offset, data.clone());
+        } else {
+            for (i, block) in data.chunks(BLOCK as usize).enumerate() {
+                let at = offset + i as u64 * BLOCK;
+                self.disks[r].insert(at, data.slice_ref(block));
             }
         }
+        let end = offset + data.len() as u64;
+        let mut at = offset.next_multiple_of(BLOCK);
+        while at + BLOCK <= end {
+            self.corrupt[r].remove(&at);
+            at += BLOCK;
+        }
+    }
+
+    /// The replica's answer to a read: `ChecksumError` naming the bad
+    /// blocks it covers, else the data (the entry at its offset when it
+    /// has that length, else assembled block by block, zeros where
+    /// nothing was written).
+    fn read_reply(&self, r: usize, e: Extent) -> Message {
+        let end = e.offset + u64::from(e.len_bytes);
+        let first = e.offset / BLOCK * BLOCK;
+        let bad: Vec<(u64, u64)> = self.corrupt[r]
+            .range(first..end)
+            .map(|b| (*b, BLOCK))
+            .collect();
+        if !bad.is_empty() {
+            return Message::ChecksumError(cstor_proto::ChecksumError::new(e, bad).unwrap());
+        }
+        if let Some(data) = self.disks[r]
+            .get(&e.offset)
+            .filter(|d| d.len() == e.len_bytes as usize)
+        {
+            return Message::ReadData(data.clone());
+        }
+        let mut out = Vec::with_capacity(e.len_bytes as usize);
+        let mut at = e.offset;
+        while at < end {
+            let block = at / BLOCK * BLOCK;
+            let upto = (block + BLOCK).min(end);
+            match self.disks[r].get(&block) {
+                Some(d) if d.len() as u64 >= upto - block => {
+                    out.extend_from_slice(&d[(at - block) as usize..(upto - block) as usize]);
+                }
+                _ => out.resize(out.len() + (upto - at) as usize, 0),
+            }
+            at = upto;
+        }
+        Message::ReadData(Bytes::from(out))
     }
 
     fn deliver_all(&mut self) {
@@ -423,8 +486,11 @@ impl Sim {
         self.refuse_barriers.push(false);
         self.full.push(false);
         self.sizes.push(1 << 20);
+        self.corrupt.push(BTreeSet::new());
     }
 }
+
+mod repair;
 
 #[test]
 fn a_write_completes_once_cf_healthy_replicas_acked_it_not_before() {
