@@ -11,6 +11,7 @@ mod certs;
 mod ctl_cli;
 mod failures;
 mod initiator_access;
+mod integrity;
 mod membership;
 mod metrics;
 mod no_space;
