@@ -171,10 +171,7 @@ async fn a_block_rotten_on_one_replica_reads_good_and_is_repaired_on_all_a_mediu
     for i in 0..BLOCKS {
         all.extend_from_slice(&block(i));
     }
-    let written = session
-        .write(FIRST_BYTE / bs, all.freeze())
-        .await
-        .unwrap();
+    let written = session.write(FIRST_BYTE / bs, all.freeze()).await.unwrap();
     assert!(written.is_good(), "{written:?}");
     assert!(session.sync_cache().await.unwrap().is_good());
     wait_target_status(pki, mgmt, "every replica acknowledged", GUARD, |s| {
@@ -185,12 +182,19 @@ async fn a_block_rotten_on_one_replica_reads_good_and_is_repaired_on_all_a_mediu
 
     // ---- One replica's copy rots: reads are good, and repair it.
     let bad = reps[0].data;
-    assert!(rot(&reps[0].pool_file, &block(ONE_BAD)) >= 1, "pattern not found in the pool");
+    assert!(
+        rot(&reps[0].pool_file, &block(ONE_BAD)) >= 1,
+        "pattern not found in the pool"
+    );
     // Round-robin: three reads in a row reach every healthy replica.
     for attempt in 0..9 {
         let outcome = read_block(&mut session, ONE_BAD).await;
         assert!(outcome.is_good(), "read {attempt}: {outcome:?}");
-        assert_eq!(outcome.data, block(ONE_BAD), "read {attempt} returned other data");
+        assert_eq!(
+            outcome.data,
+            block(ONE_BAD),
+            "read {attempt} returned other data"
+        );
         if target_status(pki, mgmt).is_some_and(|s| checksum_errors(&s, bad) > 0) {
             break;
         }
@@ -198,17 +202,27 @@ async fn a_block_rotten_on_one_replica_reads_good_and_is_repaired_on_all_a_mediu
     let status = wait_target_status(pki, mgmt, "the repair", GUARD, |s| {
         checksum_errors(s, bad) == 1 && s["blocks_repaired"] == 1
     });
-    assert_eq!(status["healthy"], 3, "a checksum error is not a failure: {status}");
+    assert_eq!(
+        status["healthy"], 3,
+        "a checksum error is not a failure: {status}"
+    );
     assert_eq!(replica_of(&status, bad)["state"], "healthy");
     assert_eq!(replica_of(&status, bad)["checksum_warning"], false);
     let v = ("volume", VOLUME);
     let bad_label = bad.to_string();
     let samples = scrape(metrics).await;
     assert_eq!(
-        find(&samples, "cstor_checksum_errors_total", &[v, ("replica", &bad_label)]),
+        find(
+            &samples,
+            "cstor_checksum_errors_total",
+            &[v, ("replica", &bad_label)]
+        ),
         Some(1.0)
     );
-    assert_eq!(find(&samples, "cstor_blocks_repaired_total", &[v]), Some(1.0));
+    assert_eq!(
+        find(&samples, "cstor_blocks_repaired_total", &[v]),
+        Some(1.0)
+    );
     let replica_counter = |samples: &[Sample]| {
         find(
             samples,
@@ -227,7 +241,11 @@ async fn a_block_rotten_on_one_replica_reads_good_and_is_repaired_on_all_a_mediu
     }
     let status = target_status(pki, mgmt).unwrap();
     for r in &data {
-        assert_eq!(checksum_errors(&status, *r), u64::from(*r == bad), "{status}");
+        assert_eq!(
+            checksum_errors(&status, *r),
+            u64::from(*r == bad),
+            "{status}"
+        );
     }
     assert_eq!(status["blocks_repaired"], 1, "{status}");
     assert_eq!(replica_counter(&scrape(replica_metrics).await), Some(1.0));
@@ -238,26 +256,48 @@ async fn a_block_rotten_on_one_replica_reads_good_and_is_repaired_on_all_a_mediu
         assert!(found >= 1, "pattern not found in {}", r.pool_file.display());
     }
     let outcome = read_block(&mut session, ALL_BAD).await;
-    assert_eq!(outcome.status, ScsiOutcome::CHECK_CONDITION, "{outcome:?}");
+    assert_eq!(
+        outcome.status,
+        ScsiOutcome::CHECK_CONDITION,
+        "{:?}",
+        outcome.sense
+    );
     assert_eq!(
         sense(&outcome),
         Some((0x03, 0x11, 0x00)),
-        "MEDIUM ERROR / UNRECOVERED READ ERROR: {outcome:?}"
+        "MEDIUM ERROR / UNRECOVERED READ ERROR: {:?}",
+        outcome.sense
     );
-    assert!(outcome.data.is_empty(), "data with a failed read: {outcome:?}");
+    // No Data-In: nothing of the corrupt copy (its bytes outside the flipped
+    // ones are the pattern's) reached the initiator.
+    let unflipped = &block(ALL_BAD)[16..48];
+    assert!(
+        !outcome
+            .data
+            .windows(unflipped.len())
+            .any(|w| w == unflipped),
+        "bytes of the corrupt block were sent"
+    );
     let status = wait_target_status(pki, mgmt, "every replica's error counted", GUARD, |s| {
         data.iter()
             .all(|r| checksum_errors(s, *r) == 1 + u64::from(*r == bad))
     });
     assert_eq!(status["healthy"], 3, "{status}");
-    assert_eq!(status["blocks_repaired"], 1, "nothing to write back: {status}");
+    assert_eq!(
+        status["blocks_repaired"], 1,
+        "nothing to write back: {status}"
+    );
     // The volume goes on: the other blocks read, a write of the block
     // makes it readable again.
     let outcome = read_block(&mut session, ONE_BAD).await;
     assert_eq!(outcome.data, block(ONE_BAD));
     let rewritten = pattern(0xABC, GENERATION, BLOCK);
     let lba = (FIRST_BYTE + ALL_BAD * BLOCK as u64) / bs;
-    assert!(session.write(lba, rewritten.clone()).await.unwrap().is_good());
+    assert!(session
+        .write(lba, rewritten.clone())
+        .await
+        .unwrap()
+        .is_good());
     let outcome = read_block(&mut session, ALL_BAD).await;
     assert!(outcome.is_good(), "{outcome:?}");
     assert_eq!(outcome.data, rewritten);
