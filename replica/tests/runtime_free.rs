@@ -180,7 +180,10 @@ async fn serve_connection(
 }
 
 async fn registry() -> Arc<Registry> {
-    let device: DeviceRef = Arc::new(MemDevice::new(64 << 20));
+    registry_on(Arc::new(MemDevice::new(64 << 20))).await
+}
+
+async fn registry_on(device: DeviceRef) -> Arc<Registry> {
     let options = PoolOptions {
         commit_interval: None,
         ..PoolOptions::default()
@@ -395,5 +398,78 @@ fn a_session_and_a_rebuild_run_without_a_tokio_runtime() {
         on_a.close();
         on_b.close();
         assert!(on_b.is_fenced() && b.get(VOLUME).unwrap().owner_epoch().is_none());
+    });
+}
+
+/// Byte offset of `needle` in the device's image (a written block, found
+/// by its content).
+fn find(dev: &MemDevice, needle: &[u8]) -> u64 {
+    let image = dev.image();
+    (0..image.len() - needle.len())
+        .step_by(512)
+        .find(|at| image[*at..*at + needle.len()] == *needle)
+        .expect("the block on the device") as u64
+}
+
+/// Flips a byte at `at` behind the pool's back (a rotting disk).
+async fn flip(dev: &MemDevice, at: u64) {
+    use cstor_engine::io::{AlignedBuf, Device};
+    let base = at - at % 4096;
+    let (res, mut buf) = dev.read_at(AlignedBuf::zeroed(4096), base).await;
+    res.unwrap();
+    buf.as_mut_slice()[(at - base) as usize] ^= 0x40;
+    let (res, _) = dev.write_at(buf, base).await;
+    res.unwrap();
+}
+
+/// docs/checksums-design.md, "Reads": a read over a block that fails its
+/// checksum answers `ChecksumError` naming it (never data), counts it, and
+/// leaves the replica serving: the other blocks read, a write of the whole
+/// block makes it good again.
+#[test]
+fn a_read_of_a_rotten_block_answers_checksum_error_and_the_replica_serves_on() {
+    LocalPool::new().run_until(async {
+        let dev = Arc::new(MemDevice::new(64 << 20));
+        let registry = registry_on(dev.clone()).await;
+        let session = target_session(&registry, 1).await;
+        let blocks: Vec<Bytes> = (0..4u8).map(|b| data(0x40 + b, BLOCK as usize)).collect();
+        let all: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        write(&session, 1, 0, Bytes::from(all.clone())).await;
+        assert_eq!(
+            io(&session, packet(1, 2, Message::Flush)).await,
+            Message::Ack(Opcode::Flush)
+        );
+        flip(&dev, find(&dev, &blocks[2]) + 100).await;
+
+        let extent = Extent {
+            offset: u64::from(BLOCK),
+            len_bytes: 3 * BLOCK,
+        };
+        let answer = io(&session, packet(1, 3, Message::Read(extent))).await;
+        let Message::ChecksumError(reply) = answer else {
+            panic!("a rotten block was not reported: {answer:?}");
+        };
+        assert_eq!(reply.extent, extent);
+        assert_eq!(
+            reply
+                .bad
+                .iter()
+                .map(|r| (r.offset, r.len_bytes))
+                .collect::<Vec<_>>(),
+            vec![(2 * u64::from(BLOCK), u64::from(BLOCK))]
+        );
+        let io_counters = registry.metrics().volume(VOLUME);
+        assert_eq!(io_counters.checksum_blocks(), 1);
+        // Not poisoned: the rest reads, writes go on.
+        assert_eq!(
+            read(&session, 0, 2 * BLOCK as usize).await,
+            all[..2 * BLOCK as usize]
+        );
+        write(&session, 4, 3 * u64::from(BLOCK), blocks[3].clone()).await;
+        // What the target's write-back does: the whole block, good again.
+        write(&session, 5, 2 * u64::from(BLOCK), blocks[2].clone()).await;
+        assert_eq!(read(&session, 0, all.len()).await, all);
+        assert_eq!(io_counters.checksum_blocks(), 1);
+        session.close();
     });
 }
