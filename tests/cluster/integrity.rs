@@ -106,7 +106,7 @@ async fn scrape(addr: SocketAddr) -> Vec<Sample> {
 }
 
 /// The status's entry of the replica at `addr`.
-fn replica_of<'a>(status: &'a serde_json::Value, addr: SocketAddr) -> &'a serde_json::Value {
+fn replica_of(status: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
     status["replicas"]
         .as_array()
         .and_then(|r| r.iter().find(|x| x["address"] == addr.to_string()))
