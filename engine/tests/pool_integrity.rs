@@ -200,3 +200,30 @@ async fn checksums_survive_a_clean_reopen_and_still_catch_rot() {
     let e = v.read(65536, &mut got).await.unwrap_err();
     assert_eq!(e.bad_ranges(), &[(65536 + 2 * 4096, 4096)]);
 }
+
+#[tokio::test]
+async fn a_pool_without_checksums_is_version_1_and_does_not_verify() {
+    let (dev, d) = mem(8 << 20);
+    let options = PoolOptions {
+        block_checksums: false,
+        ..opts()
+    };
+    let pool = Pool::create(vec![d.clone()], &options).await.unwrap();
+    assert!(!pool.stats().integrity.enabled);
+    let v = pool
+        .create_volume("v", 1 << 20, 4096, Provisioning::Thin)
+        .await
+        .unwrap();
+    v.write(0, &block(1), 1).await.unwrap();
+    pool.close().await.unwrap();
+    drop((v, pool));
+    // Still opens (what a pool created before checksums is), unverified:
+    // rot is served as data, which is why checksums are the default.
+    let pool = Pool::open(vec![d], &opts()).await.unwrap();
+    assert!(!pool.stats().integrity.enabled);
+    flip(&dev, find(&dev, &block(1)) + 9).await;
+    let v = pool.volume("v").unwrap();
+    let mut got = vec![0; 4096];
+    v.read(0, &mut got).await.unwrap();
+    assert_ne!(got, block(1));
+}
