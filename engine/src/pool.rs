@@ -52,6 +52,11 @@ pub struct PoolOptions {
     pub max_data_bytes: Option<u64>,
     /// Group-commit timer; `None` commits only on flush (tests).
     pub commit_interval: Option<Duration>,
+    /// Keep a checksum per 4 KiB block and verify every read (FORMAT.md
+    /// "Block checksums"); default on. Off creates a version-1 pool, whose
+    /// reads are not verified: only to measure what checksums cost.
+    /// Creation only.
+    pub block_checksums: bool,
 }
 
 impl Default for PoolOptions {
@@ -61,6 +66,7 @@ impl Default for PoolOptions {
             journal_bytes: None,
             max_data_bytes: None,
             commit_interval: Some(Duration::from_millis(DEFAULT_COMMIT_INTERVAL_MS)),
+            block_checksums: true,
         }
     }
 }
@@ -570,7 +576,12 @@ impl Pool {
             check_device(d, chunk)?;
         }
         let lens: Vec<u64> = devices.iter().map(|d| d.len_bytes()).collect();
-        let plan = plan_meta(&lens, chunk, opts.journal_bytes, opts.max_data_bytes)?;
+        let mut plan = plan_meta(&lens, chunk, opts.journal_bytes, opts.max_data_bytes)?;
+        let integrity_plan = opts.block_checksums.then_some(plan.integrity);
+        if integrity_plan.is_none() {
+            // The version-1 layout: data right after the checkpoints.
+            plan.data_offset = plan.integrity.dirty.offset;
+        }
         let mut entries = Vec::with_capacity(devices.len());
         for (i, len) in lens.iter().enumerate() {
             let off = if i == 0 {
@@ -611,7 +622,8 @@ impl Pool {
         // The bitmap and checksum area may hold an older pool's: zero them
         // (0.1 % of the pool; nothing is mapped yet, so nothing else needs
         // a checksum).
-        for region in [plan.integrity.dirty, plan.integrity.sums] {
+        let areas = integrity_plan.map(|i| [i.dirty, i.sums]);
+        for region in areas.iter().flatten() {
             let mut pos = 0u64;
             while pos < region.len_bytes {
                 let n = (region.len_bytes - pos).min(ZERO_WRITE_BYTES);
@@ -641,20 +653,20 @@ impl Pool {
             journal_seq: 1,
             max_data_chunks: plan.max_data_chunks,
             devices: entries,
-            integrity: Some(plan.integrity),
+            integrity: integrity_plan,
         };
         write_all(&dev0, Superblock::slot_offset(sb.slot()), &sb.encode())
             .await
             .map_err(|e| io_err("write superblock", e))?;
         dev0.sync_data().await.map_err(|e| io_err("sync", e))?;
         tracing::info!(pool = %format!("{guid:032x}"), chunk_bytes = chunk, devices = devices.len(), "pool created");
-        let integrity = Integrity::new(plan.integrity, plan.max_data_chunks, chunk);
+        let integrity = integrity_plan.map(|i| Integrity::new(i, plan.max_data_chunks, chunk));
         let loaded = Loaded {
             space,
             state,
             sb,
             journal_pos: 0,
-            integrity: Some(integrity),
+            integrity,
         };
         Ok(Self::start(guid, devices, loaded, opts))
     }

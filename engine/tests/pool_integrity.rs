@@ -200,3 +200,57 @@ async fn checksums_survive_a_clean_reopen_and_still_catch_rot() {
     let e = v.read(65536, &mut got).await.unwrap_err();
     assert_eq!(e.bad_ranges(), &[(65536 + 2 * 4096, 4096)]);
 }
+
+#[tokio::test]
+async fn a_pool_without_checksums_is_version_1_and_does_not_verify() {
+    let (dev, d) = mem(8 << 20);
+    let options = PoolOptions {
+        block_checksums: false,
+        ..opts()
+    };
+    let pool = Pool::create(vec![d.clone()], &options).await.unwrap();
+    assert!(!pool.stats().integrity.enabled);
+    let v = pool
+        .create_volume("v", 1 << 20, 4096, Provisioning::Thin)
+        .await
+        .unwrap();
+    v.write(0, &block(1), 1).await.unwrap();
+    pool.close().await.unwrap();
+    drop((v, pool));
+    // Still opens (what a pool created before checksums is), unverified:
+    // rot is served as data, which is why checksums are the default.
+    let pool = Pool::open(vec![d], &opts()).await.unwrap();
+    assert!(!pool.stats().integrity.enabled);
+    flip(&dev, find(&dev, &block(1)) + 9).await;
+    let v = pool.volume("v").unwrap();
+    let mut got = vec![0; 4096];
+    v.read(0, &mut got).await.unwrap();
+    assert_ne!(got, block(1));
+}
+
+#[tokio::test]
+async fn a_bad_block_a_snapshot_shares_can_be_written_over_but_not_kept() {
+    let (dev, d) = mem(8 << 20);
+    let pool = Pool::create(vec![d], &opts()).await.unwrap();
+    let v = pool
+        .create_volume("v", 1 << 20, 512, Provisioning::Thin)
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..4).flat_map(block).collect();
+    v.write(0, &data, 1).await.unwrap();
+    v.create_snapshot("s").await.unwrap();
+    flip(&dev, find(&dev, &block(1)) + 7).await;
+    // A write that would copy the bad block into the live volume's own
+    // chunk (copy-on-write) refuses: it would keep it.
+    let e = v.write(3 * 4096, &block(7), 2).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Checksum);
+    assert_eq!(e.bad_ranges(), &[(4096, 4096)]);
+    // Writing the bad block itself over (a repair) copies the rest.
+    v.write(4096, &block(1), 3).await.unwrap();
+    let mut got = vec![0; data.len()];
+    v.read(0, &mut got).await.unwrap();
+    assert_eq!(got, data);
+    // The snapshot's copy is still bad, and says so.
+    let e = v.read_snapshot("s", 0, &mut got).await.unwrap_err();
+    assert_eq!(e.bad_ranges(), &[(4096, 4096)]);
+}

@@ -147,6 +147,21 @@ impl Volume {
     /// verified against its checksum: a mismatch is a checksum error
     /// naming the bad blocks as volume byte ranges, and no data.
     async fn read_phys(&self, phys: u64, chunk: u64, off: u64, out: &mut [u8]) -> Result<()> {
+        self.read_phys_keeping(phys, chunk, off, out, None).await
+    }
+
+    /// [`Self::read_phys`] for a copy-on-write: blocks wholly inside
+    /// `overwritten` (a chunk-relative byte range the write replaces) need
+    /// not pass their checksum — what was there is not kept (so a repair
+    /// can write over a bad block a snapshot shares).
+    async fn read_phys_keeping(
+        &self,
+        phys: u64,
+        chunk: u64,
+        off: u64,
+        out: &mut [u8],
+        overwritten: Option<(u64, u64)>,
+    ) -> Result<()> {
         let (dev, base) = self.pool.locate(phys)?;
         let align = self.io_align(&dev);
         let len = out.len() as u64;
@@ -157,7 +172,12 @@ impl Volume {
         res.map_err(|e| Error::io(self.ctx("read", off), e))?;
         if let Some(i) = &self.pool.integrity {
             let at = chunk * self.chunk_bytes();
-            let bad = self.verify(i, phys, start, buf.as_slice(), at);
+            let (from, len) = overwritten.unwrap_or((0, 0));
+            let bad: Vec<(u64, u64)> = self
+                .verify(i, phys, start, buf.as_slice(), at)
+                .into_iter()
+                .filter(|(o, l)| !(*o >= at + from && o + l <= at + from + len))
+                .collect();
             if !bad.is_empty() {
                 return Err(checksum_error(self.ctx("read", at + off), bad));
             }
@@ -451,7 +471,9 @@ impl Volume {
                     let n = usize::try_from(chunk_bytes).map_err(|_| invalid("chunk"))?;
                     let mut buf = vec![0u8; n];
                     if let (false, Some(src)) = (full, source) {
-                        self.read_phys(src, chunk, 0, &mut buf).await?;
+                        let written = Some((off, data.len() as u64));
+                        self.read_phys_keeping(src, chunk, 0, &mut buf, written)
+                            .await?;
                     }
                     let from = usize::try_from(off).map_err(|_| invalid("offset"))?;
                     buf.get_mut(from..from + data.len())
