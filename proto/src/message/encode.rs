@@ -5,7 +5,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::{check_read_data, ErrorReply, Extent, Message};
-use crate::limits::{MAX_DETAIL_BYTES, MAX_IO_BYTES};
+use crate::limits::{MAX_DETAIL_BYTES, MAX_DIGEST_BYTES, MAX_IO_BYTES};
 use crate::opcode::{Opcode, ReplyKind, REPLY_BIT};
 use crate::status::Status;
 use crate::wire::{check_text, put_prefixed, PayloadError};
@@ -97,6 +97,14 @@ impl Message {
                 Shape::plain(Opcode::RebuildAbort)
             }
             Message::RebuildThrottle { .. } => Shape::plain(Opcode::RebuildThrottle),
+            Message::Digest(extent) => {
+                extent.check(MAX_DIGEST_BYTES)?;
+                Shape::extent(Opcode::Digest, *extent)
+            }
+            Message::RangeDigest(reply) => {
+                reply.check()?;
+                Shape::reply(Opcode::Digest)
+            }
             Message::HelloAck(ack) => {
                 ack.check()?;
                 Shape::reply(Opcode::Hello)
@@ -172,6 +180,8 @@ impl Message {
             Message::RebuildDone(_) => request(Opcode::RebuildDone),
             Message::RebuildAbort(_) => request(Opcode::RebuildAbort),
             Message::RebuildThrottle { .. } => request(Opcode::RebuildThrottle),
+            Message::Digest(_) => request(Opcode::Digest),
+            Message::RangeDigest(_) => reply(Opcode::Digest),
             Message::HelloAck(_) | Message::VersionMismatch(_) => reply(Opcode::Hello),
             Message::ReadData(_) => reply(Opcode::Read),
             Message::SnapshotListing(_) => reply(Opcode::SnapshotList),
@@ -196,6 +206,7 @@ impl Message {
             Message::ReadData(data) => data.len(),
             Message::RebuildChunk(chunk) => chunk.wire_len(),
             Message::SnapshotListing(listing) => listing.wire_len(),
+            Message::RangeDigest(reply) => reply.wire_len(),
             _ => 128,
         }
     }
@@ -211,6 +222,7 @@ impl Message {
             | Message::Status
             | Message::MembershipGet
             | Message::Heartbeat
+            | Message::Digest(_)
             | Message::Ack(_) => {}
             Message::SnapshotCreate(name) | Message::SnapshotDestroy(name) => name.put(dst),
             Message::SnapshotList(request) => request.put(dst),
@@ -227,6 +239,7 @@ impl Message {
             Message::HelloAck(ack) => ack.put(dst),
             Message::VersionMismatch(range) => range.put(dst),
             Message::ReadData(data) => dst.extend_from_slice(data),
+            Message::RangeDigest(reply) => reply.put(dst),
             Message::SnapshotListing(listing) => listing.put(dst),
             Message::StatusReport(report) => report.put(dst),
             Message::MembershipSet(membership) | Message::Membership(membership) => {

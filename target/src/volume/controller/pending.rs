@@ -54,6 +54,10 @@ pub(super) struct Pending {
     /// it was sent to acknowledged it or was dropped, so that a replica that
     /// never does is known to have missed it.
     pub(super) completed: bool,
+    /// An [`Op::Digest`]'s answers so far (rule 7).
+    pub(super) digests: Vec<(ReplicaIndex, cstor_proto::DigestReply)>,
+    /// Replicas that could not answer an [`Op::Digest`], and why.
+    pub(super) errors: Vec<(ReplicaIndex, String)>,
 }
 
 impl Pending {
@@ -215,6 +219,10 @@ impl Controller {
                 } else if read_only {
                     answers.push((*seq, Err(VolumeError::ReadOnly { cf })));
                 }
+            } else if let Some(answer) = Self::scrub_answer(*seq, p) {
+                answers.push((*seq, answer));
+            } else if matches!(p.op, Op::Digest { .. } | Op::ReadFrom { .. }) {
+                // Waits for every replica it went to.
             } else if p.sent.keys().all(|r| p.failed.contains(r))
                 && self.healthy() == 0
                 && now.saturating_duration_since(p.submitted) >= self.config.hold
