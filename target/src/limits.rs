@@ -244,27 +244,6 @@ pub fn failed_retry(failures: u32) -> Duration {
         .min(FAILED_RETRY_MAX)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_failed_retry_doubles_from_the_minimum_up_to_the_cap() {
-        assert_eq!(failed_retry(0), FAILED_RETRY_MIN);
-        assert_eq!(failed_retry(1), FAILED_RETRY_MIN);
-        assert_eq!(failed_retry(2), FAILED_RETRY_MIN * 2);
-        assert_eq!(failed_retry(3), FAILED_RETRY_MIN * 4);
-        assert_eq!(failed_retry(7), FAILED_RETRY_MAX);
-        assert_eq!(failed_retry(u32::MAX), FAILED_RETRY_MAX);
-        let mut previous = Duration::ZERO;
-        for failures in 1..100 {
-            let wait = failed_retry(failures);
-            assert!(wait >= previous && wait <= FAILED_RETRY_MAX);
-            previous = wait;
-        }
-    }
-}
-
 // ------------------------------------------------------------------ scrub
 
 /// Bytes one scrub step compares (`volume::scrub`): one `Digest` per
@@ -299,3 +278,24 @@ pub const MIN_SCRUB_INTERVAL: Duration = Duration::from_secs(60);
 const _: () = assert!(SCRUB_RANGE_BYTES <= cstor_proto::limits::MAX_IO_BYTES as u64);
 const _: () = assert!(SCRUB_RANGE_BYTES <= cstor_proto::limits::MAX_DIGEST_BYTES as u64);
 const _: () = assert!(SCRUB_RANGE_BYTES.is_multiple_of(4096));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_retry_doubles_from_the_minimum_up_to_the_cap() {
+        assert_eq!(failed_retry(0), FAILED_RETRY_MIN);
+        assert_eq!(failed_retry(1), FAILED_RETRY_MIN);
+        assert_eq!(failed_retry(2), FAILED_RETRY_MIN * 2);
+        assert_eq!(failed_retry(3), FAILED_RETRY_MIN * 4);
+        assert_eq!(failed_retry(7), FAILED_RETRY_MAX);
+        assert_eq!(failed_retry(u32::MAX), FAILED_RETRY_MAX);
+        let mut previous = Duration::ZERO;
+        for failures in 1..100 {
+            let wait = failed_retry(failures);
+            assert!(wait >= previous && wait <= FAILED_RETRY_MAX);
+            previous = wait;
+        }
+    }
+}
