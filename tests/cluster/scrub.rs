@@ -19,6 +19,7 @@ use cstor_target::volume::scrub::{RangeOutcome, Scrub, ScrubState, ScrubStatus};
 use cstor_target::volume::{Completion, Op, Volume, VolumeSpec};
 
 use crate::common::{free_addr, pattern, ReplicaProcess, TargetProcess};
+use crate::metrics::{scrape, value};
 
 const BLOCK: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -297,6 +298,7 @@ async fn cstor_ctl_scrub_starts_reports_and_refuses_another_volume() {
     change_behind_the_target(&reps[0], CHANGED * BLOCK, &[0xee; BLOCK as usize]).await;
     reps[0].start();
     let mgmt = free_addr();
+    let metrics = free_addr();
     let state = dir.path().join("scrub-state");
     let addrs: Vec<_> = reps.iter().map(|r| r.data).collect();
     let target = TargetProcess::start_with(
@@ -309,6 +311,8 @@ async fn cstor_ctl_scrub_starts_reports_and_refuses_another_volume() {
             &mgmt.to_string(),
             "--scrub-state-dir",
             state.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics.to_string(),
         ],
         &[],
     );
@@ -376,7 +380,88 @@ async fn cstor_ctl_scrub_starts_reports_and_refuses_another_volume() {
         saved.contains("cursor 0") && saved.contains("passes 1"),
         "{saved}"
     );
+    // The metrics count it.
+    let samples = scrape(metrics).await;
+    let v = [("volume", "vol")];
+    assert_eq!(
+        value(&samples, "cstor_scrub_bytes_total", &v),
+        (16 * MIB) as f64
+    );
+    assert_eq!(
+        value(&samples, "cstor_scrub_mismatched_ranges_total", &v),
+        1.0
+    );
+    assert!(value(&samples, "cstor_scrub_repaired_blocks_total", &v) > 0.0);
+    assert_eq!(
+        value(&samples, "cstor_scrub_undecided_ranges_total", &v),
+        0.0
+    );
+    assert_eq!(value(&samples, "cstor_scrub_running", &v), 0.0);
     // Stop with none running answers the last result.
     let stopped = ctl(&["scrub", "stop", "vol"]);
     assert!(stopped.status.success(), "{stopped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_scrub_resumes_from_its_persisted_cursor_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let reps = replicas(3, dir.path());
+    let volume = Volume::open(spec(&reps)).await.unwrap();
+    all_healthy(&volume).await;
+    let state = dir.path().join("scrub-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let scrub = Scrub::new(volume.clone(), "vol", Some(&state));
+    // Slow (1 MiB/s over 16 MiB), stopped once past the second range.
+    scrub.start(false, MIB).unwrap();
+    assert_eq!(
+        scrub.start(false, MIB).unwrap_err(),
+        cstor_target::volume::scrub::ScrubError::Running
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while scrub.status().cursor < 2 * MIB {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            scrub.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = scrub.stop().await;
+    assert_eq!(stopped.state, ScrubState::Stopped, "{stopped:?}");
+    assert!(stopped.cursor >= 2 * MIB && stopped.cursor < 16 * MIB);
+    assert_eq!(stopped.cursor % MIB, 0);
+
+    // A new target process (a new Scrub over the same state directory).
+    let restarted = Scrub::new(volume.clone(), "vol", Some(&state));
+    assert_eq!(restarted.status().cursor, stopped.cursor);
+    let resumed = restarted.start(false, MIB).unwrap();
+    assert_eq!(resumed.cursor, stopped.cursor, "resumes where it stopped");
+    let again = restarted.stop().await;
+    assert!(again.cursor >= stopped.cursor);
+    // Unless told to start over.
+    let fresh = restarted.start(true, 0).unwrap();
+    assert_eq!(fresh.cursor, 0);
+    let done = scrub_to_the_end_of(&restarted).await;
+    assert_eq!(done.state, ScrubState::Done, "{done:?}");
+    assert_eq!(done.scrubbed_bytes, 16 * MIB);
+    assert_eq!(
+        Scrub::new(volume.clone(), "vol", Some(&state))
+            .status()
+            .passes_completed,
+        1
+    );
+    volume.close();
+}
+
+/// Waits for the running scrub to end.
+async fn scrub_to_the_end_of(scrub: &Scrub) -> ScrubStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = scrub.status();
+        if status.state != ScrubState::Running {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
