@@ -405,7 +405,14 @@ async fn run(inner: &Inner, stop: &CancellationToken, rate: u64) -> ScrubState {
             return ScrubState::Stopped;
         }
         let len = SCRUB_RANGE_BYTES.min(total - cursor);
-        match scrub_range(inner, cursor, len, block, stop).await {
+        // Stopping drops the range's requests (a repair already submitted
+        // still completes: it is an ordinary write); the cursor stays at
+        // the range, compared again on resume.
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return ScrubState::Stopped,
+            outcome = scrub_range(inner, cursor, len, block) => outcome,
+        };
+        match outcome {
             Ok(()) => {}
             Err(VolumeError::Unavailable) | Err(VolumeError::ReadOnly { .. }) => {
                 inner.status.lock().last_error =
@@ -474,21 +481,12 @@ fn eta(done: u64, left: u64, elapsed: Duration) -> Option<Duration> {
 }
 
 /// Compares one range, repairing what the verdicts allow (module doc).
-async fn scrub_range(
-    inner: &Inner,
-    offset: u64,
-    len: u64,
-    block: u64,
-    stop: &CancellationToken,
-) -> Result<(), VolumeError> {
+async fn scrub_range(inner: &Inner, offset: u64, len: u64, block: u64) -> Result<(), VolumeError> {
     let len_bytes = u32::try_from(len).map_err(|_| VolumeError::OutOfRange)?;
     let mut found: Option<(Vec<ReplicaIndex>, bool)> = None;
     let mut repaired = 0u64;
     let mut last = String::new();
     for attempt in 0..SCRUB_RANGE_ATTEMPTS {
-        if stop.is_cancelled() && found.is_none() {
-            return Ok(());
-        }
         let (io_seq, replies, errors) = match inner
             .volume
             .submit(Op::Digest { offset, len_bytes })
@@ -508,13 +506,15 @@ async fn scrub_range(
         for (replica, error) in &errors {
             tracing::warn!(volume = %inner.name, replica, offset, %error, "no digest from a replica");
         }
-        if attempt == 0 {
+        let verdict = judge(offset, len, &replies);
+        if attempt == 0 && verdict != Verdict::Unanswered {
             inner.status.lock().ranges_compared += 1;
         }
-        let verdict = judge(offset, len, &replies);
         match verdict {
             Verdict::Unanswered => {
-                if replies.is_empty() && !errors.is_empty() {
+                if !errors.is_empty() {
+                    // Every healthy replica refused the digest (an older
+                    // version, say): not compared, said so, and on.
                     let detail = errors
                         .iter()
                         .map(|(r, e)| format!("replica {r}: {e}"))
