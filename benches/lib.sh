@@ -246,15 +246,17 @@ start_tgt() {
     wait_lun "$TGT_URL"
 }
 
-# start_replica NAME POOL_SIZE: a replica daemon on a new file-backed pool.
+# start_replica NAME POOL_SIZE [INIT_FLAG...]: a replica daemon on a new
+# file-backed pool (INIT_FLAGs go to `cstor replica init`).
 # Sets REPLICA_DATA (data address), REPLICA_MGMT and REPLICA_PID.
 start_replica() {
     local name="$1" size="$2" data mgmt
+    shift 2 # the rest: extra `replica init` flags
     free_port
     data="$FREE_PORT"
     free_port
     mgmt="$FREE_PORT"
-    "$CSTOR" replica init --pool "$name" --file "$WORK/$name.img" --size "$size" >"$WORK/$name-init.log" 2>&1 ||
+    "$CSTOR" replica init --pool "$name" --file "$WORK/$name.img" --size "$size" "$@" >"$WORK/$name-init.log" 2>&1 ||
         die "replica init $name: $(cat "$WORK/$name-init.log")"
     security_args "replica-$name" --role replica --pool "$name"
     RUST_LOG=info "$CSTOR" replica run --pool "$name" --pool-path "$WORK/$name.img" \

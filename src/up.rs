@@ -102,6 +102,11 @@ pub struct UpArgs {
     /// process may do anything. Never the default; printed as a warning.
     #[arg(long, env = "CSTOR_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// Create new pools without block checksums (reads not verified, rot
+    /// served as data): only to measure what checksums cost. Pools that
+    /// exist keep what they were created with.
+    #[arg(long)]
+    no_block_checksums: bool,
 }
 
 impl UpArgs {
@@ -414,6 +419,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
                 .args(["replica", "init", "--pool", &pool_name(i), "--file"])
                 .arg(&pool)
                 .args(["--size", &pool_size.to_string()])
+                .args(args.no_block_checksums.then_some("--no-block-checksums"))
                 .stdout(Stdio::null())
                 .status()
                 .context("cannot run cstor replica init")?;

@@ -8,6 +8,9 @@
 //! pool's counters, commits by the default timer). And snapshot
 //! create time on a 1 GiB and a 1 TiB thin volume holding data (goal: the
 //! same for both). Prints the in-memory metadata bytes per TiB allocated.
+//! Every IOPS row also runs on a second pool, on a second file, created
+//! without block checksums (FORMAT.md "Block checksums"), in the same
+//! alternation: the checksums' cost is the ratio of the two (goal: ≤ 5 %).
 //!
 //! `cargo bench -p cstor-engine --bench pool`. Environment: `CSTOR_BENCH_DIR`
 //! (where the file goes; default the target tmp dir), `CSTOR_BENCH_SECS`
@@ -76,12 +79,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn bench_file() -> PathBuf {
+fn bench_file(name: &str) -> PathBuf {
     let dir = std::env::var_os("CSTOR_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cstor-pool-bench.img");
+    let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(FILE_LEN).unwrap();
@@ -157,11 +160,13 @@ fn open_file(path: &Path) -> DeviceRef {
     panic!("{} stayed in use", path.display());
 }
 
-async fn make_pool(path: &Path) -> (Pool, Arc<Volume>) {
+async fn make_pool(path: &Path, block_checksums: bool) -> (Pool, Arc<Volume>) {
     let dev = open_file(path);
-    let pool = Pool::create(vec![dev], &PoolOptions::default())
-        .await
-        .unwrap();
+    let options = PoolOptions {
+        block_checksums,
+        ..PoolOptions::default()
+    };
+    let pool = Pool::create(vec![dev], &options).await.unwrap();
     let v = pool
         .create_volume("bench", VOL_LEN, 4096, Provisioning::Thin)
         .await
@@ -181,18 +186,21 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let path = bench_file();
+    let path = bench_file("cstor-pool-bench.img");
+    let plain_path = bench_file("cstor-pool-bench-nosums.img");
     let rt = runtime();
-    let (pool, v) = rt.block_on(make_pool(&path));
+    let (pool, v) = rt.block_on(make_pool(&path, true));
+    let (plain_pool, plain) = rt.block_on(make_pool(&plain_path, false));
+    assert!(pool.stats().integrity.enabled && !plain_pool.stats().integrity.enabled);
     let data_offset = plan_meta(&[FILE_LEN], pool.chunk_bytes(), None, None)
         .unwrap()
         .data_offset;
     println!(
-        "\n{:<14} {:>12} {:>12} {:>8} {:>13} {:>11} {:>13}   (best of {ROUNDS} alternating runs of {secs} s each)",
-        "rw", "engine IOPS", "fio IOPS", "ratio", "journal B/op", "records/op", "ckpt B/op"
+        "\n{:<14} {:>12} {:>12} {:>8} {:>13} {:>11} {:>13} {:>14} {:>9}   (best of {ROUNDS} alternating runs of {secs} s each)",
+        "rw", "engine IOPS", "fio IOPS", "ratio", "journal B/op", "records/op", "ckpt B/op", "no-sums IOPS", "sums/no"
     );
     for row in ROWS {
-        let (mut engine, mut fio) = (0f64, None::<f64>);
+        let (mut engine, mut fio, mut unsummed) = (0f64, None::<f64>, 0f64);
         let (mut ops_total, mut journal_bytes, mut journal_records, mut ckpt_bytes) =
             (0u64, 0u64, 0u64, 0u64);
         for _ in 0..ROUNDS {
@@ -210,6 +218,11 @@ fn main() {
             journal_records += after.journal_records - before.journal_records;
             ckpt_bytes += after.checkpoint_bytes - before.checkpoint_bytes;
             engine = engine.max(ops as f64 / elapsed.as_secs_f64());
+            let until = Instant::now() + Duration::from_secs(secs);
+            let (ops, elapsed) =
+                rt.block_on(drive(&plain, row.rw, row.span_bytes, None, Some(until)));
+            rt.block_on(plain_pool.flush()).unwrap();
+            unsummed = unsummed.max(ops as f64 / elapsed.as_secs_f64());
         }
         let (fio_text, ratio) = match fio {
             Some(f) if f > 0.0 => (format!("{f:.0}"), format!("{:.2}", engine / f)),
@@ -217,16 +230,31 @@ fn main() {
         };
         let per_op = |n: u64| n as f64 / ops_total.max(1) as f64;
         println!(
-            "{:<14} {:>12.0} {:>12} {:>8} {:>13.1} {:>11.3} {:>13.1}",
+            "{:<14} {:>12.0} {:>12} {:>8} {:>13.1} {:>11.3} {:>13.1} {:>14.0} {:>9.3}",
             row.name,
             engine,
             fio_text,
             ratio,
             per_op(journal_bytes),
             per_op(journal_records),
-            per_op(ckpt_bytes)
+            per_op(ckpt_bytes),
+            unsummed,
+            engine / unsummed.max(1.0)
         );
     }
+    let st = pool.stats().integrity;
+    println!(
+        "checksums: {} bytes on disk for {} bytes of pool ({:.3} %), {} bytes in memory, {} bitmap writes",
+        st.area_bytes,
+        pool.stats().total_bytes,
+        st.area_bytes as f64 * 100.0 / pool.stats().total_bytes.max(1) as f64,
+        st.memory_bytes,
+        st.bitmap_writes
+    );
+    drop(plain);
+    rt.block_on(plain_pool.close()).unwrap();
+    drop(plain_pool);
+    let _ = std::fs::remove_file(&plain_path);
     let s = pool.stats();
     println!(
         "metadata in memory: {} bytes for {} allocated bytes = {} bytes per TiB ({:.4} %)\n",

@@ -31,6 +31,7 @@ use crate::format::journal::{encode_batch, BatchHeader, BATCH_HEADER_BYTES};
 use crate::format::superblock::Superblock;
 use crate::format::{crc, round_up, META_BLOCK_BYTES};
 use crate::io::AlignedBuf;
+use crate::limits::DIRTY_REGION_QUIET_COMMITS;
 use crate::meta::checkpoint;
 use crate::meta::record::{Record, VolumeId};
 use crate::meta::state::{Mode, State};
@@ -138,6 +139,10 @@ impl PoolInner {
         let target = self.meta.lock().change;
         let mut cs = self.commit.lock().await;
         if cs.durable_change >= target {
+            // Nothing to commit; dirty regions may still be cleaned.
+            if self.integrity.as_ref().is_some_and(|i| i.has_dirty()) {
+                return self.commit_locked(&mut cs, false).await;
+            }
             return self.check_usable();
         }
         self.commit_locked(&mut cs, false).await
@@ -156,7 +161,16 @@ impl PoolInner {
         if let Some(p) = self.poison.lock().as_ref() {
             return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
         }
-        let (records, frees, change, ck, seqs) = {
+        // Regions quiet now may be cleaned once this commit is durable
+        // (FORMAT.md "Block checksums"); a checkpoint (open, close, add
+        // device) cleans every quiet one.
+        let quiet = if force_checkpoint {
+            0
+        } else {
+            DIRTY_REGION_QUIET_COMMITS
+        };
+        let ticket = self.integrity.as_ref().map(|i| i.begin_commit(quiet));
+        let taken = {
             let mut m = self.meta.lock();
             m.take_coalesced();
             let seqs: Vec<(VolumeId, u64)> = m
@@ -176,22 +190,26 @@ impl PoolInner {
             }
             if m.pending.is_empty() && m.pending_free.is_empty() && !force_checkpoint {
                 cs.durable_change = cs.durable_change.max(m.change);
-                return Ok(());
+                None
+            } else {
+                let records = std::mem::take(&mut m.pending);
+                let frees = std::mem::take(&mut m.pending_free);
+                let mut w = Writer::new();
+                for r in &records {
+                    r.encode(&mut w);
+                }
+                let payload = w.into_vec();
+                let batch = (BATCH_HEADER_BYTES + payload.len()) as u64;
+                let end = round_up(batch, META_BLOCK_BYTES)
+                    .and_then(|b| b.checked_add(cs.journal_pos))
+                    .unwrap_or(u64::MAX);
+                let checkpoint = force_checkpoint || end > cs.sb.journal.len_bytes / 2;
+                let ck = checkpoint.then(|| checkpoint::encode(&m.state));
+                Some(((records.len(), payload), frees, m.change, ck, seqs))
             }
-            let records = std::mem::take(&mut m.pending);
-            let frees = std::mem::take(&mut m.pending_free);
-            let mut w = Writer::new();
-            for r in &records {
-                r.encode(&mut w);
-            }
-            let payload = w.into_vec();
-            let batch = (BATCH_HEADER_BYTES + payload.len()) as u64;
-            let end = round_up(batch, META_BLOCK_BYTES)
-                .and_then(|b| b.checked_add(cs.journal_pos))
-                .unwrap_or(u64::MAX);
-            let checkpoint = force_checkpoint || end > cs.sb.journal.len_bytes / 2;
-            let ck = checkpoint.then(|| checkpoint::encode(&m.state));
-            ((records.len(), payload), frees, m.change, ck, seqs)
+        };
+        let Some((records, frees, change, ck, seqs)) = taken else {
+            return self.clean_regions(ticket).await;
         };
         let devs = self.devices.read().devs.clone();
         for (i, d) in devs.iter().enumerate() {
@@ -205,6 +223,15 @@ impl PoolInner {
             .first()
             .cloned()
             .ok_or_else(|| corrupt("no device 0"))?;
+        if let Some(i) = &self.integrity {
+            // The checksums of the data just synced go out with the
+            // metadata: the sync below covers both.
+            if let Err(e) = i.write_pages(&dev0).await {
+                let why = e.to_string();
+                self.poison_pool(why.clone());
+                return Err(Error::new(ErrorKind::Poisoned, why));
+            }
+        }
         let res = match ck {
             Some(bytes) => {
                 self.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +262,59 @@ impl PoolInner {
         }
         cs.durable_change = change;
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.finish_regions(ticket, &dev0).await
+    }
+
+    /// Cleans the regions `ticket` found quiet, the commit being durable.
+    async fn finish_regions(
+        &self,
+        ticket: Option<crate::integrity::CommitTicket>,
+        dev0: &DeviceRef,
+    ) -> Result<()> {
+        let (Some(i), Some(ticket)) = (&self.integrity, ticket) else {
+            return Ok(());
+        };
+        if let Err(e) = i.finish_commit(ticket, dev0).await {
+            let why = e.to_string();
+            self.poison_pool(why.clone());
+            return Err(Error::new(ErrorKind::Poisoned, why));
+        }
         Ok(())
+    }
+
+    /// A commit with no metadata to write still cleans quiet regions: it
+    /// syncs the data, writes and syncs their checksums, then clears their
+    /// bits.
+    async fn clean_regions(&self, ticket: Option<crate::integrity::CommitTicket>) -> Result<()> {
+        let Some(ticket) = ticket.filter(|t| !t.is_empty()) else {
+            return Ok(());
+        };
+        let devs = self.devices.read().devs.clone();
+        for (i, d) in devs.iter().enumerate() {
+            if let Err(e) = d.sync_data().await {
+                let why = format!("fdatasync of device {i} failed: {e}");
+                self.poison_pool(why.clone());
+                return Err(Error::new(ErrorKind::Poisoned, why));
+            }
+        }
+        let dev0 = devs
+            .first()
+            .cloned()
+            .ok_or_else(|| corrupt("no device 0"))?;
+        if let Some(i) = &self.integrity {
+            let res = match i.write_pages(&dev0).await {
+                Ok(()) => dev0
+                    .sync_data()
+                    .await
+                    .map_err(|e| format!("checksum area fdatasync failed: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = res {
+                self.poison_pool(why.clone());
+                return Err(Error::new(ErrorKind::Poisoned, why));
+            }
+        }
+        self.finish_regions(Some(ticket), &dev0).await
     }
 
     async fn append_batch(

@@ -4,9 +4,11 @@
 //! devices. Pure arithmetic, all checked.
 
 use crate::error::{invalid, Result};
-use crate::format::superblock::{DeviceEntry, Region};
+use crate::format::superblock::{DeviceEntry, IntegrityRegions, Region};
 use crate::format::{round_up, META_AREA_OFFSET, META_BLOCK_BYTES, OTHER_DEVICE_DATA_OFFSET};
-use crate::limits::{MAX_DEVICES, MAX_JOURNAL_BYTES, MIN_JOURNAL_BYTES};
+use crate::limits::{
+    DIRTY_REGION_BYTES, MAX_DEVICES, MAX_JOURNAL_BYTES, MIN_JOURNAL_BYTES, SUM_BLOCK_BYTES,
+};
 use crate::meta::checkpoint::ENTRY_BYTES;
 
 /// Checkpoint bytes reserved beyond the chunk entries for volume, snapshot
@@ -25,6 +27,9 @@ pub struct MetaPlan {
     pub checkpoints: [Region; 2],
     /// Most data chunks the checkpoints were sized for.
     pub max_data_chunks: u64,
+    /// The dirty-region bitmap and the checksum area, sized for
+    /// `max_data_chunks`.
+    pub integrity: IntegrityRegions,
     /// First data byte of device 0.
     pub data_offset: u64,
 }
@@ -72,8 +77,16 @@ pub fn plan_meta(
     let ck1 = ck0
         .checked_add(ck_len)
         .ok_or_else(|| invalid("layout overflows"))?;
-    let data_offset = ck1
-        .checked_add(ck_len)
+    let integrity = plan_integrity(
+        ck1.checked_add(ck_len)
+            .ok_or_else(|| invalid("layout overflows"))?,
+        max_data_chunks,
+        chunk_bytes,
+    )?;
+    let data_offset = integrity
+        .sums
+        .offset
+        .checked_add(integrity.sums.len_bytes)
         .ok_or_else(|| invalid("layout overflows"))?;
     Ok(MetaPlan {
         journal,
@@ -88,7 +101,37 @@ pub fn plan_meta(
             },
         ],
         max_data_chunks,
+        integrity,
         data_offset,
+    })
+}
+
+/// Plans the dirty-region bitmap (one bit per [`DIRTY_REGION_BYTES`] of
+/// chunks) and the checksum area (a u32 per 4 KiB block) for
+/// `max_data_chunks`, from byte `offset` of device 0 on.
+fn plan_integrity(offset: u64, max_data_chunks: u64, chunk_bytes: u32) -> Result<IntegrityRegions> {
+    let chunk = u64::from(chunk_bytes).max(1);
+    let region_chunks = (DIRTY_REGION_BYTES / chunk).max(1);
+    let regions = max_data_chunks.div_ceil(region_chunks);
+    let dirty_len = round_up(regions.div_ceil(8).max(1), META_BLOCK_BYTES)
+        .ok_or_else(|| invalid("bitmap size"))?;
+    let sums_len = max_data_chunks
+        .checked_mul(chunk / SUM_BLOCK_BYTES * 4)
+        .and_then(|b| round_up(b.max(1), META_BLOCK_BYTES))
+        .ok_or_else(|| invalid("checksum area size overflows"))?;
+    let sums_offset = offset
+        .checked_add(dirty_len)
+        .ok_or_else(|| invalid("layout overflows"))?;
+    Ok(IntegrityRegions {
+        dirty: Region {
+            offset,
+            len_bytes: dirty_len,
+        },
+        sums: Region {
+            offset: sums_offset,
+            len_bytes: sums_len,
+        },
+        region_chunks: u32::try_from(region_chunks).map_err(|_| invalid("region size"))?,
     })
 }
 

@@ -15,6 +15,7 @@
 mod commit;
 pub mod error;
 pub mod format;
+mod integrity;
 pub mod io;
 pub mod layout;
 pub mod limits;
@@ -24,7 +25,7 @@ pub mod pool;
 pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};
-pub use pool::{DeviceRef, Pool, PoolOptions, PoolStats, Provisioning, VolumeInfo};
+pub use pool::{DeviceRef, IntegrityStats, Pool, PoolOptions, PoolStats, Provisioning, VolumeInfo};
 pub use volume::{
     ChangeKind, ChangesPage, ChunkChange, RangeDigest, SnapshotInfo, Volume, VolumeStats,
 };

@@ -43,3 +43,13 @@ pub const SUM_BLOCK_BYTES: u64 = 4096;
 /// Largest range one `Volume::digest` call covers (it ships no data, so it
 /// may be larger than [`MAX_IO_BYTES`]; it reads every mapped block of it).
 pub const MAX_DIGEST_BYTES: u64 = 64 * 1024 * 1024;
+/// Data a bit of the dirty-region bitmap covers (FORMAT.md "Block
+/// checksums"): the first write into a clean region waits for one bitmap
+/// write and sync; recovery after a power cut re-reads every mapped chunk
+/// of a dirty region to recompute its checksums.
+pub const DIRTY_REGION_BYTES: u64 = 1024 * 1024;
+/// Commits a region must go without a write before its bit is cleared (so
+/// a hot region stays dirty and its writes pay no bitmap sync). Counted in
+/// commits, not time, so a pool behaves the same under a simulated clock;
+/// a clean shutdown cleans every region.
+pub const DIRTY_REGION_QUIET_COMMITS: u64 = 16;

@@ -346,7 +346,9 @@ async fn run(pool: &Pool, ops: &[Op]) -> Model {
     m
 }
 
-async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
+/// Reopens the crash `images` and checks the pool against the model;
+/// returns how many checksums the reopen recomputed.
+async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) -> u64 {
     let devs: Vec<DeviceRef> = images
         .into_iter()
         .map(|i| -> DeviceRef { Arc::new(MemDevice::from_image(i, 4096).unwrap()) })
@@ -354,6 +356,8 @@ async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
     let pool = Pool::open(devs, &opts())
         .await
         .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+    let recomputed = pool.stats().integrity.recomputed_blocks;
+    assert!(pool.stats().integrity.enabled);
     let a = pool.audit();
     assert!(
         a.owned_twice.is_empty()
@@ -377,7 +381,17 @@ async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
             Err(e) => panic!("{what}: volume {name} lost: {e}"),
         };
         let mut got = vec![0; VOL_BLOCKS * BLOCK];
-        v.read(0, &mut got).await.unwrap();
+        // No false alarm: every block written before the cut, flushed or
+        // not, whole or torn, passes its checksum.
+        v.read(0, &mut got)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: volume {name}: {e} {:?}", e.bad_ranges()));
+        let digest = v.digest(0, (VOL_BLOCKS * BLOCK) as u64).await.unwrap();
+        assert!(
+            digest.bad.is_empty(),
+            "{what}: volume {name}: {:?} fail",
+            digest.bad
+        );
         for (i, cands) in mv.blocks.iter().enumerate() {
             let b = &got[i * BLOCK..(i + 1) * BLOCK];
             assert!(
@@ -419,6 +433,11 @@ async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
             }
         }
     }
+    assert_eq!(
+        pool.stats().integrity.checksum_errors,
+        0,
+        "{what}: checksum errors"
+    );
     // The recovered pool is usable: write, flush, reopen.
     let name = m.vols.keys().next().cloned();
     if let Some(name) = name {
@@ -427,6 +446,42 @@ async fn verify(images: Vec<Vec<u8>>, m: &Model, what: &str) {
             v.flush().await.unwrap();
         }
     }
+    recomputed
+}
+
+/// Cuts the power of device 0 after each operation of the reopen of the
+/// crash `images` in turn (a power cut during recovery), then checks that
+/// the next reopen still recovers: the dirty regions stay dirty until
+/// their recomputed checksums are durable.
+async fn crash_during_recovery(images: &[Vec<u8>], m: &Model, what: &str) -> usize {
+    let build = || -> Vec<Arc<CrashDevice>> {
+        images
+            .iter()
+            .map(|i| Arc::new(CrashDevice::from_image(i.clone(), 4096).unwrap()))
+            .collect()
+    };
+    let refs = |devs: &[Arc<CrashDevice>]| -> Vec<DeviceRef> {
+        devs.iter().map(|d| Arc::clone(d) as DeviceRef).collect()
+    };
+    let dry = build();
+    drop(Pool::open(refs(&dry), &opts()).await.unwrap());
+    let total = dry[0].op_count();
+    for k in 0..total {
+        let devs = build();
+        devs[0].cut_power_after(k);
+        let _ = Pool::open(refs(&devs), &opts()).await;
+        let after = devs
+            .iter()
+            .map(|d| d.crash_image(CrashPolicy::torn(k)))
+            .collect();
+        verify(
+            after,
+            m,
+            &format!("{what}, reopen cut after op {k}/{total}"),
+        )
+        .await;
+    }
+    total as usize
 }
 
 /// Device sizes of a one-device pool and of a two-device pool whose first
@@ -455,6 +510,7 @@ async fn crash_every_point(seed: u64, len: usize, sizes: &[usize], victim: usize
     run(&pool, &ops).await;
     let total = dry[victim].op_count();
     let mut points = 0;
+    let (mut recovered, mut recovery_points) = (0u64, 0usize);
     for k in create_ops..=total {
         let (devs, pool) = create(sizes).await;
         devs[victim].cut_power_after(k);
@@ -468,11 +524,21 @@ async fn crash_every_point(seed: u64, len: usize, sizes: &[usize], victim: usize
                 "workload {seed} on {} devices, device {victim} cut after op {k}/{total} ({policy:?})",
                 sizes.len()
             );
-            let images = devs.iter().map(|d| d.crash_image(policy)).collect();
-            verify(images, &m, &what).await;
+            let images: Vec<Vec<u8>> = devs.iter().map(|d| d.crash_image(policy)).collect();
+            let recomputed = verify(images.clone(), &m, &what).await;
+            // Once a workload (each is slow), crash the recovery too.
+            if recomputed > 0 && recovery_points == 0 {
+                recovery_points += crash_during_recovery(&images, &m, &what).await;
+            }
+            recovered += u64::from(recomputed > 0);
         }
         points += 1;
     }
+    assert!(
+        recovered > 0,
+        "workload {seed}: no crash point left a dirty region to recompute"
+    );
+    eprintln!("workload {seed}: {recovery_points} crash points inside recoveries");
     points
 }
 

@@ -50,6 +50,11 @@ pub struct InitArgs {
     /// a power of two).
     #[arg(long, value_parser = cstor_mgmt::size::parse_size, default_value = "64KiB")]
     pub chunk_size: u64,
+    /// Create the pool without block checksums: reads are then not
+    /// verified and a rotten block is served as data. Only to measure what
+    /// checksums cost (benches/); never in production.
+    #[arg(long)]
+    pub no_block_checksums: bool,
 }
 
 impl InitArgs {
@@ -67,6 +72,7 @@ impl InitArgs {
             files: self.files.iter().cloned().zip(self.sizes.clone()).collect(),
             devices: self.devices.clone(),
             chunk_bytes: Some(chunk_bytes),
+            block_checksums: !self.no_block_checksums,
         })
     }
 }

@@ -81,6 +81,8 @@ pub struct InitConfig {
     /// Existing block devices (or files) to use whole.
     pub devices: Vec<PathBuf>,
     pub chunk_bytes: Option<u32>,
+    /// Keep block checksums (the default; off only to measure their cost).
+    pub block_checksums: bool,
 }
 
 /// Creates a pool on new files and/or existing devices. Refuses to touch a
@@ -105,6 +107,7 @@ pub async fn init(config: &InitConfig) -> Result<u128, DaemonError> {
     if let Some(chunk) = config.chunk_bytes {
         options.chunk_bytes = chunk;
     }
+    options.block_checksums = config.block_checksums;
     let pool = Pool::create(devices, &options)
         .await
         .map_err(|e| DaemonError::Pool(format!("cannot create the pool: {e}")))?;

@@ -437,6 +437,7 @@ mod tests {
             files: vec![(path.clone(), 64 << 20)],
             devices: vec![],
             chunk_bytes: None,
+            block_checksums: true,
         };
         init(&config).await.unwrap();
         let daemon = Daemon::start(&RunConfig {

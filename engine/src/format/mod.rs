@@ -21,8 +21,13 @@ pub const SUPERBLOCK_OFFSET: u64 = LABEL_OFFSET + META_BLOCK_BYTES;
 pub const META_AREA_OFFSET: u64 = SUPERBLOCK_OFFSET + 2 * META_BLOCK_BYTES;
 /// Data of devices other than 0 starts right after their label.
 pub const OTHER_DEVICE_DATA_OFFSET: u64 = LABEL_OFFSET + META_BLOCK_BYTES;
-/// On-disk format version written by this code; open refuses others.
+/// On-disk format version of device labels and of a superblock without
+/// block checksums (pools created before them; still opened).
 pub const FORMAT_VERSION: u32 = 1;
+/// Superblock format version of a pool with block checksums (FORMAT.md
+/// "Block checksums"): version 1 plus the integrity regions. Open refuses
+/// any version but these two.
+pub const INTEGRITY_FORMAT_VERSION: u32 = 2;
 
 /// Why a block of metadata was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,7 +6,8 @@
 
 use super::codec::{Reader, Writer};
 use super::{
-    check_sealed, seal_block, FormatError, FORMAT_VERSION, META_BLOCK_BYTES, SUPERBLOCK_OFFSET,
+    check_sealed, seal_block, FormatError, FORMAT_VERSION, INTEGRITY_FORMAT_VERSION,
+    META_BLOCK_BYTES, SUPERBLOCK_OFFSET,
 };
 use crate::limits::MAX_DEVICES;
 
@@ -22,6 +23,25 @@ pub struct DeviceEntry {
     pub data_offset: u64,
     /// Data chunks it holds.
     pub data_chunks: u64,
+}
+
+/// Byte offset in a version-2 superblock of its integrity fields (after
+/// the longest device table, which ends at 120 + 64 × 24 = 1656).
+pub const INTEGRITY_FIELDS_OFFSET: usize = 2048;
+
+/// Where a pool with block checksums keeps them (FORMAT.md "Block
+/// checksums"): the checksum area and the dirty-region bitmap on device 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegrityRegions {
+    /// Dirty-region bitmap: one bit per region of `region_chunks` physical
+    /// chunks, set while the region may hold data whose checksum is not on
+    /// disk.
+    pub dirty: Region,
+    /// Checksum area: a crc32c (u32 LE) per 4 KiB block of every physical
+    /// chunk, in physical order.
+    pub sums: Region,
+    /// Physical chunks per dirty region.
+    pub region_chunks: u32,
 }
 
 /// A byte range on device 0.
@@ -59,6 +79,9 @@ pub struct Superblock {
     pub max_data_chunks: u64,
     /// Backing devices in physical-chunk order.
     pub devices: Vec<DeviceEntry>,
+    /// Block checksums (format version 2); `None` for a version-1 pool,
+    /// which keeps none.
+    pub integrity: Option<IntegrityRegions>,
 }
 
 impl Superblock {
@@ -75,8 +98,13 @@ impl Superblock {
     /// Encodes into one sealed 4 KiB block.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(4096);
+        let version = if self.integrity.is_some() {
+            INTEGRITY_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        };
         w.raw(&SUPERBLOCK_MAGIC)
-            .u32(FORMAT_VERSION)
+            .u32(version)
             .u32(self.chunk_bytes)
             .u128(self.pool_guid)
             .u64(self.generation)
@@ -96,6 +124,14 @@ impl Superblock {
         for d in self.devices.iter().take(MAX_DEVICES) {
             w.u64(d.len_bytes).u64(d.data_offset).u64(d.data_chunks);
         }
+        if let Some(i) = &self.integrity {
+            w.pad_to(INTEGRITY_FIELDS_OFFSET);
+            w.u64(i.dirty.offset)
+                .u64(i.dirty.len_bytes)
+                .u64(i.sums.offset)
+                .u64(i.sums.len_bytes)
+                .u32(i.region_chunks);
+        }
         w.pad_to(block_len());
         let mut block = w.into_vec();
         seal_block(&mut block);
@@ -111,7 +147,7 @@ impl Superblock {
         }
         check_sealed(block)?;
         let version = r.u32()?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != INTEGRITY_FORMAT_VERSION {
             return Err(FormatError::BadVersion(version));
         }
         let chunk_bytes = r.u32()?;
@@ -146,6 +182,30 @@ impl Superblock {
                 data_chunks: r.u64()?,
             });
         }
+        let integrity = if version == INTEGRITY_FORMAT_VERSION {
+            let mut r = Reader::new(
+                block
+                    .get(INTEGRITY_FIELDS_OFFSET..)
+                    .ok_or(FormatError::BadChecksum)?,
+            );
+            let i = IntegrityRegions {
+                dirty: Region {
+                    offset: r.u64()?,
+                    len_bytes: r.u64()?,
+                },
+                sums: Region {
+                    offset: r.u64()?,
+                    len_bytes: r.u64()?,
+                },
+                region_chunks: r.u32()?,
+            };
+            if i.region_chunks == 0 {
+                return Err(FormatError::Invalid("dirty region of 0 chunks".into()));
+            }
+            Some(i)
+        } else {
+            None
+        };
         Ok(Self {
             pool_guid,
             generation,
@@ -167,6 +227,7 @@ impl Superblock {
             journal_seq,
             max_data_chunks,
             devices,
+            integrity,
         })
     }
 
@@ -226,7 +287,31 @@ mod tests {
                     data_chunks: 15,
                 },
             ],
+            integrity: None,
         }
+    }
+
+    #[test]
+    fn a_version_2_superblock_carries_its_integrity_regions() {
+        let mut sb = sample(4);
+        sb.integrity = Some(IntegrityRegions {
+            dirty: Region {
+                offset: 94208,
+                len_bytes: 4096,
+            },
+            sums: Region {
+                offset: 98304,
+                len_bytes: 8192,
+            },
+            region_chunks: 16,
+        });
+        let bytes = sb.encode();
+        assert_eq!(&bytes[8..12], &INTEGRITY_FORMAT_VERSION.to_le_bytes());
+        assert_eq!(Superblock::decode(&bytes), Ok(sb));
+        // Version 1 is still read, and has none.
+        let v1 = sample(4).encode();
+        assert_eq!(&v1[8..12], &FORMAT_VERSION.to_le_bytes());
+        assert_eq!(Superblock::decode(&v1).unwrap().integrity, None);
     }
 
     #[test]

@@ -27,7 +27,9 @@
 
 use super::Volume;
 use crate::error::{invalid, no_space, not_found, Error, ErrorKind, Result};
+use crate::integrity::{checksum_error, Integrity};
 use crate::io::{AlignedBuf, Device};
+use crate::limits::SUM_BLOCK_BYTES;
 use crate::meta::chunk_map::{Entry, Target};
 use crate::meta::overwrites::Overwrite;
 use crate::meta::record::{LayerId, Record};
@@ -129,15 +131,57 @@ pub(super) fn pieces(offset: u64, len: u64, chunk_bytes: u64) -> impl Iterator<I
 }
 
 impl Volume {
-    async fn read_phys(&self, phys: u64, off: u64, out: &mut [u8]) -> Result<()> {
-        let (dev, base) = self.pool.locate(phys)?;
+    /// The alignment of a data IO on `dev`: the device's, and whole 4 KiB
+    /// blocks when the pool keeps block checksums.
+    fn io_align(&self, dev: &crate::pool::DeviceRef) -> u64 {
         let align = dev.alignment().max(1) as u64;
+        if self.pool.integrity.is_some() {
+            align.max(SUM_BLOCK_BYTES)
+        } else {
+            align
+        }
+    }
+
+    /// Reads `out.len()` bytes at `off` of physical chunk `phys`, which
+    /// holds the volume's logical chunk `chunk`. Every 4 KiB block read is
+    /// verified against its checksum: a mismatch is a checksum error
+    /// naming the bad blocks as volume byte ranges, and no data.
+    async fn read_phys(&self, phys: u64, chunk: u64, off: u64, out: &mut [u8]) -> Result<()> {
+        self.read_phys_keeping(phys, chunk, off, out, None).await
+    }
+
+    /// [`Self::read_phys`] for a copy-on-write: blocks wholly inside
+    /// `overwritten` (a chunk-relative byte range the write replaces) need
+    /// not pass their checksum — what was there is not kept (so a repair
+    /// can write over a bad block a snapshot shares).
+    async fn read_phys_keeping(
+        &self,
+        phys: u64,
+        chunk: u64,
+        off: u64,
+        out: &mut [u8],
+        overwritten: Option<(u64, u64)>,
+    ) -> Result<()> {
+        let (dev, base) = self.pool.locate(phys)?;
+        let align = self.io_align(&dev);
         let len = out.len() as u64;
         let start = off - off % align;
         let end = crate::format::round_up(off + len, align).ok_or_else(|| invalid("range"))?;
         let n = usize::try_from(end - start).map_err(|_| invalid("range"))?;
         let (res, buf) = dev.read_at(AlignedBuf::zeroed(n), base + start).await;
         res.map_err(|e| Error::io(self.ctx("read", off), e))?;
+        if let Some(i) = &self.pool.integrity {
+            let at = chunk * self.chunk_bytes();
+            let (from, len) = overwritten.unwrap_or((0, 0));
+            let bad: Vec<(u64, u64)> = self
+                .verify(i, phys, start, buf.as_slice(), at)
+                .into_iter()
+                .filter(|(o, l)| !(*o >= at + from && o + l <= at + from + len))
+                .collect();
+            if !bad.is_empty() {
+                return Err(checksum_error(self.ctx("read", at + off), bad));
+            }
+        }
         let from = usize::try_from(off - start).map_err(|_| invalid("range"))?;
         let src = buf
             .as_slice()
@@ -145,6 +189,34 @@ impl Volume {
             .ok_or_else(|| invalid("short read"))?;
         out.copy_from_slice(src);
         Ok(())
+    }
+
+    /// The blocks of `data`, read at `start` (4 KiB aligned) of physical
+    /// chunk `phys`, that fail their stored checksum, as volume byte ranges
+    /// (`at`: the volume offset of the chunk); counted as errors.
+    fn verify(
+        &self,
+        i: &Integrity,
+        phys: u64,
+        start: u64,
+        data: &[u8],
+        at: u64,
+    ) -> Vec<(u64, u64)> {
+        let block = SUM_BLOCK_BYTES as usize;
+        let first = phys * i.blocks_per_chunk() + start / SUM_BLOCK_BYTES;
+        let stored = i.sums(first, data.len() / block);
+        let bad: Vec<(u64, u64)> = data
+            .chunks(block)
+            .zip(stored)
+            .enumerate()
+            .filter(|(_, (b, want))| Integrity::block_crc(b) != *want)
+            .map(|(k, _)| (at + start + k as u64 * SUM_BLOCK_BYTES, SUM_BLOCK_BYTES))
+            .collect();
+        if !bad.is_empty() {
+            i.count_errors(bad.len() as u64);
+            tracing::warn!(volume = %self.name, physical_chunk = phys, blocks = bad.len(), "checksum mismatch");
+        }
+        bad
     }
 
     /// The crc32c of each 4 KiB block of `[off, off + len)` in physical
@@ -156,23 +228,42 @@ impl Volume {
         off: u64,
         len: usize,
     ) -> Result<Vec<Option<u32>>> {
-        let mut buf = vec![0u8; len];
-        self.read_phys(phys, off, &mut buf).await?;
+        let (dev, base) = self.pool.locate(phys)?;
+        let (res, buf) = dev.read_at(AlignedBuf::zeroed(len), base + off).await;
+        res.map_err(|e| Error::io(self.ctx("digest", off), e))?;
+        let bad = match &self.pool.integrity {
+            Some(i) => self.verify(i, phys, off, buf.as_slice(), 0),
+            None => Vec::new(),
+        };
         Ok(buf
-            .chunks(crate::limits::SUM_BLOCK_BYTES as usize)
-            .map(|b| Some(crc32c::crc32c(b)))
+            .as_slice()
+            .chunks(SUM_BLOCK_BYTES as usize)
+            .enumerate()
+            .map(|(k, b)| {
+                let at = off + k as u64 * SUM_BLOCK_BYTES;
+                (!bad.iter().any(|(o, _)| *o == at)).then(|| Integrity::block_crc(b))
+            })
             .collect())
     }
 
-    /// Writes `data` at `off` in physical chunk `phys` (read-modify-write
-    /// when the device's alignment is coarser than the request). Any error
+    /// Writes `data` at `off` in physical chunk `phys`, which holds the
+    /// volume's logical chunk `chunk` (read-modify-write when the device's
+    /// alignment, or the 4 KiB of a checksum, is coarser than the
+    /// request). With block checksums: the chunk's dirty region is marked
+    /// on disk first, a block only partly overwritten must pass its
+    /// checksum (else a checksum error, nothing written), and the new
+    /// checksums are stored once the data is written. A device error
     /// poisons the volume.
-    async fn write_phys(&self, phys: u64, off: u64, data: &[u8]) -> Result<()> {
+    async fn write_phys(&self, phys: u64, chunk: u64, off: u64, data: &[u8]) -> Result<()> {
         let (dev, base) = self.pool.locate(phys)?;
-        let align = dev.alignment().max(1) as u64;
+        let align = self.io_align(&dev);
         let len = data.len() as u64;
-        let buf = if off.is_multiple_of(align) && len.is_multiple_of(align) {
-            AlignedBuf::from_slice(data)
+        let guard = match &self.pool.integrity {
+            Some(i) => Some(self.begin_write(i, phys).await?),
+            None => None,
+        };
+        let (start, buf) = if off.is_multiple_of(align) && len.is_multiple_of(align) {
+            (off, AlignedBuf::from_slice(data))
         } else {
             let start = off - off % align;
             let end = crate::format::round_up(off + len, align).ok_or_else(|| invalid("range"))?;
@@ -181,17 +272,67 @@ impl Volume {
             if let Err(e) = res {
                 return Err(self.poison(format!("read for read-modify-write failed: {e}")));
             }
+            if let Some(i) = &self.pool.integrity {
+                // What the write keeps of a block must be good: its new
+                // checksum would vouch for it.
+                let at = chunk * self.chunk_bytes();
+                let bad: Vec<(u64, u64)> = self
+                    .verify(i, phys, start, buf.as_slice(), at)
+                    .into_iter()
+                    .filter(|(o, l)| !(*o >= at + off && o + l <= at + off + len))
+                    .collect();
+                if !bad.is_empty() {
+                    return Err(checksum_error(self.ctx("write", at + off), bad));
+                }
+            }
             let from = usize::try_from(off - start).map_err(|_| invalid("range"))?;
             let dst = buf
                 .as_mut_slice()
                 .get_mut(from..from + data.len())
                 .ok_or_else(|| invalid("range"))?;
             dst.copy_from_slice(data);
-            let (res, _) = dev.write_at(buf, base + start).await;
-            return res.map_err(|e| self.poison(format!("write at {off} failed: {e}")));
+            (start, buf)
         };
-        let (res, _) = dev.write_at(buf, base + off).await;
-        res.map_err(|e| self.poison(format!("write at {off} failed: {e}")))
+        let crcs: Option<Vec<u32>> = self.pool.integrity.as_ref().map(|_| {
+            buf.as_slice()
+                .chunks(SUM_BLOCK_BYTES as usize)
+                .map(Integrity::block_crc)
+                .collect()
+        });
+        let (res, _) = dev.write_at(buf, base + start).await;
+        if let Err(e) = res {
+            if let Some(g) = guard {
+                g.fail();
+            }
+            return Err(self.poison(format!("write at {off} failed: {e}")));
+        }
+        if let (Some(i), Some(crcs)) = (&self.pool.integrity, crcs) {
+            i.set_sums(phys * i.blocks_per_chunk() + start / SUM_BLOCK_BYTES, &crcs);
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    /// Marks the dirty region of physical chunk `phys` on disk before a
+    /// data write into it; a bitmap write that fails poisons the pool.
+    async fn begin_write<'a>(
+        &self,
+        i: &'a Integrity,
+        phys: u64,
+    ) -> Result<crate::integrity::WriteGuard<'a>> {
+        let dev0 = self
+            .pool
+            .devices
+            .read()
+            .devs
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid("no device 0"))?;
+        i.begin_write(&dev0, phys).await.map_err(|e| {
+            let why = e.to_string();
+            self.pool.poison_pool(why.clone());
+            Error::new(ErrorKind::Poisoned, format!("pool: {why}"))
+        })
     }
 
     /// Plans a write into the live layer (`into: None`) or into a rebuilt
@@ -304,7 +445,7 @@ impl Volume {
         };
         match plan {
             Plan::InPlace(p) if into.is_none() => {
-                self.write_phys(p, off, data).await?;
+                self.write_phys(p, chunk, off, data).await?;
                 let mut m = self.pool.meta.lock();
                 let layer = self.live_layer(&m)?;
                 m.overwritten(&Overwrite {
@@ -320,7 +461,7 @@ impl Volume {
                 Ok(())
             }
             Plan::InPlace(p) => {
-                self.write_phys(p, off, data).await?;
+                self.write_phys(p, chunk, off, data).await?;
                 self.map_done(chunk, p, io_seq, into)
             }
             Plan::Fresh { phys, source } => {
@@ -330,13 +471,15 @@ impl Volume {
                     let n = usize::try_from(chunk_bytes).map_err(|_| invalid("chunk"))?;
                     let mut buf = vec![0u8; n];
                     if let (false, Some(src)) = (full, source) {
-                        self.read_phys(src, 0, &mut buf).await?;
+                        let written = Some((off, data.len() as u64));
+                        self.read_phys_keeping(src, chunk, 0, &mut buf, written)
+                            .await?;
                     }
                     let from = usize::try_from(off).map_err(|_| invalid("offset"))?;
                     buf.get_mut(from..from + data.len())
                         .ok_or_else(|| invalid("piece outside its chunk"))?
                         .copy_from_slice(data);
-                    self.write_phys(phys, 0, &buf).await
+                    self.write_phys(phys, chunk, 0, &buf).await
                 }
                 .await;
                 match res {
@@ -392,7 +535,7 @@ impl Volume {
             self.pool.admit(&m.state, 0, 0)?;
             (live, phys)
         };
-        self.write_phys(phys, off, data).await?;
+        self.write_phys(phys, chunk, off, data).await?;
         self.pool.meta.overwritten(Overwrite {
             volume: self.id,
             layer,
@@ -452,6 +595,7 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<()> {
         self.check_range(size, offset, buf.len() as u64)?;
+        let mut bad = Vec::new();
         for p in pieces(offset, buf.len() as u64, self.chunk_bytes()) {
             let _g = self.pool.locks.shared(self.id, p.chunk).await;
             let target = {
@@ -462,11 +606,23 @@ impl Volume {
                 .get_mut(p.buf_off..p.buf_off + p.len)
                 .ok_or_else(|| invalid("piece"))?;
             match target {
-                Some(Target::Data(phys)) => self.read_phys(phys, p.off, out).await?,
+                Some(Target::Data(phys)) => {
+                    match self.read_phys(phys, p.chunk, p.off, out).await {
+                        // Every bad block of the request is named at once.
+                        Err(e) if e.kind() == ErrorKind::Checksum => {
+                            bad.extend_from_slice(e.bad_ranges());
+                        }
+                        other => other?,
+                    }
+                }
                 _ => out.fill(0),
             }
         }
-        Ok(())
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(checksum_error(self.ctx("read", offset), bad))
+        }
     }
 
     /// Writes `data` at `offset` as the target's write `io_seq`.
@@ -619,7 +775,8 @@ impl Volume {
             // there at a larger size).
             let len = usize::try_from(chunk_bytes - off).map_err(|_| invalid("chunk"))?;
             let mut rest = vec![0u8; len];
-            self.read_phys(phys, off, &mut rest).await?;
+            self.read_phys(phys, size_bytes / chunk_bytes, off, &mut rest)
+                .await?;
             if let Some(at) = rest.iter().position(|b| *b != 0) {
                 return Err(beyond(format!(
                     "a non-zero byte at {}",

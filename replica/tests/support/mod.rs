@@ -147,6 +147,7 @@ pub async fn replica(security: Security, pool_name: &str, volumes: &[&str]) -> R
         files: vec![(path.clone(), 128 << 20)],
         devices: vec![],
         chunk_bytes: None,
+        block_checksums: true,
     })
     .await
     .unwrap();

@@ -505,6 +505,7 @@ fn pool_options() -> PoolOptions {
         journal_bytes: Some(256 * 1024),
         max_data_bytes: None,
         commit_interval: None,
+        block_checksums: true,
     }
 }
 
