@@ -287,13 +287,18 @@ impl Scrub {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let end = run(&inner, &stop, bytes_per_second).await;
+            // Persisted before the end shows: whoever sees it ended finds
+            // the cursor saved. The running slot and the state change
+            // together (the lock order of `start`).
+            persist(&inner);
+            let mut running = inner.running.lock();
             {
                 let mut s = inner.status.lock();
                 s.state = end;
                 s.eta = None;
             }
-            persist(&inner);
-            *inner.running.lock() = None;
+            *running = None;
+            drop(running);
             tracing::info!(volume = %inner.name, state = end.as_str(), "scrub ended");
         });
         drop(running);
