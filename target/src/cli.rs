@@ -148,9 +148,9 @@ pub struct TargetArgs {
     pub max_connections_per_source: usize,
     /// Scrub the volume every INTERVAL (e.g. 7d, 24h, 90m; at least 60s),
     /// counted from the target's start and from each scheduled start; a
-    /// scrub already running is left alone, a stopped one resumed (docs/
-    /// replica.md, "Scrub"). Off unless given; `cstor ctl scrub start`
-    /// works either way.
+    /// scrub already running is left alone, a stopped one resumed
+    /// (docs/replica.md, "Scrub"). Off unless given; `cstor ctl scrub
+    /// start` works either way.
     #[arg(long, env = "CSTOR_SCRUB_INTERVAL", value_name = "INTERVAL",
           value_parser = crate::volume::scrub::parse_interval)]
     pub scrub_interval: Option<Duration>,
