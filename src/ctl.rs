@@ -15,7 +15,7 @@
 //! no other flag; explicit flags win over what the state directory says.
 //!
 //! Parts: [`target`] (the target's subcommands: status, snapshots, resize,
-//! replicas and CF, rebuild throttle, initiators), [`status`] (the
+//! replicas and CF, rebuild throttle, initiators, scrub), [`status`] (the
 //! target's status as a table or JSON), [`daemon`] (the replica daemon's:
 //! pools, volume replicas, rebuild throttle), [`output`] (tables and
 //! stdout). This module holds the command line and dispatches it, finds
@@ -36,7 +36,7 @@ use cstor_tls::{Credentials, Role, Security};
 use tonic::transport::Channel;
 
 use self::daemon::{PoolCommand, VolumeCommand};
-use self::target::{InitiatorsCommand, ReplicaCommand, SnapshotCommand};
+use self::target::{InitiatorsCommand, ReplicaCommand, ScrubCommand, SnapshotCommand};
 
 /// Where `--target` points when neither it nor `--state-dir` is given (the
 /// target's default `--mgmt-listen`).
@@ -58,7 +58,7 @@ pub struct CtlArgs {
     #[arg(long, env = "CSTOR_MGMT")]
     mgmt: Vec<String>,
     /// Management address of the target (host:port), for `status`,
-    /// `snapshot`, `resize` and `replica` [default: the target of
+    /// `snapshot`, `resize`, `replica` and `scrub` [default: the target of
     /// --state-dir, else 127.0.0.1:7700]. Given to `rebuild throttle`, it
     /// sets the volume's throttle through the target instead of the
     /// daemons' own.
@@ -121,6 +121,11 @@ enum CtlCommand {
     /// fencing): show them, or replace the list.
     #[command(subcommand)]
     Initiators(InitiatorsCommand),
+    /// Scrub the target's volume: compare every range's digest across the
+    /// healthy replicas, repair a minority copy from the majority, report
+    /// the ranges no majority decides (docs/replica.md, "Scrub").
+    #[command(subcommand)]
+    Scrub(ScrubCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,7 +150,8 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         | CtlCommand::Snapshot(_)
         | CtlCommand::Resize { .. }
         | CtlCommand::Replica(_)
-        | CtlCommand::Initiators(_) => target::run(args, &links).await,
+        | CtlCommand::Initiators(_)
+        | CtlCommand::Scrub(_) => target::run(args, &links).await,
         CtlCommand::Pool(PoolCommand::List) => daemon::pool_list(&links, args.json).await,
         CtlCommand::Rebuild(RebuildCommand::Throttle { bytes_per_sec }) => {
             if args.target.is_some() {

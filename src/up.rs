@@ -61,6 +61,10 @@ pub const ADMIN_SUBDIR: &str = "admin";
 pub const READER_SUBDIR: &str = "reader";
 /// The target's identity under [`TLS_SUBDIR`].
 pub const TARGET_SUBDIR: &str = "target";
+
+/// Where the target persists its scrub cursor, relative to the state
+/// directory (`cstor target --scrub-state-dir`).
+pub const SCRUB_SUBDIR: &str = "scrub";
 /// The cluster description `up` writes into the state directory.
 pub const CLUSTER_FILE: &str = "cluster.json";
 
@@ -482,6 +486,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
         args.target_metrics()?.to_string(),
         "--volume".into(),
         args.volume.clone(),
+        "--scrub-state-dir".into(),
+        dir.join(SCRUB_SUBDIR).to_string_lossy().into_owned(),
     ];
     for (_, _, data, _) in &replicas {
         target_args.push("--replica".into());

@@ -85,6 +85,9 @@
 //! 0x0043  RebuildDone      through_io_seq u64                        one-way
 //! 0x0044  RebuildAbort     status u16, detail str                    one-way
 //! 0x0045  RebuildThrottle  bytes_per_second u64 (0 = no limit)       Ack
+//! 0x0050  Digest           - (header offset/length ≤ 64 MiB)         RangeDigest: digest u64,
+//!                                                                    mapped_blocks u64, count u32,
+//!                                                                    count × (offset u64, len u64)
 //! ```
 //!
 //! `HelloAck` is `version u16, state u8, block_size u32, replica_id u128,
@@ -124,7 +127,7 @@ pub use codec::{reserve_read_ahead, FrameCodec, READ_AHEAD_BYTES, WRITE_BATCH_BY
 pub use frame::{EncodeError, Frame, FrameError};
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use message::{
-    Auth, ByteRange, ChecksumError, ErrorReply, Extent, Hello, HelloAck, Member, Membership,
+    Auth, ByteRange, ChecksumError, DigestReply, ErrorReply, Extent, Hello, HelloAck, Member, Membership,
     Message, MessageError, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
     RebuildSource, RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing,
     StatusReport, VersionRange, Write, FLAG_FUA,

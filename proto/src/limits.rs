@@ -70,6 +70,14 @@ pub const CHECKSUM_BLOCK_BYTES: u64 = 4096;
 /// most 257 blocks, so at most 129 ranges (every other block bad).
 pub const MAX_CHECKSUM_RANGES: usize =
     (MAX_IO_BYTES as usize / CHECKSUM_BLOCK_BYTES as usize + 1).div_ceil(2);
+/// Largest extent one `Digest` covers: 64 MiB (it ships no data back,
+/// only a digest; the replica reads every mapped block of it).
+pub const MAX_DIGEST_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Most bad ranges one `RangeDigest` reply names (a replica with more
+/// folds the rest into its last range). 1 MiB of alternating good and bad
+/// 4 KiB blocks is 128 ranges.
+pub const MAX_DIGEST_BAD_RANGES: usize = 1024;
 
 // The bounds agree with each other; checked at compile time.
 const _: () = {
@@ -82,6 +90,8 @@ const _: () = {
     // A full ranges request: the start's fixed fields and 16 bytes a range.
     let ranges = 8 + 2 + MAX_NAME_BYTES + 2 + MAX_ADDRESS_BYTES + 1 + 4 + 16 * MAX_REBUILD_RANGES;
     assert!(ranges <= DEFAULT_MAX_PAYLOAD_BYTES as usize);
+    // A full digest reply: digest, mapped blocks, count and 16 bytes a range.
+    assert!(20 + 16 * MAX_DIGEST_BAD_RANGES <= DEFAULT_MAX_PAYLOAD_BYTES as usize);
     assert!(MIN_BLOCK_BYTES.is_power_of_two() && MAX_BLOCK_BYTES.is_power_of_two());
     assert!(MIN_BLOCK_BYTES <= MAX_BLOCK_BYTES && MAX_BLOCK_BYTES <= MAX_IO_BYTES);
     // A full checksum error: its count and 16 bytes a range.

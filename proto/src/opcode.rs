@@ -56,6 +56,9 @@ pub enum Opcode {
     /// The owning target sets the volume's rebuild rate limit on a replica
     /// (bytes per second its rebuilds pull; 0: none). Reply: `Ack`.
     RebuildThrottle = 0x0045,
+    /// The digest of an extent of the live volume (scrub), ordered like a
+    /// read of it. Reply: `RangeDigest`.
+    Digest = 0x0050,
 }
 
 /// What the replier sends back for an opcode when it succeeds.
@@ -71,7 +74,7 @@ pub enum ReplyKind {
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 20] = [
+    pub const ALL: [Opcode; 21] = [
         Opcode::Hello,
         Opcode::Write,
         Opcode::Read,
@@ -92,6 +95,7 @@ impl Opcode {
         Opcode::RebuildDone,
         Opcode::RebuildAbort,
         Opcode::RebuildThrottle,
+        Opcode::Digest,
     ];
 
     /// The wire value (without [`REPLY_BIT`]).
@@ -111,7 +115,8 @@ impl Opcode {
             | Opcode::Read
             | Opcode::SnapshotList
             | Opcode::Status
-            | Opcode::MembershipGet => ReplyKind::Typed,
+            | Opcode::MembershipGet
+            | Opcode::Digest => ReplyKind::Typed,
             Opcode::Write
             | Opcode::Flush
             | Opcode::Unmap

@@ -126,7 +126,7 @@ fn samples_cover_every_message_kind() {
         })
         .collect();
     // Every variant of `Message`.
-    assert_eq!(kinds.len(), 28, "{kinds:?}");
+    assert_eq!(kinds.len(), 30, "{kinds:?}");
 }
 
 #[test]

@@ -27,6 +27,11 @@ struct Args {
     /// Print every event of the run to stderr (with --seed).
     #[arg(long)]
     trace: bool,
+    /// Also scrub ranges while the faults run (changes every seed's run):
+    /// healthy replicas' digests must agree, repairs never overwrite newer
+    /// writes.
+    #[arg(long)]
+    scrub: bool,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
     for &seed in &seeds {
         let opts = Options {
             verbose: args.trace,
+            scrub: args.scrub,
             ..Options::default()
         };
         let r = run_seed(seed, opts);
@@ -76,7 +82,8 @@ fn main() -> ExitCode {
             failed += 1;
             if !single && !args.verbose {
                 say(format_args!(
-                    "seed {seed} FAILED: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed})"
+                    "seed {seed} FAILED: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed}{})",
+                    if args.scrub { " --scrub" } else { "" }
                 ));
             }
         }

@@ -82,3 +82,39 @@ fn every_seed_of_the_ci_budget_passes_every_oracle() {
         failed.join("\n")
     );
 }
+
+/// Seeds run with the scrub steps on (`Options::scrub`): a fifth of the
+/// budget.
+#[test]
+fn seeds_that_scrub_while_the_faults_run_pass_every_oracle() {
+    let n = (budget() / 5).max(1);
+    let mut failed = Vec::new();
+    let mut digests = 0;
+    for seed in 1..=n {
+        let r = run_seed(
+            seed,
+            Options {
+                scrub: true,
+                ..Options::default()
+            },
+        );
+        digests += r
+            .stats
+            .operator_by_kind
+            .get("scrub_digest")
+            .copied()
+            .unwrap_or(0);
+        if let Some(f) = r.failure {
+            failed.push(format!(
+                "seed {seed}: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed} --scrub)"
+            ));
+        }
+    }
+    assert!(digests > 0, "no scrub step ran in {n} seeds");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} seeds failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}

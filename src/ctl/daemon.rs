@@ -81,6 +81,7 @@ pub(super) async fn run(args: CtlArgs, links: &Links) -> Result<()> {
         | CtlCommand::Replica(_)
         | CtlCommand::Rebuild(_)
         | CtlCommand::Initiators(_)
+        | CtlCommand::Scrub(_)
         | CtlCommand::Pool(PoolCommand::List) => {}
         CtlCommand::Pool(PoolCommand::Status) => {
             let pool = client

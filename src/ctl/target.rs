@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use cstor_mgmt::size::{format_size, parse_size};
 use cstor_mgmt::v1::{
     target_manager_client::TargetManagerClient, AddReplicaRequest, AllowedInitiators,
     CreateSnapshotRequest, DeleteSnapshotRequest, GetAllowedInitiatorsRequest,
@@ -11,6 +12,7 @@ use cstor_mgmt::v1::{
     ResizeRequest, SetAllowedInitiatorsRequest, SetConsistencyFactorRequest,
     SetTargetRebuildThrottleRequest,
 };
+use cstor_mgmt::v1::{GetScrubStatusRequest, ScrubStatus, StartScrubRequest, StopScrubRequest};
 use cstor_tls::Role;
 use serde_json::{json, Value};
 
@@ -49,6 +51,36 @@ pub(super) enum ReplicaCommand {
     /// (1..=members). Lowering it below a majority is a knowing choice
     /// (docs/architecture.md, "RF=2 is honest").
     SetCf { consistency_factor: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ScrubCommand {
+    /// Start scrubbing VOLUME (the target's volume): from where the last
+    /// scrub stopped, unless --from-start. Returns at once; follow it with
+    /// `scrub status`.
+    Start {
+        /// The volume (the target's: a target serves one).
+        volume: String,
+        /// Start at the beginning instead of the saved cursor.
+        #[arg(long)]
+        from_start: bool,
+        /// Pace, e.g. 50MiB (per second of volume compared); default: the
+        /// volume's rebuild throttle, or 64MiB when it has none.
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+    },
+    /// Stop a running scrub of VOLUME; its cursor is kept for the next
+    /// start.
+    Stop {
+        /// The volume (the target's).
+        volume: String,
+    },
+    /// Progress of the running scrub of VOLUME (or the last one's result):
+    /// cursor, ETA, mismatched, repaired and undecided ranges.
+    Status {
+        /// The volume (the target's).
+        volume: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +206,38 @@ pub(super) async fn run(args: CtlArgs, links: &Links) -> Result<()> {
                 .into_inner();
             print_initiators(&allowed, args.json);
         }
+        CtlCommand::Scrub(ScrubCommand::Start {
+            volume,
+            from_start,
+            rate,
+        }) => {
+            let status = client
+                .start_scrub(StartScrubRequest {
+                    volume,
+                    from_start,
+                    bytes_per_second: rate.unwrap_or(0),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_scrub(&status, args.json)?;
+        }
+        CtlCommand::Scrub(ScrubCommand::Stop { volume }) => {
+            let status = client
+                .stop_scrub(StopScrubRequest { volume })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_scrub(&status, args.json)?;
+        }
+        CtlCommand::Scrub(ScrubCommand::Status { volume }) => {
+            let status = client
+                .get_scrub_status(GetScrubStatusRequest { volume })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_scrub(&status, args.json)?;
+        }
         CtlCommand::Volume(_) | CtlCommand::Pool(_) | CtlCommand::Rebuild(_) => {}
     }
     Ok(())
@@ -257,6 +321,91 @@ fn print_membership(m: &Membership, as_json: bool) -> Result<()> {
         m.generation, m.consistency_factor
     );
     out.push_str(&table(&["MEMBER", "REPLICA_ID"], &rows));
+    emit(&out);
+    Ok(())
+}
+
+fn scrub_json(s: &ScrubStatus) -> Value {
+    json!({
+        "volume": s.volume,
+        "state": s.state,
+        "cursor_bytes": s.cursor_bytes,
+        "total_bytes": s.total_bytes,
+        "scrubbed_bytes": s.scrubbed_bytes,
+        "ranges_compared": s.ranges_compared,
+        "mismatched_ranges": s.mismatched_ranges,
+        "repaired_blocks": s.repaired_blocks,
+        "undecided_ranges": s.undecided_ranges,
+        "bad_block_ranges": s.bad_block_ranges,
+        "bytes_per_second": s.bytes_per_second,
+        "eta_seconds": s.eta_seconds,
+        "passes_completed": s.passes_completed,
+        "last_error": s.last_error,
+        "interval_seconds": s.interval_seconds,
+        "ranges": s.ranges.iter().map(|r| json!({
+            "offset": r.offset,
+            "length": r.length,
+            "outcome": r.outcome,
+            "replicas": r.replicas,
+            "detail": r.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_scrub(s: &ScrubStatus, as_json: bool) -> Result<()> {
+    if as_json {
+        emit(&serde_json::to_string_pretty(&scrub_json(s))?);
+        return Ok(());
+    }
+    let percent = if s.total_bytes == 0 {
+        0.0
+    } else {
+        s.cursor_bytes as f64 * 100.0 / s.total_bytes as f64
+    };
+    let eta = s
+        .eta_seconds
+        .map_or_else(|| "-".to_owned(), |secs| format!("{secs}s"));
+    let mut out = format!(
+        "scrub of {}: {} at {} of {} ({percent:.1}%), {}/s, ETA {eta}\n\
+         compared {} ranges ({} this run): {} mismatched ({} with bad blocks), {} blocks repaired, {} undecided; {} passes completed\n",
+        s.volume,
+        s.state,
+        format_size(s.cursor_bytes),
+        format_size(s.total_bytes),
+        format_size(s.bytes_per_second),
+        s.ranges_compared,
+        format_size(s.scrubbed_bytes),
+        s.mismatched_ranges,
+        s.bad_block_ranges,
+        s.repaired_blocks,
+        s.undecided_ranges,
+        s.passes_completed,
+    );
+    if s.interval_seconds > 0 {
+        out.push_str(&format!("scheduled every {}s\n", s.interval_seconds));
+    }
+    if !s.last_error.is_empty() {
+        out.push_str(&format!("last error: {}\n", s.last_error));
+    }
+    if !s.ranges.is_empty() {
+        let rows = s
+            .ranges
+            .iter()
+            .map(|r| {
+                vec![
+                    r.offset.to_string(),
+                    r.length.to_string(),
+                    r.outcome.clone(),
+                    r.replicas.join(","),
+                    r.detail.clone(),
+                ]
+            })
+            .collect::<Vec<_>>();
+        out.push_str(&table(
+            &["OFFSET", "LENGTH", "OUTCOME", "REPLICAS", "DETAIL"],
+            &rows,
+        ));
+    }
     emit(&out);
     Ok(())
 }

@@ -31,6 +31,7 @@ use crate::limits::{
 use crate::mgmt;
 use crate::server::admit::ConnectionLimits;
 use crate::server::{self, Shared};
+use crate::volume::scrub::Scrub;
 use crate::volume::{Volume, VolumeSpec};
 
 #[derive(Debug, Args)]
@@ -145,6 +146,20 @@ pub struct TargetArgs {
           default_value_t = MAX_CONNECTIONS_PER_SOURCE,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub max_connections_per_source: usize,
+    /// Scrub the volume every INTERVAL (e.g. 7d, 24h, 90m; at least 60s),
+    /// counted from the target's start and from each scheduled start; a
+    /// scrub already running is left alone, a stopped one resumed
+    /// (docs/replica.md, "Scrub"). Off unless given; `cstor ctl scrub
+    /// start` works either way.
+    #[arg(long, env = "CSTOR_SCRUB_INTERVAL", value_name = "INTERVAL",
+          value_parser = crate::volume::scrub::parse_interval)]
+    pub scrub_interval: Option<Duration>,
+    /// Directory where the scrub's cursor is persisted
+    /// (`scrub-<volume>.state`), so that a restarted target's scrub
+    /// resumes where the last one stopped. Without it the cursor lives in
+    /// the process only.
+    #[arg(long, env = "CSTOR_SCRUB_STATE_DIR", value_name = "DIR")]
+    pub scrub_state_dir: Option<PathBuf>,
 }
 
 /// Why `cstor target` could not start.
@@ -331,14 +346,31 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
         &args.volume,
         args.connection_limits(),
     )?);
+    if let Some(dir) = &args.scrub_state_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the scrub state directory");
+        }
+    }
+    let scrub = Scrub::new(
+        volume.clone(),
+        args.volume.clone(),
+        args.scrub_state_dir.as_deref(),
+    );
+    if let Some(interval) = args.scrub_interval {
+        tracing::info!(volume = %args.volume, ?interval, "scrub scheduled");
+        scrub.schedule(interval, shutdown.clone());
+    }
     if let Some(listener) = metrics_listener {
         let (metrics, volume) = (Arc::clone(&shared.metrics), volume.clone());
-        let render: metrics_http::Render = Arc::new(move || metrics.render(&volume.status()));
+        let scrub = scrub.clone();
+        let render: metrics_http::Render =
+            Arc::new(move || metrics.render_with_scrub(&volume.status(), &scrub));
         tokio::spawn(metrics_http::serve(listener, render, shutdown.clone()));
     }
     let api_task = mgmt_listener.map(|listener| {
         let api = mgmt::Service::new(volume.clone(), args.volume.clone(), &security)
-            .with_initiator_access(shared.config.allowed_initiators.clone());
+            .with_initiator_access(shared.config.allowed_initiators.clone())
+            .with_scrub(scrub.clone());
         tokio::spawn(mgmt::serve(
             listener,
             api,
@@ -348,6 +380,7 @@ pub async fn run(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Ta
     });
     server::serve(listener, shared, shutdown.clone()).await;
     shutdown.cancel();
+    let _ = scrub.stop().await;
     volume.close();
     let Some(task) = api_task else {
         return Ok(());

@@ -264,6 +264,41 @@ pub fn failed_retry(failures: u32) -> Duration {
         .min(FAILED_RETRY_MAX)
 }
 
+// ------------------------------------------------------------------ scrub
+
+/// Bytes one scrub step compares (`volume::scrub`): one `Digest` per
+/// healthy replica, and a repair of it fits one read and one write
+/// (`cstor_proto::limits::MAX_IO_BYTES`).
+pub const SCRUB_RANGE_BYTES: u64 = 1024 * 1024;
+
+/// A scrub's pace when neither its start nor the volume's rebuild throttle
+/// names one: 64 MiB/s of volume compared (each healthy replica reads that
+/// much, mapped data only), a small share of a disk's bandwidth.
+pub const SCRUB_DEFAULT_BYTES_PER_SEC: u64 = 64 * 1024 * 1024;
+
+/// Compares of one range at most (the first, then one after each repair
+/// or moot repair) before the range is reported undecided.
+pub const SCRUB_RANGE_ATTEMPTS: u32 = 4;
+
+/// Ranges a scrub's status lists (mismatched, repaired or undecided) at
+/// most; past it they are counted, not listed.
+pub const MAX_SCRUB_REPORTED_RANGES: usize = 64;
+
+/// The scrub cursor is persisted at most this often while a scrub runs
+/// (and whenever it stops or ends).
+pub const SCRUB_PERSIST_EVERY: Duration = Duration::from_secs(5);
+
+/// A scrub with no healthy replica to ask waits this long before it asks
+/// again (it goes on once one is back, or until stopped).
+pub const SCRUB_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Shortest `--scrub-interval`.
+pub const MIN_SCRUB_INTERVAL: Duration = Duration::from_secs(60);
+
+const _: () = assert!(SCRUB_RANGE_BYTES <= cstor_proto::limits::MAX_IO_BYTES as u64);
+const _: () = assert!(SCRUB_RANGE_BYTES <= cstor_proto::limits::MAX_DIGEST_BYTES as u64);
+const _: () = assert!(SCRUB_RANGE_BYTES.is_multiple_of(4096));
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,6 +276,22 @@ impl TargetMetrics {
         );
     }
 
+    /// [`TargetMetrics::render`] and the volume's scrub
+    /// (docs/metrics.md, "Scrub").
+    pub fn render_with_scrub(
+        &self,
+        status: &VolumeStatus,
+        scrub: &crate::volume::scrub::Scrub,
+    ) -> String {
+        let mut out = Exposition::new();
+        self.render_io(&mut out);
+        self.render_bounds(&mut out);
+        render_status(&mut out, &self.volume, status);
+        self.render_rebuild(&mut out, status);
+        scrub.render_metrics(&mut out);
+        out.finish()
+    }
+
     fn render_io(&self, out: &mut Exposition) {
         let v = self.volume.as_str();
         let counter = |out: &mut Exposition, op: IoOp, what: &str, help: &str| {

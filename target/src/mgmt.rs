@@ -31,6 +31,10 @@ use cstor_mgmt::v1::{
     TargetRebuild, TargetReplica, TargetReplicaState, TargetSnapshot, TargetStatus,
 };
 use cstor_mgmt::v1::{
+    GetScrubStatusRequest, ScrubRange, ScrubStatus as ScrubStatusMessage, StartScrubRequest,
+    StopScrubRequest,
+};
+use cstor_mgmt::v1::{
     GetTargetRebuildThrottleRequest, SetTargetRebuildThrottleRequest, TargetRebuildThrottle,
 };
 use cstor_tls::grpc::RequireRights;
@@ -40,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::iscsi::access::{Allowlist, InitiatorAccess};
+use crate::volume::scrub::{Scrub, ScrubError, ScrubStatus};
 use crate::volume::{MemberRef, ReplicaState, Volume, VolumeError, VolumeStatus};
 
 /// Where `cstor target` serves the API unless told otherwise (and where
@@ -58,14 +63,18 @@ const SERVICE_PATH: &str = "/cstor.v1.TargetManager/";
 
 /// The right each call needs, for [`RequireRights`] (module doc): the
 /// reads (`GetStatus`, `ListSnapshots`, `GetAllowedInitiators`,
-/// `GetRebuildThrottle`) need [`Right::Read`]; every mutation, and any
+/// `GetRebuildThrottle`, `GetScrubStatus`) need [`Right::Read`]; every mutation, and any
 /// path not listed here (a method added later, another service), needs
 /// [`Right::Admin`]: fail closed.
 pub fn rights_of(path: &str) -> Right {
     match path.strip_prefix(SERVICE_PATH) {
-        Some("GetStatus" | "ListSnapshots" | "GetAllowedInitiators" | "GetRebuildThrottle") => {
-            Right::Read
-        }
+        Some(
+            "GetStatus"
+            | "ListSnapshots"
+            | "GetAllowedInitiators"
+            | "GetRebuildThrottle"
+            | "GetScrubStatus",
+        ) => Right::Read,
         _ => Right::Admin,
     }
 }
@@ -89,17 +98,40 @@ pub struct Service {
     access: InitiatorAccess,
     /// The process runs with `--insecure-plaintext` (shown in the status).
     plaintext: bool,
+    /// The volume's scrub.
+    scrub: Scrub,
 }
 
 impl Service {
     /// The service of `volume`, in a process secured by `security` (the
     /// status reports whether that is plaintext).
     pub fn new(volume: Volume, name: impl Into<String>, security: &Security) -> Self {
+        let name = name.into();
         Service {
+            scrub: Scrub::new(volume.clone(), name.clone(), None),
             volume,
-            name: name.into(),
+            name,
             access: InitiatorAccess::default(),
             plaintext: security.is_plaintext(),
+        }
+    }
+
+    /// Serves `scrub` (the one the schedule and the metrics use) through
+    /// the scrub calls. Without it they drive a scrub of their own.
+    pub fn with_scrub(mut self, scrub: Scrub) -> Self {
+        self.scrub = scrub;
+        self
+    }
+
+    /// A scrub call must name the target's volume.
+    fn check_volume(&self, volume: &str) -> Result<(), Status> {
+        if volume == self.name {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "this target serves volume {:?}, not {volume:?}",
+                self.name
+            )))
         }
     }
 
@@ -211,6 +243,38 @@ pub fn status_message(volume: &str, block_size: u32, s: &VolumeStatus) -> Target
         // The service fills it in (`Service::status`): it is the
         // process's, not the volume's.
         insecure_plaintext: false,
+    }
+}
+
+/// A scrub's status as the API shows it.
+pub fn scrub_message(volume: &str, s: &ScrubStatus) -> ScrubStatusMessage {
+    ScrubStatusMessage {
+        volume: volume.to_owned(),
+        state: s.state.as_str().to_owned(),
+        cursor_bytes: s.cursor,
+        total_bytes: s.total_bytes,
+        scrubbed_bytes: s.scrubbed_bytes,
+        ranges_compared: s.ranges_compared,
+        mismatched_ranges: s.mismatched_ranges,
+        repaired_blocks: s.repaired_blocks,
+        undecided_ranges: s.undecided_ranges,
+        bad_block_ranges: s.bad_block_ranges,
+        ranges: s
+            .ranges
+            .iter()
+            .map(|r| ScrubRange {
+                offset: r.offset,
+                length: r.len,
+                outcome: r.outcome.as_str().to_owned(),
+                replicas: r.replicas.clone(),
+                detail: r.detail.clone(),
+            })
+            .collect(),
+        bytes_per_second: s.bytes_per_second,
+        eta_seconds: s.eta.map(|d| d.as_secs()),
+        passes_completed: s.passes_completed,
+        last_error: s.last_error.clone().unwrap_or_default(),
+        interval_seconds: s.interval.map_or(0, |d| d.as_secs()),
     }
 }
 
@@ -369,6 +433,44 @@ impl TargetManager for Service {
         Ok(Response::new(TargetRebuildThrottle {
             bytes_per_second: self.volume.rebuild_throttle(),
         }))
+    }
+
+    async fn start_scrub(
+        &self,
+        request: Request<StartScrubRequest>,
+    ) -> Result<Response<ScrubStatusMessage>, Status> {
+        let request = request.into_inner();
+        self.check_volume(&request.volume)?;
+        tracing::info!(volume = %self.name, from_start = request.from_start, "scrub start requested");
+        let status = self
+            .scrub
+            .start(request.from_start, request.bytes_per_second)
+            .map_err(|e| match e {
+                ScrubError::Running => Status::failed_precondition(e.to_string()),
+                ScrubError::Volume(e) => grpc_status(e),
+            })?;
+        Ok(Response::new(scrub_message(&self.name, &status)))
+    }
+
+    async fn stop_scrub(
+        &self,
+        request: Request<StopScrubRequest>,
+    ) -> Result<Response<ScrubStatusMessage>, Status> {
+        self.check_volume(&request.into_inner().volume)?;
+        tracing::info!(volume = %self.name, "scrub stop requested");
+        let status = self.scrub.stop().await;
+        Ok(Response::new(scrub_message(&self.name, &status)))
+    }
+
+    async fn get_scrub_status(
+        &self,
+        request: Request<GetScrubStatusRequest>,
+    ) -> Result<Response<ScrubStatusMessage>, Status> {
+        self.check_volume(&request.into_inner().volume)?;
+        Ok(Response::new(scrub_message(
+            &self.name,
+            &self.scrub.status(),
+        )))
     }
 
     async fn get_allowed_initiators(
@@ -536,6 +638,7 @@ mod tests {
             "ListSnapshots",
             "GetAllowedInitiators",
             "GetRebuildThrottle",
+            "GetScrubStatus",
         ] {
             assert_eq!(rights_of(&path(read)), Right::Read, "{read}");
         }
@@ -548,6 +651,8 @@ mod tests {
             "RemoveReplica",
             "SetConsistencyFactor",
             "SetRebuildThrottle",
+            "StartScrub",
+            "StopScrub",
         ] {
             assert_eq!(rights_of(&path(admin)), Right::Admin, "{admin}");
         }

@@ -18,6 +18,7 @@ mod no_space;
 mod rebuild;
 mod rebuild_snapshots;
 mod replica_daemon;
+mod scrub;
 mod security;
 mod snapshot_resize;
 mod up;

@@ -45,7 +45,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
 
 /// `GET /metrics`, checked to be 200 with the 0.0.4 text content type and
 /// to parse strictly.
-async fn scrape(addr: SocketAddr) -> Vec<Sample> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Vec<Sample> {
     let (status, headers, body) = http_get(addr, "/metrics").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(
@@ -55,7 +55,7 @@ async fn scrape(addr: SocketAddr) -> Vec<Sample> {
     parse(&body).unwrap_or_else(|e| panic!("not exposition format: {e}\n{body}"))
 }
 
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     find(samples, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
 }
 

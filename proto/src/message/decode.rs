@@ -5,12 +5,12 @@
 use bytes::Bytes;
 
 use super::{
-    check_read_data, ChecksumError, ErrorReply, Extent, Hello, HelloAck, Membership, Message,
+    check_read_data, ChecksumError, DigestReply, ErrorReply, Extent, Hello, HelloAck, Membership, Message,
     MessageError, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildStart,
     SnapshotListRequest, SnapshotListing, StatusReport, VersionRange, Write,
 };
 use crate::header::FrameHeader;
-use crate::limits::{MAX_DETAIL_BYTES, MAX_IO_BYTES};
+use crate::limits::{MAX_DETAIL_BYTES, MAX_DIGEST_BYTES, MAX_IO_BYTES};
 use crate::opcode::{Opcode, ReplyKind, REPLY_BIT};
 use crate::status::Status;
 use crate::wire::{PayloadError, Reader};
@@ -122,6 +122,7 @@ fn decode_request(
         Opcode::Read => return Ok(Message::Read(checked_extent(header, MAX_IO_BYTES)?)),
         Opcode::Unmap => return Ok(Message::Unmap(checked_extent(header, u32::MAX)?)),
         Opcode::WriteZeroes => return Ok(Message::WriteZeroes(checked_extent(header, u32::MAX)?)),
+        Opcode::Digest => return Ok(Message::Digest(checked_extent(header, MAX_DIGEST_BYTES)?)),
         Opcode::RebuildChunk => {
             no_flags(header)?;
             return Ok(Message::RebuildChunk(RebuildChunk::decode(
@@ -179,6 +180,7 @@ fn decode_reply(
             Opcode::SnapshotList => Ok(Message::SnapshotListing(SnapshotListing::decode(src)?)),
             Opcode::Status => Ok(Message::StatusReport(StatusReport::decode(src)?)),
             Opcode::MembershipGet => Ok(Message::Membership(Membership::decode(src)?)),
+            Opcode::Digest => Ok(Message::RangeDigest(DigestReply::decode(src)?)),
             _ => Err(PayloadError::Invalid {
                 field: "opcode",
                 reason: "no typed reply for this opcode",

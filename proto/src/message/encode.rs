@@ -5,7 +5,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::{check_read_data, ErrorReply, Extent, Message};
-use crate::limits::{MAX_DETAIL_BYTES, MAX_IO_BYTES};
+use crate::limits::{MAX_DETAIL_BYTES, MAX_DIGEST_BYTES, MAX_IO_BYTES};
 use crate::opcode::{Opcode, ReplyKind, REPLY_BIT};
 use crate::status::Status;
 use crate::wire::{check_text, put_prefixed, PayloadError};
@@ -97,6 +97,14 @@ impl Message {
                 Shape::plain(Opcode::RebuildAbort)
             }
             Message::RebuildThrottle { .. } => Shape::plain(Opcode::RebuildThrottle),
+            Message::Digest(extent) => {
+                extent.check(MAX_DIGEST_BYTES)?;
+                Shape::extent(Opcode::Digest, *extent)
+            }
+            Message::RangeDigest(reply) => {
+                reply.check()?;
+                Shape::reply(Opcode::Digest)
+            }
             Message::HelloAck(ack) => {
                 ack.check()?;
                 Shape::reply(Opcode::Hello)
@@ -181,6 +189,8 @@ impl Message {
             Message::RebuildDone(_) => request(Opcode::RebuildDone),
             Message::RebuildAbort(_) => request(Opcode::RebuildAbort),
             Message::RebuildThrottle { .. } => request(Opcode::RebuildThrottle),
+            Message::Digest(_) => request(Opcode::Digest),
+            Message::RangeDigest(_) => reply(Opcode::Digest),
             Message::HelloAck(_) | Message::VersionMismatch(_) => reply(Opcode::Hello),
             Message::ReadData(_) | Message::ChecksumError(_) => reply(Opcode::Read),
             Message::SnapshotListing(_) => reply(Opcode::SnapshotList),
@@ -206,6 +216,7 @@ impl Message {
             Message::RebuildChunk(chunk) => chunk.wire_len(),
             Message::SnapshotListing(listing) => listing.wire_len(),
             Message::ChecksumError(reply) => reply.wire_len(),
+            Message::RangeDigest(reply) => reply.wire_len(),
             _ => 128,
         }
     }
@@ -221,6 +232,7 @@ impl Message {
             | Message::Status
             | Message::MembershipGet
             | Message::Heartbeat
+            | Message::Digest(_)
             | Message::Ack(_) => {}
             Message::SnapshotCreate(name) | Message::SnapshotDestroy(name) => name.put(dst),
             Message::SnapshotList(request) => request.put(dst),
@@ -238,6 +250,7 @@ impl Message {
             Message::VersionMismatch(range) => range.put(dst),
             Message::ReadData(data) => dst.extend_from_slice(data),
             Message::ChecksumError(reply) => reply.put(dst),
+            Message::RangeDigest(reply) => reply.put(dst),
             Message::SnapshotListing(listing) => listing.put(dst),
             Message::StatusReport(report) => report.put(dst),
             Message::MembershipSet(membership) | Message::Membership(membership) => {

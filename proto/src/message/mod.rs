@@ -25,6 +25,7 @@ mod checksum;
 mod decode;
 mod encode;
 mod handshake;
+mod integrity;
 mod io;
 mod membership;
 mod rebuild;
@@ -32,6 +33,7 @@ mod rebuild;
 pub use admin::{SnapshotInfo, SnapshotListRequest, SnapshotListing, StatusReport};
 pub use checksum::ChecksumError;
 pub use handshake::{Auth, Hello, HelloAck, ReplicaState, VersionRange};
+pub use integrity::DigestReply;
 pub use io::{Extent, Write, FLAG_FUA};
 pub use membership::{Member, Membership};
 pub use rebuild::{
@@ -100,6 +102,9 @@ pub enum Message {
         /// volume's own (the replica daemon's limit still applies).
         bytes_per_second: u64,
     },
+    /// The digest of an extent of the live volume, at most
+    /// [`MAX_DIGEST_BYTES`](crate::limits::MAX_DIGEST_BYTES) (scrub).
+    Digest(Extent),
     /// Reply to `Hello`: accepted.
     HelloAck(HelloAck),
     /// Reply to `Hello`: no version in common; the replier's range.
@@ -115,6 +120,8 @@ pub enum Message {
     StatusReport(StatusReport),
     /// Reply to `MembershipGet` (generation 0: none held).
     Membership(Membership),
+    /// Reply to `Digest`.
+    RangeDigest(DigestReply),
     /// Empty success reply to an opcode whose [`Opcode::reply_kind`] is
     /// [`ReplyKind::Ack`].
     Ack(Opcode),

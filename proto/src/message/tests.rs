@@ -2,7 +2,9 @@
 //! Round trips of every message are property-tested in `tests/`.
 
 use super::*;
-use crate::limits::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_DETAIL_BYTES, MAX_IO_BYTES, MAX_NAME_BYTES};
+use crate::limits::{
+    DEFAULT_MAX_PAYLOAD_BYTES, MAX_DETAIL_BYTES, MAX_DIGEST_BYTES, MAX_IO_BYTES, MAX_NAME_BYTES,
+};
 use crate::wire::put_prefixed;
 
 fn packet(message: Message) -> Packet {
@@ -413,4 +415,133 @@ fn a_checksum_error_is_a_typed_reply_on_read_only() {
             "{invalid:?}"
         );
     }
+}
+
+fn digest_reply(bad: Vec<ByteRange>) -> Message {
+    Message::RangeDigest(DigestReply {
+        digest: 0xfeed,
+        mapped_blocks: 3,
+        bad,
+    })
+}
+
+#[test]
+fn digest_travels_like_a_read_and_its_reply_round_trips() {
+    let request = packet(Message::Digest(Extent {
+        offset: 1 << 20,
+        len_bytes: 1 << 20,
+    }));
+    let frame = frame_of(&request);
+    assert_eq!(frame.header.opcode, Opcode::Digest.to_u16());
+    assert_eq!(
+        (frame.header.offset, frame.header.length),
+        (1 << 20, 1 << 20)
+    );
+    assert!(frame.payload.is_empty());
+    assert_eq!(Packet::decode(frame).unwrap(), request);
+    let reply = request.reply(digest_reply(vec![ByteRange {
+        offset: 1 << 20,
+        len_bytes: 4096,
+    }]));
+    let frame = frame_of(&reply);
+    assert_eq!(frame.header.opcode, Opcode::Digest.to_u16() | REPLY_BIT);
+    assert_eq!(frame.payload.len(), 20 + 16);
+    assert_eq!(Packet::decode(frame).unwrap(), reply);
+}
+
+#[test]
+fn malformed_digests_are_bad_requests() {
+    let base = frame_of(&packet(Message::Digest(Extent {
+        offset: 0,
+        len_bytes: 4096,
+    })));
+    let mut too_long = base.clone();
+    too_long.header.length = MAX_DIGEST_BYTES + 1;
+    let mut empty = base.clone();
+    empty.header.length = 0;
+    let mut wraps = base.clone();
+    wraps.header.offset = u64::MAX - 100;
+    let mut flagged = base.clone();
+    flagged.header.flags = FLAG_FUA;
+    let mut payload = base;
+    payload.payload = Bytes::from_static(&[0]);
+    for frame in [too_long, empty, wraps, flagged, payload] {
+        let err = Packet::decode(frame.clone()).unwrap_err();
+        assert_eq!(err.status(), Status::BadRequest, "{frame:?}");
+        assert!(err.reply_to(&frame.header).is_some());
+    }
+    // Encoding refuses what decoding would.
+    let mut buf = BytesMut::new();
+    let oversize = packet(Message::Digest(Extent {
+        offset: 0,
+        len_bytes: MAX_DIGEST_BYTES + 1,
+    }));
+    assert!(oversize
+        .encode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES)
+        .is_err());
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn malformed_digest_replies_are_refused() {
+    let good = frame_of(&packet(digest_reply(vec![ByteRange {
+        offset: 0,
+        len_bytes: 4096,
+    }])));
+    let with_payload = |payload: Vec<u8>| {
+        let mut frame = good.clone();
+        frame.payload = Bytes::from(payload);
+        frame
+    };
+    let head = |count: u32| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&1u64.to_le_bytes());
+        p.extend_from_slice(&2u64.to_le_bytes());
+        p.extend_from_slice(&count.to_le_bytes());
+        p
+    };
+    let range = |p: &mut Vec<u8>, offset: u64, len: u64| {
+        p.extend_from_slice(&offset.to_le_bytes());
+        p.extend_from_slice(&len.to_le_bytes());
+    };
+    // A count past the bound, refused before anything is read for it.
+    let huge = with_payload(head(u32::MAX));
+    // A count the payload does not hold.
+    let short = with_payload(head(2));
+    // Truncated inside the fixed fields.
+    let stub = with_payload(vec![0; 19]);
+    // An empty range, ranges out of order, a wrapping one, trailing bytes.
+    let mut p = head(1);
+    range(&mut p, 0, 0);
+    let empty = with_payload(p);
+    let mut p = head(2);
+    range(&mut p, 8192, 4096);
+    range(&mut p, 0, 4096);
+    let unordered = with_payload(p);
+    let mut p = head(1);
+    range(&mut p, u64::MAX - 10, 4096);
+    let wraps = with_payload(p);
+    let mut p = head(0);
+    p.push(0);
+    let trailing = with_payload(p);
+    let mut flagged = good.clone();
+    flagged.header.offset = 4096;
+    for frame in [
+        huge, short, stub, empty, unordered, wraps, trailing, flagged,
+    ] {
+        let err = Packet::decode(frame.clone()).unwrap_err();
+        assert!(
+            matches!(err, MessageError::Malformed { .. }),
+            "{frame:?}: {err:?}"
+        );
+        // A reply is never answered.
+        assert_eq!(err.reply_to(&frame.header), None);
+    }
+    // Encoding refuses a reply the decoder would refuse.
+    let mut buf = BytesMut::new();
+    let bad = packet(digest_reply(vec![ByteRange {
+        offset: 0,
+        len_bytes: 0,
+    }]));
+    assert!(bad.encode(&mut buf, DEFAULT_MAX_PAYLOAD_BYTES).is_err());
 }

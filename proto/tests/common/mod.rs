@@ -276,6 +276,31 @@ fn arb_checksum_error() -> impl Strategy<Value = ChecksumError> {
     })
 }
 
+/// A valid digest reply: up to a few ascending, disjoint bad ranges.
+fn arb_digest_reply() -> impl Strategy<Value = DigestReply> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        vec((1u64..1 << 20, 1u64..1 << 20), 0..8),
+    )
+        .prop_map(|(digest, mapped_blocks, gaps)| {
+            let mut at = 0u64;
+            let bad = gaps
+                .into_iter()
+                .map(|(gap, len_bytes)| {
+                    let offset = at + gap;
+                    at = offset + len_bytes;
+                    ByteRange { offset, len_bytes }
+                })
+                .collect();
+            DigestReply {
+                digest,
+                mapped_blocks,
+                bad,
+            }
+        })
+}
+
 fn arb_ack() -> impl Strategy<Value = Opcode> {
     proptest::sample::select(
         Opcode::ALL
@@ -311,6 +336,8 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         (arb_status(), arb_text(MAX_DETAIL_BYTES))
             .prop_map(|(status, detail)| Message::RebuildAbort(RebuildAbort { status, detail })),
         any::<u64>().prop_map(|bytes_per_second| Message::RebuildThrottle { bytes_per_second }),
+        arb_extent(limits::MAX_DIGEST_BYTES).prop_map(Message::Digest),
+        arb_digest_reply().prop_map(Message::RangeDigest),
         arb_hello_ack().prop_map(Message::HelloAck),
         arb_versions().prop_map(Message::VersionMismatch),
         arb_data(4096).prop_map(Message::ReadData),
@@ -489,6 +516,24 @@ pub fn samples() -> Vec<Packet> {
         }),
         Message::MembershipGet,
         Message::Membership(Membership::none()),
+        Message::Digest(Extent {
+            offset: 1 << 20,
+            len_bytes: 1 << 20,
+        }),
+        Message::RangeDigest(DigestReply {
+            digest: 0x0123_4567_89ab_cdef,
+            mapped_blocks: 200,
+            bad: vec![
+                ByteRange {
+                    offset: 1 << 20,
+                    len_bytes: 4096,
+                },
+                ByteRange {
+                    offset: (1 << 20) + 16384,
+                    len_bytes: 8192,
+                },
+            ],
+        }),
         Message::Ack(Opcode::Write),
         Message::Ack(Opcode::MembershipSet),
         Message::Ack(Opcode::Heartbeat),

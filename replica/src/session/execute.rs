@@ -1,10 +1,10 @@
-//! Execution of an admitted IO against the engine (write, read, flush,
+//! Execution of an admitted IO against the engine (write, read, digest, flush,
 //! unmap, write-zeroes, snapshot create/destroy, membership store, resize),
 //! and the hand-over of the completion watermark to the engine.
 
 use bytes::Bytes;
 use cstor_engine::Error as EngineError;
-use cstor_proto::{Message, Opcode, Packet};
+use cstor_proto::{ByteRange, DigestReply, Message, Opcode, Packet};
 use tracing::{debug, warn};
 
 use super::reply::{checksum_reply, engine_error_reply};
@@ -38,6 +38,15 @@ pub(super) async fn execute(entry: &VolumeEntry, packet: &Packet) -> Packet {
                 let mut buf = vec![0u8; e.len_bytes as usize];
                 volume.read(e.offset, &mut buf).await?;
                 Message::ReadData(Bytes::from(buf))
+            }
+            Message::Digest(e) => {
+                let d = volume.digest(e.offset, u64::from(e.len_bytes)).await?;
+                let bad = d
+                    .bad
+                    .into_iter()
+                    .map(|(offset, len_bytes)| ByteRange { offset, len_bytes })
+                    .collect();
+                Message::RangeDigest(DigestReply::with_bad(d.digest, d.mapped_blocks, bad))
             }
             Message::Flush => {
                 volume.flush().await?;

@@ -2,7 +2,7 @@
 //! identity may not make it (`access::request`), answered at once by the
 //! read loop (heartbeat, status, membership record, snapshot listing,
 //! rebuild throttle, refusals), run as an admitted IO (with its ordering
-//! kind), or turned into a rebuild (source on a probe session, sink on the
+//! kind; a digest is ordered like a read of its extent), or turned into a rebuild (source on a probe session, sink on the
 //! owning one). Also which requests mutate the volume and which change
 //! block data (the ones the completion watermark follows).
 
@@ -119,6 +119,7 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
         | Message::SnapshotListing(_)
         | Message::StatusReport(_)
         | Message::Membership(_)
+        | Message::RangeDigest(_)
         | Message::Ack(_)
         | Message::Error(_) => {
             warn!(
@@ -129,6 +130,10 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
         }
         Message::Write(w) => IoKind::Write(byte_range(w.offset, w.data.len() as u64)),
         Message::Read(e) => IoKind::Read(byte_range(e.offset, u64::from(e.len_bytes))),
+        // Ordered like a read of its extent: after every earlier write to
+        // it, before every later one, so replicas that took the same writes
+        // digest the same content (`cstor_proto` integrity module doc).
+        Message::Digest(e) => IoKind::Read(byte_range(e.offset, u64::from(e.len_bytes))),
         Message::Unmap(e) | Message::WriteZeroes(e) => {
             IoKind::Write(byte_range(e.offset, u64::from(e.len_bytes)))
         }

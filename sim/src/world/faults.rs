@@ -10,7 +10,7 @@ impl World<'_> {
         *self.stats.faults_by_kind.entry(kind).or_default() += 1;
     }
 
-    fn count_operator(&mut self, kind: &'static str) {
+    pub(super) fn count_operator(&mut self, kind: &'static str) {
         *self.stats.operator_by_kind.entry(kind).or_default() += 1;
     }
 
@@ -203,6 +203,26 @@ impl World<'_> {
         self.schedule(next, Ev::Fault);
     }
 
+    /// A scrub step over a random 64 KiB-aligned range (`--scrub`): its
+    /// digest first; the read and the repair follow its completion.
+    fn scrub_range(&mut self) {
+        let size = self.volume_view_size().unwrap_or(self.plan.volume_bytes);
+        let ranges = size / SCRUB_SIM_RANGE;
+        if ranges == 0 {
+            return;
+        }
+        let offset = self.rng.below(ranges) * SCRUB_SIM_RANGE;
+        if self.submit_operator(
+            Op::Digest {
+                offset,
+                len_bytes: SCRUB_SIM_RANGE as u32,
+            },
+            OperatorOp::ScrubDigest { offset },
+        ) {
+            self.count_operator("scrub_digest");
+        }
+    }
+
     /// The next operator action, then schedules the one after.
     pub(super) fn operator(&mut self) {
         if self.quiet {
@@ -213,6 +233,9 @@ impl World<'_> {
         let Some((states, addrs, cf, busy)) = self.volume_view() else {
             return;
         };
+        if self.opts.scrub {
+            self.scrub_range();
+        }
         if busy {
             return;
         }

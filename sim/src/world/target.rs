@@ -845,6 +845,15 @@ impl<'c> World<'c> {
             return;
         }
         let op = v.operator.remove(&tag);
+        if let Some(
+            scrub @ (OperatorOp::ScrubDigest { .. }
+            | OperatorOp::ScrubRead { .. }
+            | OperatorOp::ScrubRepair),
+        ) = op
+        {
+            self.scrub_step(scrub, result);
+            return;
+        }
         let change = v.changes.remove(&tag);
         let ok = result.is_ok();
         if let (Some(change), true) = (change, ok) {
@@ -899,6 +908,70 @@ impl<'c> World<'c> {
                     r.retired = true;
                 }
                 self.crash_replica(host, false, false);
+            }
+            _ => {}
+        }
+    }
+
+    /// A scrub step answered (`Options::scrub`): the healthy replicas'
+    /// digests must agree; then the range is read from one of them and
+    /// written back, guarded by the digest, as the target's scrub repairs
+    /// (the block oracle then catches a repair that lands over a newer
+    /// write).
+    fn scrub_step(&mut self, step: OperatorOp, result: Result<Completion, VolumeError>) {
+        let Some(instance) = self.instance() else {
+            return;
+        };
+        match (step, result) {
+            (
+                OperatorOp::ScrubDigest { offset },
+                Ok(Completion::Digests {
+                    io_seq, replies, ..
+                }),
+            ) => {
+                let Some(v) = self.open_volume(instance) else {
+                    return;
+                };
+                let states = v.controller.replica_states();
+                let healthy: Vec<(usize, u64)> = replies
+                    .iter()
+                    .filter(|(r, _)| states.get(*r) == Some(&ReplicaState::Healthy))
+                    .map(|(r, d)| (*r, d.digest))
+                    .collect();
+                if healthy.windows(2).any(|w| w[0].1 != w[1].1) {
+                    self.fail(format!(
+                        "scrub: healthy replicas digest a range differently (io_seq {io_seq}): {healthy:?}"
+                    ));
+                    return;
+                }
+                let Some(&(source, _)) = healthy.first() else {
+                    return;
+                };
+                if self.submit_operator(
+                    Op::ReadFrom {
+                        replica: source,
+                        offset,
+                        len_bytes: SCRUB_SIM_RANGE as u32,
+                    },
+                    OperatorOp::ScrubRead {
+                        guard: io_seq,
+                        offset,
+                    },
+                ) {
+                    self.count_operator("scrub_read");
+                }
+            }
+            (OperatorOp::ScrubRead { guard, offset }, Ok(Completion::Data(data)))
+                if self.submit_operator(
+                    Op::Repair {
+                        offset,
+                        data: data.clone(),
+                        guard,
+                    },
+                    OperatorOp::ScrubRepair,
+                ) =>
+            {
+                self.count_operator("scrub_repair");
             }
             _ => {}
         }

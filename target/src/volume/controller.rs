@@ -109,6 +109,25 @@
 //!    still pending makes that moot; each acknowledged at quorum counts
 //!    its blocks ([`Controller::blocks_repaired`]).
 //!
+//! 8. **Scrub compares what the same writes left** (`scrub`; the task that
+//!    walks the volume is `crate::volume::scrub`): an [`Op::Digest`] gets
+//!    the next io_seq like any request and goes to every *healthy* replica,
+//!    behind the earlier requests on each link; a replica orders it like a
+//!    read of its extent (after every earlier overlapping write, before
+//!    every later one), so every healthy replica digests the content of
+//!    exactly the writes numbered below it, whatever IO runs meanwhile. It
+//!    completes once each replica it went to answered, failed it or was
+//!    dropped ([`Completion::Digests`]); an error about the request
+//!    (unknown opcode, bad request) leaves the replica as it is, an IO
+//!    error fails it like a read error. An [`Op::ReadFrom`] reads one named
+//!    healthy replica, never another. An [`Op::Repair`] is an ordinary
+//!    write (next io_seq, every linked replica) dispatched only if no other
+//!    mutating request overlapping the extent of its digest (`guard`) was
+//!    dispatched since that digest, so a repair never puts older data
+//!    over a newer write: otherwise it is refused as moot and the scrub
+//!    compares the range again. Scrub takes no range lock and holds no
+//!    write: it costs IO only what its own requests cost.
+//!
 //! 9. **A slow replica is dropped**: a healthy replica that has not
 //!    acknowledged a request within `ack_timeout` leaves the healthy set
 //!    (its link is dropped) instead of stalling the volume; and so does any
@@ -193,7 +212,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use cstor_proto::{
-    Extent, Membership, Message, Name, Opcode, Packet, SnapshotListRequest, SnapshotListing, Write,
+    DigestReply, Extent, Membership, Message, Name, Opcode, Packet, SnapshotListRequest,
+    SnapshotListing, Write,
 };
 
 pub use crate::limits::{
@@ -209,12 +229,14 @@ mod ops;
 mod pending;
 mod rebuild;
 mod repair;
+mod scrub;
 
 pub use admission::{Admission, ReplicaHello};
 use barrier::Barrier;
 pub use barrier::MemberChange;
 use pending::Pending;
 pub use rebuild::RebuildRun;
+use scrub::ScrubWatch;
 
 /// Index of a replica in the volume's replica list.
 pub type ReplicaIndex = usize;
@@ -317,11 +339,36 @@ pub enum Op {
         change: MemberChange,
         new_cf: usize,
     },
+    /// Scrub: the digest of an extent from every healthy replica, each in
+    /// io_seq order like a read of it (rule 8).
+    Digest {
+        offset: u64,
+        len_bytes: u32,
+    },
+    /// Scrub: read an extent from this healthy replica only (a copy in the
+    /// majority); not retried on another (rule 8).
+    ReadFrom {
+        replica: ReplicaIndex,
+        offset: u64,
+        len_bytes: u32,
+    },
+    /// Scrub: write back data read from a good copy, an ordinary write to
+    /// every linked replica, but only if no other mutating request
+    /// overlapping the extent of the digest numbered `guard` was dispatched
+    /// since that digest; else it is moot and refused (rule 8).
+    Repair {
+        offset: u64,
+        data: Bytes,
+        guard: u64,
+    },
 }
 
 impl Op {
     fn mutates(&self) -> bool {
-        !matches!(self, Op::Read { .. } | Op::ListSnapshots { .. })
+        !matches!(
+            self,
+            Op::Read { .. } | Op::ListSnapshots { .. } | Op::Digest { .. } | Op::ReadFrom { .. }
+        )
     }
 
     /// A replica counts it in the highest io_seq it reports received
@@ -333,6 +380,7 @@ impl Op {
         matches!(
             self,
             Op::Write { .. }
+                | Op::Repair { .. }
                 | Op::Unmap { .. }
                 | Op::WriteZeroes { .. }
                 | Op::SnapshotCreate { .. }
@@ -347,8 +395,14 @@ impl Op {
         match self {
             Op::Read { offset, len_bytes }
             | Op::Unmap { offset, len_bytes }
-            | Op::WriteZeroes { offset, len_bytes } => Some((*offset, u64::from(*len_bytes))),
-            Op::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            | Op::WriteZeroes { offset, len_bytes }
+            | Op::Digest { offset, len_bytes }
+            | Op::ReadFrom {
+                offset, len_bytes, ..
+            } => Some((*offset, u64::from(*len_bytes))),
+            Op::Write { offset, data, .. } | Op::Repair { offset, data, .. } => {
+                Some((*offset, data.len() as u64))
+            }
             _ => None,
         }
     }
@@ -356,7 +410,7 @@ impl Op {
     /// Data bytes it carries to a replica (a write's payload).
     fn data_bytes(&self) -> u64 {
         match self {
-            Op::Write { data, .. } => data.len() as u64,
+            Op::Write { data, .. } | Op::Repair { data, .. } => data.len() as u64,
             _ => 0,
         }
     }
@@ -412,6 +466,21 @@ impl Op {
                 after: after.clone(),
             }),
             Op::SetMembership { record, .. } => Message::MembershipSet(record.clone()),
+            Op::Digest { offset, len_bytes } => Message::Digest(Extent {
+                offset: *offset,
+                len_bytes: *len_bytes,
+            }),
+            Op::ReadFrom {
+                offset, len_bytes, ..
+            } => Message::Read(Extent {
+                offset: *offset,
+                len_bytes: *len_bytes,
+            }),
+            Op::Repair { offset, data, .. } => Message::Write(Write {
+                offset: *offset,
+                data: data.clone(),
+                fua: false,
+            }),
         }
     }
 
@@ -427,6 +496,9 @@ impl Op {
             Op::Resize { .. } => Opcode::Resize,
             Op::ListSnapshots { .. } => Opcode::SnapshotList,
             Op::SetMembership { .. } => Opcode::MembershipSet,
+            Op::Digest { .. } => Opcode::Digest,
+            Op::ReadFrom { .. } => Opcode::Read,
+            Op::Repair { .. } => Opcode::Write,
         }
     }
 }
@@ -467,6 +539,14 @@ pub enum Completion {
     Done,
     Data(Bytes),
     Snapshots(SnapshotListing),
+    /// The answers to an [`Op::Digest`] numbered `io_seq` (the `guard` of
+    /// its repairs): every healthy replica's digest, and the replicas that
+    /// could not give one (an error, or dropped meanwhile).
+    Digests {
+        io_seq: u64,
+        replies: Vec<(ReplicaIndex, DigestReply)>,
+        errors: Vec<(ReplicaIndex, String)>,
+    },
 }
 
 /// An effect for the shell to carry out, in order.
@@ -626,6 +706,9 @@ pub struct Controller {
     pending: BTreeMap<u64, Pending>,
     /// Data bytes of every entry of `pending` (rule 9: no replica may owe
     /// more than [`MAX_OWED_BYTES`], and none can while this is below).
+    /// The extent of the last [`Op::Digest`] and whether a mutating
+    /// request overlapping it was dispatched since (rule 8).
+    scrub_watch: Option<ScrubWatch>,
     pending_bytes: u64,
     /// When the number of healthy replicas fell below `cf`.
     quorum_lost_at: Option<Instant>,
@@ -653,6 +736,7 @@ impl Controller {
             .map(|i| {
                 Replica::new(
                     ReplicaState::Offline,
+            scrub_watch: None,
                     missed_from.get(i).copied().unwrap_or(Some(0)),
                 )
             })

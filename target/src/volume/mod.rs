@@ -10,6 +10,7 @@
 //! - [`glue`]: the driver's decisions without IO (a link coming up, the
 //!   `RebuildStart` packet, a membership change's plan), which the driver
 //!   and a simulator both call;
+//! - [`scrub`]: the scrub task (digests, majority repair, cursor);
 //! - `status`: the [`VolumeStatus`] the driver publishes (rebuilt bytes,
 //!   rebuild ETAs);
 //! - this module: the [`Volume`] handle the SCSI layer and the management
@@ -60,6 +61,7 @@ pub mod glue;
 pub mod link;
 pub mod membership;
 mod open;
+pub mod scrub;
 mod status;
 
 use std::net::SocketAddr;

@@ -137,6 +137,8 @@ impl Controller {
             refused: BTreeMap::new(),
             refusal: None,
             completed: false,
+            digests: Vec::new(),
+            errors: Vec::new(),
             repair: None,
         };
         tracing::info!(io_seq, op = ?pending.op, replicas = pending.sent.len(), "barrier sent");

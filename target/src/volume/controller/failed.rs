@@ -96,6 +96,23 @@ impl Controller {
         let Some(p) = self.pending.get_mut(&io_seq) else {
             return;
         };
+        if matches!(p.op, Op::Digest { .. }) {
+            // Rule 7: a digest it could not give. An error of its disk
+            // fails it like a read error; one about the request (a replica
+            // that does not know the opcode, say) leaves it as it is.
+            p.failed.insert(replica);
+            p.errors.push((replica, format!("{status:?}: {detail}")));
+            if matches!(status, Status::IoError | Status::VolumePoisoned) {
+                self.fail_replica(
+                    now,
+                    replica,
+                    status,
+                    format!("digest: {status:?}: {detail}"),
+                    actions,
+                );
+            }
+            return;
+        }
         if !p.op.mutates() {
             if p.is_repair_job() {
                 // Assembled from its pieces now (rule 7): a late answer to

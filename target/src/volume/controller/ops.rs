@@ -30,6 +30,7 @@ use super::{
     ReplicaState, Tag, VolumeError, REPAIR_TAG,
 };
 use crate::limits::MAX_HELD;
+use cstor_proto::limits::MAX_DIGEST_BYTES;
 
 impl Controller {
     /// A new request from the SCSI layer.
@@ -100,8 +101,26 @@ impl Controller {
             );
             return;
         }
+        if let Some(moot) = self.repair_is_moot(&op) {
+            actions.push(complete(tag, Err(moot)));
+            return;
+        }
+        let targets = match &op {
+            Op::Digest { .. } => self.healthy_set(),
+            Op::ReadFrom { replica, .. } => self
+                .healthy_set()
+                .into_iter()
+                .filter(|r| r == replica)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if matches!(op, Op::Digest { .. } | Op::ReadFrom { .. }) && targets.is_empty() {
+            actions.push(complete(tag, Err(VolumeError::Unavailable)));
+            return;
+        }
         let io_seq = self.next_io_seq;
         self.next_io_seq += 1;
+        self.watch_for_scrub(io_seq, &op);
         if op.mutates() {
             // Writing back what a pending read found bad is moot where
             // this changes it (rule 7).
@@ -118,8 +137,15 @@ impl Controller {
             refusal: None,
             completed: false,
             repair: None,
+            digests: Vec::new(),
+            errors: Vec::new(),
         };
-        if pending.op.mutates() {
+        if !targets.is_empty() {
+            for index in targets {
+                pending.sent.insert(index, now);
+                actions.push(self.send(index, io_seq, &pending.op));
+            }
+        } else if pending.op.mutates() {
             for index in 0..self.replicas.len() {
                 if self.takes_requests(index) {
                     pending.sent.insert(index, now);
@@ -155,7 +181,20 @@ impl Controller {
             Op::Read { offset, len_bytes }
             | Op::Unmap { offset, len_bytes }
             | Op::WriteZeroes { offset, len_bytes } => (*offset, u64::from(*len_bytes)),
-            Op::Write { offset, data, .. } => (*offset, data.len() as u64),
+            Op::Write { offset, data, .. } | Op::Repair { offset, data, .. } => {
+                (*offset, data.len() as u64)
+            }
+            Op::ReadFrom {
+                offset, len_bytes, ..
+            } => (*offset, u64::from(*len_bytes)),
+            Op::Digest { offset, len_bytes } => {
+                if *len_bytes > MAX_DIGEST_BYTES {
+                    return Some(VolumeError::Refused(format!(
+                        "a digest covers at most {MAX_DIGEST_BYTES} bytes, not {len_bytes}"
+                    )));
+                }
+                (*offset, u64::from(*len_bytes))
+            }
             Op::Resize { size_bytes } if *size_bytes < self.config.size_bytes => {
                 return Some(VolumeError::Refused(format!(
                     "a volume cannot shrink: {} bytes now, {size_bytes} asked",
@@ -227,9 +266,17 @@ impl Controller {
             Message::ChecksumError(reply) if matches!(pending.op, Op::Read { .. }) => {
                 self.on_checksum_error(now, replica, io_seq, reply, &mut actions);
             }
-            Message::ReadData(data) if matches!(pending.op, Op::Read { .. }) => {
+            Message::RangeDigest(reply) if matches!(pending.op, Op::Digest { .. }) => {
+                pending.acked.insert(replica);
+                pending.digests.push((replica, reply));
+            }
+            Message::ReadData(data)
+                if matches!(pending.op, Op::Read { .. } | Op::ReadFrom { .. }) =>
+            {
                 let expected = match pending.op {
-                    Op::Read { len_bytes, .. } => len_bytes as usize,
+                    Op::Read { len_bytes, .. } | Op::ReadFrom { len_bytes, .. } => {
+                        len_bytes as usize
+                    }
                     _ => 0,
                 };
                 if data.len() == expected {
@@ -284,7 +331,9 @@ impl Controller {
             .pending
             .iter()
             .filter(|(_, p)| {
-                !p.op.mutates() && !p.is_repair_job() && p.sent.keys().all(|r| p.failed.contains(r))
+                matches!(p.op, Op::Read { .. } | Op::ListSnapshots { .. })
+                    && !p.is_repair_job()
+                    && p.sent.keys().all(|r| p.failed.contains(r))
             })
             .map(|(seq, _)| *seq)
             .collect();

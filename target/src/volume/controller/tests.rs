@@ -313,6 +313,11 @@ impl Sim {
                 Message::Write(w) if self.full[r] && !self.disks[r].contains_key(&w.offset) => {
                     Message::Error(cstor_proto::ErrorReply::new(
                         Opcode::Write.to_u16(),
+                Message::Digest(e) => Message::RangeDigest(cstor_proto::DigestReply {
+                    digest: self.digest(r, e.offset, u64::from(e.len_bytes)),
+                    mapped_blocks: 0,
+                    bad: Vec::new(),
+                }),
                         Status::NoSpace,
                         "no free chunk",
                     ))
@@ -444,6 +449,19 @@ impl Sim {
             at = upto;
         }
         Message::ReadData(Bytes::from(out))
+    }
+
+    /// A digest of `[offset, offset + len)` of replica `r`'s disk by
+    /// content (FNV-1a over the blocks, zeros where none).
+    fn digest(&self, r: usize, offset: u64, len: u64) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let zeros = Bytes::from(vec![0u8; BLOCK as usize]);
+        for block in (offset..offset + len).step_by(BLOCK as usize) {
+            for b in self.disks[r].get(&block).unwrap_or(&zeros).iter() {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        h
     }
 
     fn deliver_all(&mut self) {
@@ -2828,4 +2846,200 @@ fn at_open_a_replica_with_an_unfinished_rebuild_is_degraded() {
     third.state = cstor_proto::ReplicaState::Degraded;
     let ctl = opened([probed(1, 90, 100), probed(2, 90, 100), third], [None; 3]);
     assert_eq!(ctl.missed_from(2), Some(61));
+}
+
+// ------------------------------------------------------------------ scrub
+
+fn digests(
+    result: Option<&Result<Completion, VolumeError>>,
+) -> (u64, Vec<(usize, u64)>, Vec<usize>) {
+    match result {
+        Some(Ok(Completion::Digests {
+            io_seq,
+            replies,
+            errors,
+        })) => (
+            *io_seq,
+            replies.iter().map(|(r, d)| (*r, d.digest)).collect(),
+            errors.iter().map(|(r, _)| *r).collect(),
+        ),
+        other => panic!("not digests: {other:?}"),
+    }
+}
+
+#[test]
+fn a_digest_goes_to_every_healthy_replica_after_the_writes_before_it() {
+    let mut sim = Sim::new(3, 2);
+    sim.write(1, 7);
+    // The digest goes out behind the write on every link, before anyone
+    // answered it: each replica digests the write.
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: 16 * BLOCK as u32,
+    });
+    assert!(sim.result(tag).is_none());
+    sim.deliver_all();
+    let (_, replies, errors) = digests(sim.result(tag));
+    assert_eq!(replies.len(), 3);
+    assert!(errors.is_empty());
+    assert!(replies.iter().all(|(_, d)| *d == replies[0].1));
+    assert_eq!(replies[0].1, sim.digest(0, 0, 16 * BLOCK));
+    assert_ne!(replies[0].1, Sim::new(1, 1).digest(0, 0, 16 * BLOCK));
+
+    // A replica that goes down before answering: the digest completes with
+    // the others, naming it.
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: 16 * BLOCK as u32,
+    });
+    sim.deliver(0);
+    sim.deliver(2);
+    assert!(sim.result(tag).is_none(), "waits for replica 1");
+    sim.disconnect(1);
+    let (_, replies, errors) = digests(sim.result(tag));
+    assert_eq!(
+        replies.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+    assert_eq!(errors, vec![1]);
+    // Only healthy replicas are asked; none: unavailable at once.
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: BLOCK as u32,
+    });
+    sim.deliver_all();
+    assert_eq!(digests(sim.result(tag)).1.len(), 2);
+    // Larger than a digest may be: refused before anything is sent.
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: cstor_proto::limits::MAX_DIGEST_BYTES + 4096,
+    });
+    assert!(matches!(
+        sim.result(tag),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+}
+
+#[test]
+fn a_digest_refused_by_a_replica_that_does_not_know_it_keeps_the_replica() {
+    let mut sim = Sim::new(2, 1);
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: BLOCK as u32,
+    });
+    // Replica 1 is of an older version.
+    let packet = sim.links[1].pop_front().unwrap();
+    let reply = packet.reply(Message::Error(cstor_proto::ErrorReply::new(
+        Opcode::Digest.to_u16(),
+        Status::UnknownOpcode,
+        "unknown opcode 0x0050",
+    )));
+    let actions = sim.ctl.on_reply(sim.now, 1, sim.gens[1], reply);
+    sim.apply(actions);
+    sim.deliver_all();
+    let (_, replies, errors) = digests(sim.result(tag));
+    assert_eq!((replies.len(), errors), (1, vec![1]));
+    assert_eq!(sim.ctl.replica_states()[1], ReplicaState::Healthy);
+}
+
+#[test]
+fn a_repair_is_moot_once_a_write_overlapped_its_digest_since() {
+    let mut sim = Sim::new(3, 2);
+    sim.write(1, 7);
+    sim.deliver_all();
+    // Replica 2's copy differs behind the controller's back.
+    sim.disks[2].insert(BLOCK, Bytes::from(vec![9; BLOCK as usize]));
+    let range = 16 * BLOCK;
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: range as u32,
+    });
+    sim.deliver_all();
+    let (guard, replies, _) = digests(sim.result(tag));
+    assert_ne!(replies[2].1, replies[0].1);
+    // The read comes from the replica named, never another.
+    let tag = sim.submit(Op::ReadFrom {
+        replica: 0,
+        offset: BLOCK,
+        len_bytes: BLOCK as u32,
+    });
+    assert!(sim.links[1].is_empty() && sim.links[2].is_empty());
+    sim.deliver_all();
+    let Some(Ok(Completion::Data(good))) = sim.result(tag).cloned() else {
+        panic!("{:?}", sim.result(tag));
+    };
+    assert_eq!(good, Bytes::from(vec![7; BLOCK as usize]));
+    // An application write to the range lands meanwhile: the repair would
+    // put older data over it, so it is refused as moot.
+    sim.write(3, 5);
+    sim.deliver_all();
+    let tag = sim.submit(Op::Repair {
+        offset: BLOCK,
+        data: good.clone(),
+        guard,
+    });
+    assert!(matches!(
+        sim.result(tag),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    assert!(sim.links.iter().all(VecDeque::is_empty), "nothing sent");
+
+    // Compared again; a write elsewhere does not make it moot.
+    let tag = sim.submit(Op::Digest {
+        offset: 0,
+        len_bytes: range as u32,
+    });
+    sim.deliver_all();
+    let (guard, _, _) = digests(sim.result(tag));
+    sim.write(100, 1);
+    let tag = sim.submit(Op::Repair {
+        offset: BLOCK,
+        data: good.clone(),
+        guard,
+    });
+    sim.deliver_all();
+    assert_eq!(sim.result(tag), Some(&Ok(Completion::Done)));
+    for r in 0..3 {
+        assert_eq!(sim.disks[r].get(&BLOCK), Some(&good), "replica {r}");
+    }
+    // A stale guard (another digest since), or outside the watched range.
+    let stale = sim.submit(Op::Repair {
+        offset: BLOCK,
+        data: good.clone(),
+        guard: guard - 1,
+    });
+    assert!(matches!(
+        sim.result(stale),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+    let outside = sim.submit(Op::Repair {
+        offset: range,
+        data: good,
+        guard,
+    });
+    assert!(matches!(
+        sim.result(outside),
+        Some(Err(VolumeError::Refused(_)))
+    ));
+}
+
+#[test]
+fn a_read_from_a_replica_that_is_not_healthy_fails_and_is_not_retried() {
+    let mut sim = Sim::new(3, 2);
+    sim.disconnect(1);
+    let tag = sim.submit(Op::ReadFrom {
+        replica: 1,
+        offset: 0,
+        len_bytes: BLOCK as u32,
+    });
+    assert_eq!(sim.result(tag), Some(&Err(VolumeError::Unavailable)));
+    // Dropped while it reads: fails, no other replica is asked.
+    let tag = sim.submit(Op::ReadFrom {
+        replica: 2,
+        offset: 0,
+        len_bytes: BLOCK as u32,
+    });
+    sim.disconnect(2);
+    assert_eq!(sim.result(tag), Some(&Err(VolumeError::Unavailable)));
+    assert!(sim.links[0].is_empty());
 }
