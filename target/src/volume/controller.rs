@@ -736,7 +736,6 @@ impl Controller {
             .map(|i| {
                 Replica::new(
                     ReplicaState::Offline,
-            scrub_watch: None,
                     missed_from.get(i).copied().unwrap_or(Some(0)),
                 )
             })
@@ -754,6 +753,7 @@ impl Controller {
             held: VecDeque::new(),
             reads: std::collections::BTreeSet::new(),
             blocks_repaired: 0,
+            scrub_watch: None,
         }
     }
 

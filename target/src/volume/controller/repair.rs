@@ -476,6 +476,8 @@ impl Controller {
             refusal: None,
             completed: false,
             repair: Some(Box::new(Repair::Piece(piece))),
+            digests: Vec::new(),
+            errors: Vec::new(),
         };
         if let Some(reader) = reader {
             pending.sent.insert(reader, now);
