@@ -171,6 +171,10 @@ async fn a_replica_certificate_cannot_act_as_a_target() {
         Message::RebuildThrottle {
             bytes_per_second: 1,
         },
+        Message::Digest(Extent {
+            offset: 0,
+            len_bytes: BLOCK as u32,
+        }),
     ];
     for (io_seq, request) in requests.into_iter().enumerate() {
         let what = format!("{request:?}");
@@ -226,6 +230,28 @@ async fn a_target_certificate_opens_sessions_of_its_own_volume_only() {
         Some(Message::ReadData(got)) => assert_eq!(got, data(9)),
         other => panic!("read: {other:?}"),
     }
+    // And digests it (scrub): the written block is mapped, none is bad.
+    let digest = Message::Digest(Extent {
+        offset: 0,
+        len_bytes: 16 * BLOCK as u32,
+    });
+    match call(&mut conn, 1, 12, digest).await {
+        Some(Message::RangeDigest(d)) => assert!(d.mapped_blocks >= 1 && d.bad.is_empty(), "{d:?}"),
+        other => panic!("digest: {other:?}"),
+    }
+    // A digest of part of a 4 KiB block is refused, the session lives on.
+    let partial = Message::Digest(Extent {
+        offset: 512,
+        len_bytes: 512,
+    });
+    match call(&mut conn, 1, 13, partial).await {
+        Some(Message::Error(e)) => assert_ne!(e.status, Status::Ok),
+        other => panic!("partial digest: {other:?}"),
+    }
+    assert_eq!(
+        call(&mut conn, 1, 14, Message::Heartbeat).await,
+        Some(Message::Ack(Opcode::Heartbeat))
+    );
     assert_eq!(epoch(&r, "v"), 1);
     // The other target still may claim its own volume.
     let (_, answer) = hello(r.data, &of_w, "w", 1).await;

@@ -71,10 +71,36 @@ fn every_subcommand_has_help() {
         vec!["ctl", "--help"],
         vec!["ctl", "volume", "--help"],
         vec!["ctl", "pool", "status", "--help"],
+        vec!["ctl", "scrub", "--help"],
+        vec!["ctl", "scrub", "start", "--help"],
+        vec!["ctl", "scrub", "stop", "--help"],
+        vec!["ctl", "scrub", "status", "--help"],
     ] {
         let out = cstor().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    }
+}
+
+#[test]
+fn scrub_needs_a_volume_and_a_valid_rate_before_connecting() {
+    for args in [
+        vec!["ctl", "--insecure-plaintext", "scrub", "start"],
+        vec!["ctl", "--insecure-plaintext", "scrub", "status"],
+        vec![
+            "ctl",
+            "--insecure-plaintext",
+            "scrub",
+            "start",
+            "vol",
+            "--rate",
+            "fast",
+        ],
+        vec!["ctl", "--insecure-plaintext", "scrub", "rewind", "vol"],
+    ] {
+        let out = cstor().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty(), "{args:?}");
     }
 }
 

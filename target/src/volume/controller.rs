@@ -540,8 +540,9 @@ pub enum Completion {
     Data(Bytes),
     Snapshots(SnapshotListing),
     /// The answers to an [`Op::Digest`] numbered `io_seq` (the `guard` of
-    /// its repairs): every healthy replica's digest, and the replicas that
-    /// could not give one (an error, or dropped meanwhile).
+    /// its repairs): the digest of every healthy replica it went to that
+    /// answered one, and the error replies of those that could not (a
+    /// replica dropped meanwhile is in neither).
     Digests {
         io_seq: u64,
         replies: Vec<(ReplicaIndex, DigestReply)>,

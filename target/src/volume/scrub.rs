@@ -518,8 +518,10 @@ async fn scrub_range(inner: &Inner, offset: u64, len: u64, block: u64) -> Result
         match verdict {
             Verdict::Unanswered => {
                 if !errors.is_empty() {
-                    // Every healthy replica refused the digest (an older
-                    // version, say): not compared, said so, and on.
+                    // The healthy replicas refused the digest (an older
+                    // version, say): not compared, said so, and on. (None
+                    // answered at all, they went down: compared again once
+                    // one is back.)
                     let detail = errors
                         .iter()
                         .map(|(r, e)| format!("replica {r}: {e}"))

@@ -185,9 +185,6 @@ impl Controller {
                 // A read to retry elsewhere, or an answered write this
                 // replica now certainly lacks.
                 p.failed.insert(replica);
-                if matches!(p.op, super::Op::Digest { .. }) {
-                    p.errors.push((replica, "its link went down".into()));
-                }
                 if p.op.mutates() {
                     lacks.push((*seq, p.acked.clone()));
                 }

@@ -2887,7 +2887,7 @@ fn a_digest_goes_to_every_healthy_replica_after_the_writes_before_it() {
     assert_ne!(replies[0].1, Sim::new(1, 1).digest(0, 0, 16 * BLOCK));
 
     // A replica that goes down before answering: the digest completes with
-    // the others, naming it.
+    // the others.
     let tag = sim.submit(Op::Digest {
         offset: 0,
         len_bytes: 16 * BLOCK as u32,
@@ -2901,7 +2901,7 @@ fn a_digest_goes_to_every_healthy_replica_after_the_writes_before_it() {
         replies.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
         vec![0, 2]
     );
-    assert_eq!(errors, vec![1]);
+    assert!(errors.is_empty());
     // Only healthy replicas are asked; none: unavailable at once.
     let tag = sim.submit(Op::Digest {
         offset: 0,
