@@ -313,11 +313,6 @@ impl Sim {
                 Message::Write(w) if self.full[r] && !self.disks[r].contains_key(&w.offset) => {
                     Message::Error(cstor_proto::ErrorReply::new(
                         Opcode::Write.to_u16(),
-                Message::Digest(e) => Message::RangeDigest(cstor_proto::DigestReply {
-                    digest: self.digest(r, e.offset, u64::from(e.len_bytes)),
-                    mapped_blocks: 0,
-                    bad: Vec::new(),
-                }),
                         Status::NoSpace,
                         "no free chunk",
                     ))
@@ -327,6 +322,11 @@ impl Sim {
                     Message::Ack(Opcode::Write)
                 }
                 Message::Read(e) => self.read_reply(r, *e),
+                Message::Digest(e) => Message::RangeDigest(cstor_proto::DigestReply {
+                    digest: self.digest(r, e.offset, u64::from(e.len_bytes)),
+                    mapped_blocks: 0,
+                    bad: Vec::new(),
+                }),
                 Message::Flush => Message::Ack(Opcode::Flush),
                 Message::Unmap(e) => {
                     self.disks[r].remove(&e.offset);
