@@ -127,10 +127,10 @@ pub use codec::{reserve_read_ahead, FrameCodec, READ_AHEAD_BYTES, WRITE_BATCH_BY
 pub use frame::{EncodeError, Frame, FrameError};
 pub use header::{FrameHeader, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use message::{
-    Auth, ByteRange, ChecksumError, DigestReply, ErrorReply, Extent, Hello, HelloAck, Member, Membership,
-    Message, MessageError, Packet, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress,
-    RebuildSource, RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest, SnapshotListing,
-    StatusReport, VersionRange, Write, FLAG_FUA,
+    Auth, ByteRange, ChecksumError, DigestReply, ErrorReply, Extent, Hello, HelloAck, Member,
+    Membership, Message, MessageError, Packet, RebuildAbort, RebuildChunk, RebuildDone,
+    RebuildProgress, RebuildSource, RebuildStart, ReplicaState, SnapshotInfo, SnapshotListRequest,
+    SnapshotListing, StatusReport, VersionRange, Write, FLAG_FUA,
 };
 pub use opcode::{Opcode, ReplyKind, REPLY_BIT};
 pub use status::Status;

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use super::{
-    check_read_data, ChecksumError, DigestReply, ErrorReply, Extent, Hello, HelloAck, Membership, Message,
-    MessageError, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildStart,
+    check_read_data, ChecksumError, DigestReply, ErrorReply, Extent, Hello, HelloAck, Membership,
+    Message, MessageError, RebuildAbort, RebuildChunk, RebuildDone, RebuildProgress, RebuildStart,
     SnapshotListRequest, SnapshotListing, StatusReport, VersionRange, Write,
 };
 use crate::header::FrameHeader;

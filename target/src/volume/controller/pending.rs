@@ -54,12 +54,12 @@ pub(super) struct Pending {
     pub(super) refusal: Option<VolumeError>,
     /// The SCSI layer has its answer; the entry stays until every replica
     /// it was sent to acknowledged it or was dropped, so that a replica that
+    /// never does is known to have missed it.
+    pub(super) completed: bool,
     /// An [`Op::Digest`]'s answers so far (rule 8).
     pub(super) digests: Vec<(ReplicaIndex, cstor_proto::DigestReply)>,
     /// Replicas that could not answer an [`Op::Digest`], and why.
     pub(super) errors: Vec<(ReplicaIndex, String)>,
-    /// never does is known to have missed it.
-    pub(super) completed: bool,
     /// A read a replica answered `ChecksumError`, or a piece of one: how it
     /// is made whole (rule 7, `super::repair`). `None` for every other
     /// request.
@@ -219,10 +219,6 @@ impl Controller {
                 let healthy_acks = p.acked.iter().filter(|r| is_healthy(r)).count();
                 let healthy_owed = p.owed().filter(|r| is_healthy(r)).count();
                 if healthy_acks >= cf {
-            } else if let Some(answer) = Self::scrub_answer(*seq, p) {
-                answers.push((*seq, answer));
-            } else if matches!(p.op, Op::Digest { .. } | Op::ReadFrom { .. }) {
-                // Waits for every replica it went to.
                     answers.push((*seq, Ok(Completion::Done)));
                 } else if let Some(refusal) = p
                     .refusal
@@ -237,6 +233,10 @@ impl Controller {
                 } else if read_only {
                     answers.push((*seq, Err(VolumeError::ReadOnly { cf })));
                 }
+            } else if let Some(answer) = Self::scrub_answer(*seq, p) {
+                answers.push((*seq, answer));
+            } else if matches!(p.op, Op::Digest { .. } | Op::ReadFrom { .. }) {
+                // Waits for every replica it went to.
             } else if !p.is_repair_job()
                 && p.sent.keys().all(|r| p.failed.contains(r))
                 && self.healthy() == 0
