@@ -288,6 +288,7 @@ impl TargetMetrics {
         self.render_bounds(&mut out);
         render_status(&mut out, &self.volume, status);
         self.render_rebuild(&mut out, status);
+        self.render_integrity(&mut out, status);
         scrub.render_metrics(&mut out);
         out.finish()
     }
