@@ -225,12 +225,17 @@ impl TargetMetrics {
     /// The text of a scrape, with gauges from `status`.
     pub fn render(&self, status: &VolumeStatus) -> String {
         let mut out = Exposition::new();
-        self.render_io(&mut out);
-        self.render_bounds(&mut out);
-        render_status(&mut out, &self.volume, status);
-        self.render_rebuild(&mut out, status);
-        self.render_integrity(&mut out, status);
+        self.render_volume(&mut out, status);
         out.finish()
+    }
+
+    /// Every family of [`TargetMetrics::render`], into `out`.
+    fn render_volume(&self, out: &mut Exposition, status: &VolumeStatus) {
+        self.render_io(out);
+        self.render_bounds(out);
+        render_status(out, &self.volume, status);
+        self.render_rebuild(out, status);
+        self.render_integrity(out, status);
     }
 
     /// Checksum errors the replicas reported and the blocks written back
@@ -284,11 +289,7 @@ impl TargetMetrics {
         scrub: &crate::volume::scrub::Scrub,
     ) -> String {
         let mut out = Exposition::new();
-        self.render_io(&mut out);
-        self.render_bounds(&mut out);
-        render_status(&mut out, &self.volume, status);
-        self.render_rebuild(&mut out, status);
-        self.render_integrity(&mut out, status);
+        self.render_volume(&mut out, status);
         scrub.render_metrics(&mut out);
         out.finish()
     }
