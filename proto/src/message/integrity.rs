@@ -71,22 +71,7 @@ impl DigestReply {
                 max: MAX_DIGEST_BAD_RANGES,
             });
         }
-        let mut floor = 0u64;
-        for range in &self.bad {
-            let invalid = |reason| PayloadError::Invalid {
-                field: "bad",
-                reason,
-            };
-            if range.len_bytes == 0 {
-                return Err(invalid("empty range"));
-            }
-            let end = range.end().ok_or(invalid("range wraps"))?;
-            if range.offset < floor {
-                return Err(invalid("ranges out of order or overlapping"));
-            }
-            floor = end;
-        }
-        Ok(())
+        crate::message::rebuild::check_ascending(&self.bad, "bad")
     }
 
     pub(crate) fn put(&self, dst: &mut BytesMut) {

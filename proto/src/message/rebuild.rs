@@ -80,12 +80,18 @@ fn check_ranges(ranges: &[ByteRange]) -> Result<(), PayloadError> {
             max: MAX_REBUILD_RANGES,
         });
     }
+    check_ascending(ranges, "source.ranges")
+}
+
+/// Checks that `ranges` (the list field `field`) are each non-empty and
+/// not wrapping, ascending and not overlapping.
+pub(crate) fn check_ascending(
+    ranges: &[ByteRange],
+    field: &'static str,
+) -> Result<(), PayloadError> {
     let mut floor = 0u64;
     for range in ranges {
-        let invalid = |reason| PayloadError::Invalid {
-            field: "source.ranges",
-            reason,
-        };
+        let invalid = |reason| PayloadError::Invalid { field, reason };
         if range.len_bytes == 0 {
             return Err(invalid("empty range"));
         }
