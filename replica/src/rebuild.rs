@@ -113,6 +113,12 @@ pub enum RebuildError {
         status: Status,
         detail: String,
     },
+    #[error(
+        "rebuild source {peer} holds blocks that fail their checksum ({ranges}): \
+         a rebuild does not copy them (a scrub or a read through the target \
+         repairs the source from a healthy copy)"
+    )]
+    SourceBad { peer: String, ranges: String },
     #[error("rebuild of volume {volume} is not supported: {detail}")]
     Unsupported { volume: String, detail: String },
     #[error("rebuild cancelled (session cut, volume deleted or shutdown)")]
@@ -124,7 +130,7 @@ impl RebuildError {
     pub fn status(&self) -> Status {
         match self {
             RebuildError::Engine { source, .. } => crate::status::proto_status(source),
-            RebuildError::Peer { .. } => Status::IoError,
+            RebuildError::Peer { .. } | RebuildError::SourceBad { .. } => Status::IoError,
             RebuildError::SourceAborted { status, .. } => *status,
             RebuildError::Unsupported { .. } => Status::BadRequest,
             RebuildError::Cancelled => Status::Busy,

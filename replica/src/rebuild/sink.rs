@@ -54,7 +54,11 @@ use crate::limits::{
 use crate::ordering::IoKind;
 use crate::registry::VolumeEntry;
 
+mod digest;
 mod snapshots;
+
+/// What [`Run::repair_own_changes`] pulls (the log's words).
+const OWN: &str = "chunks only this replica changed";
 
 /// Where the sink's reports to the target go: the owning session.
 pub struct Reports {
@@ -208,6 +212,9 @@ struct Progress {
     since_checkpoint: u64,
     last_report: Duration,
     pacer: Pacer,
+    /// The total is set for a whole phase (a rebuild by digest: the
+    /// volume's size), not by each stream's `RebuildProgress`.
+    fixed_total: bool,
 }
 
 /// A chunk applied: where it ends and how long it was.
@@ -269,7 +276,11 @@ impl<I: RebuildIo> Run<I> {
         // What this replica changed itself after `from_io_seq`, before any
         // rebuilt block lands (which would count as a change too).
         let own_changes = self.own_changes()?;
+        // A full rebuild into a copy that holds data compares it by digest
+        // (module doc, "By digest"); decided before any rebuilt block lands.
+        let by_digest = self.start.from_io_seq == 0 && self.holds_data()?;
         info!(
+            by_digest,
             from_io_seq = self.start.from_io_seq,
             resume_offset = resume.map_or(0, |p| p.next_offset),
             "rebuild started"
@@ -282,25 +293,34 @@ impl<I: RebuildIo> Run<I> {
             since_checkpoint: 0,
             last_report: now,
             pacer: Pacer::new(now),
+            fixed_total: false,
         };
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
             .await?;
-        let mut conn = self
-            .connect(RebuildSource::Live, self.start.from_io_seq)
-            .await?;
-        let mut carried = self.chunk_set()?;
-        let through_io_seq = self
-            .stream(
-                &mut conn,
-                reports,
-                &mut progress,
-                Dest::Live(resume),
-                Some(&mut carried),
-            )
-            .await?;
-        drop(conn);
-        self.repair_own_changes(&own_changes, &carried, reports, &mut progress)
-            .await?;
+        let through_io_seq = if by_digest {
+            // Every range is compared, so a write only this replica got
+            // differs from the source like any other difference: no
+            // separate pass over its own changes (module doc).
+            self.pull_by_digest(reports, &mut progress).await?
+        } else {
+            let mut conn = self
+                .connect(RebuildSource::Live, self.start.from_io_seq)
+                .await?;
+            let mut carried = self.chunk_set()?;
+            let through_io_seq = self
+                .stream(
+                    &mut conn,
+                    reports,
+                    &mut progress,
+                    Dest::Live(resume),
+                    Some(&mut carried),
+                )
+                .await?;
+            drop(conn);
+            self.repair_own_changes(&own_changes, &carried, reports, &mut progress)
+                .await?;
+            through_io_seq
+        };
         // Snapshots the healthy replicas took while this one was rebuilding.
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
             .await?;
@@ -381,9 +401,10 @@ impl<I: RebuildIo> Run<I> {
                 Step::Received(packet) => packet?,
             };
             match packet.message {
-                Message::RebuildProgress(p) => {
+                Message::RebuildProgress(p) if !progress.fixed_total => {
                     progress.total_bytes = done_before.saturating_add(p.total_bytes);
                 }
+                Message::RebuildProgress(_) => {}
                 Message::RebuildChunk(chunk) => {
                     let len = chunk.data.len() as u64;
                     if let Some(carried) = carried.as_deref_mut() {
@@ -494,32 +515,31 @@ impl<I: RebuildIo> Run<I> {
             }
             c += 1;
             if ranges.len() == MAX_REBUILD_RANGES {
-                self.pull_ranges(std::mem::take(&mut ranges), reports, progress)
+                self.pull_ranges(std::mem::take(&mut ranges), reports, progress, OWN)
                     .await?;
             }
         }
         if !ranges.is_empty() {
-            self.pull_ranges(ranges, reports, progress).await?;
+            self.pull_ranges(ranges, reports, progress, OWN).await?;
         }
         Ok(())
     }
 
-    /// One stream of `ranges` of the live volume from the source, applied
-    /// as [`Dest::Repair`].
+    /// One stream of `ranges` of the live volume from the source (`what`
+    /// they are, for the log), applied as [`Dest::Repair`]; returns its
+    /// `through_io_seq`.
     async fn pull_ranges(
         &self,
         ranges: Vec<ByteRange>,
         reports: &Reports,
         progress: &mut Progress,
-    ) -> Result<(), RebuildError> {
-        info!(
-            ranges = ranges.len(),
-            "rebuild pulls the chunks only this replica changed"
-        );
+        what: &str,
+    ) -> Result<u64, RebuildError> {
+        let bytes: u64 = ranges.iter().map(|r| r.len_bytes).sum();
+        info!(ranges = ranges.len(), bytes, "rebuild pulls the {what}");
         let mut conn = self.connect(RebuildSource::Ranges(ranges), 0).await?;
         self.stream(&mut conn, reports, progress, Dest::Repair, None)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// The next packet of the stream, once the pacer's pause is over.

@@ -29,12 +29,59 @@ use tokio_util::sync::CancellationToken;
 pub struct RebuildSettings {
     /// Bytes per second a sink may apply; 0: unlimited.
     limit_bytes_per_sec: AtomicU64,
+    /// What full rebuilds by digest compared (metrics), every run of the
+    /// daemon.
+    digests: DigestCounts,
+}
+
+/// Ranges and bytes full rebuilds by digest found equal (nothing moved)
+/// or different (pulled), summed over the daemon's runs.
+#[derive(Debug, Default)]
+pub struct DigestCounts {
+    equal_ranges: AtomicU64,
+    equal_bytes: AtomicU64,
+    differ_ranges: AtomicU64,
+    differ_bytes: AtomicU64,
+}
+
+/// The counts of [`DigestCounts`] at one time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DigestTotals {
+    pub equal_ranges: u64,
+    pub equal_bytes: u64,
+    pub differ_ranges: u64,
+    pub differ_bytes: u64,
 }
 
 impl RebuildSettings {
     pub fn new(limit_bytes_per_sec: u64) -> Self {
         Self {
             limit_bytes_per_sec: AtomicU64::new(limit_bytes_per_sec),
+            digests: DigestCounts::default(),
+        }
+    }
+
+    /// A range of `len` bytes compared by digest: `equal` (not pulled) or
+    /// not.
+    pub fn count_digest(&self, equal: bool, len: u64) {
+        let d = &self.digests;
+        let (ranges, bytes) = if equal {
+            (&d.equal_ranges, &d.equal_bytes)
+        } else {
+            (&d.differ_ranges, &d.differ_bytes)
+        };
+        ranges.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// What rebuilds by digest compared so far.
+    pub fn digest_totals(&self) -> DigestTotals {
+        let d = &self.digests;
+        DigestTotals {
+            equal_ranges: d.equal_ranges.load(Ordering::Relaxed),
+            equal_bytes: d.equal_bytes.load(Ordering::Relaxed),
+            differ_ranges: d.differ_ranges.load(Ordering::Relaxed),
+            differ_bytes: d.differ_bytes.load(Ordering::Relaxed),
         }
     }
 

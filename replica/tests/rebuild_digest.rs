@@ -1,0 +1,216 @@
+//! A full rebuild by digest between two in-process replica daemons on
+//! loopback, over mutual TLS (the test plays the target): a sink that
+//! already holds the source's data but for a few ranges pulls only those
+//! ranges, keeps a live write that came meanwhile, and ends with the
+//! source's content in every block; a sink with no data takes the plain
+//! live stream of everything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use cstor_engine::Volume;
+use cstor_proto::{
+    Message, Name, Opcode, RebuildProgress, RebuildSource, RebuildStart, ReplicaState, Write,
+};
+use cstor_replica::limits::REBUILD_DIGEST_RANGE_BYTES;
+use futures::SinkExt;
+use support::{
+    make_replicated, packet, replica_of, target, Conn, Pki, Replica, BLOCK, VOLUME_BYTES,
+};
+
+/// A block tagged with `tag` and its own LBA.
+fn block(tag: u8, lba: u64) -> Vec<u8> {
+    let mut data = vec![tag; BLOCK as usize];
+    data[..8].copy_from_slice(&lba.to_le_bytes());
+    data
+}
+
+/// Writes blocks `lbas` of `volume` tagged `tag`, 64 at a time.
+async fn fill(volume: &Volume, lbas: std::ops::Range<u64>, tag: u8, io_seq: u64) {
+    let mut lba = lbas.start;
+    while lba < lbas.end {
+        let n = 64.min(lbas.end - lba);
+        let data: Vec<u8> = (lba..lba + n).flat_map(|l| block(tag, l)).collect();
+        volume.write(lba * BLOCK, &data, io_seq).await.unwrap();
+        lba += n;
+    }
+}
+
+async fn session(addr: SocketAddr, pki: &Pki, epoch: u64) -> (Conn, ReplicaState, u64) {
+    let (conn, answer) = support::hello(addr, &pki.security(&target("v")), "v", epoch).await;
+    match answer {
+        Some(Message::HelloAck(ack)) => (conn.unwrap(), ack.state, ack.last_durable_io_seq),
+        other => panic!("hello refused: {other:?}"),
+    }
+}
+
+/// Two TLS daemons serving `v`: a source whose target owns `v` there (the
+/// returned session), and a sink.
+async fn pair(pki: &Pki) -> (Replica, Replica, Conn) {
+    let source = support::replica(pki.security(&replica_of("source")), "source", &["v"]).await;
+    let sink = support::replica(pki.security(&replica_of("sink")), "sink", &["v"]).await;
+    make_replicated(&source.pool, "v").await;
+    let (owner, _, _) = session(source.data, pki, 1).await;
+    (source, sink, owner)
+}
+
+/// What a full rebuild into `sink` from `source` reported, with a live
+/// write of `live` at `live_lba` sent right behind its `RebuildStart`.
+async fn rebuild(
+    sink: &Replica,
+    source: &Replica,
+    pki: &Pki,
+    live: Option<(u64, Bytes)>,
+) -> Vec<RebuildProgress> {
+    let (mut target, _, _) = session(sink.data, pki, 1).await;
+    let first_live = 5000;
+    let start = Message::RebuildStart(RebuildStart {
+        peer_address: source.data.to_string(),
+        volume: Name::new("v").unwrap(),
+        from_io_seq: 0,
+        source: RebuildSource::Live,
+    });
+    target.send(packet(1, first_live, start)).await.unwrap();
+    if let Some((lba, data)) = live {
+        let write = Message::Write(Write {
+            offset: lba * BLOCK,
+            data,
+            fua: false,
+        });
+        target.send(packet(1, first_live, write)).await.unwrap();
+    }
+    let mut progress = Vec::new();
+    loop {
+        let reply = support::next(&mut target).await.expect("connection closed");
+        match reply.message {
+            Message::Ack(Opcode::RebuildStart | Opcode::Write) => {}
+            Message::RebuildProgress(p) => progress.push(p),
+            Message::RebuildDone(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    progress
+}
+
+/// `cstor_replica_rebuild_digest_{what}_total{result}` of `replica`.
+async fn digests(replica: &Replica, pool: &str, what: &str, result: &str) -> u64 {
+    let samples = support::scrape(replica.metrics).await;
+    cstor_mgmt::exposition::find(
+        &samples,
+        &format!("cstor_replica_rebuild_digest_{what}_total"),
+        &[("pool", pool), ("result", result)],
+    )
+    .expect("the digest counters are exported") as u64
+}
+
+#[tokio::test]
+async fn a_sink_that_holds_most_of_the_data_pulls_only_the_ranges_that_differ() {
+    let pki = Pki::new();
+    let (source, sink, _owner) = pair(&pki).await;
+    let src = source.pool.volume("v").unwrap();
+    let dst = sink.pool.volume("v").unwrap();
+    let blocks = VOLUME_BYTES / BLOCK;
+    let range_blocks = REBUILD_DIGEST_RANGE_BYTES / BLOCK;
+    let ranges = VOLUME_BYTES / REBUILD_DIGEST_RANGE_BYTES;
+    // Both hold the whole volume, written alike (the sink through another
+    // history: other io_seqs).
+    fill(&src, 0..blocks, 1, 10).await;
+    fill(&dst, 0..blocks, 1, 77).await;
+    // Range 2: the source took a write the sink missed.
+    let missed = 2 * range_blocks + 5;
+    src.write(missed * BLOCK, &block(3, missed), 40)
+        .await
+        .unwrap();
+    // Range 5: the sink holds a write the source never got (it never
+    // completed); the source's content wins.
+    let own = 5 * range_blocks + 17;
+    dst.write(own * BLOCK, &block(7, own), 90).await.unwrap();
+    // Range 9: the source trimmed a block the sink still holds.
+    let trimmed = 9 * range_blocks + 1;
+    src.unmap(trimmed * BLOCK, BLOCK, 41).await.unwrap();
+    // Range 12: both differ from each other next to a live write of the
+    // rebuild, which the source does not have yet (in flight to it) and
+    // which the pulled range must not overwrite.
+    let live_lba = 12 * range_blocks + 8;
+    src.write((live_lba + 1) * BLOCK, &block(4, live_lba + 1), 6000)
+        .await
+        .unwrap();
+    src.flush().await.unwrap();
+    dst.flush().await.unwrap();
+
+    let live = Bytes::from(block(2, live_lba));
+    let progress = rebuild(&sink, &source, &pki, Some((live_lba, live.clone()))).await;
+
+    // Only the four ranges that differ were pulled.
+    assert_eq!(digests(&sink, "sink", "ranges", "differ").await, 4);
+    assert_eq!(digests(&sink, "sink", "ranges", "equal").await, ranges - 4);
+    let pulled = digests(&sink, "sink", "bytes", "differ").await;
+    assert_eq!(pulled, 4 * REBUILD_DIGEST_RANGE_BYTES);
+    assert_eq!(
+        digests(&sink, "sink", "bytes", "equal").await,
+        VOLUME_BYTES - pulled
+    );
+    // Progress counts compared bytes as done: every byte, and the
+    // anchor's block.
+    let last = progress.last().expect("no progress reported");
+    assert_eq!(last.done_bytes, last.total_bytes);
+    assert_eq!(last.total_bytes, VOLUME_BYTES + BLOCK);
+    eprintln!(
+        "by digest: {} bytes pulled (and a {BLOCK}-byte anchor) of {VOLUME_BYTES}",
+        pulled
+    );
+
+    let mut want = vec![0u8; BLOCK as usize];
+    let mut got = vec![0u8; BLOCK as usize];
+    for lba in 0..blocks {
+        src.read(lba * BLOCK, &mut want).await.unwrap();
+        dst.read(lba * BLOCK, &mut got).await.unwrap();
+        if lba == live_lba {
+            assert_eq!(&got[..], &live[..], "the live write was overwritten");
+        } else {
+            assert!(got == want, "block {lba} differs from the source");
+        }
+    }
+    assert_eq!(&got[..], &want[..]);
+    dst.read(own * BLOCK, &mut got).await.unwrap();
+    assert_eq!(got, block(1, own), "the sink's own write stayed");
+    dst.read(trimmed * BLOCK, &mut got).await.unwrap();
+    assert!(got.iter().all(|b| *b == 0), "the trimmed block stayed");
+    // Healthy, complete through the one live write.
+    let (_, state, durable) = session(sink.data, &pki, 0).await;
+    assert_eq!(state, ReplicaState::Healthy);
+    assert_eq!(durable, 5000);
+}
+
+#[tokio::test]
+async fn an_empty_sink_takes_the_whole_live_stream_without_digests() {
+    let pki = Pki::new();
+    let (source, sink, _owner) = pair(&pki).await;
+    let src = source.pool.volume("v").unwrap();
+    let dst = sink.pool.volume("v").unwrap();
+    let blocks = VOLUME_BYTES / BLOCK;
+    fill(&src, 0..blocks, 1, 10).await;
+    src.flush().await.unwrap();
+
+    let progress = rebuild(&sink, &source, &pki, None).await;
+
+    for result in ["equal", "differ"] {
+        assert_eq!(digests(&sink, "sink", "ranges", result).await, 0);
+    }
+    let last = progress.last().expect("no progress reported");
+    assert_eq!(last.done_bytes, last.total_bytes);
+    // The live stream carried every written chunk: the whole volume.
+    assert_eq!(last.total_bytes, VOLUME_BYTES);
+    eprintln!("live stream: {} bytes pulled", last.done_bytes);
+    let mut want = vec![0u8; BLOCK as usize];
+    let mut got = vec![0u8; BLOCK as usize];
+    for lba in 0..blocks {
+        src.read(lba * BLOCK, &mut want).await.unwrap();
+        dst.read(lba * BLOCK, &mut got).await.unwrap();
+        assert!(got == want, "block {lba} differs from the source");
+    }
+}
