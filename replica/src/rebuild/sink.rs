@@ -9,7 +9,9 @@
 //! `session::access`), probes it (epoch 0), asks for
 //! the live stream and applies each chunk inside the volume's IO order, to
 //! the blocks no live write touched since the start (module doc of
-//! `rebuild`). It paces itself to the daemon's and the volume's throttle
+//! `rebuild`) — or, for a full rebuild into a copy that holds data,
+//! compares the volume by digest and pulls only the ranges that differ
+//! (`digest`). It paces itself to the daemon's and the volume's throttle
 //! (`state::effective_limit`), reports
 //! `RebuildProgress` to the target every [`REBUILD_PROGRESS_INTERVAL`],
 //! checkpoints a resume point every [`REBUILD_CHECKPOINT_BYTES`], catches
@@ -273,12 +275,17 @@ impl<I: RebuildIo> Run<I> {
         // Durable before any rebuilt block lands: after a crash the replica
         // reports itself degraded, complete only through `from_io_seq`.
         self.checkpoint(resume, 0, None).await?;
-        // What this replica changed itself after `from_io_seq`, before any
-        // rebuilt block lands (which would count as a change too).
-        let own_changes = self.own_changes()?;
         // A full rebuild into a copy that holds data compares it by digest
         // (module doc, "By digest"); decided before any rebuilt block lands.
         let by_digest = self.start.from_io_seq == 0 && self.holds_data()?;
+        // What this replica changed itself after `from_io_seq`, before any
+        // rebuilt block lands (which would count as a change too); by
+        // digest every range is compared instead.
+        let own_changes = if by_digest {
+            None
+        } else {
+            Some(self.own_changes()?)
+        };
         info!(
             by_digest,
             from_io_seq = self.start.from_io_seq,
@@ -317,8 +324,10 @@ impl<I: RebuildIo> Run<I> {
                 )
                 .await?;
             drop(conn);
-            self.repair_own_changes(&own_changes, &carried, reports, &mut progress)
-                .await?;
+            if let Some(own) = &own_changes {
+                self.repair_own_changes(own, &carried, reports, &mut progress)
+                    .await?;
+            }
             through_io_seq
         };
         // Snapshots the healthy replicas took while this one was rebuilding.

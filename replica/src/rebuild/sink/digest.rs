@@ -26,15 +26,18 @@
 //!    batch), applied like every live-volume stream: only to the blocks no
 //!    live write of this run touched.
 //!
-//! Pacing: compared bytes go through the run's pacer like pulled ones (a
-//! comparison reads the range on the source as a stream would), so the
-//! throttle bounds the source's reads in both modes.
+//! Pacing: bytes compared equal go through the run's pacer like pulled
+//! ones (a comparison reads the range on the source as a stream would; a
+//! range that differs is paced by its stream), so the throttle bounds the
+//! source's reads in both modes. A long pause sends heartbeats on the
+//! probe, which the source would otherwise end as idle.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use cstor_engine::limits::SUM_BLOCK_BYTES;
 use cstor_proto::limits::MAX_REBUILD_RANGES;
-use cstor_proto::{ByteRange, Extent, Message, Packet};
+use cstor_proto::{ByteRange, Extent, Message, Opcode, Packet};
 use futures::SinkExt;
 use tracing::info;
 
@@ -50,6 +53,14 @@ use crate::rebuild::RebuildError;
 /// The io_seq of a range in flight that was not asked for (not
 /// digestible): it is pulled.
 const NOT_ASKED: u64 = 0;
+
+/// The io_seq of the heartbeats of a long pause (the probe's `Hello` had
+/// it; no digest does).
+const HEARTBEAT_IO_SEQ: u64 = 0;
+
+/// The longest sleep of a pause between two heartbeats on the probe: well
+/// below the source's idle timeout (`SESSION_IDLE_TIMEOUT`, 15 s).
+const PAUSE_SLICE: Duration = Duration::from_secs(5);
 
 impl<I: RebuildIo> Run<I> {
     /// Whether this replica's live volume holds any data (a full rebuild
@@ -194,6 +205,8 @@ impl<I: RebuildIo> Run<I> {
             if equal {
                 progress.done_bytes = progress.done_bytes.saturating_add(range.len_bytes);
                 self.report(reports, progress, false).await?;
+                // A range pulled is paced by its stream.
+                self.pace(&mut conn, range.len_bytes, progress).await?;
             } else {
                 match differ.last_mut() {
                     Some(last) if last.offset.saturating_add(last.len_bytes) == range.offset => {
@@ -202,7 +215,6 @@ impl<I: RebuildIo> Run<I> {
                     _ => differ.push(range),
                 }
             }
-            self.pace(range.len_bytes, progress).await;
         }
         Ok((differ, next_offset))
     }
@@ -222,6 +234,12 @@ impl<I: RebuildIo> Run<I> {
                 return Ok(message);
             }
             let packet = self.next(conn).await?;
+            if packet.io_seq == HEARTBEAT_IO_SEQ
+                && packet.message == Message::Ack(Opcode::Heartbeat)
+            {
+                // The answer to a heartbeat of a long pause (`pace`).
+                continue;
+            }
             if packet.io_seq == io_seq {
                 return Ok(packet.message);
             }
@@ -256,15 +274,41 @@ impl<I: RebuildIo> Run<I> {
         digest
     }
 
-    /// Waits out the pacer's pause for `len` more bytes.
-    async fn pace(&self, len: u64, progress: &mut Progress) {
+    /// Waits out the pacer's pause for `len` more bytes compared, keeping
+    /// the probe `conn` alive (a heartbeat every [`PAUSE_SLICE`] of a long
+    /// pause: the source ends a session idle for `SESSION_IDLE_TIMEOUT`).
+    async fn pace(
+        &self,
+        conn: &mut I::Conn,
+        len: u64,
+        progress: &mut Progress,
+    ) -> Result<(), RebuildError> {
         let limit = effective_limit(
             self.settings.limit_bytes_per_sec(),
             self.entry.rebuild.limit_bytes_per_sec(),
         );
-        let pause = progress.pacer.delay(self.io.now(), len, limit);
-        if !pause.is_zero() {
-            self.io.sleep(pause).await;
+        let mut pause = progress.pacer.delay(self.io.now(), len, limit);
+        while !pause.is_zero() {
+            let slice = pause.min(PAUSE_SLICE);
+            if pause > PAUSE_SLICE {
+                let heartbeat = Packet {
+                    session_id: 0,
+                    epoch: 0,
+                    io_seq: HEARTBEAT_IO_SEQ,
+                    message: Message::Heartbeat,
+                };
+                conn.send(heartbeat)
+                    .await
+                    .map_err(|e| self.peer(format!("cannot send: {e}")))?;
+            }
+            self.io.sleep(slice).await;
+            pause = pause.saturating_sub(slice);
         }
+        Ok(())
     }
 }
+
+const _: () = assert!(
+    PAUSE_SLICE.as_secs() * 2 < crate::limits::SESSION_IDLE_TIMEOUT.as_secs(),
+    "a pause's heartbeats keep the probe alive"
+);
