@@ -3,7 +3,8 @@
 //! already holds the source's data but for a few ranges pulls only those
 //! ranges, keeps a live write that came meanwhile, and ends with the
 //! source's content in every block; a sink with no data takes the plain
-//! live stream of everything.
+//! live stream of everything; a block that rotted on the sink is pulled,
+//! one that rotted on the source aborts the rebuild.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +15,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use cstor_engine::Volume;
 use cstor_proto::{
-    Message, Name, Opcode, RebuildProgress, RebuildSource, RebuildStart, ReplicaState, Write,
+    Message, Name, Opcode, RebuildAbort, RebuildProgress, RebuildSource, RebuildStart,
+    ReplicaState, Status, Write,
 };
 use cstor_replica::limits::REBUILD_DIGEST_RANGE_BYTES;
 use futures::SinkExt;
@@ -66,7 +68,21 @@ async fn rebuild(
     pki: &Pki,
     live: Option<(u64, Bytes)>,
 ) -> Vec<RebuildProgress> {
-    let (mut target, _, _) = session(sink.data, pki, 1).await;
+    match try_rebuild(sink, source, pki, 1, live).await {
+        Ok(progress) => progress,
+        Err(abort) => panic!("rebuild aborted: {abort:?}"),
+    }
+}
+
+/// [`rebuild`] by a target at `epoch`; `Err`: the sink aborted.
+async fn try_rebuild(
+    sink: &Replica,
+    source: &Replica,
+    pki: &Pki,
+    epoch: u64,
+    live: Option<(u64, Bytes)>,
+) -> Result<Vec<RebuildProgress>, RebuildAbort> {
+    let (mut target, _, _) = session(sink.data, pki, epoch).await;
     let first_live = 5000;
     let start = Message::RebuildStart(RebuildStart {
         peer_address: source.data.to_string(),
@@ -74,14 +90,14 @@ async fn rebuild(
         from_io_seq: 0,
         source: RebuildSource::Live,
     });
-    target.send(packet(1, first_live, start)).await.unwrap();
+    target.send(packet(epoch, first_live, start)).await.unwrap();
     if let Some((lba, data)) = live {
         let write = Message::Write(Write {
             offset: lba * BLOCK,
             data,
             fua: false,
         });
-        target.send(packet(1, first_live, write)).await.unwrap();
+        target.send(packet(epoch, first_live, write)).await.unwrap();
     }
     let mut progress = Vec::new();
     loop {
@@ -89,11 +105,37 @@ async fn rebuild(
         match reply.message {
             Message::Ack(Opcode::RebuildStart | Opcode::Write) => {}
             Message::RebuildProgress(p) => progress.push(p),
-            Message::RebuildDone(_) => break,
+            Message::RebuildDone(_) => return Ok(progress),
+            Message::RebuildAbort(abort) => return Err(abort),
             other => panic!("unexpected {other:?}"),
         }
     }
-    progress
+}
+
+/// Flips a byte of every copy of `data` in the pool file `image`, behind
+/// the daemon's back (a rotting disk).
+fn rot(image: &std::path::Path, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .unwrap();
+    let bytes = std::fs::read(image).unwrap();
+    let mut found = 0;
+    let mut at = 0;
+    while at + data.len() <= bytes.len() {
+        if bytes[at..at + data.len()] == *data {
+            let byte = bytes[at + 100] ^ 0x40;
+            file.write_at(&[byte], (at + 100) as u64).unwrap();
+            found += 1;
+            at += data.len();
+        } else {
+            at += 4096;
+        }
+    }
+    assert!(found > 0, "the block is not in the pool file");
+    file.sync_all().unwrap();
 }
 
 /// `cstor_replica_rebuild_digest_{what}_total{result}` of `replica`.
@@ -213,4 +255,48 @@ async fn an_empty_sink_takes_the_whole_live_stream_without_digests() {
         dst.read(lba * BLOCK, &mut got).await.unwrap();
         assert!(got == want, "block {lba} differs from the source");
     }
+}
+
+#[tokio::test]
+async fn by_digest_a_rotten_block_of_the_sink_is_pulled_and_one_of_the_source_aborts() {
+    let pki = Pki::new();
+    let (source, sink, _owner) = pair(&pki).await;
+    let src = source.pool.volume("v").unwrap();
+    let dst = sink.pool.volume("v").unwrap();
+    let blocks = VOLUME_BYTES / BLOCK;
+    let range_blocks = REBUILD_DIGEST_RANGE_BYTES / BLOCK;
+    let ranges = VOLUME_BYTES / REBUILD_DIGEST_RANGE_BYTES;
+    fill(&src, 0..blocks, 1, 10).await;
+    fill(&dst, 0..blocks, 1, 10).await;
+    src.flush().await.unwrap();
+    dst.flush().await.unwrap();
+    // A block of the sink rots: its digest names it bad, and the range is
+    // pulled although the content digests would otherwise say nothing.
+    let rotten = 3 * range_blocks + 2;
+    rot(&sink.image(), &block(1, rotten));
+    let mut got = vec![0u8; BLOCK as usize];
+    assert!(dst.read(rotten * BLOCK, &mut got).await.is_err());
+    rebuild(&sink, &source, &pki, None).await;
+    assert_eq!(digests(&sink, "sink", "ranges", "differ").await, 1);
+    assert_eq!(digests(&sink, "sink", "ranges", "equal").await, ranges - 1);
+    dst.read(rotten * BLOCK, &mut got).await.unwrap();
+    assert_eq!(got, block(1, rotten), "the rotten block was not pulled");
+
+    // A block of the source rots: it is not copied; the rebuild aborts
+    // and says why.
+    let rotten = 7 * range_blocks;
+    rot(&source.image(), &block(1, rotten));
+    let abort = try_rebuild(&sink, &source, &pki, 2, None)
+        .await
+        .expect_err("a rebuild from a rotten source");
+    assert_eq!(abort.status, Status::IoError, "{abort:?}");
+    assert!(abort.detail.contains("fail their checksum"), "{abort:?}");
+    assert!(
+        abort
+            .detail
+            .contains(&format!("{}+{BLOCK}", rotten * BLOCK)),
+        "{abort:?}"
+    );
+    dst.read(rotten * BLOCK, &mut got).await.unwrap();
+    assert_eq!(got, block(1, rotten), "the sink's good copy was kept");
 }
