@@ -100,6 +100,23 @@
 //!   neither copy names a bad block in it (a bad block digests as its
 //!   index alone). Limit: a stale block whose crc32c equals the current
 //!   one's (about 2^-32 per differing block) goes unnoticed, as in a scrub.
+//! - io_seq floor: a range found equal keeps this replica's own chunk
+//!   io_seqs, which may be older than the write that last made the same
+//!   content on the source (a chunk overwritten and written back alike;
+//!   one written and trimmed that this replica never had: no entry here at
+//!   all). A delta rebuild that later takes this replica as its source
+//!   would pick its chunks by those io_seqs and miss them. So a run by
+//!   digest leaves `through_io_seq` as the volume replica's io_seq floor in
+//!   its attributes (`state::io_seq_floor`; kept by every later run), and
+//!   as a source it serves a live stream asked from below the floor as the
+//!   whole volume, every piece stamped at least the floor (`source` module
+//!   doc). Sound because every write above `through_io_seq` reached this
+//!   replica live (completed writes below `J` were on the source before
+//!   the anchor; pending ones are resent to this replica), so its own
+//!   io_seq for a chunk such a write touched is that write's.
+//! - Decided at `RebuildStart` (in the read loop, before the session's
+//!   next request): a live write right behind it does not make an empty
+//!   replica look like one with data.
 //! - Resume point: written at the start (the replica says it is degraded
 //!   until the end) and cleared at the end, but its offset is not used:
 //!   ranges an interrupted run pulled compare equal in the next one.

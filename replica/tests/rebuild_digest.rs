@@ -19,6 +19,7 @@ use cstor_proto::{
     ReplicaState, Status, Write,
 };
 use cstor_replica::limits::REBUILD_DIGEST_RANGE_BYTES;
+use cstor_replica::rebuild::state::io_seq_floor;
 use futures::SinkExt;
 use support::{
     make_replicated, packet, replica_of, target, Conn, Pki, Replica, BLOCK, VOLUME_BYTES,
@@ -226,6 +227,38 @@ async fn a_sink_that_holds_most_of_the_data_pulls_only_the_ranges_that_differ() 
     let (_, state, durable) = session(sink.data, &pki, 0).await;
     assert_eq!(state, ReplicaState::Healthy);
     assert_eq!(durable, 5000);
+
+    // The ranges found equal kept the sink's own io_seqs, which in another
+    // history could be older than the writes that made that content on
+    // the source: it now reads its chunks as last written at least at the
+    // run's through_io_seq, its floor. As a source of a delta rebuild from below
+    // the floor it streams the whole volume, each piece stamped so.
+    let floor = io_seq_floor(&dst.attrs().unwrap());
+    assert!(floor >= 6000, "io_seq floor {floor}");
+    make_replicated(&sink.pool, "v").await;
+    let (_owner, _, _) = session(sink.data, &pki, 2).await;
+    let mut probe = support::session(sink.data, &pki.security(&replica_of("peer")), "v", 0).await;
+    let delta = Message::RebuildStart(RebuildStart {
+        peer_address: "127.0.0.1:1".into(),
+        volume: Name::new("v").unwrap(),
+        from_io_seq: 100,
+        source: RebuildSource::Live,
+    });
+    probe.send(packet(0, 1, delta)).await.unwrap();
+    let mut streamed = 0u64;
+    loop {
+        match support::next(&mut probe).await.map(|p| p.message) {
+            Some(Message::Ack(Opcode::RebuildStart)) => {}
+            Some(Message::RebuildProgress(p)) => assert_eq!(p.total_bytes, VOLUME_BYTES),
+            Some(Message::RebuildChunk(chunk)) => {
+                streamed += chunk.data.len() as u64;
+                assert!(chunk.block_io_seqs.iter().all(|s| *s >= floor), "{chunk:?}");
+            }
+            Some(Message::RebuildDone(_)) => break,
+            other => panic!("stream: {other:?}"),
+        }
+    }
+    assert_eq!(streamed, VOLUME_BYTES);
 }
 
 #[tokio::test]

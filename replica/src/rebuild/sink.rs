@@ -47,7 +47,10 @@ use tracing::{info, warn, Instrument};
 
 use super::io::{deadline, RebuildIo};
 use super::source::truncate;
-use super::state::{effective_limit, BlockSet, Pacer, RebuildSettings, RebuildStatus, ResumePoint};
+use super::state::{
+    effective_limit, encode_floor, io_seq_floor, BlockSet, Pacer, RebuildSettings, RebuildStatus,
+    ResumePoint,
+};
 use super::RebuildError;
 use crate::limits::{
     REBUILD_CHECKPOINT_BYTES, REBUILD_CONNECT_TIMEOUT, REBUILD_PIECES_IN_FLIGHT,
@@ -111,6 +114,10 @@ pub fn start<I: RebuildIo>(
         .into_iter()
         .map(|s| s.name)
         .collect();
+    // A full rebuild into a copy that holds data compares it by digest
+    // (module doc of `rebuild`, "By digest"): decided here, before any live
+    // write of the session or rebuilt block lands.
+    let by_digest = start.from_io_seq == 0 && digest::holds_data(entry)?;
     let cancel = stop.child_token();
     let status = RebuildStatus {
         source: start.peer_address.clone(),
@@ -144,6 +151,8 @@ pub fn start<I: RebuildIo>(
         first_live_io_seq: reports.request.io_seq,
         generation,
         pre_session_snapshots,
+        io_seq_floor: std::sync::atomic::AtomicU64::new(0),
+        by_digest,
     };
     let span =
         tracing::info_span!("rebuild", volume = %entry.name, source = %run.start.peer_address);
@@ -204,6 +213,12 @@ struct Run<I: RebuildIo> {
     /// live request of the session): the only ones it may delete as gone
     /// from the source.
     pre_session_snapshots: BTreeSet<String>,
+    /// The volume replica's io_seq floor (`state::io_seq_floor`) when the
+    /// run started: every checkpoint keeps it.
+    io_seq_floor: std::sync::atomic::AtomicU64,
+    /// A full rebuild into a copy that held data when it started: by
+    /// digest (`digest`).
+    by_digest: bool,
 }
 
 /// Counters of one run (all its streams); times are the run's clock's.
@@ -266,6 +281,9 @@ impl<I: RebuildIo> Run<I> {
         let attrs = volume.attrs().map_err(|e| self.engine(e))?;
         let resume =
             ResumePoint::decode(&attrs).filter(|p| p.from_io_seq == self.start.from_io_seq);
+        // Kept through this run (its checkpoints carry it).
+        self.io_seq_floor
+            .store(io_seq_floor(&attrs), std::sync::atomic::Ordering::Relaxed);
         // A snapshot an interrupted run created but did not fill is
         // incomplete: it goes before anything else (and is redone).
         let mut deletable = self.pre_session_snapshots.clone();
@@ -275,9 +293,7 @@ impl<I: RebuildIo> Run<I> {
         // Durable before any rebuilt block lands: after a crash the replica
         // reports itself degraded, complete only through `from_io_seq`.
         self.checkpoint(resume, 0, None).await?;
-        // A full rebuild into a copy that holds data compares it by digest
-        // (module doc, "By digest"); decided before any rebuilt block lands.
-        let by_digest = self.start.from_io_seq == 0 && self.holds_data()?;
+        let by_digest = self.by_digest;
         // What this replica changed itself after `from_io_seq`, before any
         // rebuilt block lands (which would count as a change too); by
         // digest every range is compared instead.
@@ -349,8 +365,20 @@ impl<I: RebuildIo> Run<I> {
             .rebuilt_through(through_io_seq.min(self.first_live_io_seq.saturating_sub(1)));
         crate::session::publish_watermark(&self.entry);
         volume.flush().await.map_err(|e| self.engine(e))?;
-        // The resume point is spent; `set_attrs` is durable.
-        volume.set_attrs(&[]).await.map_err(|e| self.engine(e))?;
+        // The resume point is spent; `set_attrs` is durable. By digest, the
+        // ranges found equal keep this replica's own chunk io_seqs: from
+        // now on it reads them as at least `through_io_seq` (its io_seq
+        // floor, `state::io_seq_floor`), before it can serve as a source.
+        let floor = self.io_seq_floor.load(std::sync::atomic::Ordering::Relaxed);
+        let floor = if by_digest {
+            floor.max(through_io_seq)
+        } else {
+            floor
+        };
+        volume
+            .set_attrs(&encode_floor(floor))
+            .await
+            .map_err(|e| self.engine(e))?;
         progress.total_bytes = progress.total_bytes.max(progress.done_bytes);
         self.report(reports, &mut progress, true).await?;
         Ok(through_io_seq)
@@ -776,7 +804,10 @@ impl<I: RebuildIo> Run<I> {
         };
         self.entry
             .volume
-            .set_attrs(&point.encode_filling(filling))
+            .set_attrs(&point.encode_with(
+                filling,
+                self.io_seq_floor.load(std::sync::atomic::Ordering::Relaxed),
+            ))
             .await
             .map_err(|e| self.engine(e))
     }

@@ -49,6 +49,7 @@ use crate::ordering::IoKind;
 use crate::rebuild::io::{deadline, RebuildIo};
 use crate::rebuild::state::effective_limit;
 use crate::rebuild::RebuildError;
+use crate::registry::VolumeEntry;
 
 /// The io_seq of a range in flight that was not asked for (not
 /// digestible): it is pulled.
@@ -62,14 +63,17 @@ const HEARTBEAT_IO_SEQ: u64 = 0;
 /// below the source's idle timeout (`SESSION_IDLE_TIMEOUT`, 15 s).
 const PAUSE_SLICE: Duration = Duration::from_secs(5);
 
-impl<I: RebuildIo> Run<I> {
-    /// Whether this replica's live volume holds any data (a full rebuild
-    /// then goes by digest): chunks of its own, or snapshots under it.
-    pub(super) fn holds_data(&self) -> Result<bool, RebuildError> {
-        let stats = self.entry.volume.stats().map_err(|e| self.engine(e))?;
-        Ok(stats.size_bytes > 0 && (stats.allocated_bytes > 0 || stats.snapshots > 0))
-    }
+/// Whether a volume replica holds any data (a full rebuild into it then
+/// goes by digest): chunks of its own, or snapshots under it.
+pub(super) fn holds_data(entry: &VolumeEntry) -> Result<bool, RebuildError> {
+    let stats = entry
+        .volume
+        .stats()
+        .map_err(|e| RebuildError::engine(&entry.name, e))?;
+    Ok(stats.size_bytes > 0 && (stats.allocated_bytes > 0 || stats.snapshots > 0))
+}
 
+impl<I: RebuildIo> Run<I> {
     /// The live volume by digest (module doc); returns the run's
     /// `through_io_seq` (the anchor's).
     pub(super) async fn pull_by_digest(
