@@ -303,9 +303,10 @@ impl RebuildSlot {
 /// attribute blob. Layout (little endian): magic `b"RBLD"`, version u8 = 2,
 /// from_io_seq u64, first_live_io_seq u64, next_offset u64, then the name
 /// of the rebuilt snapshot being filled (u8 length, 0 for none, and UTF-8
-/// bytes; see [`ResumePoint::filling`]), then (version 3) the volume
-/// replica's io_seq floor u64 ([`io_seq_floor`]). Versions 1 (33 bytes,
-/// no name) and 2 (no floor) are still read.
+/// bytes; see [`ResumePoint::filling`]), then (version 3, written only
+/// with a floor) the volume replica's io_seq floor u64
+/// ([`io_seq_floor`]). Versions 1 (33 bytes, no name) and 2 (no floor) are
+/// read; version 2 is written when there is no floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePoint {
     /// The rebuild it belongs to.
@@ -347,13 +348,20 @@ impl ResumePoint {
         let name = name.get(..usize::from(u8::MAX)).unwrap_or(name);
         let mut out = Vec::with_capacity(RESUME_LEN + 1 + name.len());
         out.extend_from_slice(RESUME_MAGIC);
-        out.push(RESUME_VERSION);
+        // Without a floor, version 2 as before (what an older daemon reads).
+        out.push(if floor == 0 {
+            RESUME_VERSION_2
+        } else {
+            RESUME_VERSION
+        });
         out.extend_from_slice(&self.from_io_seq.to_le_bytes());
         out.extend_from_slice(&self.first_live_io_seq.to_le_bytes());
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(name);
-        out.extend_from_slice(&floor.to_le_bytes());
+        if floor != 0 {
+            out.extend_from_slice(&floor.to_le_bytes());
+        }
         out
     }
 
@@ -518,10 +526,9 @@ mod tests {
         v1[4] = RESUME_VERSION_1;
         assert_eq!(ResumePoint::decode(&v1), Some(p));
         assert_eq!(ResumePoint::filling(&v1), None);
-        // Version 2: a name, no floor.
-        let mut v2 = p.encode_filling(Some("snap-a"));
-        v2.truncate(v2.len() - 8);
-        v2[4] = RESUME_VERSION_2;
+        // Version 2: a name, no floor (what is written without one).
+        let v2 = p.encode_filling(Some("snap-a"));
+        assert_eq!(v2[4], RESUME_VERSION_2);
         assert_eq!(ResumePoint::decode(&v2), Some(p));
         assert_eq!(ResumePoint::filling(&v2).as_deref(), Some("snap-a"));
         assert_eq!(io_seq_floor(&v2), 0);
