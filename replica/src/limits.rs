@@ -60,3 +60,22 @@ pub const REBUILD_PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// The sink persists its resume point (and so flushes what it applied)
 /// after this many bytes.
 pub const REBUILD_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The range a full rebuild by digest compares at a time (`rebuild` module
+/// doc, "By digest"): a range whose digests agree moves no data, one that
+/// differs is pulled whole. Smaller ranges pull less around a difference
+/// and cost more round trips; whole 4 KiB blocks, within a `Digest`'s
+/// bound.
+pub const REBUILD_DIGEST_RANGE_BYTES: u64 = 1024 * 1024;
+
+/// `Digest` requests a sink has in flight to its source at once (replies
+/// are matched by io_seq): enough to hide the round trip behind the
+/// source's reads; each reply is a few bytes.
+pub const REBUILD_DIGESTS_IN_FLIGHT: usize = 8;
+
+const _: () = {
+    assert!(REBUILD_DIGEST_RANGE_BYTES <= cstor_engine::limits::MAX_DIGEST_BYTES);
+    assert!(REBUILD_DIGEST_RANGE_BYTES <= cstor_proto::limits::MAX_DIGEST_BYTES as u64);
+    assert!(REBUILD_DIGEST_RANGE_BYTES.is_multiple_of(cstor_engine::limits::SUM_BLOCK_BYTES));
+    assert!(REBUILD_DIGESTS_IN_FLIGHT >= 1);
+};

@@ -459,6 +459,26 @@ fn render_rebuilds(
             );
         }
     }
+    let digests = registry.rebuild_settings().digest_totals();
+    for (name, help, equal, differ) in [
+        (
+            "cstor_replica_rebuild_digest_ranges_total",
+            "Ranges full rebuilds by digest compared: equal (not pulled) or differ (pulled).",
+            digests.equal_ranges,
+            digests.differ_ranges,
+        ),
+        (
+            "cstor_replica_rebuild_digest_bytes_total",
+            "Bytes full rebuilds by digest compared: equal (not pulled) or differ (pulled).",
+            digests.equal_bytes,
+            digests.differ_bytes,
+        ),
+    ] {
+        out.family(name, MetricType::Counter, help);
+        for (result, value) in [("equal", equal), ("differ", differ)] {
+            out.sample(name, &[("pool", pool_name), ("result", result)], value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,82 @@
 //! io_seq, zeros where it never wrote), applied like the live stream.
 //! Usually there are none.
 //!
+//! By digest (`sink::digest`): a *full* rebuild (`from_io_seq` 0: a replica
+//! added, or one whose id differs from the membership record) into a copy
+//! that already holds data (allocated chunks or snapshots, decided before
+//! any rebuilt block lands) does not take the live stream. It pulls an
+//! *anchor* first (a `Ranges` stream of the volume's first block), then
+//! compares the live volume with the source's range by range
+//! ([`REBUILD_DIGEST_RANGE_BYTES`]): `Digest`s on a probe session (up to
+//! [`REBUILD_DIGESTS_IN_FLIGHT`] in flight; the source serves them like
+//! `RebuildStart`: a volume in a replica set, only while a target session
+//! owns it there, each inside its IO order like a read of the range),
+//! against this replica's own `Volume::digest` of the range (under a read
+//! ticket of its IO order). Equal ranges move nothing; the others — and
+//! those where this copy names bad blocks — are pulled with `Ranges`
+//! streams of at most `MAX_REBUILD_RANGES` runs each, applied like the live
+//! stream (never over a live write of this run). A source naming bad
+//! blocks aborts the run ([`RebuildError::SourceBad`]): a live stream could
+//! not read them either, and a rebuild does not copy a bad block. A copy
+//! with no data takes the live stream (digests would only add round trips).
+//!
+//! Why it ends as a live stream would, given that:
+//! - `through_io_seq` is the anchor's: the source's last received io_seq
+//!   when the anchor started, before any `Digest` was sent. A live stream
+//!   may claim its start's value because it reads every chunk after it in
+//!   the source's IO order; here every range is observed after the
+//!   anchor's start too — by its digest (in the source's IO order, after
+//!   every write received before it), or by a `Ranges` stream started
+//!   later. A range found equal holds, on this replica, the content the
+//!   source had at that digest, and nothing but live writes of this run
+//!   changes it afterwards (the run writes only the ranges that differ,
+//!   which do not overlap it); a live write is newer and wins as ever. The
+//!   last stream's value would be higher and claim writes the source
+//!   received while the earlier ranges were being compared, which this
+//!   replica has only if they reach it live. The watermark is then raised
+//!   to `min(through_io_seq, J − 1)` as for the live stream.
+//! - No pass over its own changes: the live stream carries only the chunks
+//!   the source changed after `from_io_seq`, so a write only this replica
+//!   got is not in it and needs that pass; by digest *every* range is
+//!   compared, so such a write differs from the source's content like any
+//!   other difference and is pulled (or, where a live write of this run
+//!   landed since, the live data stays, as in that pass), and a write that
+//!   left the same bytes needs nothing.
+//! - Digests compare content (crc32c of each 4 KiB block, zeros where
+//!   unmapped: `Volume::digest`), not io_seqs, so a copy rebuilt through
+//!   another history compares equal; a range compares equal only when
+//!   neither copy names a bad block in it (a bad block digests as its
+//!   index alone). Limit: a stale block whose crc32c equals the current
+//!   one's (about 2^-32 per differing block) goes unnoticed, as in a scrub.
+//! - io_seq floor: a range found equal keeps this replica's own chunk
+//!   io_seqs, which may be older than the write that last made the same
+//!   content on the source (a chunk overwritten and written back alike;
+//!   one written and trimmed that this replica never had: no entry here at
+//!   all). A delta rebuild that later takes this replica as its source
+//!   would pick its chunks by those io_seqs and miss them. So a run by
+//!   digest leaves `through_io_seq` as the volume replica's io_seq floor in
+//!   its attributes (`state::io_seq_floor`; kept by every later run), and
+//!   as a source it serves a live stream asked from below the floor as the
+//!   whole volume, every piece stamped at least the floor (`source` module
+//!   doc). Sound because every write above `through_io_seq` reached this
+//!   replica live (completed writes below `J` were on the source before
+//!   the anchor; pending ones are resent to this replica), so its own
+//!   io_seq for a chunk such a write touched is that write's.
+//! - Decided at `RebuildStart` (in the read loop, before the session's
+//!   next request): a live write right behind it does not make an empty
+//!   replica look like one with data.
+//! - Resume point: written at the start (the replica says it is degraded
+//!   until the end) and cleared at the end, but its offset is not used:
+//!   ranges an interrupted run pulled compare equal in the next one.
+//! - Progress: the total is the volume's size (and the anchor's block);
+//!   an equal range counts as done when compared, a pulled one as it
+//!   lands. The pacer takes compared bytes like pulled ones (a digest
+//!   reads the range on the source as a stream would): the throttle bounds
+//!   the source's reads in both modes.
+//! - Metrics: `cstor_replica_rebuild_digest_ranges_total{result}` and
+//!   `cstor_replica_rebuild_digest_bytes_total{result}` (`equal`,
+//!   `differ`).
+//!
 //! Resumable: every [`REBUILD_CHECKPOINT_BYTES`] the sink flushes and
 //! persists a [`state::ResumePoint`] in the volume attributes. A new rebuild
 //! with the same `from_io_seq` skips a chunk below the saved offset when the
@@ -88,6 +164,8 @@
 //! [`REBUILD_PIECE_BYTES`]: crate::limits::REBUILD_PIECE_BYTES
 //! [`REBUILD_PIECES_IN_FLIGHT`]: crate::limits::REBUILD_PIECES_IN_FLIGHT
 //! [`REBUILD_CHECKPOINT_BYTES`]: crate::limits::REBUILD_CHECKPOINT_BYTES
+//! [`REBUILD_DIGEST_RANGE_BYTES`]: crate::limits::REBUILD_DIGEST_RANGE_BYTES
+//! [`REBUILD_DIGESTS_IN_FLIGHT`]: crate::limits::REBUILD_DIGESTS_IN_FLIGHT
 
 pub mod io;
 pub mod sink;
@@ -113,6 +191,12 @@ pub enum RebuildError {
         status: Status,
         detail: String,
     },
+    #[error(
+        "rebuild source {peer} holds blocks that fail their checksum ({ranges}): \
+         a rebuild does not copy them (a scrub or a read through the target \
+         repairs the source from a healthy copy)"
+    )]
+    SourceBad { peer: String, ranges: String },
     #[error("rebuild of volume {volume} is not supported: {detail}")]
     Unsupported { volume: String, detail: String },
     #[error("rebuild cancelled (session cut, volume deleted or shutdown)")]
@@ -124,7 +208,7 @@ impl RebuildError {
     pub fn status(&self) -> Status {
         match self {
             RebuildError::Engine { source, .. } => crate::status::proto_status(source),
-            RebuildError::Peer { .. } => Status::IoError,
+            RebuildError::Peer { .. } | RebuildError::SourceBad { .. } => Status::IoError,
             RebuildError::SourceAborted { status, .. } => *status,
             RebuildError::Unsupported { .. } => Status::BadRequest,
             RebuildError::Cancelled => Status::Busy,

@@ -434,6 +434,66 @@ async fn a_replica_certificate_pulls_the_rebuild_stream_of_a_member_volume() {
     assert_refused(&r, POOL, "unauthorized", 0).await;
 }
 
+/// A rebuild sink compares its copy by digest on its probe: a replica
+/// certificate may ask the digest of a volume in a replica set, only while
+/// a target session owns it on this daemon, and of no other volume.
+#[tokio::test]
+async fn a_replica_certificate_asks_digests_of_an_owned_member_volume_only() {
+    let pki = Pki::new();
+    let r = daemon(&pki, &["v", "u"]).await;
+    make_replicated(&r.pool, "v").await;
+    let volume = r.pool.volume("v").unwrap();
+    volume.write(3 * BLOCK, &data(0x5e), 5).await.unwrap();
+    r.pool
+        .volume("u")
+        .unwrap()
+        .write(0, &data(0x5e), 5)
+        .await
+        .unwrap();
+    let peer = pki.security(&replica_of("p2"));
+    let digest = || {
+        Message::Digest(Extent {
+            offset: 0,
+            len_bytes: 1 << 20,
+        })
+    };
+    // Not in a replica set: refused as unauthorized.
+    let mut probe = session(r.data, &peer, "u", 0).await;
+    match call(&mut probe, 0, 1, digest()).await {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.status, Status::NotAuthenticated, "{e:?}");
+            assert!(e.detail.contains("replica set"), "{}", e.detail);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // In a replica set, but no target session owns it here: busy.
+    let mut probe = session(r.data, &peer, "v", 0).await;
+    match call(&mut probe, 0, 1, digest()).await {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.status, Status::Busy, "{e:?}");
+            assert!(e.detail.contains("no target session"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Its target claims it: the digest comes, the engine's own.
+    let _owner = session(r.data, &pki.security(&target("v")), "v", 1).await;
+    let want = volume.digest(0, 1 << 20).await.unwrap();
+    match call(&mut probe, 0, 2, digest()).await {
+        Some(Message::RangeDigest(got)) => {
+            assert_eq!(got.digest, want.digest);
+            assert_eq!(got.mapped_blocks, want.mapped_blocks);
+            assert!(got.bad.is_empty());
+        }
+        other => panic!("digest: {other:?}"),
+    }
+    // Still no IO of any other kind on the probe.
+    match call(&mut probe, 0, 3, write(0, 1)).await {
+        Some(Message::Error(e)) => assert_eq!(e.status, Status::NotAuthenticated),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_refused(&r, POOL, "unauthorized", 2).await;
+}
+
 // ---------------------------------------------------------- management port
 
 /// `GetPool` as `security`: the pool's name, or why it failed.

@@ -32,6 +32,10 @@ struct Args {
     /// writes.
     #[arg(long)]
     scrub: bool,
+    /// Replicas the operator adds already hold stale data (changes every
+    /// seed's run): their full rebuilds go by digest.
+    #[arg(long)]
+    stale_adds: bool,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         let opts = Options {
             verbose: args.trace,
             scrub: args.scrub,
+            stale_adds: args.stale_adds,
             ..Options::default()
         };
         let r = run_seed(seed, opts);
@@ -82,8 +87,9 @@ fn main() -> ExitCode {
             failed += 1;
             if !single && !args.verbose {
                 say(format_args!(
-                    "seed {seed} FAILED: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed}{})",
-                    if args.scrub { " --scrub" } else { "" }
+                    "seed {seed} FAILED: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed}{}{})",
+                    if args.scrub { " --scrub" } else { "" },
+                    if args.stale_adds { " --stale-adds" } else { "" }
                 ));
             }
         }

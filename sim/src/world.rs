@@ -576,6 +576,12 @@ pub struct Options {
     /// older data over a newer write (docs/simulation.md, "Scrub"). Off by
     /// default: it changes what each seed runs.
     pub scrub: bool,
+    /// A replica the operator adds already holds stale data (a reused
+    /// disk: random blocks written before it joins), so its full rebuild
+    /// goes by digest (replica/src/rebuild.rs, "By digest") and must leave
+    /// nothing of that data where the volume's differs. Off by default: it
+    /// changes what each seed runs.
+    pub stale_adds: bool,
 }
 
 impl Default for Options {
@@ -584,6 +590,7 @@ impl Default for Options {
             max_sim_us: 600_000_000,
             verbose: false,
             scrub: false,
+            stale_adds: false,
         }
     }
 }
@@ -700,7 +707,7 @@ impl<'c> World<'c> {
             beyond_tolerance: false,
         };
         for (i, bytes) in plan.pool_bytes.iter().enumerate() {
-            let host = w.new_replica(*bytes, i == 0)?;
+            let host = w.new_replica(*bytes, i == 0, false)?;
             w.cli.push(replica_addr(host));
         }
         for i in 0..plan.initiators {

@@ -118,3 +118,39 @@ fn seeds_that_scrub_while_the_faults_run_pass_every_oracle() {
         failed.join("\n")
     );
 }
+
+/// Seeds whose added replicas hold stale data (`Options::stale_adds`):
+/// their full rebuilds go by digest. A fifth of the budget.
+#[test]
+fn seeds_whose_added_replicas_hold_stale_data_pass_every_oracle() {
+    let n = (budget() / 5).max(1);
+    let mut failed = Vec::new();
+    let mut added = 0;
+    for seed in 1..=n {
+        let r = run_seed(
+            seed,
+            Options {
+                stale_adds: true,
+                ..Options::default()
+            },
+        );
+        added += r
+            .stats
+            .operator_by_kind
+            .get("replica_add")
+            .copied()
+            .unwrap_or(0);
+        if let Some(f) = r.failure {
+            failed.push(format!(
+                "seed {seed}: {f} (replay: cargo run --release -p cstor-sim -- --seed {seed} --stale-adds)"
+            ));
+        }
+    }
+    assert!(added > 0 || n < 20, "no replica added in {n} seeds");
+    assert!(
+        failed.is_empty(),
+        "{} of {n} seeds failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}

@@ -9,7 +9,9 @@
 //! `session::access`), probes it (epoch 0), asks for
 //! the live stream and applies each chunk inside the volume's IO order, to
 //! the blocks no live write touched since the start (module doc of
-//! `rebuild`). It paces itself to the daemon's and the volume's throttle
+//! `rebuild`) — or, for a full rebuild into a copy that holds data,
+//! compares the volume by digest and pulls only the ranges that differ
+//! (`digest`). It paces itself to the daemon's and the volume's throttle
 //! (`state::effective_limit`), reports
 //! `RebuildProgress` to the target every [`REBUILD_PROGRESS_INTERVAL`],
 //! checkpoints a resume point every [`REBUILD_CHECKPOINT_BYTES`], catches
@@ -45,7 +47,10 @@ use tracing::{info, warn, Instrument};
 
 use super::io::{deadline, RebuildIo};
 use super::source::truncate;
-use super::state::{effective_limit, BlockSet, Pacer, RebuildSettings, RebuildStatus, ResumePoint};
+use super::state::{
+    effective_limit, encode_floor, io_seq_floor, BlockSet, Pacer, RebuildSettings, RebuildStatus,
+    ResumePoint,
+};
 use super::RebuildError;
 use crate::limits::{
     REBUILD_CHECKPOINT_BYTES, REBUILD_CONNECT_TIMEOUT, REBUILD_PIECES_IN_FLIGHT,
@@ -54,7 +59,11 @@ use crate::limits::{
 use crate::ordering::IoKind;
 use crate::registry::VolumeEntry;
 
+mod digest;
 mod snapshots;
+
+/// What [`Run::repair_own_changes`] pulls (the log's words).
+const OWN: &str = "chunks only this replica changed";
 
 /// Where the sink's reports to the target go: the owning session.
 pub struct Reports {
@@ -105,6 +114,10 @@ pub fn start<I: RebuildIo>(
         .into_iter()
         .map(|s| s.name)
         .collect();
+    // A full rebuild into a copy that holds data compares it by digest
+    // (module doc of `rebuild`, "By digest"): decided here, before any live
+    // write of the session or rebuilt block lands.
+    let by_digest = start.from_io_seq == 0 && digest::holds_data(entry)?;
     let cancel = stop.child_token();
     let status = RebuildStatus {
         source: start.peer_address.clone(),
@@ -138,6 +151,8 @@ pub fn start<I: RebuildIo>(
         first_live_io_seq: reports.request.io_seq,
         generation,
         pre_session_snapshots,
+        io_seq_floor: std::sync::atomic::AtomicU64::new(0),
+        by_digest,
     };
     let span =
         tracing::info_span!("rebuild", volume = %entry.name, source = %run.start.peer_address);
@@ -198,6 +213,12 @@ struct Run<I: RebuildIo> {
     /// live request of the session): the only ones it may delete as gone
     /// from the source.
     pre_session_snapshots: BTreeSet<String>,
+    /// The volume replica's io_seq floor (`state::io_seq_floor`) when the
+    /// run started: every checkpoint keeps it.
+    io_seq_floor: std::sync::atomic::AtomicU64,
+    /// A full rebuild into a copy that held data when it started: by
+    /// digest (`digest`).
+    by_digest: bool,
 }
 
 /// Counters of one run (all its streams); times are the run's clock's.
@@ -208,6 +229,9 @@ struct Progress {
     since_checkpoint: u64,
     last_report: Duration,
     pacer: Pacer,
+    /// The total is set for a whole phase (a rebuild by digest: the
+    /// volume's size), not by each stream's `RebuildProgress`.
+    fixed_total: bool,
 }
 
 /// A chunk applied: where it ends and how long it was.
@@ -257,6 +281,9 @@ impl<I: RebuildIo> Run<I> {
         let attrs = volume.attrs().map_err(|e| self.engine(e))?;
         let resume =
             ResumePoint::decode(&attrs).filter(|p| p.from_io_seq == self.start.from_io_seq);
+        // Kept through this run (its checkpoints carry it).
+        self.io_seq_floor
+            .store(io_seq_floor(&attrs), std::sync::atomic::Ordering::Relaxed);
         // A snapshot an interrupted run created but did not fill is
         // incomplete: it goes before anything else (and is redone).
         let mut deletable = self.pre_session_snapshots.clone();
@@ -266,10 +293,17 @@ impl<I: RebuildIo> Run<I> {
         // Durable before any rebuilt block lands: after a crash the replica
         // reports itself degraded, complete only through `from_io_seq`.
         self.checkpoint(resume, 0, None).await?;
+        let by_digest = self.by_digest;
         // What this replica changed itself after `from_io_seq`, before any
-        // rebuilt block lands (which would count as a change too).
-        let own_changes = self.own_changes()?;
+        // rebuilt block lands (which would count as a change too); by
+        // digest every range is compared instead.
+        let own_changes = if by_digest {
+            None
+        } else {
+            Some(self.own_changes()?)
+        };
         info!(
+            by_digest,
             from_io_seq = self.start.from_io_seq,
             resume_offset = resume.map_or(0, |p| p.next_offset),
             "rebuild started"
@@ -282,25 +316,36 @@ impl<I: RebuildIo> Run<I> {
             since_checkpoint: 0,
             last_report: now,
             pacer: Pacer::new(now),
+            fixed_total: false,
         };
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
             .await?;
-        let mut conn = self
-            .connect(RebuildSource::Live, self.start.from_io_seq)
-            .await?;
-        let mut carried = self.chunk_set()?;
-        let through_io_seq = self
-            .stream(
-                &mut conn,
-                reports,
-                &mut progress,
-                Dest::Live(resume),
-                Some(&mut carried),
-            )
-            .await?;
-        drop(conn);
-        self.repair_own_changes(&own_changes, &carried, reports, &mut progress)
-            .await?;
+        let through_io_seq = if by_digest {
+            // Every range is compared, so a write only this replica got
+            // differs from the source like any other difference: no
+            // separate pass over its own changes (module doc).
+            self.pull_by_digest(reports, &mut progress).await?
+        } else {
+            let mut conn = self
+                .connect(RebuildSource::Live, self.start.from_io_seq)
+                .await?;
+            let mut carried = self.chunk_set()?;
+            let through_io_seq = self
+                .stream(
+                    &mut conn,
+                    reports,
+                    &mut progress,
+                    Dest::Live(resume),
+                    Some(&mut carried),
+                )
+                .await?;
+            drop(conn);
+            if let Some(own) = &own_changes {
+                self.repair_own_changes(own, &carried, reports, &mut progress)
+                    .await?;
+            }
+            through_io_seq
+        };
         // Snapshots the healthy replicas took while this one was rebuilding.
         self.sync_snapshots(reports, &mut progress, resume, &mut deletable)
             .await?;
@@ -320,8 +365,20 @@ impl<I: RebuildIo> Run<I> {
             .rebuilt_through(through_io_seq.min(self.first_live_io_seq.saturating_sub(1)));
         crate::session::publish_watermark(&self.entry);
         volume.flush().await.map_err(|e| self.engine(e))?;
-        // The resume point is spent; `set_attrs` is durable.
-        volume.set_attrs(&[]).await.map_err(|e| self.engine(e))?;
+        // The resume point is spent; `set_attrs` is durable. By digest, the
+        // ranges found equal keep this replica's own chunk io_seqs: from
+        // now on it reads them as at least `through_io_seq` (its io_seq
+        // floor, `state::io_seq_floor`), before it can serve as a source.
+        let floor = self.io_seq_floor.load(std::sync::atomic::Ordering::Relaxed);
+        let floor = if by_digest {
+            floor.max(through_io_seq)
+        } else {
+            floor
+        };
+        volume
+            .set_attrs(&encode_floor(floor))
+            .await
+            .map_err(|e| self.engine(e))?;
         progress.total_bytes = progress.total_bytes.max(progress.done_bytes);
         self.report(reports, &mut progress, true).await?;
         Ok(through_io_seq)
@@ -381,9 +438,10 @@ impl<I: RebuildIo> Run<I> {
                 Step::Received(packet) => packet?,
             };
             match packet.message {
-                Message::RebuildProgress(p) => {
+                Message::RebuildProgress(p) if !progress.fixed_total => {
                     progress.total_bytes = done_before.saturating_add(p.total_bytes);
                 }
+                Message::RebuildProgress(_) => {}
                 Message::RebuildChunk(chunk) => {
                     let len = chunk.data.len() as u64;
                     if let Some(carried) = carried.as_deref_mut() {
@@ -494,32 +552,31 @@ impl<I: RebuildIo> Run<I> {
             }
             c += 1;
             if ranges.len() == MAX_REBUILD_RANGES {
-                self.pull_ranges(std::mem::take(&mut ranges), reports, progress)
+                self.pull_ranges(std::mem::take(&mut ranges), reports, progress, OWN)
                     .await?;
             }
         }
         if !ranges.is_empty() {
-            self.pull_ranges(ranges, reports, progress).await?;
+            self.pull_ranges(ranges, reports, progress, OWN).await?;
         }
         Ok(())
     }
 
-    /// One stream of `ranges` of the live volume from the source, applied
-    /// as [`Dest::Repair`].
+    /// One stream of `ranges` of the live volume from the source (`what`
+    /// they are, for the log), applied as [`Dest::Repair`]; returns its
+    /// `through_io_seq`.
     async fn pull_ranges(
         &self,
         ranges: Vec<ByteRange>,
         reports: &Reports,
         progress: &mut Progress,
-    ) -> Result<(), RebuildError> {
-        info!(
-            ranges = ranges.len(),
-            "rebuild pulls the chunks only this replica changed"
-        );
+        what: &str,
+    ) -> Result<u64, RebuildError> {
+        let bytes: u64 = ranges.iter().map(|r| r.len_bytes).sum();
+        info!(ranges = ranges.len(), bytes, "rebuild pulls the {what}");
         let mut conn = self.connect(RebuildSource::Ranges(ranges), 0).await?;
         self.stream(&mut conn, reports, progress, Dest::Repair, None)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// The next packet of the stream, once the pacer's pause is over.
@@ -747,7 +804,10 @@ impl<I: RebuildIo> Run<I> {
         };
         self.entry
             .volume
-            .set_attrs(&point.encode_filling(filling))
+            .set_attrs(&point.encode_with(
+                filling,
+                self.io_seq_floor.load(std::sync::atomic::Ordering::Relaxed),
+            ))
             .await
             .map_err(|e| self.engine(e))
     }

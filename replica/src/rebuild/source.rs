@@ -22,6 +22,18 @@
 //! snapshot is frozen: its pieces are read without taking an IO-order
 //! ticket, and its stream's `through_io_seq` is the snapshot's io_seq.
 //!
+//! A replica rebuilt by digest has an io_seq floor (`state::io_seq_floor`):
+//! its own io_seqs of the chunks that run found equal may be older than the
+//! write that last made their content elsewhere, and a chunk it never
+//! wrote may be one the others wrote and trimmed. So a live stream asked
+//! from below the floor carries the whole live volume (a stream of one
+//! range over all of it: zeros where this replica holds nothing), and
+//! every piece of a live or ranges stream carries at least the floor as
+//! its io_seq: a sink's delta rebuild (and its resume point's skip rule)
+//! then misses nothing. It costs such a sink a copy of the whole volume
+//! (zeros allocated as data, like zeroed chunks in every rebuild) until
+//! sinks ask from above the floor.
+//!
 //! Runtime-free: the stream is any sink of packets, and the send timeout
 //! runs on the given [`Clock`] (the daemon's: tokio's).
 
@@ -42,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::io::{deadline, Clock};
+use super::state::io_seq_floor;
 use super::RebuildError;
 use crate::limits::{REBUILD_PIECES_IN_FLIGHT, REBUILD_PIECE_BYTES, REBUILD_STREAM_IDLE_TIMEOUT};
 use crate::ordering::IoKind;
@@ -136,6 +149,24 @@ where
                 ))
             })?,
     };
+    // A replica rebuilt by digest reads its live chunks as last written at
+    // least at its io_seq floor (module doc): a live stream from below it
+    // is the whole volume's, each piece stamped at least the floor.
+    let floor = match snapshot {
+        None => io_seq_floor(&volume.attrs().map_err(engine)?),
+        Some(_) => 0,
+    };
+    let whole;
+    let ranges = if snapshot.is_none() && ranges.is_none() && start.from_io_seq < floor {
+        info!(volume = %entry.name, sink = %peer, floor, from_io_seq = start.from_io_seq, "a live stream from below this replica's io_seq floor carries the whole volume");
+        whole = [ByteRange {
+            offset: 0,
+            len_bytes: volume.size_bytes().map_err(engine)?,
+        }];
+        Some(&whole[..])
+    } else {
+        ranges
+    };
     let total_bytes = match ranges {
         None => total(entry, snapshot, start.from_io_seq)?,
         Some(ranges) => {
@@ -176,6 +207,7 @@ where
         entry,
         snapshot,
         from_io_seq: start.from_io_seq,
+        floor,
         block_len,
         piece_len: piece_blocks * block_len,
         next_page: Some(0),
@@ -228,6 +260,9 @@ struct Pieces<'a> {
     entry: &'a VolumeEntry,
     snapshot: Option<&'a str>,
     from_io_seq: u64,
+    /// The live volume's io_seq floor (0 for a snapshot): every piece is
+    /// stamped at least this.
+    floor: u64,
     block_len: u64,
     piece_len: u64,
     /// The next page of changes to ask for; `None` after the last one.
@@ -254,7 +289,8 @@ impl Pieces<'_> {
             for change in page.changes {
                 // A zeroed chunk (`ChangeKind::Zero`) is read, and travels,
                 // as zeros: the sink must learn that older data there is gone.
-                self.queue(change.offset_bytes, change.len_bytes, change.io_seq)?;
+                let io_seq = change.io_seq.max(self.floor);
+                self.queue(change.offset_bytes, change.len_bytes, io_seq)?;
             }
             self.next_page = page.next_offset;
         }
@@ -295,7 +331,8 @@ impl Pieces<'_> {
             let part_end = end.min(chunk_end);
             let io_seq = volume
                 .live_chunk_io_seq(range.offset)
-                .map_err(|e| RebuildError::engine(&self.entry.name, e))?;
+                .map_err(|e| RebuildError::engine(&self.entry.name, e))?
+                .max(self.floor);
             self.queue(range.offset, part_end - range.offset, io_seq)?;
             if part_end < end {
                 if let Some(ranges) = self.ranges.as_mut() {

@@ -1,7 +1,9 @@
 //! Rebuild state shared by a volume's sessions and its sink task: the
 //! daemon-wide throttle, the per-volume slot (which sink run is current, the
 //! live-write tracker, progress, the volume's own throttle), the persisted
-//! resume point, and the pacer.
+//! resume point (and the volume replica's io_seq floor after a rebuild by
+//! digest, kept in the same attribute blob: [`io_seq_floor`]), and the
+//! pacer.
 //!
 //! Throttle: a sink paces itself to [`effective_limit`] of two rates, read
 //! again at every chunk: the daemon's (`SetRebuildThrottle` on the
@@ -29,12 +31,59 @@ use tokio_util::sync::CancellationToken;
 pub struct RebuildSettings {
     /// Bytes per second a sink may apply; 0: unlimited.
     limit_bytes_per_sec: AtomicU64,
+    /// What full rebuilds by digest compared (metrics), every run of the
+    /// daemon.
+    digests: DigestCounts,
+}
+
+/// Ranges and bytes full rebuilds by digest found equal (nothing moved)
+/// or different (pulled), summed over the daemon's runs.
+#[derive(Debug, Default)]
+pub struct DigestCounts {
+    equal_ranges: AtomicU64,
+    equal_bytes: AtomicU64,
+    differ_ranges: AtomicU64,
+    differ_bytes: AtomicU64,
+}
+
+/// The counts of [`DigestCounts`] at one time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DigestTotals {
+    pub equal_ranges: u64,
+    pub equal_bytes: u64,
+    pub differ_ranges: u64,
+    pub differ_bytes: u64,
 }
 
 impl RebuildSettings {
     pub fn new(limit_bytes_per_sec: u64) -> Self {
         Self {
             limit_bytes_per_sec: AtomicU64::new(limit_bytes_per_sec),
+            digests: DigestCounts::default(),
+        }
+    }
+
+    /// A range of `len` bytes compared by digest: `equal` (not pulled) or
+    /// not.
+    pub fn count_digest(&self, equal: bool, len: u64) {
+        let d = &self.digests;
+        let (ranges, bytes) = if equal {
+            (&d.equal_ranges, &d.equal_bytes)
+        } else {
+            (&d.differ_ranges, &d.differ_bytes)
+        };
+        ranges.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// What rebuilds by digest compared so far.
+    pub fn digest_totals(&self) -> DigestTotals {
+        let d = &self.digests;
+        DigestTotals {
+            equal_ranges: d.equal_ranges.load(Ordering::Relaxed),
+            equal_bytes: d.equal_bytes.load(Ordering::Relaxed),
+            differ_ranges: d.differ_ranges.load(Ordering::Relaxed),
+            differ_bytes: d.differ_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -254,8 +303,10 @@ impl RebuildSlot {
 /// attribute blob. Layout (little endian): magic `b"RBLD"`, version u8 = 2,
 /// from_io_seq u64, first_live_io_seq u64, next_offset u64, then the name
 /// of the rebuilt snapshot being filled (u8 length, 0 for none, and UTF-8
-/// bytes; see [`ResumePoint::filling`]). Version 1 (33 bytes, no name) is
-/// still read.
+/// bytes; see [`ResumePoint::filling`]), then (version 3, written only
+/// with a floor) the volume replica's io_seq floor u64
+/// ([`io_seq_floor`]). Versions 1 (33 bytes, no name) and 2 (no floor) are
+/// read; version 2 is written when there is no floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePoint {
     /// The rebuild it belongs to.
@@ -269,7 +320,11 @@ pub struct ResumePoint {
 
 const RESUME_MAGIC: &[u8; 4] = b"RBLD";
 const RESUME_VERSION_1: u8 = 1;
-const RESUME_VERSION: u8 = 2;
+const RESUME_VERSION_2: u8 = 2;
+const RESUME_VERSION: u8 = 3;
+/// The attribute blob of a volume replica with an io_seq floor and no
+/// unfinished rebuild: magic, floor u64.
+const FLOOR_MAGIC: &[u8; 4] = b"RFLR";
 const RESUME_LEN: usize = 4 + 1 + 8 * 3;
 
 impl ResumePoint {
@@ -283,16 +338,30 @@ impl ResumePoint {
     /// snapshot name, see `cstor_proto::Name`; it is cut, which makes the
     /// next run find no such snapshot and redo nothing wrong).
     pub fn encode_filling(&self, filling: Option<&str>) -> Vec<u8> {
+        self.encode_with(filling, 0)
+    }
+
+    /// The blob naming `filling` (as [`ResumePoint::encode_filling`]) and
+    /// keeping the volume replica's io_seq `floor`.
+    pub fn encode_with(&self, filling: Option<&str>, floor: u64) -> Vec<u8> {
         let name = filling.map_or(&[][..], str::as_bytes);
         let name = name.get(..usize::from(u8::MAX)).unwrap_or(name);
         let mut out = Vec::with_capacity(RESUME_LEN + 1 + name.len());
         out.extend_from_slice(RESUME_MAGIC);
-        out.push(RESUME_VERSION);
+        // Without a floor, version 2 as before (what an older daemon reads).
+        out.push(if floor == 0 {
+            RESUME_VERSION_2
+        } else {
+            RESUME_VERSION
+        });
         out.extend_from_slice(&self.from_io_seq.to_le_bytes());
         out.extend_from_slice(&self.first_live_io_seq.to_le_bytes());
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(name);
+        if floor != 0 {
+            out.extend_from_slice(&floor.to_le_bytes());
+        }
         out
     }
 
@@ -315,9 +384,13 @@ impl ResumePoint {
         }
         let exact = match *bytes.get(4)? {
             RESUME_VERSION_1 => bytes.len() == RESUME_LEN,
-            RESUME_VERSION => {
+            RESUME_VERSION_2 => {
                 let name = usize::from(*bytes.get(RESUME_LEN)?);
                 bytes.len() == RESUME_LEN + 1 + name
+            }
+            RESUME_VERSION => {
+                let name = usize::from(*bytes.get(RESUME_LEN)?);
+                bytes.len() == RESUME_LEN + 1 + name + 8
             }
             _ => false,
         };
@@ -341,6 +414,42 @@ impl ResumePoint {
     pub fn skips(&self, end: u64, io_seq: u64) -> bool {
         end <= self.next_offset && io_seq < self.first_live_io_seq
     }
+}
+
+/// The io_seq floor of a volume replica, from its attribute blob (0:
+/// none). A full rebuild by digest keeps the ranges it finds equal to its
+/// source's as they are, with this replica's own chunk io_seqs, which may
+/// be older than the writes that last made that content on the source (a
+/// chunk written, overwritten, and written back alike, or trimmed after
+/// a write this replica never had). Such a replica then reads every chunk
+/// of its live volume as last written at least at the run's
+/// `through_io_seq`, its floor: as a source, a live stream from below the
+/// floor carries every chunk, each stamped at least the floor, and a
+/// stream of ranges stamps them likewise (`source` module doc). Kept by
+/// every later run (in its resume point, then alone).
+pub fn io_seq_floor(bytes: &[u8]) -> u64 {
+    let u64_at = |at: usize| -> Option<u64> {
+        let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(raw))
+    };
+    if bytes.get(..4) == Some(&FLOOR_MAGIC[..]) && bytes.len() == 12 {
+        return u64_at(4).unwrap_or(0);
+    }
+    if ResumePoint::decode(bytes).is_some() && bytes.get(4) == Some(&RESUME_VERSION) {
+        return u64_at(bytes.len() - 8).unwrap_or(0);
+    }
+    0
+}
+
+/// The attribute blob of a volume replica with no unfinished rebuild and
+/// io_seq floor `floor` (empty for none).
+pub fn encode_floor(floor: u64) -> Vec<u8> {
+    if floor == 0 {
+        return Vec::new();
+    }
+    let mut out = FLOOR_MAGIC.to_vec();
+    out.extend_from_slice(&floor.to_le_bytes());
+    out
 }
 
 /// Holds a sink to `limit` bytes per second over a window that restarts
@@ -395,7 +504,7 @@ mod tests {
         assert_eq!(ResumePoint::decode(&p.encode()), Some(p));
         assert_eq!(ResumePoint::decode(&[]), None);
         let mut bad = p.encode();
-        bad[4] = 3;
+        bad[4] = 4;
         assert_eq!(ResumePoint::decode(&bad), None);
         assert_eq!(ResumePoint::decode(&p.encode()[..20]), None);
     }
@@ -417,6 +526,33 @@ mod tests {
         v1[4] = RESUME_VERSION_1;
         assert_eq!(ResumePoint::decode(&v1), Some(p));
         assert_eq!(ResumePoint::filling(&v1), None);
+        // Version 2: a name, no floor (what is written without one).
+        let v2 = p.encode_filling(Some("snap-a"));
+        assert_eq!(v2[4], RESUME_VERSION_2);
+        assert_eq!(ResumePoint::decode(&v2), Some(p));
+        assert_eq!(ResumePoint::filling(&v2).as_deref(), Some("snap-a"));
+        assert_eq!(io_seq_floor(&v2), 0);
+    }
+
+    #[test]
+    fn the_io_seq_floor_is_kept_in_a_resume_point_and_alone_without_one() {
+        let p = ResumePoint {
+            from_io_seq: 0,
+            first_live_io_seq: 9,
+            next_offset: 4096,
+        };
+        let blob = p.encode_with(Some("s"), 1234);
+        assert_eq!(ResumePoint::decode(&blob), Some(p));
+        assert_eq!(ResumePoint::filling(&blob).as_deref(), Some("s"));
+        assert_eq!(io_seq_floor(&blob), 1234);
+        assert_eq!(io_seq_floor(&p.encode()), 0);
+        // Alone: no resume point (the replica is not unfinished).
+        let alone = encode_floor(1234);
+        assert_eq!(ResumePoint::decode(&alone), None);
+        assert_eq!(io_seq_floor(&alone), 1234);
+        assert!(encode_floor(0).is_empty());
+        assert_eq!(io_seq_floor(&[]), 0);
+        assert_eq!(io_seq_floor(&alone[..11]), 0);
     }
 
     #[test]

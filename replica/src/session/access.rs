@@ -11,9 +11,11 @@
 //! - A **replica** certificate (a peer pulling a rebuild) opens probe
 //!   sessions (epoch 0) only — a claim is refused at the `Hello` — and on
 //!   them makes only heartbeats and the requests of a rebuild sink: the
-//!   `RebuildStart` of a stream this replica serves as the source, and the
-//!   `SnapshotList` a sink reads before it pulls the snapshots it lacks.
-//!   Those two read volume data or its shape, so they are allowed only for
+//!   `RebuildStart` of a stream this replica serves as the source, the
+//!   `SnapshotList` a sink reads before it pulls the snapshots it lacks,
+//!   and the `Digest`s a sink of a full rebuild compares its own copy
+//!   with (`rebuild` module doc, "By digest").
+//!   Those three read volume data or its shape, so they are allowed only for
 //!   a volume in a replica set: its stored membership record exists and
 //!   has at least [`MIN_REPLICATED_MEMBERS`] members (the target writes
 //!   it, on every healthy member, when it opens the volume and before any
@@ -83,7 +85,9 @@ pub(crate) fn request(
     match message {
         Message::Heartbeat => Ok(()),
         reply if reply.is_reply() => Ok(()),
-        Message::RebuildStart(_) | Message::SnapshotList(_) => replicated(peer, entry),
+        Message::RebuildStart(_) | Message::SnapshotList(_) | Message::Digest(_) => {
+            replicated(peer, entry)
+        }
         other => Err(format!(
             "{peer} may only pull a rebuild stream on a probe of volume {}, not {}",
             entry.name,

@@ -257,6 +257,14 @@ impl SessionCore {
                 request: packet,
                 start,
             },
+            Route::ProbeDigest(kind) => Routed::Io(IoTask {
+                ticket: self.entry.order.admit(kind),
+                packet,
+                entry: Arc::clone(&self.entry),
+                conn_id: self.conn_id,
+                io: Arc::clone(&self.io),
+                probe: true,
+            }),
             Route::Io(kind) => {
                 if mutates(&packet.message) {
                     self.entry.note_received(packet.io_seq);
@@ -276,6 +284,7 @@ impl SessionCore {
                     entry: Arc::clone(&self.entry),
                     conn_id: self.conn_id,
                     io: Arc::clone(&self.io),
+                    probe: false,
                 })
             }
         }
@@ -362,6 +371,9 @@ pub struct IoTask {
     entry: Arc<VolumeEntry>,
     conn_id: u64,
     io: Arc<VolumeIo>,
+    /// A rebuild sink's `Digest` on a probe session: runs while a target
+    /// session owns the volume (any), not only this session's.
+    probe: bool,
 }
 
 impl fmt::Debug for IoTask {
@@ -390,9 +402,23 @@ impl IoTask {
             entry,
             conn_id,
             io,
+            probe,
         } = self;
         ticket.ready().await;
-        let reply = if !entry.is_owner(conn_id) {
+        let reply = if probe {
+            if entry.has_owner() {
+                execute(&entry, &packet).await
+            } else {
+                error_reply(
+                    &packet,
+                    Status::Busy,
+                    format!(
+                        "volume {} lost its target session on this replica: no digest for a rebuild",
+                        entry.name
+                    ),
+                )
+            }
+        } else if !entry.is_owner(conn_id) {
             error_reply(
                 &packet,
                 Status::StaleEpoch,

@@ -2,9 +2,13 @@
 //! identity may not make it (`access::request`), answered at once by the
 //! read loop (heartbeat, status, membership record, snapshot listing,
 //! rebuild throttle, refusals), run as an admitted IO (with its ordering
-//! kind; a digest is ordered like a read of its extent), or turned into a rebuild (source on a probe session, sink on the
-//! owning one). Also which requests mutate the volume and which change
-//! block data (the ones the completion watermark follows).
+//! kind; a digest is ordered like a read of its extent), or turned into a
+//! rebuild (source on a probe session, sink on the owning one). A probe
+//! session does no IO but one: the `Digest` a rebuild sink compares its
+//! copy with, served like `RebuildStart` only while a target session owns
+//! the volume on this process (`Busy` otherwise), inside the volume's IO
+//! order like the owner's. Also which requests mutate the volume and which
+//! change block data (the ones the completion watermark follows).
 
 use cstor_proto::{Message, Opcode, Packet, RebuildStart, Status};
 use tracing::{info, warn};
@@ -22,6 +26,9 @@ pub(super) enum Route {
     Immediate(Option<Packet>),
     /// Runs as an admitted IO.
     Io(IoKind),
+    /// A `Digest` on a probe session (a rebuild sink's): runs as an
+    /// admitted IO while a target session owns the volume.
+    ProbeDigest(IoKind),
     /// A peer asks this replica to stream a rebuild (probe session): the
     /// read loop ends and the connection carries the stream.
     RebuildSource(RebuildStart),
@@ -89,14 +96,9 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
                 // this process, not to one before a restart that may have
                 // lost acknowledged writes (until the target claims it
                 // again and judges it, it serves no rebuild).
-                None if !session.entry.has_owner() => Route::Immediate(Some(error_reply(
-                    packet,
-                    Status::Busy,
-                    format!(
-                        "volume {} has no target session on this replica: it serves a rebuild only once its target claimed it",
-                        session.entry.name
-                    ),
-                ))),
+                None if !session.entry.has_owner() => {
+                    Route::Immediate(Some(not_owned(session, packet)))
+                }
                 None => Route::RebuildSource(start.clone()),
                 Some(_) => Route::RebuildSink(start.clone()),
             };
@@ -133,7 +135,18 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
         // Ordered like a read of its extent: after every earlier write to
         // it, before every later one, so replicas that took the same writes
         // digest the same content (`cstor_proto` integrity module doc).
-        Message::Digest(e) => IoKind::Read(byte_range(e.offset, u64::from(e.len_bytes))),
+        Message::Digest(e) => {
+            let kind = IoKind::Read(byte_range(e.offset, u64::from(e.len_bytes)));
+            if session.fenced.is_some() {
+                kind
+            } else if !session.entry.has_owner() {
+                // Like `RebuildStart` below: only a volume its target
+                // claimed on this process is a source.
+                return Route::Immediate(Some(not_owned(session, packet)));
+            } else {
+                return Route::ProbeDigest(kind);
+            }
+        }
         Message::Unmap(e) | Message::WriteZeroes(e) => {
             IoKind::Write(byte_range(e.offset, u64::from(e.len_bytes)))
         }
@@ -151,6 +164,19 @@ pub(super) fn classify(session: &SessionCore, packet: &Packet) -> Route {
         )));
     }
     Route::Io(kind)
+}
+
+/// The refusal of a rebuild source's request (a stream or a digest) on a
+/// volume no target session owns on this process.
+fn not_owned(session: &SessionCore, packet: &Packet) -> Packet {
+    error_reply(
+        packet,
+        Status::Busy,
+        format!(
+            "volume {} has no target session on this replica: it serves a rebuild only once its target claimed it",
+            session.entry.name
+        ),
+    )
 }
 
 /// The owning target sets the volume's rebuild rate limit

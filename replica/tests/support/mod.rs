@@ -132,6 +132,13 @@ pub struct Replica {
     stop: CancellationToken,
 }
 
+impl Replica {
+    /// The file backing its pool.
+    pub fn image(&self) -> PathBuf {
+        self._dir.path().join("pool.img")
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         self.stop.cancel();

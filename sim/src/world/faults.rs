@@ -308,7 +308,8 @@ impl World<'_> {
                 }
                 if members.len() < 5 && self.rng.chance(50) {
                     let bytes = 16u64 << 20;
-                    let host = match self.new_replica(bytes, false) {
+                    let stale = self.opts.stale_adds;
+                    let host = match self.new_replica(bytes, false, stale) {
                         Ok(h) => h,
                         Err(e) => {
                             self.fail(format!("adding a replica: {e}"));

@@ -16,15 +16,36 @@ use cstor_replica::limits::{MAX_IN_FLIGHT_PER_CONNECTION, REPLY_QUEUE};
 impl World<'_> {
     /// Creates a replica daemon with a fresh pool holding the volume;
     /// returns its host number.
-    pub(super) fn new_replica(&mut self, device_bytes: u64, _first: bool) -> Result<u32, String> {
+    pub(super) fn new_replica(
+        &mut self,
+        device_bytes: u64,
+        _first: bool,
+        stale: bool,
+    ) -> Result<u32, String> {
         let host = self.replicas.len() as u32;
         let device = Arc::new(FaultyDevice::new(CrashDevice::new(device_bytes as usize)));
         let opts = pool_options();
         let dev: DeviceRef = device.clone();
         let pool = at_once(Pool::create(vec![dev], &opts))?.map_err(|e| format!("pool: {e}"))?;
         let size = self.target_volume_size().unwrap_or(self.plan.volume_bytes);
-        at_once(pool.create_volume(VOLUME, size, BLOCK as u32, Provisioning::Thin))?
+        let volume = at_once(pool.create_volume(VOLUME, size, BLOCK as u32, Provisioning::Thin))?
             .map_err(|e| format!("volume: {e}"))?;
+        if stale {
+            // A reused disk (`Options::stale_adds`): a few runs of random
+            // blocks, of no io_seq (0: the replica knows no history, as one
+            // whose id the membership does not know).
+            let block = BLOCK as u64;
+            let blocks = size / block;
+            for _ in 0..self.rng.range(1, 12) {
+                let len = self.rng.range(1, 64).min(blocks.max(1));
+                let at = self.rng.range(0, blocks.saturating_sub(len).max(1));
+                let fill = (self.rng.next_u64() % 255 + 1) as u8;
+                let data = vec![fill; len as usize * BLOCK];
+                at_once(volume.write(at * block, &data, 0))?
+                    .map_err(|e| format!("stale data: {e}"))?;
+            }
+        }
+        drop(volume);
         at_once(pool.flush())?.map_err(|e| format!("flush: {e}"))?;
         at_once(pool.close())?.map_err(|e| format!("close: {e}"))?;
         drop(pool);
