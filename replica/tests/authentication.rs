@@ -171,11 +171,9 @@ async fn a_replica_certificate_cannot_act_as_a_target() {
         Message::RebuildThrottle {
             bytes_per_second: 1,
         },
-        Message::Digest(Extent {
-            offset: 0,
-            len_bytes: BLOCK as u32,
-        }),
     ];
+    // (A Digest is a rebuild sink's request on a replicated volume:
+    // `a_replica_certificate_asks_digests_of_an_owned_member_volume_only`.)
     for (io_seq, request) in requests.into_iter().enumerate() {
         let what = format!("{request:?}");
         let answer = call(&mut probe, 0, io_seq as u64 + 1, request).await;
