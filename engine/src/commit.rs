@@ -5,9 +5,11 @@
 //! 1. under the metadata lock, take the pending records, one `Map` record
 //!    per chunk overwritten in place since the last commit (carrying its
 //!    latest io_seq: FORMAT.md "Coalesced overwrites"), and the chunks they
-//!    free (and, when checkpointing, encode the whole state, which holds
-//!    the overwrites' io_seqs: their records are then dropped with the
-//!    others, never lost nor applied twice);
+//!    free (and, when checkpointing, take an image of the whole state,
+//!    which holds the overwrites' io_seqs: their records are then dropped
+//!    with the others, never lost nor applied twice; the image shares the
+//!    maps' leaves copy-on-write and is encoded after the lock is released,
+//!    so a large checkpoint does not stall writes);
 //! 2. fdatasync every device — all data whose mapping or io_seq is in the
 //!    taken records was written before its record existed, so it is now
 //!    durable;
@@ -204,7 +206,7 @@ impl PoolInner {
                     .and_then(|b| b.checked_add(cs.journal_pos))
                     .unwrap_or(u64::MAX);
                 let checkpoint = force_checkpoint || end > cs.sb.journal.len_bytes / 2;
-                let ck = checkpoint.then(|| checkpoint::encode(&m.state));
+                let ck = checkpoint.then(|| checkpoint::Image::of(&m.state));
                 Some(((records.len(), payload), frees, m.change, ck, seqs))
             }
         };
@@ -233,8 +235,10 @@ impl PoolInner {
             }
         }
         let res = match ck {
-            Some(bytes) => {
+            Some(image) => {
                 self.checkpoints.fetch_add(1, Ordering::Relaxed);
+                let bytes = image.encode();
+                drop(image);
                 self.write_checkpoint(cs, &dev0, &bytes).await
             }
             None => self.append_batch(cs, &dev0, records.0, &records.1).await,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::chunk_map::{ChunkMap, Entry, Target};
-use super::record::{id_opt, name, opt_id};
+use super::record::{id_opt, name, opt_id, LayerId};
 use super::state::{Layer, Mode, SnapshotMeta, State, VolumeMeta};
 use crate::format::codec::{Reader, Writer};
 use crate::format::FormatError;
@@ -47,67 +47,113 @@ const ZERO_PHYS: u64 = u64::MAX;
 /// An upper bound of the encoded size of `st`, plus `extra_entries` chunk
 /// entries and `extra_layers` volumes/snapshots (for admission checks).
 pub fn encoded_len_bound(st: &State, extra_entries: u64, extra_layers: u64) -> u64 {
-    let layers = (st.layers.len() as u64).saturating_add(extra_layers);
-    let volumes = (st.volumes.len() as u64).saturating_add(extra_layers);
-    let snapshots = (st.snapshots.len() as u64).saturating_add(extra_layers);
+    len_bound(
+        (st.layers.len() as u64).saturating_add(extra_layers),
+        (st.volumes.len() as u64).saturating_add(extra_layers),
+        (st.snapshots.len() as u64).saturating_add(extra_layers),
+        st.entries_total.saturating_add(extra_entries),
+    )
+}
+
+fn len_bound(layers: u64, volumes: u64, snapshots: u64, entries: u64) -> u64 {
     HEADER_BYTES
         .saturating_add(layers.saturating_mul(LAYER_BYTES))
         .saturating_add(volumes.saturating_mul(VOLUME_BYTES))
         .saturating_add(snapshots.saturating_mul(SNAPSHOT_BYTES))
-        .saturating_add(
-            st.entries_total
-                .saturating_add(extra_entries)
-                .saturating_mul(ENTRY_BYTES),
-        )
+        .saturating_add(entries.saturating_mul(ENTRY_BYTES))
+}
+
+/// What a checkpoint holds, taken from a [`State`] by [`Image::of`]: the
+/// layers' maps are cheap clones sharing their leaves (`ChunkMap`), so the
+/// commit takes an image under the metadata lock and encodes it after
+/// releasing the lock, and writes go on meanwhile (a leaf they change is
+/// copied first; memory grows by at most the leaves changed during the
+/// encoding).
+pub struct Image {
+    chunk_bytes: u32,
+    next_id: u64,
+    entries_total: u64,
+    layers: Vec<(LayerId, Option<LayerId>, bool, ChunkMap)>,
+    volumes: Vec<VolumeMeta>,
+    snapshots: Vec<SnapshotMeta>,
+}
+
+impl Image {
+    /// The checkpoint image of `st` as it is now.
+    pub fn of(st: &State) -> Self {
+        Self {
+            chunk_bytes: st.chunk_bytes,
+            next_id: st.next_id,
+            entries_total: st.entries_total,
+            layers: st
+                .layers
+                .iter()
+                .map(|(id, l)| (*id, l.parent, l.named, l.map.clone()))
+                .collect(),
+            volumes: st.volumes.values().cloned().collect(),
+            snapshots: st.snapshots.values().cloned().collect(),
+        }
+    }
+
+    /// The encoded checkpoint.
+    pub fn encode(&self) -> Vec<u8> {
+        let bound = len_bound(
+            self.layers.len() as u64,
+            self.volumes.len() as u64,
+            self.snapshots.len() as u64,
+            self.entries_total,
+        );
+        let cap = usize::try_from(bound).unwrap_or(0);
+        let mut w = Writer::with_capacity(cap.min(1 << 30));
+        let n32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        w.raw(&CHECKPOINT_MAGIC)
+            .u32(self.chunk_bytes)
+            .u64(self.next_id)
+            .u32(n32(self.layers.len()))
+            .u32(n32(self.volumes.len()))
+            .u32(n32(self.snapshots.len()));
+        for (id, parent, named, map) in &self.layers {
+            w.u64(*id)
+                .u64(opt_id(*parent))
+                .u8(u8::from(*named))
+                .u64(map.len());
+            for (chunk, e) in map.iter() {
+                let phys = match e.target {
+                    Target::Data(p) => p,
+                    Target::Zero => ZERO_PHYS,
+                };
+                w.u64(chunk).u64(phys).u64(e.io_seq);
+            }
+        }
+        for v in &self.volumes {
+            w.u64(v.id)
+                .bytes16(v.name.as_bytes())
+                .u64(v.live)
+                .u64(v.size_bytes)
+                .u32(v.block_bytes)
+                .u8(u8::from(v.thick))
+                .u128(v.replica_id)
+                .u64(v.epoch)
+                .bytes16(&v.attrs)
+                .u64(v.created_io_seq)
+                .u64(v.max_io_seq)
+                .bytes16(&v.membership);
+        }
+        for s in &self.snapshots {
+            w.u64(s.id)
+                .bytes16(s.name.as_bytes())
+                .u64(s.volume)
+                .u64(s.layer)
+                .u64(s.io_seq)
+                .u64(s.size_bytes);
+        }
+        w.into_vec()
+    }
 }
 
 /// Encodes the state.
 pub fn encode(st: &State) -> Vec<u8> {
-    let cap = usize::try_from(encoded_len_bound(st, 0, 0)).unwrap_or(0);
-    let mut w = Writer::with_capacity(cap.min(1 << 30));
-    let n32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    w.raw(&CHECKPOINT_MAGIC)
-        .u32(st.chunk_bytes)
-        .u64(st.next_id)
-        .u32(n32(st.layers.len()))
-        .u32(n32(st.volumes.len()))
-        .u32(n32(st.snapshots.len()));
-    for (id, l) in &st.layers {
-        w.u64(*id)
-            .u64(opt_id(l.parent))
-            .u8(u8::from(l.named))
-            .u64(l.map.len());
-        for (chunk, e) in l.map.iter() {
-            let phys = match e.target {
-                Target::Data(p) => p,
-                Target::Zero => ZERO_PHYS,
-            };
-            w.u64(chunk).u64(phys).u64(e.io_seq);
-        }
-    }
-    for v in st.volumes.values() {
-        w.u64(v.id)
-            .bytes16(v.name.as_bytes())
-            .u64(v.live)
-            .u64(v.size_bytes)
-            .u32(v.block_bytes)
-            .u8(u8::from(v.thick))
-            .u128(v.replica_id)
-            .u64(v.epoch)
-            .bytes16(&v.attrs)
-            .u64(v.created_io_seq)
-            .u64(v.max_io_seq)
-            .bytes16(&v.membership);
-    }
-    for s in st.snapshots.values() {
-        w.u64(s.id)
-            .bytes16(s.name.as_bytes())
-            .u64(s.volume)
-            .u64(s.layer)
-            .u64(s.io_seq)
-            .u64(s.size_bytes);
-    }
-    w.into_vec()
+    Image::of(st).encode()
 }
 
 fn bad(what: impl Into<String>) -> FormatError {
@@ -348,6 +394,21 @@ mod tests {
         assert_eq!(back.volumes, st.volumes);
         assert_eq!(back.snapshots, st.snapshots);
         assert_eq!(back.alloc.free_count(), st.alloc.free_count());
+    }
+
+    #[test]
+    fn an_image_encodes_the_state_as_it_was_when_taken() {
+        let mut st = sample();
+        let before = encode(&st);
+        let image = Image::of(&st);
+        for l in st.layers.values_mut() {
+            for c in 0..8 {
+                l.map.remove(c);
+            }
+        }
+        st.next_id += 5;
+        assert_ne!(encode(&st), before, "the state changed");
+        assert_eq!(image.encode(), before);
     }
 
     #[test]

@@ -7,8 +7,16 @@
 //! bytes per chunk (0.024 % of 64 KiB of data); iteration is in LBA order.
 //! Invariant: `len` and `data_len` equal the counts of present entries and
 //! of `Data` entries; a leaf with no entries is removed.
+//!
+//! Leaves are shared copy-on-write: [`ChunkMap::clone`] copies only the
+//! ordered map of leaf pointers (one per 128 chunks), and a later change to
+//! a leaf still shared with a clone copies that leaf first. A checkpoint
+//! takes such a clone under the metadata lock and encodes it after
+//! releasing it (`checkpoint::Image`), so writes never wait for the
+//! encoding of a large map.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Chunks per leaf.
 pub const LEAF_ENTRIES: usize = 128;
@@ -38,6 +46,7 @@ pub struct Entry {
     pub io_seq: u64,
 }
 
+#[derive(Clone)]
 struct Leaf {
     phys: [u64; LEAF_ENTRIES],
     seq: [u64; LEAF_ENTRIES],
@@ -45,8 +54,8 @@ struct Leaf {
 }
 
 impl Leaf {
-    fn new() -> Box<Self> {
-        Box::new(Self {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
             phys: [EMPTY; LEAF_ENTRIES],
             seq: [0; LEAF_ENTRIES],
             count: 0,
@@ -71,10 +80,11 @@ fn split(chunk: u64) -> (u64, usize) {
     (chunk / LEAF_U64, (chunk % LEAF_U64) as usize)
 }
 
-/// A layer's chunk map.
-#[derive(Default)]
+/// A layer's chunk map. Cloning is cheap (leaves are shared until
+/// changed: see the module doc).
+#[derive(Default, Clone)]
 pub struct ChunkMap {
-    leaves: BTreeMap<u64, Box<Leaf>>,
+    leaves: BTreeMap<u64, Arc<Leaf>>,
     len: u64,
     data_len: u64,
 }
@@ -120,7 +130,7 @@ impl ChunkMap {
     /// target must be below [`MAX_PHYS`] (the caller validates).
     pub fn insert(&mut self, chunk: u64, entry: Entry) -> Option<Entry> {
         let (leaf, slot) = split(chunk);
-        let l = self.leaves.entry(leaf).or_insert_with(Leaf::new);
+        let l = Arc::make_mut(self.leaves.entry(leaf).or_insert_with(Leaf::new));
         let (Some(p), Some(s)) = (l.phys.get_mut(slot), l.seq.get_mut(slot)) else {
             return None;
         };
@@ -153,6 +163,11 @@ impl ChunkMap {
     pub fn remove(&mut self, chunk: u64) -> Option<Entry> {
         let (leaf, slot) = split(chunk);
         let l = self.leaves.get_mut(&leaf)?;
+        if *l.phys.get(slot)? == EMPTY {
+            // Nothing to remove: do not copy a leaf a clone shares.
+            return None;
+        }
+        let l = Arc::make_mut(l);
         let p = l.phys.get_mut(slot)?;
         let old = decode(*p, *l.seq.get(slot)?)?;
         *p = EMPTY;
@@ -191,9 +206,11 @@ impl ChunkMap {
         self.iter_from(0)
     }
 
-    /// Heap bytes held (leaves plus an estimate of the ordered map's nodes).
+    /// Heap bytes held (leaves with their reference counts, plus an
+    /// estimate of the ordered map's nodes). A leaf shared with a clone
+    /// counts in both.
     pub fn memory_bytes(&self) -> u64 {
-        let per_leaf = std::mem::size_of::<Leaf>() as u64 + 3 * 8;
+        let per_leaf = std::mem::size_of::<Leaf>() as u64 + 2 * 8 + 3 * 8;
         (self.leaves.len() as u64).saturating_mul(per_leaf)
     }
 }
@@ -235,6 +252,27 @@ mod tests {
         assert_eq!(m.memory_bytes(), 0, "empty leaves are dropped");
     }
 
+    #[test]
+    fn a_clone_shares_leaves_until_one_side_changes_them() {
+        let mut m = ChunkMap::new();
+        for c in 0..1024 {
+            m.insert(c, data(c, 1));
+        }
+        let image = m.clone();
+        let shared = |a: &ChunkMap, b: &ChunkMap| {
+            a.leaves
+                .iter()
+                .filter(|(k, l)| b.leaves.get(*k).is_some_and(|o| Arc::ptr_eq(l, o)))
+                .count()
+        };
+        assert_eq!(shared(&m, &image), 8, "a clone copies no leaf");
+        m.insert(5, data(7, 2));
+        assert_eq!(m.remove(2000), None);
+        assert_eq!(shared(&m, &image), 7, "only the changed leaf is copied");
+        assert_eq!(image.get(5), Some(data(5, 1)));
+        assert_eq!(m.get(5), Some(data(7, 2)));
+    }
+
     proptest! {
         #[test]
         fn behaves_like_an_ordered_map(ops in prop::collection::vec((0u64..1000, 0u64..4, 0u64..100), 0..200), start in 0u64..1000) {
@@ -256,6 +294,33 @@ mod tests {
             let got: Vec<_> = m.iter_from(start).collect();
             let want: Vec<_> = model.range(start..).map(|(k, v)| (*k, *v)).collect();
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn a_clone_keeps_its_entries_while_the_original_changes(
+            before in prop::collection::vec((0u64..600, 0u64..3, 1u64..100), 0..150),
+            after in prop::collection::vec((0u64..600, 0u64..3, 1u64..100), 0..150),
+        ) {
+            let apply = |m: &mut ChunkMap, model: &mut Model<u64, Entry>, ops: &[(u64, u64, u64)]| {
+                for &(chunk, op, v) in ops {
+                    if op == 0 {
+                        m.remove(chunk);
+                        model.remove(&chunk);
+                    } else {
+                        m.insert(chunk, data(v, v));
+                        model.insert(chunk, data(v, v));
+                    }
+                }
+            };
+            let mut m = ChunkMap::new();
+            let mut model = Model::new();
+            apply(&mut m, &mut model, &before);
+            let image = m.clone();
+            let at_clone = model.clone();
+            apply(&mut m, &mut model, &after);
+            let kept: Vec<_> = image.iter().collect();
+            prop_assert_eq!(kept, at_clone.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(m.iter().collect::<Vec<_>>(), model.into_iter().collect::<Vec<_>>());
         }
     }
 }
