@@ -1085,6 +1085,14 @@ impl Pool {
         self.inner.flush_all().await
     }
 
+    /// Commits now and writes a checkpoint (replacing the journal), as close
+    /// does; for benches and operators. IO goes on meanwhile (the structure
+    /// lock is not taken) and the pool stays open.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.inner.check_usable()?;
+        self.inner.commit(true).await
+    }
+
     /// Clean shutdown: commit and checkpoint, then refuse further use.
     pub async fn close(&self) -> Result<()> {
         self.inner.check_usable()?;
