@@ -15,8 +15,10 @@
 //!    before and after the writes, to check the estimates against it. Part
 //!    of the estimate is sized by the pool's capacity, not by the data
 //!    mapped (allocator bitmap, checksum page table: what it holds before
-//!    the writes), so a projection to the whole volume mapped is printed
-//!    too.
+//!    the writes), and the checksum pages in memory are bounded by the
+//!    pool's checksum cache (`PoolOptions::checksum_cache_bytes`, default
+//!    256 MiB), so a projection to the whole volume mapped is printed too:
+//!    maps scaled per chunk, checksum pages up to that bound.
 //! 2. A checkpoint never stalls IO (goal: p99 write latency during a
 //!    checkpoint within 2× of the p99 without one). On the filled volume
 //!    (so a checkpoint encodes one entry per chunk written), 4 KiB random
@@ -324,6 +326,9 @@ struct MemoryFigures {
     heap_after: u64,
     /// The pool's estimates before the writes (map, checksums).
     estimate_before: (u64, u64),
+    /// Checksum pages kept in memory at most (besides pages changed since
+    /// the last commit): `IntegrityStats::cache_limit_pages` × 4 KiB.
+    checksum_cache_bytes: u64,
 }
 
 impl MemoryFigures {
@@ -348,11 +353,16 @@ impl MemoryFigures {
     /// The pool's estimate with the whole volume mapped: what it held
     /// before the writes (sized by the pool's capacity: allocator bitmap,
     /// checksum page table) plus what the writes added, scaled to the
-    /// volume.
+    /// volume — the chunk maps linearly, the checksum pages up to the
+    /// checksum cache's bound (pages beyond it are read from the pool when
+    /// used; pages changed since the last commit may exceed it until the
+    /// commit writes them).
     fn projected_full(&self) -> u64 {
-        let fixed = self.estimate_before.0 + self.estimate_before.1;
-        let added = self.metadata_bytes().saturating_sub(fixed);
-        fixed + self.per_tib(added) * (VOLUME_BYTES / TIB)
+        let scale = VOLUME_BYTES / TIB;
+        let maps = self.map_bytes.saturating_sub(self.estimate_before.0);
+        let sums = self.checksum_bytes.saturating_sub(self.estimate_before.1);
+        let sums_full = (self.per_tib(sums) * scale).min(self.checksum_cache_bytes);
+        self.estimate_before.0 + self.estimate_before.1 + self.per_tib(maps) * scale + sums_full
     }
 
     /// [`Self::projected_full`] as % of the volume.
@@ -390,8 +400,9 @@ impl MemoryFigures {
             self.estimate_before.0, self.estimate_before.1
         );
         println!(
-            "  projected with all {} GiB of the volume mapped: {} B = {:.4} % of the data mapped",
+            "  projected with all {} GiB of the volume mapped (checksum pages capped by the {} MiB checksum cache): {} B = {:.4} % of the data mapped",
             VOLUME_BYTES / GIB,
+            self.checksum_cache_bytes >> 20,
             self.projected_full(),
             self.projected_full_pct()
         );
@@ -669,6 +680,7 @@ fn measure_memory(
         heap_before,
         heap_after,
         estimate_before: (before.metadata_memory_bytes, before.integrity.memory_bytes),
+        checksum_cache_bytes: s.integrity.cache_limit_pages * 4096,
     };
     if s.used_bytes != prefix_bytes {
         println!(

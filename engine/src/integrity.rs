@@ -2,11 +2,12 @@
 //! block of every physical chunk, verified on every read, kept crash-safe
 //! by a dirty-region bitmap.
 //!
-//! Job: hold the checksums in memory (pages of [`SUMS_PER_PAGE`] values,
-//! allocated on first use, so memory follows the data written), write the
-//! pages changed since the last commit to the checksum area on device 0,
-//! and keep the on-disk bitmap of regions whose checksums may disagree
-//! with their data after a power cut.
+//! Job: hand out and store the checksums through a bounded cache of pages
+//! of [`SUMS_PER_PAGE`] values (`pages`: read from the checksum area on
+//! first use, evicted when clean), write the pages changed since the last
+//! commit to the checksum area on device 0, and keep the on-disk bitmap of
+//! regions whose checksums may disagree with their data after a power
+//! cut.
 //!
 //! Invariants:
 //! - A data write into a region is issued only once the region's bit is
@@ -38,17 +39,10 @@ use crate::format::META_BLOCK_BYTES;
 use crate::limits::SUM_BLOCK_BYTES;
 use crate::pool::{to_usize, DeviceRef};
 
-/// Checksums per page of the checksum area (one 4 KiB block of u32s): a
-/// page covers 4 MiB of data.
-pub(crate) const SUMS_PER_PAGE: u64 = META_BLOCK_BYTES / 4;
-/// Bytes of the checksum area read per device request at open.
-const LOAD_BYTES: u64 = 4 * 1024 * 1024;
+mod pages;
 
-#[derive(Default)]
-struct Page {
-    sums: Option<Box<[u32]>>,
-    dirty: bool,
-}
+use pages::SumPages;
+pub(crate) use pages::{Pins, SUMS_PER_PAGE};
 
 #[derive(Debug, Clone, Copy)]
 struct RegionInfo {
@@ -94,8 +88,7 @@ pub(crate) struct Integrity {
     area: IntegrityRegions,
     blocks_per_chunk: u64,
     region_chunks: u64,
-    pages: Vec<Mutex<Page>>,
-    dirty_pages: Mutex<Vec<u64>>,
+    pages: SumPages,
     regions: Mutex<Regions>,
     /// Serializes bitmap writes; holds the bitmap as last written and
     /// synced.
@@ -103,7 +96,6 @@ pub(crate) struct Integrity {
     pub(crate) errors: AtomicU64,
     pub(crate) recomputed_blocks: AtomicU64,
     pub(crate) bitmap_writes: AtomicU64,
-    allocated_pages: AtomicU64,
 }
 
 /// A data write in progress in a region (`Integrity::begin_write`): the
@@ -150,20 +142,28 @@ impl CommitTicket {
 
 impl Integrity {
     /// The checksums and bitmap of a pool whose superblock names `area`,
-    /// for `max_data_chunks` of `chunk_bytes`. Empty (all zero): a new
-    /// pool, or one to `load`.
-    pub(crate) fn new(area: IntegrityRegions, max_data_chunks: u64, chunk_bytes: u32) -> Self {
+    /// for `max_data_chunks` of `chunk_bytes`, keeping at most
+    /// `cache_pages` checksum pages in memory besides dirty and pinned
+    /// ones. `opened`: the pool exists (pages are read from the area on
+    /// first use; `load` reads the bitmap); otherwise the area is all zeros.
+    pub(crate) fn new(
+        area: IntegrityRegions,
+        max_data_chunks: u64,
+        chunk_bytes: u32,
+        cache_pages: u64,
+        opened: bool,
+    ) -> Self {
         let blocks_per_chunk = (u64::from(chunk_bytes) / SUM_BLOCK_BYTES).max(1);
         let pages = max_data_chunks
             .saturating_mul(blocks_per_chunk)
-            .div_ceil(SUMS_PER_PAGE);
+            .div_ceil(SUMS_PER_PAGE)
+            .min(area.sums.len_bytes / META_BLOCK_BYTES);
         let bitmap = usize::try_from(area.dirty.len_bytes).unwrap_or(0);
         Self {
             area,
             blocks_per_chunk,
             region_chunks: u64::from(area.region_chunks).max(1),
-            pages: (0..pages).map(|_| Mutex::new(Page::default())).collect(),
-            dirty_pages: Mutex::new(Vec::new()),
+            pages: SumPages::new(pages, area.sums.offset, cache_pages, opened),
             regions: Mutex::new(Regions {
                 want: vec![0; bitmap],
                 ondisk: vec![0; bitmap],
@@ -175,7 +175,6 @@ impl Integrity {
             errors: AtomicU64::new(0),
             recomputed_blocks: AtomicU64::new(0),
             bitmap_writes: AtomicU64::new(0),
-            allocated_pages: AtomicU64::new(0),
         }
     }
 
@@ -184,59 +183,34 @@ impl Integrity {
         self.blocks_per_chunk
     }
 
-    /// The stored checksums of `n` blocks from physical block `first`.
-    pub(crate) fn sums(&self, first: u64, n: usize) -> Vec<u32> {
-        let mut out = Vec::with_capacity(n);
-        let mut b = first;
-        while out.len() < n {
-            let page = b / SUMS_PER_PAGE;
-            let at = usize::try_from(b % SUMS_PER_PAGE).unwrap_or(0);
-            let take = (n - out.len()).min(SUMS_PER_PAGE as usize - at);
-            match self.pages.get(usize::try_from(page).unwrap_or(usize::MAX)) {
-                Some(p) => match &p.lock().sums {
-                    Some(s) => out.extend_from_slice(s.get(at..at + take).unwrap_or(&[])),
-                    None => out.resize(out.len() + take, 0),
-                },
-                None => out.resize(out.len() + take, 0),
-            }
-            b += take as u64;
-        }
-        out
+    /// The stored checksums of `n` blocks from physical block `first`
+    /// (pages not in memory are read from device 0).
+    pub(crate) async fn sums(&self, dev0: &DeviceRef, first: u64, n: usize) -> Result<Vec<u32>> {
+        self.pages.read(dev0, first, n).await
+    }
+
+    /// Keeps the checksum pages of `n` blocks from physical block `first`
+    /// in memory until the guard drops: a write takes it before its data
+    /// write, so `set_sums` after it never waits for a read.
+    pub(crate) async fn pin_sums(
+        &self,
+        dev0: &DeviceRef,
+        first: u64,
+        n: usize,
+    ) -> Result<Pins<'_>> {
+        self.pages.pin(dev0, first, n).await
     }
 
     /// Stores the checksums of consecutive blocks from physical block
-    /// `first`; their pages are written by the next commit.
-    pub(crate) fn set_sums(&self, first: u64, crcs: &[u32]) {
-        let mut done = 0usize;
-        while done < crcs.len() {
-            let b = first + done as u64;
-            let page = b / SUMS_PER_PAGE;
-            let at = usize::try_from(b % SUMS_PER_PAGE).unwrap_or(0);
-            let take = (crcs.len() - done).min(SUMS_PER_PAGE as usize - at);
-            if let Some(p) = self.pages.get(usize::try_from(page).unwrap_or(usize::MAX)) {
-                let mut p = p.lock();
-                let sums = p.sums.get_or_insert_with(|| {
-                    self.allocated_pages.fetch_add(1, Ordering::Relaxed);
-                    vec![0u32; SUMS_PER_PAGE as usize].into_boxed_slice()
-                });
-                if let (Some(dst), Some(src)) =
-                    (sums.get_mut(at..at + take), crcs.get(done..done + take))
-                {
-                    dst.copy_from_slice(src);
-                }
-                if !p.dirty {
-                    p.dirty = true;
-                    self.dirty_pages.lock().push(page);
-                }
-            }
-            done += take;
-        }
+    /// `first` (their pages pinned by `pin_sums`); the next commit writes
+    /// them.
+    pub(crate) fn set_sums(&self, first: u64, crcs: &[u32]) -> Result<()> {
+        self.pages.set(first, crcs)
     }
 
-    /// Heap bytes of the checksum pages in memory.
+    /// Heap bytes of the checksum pages in memory (and their table).
     pub(crate) fn memory_bytes(&self) -> u64 {
-        self.allocated_pages.load(Ordering::Relaxed) * META_BLOCK_BYTES
-            + self.pages.len() as u64 * std::mem::size_of::<Mutex<Page>>() as u64
+        self.pages.memory_bytes()
     }
 
     /// The figures `PoolStats::integrity` reports.
@@ -249,6 +223,10 @@ impl Integrity {
             bitmap_writes: self.bitmap_writes.load(Ordering::Relaxed),
             memory_bytes: self.memory_bytes(),
             area_bytes: self.area.sums.len_bytes,
+            cache_pages: self.pages.resident(),
+            cache_limit_pages: self.pages.max_resident(),
+            page_loads: self.pages.loads.load(Ordering::Relaxed),
+            page_evictions: self.pages.evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -267,40 +245,9 @@ impl Integrity {
         phys_chunk / self.region_chunks
     }
 
-    /// Reads the checksum area (the part covering `total_chunks`) and the
-    /// bitmap of an opened pool; returns the regions marked dirty.
-    pub(crate) async fn load(&self, dev0: &DeviceRef, total_chunks: u64) -> Result<Vec<u64>> {
-        let bytes = total_chunks
-            .saturating_mul(self.blocks_per_chunk)
-            .saturating_mul(4)
-            .min(self.area.sums.len_bytes);
-        let mut pos = 0u64;
-        while pos < bytes {
-            let n = (bytes - pos).min(LOAD_BYTES);
-            let n = crate::format::round_up(n, META_BLOCK_BYTES).unwrap_or(n);
-            let buf = read_exact(dev0, self.area.sums.offset + pos, to_usize(n)?)
-                .await
-                .map_err(|e| Error::io("read checksum area", e))?;
-            for (i, page) in buf
-                .as_slice()
-                .chunks(to_usize(META_BLOCK_BYTES)?)
-                .enumerate()
-            {
-                if page.iter().all(|b| *b == 0) {
-                    continue;
-                }
-                let idx = (pos / META_BLOCK_BYTES) as usize + i;
-                if let Some(p) = self.pages.get(idx) {
-                    let sums: Box<[u32]> = page
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    p.lock().sums = Some(sums);
-                    self.allocated_pages.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            pos += n;
-        }
+    /// Reads the dirty-region bitmap of an opened pool (checksum pages are
+    /// read when first used); returns the regions marked dirty.
+    pub(crate) async fn load(&self, dev0: &DeviceRef) -> Result<Vec<u64>> {
         let bitmap = read_exact(
             dev0,
             self.area.dirty.offset,
@@ -441,41 +388,7 @@ impl Integrity {
     /// Writes every checksum page changed since the last call to the
     /// checksum area (not synced: the commit's sync of device 0 follows).
     pub(crate) async fn write_pages(&self, dev0: &DeviceRef) -> Result<()> {
-        let mut pages = std::mem::take(&mut *self.dirty_pages.lock());
-        pages.sort_unstable();
-        pages.dedup();
-        let page_bytes = to_usize(META_BLOCK_BYTES)?;
-        let mut i = 0;
-        while i < pages.len() {
-            // A run of consecutive pages goes in one write.
-            let mut j = i + 1;
-            while j < pages.len() && pages[j] == pages[j - 1] + 1 && j - i < 256 {
-                j += 1;
-            }
-            let mut buf = Vec::with_capacity((j - i) * page_bytes);
-            for &idx in &pages[i..j] {
-                let Some(p) = self.pages.get(to_usize(idx)?) else {
-                    continue;
-                };
-                let mut p = p.lock();
-                p.dirty = false;
-                match &p.sums {
-                    Some(s) => s
-                        .iter()
-                        .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
-                    None => buf.resize(buf.len() + page_bytes, 0),
-                }
-            }
-            write_all(
-                dev0,
-                self.area.sums.offset + pages[i] * META_BLOCK_BYTES,
-                &buf,
-            )
-            .await
-            .map_err(|e| Error::io("write checksum area", e))?;
-            i = j;
-        }
-        Ok(())
+        self.pages.write_dirty(dev0).await
     }
 
     /// The commit of `ticket` is durable (its data synced, then the pages
@@ -541,7 +454,13 @@ impl Integrity {
                     .await
                     .map_err(|e| Error::io(format!("recompute checksums of chunk {p}"), e))?;
                 let crcs: Vec<u32> = data.as_slice().chunks(block).map(Self::block_crc).collect();
-                self.set_sums(p * self.blocks_per_chunk, &crcs);
+                let first = p * self.blocks_per_chunk;
+                let dev0 = devs
+                    .first()
+                    .ok_or_else(|| crate::error::corrupt("no device 0"))?;
+                let pins = self.pin_sums(dev0, first, crcs.len()).await?;
+                self.set_sums(first, &crcs)?;
+                drop(pins);
                 self.recomputed_blocks
                     .fetch_add(crcs.len() as u64, Ordering::Relaxed);
             }
@@ -574,7 +493,26 @@ mod tests {
             region_chunks: 16,
         };
         let dev: DeviceRef = Arc::new(MemDevice::new(1 << 20));
-        (Integrity::new(area, 1024, CHUNK), dev)
+        (Integrity::new(area, 1024, CHUNK, 1 << 20, false), dev)
+    }
+
+    /// Checksums for `pages` pages through a cache of the fewest pages
+    /// allowed.
+    fn small_cache(pages: u64) -> (Integrity, DeviceRef) {
+        let area = IntegrityRegions {
+            dirty: Region {
+                offset: 0,
+                len_bytes: 4096,
+            },
+            sums: Region {
+                offset: 4096,
+                len_bytes: pages * META_BLOCK_BYTES,
+            },
+            region_chunks: 16,
+        };
+        let dev: DeviceRef = Arc::new(MemDevice::new(1 << 20));
+        let chunks = pages * SUMS_PER_PAGE / (u64::from(CHUNK) / SUM_BLOCK_BYTES);
+        (Integrity::new(area, chunks, CHUNK, 0, false), dev)
     }
 
     /// The bitmap as on the device.
@@ -646,13 +584,87 @@ mod tests {
     async fn checksums_persist_through_pages_and_load() {
         let (i, dev) = integrity();
         // Across a page boundary (1024 checksums a page).
-        i.set_sums(1020, &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(i.sums(1018, 12), vec![0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0]);
+        let pins = i.pin_sums(&dev, 1020, 8).await.unwrap();
+        i.set_sums(1020, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        drop(pins);
+        let want = vec![0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0];
+        assert_eq!(i.sums(&dev, 1018, 12).await.unwrap(), want);
         drop(i.begin_write(&dev, 64).await.unwrap());
         i.write_pages(&dev).await.unwrap();
         let (j, _) = integrity();
-        let dirty = j.load(&dev, 1024).await.unwrap();
-        assert_eq!(j.sums(1018, 12), vec![0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0]);
+        let j = Integrity::new(j.area, 1024, CHUNK, 1 << 20, true);
+        let dirty = j.load(&dev).await.unwrap();
+        assert_eq!(j.sums(&dev, 1018, 12).await.unwrap(), want);
+        assert_eq!(j.pages.loads.load(Ordering::Relaxed), 2, "two pages read");
         assert_eq!(dirty, vec![4], "chunk 64 lies in region 4");
+    }
+
+    /// A pool's checksums through a cache of `MIN_RESIDENT_PAGES` pages
+    /// over four times as many: every page is evicted and read back.
+    #[tokio::test]
+    async fn a_small_cache_evicts_clean_pages_and_reads_them_back() {
+        let pages = 16;
+        let (i, dev) = small_cache(pages);
+        let sum = |b: u64| (b as u32).wrapping_mul(2_654_435_761) | 1;
+        for p in 0..pages {
+            // Two blocks in each page, one at each end.
+            for b in [p * SUMS_PER_PAGE, p * SUMS_PER_PAGE + SUMS_PER_PAGE - 1] {
+                let pins = i.pin_sums(&dev, b, 1).await.unwrap();
+                i.set_sums(b, &[sum(b)]).unwrap();
+                drop(pins);
+            }
+        }
+        // Dirty pages stay, whatever the bound.
+        assert_eq!(i.pages.resident(), pages);
+        i.write_pages(&dev).await.unwrap();
+        assert_eq!(i.pages.resident(), pages::MIN_RESIDENT_PAGES);
+        for p in (0..pages).rev() {
+            let b = p * SUMS_PER_PAGE;
+            let got = i.sums(&dev, b, SUMS_PER_PAGE as usize).await.unwrap();
+            assert_eq!(got.first(), Some(&sum(b)), "page {p}");
+            assert_eq!(got.last(), Some(&sum(b + SUMS_PER_PAGE - 1)), "page {p}");
+            assert!(got[1..got.len() - 1].iter().all(|s| *s == 0));
+            assert!(i.pages.resident() <= pages::MIN_RESIDENT_PAGES);
+        }
+        let s = i.stats();
+        assert!(s.page_loads >= pages - pages::MIN_RESIDENT_PAGES, "{s:?}");
+        assert!(
+            s.page_evictions >= pages - pages::MIN_RESIDENT_PAGES,
+            "{s:?}"
+        );
+        assert!(s.memory_bytes < (pages::MIN_RESIDENT_PAGES + 1) * META_BLOCK_BYTES + 4096);
+    }
+
+    /// A pinned page is not evicted, and a write into an evicted page
+    /// changes only its own checksums.
+    #[tokio::test]
+    async fn a_pinned_page_stays_and_a_write_into_an_evicted_page_keeps_the_rest() {
+        let pages = 8;
+        let (i, dev) = small_cache(pages);
+        for p in 0..pages {
+            let b = p * SUMS_PER_PAGE;
+            let pins = i.pin_sums(&dev, b, 2).await.unwrap();
+            i.set_sums(b, &[7, 8]).unwrap();
+            drop(pins);
+        }
+        let held = i.pin_sums(&dev, 0, 1).await.unwrap();
+        i.write_pages(&dev).await.unwrap();
+        for p in 1..pages {
+            let _ = i.sums(&dev, p * SUMS_PER_PAGE, 1).await.unwrap();
+        }
+        let loads = i.pages.loads.load(Ordering::Relaxed);
+        assert_eq!(i.sums(&dev, 0, 2).await.unwrap(), vec![7, 8]);
+        assert_eq!(
+            i.pages.loads.load(Ordering::Relaxed),
+            loads,
+            "page 0 stayed"
+        );
+        drop(held);
+        // Page 1 was evicted since: a write into its second block.
+        let b = SUMS_PER_PAGE;
+        let pins = i.pin_sums(&dev, b + 1, 1).await.unwrap();
+        i.set_sums(b + 1, &[9]).unwrap();
+        drop(pins);
+        assert_eq!(i.sums(&dev, b, 3).await.unwrap(), vec![7, 9, 0]);
     }
 }

@@ -40,6 +40,12 @@ pub const MAX_CHANGES_PER_PAGE: usize = 4096;
 /// Bytes a checksum covers: every 4 KiB block of a physical chunk has its
 /// own crc32c (FORMAT.md "Block checksums").
 pub const SUM_BLOCK_BYTES: u64 = 4096;
+/// Checksum pages a pool keeps in memory by default
+/// (`PoolOptions::checksum_cache_bytes`): 256 MiB holds the checksums of
+/// 256 GiB of data; pages beyond it are read from the checksum area when
+/// used (one 4 KiB read per 4 MiB of data) and evicted when clean. Pages
+/// changed since the last commit stay until it writes them.
+pub const DEFAULT_CHECKSUM_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest range one `Volume::digest` call covers (it ships no data, so it
 /// may be larger than [`MAX_IO_BYTES`]; it reads every mapped block of it).
 pub const MAX_DIGEST_BYTES: u64 = 64 * 1024 * 1024;

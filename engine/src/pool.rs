@@ -26,8 +26,8 @@ use crate::integrity::Integrity;
 use crate::io::{Device, BUF_ALIGN};
 use crate::layout::{device_entry, other_data_offset, plan_meta, ChunkSpace};
 use crate::limits::{
-    DEFAULT_CHUNK_BYTES, DEFAULT_COMMIT_INTERVAL_MS, MAX_CHUNK_BYTES, MAX_DEVICES,
-    MAX_JOURNAL_BYTES, MIN_CHUNK_BYTES, SUM_BLOCK_BYTES,
+    DEFAULT_CHECKSUM_CACHE_BYTES, DEFAULT_CHUNK_BYTES, DEFAULT_COMMIT_INTERVAL_MS, MAX_CHUNK_BYTES,
+    MAX_DEVICES, MAX_JOURNAL_BYTES, MIN_CHUNK_BYTES, SUM_BLOCK_BYTES,
 };
 use crate::locks::ChunkLocks;
 use crate::meta::checkpoint;
@@ -57,6 +57,11 @@ pub struct PoolOptions {
     /// reads are not verified: only to measure what checksums cost.
     /// Creation only.
     pub block_checksums: bool,
+    /// Memory for checksum pages (4 KiB per 4 MiB of data; at least one
+    /// page); pages beyond it are read when used and evicted when clean,
+    /// and pages changed since the last commit stay until it writes them.
+    /// Default [`DEFAULT_CHECKSUM_CACHE_BYTES`] (256 MiB: 256 GiB of data).
+    pub checksum_cache_bytes: u64,
 }
 
 impl Default for PoolOptions {
@@ -67,6 +72,7 @@ impl Default for PoolOptions {
             max_data_bytes: None,
             commit_interval: Some(Duration::from_millis(DEFAULT_COMMIT_INTERVAL_MS)),
             block_checksums: true,
+            checksum_cache_bytes: DEFAULT_CHECKSUM_CACHE_BYTES,
         }
     }
 }
@@ -139,6 +145,15 @@ pub struct IntegrityStats {
     /// Bytes of the checksum area on device 0 (4 bytes per 4 KiB of the
     /// pool's largest capacity).
     pub area_bytes: u64,
+    /// Checksum pages (4 KiB each) in memory now.
+    pub cache_pages: u64,
+    /// The most pages kept in memory besides those changed since the last
+    /// commit (`PoolOptions::checksum_cache_bytes`).
+    pub cache_limit_pages: u64,
+    /// Checksum pages read from the checksum area since open.
+    pub page_loads: u64,
+    /// Checksum pages evicted from memory since open.
+    pub page_evictions: u64,
 }
 
 /// A volume as listed.
@@ -660,7 +675,9 @@ impl Pool {
             .map_err(|e| io_err("write superblock", e))?;
         dev0.sync_data().await.map_err(|e| io_err("sync", e))?;
         tracing::info!(pool = %format!("{guid:032x}"), chunk_bytes = chunk, devices = devices.len(), "pool created");
-        let integrity = integrity_plan.map(|i| Integrity::new(i, plan.max_data_chunks, chunk));
+        let cache_pages = opts.checksum_cache_bytes / META_BLOCK_BYTES;
+        let integrity = integrity_plan
+            .map(|i| Integrity::new(i, plan.max_data_chunks, chunk, cache_pages, false));
         let loaded = Loaded {
             space,
             state,
@@ -798,8 +815,14 @@ impl Pool {
         let devs: Vec<DeviceRef> = labelled.into_iter().map(|(_, d)| d).collect();
         let integrity = match sb.integrity {
             Some(area) => {
-                let integrity = Integrity::new(area, sb.max_data_chunks, sb.chunk_bytes);
-                let dirty = integrity.load(&dev0, space.total_chunks()).await?;
+                let integrity = Integrity::new(
+                    area,
+                    sb.max_data_chunks,
+                    sb.chunk_bytes,
+                    opts.checksum_cache_bytes / META_BLOCK_BYTES,
+                    true,
+                );
+                let dirty = integrity.load(&dev0).await?;
                 if !dirty.is_empty() {
                     integrity
                         .recover(

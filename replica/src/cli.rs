@@ -169,6 +169,18 @@ pub struct RunArgs {
     /// docs/replica.md ("IO mode").
     #[arg(long, env = "CSTOR_REPLICA_IO_MODE", value_enum, default_value_t = IoMode::Buffered)]
     pub io_mode: IoMode,
+    /// Memory for the pool's block-checksum pages, e.g. 512MiB: 4 KiB of
+    /// checksums cover 4 MiB of data, so the default holds those of 256 GiB
+    /// in memory. Beyond it a page is read from the pool when a read or
+    /// write needs it and evicted when clean (pages changed since the last
+    /// commit stay until it writes them). At least one page is kept.
+    #[arg(
+        long,
+        env = "CSTOR_CHECKSUM_CACHE",
+        value_parser = cstor_mgmt::size::parse_size,
+        default_value = "256MiB"
+    )]
+    pub checksum_cache: u64,
     /// This daemon's TLS directory: `ca.crt` (the cluster's CA), `tls.crt`
     /// (a replica certificate of this --pool) and `tls.key`. Every link is
     /// mutual TLS: targets, peer replicas (rebuilds) and management clients
@@ -197,6 +209,7 @@ impl RunArgs {
             rebuild_limit_bytes_per_sec: self.rebuild_limit,
             shards: self.shards.map_or_else(default_shards, usize::from),
             io_mode: self.io_mode,
+            checksum_cache_bytes: self.checksum_cache,
             security,
         })
     }

@@ -241,6 +241,9 @@ pub struct RunConfig {
     pub shards: usize,
     /// Whether pool IO goes through the page cache.
     pub io_mode: IoMode,
+    /// Memory for the pool's checksum pages
+    /// (`PoolOptions::checksum_cache_bytes`).
+    pub checksum_cache_bytes: u64,
     /// How every link is secured: mutual TLS with a replica certificate of
     /// this pool, or plaintext by the operator's explicit choice.
     pub security: Security,
@@ -307,14 +310,16 @@ impl Daemon {
             info!(device = %dev.describe(), "pool device");
             devices.push(dev);
         }
-        let pool = Pool::open(devices, &PoolOptions::default())
-            .await
-            .map_err(|e| {
-                DaemonError::Pool(format!(
-                    "cannot open the pool on {}: {e}",
-                    paths(&config.devices)
-                ))
-            })?;
+        let options = PoolOptions {
+            checksum_cache_bytes: config.checksum_cache_bytes,
+            ..PoolOptions::default()
+        };
+        let pool = Pool::open(devices, &options).await.map_err(|e| {
+            DaemonError::Pool(format!(
+                "cannot open the pool on {}: {e}",
+                paths(&config.devices)
+            ))
+        })?;
         let data = bind(config.listen).await?;
         let mgmt = bind(config.mgmt_listen).await?;
         let metrics = match config.metrics_listen {

@@ -404,6 +404,19 @@ fn render_pool_integrity(
             "Heap bytes of the checksum pages in memory.",
             integrity.memory_bytes,
         ),
+        (
+            "cstor_replica_pool_checksum_page_loads_total",
+            MetricType::Counter,
+            "Checksum pages read from the pool because a read or write needed one \
+             not in memory.",
+            integrity.page_loads,
+        ),
+        (
+            "cstor_replica_pool_checksum_page_evictions_total",
+            MetricType::Counter,
+            "Checksum pages dropped from memory to stay within --checksum-cache.",
+            integrity.page_evictions,
+        ),
     ] {
         out.family(name, kind, help);
         out.sample(name, labels, value);
@@ -551,6 +564,7 @@ mod tests {
             mgmt_listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             rebuild_limit_bytes_per_sec: 0,
+            checksum_cache_bytes: cstor_engine::limits::DEFAULT_CHECKSUM_CACHE_BYTES,
             shards: 2,
             io_mode: IoMode::Buffered,
             // About pool figures: no session, TLS would add nothing.

@@ -703,6 +703,7 @@ async fn start_as(security: Security, pool: &str) -> Result<Daemon, DaemonError>
         mgmt_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
         rebuild_limit_bytes_per_sec: 0,
+        checksum_cache_bytes: cstor_engine::limits::DEFAULT_CHECKSUM_CACHE_BYTES,
         shards: 1,
         io_mode: IoMode::Buffered,
         security,

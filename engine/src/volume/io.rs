@@ -175,6 +175,7 @@ impl Volume {
             let (from, len) = overwritten.unwrap_or((0, 0));
             let bad: Vec<(u64, u64)> = self
                 .verify(i, phys, start, buf.as_slice(), at)
+                .await?
                 .into_iter()
                 .filter(|(o, l)| !(*o >= at + from && o + l <= at + from + len))
                 .collect();
@@ -193,18 +194,19 @@ impl Volume {
 
     /// The blocks of `data`, read at `start` (4 KiB aligned) of physical
     /// chunk `phys`, that fail their stored checksum, as volume byte ranges
-    /// (`at`: the volume offset of the chunk); counted as errors.
-    fn verify(
+    /// (`at`: the volume offset of the chunk); counted as errors. Fails
+    /// only when a checksum page cannot be read.
+    async fn verify(
         &self,
         i: &Integrity,
         phys: u64,
         start: u64,
         data: &[u8],
         at: u64,
-    ) -> Vec<(u64, u64)> {
+    ) -> Result<Vec<(u64, u64)>> {
         let block = SUM_BLOCK_BYTES as usize;
         let first = phys * i.blocks_per_chunk() + start / SUM_BLOCK_BYTES;
-        let stored = i.sums(first, data.len() / block);
+        let stored = i.sums(&self.dev0()?, first, data.len() / block).await?;
         let bad: Vec<(u64, u64)> = data
             .chunks(block)
             .zip(stored)
@@ -216,7 +218,7 @@ impl Volume {
             i.count_errors(bad.len() as u64);
             tracing::warn!(volume = %self.name, physical_chunk = phys, blocks = bad.len(), "checksum mismatch");
         }
-        bad
+        Ok(bad)
     }
 
     /// The crc32c of each 4 KiB block of `[off, off + len)` in physical
@@ -232,7 +234,7 @@ impl Volume {
         let (res, buf) = dev.read_at(AlignedBuf::zeroed(len), base + off).await;
         res.map_err(|e| Error::io(self.ctx("digest", off), e))?;
         let bad = match &self.pool.integrity {
-            Some(i) => self.verify(i, phys, off, buf.as_slice(), 0),
+            Some(i) => self.verify(i, phys, off, buf.as_slice(), 0).await?,
             None => Vec::new(),
         };
         Ok(buf
@@ -259,7 +261,7 @@ impl Volume {
         let align = self.io_align(&dev);
         let len = data.len() as u64;
         let guard = match &self.pool.integrity {
-            Some(i) => Some(self.begin_write(i, phys).await?),
+            Some(i) => Some(self.begin_write(i, phys, off, len).await?),
             None => None,
         };
         let (start, buf) = if off.is_multiple_of(align) && len.is_multiple_of(align) {
@@ -278,6 +280,7 @@ impl Volume {
                 let at = chunk * self.chunk_bytes();
                 let bad: Vec<(u64, u64)> = self
                     .verify(i, phys, start, buf.as_slice(), at)
+                    .await?
                     .into_iter()
                     .filter(|(o, l)| !(*o >= at + off && o + l <= at + off + len))
                     .collect();
@@ -301,38 +304,59 @@ impl Volume {
         });
         let (res, _) = dev.write_at(buf, base + start).await;
         if let Err(e) = res {
-            if let Some(g) = guard {
+            if let Some((g, _pins)) = guard {
                 g.fail();
             }
             return Err(self.poison(format!("write at {off} failed: {e}")));
         }
         if let (Some(i), Some(crcs)) = (&self.pool.integrity, crcs) {
-            i.set_sums(phys * i.blocks_per_chunk() + start / SUM_BLOCK_BYTES, &crcs);
+            let first = phys * i.blocks_per_chunk() + start / SUM_BLOCK_BYTES;
+            if let Err(e) = i.set_sums(first, &crcs) {
+                return Err(self.poison(format!("checksums of the write at {off}: {e}")));
+            }
         }
         drop(guard);
         Ok(())
     }
 
-    /// Marks the dirty region of physical chunk `phys` on disk before a
-    /// data write into it; a bitmap write that fails poisons the pool.
-    async fn begin_write<'a>(
-        &self,
-        i: &'a Integrity,
-        phys: u64,
-    ) -> Result<crate::integrity::WriteGuard<'a>> {
-        let dev0 = self
-            .pool
+    /// Device 0 of the pool (the checksum area and the bitmap live there).
+    fn dev0(&self) -> Result<crate::pool::DeviceRef> {
+        self.pool
             .devices
             .read()
             .devs
             .first()
             .cloned()
-            .ok_or_else(|| invalid("no device 0"))?;
-        i.begin_write(&dev0, phys).await.map_err(|e| {
+            .ok_or_else(|| invalid("no device 0"))
+    }
+
+    /// Before a data write of `len` bytes at `off` into physical chunk
+    /// `phys`: marks its dirty region on disk (a bitmap write that fails
+    /// poisons the pool) and keeps the checksum pages of its 4 KiB blocks
+    /// in memory until the write's checksums are stored.
+    async fn begin_write<'a>(
+        &self,
+        i: &'a Integrity,
+        phys: u64,
+        off: u64,
+        len: u64,
+    ) -> Result<(crate::integrity::WriteGuard<'a>, crate::integrity::Pins<'a>)> {
+        let dev0 = self.dev0()?;
+        let first = phys * i.blocks_per_chunk() + off / SUM_BLOCK_BYTES;
+        let blocks = (off + len).div_ceil(SUM_BLOCK_BYTES) - off / SUM_BLOCK_BYTES;
+        let pins = i
+            .pin_sums(
+                &dev0,
+                first,
+                usize::try_from(blocks).map_err(|_| invalid("range"))?,
+            )
+            .await?;
+        let guard = i.begin_write(&dev0, phys).await.map_err(|e| {
             let why = e.to_string();
             self.pool.poison_pool(why.clone());
             Error::new(ErrorKind::Poisoned, format!("pool: {why}"))
-        })
+        })?;
+        Ok((guard, pins))
     }
 
     /// Plans a write into the live layer (`into: None`) or into a rebuilt

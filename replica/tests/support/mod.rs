@@ -165,6 +165,7 @@ pub async fn replica(security: Security, pool_name: &str, volumes: &[&str]) -> R
         mgmt_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         rebuild_limit_bytes_per_sec: 0,
+        checksum_cache_bytes: cstor_engine::limits::DEFAULT_CHECKSUM_CACHE_BYTES,
         shards: 2,
         io_mode: IoMode::Direct,
         security,

@@ -527,6 +527,7 @@ fn pool_options() -> PoolOptions {
         max_data_bytes: None,
         commit_interval: None,
         block_checksums: true,
+        checksum_cache_bytes: cstor_engine::limits::DEFAULT_CHECKSUM_CACHE_BYTES,
     }
 }
 
