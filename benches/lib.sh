@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # TGT_*, REPLICA_*, TARGET_*, RESULT_* are outputs
 # Shared helpers of the iSCSI benchmark scripts (iscsi-vs-tgt.sh,
-# replication.sh, tls.sh, rebuild.sh): sourced, never run.
+# replication.sh, tls.sh, checksums.sh, rebuild.sh, speed.sh): sourced,
+# never run.
 #
 # Job: install the initiators and tgt when missing, build cstor in release
 # when it is stale, start throwaway servers on free loopback ports with their
@@ -22,6 +23,9 @@ BENCH_START_TIMEOUT_S=60    # a server must be serving within this
 BENCH_STOP_TIMEOUT_S=10     # SIGTERM grace before SIGKILL
 BENCH_PREFILL_TIMEOUT_S=600 # writing a whole LUN once
 BENCH_CLIENT_SLACK_S=120    # on top of the expected run time of a client
+REBUILD_POLL_S=0.2          # how often rebuild_measure asks the target's status
+REBUILD_TIMEOUT_S=1800      # a rebuild must finish within this
+FIO_TIMEOUT_S=1800          # fio's sequential write of the rebuild bench
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CSTOR="${CSTOR_BIN:-$ROOT/build/release/cstor}"
@@ -139,16 +143,28 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-bench_cleanup() {
-    local rc=$? ctl i
-    trap - EXIT INT TERM
+# Stops every server started so far (tgtd through its control port, then
+# each process by PID in reverse start order: targets before replicas) and
+# forgets them; servers started afterwards are tracked anew.
+bench_stop_servers() {
+    local ctl i
     for ctl in "${BENCH_TGT_CTLS[@]}"; do
         tgtadm -C "$ctl" --op delete --mode system >/dev/null 2>&1 || true
     done
-    # Targets before replicas: reverse start order.
     for ((i = ${#BENCH_PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${BENCH_PIDS[i]}"
     done
+    # tgtd leaves its control socket behind when it exits.
+    for ctl in "${BENCH_TGT_CTLS[@]}"; do
+        rm -f "/var/run/tgtd/socket.$ctl" "/var/run/tgtd/socket.$ctl.lock"
+    done
+    BENCH_TGT_CTLS=() BENCH_PIDS=()
+}
+
+bench_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    bench_stop_servers
     if [[ -n "$WORK" && -d "$WORK" ]]; then
         if ((rc != 0)) && [[ -n "${BENCH_KEEP_LOGS:-}" ]]; then
             say "logs kept in $WORK"
@@ -299,6 +315,36 @@ start_cstor_target() {
     wait_lun "$TARGET_URL"
 }
 
+# start_replicas COUNT PREFIX POOL_SIZE: COUNT replica daemons, pools
+# PREFIX1..PREFIXCOUNT. Sets the arrays REPLICAS_DATA, REPLICAS_MGMT and
+# REPLICAS_PID (in that order).
+start_replicas() {
+    local count="$1" prefix="$2" size="$3" i
+    REPLICAS_DATA=() REPLICAS_MGMT=() REPLICAS_PID=()
+    for ((i = 1; i <= count; i++)); do
+        start_replica "$prefix$i" "$size"
+        REPLICAS_DATA+=("$REPLICA_DATA") REPLICAS_MGMT+=("$REPLICA_MGMT") REPLICAS_PID+=("$REPLICA_PID")
+    done
+}
+
+# start_r1_r3 LUN_MIB [TARGET_ARGS...]: three replica daemons (pools
+# pool1..pool3); volume r1 (LUN_MIB) on the first only, volume r3 on all
+# three, a target for each (TARGET_ARGS, e.g. --cf K, go to r3's). Sets
+# R1_URL and R1_PIDS (its target and replica), R3_URL and R3_PIDS (its
+# target and the three replicas).
+start_r1_r3() {
+    local lun_mib="$1" m
+    shift
+    # pool1 holds both volumes
+    start_replicas 3 pool "$((lun_mib * 3 / 1024 + 1))GiB"
+    create_volume "${REPLICAS_MGMT[0]}" r1 "${lun_mib}MiB"
+    for m in "${REPLICAS_MGMT[@]}"; do create_volume "$m" r3 "${lun_mib}MiB"; done
+    start_cstor_target r1 -- "${REPLICAS_DATA[0]}"
+    R1_URL="$TARGET_URL" R1_PIDS=("$TARGET_PID" "${REPLICAS_PID[0]}")
+    start_cstor_target r3 "$@" -- "${REPLICAS_DATA[@]}"
+    R3_URL="$TARGET_URL" R3_PIDS=("$TARGET_PID" "${REPLICAS_PID[@]}")
+}
+
 # ------------------------------------------------------------------ measures
 
 # CPU ticks (user + system) used so far by the given PIDs together.
@@ -430,3 +476,119 @@ median() { sort -n | awk '{v[NR] = $1} END { if (NR == 0) print "-"; else if (NR
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# ------------------------------------------------------------------ rebuild
+
+# fio and jq (the rebuild measurement needs both), installed when missing.
+ensure_rebuild_packages() {
+    local need=()
+    command -v fio >/dev/null || need+=(fio)
+    command -v jq >/dev/null || need+=(jq)
+    ((${#need[@]})) || return 0
+    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need[*]}"
+    say "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# The state of the replica at ADDRESS in the target's status JSON on stdin.
+replica_state() { jq -r --arg a "$1" '.replicas[] | select(.address == $a) | .state'; }
+
+# disk_mib_s GIB: fio's sequential 1 MiB O_DIRECT write bandwidth over a
+# GIB GiB file in $WORK (deleted after), in MiB/s. Sets DISK_MIB_S.
+disk_mib_s() {
+    local out
+    out="$(timeout -k 5 "$FIO_TIMEOUT_S" fio --name=seqwrite --filename="$WORK/fio.dat" \
+        --rw=write --bs=1M --direct=1 --ioengine=libaio --iodepth=4 --size="${1}G" \
+        --end_fsync=1 --output-format=json 2>"$WORK/fio.log")" ||
+        die "fio failed: $(tail -n 3 "$WORK/fio.log")"
+    rm -f "$WORK/fio.dat"
+    DISK_MIB_S="$(jq -r '.jobs[0].write.bw_bytes / 1048576 | floor' <<<"$out")"
+    [[ "$DISK_MIB_S" =~ ^[0-9]+$ ]] || die "fio gave no bandwidth: $(tail -c 300 <<<"$out")"
+}
+
+# replace_pool NAME DATA MGMT PID POOL_SIZE VOLUME VOLUME_SIZE: stops the
+# replica PID, replaces its pool by a new empty one, starts it again on the
+# same addresses (and the same certificate) with an empty volume. Sets
+# REPLICA_PID.
+replace_pool() {
+    local name="$1" data="$2" mgmt="$3" pid="$4" size="$5" volume="$6" vsize="$7"
+    stop_pid "$pid"
+    rm -f "$WORK/$name.img"
+    "$CSTOR" replica init --pool "$name" --file "$WORK/$name.img" --size "$size" >>"$WORK/$name-init.log" 2>&1 ||
+        die "replica init $name: $(tail -n 3 "$WORK/$name-init.log")"
+    security_args "replica-$name" --role replica --pool "$name"
+    RUST_LOG=info "$CSTOR" replica run --pool "$name" --pool-path "$WORK/$name.img" \
+        --listen "$data" --mgmt-listen "$mgmt" "${SECURITY_ARGS[@]}" >>"$WORK/$name.log" 2>&1 &
+    BENCH_PIDS+=("$!")
+    REPLICA_PID="$!"
+    wait_listen "$REPLICA_PID" "${data##*:}"
+    wait_listen "$REPLICA_PID" "${mgmt##*:}"
+    create_volume "$mgmt" "$volume" "$vsize"
+}
+
+# rebuild_measure GIB [PREFIX]: the disk's sequential write speed (fio, GIB
+# GiB), then a full rebuild of a GIB GiB volume "rb" written whole: three
+# replica daemons (pools PREFIX1..PREFIX3, default "pool") and a target;
+# PREFIX3's pool is replaced by an empty one and rebuilt from a peer, timed
+# from the first target status that shows it rebuilding to the first that
+# shows it healthy (see benches/README.md). Leaves its servers running
+# (bench_stop_servers or the exit trap ends them). Sets REBUILD_DISK (MiB/s),
+# REBUILD_MIB_S, REBUILD_S (seconds rebuilding), REBUILD_WHOLE_S (from the
+# restart of the replica), REBUILD_CPU (percent of one core: the 3 replicas
+# and the target during the rebuild) and REBUILD_TOTAL (the largest
+# total_bytes the target reported for it, or "none seen").
+rebuild_measure() {
+    local gib="$1" prefix="${2:-pool}" pool_size target_mgmt sink t_restart t_start="" t_end="" total=""
+    local c_start="" c_end="" deadline s state now t cpu_pids=()
+    say "disk: fio sequential write, 1 MiB, O_DIRECT, ${gib} GiB"
+    disk_mib_s "$gib"
+    REBUILD_DISK="$DISK_MIB_S"
+    say "disk: $REBUILD_DISK MiB/s"
+
+    pool_size="$((gib * 2))GiB"
+    start_replicas 3 "$prefix" "$pool_size"
+    for s in "${REPLICAS_MGMT[@]}"; do create_volume "$s" rb "${gib}GiB"; done
+    free_port
+    target_mgmt="127.0.0.1:$FREE_PORT"
+    start_cstor_target rb --mgmt-listen "$target_mgmt" -- "${REPLICAS_DATA[@]}"
+
+    say "writing the whole volume (${gib} GiB, 1 MiB sequential) and flushing"
+    prefill "$TARGET_URL" "$((gib * 1024))"
+    # qemu-img bench -t none sends no flush: ask for one (SYNCHRONIZE CACHE).
+    timeout -k 5 120 qemu-img bench -f raw -t none -w -c 1 -d 1 -s 4096 --flush-interval=1 "$TARGET_URL" \
+        >>"$WORK/prefill.log" 2>&1 || die "flush failed: $(tail -n 3 "$WORK/prefill.log")"
+
+    sink="${REPLICAS_DATA[2]}"
+    say "replacing ${prefix}3 by an empty pool"
+    t_restart=$EPOCHREALTIME
+    replace_pool "${prefix}3" "$sink" "${REPLICAS_MGMT[2]}" "${REPLICAS_PID[2]}" "$pool_size" rb "${gib}GiB"
+    cpu_pids=("${REPLICAS_PID[0]}" "${REPLICAS_PID[1]}" "$REPLICA_PID" "$TARGET_PID")
+    security_args admin --role admin
+    deadline=$((SECONDS + REBUILD_TIMEOUT_S))
+    while ((SECONDS < deadline)); do
+        s="$(timeout 10 "$CSTOR" ctl "${SECURITY_ARGS[@]}" --target "$target_mgmt" --json status 2>/dev/null || true)"
+        state="$(replica_state "$sink" <<<"$s" 2>/dev/null || true)"
+        now=$EPOCHREALTIME
+        if [[ "$state" == rebuilding ]]; then
+            [[ -n "$t_start" ]] || { t_start="$now"; c_start="$(cpu_ticks "${cpu_pids[@]}")"; }
+            t="$(jq -r --arg a "$sink" '.replicas[] | select(.address == $a) | .rebuild.total_bytes // 0' <<<"$s")"
+            [[ "$t" =~ ^[0-9]+$ ]] && ((t > ${total:-0})) && total="$t"
+        fi
+        if [[ "$state" == healthy && -n "$t_start" ]]; then
+            t_end="$now"
+            c_end="$(cpu_ticks "${cpu_pids[@]}")"
+            break
+        fi
+        sleep "$REBUILD_POLL_S"
+    done
+    [[ -n "$t_end" ]] || die "${prefix}3 not healthy within ${REBUILD_TIMEOUT_S}s (last state '${state:-?}')"
+    grep -q "rebuild done" "$WORK/${prefix}3.log" || die "${prefix}3 became healthy without a rebuild"
+    grep -q "from_io_seq=0" "$WORK/${prefix}3.log" || say "warning: no from_io_seq=0 in ${prefix}3's log (not a full rebuild?)"
+
+    REBUILD_S="$(awk -v a="$t_start" -v b="$t_end" 'BEGIN{printf "%.2f", b - a}')"
+    REBUILD_WHOLE_S="$(awk -v a="$t_restart" -v b="$t_end" 'BEGIN{printf "%.2f", b - a}')"
+    REBUILD_MIB_S="$(awk -v m="$((gib * 1024))" -v s="$REBUILD_S" 'BEGIN{ if (s > 0) printf "%.0f", m / s; else print "-" }')"
+    REBUILD_CPU="$(cpu_percent $((c_end - c_start)) "$REBUILD_S")"
+    REBUILD_TOTAL="${total:-none seen}"
+}

@@ -59,18 +59,8 @@ bench_init "$DIR"
 WRITE_STEP_BYTES="$(write_step_bytes "$LUN_MIB")"
 LOAD_START="$(loadavg)"
 
-POOL_SIZE="$((LUN_MIB * 3 / 1024 + 1))GiB"
-DATA=() MGMT=() REPLICA_PIDS=()
-for i in 1 2 3; do
-    start_replica "pool$i" "$POOL_SIZE"
-    DATA+=("$REPLICA_DATA") MGMT+=("$REPLICA_MGMT") REPLICA_PIDS+=("$REPLICA_PID")
-done
-create_volume "${MGMT[0]}" r1 "${LUN_MIB}MiB"
-for m in "${MGMT[@]}"; do create_volume "$m" r3 "${LUN_MIB}MiB"; done
-start_cstor_target r1 -- "${DATA[0]}"
-URL1="$TARGET_URL" PIDS1=("$TARGET_PID" "${REPLICA_PIDS[0]}")
-start_cstor_target r3 "${CF[@]}" -- "${DATA[@]}"
-URL3="$TARGET_URL" PIDS3=("$TARGET_PID" "${REPLICA_PIDS[@]}")
+start_r1_r3 "$LUN_MIB" "${CF[@]}"
+URL1="$R1_URL" PIDS1=("${R1_PIDS[@]}") URL3="$R3_URL" PIDS3=("${R3_PIDS[@]}")
 say "1 replica:  $URL1"
 say "3 replicas: $URL3 ${CF[*]}"
 
