@@ -155,22 +155,45 @@ impl PoolInner {
         self.commit_locked(&mut cs, checkpoint).await
     }
 
+    /// Writes a checkpoint now, cleaning dirty regions as any commit does
+    /// (only those quiet for `DIRTY_REGION_QUIET_COMMITS`): unlike open,
+    /// close and add-device, the pool keeps running, and cleaning every
+    /// region would make the next write into each pay a bitmap sync.
+    pub(crate) async fn checkpoint_running(&self) -> Result<()> {
+        let mut cs = self.commit.lock().await;
+        self.commit_with(&mut cs, true, DIRTY_REGION_QUIET_COMMITS)
+            .await
+    }
+
+    /// A commit; `force_checkpoint` (open, close, add device) writes a
+    /// checkpoint and cleans every dirty region with no write running.
     pub(crate) async fn commit_locked(
         &self,
         cs: &mut CommitState,
         force_checkpoint: bool,
     ) -> Result<()> {
-        if let Some(p) = self.poison.lock().as_ref() {
-            return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
-        }
         // Regions quiet now may be cleaned once this commit is durable
-        // (FORMAT.md "Block checksums"); a checkpoint (open, close, add
-        // device) cleans every quiet one.
+        // (FORMAT.md "Block checksums"); a forced checkpoint cleans every
+        // quiet one.
         let quiet = if force_checkpoint {
             0
         } else {
             DIRTY_REGION_QUIET_COMMITS
         };
+        self.commit_with(cs, force_checkpoint, quiet).await
+    }
+
+    /// A commit that cleans the dirty regions without a write in the last
+    /// `quiet` commits.
+    async fn commit_with(
+        &self,
+        cs: &mut CommitState,
+        force_checkpoint: bool,
+        quiet: u64,
+    ) -> Result<()> {
+        if let Some(p) = self.poison.lock().as_ref() {
+            return Err(Error::new(ErrorKind::Poisoned, format!("pool: {p}")));
+        }
         let ticket = self.integrity.as_ref().map(|i| i.begin_commit(quiet));
         let taken = {
             let mut m = self.meta.lock();

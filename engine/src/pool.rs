@@ -1108,12 +1108,14 @@ impl Pool {
         self.inner.flush_all().await
     }
 
-    /// Commits now and writes a checkpoint (replacing the journal), as close
-    /// does; for benches and operators. IO goes on meanwhile (the structure
-    /// lock is not taken) and the pool stays open.
+    /// Commits now and writes a checkpoint (replacing the journal), as a
+    /// full journal does; for benches and operators. IO goes on meanwhile
+    /// (the structure lock is not taken) and the pool stays open; dirty
+    /// regions are cleaned as by any commit (not all at once, as close
+    /// does).
     pub async fn checkpoint(&self) -> Result<()> {
         self.inner.check_usable()?;
-        self.inner.commit(true).await
+        self.inner.checkpoint_running().await
     }
 
     /// Clean shutdown: commit and checkpoint, then refuse further use.

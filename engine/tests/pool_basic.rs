@@ -738,3 +738,36 @@ async fn a_rebuilt_snapshot_may_be_larger_than_the_live_volume() {
         "the live volume kept its size"
     );
 }
+
+/// `Pool::checkpoint` on a running pool writes a checkpoint but cleans
+/// dirty regions only as any commit does: a region written just before
+/// stays dirty (its next write pays no bitmap sync); close cleans it.
+#[tokio::test]
+async fn a_checkpoint_of_a_running_pool_leaves_fresh_dirty_regions_to_close() {
+    let (_, d) = mem(8 << 20);
+    let pool = Pool::create(vec![d.clone()], &opts()).await.unwrap();
+    let v = pool
+        .create_volume("v", 1 << 20, 4096, Provisioning::Thin)
+        .await
+        .unwrap();
+    v.write(0, &pattern(1, 4096), 1).await.unwrap();
+    v.flush().await.unwrap();
+    let before = pool.stats();
+    assert!(before.integrity.dirty_regions > 0, "{:?}", before.integrity);
+    pool.checkpoint().await.unwrap();
+    let after = pool.stats();
+    assert_eq!(after.checkpoints, before.checkpoints + 1);
+    assert_eq!(
+        after.integrity.dirty_regions,
+        before.integrity.dirty_regions
+    );
+    drop(v);
+    pool.close().await.unwrap();
+    let pool = Pool::open(vec![d], &opts()).await.unwrap();
+    let s = pool.stats().integrity;
+    assert_eq!((s.dirty_regions, s.recomputed_blocks), (0, 0), "{s:?}");
+    assert_eq!(
+        read(&pool.volume("v").unwrap(), 0, 4096).await,
+        pattern(1, 4096)
+    );
+}
