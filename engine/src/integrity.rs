@@ -481,24 +481,18 @@ mod tests {
     const CHUNK: u32 = 65536;
 
     fn integrity() -> (Integrity, DeviceRef) {
-        let area = IntegrityRegions {
-            dirty: Region {
-                offset: 0,
-                len_bytes: 4096,
-            },
-            sums: Region {
-                offset: 4096,
-                len_bytes: 64 * 1024,
-            },
-            region_chunks: 16,
-        };
-        let dev: DeviceRef = Arc::new(MemDevice::new(1 << 20));
-        (Integrity::new(area, 1024, CHUNK, 1 << 20, false), dev)
+        fixture(16, 1 << 20)
     }
 
     /// Checksums for `pages` pages through a cache of the fewest pages
     /// allowed.
     fn small_cache(pages: u64) -> (Integrity, DeviceRef) {
+        fixture(pages, 0)
+    }
+
+    /// Checksums of `pages` pages (and the chunks they cover), at most
+    /// `cache_pages` of them kept in memory, on a new 1 MiB device.
+    fn fixture(pages: u64, cache_pages: u64) -> (Integrity, DeviceRef) {
         let area = IntegrityRegions {
             dirty: Region {
                 offset: 0,
@@ -512,7 +506,7 @@ mod tests {
         };
         let dev: DeviceRef = Arc::new(MemDevice::new(1 << 20));
         let chunks = pages * SUMS_PER_PAGE / (u64::from(CHUNK) / SUM_BLOCK_BYTES);
-        (Integrity::new(area, chunks, CHUNK, 0, false), dev)
+        (Integrity::new(area, chunks, CHUNK, cache_pages, false), dev)
     }
 
     /// The bitmap as on the device.
