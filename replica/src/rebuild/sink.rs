@@ -432,7 +432,20 @@ impl<I: RebuildIo> Run<I> {
             };
             let packet = match step {
                 Step::Applied(applied) => {
-                    self.applied(applied?, into, progress).await?;
+                    let applied = applied?;
+                    let mut end = applied.end;
+                    if self.applied(applied, into, progress) {
+                        // Every apply still in flight finishes first: the
+                        // checkpoint commits the pool, and an apply this
+                        // task stopped polling may hold what that commit
+                        // waits for (the engine's dirty-region bitmap).
+                        while let Some(applied) = applying.next().await {
+                            let applied = applied?;
+                            end = applied.end;
+                            self.applied(applied, into, progress);
+                        }
+                        self.checkpoint_live(into, end, progress).await?;
+                    }
                     continue;
                 }
                 Step::Received(packet) => packet?,
@@ -459,8 +472,15 @@ impl<I: RebuildIo> Run<I> {
                     paused_until = (!pause.is_zero()).then(|| now.saturating_add(pause));
                 }
                 Message::RebuildDone(done) => {
+                    let mut due = None;
                     while let Some(applied) = applying.next().await {
-                        self.applied(applied?, into, progress).await?;
+                        let applied = applied?;
+                        if self.applied(applied, into, progress) {
+                            due = Some(applied.end);
+                        }
+                    }
+                    if let Some(end) = due {
+                        self.checkpoint_live(into, end, progress).await?;
                     }
                     return Ok(done.through_io_seq);
                 }
@@ -608,20 +628,27 @@ impl<I: RebuildIo> Run<I> {
         Ok(Applied { end, len_bytes })
     }
 
-    /// A chunk was applied, and every one before it in the stream: the
-    /// live volume's resume point follows.
-    async fn applied(
+    /// A chunk was applied, and every one before it in the stream: counts
+    /// it toward the live volume's next resume point; true when that is
+    /// due ([`Self::checkpoint_live`], once no apply is in flight).
+    fn applied(&self, applied: Applied, into: Dest<'_>, progress: &mut Progress) -> bool {
+        if !matches!(into, Dest::Live(_)) {
+            return false;
+        }
+        progress.since_checkpoint = progress.since_checkpoint.saturating_add(applied.len_bytes);
+        progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES
+    }
+
+    /// Persists the live volume's resume point at `end` (every chunk below
+    /// it applied, none in flight).
+    async fn checkpoint_live(
         &self,
-        applied: Applied,
         into: Dest<'_>,
+        end: u64,
         progress: &mut Progress,
     ) -> Result<(), RebuildError> {
-        let Dest::Live(resume) = into else {
-            return Ok(());
-        };
-        progress.since_checkpoint = progress.since_checkpoint.saturating_add(applied.len_bytes);
-        if progress.since_checkpoint >= REBUILD_CHECKPOINT_BYTES {
-            self.checkpoint(resume, applied.end, None).await?;
+        if let Dest::Live(resume) = into {
+            self.checkpoint(resume, end, None).await?;
             progress.since_checkpoint = 0;
         }
         Ok(())
